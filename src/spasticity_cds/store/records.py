@@ -1,0 +1,139 @@
+"""Typed, immutable records the feedback store writes and reads."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+
+
+class FeedbackOutcome(StrEnum):
+    """What the clinician did with a CDS Hooks card (CDS Hooks 2.0 feedback `outcome`)."""
+
+    ACCEPTED = "accepted"
+    OVERRIDDEN = "overridden"
+
+
+class PageContext(StrEnum):
+    """Where on our own web page a feedback form was answered."""
+
+    ANSWER_PAGE = "answer-page"
+    PATIENT_PLAN = "patient-plan"
+    FINDING = "finding"
+
+
+def hash_patient_ref(patient_ref: str) -> str:
+    """Return the sha256 hex digest of a patient reference (``Patient/123``); never store the raw ref."""
+    return hashlib.sha256(patient_ref.encode("utf-8")).hexdigest()
+
+
+def _require_aware(name: str, value: datetime) -> None:
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError(f"{name} must be a timezone-aware datetime, got {value!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedCard:
+    """A card our CDS service returned, kept so that feedback (which names only the card) finds its rule."""
+
+    card_uuid: str
+    service_id: str
+    hook_instance: str
+    rule_id: str
+    rule_version: int
+    kb_version: str
+    patient_ref_hash: str
+    issued_at: datetime
+
+    def __post_init__(self) -> None:
+        _require_aware("issued_at", self.issued_at)
+        if not _SHA256_HEX.fullmatch(self.patient_ref_hash):
+            raise ValueError("patient_ref_hash must be a lowercase sha256 hex digest (see hash_patient_ref)")
+
+
+@dataclass(frozen=True, slots=True)
+class HookFeedback:
+    """One CDS Hooks feedback item; unique by (card_uuid, outcome, outcome_timestamp).
+
+    Rule fields and hook_instance come from the matching `IssuedCard` and are None when the card is unknown.
+    """
+
+    service_id: str
+    card_uuid: str
+    outcome: FeedbackOutcome
+    outcome_timestamp: datetime
+    received_at: datetime
+    hook_instance: str | None = None
+    rule_id: str | None = None
+    rule_version: int | None = None
+    kb_version: str | None = None
+    accepted_suggestions: tuple[str, ...] = ()
+    override_reason_code: str | None = None
+    override_reason_system: str | None = None
+    override_reason_display: str | None = None
+    user_comment: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "outcome", FeedbackOutcome(self.outcome))
+        object.__setattr__(self, "accepted_suggestions", tuple(self.accepted_suggestions))
+        _require_aware("outcome_timestamp", self.outcome_timestamp)
+        _require_aware("received_at", self.received_at)
+
+
+@dataclass(frozen=True, slots=True)
+class PageFeedback:
+    """An answer to "Did this answer your question?" or a per-finding rating; unique by its client-made id."""
+
+    id: uuid.UUID
+    context: PageContext
+    created_at: datetime
+    answered: bool | None = None
+    useful: bool | None = None
+    rule_id: str | None = None
+    rule_version: int | None = None
+    kb_version: str | None = None
+    card_uuid: str | None = None
+    override_reason_code: str | None = None
+    comment: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "context", PageContext(self.context))
+        _require_aware("created_at", self.created_at)
+
+
+@dataclass(frozen=True, slots=True)
+class RuleFeedbackStats:
+    """Feedback totals for one rule version; rates are over cards issued and None when none were issued.
+
+    A card reported several times counts once, with its latest outcome.
+    """
+
+    rule_id: str
+    rule_version: int
+    cards_issued: int = 0
+    accepted: int = 0
+    overridden: int = 0
+    page_useful_yes: int = 0
+    page_useful_no: int = 0
+    acceptance_rate: float | None = field(init=False)
+    override_rate: float | None = field(init=False)
+
+    def __post_init__(self) -> None:
+        issued = self.cards_issued
+        object.__setattr__(self, "acceptance_rate", self.accepted / issued if issued else None)
+        object.__setattr__(self, "override_rate", self.overridden / issued if issued else None)
+
+
+@dataclass(frozen=True, slots=True)
+class StoreCounts:
+    """How many rows each table holds; for tests and health pages."""
+
+    issued_cards: int
+    hook_feedback: int
+    page_feedback: int
+    replay_entries: int

@@ -1,0 +1,282 @@
+"""The feedback store on SQLAlchemy Core; the same statements run on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from types import TracebackType
+from typing import Any
+
+from sqlalchemy import Engine, Select, Table, delete, func, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, RowMapping
+
+from spasticity_cds.store import schema
+from spasticity_cds.store.connection import READ_ONLY_OPTION, store_errors
+from spasticity_cds.store.records import (
+    FeedbackOutcome,
+    HookFeedback,
+    IssuedCard,
+    PageFeedback,
+    RuleFeedbackStats,
+    StoreCounts,
+)
+
+RuleKey = tuple[str, int]
+
+
+class SqlFeedbackStore:
+    """`FeedbackStore` over one SQLAlchemy engine; open it with `spasticity_cds.store.open_store`."""
+
+    def __init__(self, engine: Engine, *, clock: Callable[[], datetime]) -> None:
+        self._engine = engine
+        self._clock = clock
+
+    @property
+    def engine(self) -> Engine:
+        """The underlying engine (for tests and diagnostics)."""
+        return self._engine
+
+    def __enter__(self) -> SqlFeedbackStore:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release the store's connections."""
+        self._engine.dispose()
+
+    def record_issued_cards(self, cards: Iterable[IssuedCard]) -> int:
+        """Store cards a hook call returned (idempotent on card_uuid); return how many were new."""
+        with self._writing("record issued cards") as connection:
+            return sum(_insert_if_new(connection, schema.issued_cards, _issued_card_row(c)) for c in cards)
+
+    def record_hook_feedback(self, items: Iterable[HookFeedback]) -> int:
+        """Store CDS Hooks feedback (idempotent on card, outcome, timestamp); return how many were new."""
+        with self._writing("record hook feedback") as connection:
+            return sum(_insert_if_new(connection, schema.hook_feedback, _hook_feedback_row(i)) for i in items)
+
+    def record_page_feedback(self, item: PageFeedback) -> bool:
+        """Store one page feedback answer (idempotent on its id); return whether it was new."""
+        with self._writing("record page feedback") as connection:
+            return _insert_if_new(connection, schema.page_feedback, _page_feedback_row(item))
+
+    def remember_jti(self, issuer: str, jti: str, expires_at: datetime) -> bool:
+        """Record a JWT id until `expires_at`; return False if (issuer, jti) was already recorded.
+
+        Expired entries are purged in the same transaction. The unique key makes this atomic across processes.
+        """
+        row = {"issuer": issuer, "jti": jti, "expires_at": expires_at}
+        with self._writing("remember a JWT id") as connection:
+            expired = schema.jwt_replay.c.expires_at < self._clock()
+            connection.execute(delete(schema.jwt_replay).where(expired))
+            return _insert_if_new(connection, schema.jwt_replay, row)
+
+    def find_issued_card(self, card_uuid: str) -> IssuedCard | None:
+        """Return the issued card with this uuid, if the store has it."""
+        query = select(schema.issued_cards).where(schema.issued_cards.c.card_uuid == card_uuid)
+        with self._reading("find an issued card") as connection:
+            row = connection.execute(query).mappings().first()
+        return _issued_card_from_row(row) if row is not None else None
+
+    def list_hook_feedback(self, limit: int = 100) -> list[HookFeedback]:
+        """Return the newest hook feedback first (by received_at)."""
+        table = schema.hook_feedback
+        query = select(table).order_by(table.c.received_at.desc(), table.c.id.desc()).limit(_positive(limit))
+        with self._reading("list hook feedback") as connection:
+            return [_hook_feedback_from_row(row) for row in connection.execute(query).mappings()]
+
+    def list_page_feedback(self, limit: int = 100) -> list[PageFeedback]:
+        """Return the newest page feedback first (by created_at)."""
+        table = schema.page_feedback
+        query = select(table).order_by(table.c.created_at.desc(), table.c.id).limit(_positive(limit))
+        with self._reading("list page feedback") as connection:
+            return [_page_feedback_from_row(row) for row in connection.execute(query).mappings()]
+
+    def feedback_report(self) -> list[RuleFeedbackStats]:
+        """Return feedback totals per rule id and version, ordered by rule id then version."""
+        totals: dict[RuleKey, _Totals] = {}
+        with self._reading("build the feedback report") as connection:
+            for rule_id, version, issued in connection.execute(_cards_issued_per_rule()):
+                totals.setdefault((rule_id, version), _Totals()).cards_issued = issued
+            for rule_id, version, outcome, cards in connection.execute(_latest_outcomes_per_rule()):
+                totals.setdefault((rule_id, version), _Totals()).add_outcome(outcome, cards)
+            for rule_id, version, useful, answers in connection.execute(_page_usefulness_per_rule()):
+                totals.setdefault((rule_id, version), _Totals()).add_usefulness(useful, answers)
+        return [totals[key].to_stats(key) for key in sorted(totals)]
+
+    def counts(self) -> StoreCounts:
+        """Return the number of rows in each table."""
+        tables = (schema.issued_cards, schema.hook_feedback, schema.page_feedback, schema.jwt_replay)
+        with self._reading("count rows") as connection:
+            issued, hook, page, replay = (_count_rows(connection, table) for table in tables)
+        return StoreCounts(issued_cards=issued, hook_feedback=hook, page_feedback=page, replay_entries=replay)
+
+    @contextmanager
+    def _writing(self, action: str) -> Iterator[Connection]:
+        """One write transaction, committed before the block's result is returned."""
+        with store_errors(action, self._engine.url), self._engine.begin() as connection:
+            yield connection
+
+    @contextmanager
+    def _reading(self, action: str) -> Iterator[Connection]:
+        """One read transaction (on SQLite a deferred one, so that readers never wait for writers)."""
+        with store_errors(action, self._engine.url), self._engine.connect() as connection:
+            connection.execution_options(**{READ_ONLY_OPTION: True})
+            yield connection
+
+
+def _positive(limit: int) -> int:
+    if limit < 1:
+        raise ValueError(f"limit must be at least 1, got {limit}")
+    return limit
+
+
+def _insert_if_new(connection: Connection, table: Table, row: Mapping[str, Any]) -> bool:
+    """INSERT .. ON CONFLICT DO NOTHING; True if the row was inserted, False if its key already existed."""
+    keep_rowcount = {"preserve_rowcount": True}
+    if connection.dialect.name == "postgresql":
+        statement = postgresql.insert(table).values(row).on_conflict_do_nothing()
+        return connection.execute(statement, execution_options=keep_rowcount).rowcount == 1
+    sqlite_statement = sqlite.insert(table).values(row).on_conflict_do_nothing()
+    return connection.execute(sqlite_statement, execution_options=keep_rowcount).rowcount == 1
+
+
+def _count_rows(connection: Connection, table: Table) -> int:
+    return int(connection.execute(select(func.count()).select_from(table)).scalar_one())
+
+
+def _cards_issued_per_rule() -> Select[str, int, int]:
+    cards = schema.issued_cards
+    return select(cards.c.rule_id, cards.c.rule_version, func.count()).group_by(
+        cards.c.rule_id, cards.c.rule_version
+    )
+
+
+def _latest_outcomes_per_rule() -> Select[str, int, str, int]:
+    """Count each card once, by its latest outcome, under its issued card's rule (or the feedback's)."""
+    feedback, cards = schema.hook_feedback, schema.issued_cards
+    newest_first = (feedback.c.outcome_timestamp.desc(), feedback.c.id.desc())
+    ranked = (
+        select(
+            func.coalesce(cards.c.rule_id, feedback.c.rule_id).label("rule_id"),
+            func.coalesce(cards.c.rule_version, feedback.c.rule_version).label("rule_version"),
+            feedback.c.outcome,
+            func.row_number().over(partition_by=feedback.c.card_uuid, order_by=newest_first).label("recency"),
+        )
+        .select_from(feedback.outerjoin(cards, cards.c.card_uuid == feedback.c.card_uuid))
+        .subquery()
+    )
+    return (
+        select(ranked.c.rule_id, ranked.c.rule_version, ranked.c.outcome, func.count())
+        .where(ranked.c.recency == 1, ranked.c.rule_id.is_not(None), ranked.c.rule_version.is_not(None))
+        .group_by(ranked.c.rule_id, ranked.c.rule_version, ranked.c.outcome)
+    )
+
+
+def _page_usefulness_per_rule() -> Select[str, int, bool, int]:
+    page = schema.page_feedback
+    return (
+        select(page.c.rule_id, page.c.rule_version, page.c.useful, func.count())
+        .where(page.c.rule_id.is_not(None), page.c.rule_version.is_not(None), page.c.useful.is_not(None))
+        .group_by(page.c.rule_id, page.c.rule_version, page.c.useful)
+    )
+
+
+@dataclass
+class _Totals:
+    cards_issued: int = 0
+    accepted: int = 0
+    overridden: int = 0
+    useful_yes: int = 0
+    useful_no: int = 0
+
+    def add_outcome(self, outcome: str, cards: int) -> None:
+        if outcome == FeedbackOutcome.ACCEPTED:
+            self.accepted += cards
+        else:
+            self.overridden += cards
+
+    def add_usefulness(self, useful: bool, answers: int) -> None:
+        if useful:
+            self.useful_yes += answers
+        else:
+            self.useful_no += answers
+
+    def to_stats(self, key: RuleKey) -> RuleFeedbackStats:
+        return RuleFeedbackStats(
+            rule_id=key[0],
+            rule_version=key[1],
+            cards_issued=self.cards_issued,
+            accepted=self.accepted,
+            overridden=self.overridden,
+            page_useful_yes=self.useful_yes,
+            page_useful_no=self.useful_no,
+        )
+
+
+def _issued_card_row(card: IssuedCard) -> dict[str, Any]:
+    return {
+        "card_uuid": card.card_uuid,
+        "service_id": card.service_id,
+        "hook_instance": card.hook_instance,
+        "rule_id": card.rule_id,
+        "rule_version": card.rule_version,
+        "kb_version": card.kb_version,
+        "patient_ref_hash": card.patient_ref_hash,
+        "issued_at": card.issued_at,
+    }
+
+
+def _issued_card_from_row(row: RowMapping) -> IssuedCard:
+    return IssuedCard(**{name: row[name] for name in IssuedCard.__dataclass_fields__})
+
+
+def _hook_feedback_row(item: HookFeedback) -> dict[str, Any]:
+    return {
+        "service_id": item.service_id,
+        "hook_instance": item.hook_instance,
+        "card_uuid": item.card_uuid,
+        "rule_id": item.rule_id,
+        "rule_version": item.rule_version,
+        "kb_version": item.kb_version,
+        "outcome": item.outcome.value,
+        "accepted_suggestions": list(item.accepted_suggestions),
+        "override_reason_code": item.override_reason_code,
+        "override_reason_system": item.override_reason_system,
+        "override_reason_display": item.override_reason_display,
+        "user_comment": item.user_comment,
+        "outcome_timestamp": item.outcome_timestamp,
+        "received_at": item.received_at,
+    }
+
+
+def _hook_feedback_from_row(row: RowMapping) -> HookFeedback:
+    fields = {name: row[name] for name in HookFeedback.__dataclass_fields__}
+    fields["accepted_suggestions"] = tuple(row["accepted_suggestions"])
+    return HookFeedback(**fields)
+
+
+def _page_feedback_row(item: PageFeedback) -> dict[str, Any]:
+    return {
+        "id": item.id,
+        "context": item.context.value,
+        "answered": item.answered,
+        "useful": item.useful,
+        "rule_id": item.rule_id,
+        "rule_version": item.rule_version,
+        "kb_version": item.kb_version,
+        "card_uuid": item.card_uuid,
+        "override_reason_code": item.override_reason_code,
+        "comment": item.comment,
+        "created_at": item.created_at,
+    }
+
+
+def _page_feedback_from_row(row: RowMapping) -> PageFeedback:
+    return PageFeedback(**{name: row[name] for name in PageFeedback.__dataclass_fields__})
