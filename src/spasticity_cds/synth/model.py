@@ -122,7 +122,7 @@ def make_plan(rng: random.Random, seed: int, index: int, profile: Profile, as_of
         visits=visits,
         alsfrs_rate=_draw_alsfrs_rate(rng, disease, total_months),
         fvc_base=clamp(rng.gauss(98, 12), 65, 130),
-        fvc_per_point=clamp(rng.gauss(2.1, 0.5), 1.0, 3.5),
+        fvc_per_point=clamp(rng.gauss(1.7, 0.45), 0.8, 3.0),
         snip_base=clamp(rng.gauss(88 if sex == "male" else 72, 15), 35, 130),
         snip_tested=chance(rng, 0.6),
         bulbar_weight=rng.uniform(0.35, 0.55),
@@ -230,7 +230,7 @@ def fvc_percent(plan: Plan, when: date, rng: random.Random) -> int:
 
 def snip_value(plan: Plan, when: date, rng: random.Random) -> int:
     """SNIP in cmH2O at ``when``."""
-    value = plan.snip_base - 1.6 * points_lost(plan, when) + rng.gauss(0, 5)
+    value = plan.snip_base - 1.3 * points_lost(plan, when) + rng.gauss(0, 5)
     return round(clamp(value, 5, 150))
 
 

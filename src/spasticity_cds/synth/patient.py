@@ -193,7 +193,7 @@ class Course:
             self.peg = True
             self.gastrostomy(day + timedelta(days=rng.randint(5, 30)))
         respiratory = (fvc is not None and fvc < 50) or (snip is not None and snip < 40)
-        if not self.niv and respiratory and chance(rng, 0.75):
+        if not self.niv and respiratory and chance(rng, 0.6):
             self.niv = True
             start = day + timedelta(days=rng.randint(3, 30))
             if start < self.plan.as_of:
