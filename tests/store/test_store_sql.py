@@ -1,0 +1,242 @@
+"""The feedback store's behaviour, run on SQLite and (when configured) PostgreSQL."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from datetime import UTC, datetime, timedelta, timezone
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+
+from spasticity_cds.store import (
+    FeedbackOutcome,
+    HookFeedback,
+    IssuedCard,
+    PageContext,
+    PageFeedback,
+    RuleFeedbackStats,
+    SqlFeedbackStore,
+    hash_patient_ref,
+    open_store,
+)
+from spasticity_cds.store.migrate import current_revision, head_revision
+from spasticity_cds.store.schema import metadata
+
+from .helpers import FROZEN_NOW, FrozenClock
+
+
+def issued_card(card_uuid: str, rule_id: str = "baclofen-start", rule_version: int = 1) -> IssuedCard:
+    return IssuedCard(
+        card_uuid=card_uuid,
+        service_id="spasticity-patient-view",
+        hook_instance=f"hook-{card_uuid}",
+        rule_id=rule_id,
+        rule_version=rule_version,
+        kb_version="1.4.0",
+        patient_ref_hash=hash_patient_ref("Patient/example"),
+        issued_at=FROZEN_NOW,
+    )
+
+
+def hook_feedback(
+    card_uuid: str,
+    outcome: FeedbackOutcome = FeedbackOutcome.OVERRIDDEN,
+    at: datetime = FROZEN_NOW,
+    **fields: object,
+) -> HookFeedback:
+    return HookFeedback(
+        service_id="spasticity-patient-view",
+        card_uuid=card_uuid,
+        outcome=outcome,
+        outcome_timestamp=at,
+        received_at=at + timedelta(seconds=2),
+        **fields,  # type: ignore[arg-type]
+    )
+
+
+def page_feedback(
+    useful: bool | None, rule_id: str | None = "baclofen-start", **fields: object
+) -> PageFeedback:
+    return PageFeedback(
+        id=uuid.uuid4(),
+        context=PageContext.FINDING,
+        created_at=FROZEN_NOW,
+        useful=useful,
+        rule_id=rule_id,
+        rule_version=1 if rule_id else None,
+        **fields,  # type: ignore[arg-type]
+    )
+
+
+def test_open_store_migrates_an_empty_database_to_head(store_url: str) -> None:
+    with open_store(store_url) as store, store.engine.connect() as connection:
+        assert current_revision(connection) == head_revision()
+
+
+def test_reopening_a_migrated_store_keeps_its_rows(store_url: str) -> None:
+    with open_store(store_url) as store:
+        store.record_issued_cards([issued_card("card-1")])
+    with open_store(store_url) as store:
+        assert store.counts().issued_cards == 1
+
+
+def test_migrations_build_exactly_the_declared_schema(store: SqlFeedbackStore) -> None:
+    with store.engine.connect() as connection:
+        differences = compare_metadata(MigrationContext.configure(connection), metadata)
+    assert differences == []
+
+
+def test_issued_cards_are_idempotent_on_card_uuid(store: SqlFeedbackStore) -> None:
+    assert store.record_issued_cards([issued_card("card-1"), issued_card("card-2")]) == 2
+    assert store.record_issued_cards([issued_card("card-1"), issued_card("card-3")]) == 1
+    assert store.counts().issued_cards == 3
+
+
+def test_issued_card_round_trips(store: SqlFeedbackStore) -> None:
+    card = issued_card("card-1")
+    store.record_issued_cards([card])
+
+    assert store.find_issued_card("card-1") == card
+    assert store.find_issued_card("card-unknown") is None
+
+
+def test_hook_feedback_round_trips_every_field(store: SqlFeedbackStore) -> None:
+    item = hook_feedback(
+        "card-1",
+        FeedbackOutcome.ACCEPTED,
+        hook_instance="hook-1",
+        rule_id="tizanidine-hepatic",
+        rule_version=3,
+        kb_version="1.4.0",
+        accepted_suggestions=("sugg-1", "sugg-2"),
+        override_reason_code="patient-declined",
+        override_reason_system="http://hl7.org/fhir/CodeSystem/cds-hooks-override-reason",
+        override_reason_display="Patient declined",
+        user_comment="Discussed with the patient; ünïcode kept.",
+    )
+    store.record_hook_feedback([item])
+
+    [stored] = store.list_hook_feedback()
+    assert stored == item
+
+
+def test_the_same_feedback_twice_is_stored_once(store: SqlFeedbackStore) -> None:
+    same_instant_other_offset = FROZEN_NOW.astimezone(timezone(timedelta(hours=9)))
+
+    assert store.record_hook_feedback([hook_feedback("card-1")]) == 1
+    assert store.record_hook_feedback([hook_feedback("card-1", at=same_instant_other_offset)]) == 0
+    assert store.record_hook_feedback([hook_feedback("card-1"), hook_feedback("card-1")]) == 0
+    assert store.counts().hook_feedback == 1
+
+
+def test_a_new_outcome_or_timestamp_for_a_card_is_a_new_row(store: SqlFeedbackStore) -> None:
+    later = FROZEN_NOW + timedelta(minutes=1)
+    items = [
+        hook_feedback("card-1"),
+        hook_feedback("card-1", FeedbackOutcome.ACCEPTED),
+        hook_feedback("card-1", at=later),
+    ]
+
+    assert store.record_hook_feedback(items) == 3
+
+
+def test_page_feedback_is_idempotent_on_its_id_and_round_trips(store: SqlFeedbackStore) -> None:
+    item = page_feedback(True, answered=True, card_uuid="card-1", comment="Clear and cited.")
+
+    assert store.record_page_feedback(item) is True
+    assert store.record_page_feedback(item) is False
+    assert store.list_page_feedback() == [item]
+
+
+def test_lists_are_newest_first_and_limited(store: SqlFeedbackStore) -> None:
+    for minute in range(5):
+        at = FROZEN_NOW + timedelta(minutes=minute)
+        store.record_hook_feedback([hook_feedback(f"card-{minute}", at=at)])
+
+    newest = store.list_hook_feedback(limit=2)
+
+    assert [item.card_uuid for item in newest] == ["card-4", "card-3"]
+    with pytest.raises(ValueError, match="limit"):
+        store.list_page_feedback(limit=0)
+
+
+def test_a_jwt_id_is_accepted_once_per_issuer(store: SqlFeedbackStore) -> None:
+    expires = FROZEN_NOW + timedelta(minutes=5)
+
+    assert store.remember_jti("https://ehr.example", "jti-1", expires) is True
+    assert store.remember_jti("https://ehr.example", "jti-1", expires) is False
+    assert store.remember_jti("https://other.example", "jti-1", expires) is True
+
+
+def test_expired_jwt_ids_are_purged(store: SqlFeedbackStore, clock: FrozenClock) -> None:
+    store.remember_jti("https://ehr.example", "old", FROZEN_NOW + timedelta(minutes=5))
+    clock.advance(timedelta(minutes=6))
+
+    store.remember_jti("https://ehr.example", "new", clock.now + timedelta(minutes=5))
+
+    assert store.counts().replay_entries == 1
+
+
+def test_concurrent_replays_of_one_jwt_id_are_accepted_once(store: SqlFeedbackStore) -> None:
+    results: list[bool] = []
+    start = threading.Barrier(8)
+
+    expires = FROZEN_NOW + timedelta(minutes=5)
+
+    def remember() -> None:
+        start.wait()
+        results.append(store.remember_jti("https://ehr.example", "jti-raced", expires))
+
+    threads = [threading.Thread(target=remember) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert sorted(results) == [False] * 7 + [True]
+
+
+def test_feedback_report_counts_each_card_once_by_its_latest_outcome(store: SqlFeedbackStore) -> None:
+    store.record_issued_cards([issued_card(f"b-{n}") for n in range(4)])
+    store.record_issued_cards([issued_card("t-1", rule_id="tizanidine-hepatic", rule_version=2)])
+    store.record_hook_feedback(
+        [
+            hook_feedback("b-0", FeedbackOutcome.OVERRIDDEN),
+            hook_feedback("b-0", FeedbackOutcome.ACCEPTED, at=FROZEN_NOW + timedelta(minutes=1)),
+            hook_feedback("b-1", FeedbackOutcome.ACCEPTED),
+            hook_feedback("b-2", FeedbackOutcome.OVERRIDDEN),
+            hook_feedback("t-1", FeedbackOutcome.OVERRIDDEN),
+            hook_feedback("unknown-card", rule_id="dantrolene-liver", rule_version=1),
+            hook_feedback("unknown-and-unattributed"),
+        ]
+    )
+    for useful in (True, True, False, None):
+        store.record_page_feedback(page_feedback(useful))
+    store.record_page_feedback(page_feedback(True, rule_id=None))
+
+    report = store.feedback_report()
+
+    assert report == [
+        RuleFeedbackStats("baclofen-start", 1, 4, 2, 1, page_useful_yes=2, page_useful_no=1),
+        RuleFeedbackStats("dantrolene-liver", 1, 0, 0, 1),
+        RuleFeedbackStats("tizanidine-hepatic", 2, 1, 0, 1),
+    ]
+    assert report[0].acceptance_rate == 0.5
+    assert report[0].override_rate == 0.25
+
+
+def test_empty_store_reports_nothing(store: SqlFeedbackStore) -> None:
+    assert store.feedback_report() == []
+    assert store.list_hook_feedback() == []
+
+
+def test_timestamps_come_back_aware_and_equal(store: SqlFeedbackStore) -> None:
+    store.record_issued_cards([issued_card("card-1")])
+
+    card = store.find_issued_card("card-1")
+
+    assert card is not None
+    assert card.issued_at == FROZEN_NOW
+    assert card.issued_at.tzinfo is UTC
