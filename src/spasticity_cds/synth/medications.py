@@ -31,6 +31,7 @@ STRENGTHS: dict[str, tuple[float, ...]] = {
     "lisinopril": (10,),
     "amlodipine": (5,),
 }
+TEXT_ONLY = frozenset({"nabiximols", "botulinum-toxin"})
 FREQ_TEXT = {
     1: "once daily",
     2: "twice daily",
@@ -281,10 +282,12 @@ def medication_concept(
     name = order.label or order.drug.capitalize()
     if order.drug == "baclofen-intrathecal":
         return concept(codes.BACLOFEN_INTRATHECAL, text=name), False
-    if order.drug == "nabiximols":
+    if order.drug in TEXT_ONLY:
         return {"text": name}, False
     tablet = f"{order.drug.capitalize()} {num(strength)} mg tablets" if strength else None
     if chance(rng, 0.05):
+        if tablet and chance(rng, 0.5):
+            tablet = tablet.replace(" mg", "mg")
         return {"text": tablet or f"{name} {dose_words(order)}"}, tablet is not None
     products = codes.BACLOFEN_PRODUCTS.get(int(strength or 0)) if order.drug == "baclofen" else None
     if products and chance(rng, 0.35):

@@ -44,7 +44,7 @@ def generate_patient(seed: int, index: int, profile: str, as_of: date = AS_OF) -
     diagnoses(factory, plan)
     orders = medications.spasticity_history(plan, rng) + medications.co_medication(plan, rng)
     Course(factory, plan).run()
-    refractory_procedures(factory, plan, orders)
+    orders += refractory_procedures(factory, plan, orders)
     for order in orders:
         medications.render(factory, order)
     return factory.resources
@@ -335,8 +335,10 @@ class Course:
 # Procedures for refractory spasticity ----------------------------------------------------------
 
 
-def refractory_procedures(factory: Factory, plan: Plan, orders: list[medications.Order]) -> None:
-    """Botulinum toxin injections and the intrathecal baclofen pump implant."""
+def refractory_procedures(
+    factory: Factory, plan: Plan, orders: list[medications.Order]
+) -> list[medications.Order]:
+    """Intrathecal baclofen pump implants and botulinum toxin injections (some also ordered as text)."""
     rng = factory.rng
     for order in orders:
         if order.drug == "baclofen-intrathecal":
@@ -345,17 +347,35 @@ def refractory_procedures(factory: Factory, plan: Plan, orders: list[medications
                 code, "completed", performedDateTime=instant(order.start - timedelta(days=1), time(10))
             )
     if not plan.spastic or plan.mas_base < 2.6 or not chance(rng, 0.2):
-        return
+        return []
     day = plan.visits[len(plan.visits) // 3]
     site = rng.choice(plan.mas_sites)
+    product = rng.choice(("onabotulinumtoxinA 100 units", "incobotulinumtoxinA 200 units"))
+    ordered = chance(rng, 0.4)
+    toxin_orders: list[medications.Order] = []
     while day < plan.as_of:
         factory.procedure(
             {"text": "Injection of botulinum toxin"},
             "completed",
             performedDateTime=instant(day, time(11)),
             bodySite=[{"text": site}],
-            usedCode=[
-                {"text": rng.choice(("onabotulinumtoxinA 100 units", "incobotulinumtoxinA 200 units"))}
-            ],
+            usedCode=[{"text": product}],
         )
+        if ordered:
+            toxin_orders.append(botulinum_order(day, site, product))
         day += timedelta(days=rng.randint(84, 140))
+    return toxin_orders
+
+
+def botulinum_order(day: date, site: str, product: str) -> medications.Order:
+    """A text-only order for one injection session."""
+    return medications.Order(
+        "botulinum-toxin",
+        None,
+        1,
+        day,
+        end=day,
+        status="completed",
+        text_dose=f"{product} intramuscular, {site}, single session",
+        label=product,
+    )
