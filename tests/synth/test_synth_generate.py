@@ -147,9 +147,25 @@ def test_repeated_ids_are_exact_duplicates() -> None:
 def test_nothing_happens_after_as_of() -> None:
     limit = AS_OF.isoformat()
     for r in all_resources():
-        for key in ("effectiveDateTime", "authoredOn", "performedDateTime", "onsetDateTime"):
-            if key in r:
-                assert r[key] < limit, (key, r)
+        stamps = [r.get(k) for k in ("effectiveDateTime", "authoredOn", "performedDateTime", "onsetDateTime")]
+        stamps += [r.get("performedPeriod", {}).get("start"), r.get("period", {}).get("end")]
+        stamps.append(r.get("dispenseRequest", {}).get("validityPeriod", {}).get("end"))
+        for stamp in filter(None, stamps):
+            assert stamp < limit, r
+
+
+def containers(value: Any) -> list[int]:
+    if isinstance(value, dict):
+        return [id(value)] + [i for v in value.values() for i in containers(v)]
+    if isinstance(value, list):
+        return [id(value)] + [i for v in value for i in containers(v)]
+    return []
+
+
+def test_resources_share_no_mutable_parts() -> None:
+    for patient in cohort()[:50]:
+        ids = [i for r in patient for i in containers(r)]
+        assert len(ids) == len(set(ids))
 
 
 def test_encounter_references_resolve() -> None:

@@ -225,7 +225,7 @@ def interacting_drugs(plan: Plan, rng: random.Random) -> list[Order]:
         recent = chance(rng, 0.3)
         start = plan.as_of - timedelta(days=3) if recent else rng.choice(plan.visits)
         course = Order("ciprofloxacin", 500, 2, start)
-        if not recent:
+        if start + timedelta(days=7) < plan.as_of:
             course.end, course.status = start + timedelta(days=7), "completed"
         orders.append(course)
     for drug, p, dose, per_day in (

@@ -202,7 +202,7 @@ class Course:
 
     def gastrostomy(self, day: date) -> None:
         """Inpatient stay with a percutaneous endoscopic gastrostomy."""
-        if day >= self.plan.as_of:
+        if day + timedelta(days=2) >= self.plan.as_of:
             return
         stay = self.f.encounter(
             instant(day, time(8)),
@@ -222,8 +222,8 @@ class Course:
     def spasticity(self, day: date, at: str, enc: Resource) -> None:
         """Modified Ashworth per muscle group, Penn spasm frequency, and the PT tone assessment."""
         plan, rng = self.plan, self.rng
-        mas_code = concept(codes.MAS_SCT, codes.MAS_LOCAL, text="Modified Ashworth Scale")
         for site in plan.mas_sites:
+            mas_code = concept(codes.MAS_SCT, codes.MAS_LOCAL, text="Modified Ashworth Scale")
             grade = model.mas_grade(plan, day, rng)
             value = {"valueString": grade} if isinstance(grade, str) else {"valueInteger": grade}
             self.f.observation(mas_code, "exam", at, value, enc, bodySite={"text": site})

@@ -6,6 +6,8 @@ import random
 from datetime import date, datetime, time
 from typing import Any
 
+import orjson
+
 from spasticity_cds.synth import codes
 from spasticity_cds.synth.codes import Coding, coding
 from spasticity_cds.synth.rng import chance
@@ -51,7 +53,7 @@ class Factory:
         self.seed = seed
         self.index = index
         self.patient_id = f"p-{seed}-{index}"
-        self.subject = {"reference": f"Patient/{self.patient_id}"}
+        self.subject_ref = f"Patient/{self.patient_id}"
         self.resources: list[Resource] = []
         self._counters: dict[str, int] = {}
 
@@ -62,17 +64,17 @@ class Factory:
         return f"{ID_PREFIX[resource_type]}-{self.seed}-{self.index}-{k}"
 
     def emit(self, resource: Resource, *, may_duplicate: bool = True) -> Resource:
-        """Add ``resource`` to the output; about 1 % of clinical resources are written twice."""
+        """Add ``resource`` to the output; about 1 % of clinical resources are written twice (as a copy)."""
         self.resources.append(resource)
         if may_duplicate and chance(self.rng, DUPLICATE_RATE):
-            self.resources.append(resource)
+            self.resources.append(orjson.loads(orjson.dumps(resource)))
         return resource
 
     def clinical(self, resource_type: str, **fields: Any) -> Resource:
         """Emit a resource of ``resource_type`` with a fresh id and a subject reference."""
         resource: Resource = {"resourceType": resource_type, "id": self.new_id(resource_type)}
         resource.update(fields)
-        resource["subject"] = self.subject
+        resource["subject"] = {"reference": self.subject_ref}
         return self.emit(resource)
 
     def encounter(self, start: str, end: str, kind: str, class_code: str = "AMB") -> Resource:
