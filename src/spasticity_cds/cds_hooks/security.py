@@ -1,0 +1,358 @@
+"""Verify the JWT a CDS Hooks client sends with every call (CDS Hooks 2.0 "Trusting CDS Clients").
+
+The issuer must be trusted. A `jku` header must be allow-listed for that issuer; others are never fetched.
+The key is found by `kid` in the issuer's configured JWKS, or in the JWKS fetched (and cached) from the
+allow-listed `jku`. The signature must verify with an allowed asymmetric algorithm (never `none` or HMAC).
+`aud` must be exactly the endpoint URL that was called. `exp`, `iat` and `nbf` are checked against an injected
+clock with a small leeway, and `jti` must be new (replay cache). Every failure raises `AuthenticationError`,
+whose message is safe to log: it never contains the token.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import jwt
+
+from spasticity_cds.errors import AuthenticationError
+
+DEFAULT_ALGORITHMS: tuple[str, ...] = ("ES384", "RS384")
+ASYMMETRIC_ALGORITHMS = frozenset(
+    {"ES256", "ES384", "ES512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "EdDSA"}
+)
+MAX_TOKEN_CHARS = 16_384
+MAX_JTI_CHARS = 255
+_LOGGED_VALUE_CHARS = 80
+
+JsonObject = Mapping[str, Any]
+ReplayCheck = Callable[[str, str, datetime], bool]
+"""replay(issuer, jti, keep_until) -> True if the id is new (and now remembered), False if seen before."""
+JwksFetcher = Callable[[str], JsonObject]
+"""fetch_jwks(url) -> the parsed JWKS document; raises on any failure."""
+
+
+def _rejected(reason: str) -> AuthenticationError:
+    return AuthenticationError(f"client JWT rejected: {reason}")
+
+
+def _loggable(value: object) -> str:
+    """Render a client-supplied value for a log line: quoted, escaped and cut short."""
+    text = value if isinstance(value, str) else type(value).__name__
+    return repr(text[:_LOGGED_VALUE_CHARS])
+
+
+def index_jwks(jwks: object) -> dict[str, JsonObject]:
+    """Map each `kid` of a JWKS to its key; keys without a kid or with a repeated kid are left out."""
+    keys = jwks.get("keys") if isinstance(jwks, Mapping) else None
+    if not isinstance(keys, list):
+        raise ValueError('a JWKS must be a JSON object with a "keys" array')
+    by_kid: dict[str, JsonObject] = {}
+    duplicated: set[str] = set()
+    for key in keys:
+        kid = key.get("kid") if isinstance(key, Mapping) else None
+        if not isinstance(kid, str) or not kid:
+            continue
+        if kid in by_kid:
+            duplicated.add(kid)
+        by_kid[kid] = key
+    return {kid: key for kid, key in by_kid.items() if kid not in duplicated}
+
+
+def load_jwks_file(path: Path) -> dict[str, Any]:
+    """Read a JWKS (exchanged out of band with a CDS client) from a JSON file; ValueError if unusable."""
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{path}: cannot read a JWKS: {exc}") from exc
+    if not isinstance(document, dict):
+        raise ValueError(f"{path}: a JWKS must be a JSON object")
+    index_jwks(document)
+    return document
+
+
+@dataclass(frozen=True, slots=True)
+class TrustedIssuer:
+    """A CDS client we accept calls from, identified by its JWT `iss`.
+
+    Keys come from `jwks` (configured out of band) and/or from the JWKS at one of the `jku_allowlist` URLs.
+    `tenants`, when given, is the set of `tenant` claim values accepted (a token without `tenant` then fails).
+    """
+
+    iss: str
+    jwks: JsonObject | None = None
+    jku_allowlist: tuple[str, ...] = ()
+    algorithms: tuple[str, ...] = DEFAULT_ALGORITHMS
+    tenants: frozenset[str] | None = None
+    static_keys: Mapping[str, JsonObject] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "jku_allowlist", tuple(self.jku_allowlist))
+        object.__setattr__(self, "algorithms", tuple(self.algorithms))
+        if self.tenants is not None:
+            object.__setattr__(self, "tenants", frozenset(self.tenants))
+        unsafe = [alg for alg in self.algorithms if alg not in ASYMMETRIC_ALGORITHMS]
+        if unsafe or not self.algorithms:
+            message = f"issuer {self.iss!r}: algorithms must be asymmetric JWS algorithms, got {unsafe}"
+            raise ValueError(message)
+        if self.jwks is None and not self.jku_allowlist:
+            raise ValueError(f"issuer {self.iss!r}: configure a JWKS, an allowed jku URL, or both")
+        object.__setattr__(self, "static_keys", index_jwks(self.jwks) if self.jwks is not None else {})
+
+
+@dataclass(frozen=True, slots=True)
+class VerifiedClient:
+    """What a verified token says about the calling CDS client; every field is safe to log."""
+
+    iss: str
+    jti: str
+    kid: str
+    alg: str
+    audience: str
+    issued_at: datetime
+    expires_at: datetime
+    tenant: str | None = None
+    subject: str | None = None
+
+
+@dataclass
+class _CachedJwks:
+    keys: dict[str, JsonObject]
+    fetched_at: datetime
+    attempted_at: datetime
+
+
+class JwksCache:
+    """JWKS documents fetched from allow-listed `jku` URLs.
+
+    A document is reused for `ttl`; an unknown `kid` triggers a refetch, at most once per
+    `min_refresh_interval` per URL, so tokens with made-up kids cannot make us hammer the client's key endpoint.
+    If a refetch fails, the keys fetched before stay in use.
+    """
+
+    def __init__(
+        self,
+        fetch: JwksFetcher,
+        clock: Callable[[], datetime],
+        *,
+        ttl: timedelta = timedelta(minutes=10),
+        min_refresh_interval: timedelta = timedelta(seconds=60),
+    ) -> None:
+        self._fetch = fetch
+        self._clock = clock
+        self._ttl = ttl
+        self._min_refresh_interval = min_refresh_interval
+        self._entries: dict[str, _CachedJwks] = {}
+        self._lock = threading.Lock()
+
+    def find_key(self, url: str, kid: str) -> JsonObject | None:
+        """Return the key with this kid from the JWKS at `url`, fetching or refreshing it when allowed."""
+        with self._lock:
+            now = self._clock()
+            entry = self._entries.get(url)
+            if entry is None or now - entry.fetched_at >= self._ttl:
+                entry = self._refresh(url, entry, now)
+            if kid not in entry.keys and now - entry.attempted_at >= self._min_refresh_interval:
+                entry = self._refresh(url, entry, now)
+            return entry.keys.get(kid)
+
+    def _refresh(self, url: str, previous: _CachedJwks | None, now: datetime) -> _CachedJwks:
+        try:
+            keys = index_jwks(self._fetch(url))
+        except Exception as exc:
+            if previous is None:
+                raise _rejected(f"cannot fetch the JWKS at allowed jku {_loggable(url)}") from exc
+            previous.attempted_at = now
+            return previous
+        entry = _CachedJwks(keys=keys, fetched_at=now, attempted_at=now)
+        self._entries[url] = entry
+        return entry
+
+
+class JwtVerifier:
+    """Checks CDS client JWTs against a list of trusted issuers; safe to share between threads."""
+
+    def __init__(
+        self,
+        trusted: Sequence[TrustedIssuer],
+        replay: ReplayCheck,
+        clock: Callable[[], datetime],
+        *,
+        leeway_s: int = 30,
+        max_lifetime_s: int | None = 3600,
+        fetch_jwks: JwksFetcher | None = None,
+        jwks_ttl_s: int = 600,
+        jwks_min_refresh_interval_s: int = 60,
+    ) -> None:
+        self._issuers = {issuer.iss: issuer for issuer in trusted}
+        self._replay = replay
+        self._clock = clock
+        self._leeway = leeway_s
+        self._max_lifetime = max_lifetime_s
+        self._jwks_cache = (
+            JwksCache(
+                fetch_jwks,
+                clock,
+                ttl=timedelta(seconds=jwks_ttl_s),
+                min_refresh_interval=timedelta(seconds=jwks_min_refresh_interval_s),
+            )
+            if fetch_jwks is not None
+            else None
+        )
+
+    def verify(self, token: str, audience: str) -> VerifiedClient:
+        """Verify `token` for a call to the endpoint URL `audience`; raise `AuthenticationError` if it fails.
+
+        The jti is remembered (through `replay`) until the token can no longer pass the `exp` check.
+        """
+        header = _read_header(token)
+        issuer = self._trusted_issuer(_read_unverified_claims(token))
+        alg = _checked_algorithm(header, issuer)
+        kid = _checked_header_fields(header)
+        key = self._find_key(issuer, header.get("jku"), kid)
+        claims = _verified_claims(token, key, alg)
+        issued_at, expires_at = self._checked_times(claims)
+        _check_audience(claims, audience)
+        tenant = _checked_tenant(claims, issuer)
+        jti = _checked_jti(claims)
+        if not self._replay(issuer.iss, jti, expires_at + timedelta(seconds=self._leeway)):
+            raise _rejected(f"jti {_loggable(jti)} from {_loggable(issuer.iss)} was already used")
+        subject = claims.get("sub")
+        return VerifiedClient(
+            iss=issuer.iss,
+            jti=jti,
+            kid=kid,
+            alg=alg,
+            audience=audience,
+            issued_at=issued_at,
+            expires_at=expires_at,
+            tenant=tenant,
+            subject=subject if isinstance(subject, str) else None,
+        )
+
+    def _trusted_issuer(self, claims: JsonObject) -> TrustedIssuer:
+        iss = claims.get("iss")
+        issuer = self._issuers.get(iss) if isinstance(iss, str) else None
+        if issuer is None:
+            raise _rejected(f"issuer {_loggable(iss)} is not trusted")
+        return issuer
+
+    def _find_key(self, issuer: TrustedIssuer, jku: object, kid: str) -> JsonObject:
+        if jku is not None and (not isinstance(jku, str) or jku not in issuer.jku_allowlist):
+            raise _rejected(f"jku {_loggable(jku)} is not allowed for issuer {_loggable(issuer.iss)}")
+        key = issuer.static_keys.get(kid)
+        if key is None and isinstance(jku, str) and self._jwks_cache is not None:
+            key = self._jwks_cache.find_key(jku, kid)
+        if key is None:
+            raise _rejected(f"no key with kid {_loggable(kid)} for issuer {_loggable(issuer.iss)}")
+        return key
+
+    def _checked_times(self, claims: JsonObject) -> tuple[datetime, datetime]:
+        now = self._clock().timestamp()
+        expires, issued = _numeric_claim(claims, "exp"), _numeric_claim(claims, "iat")
+        if now >= expires + self._leeway:
+            raise _rejected("token has expired")
+        if issued > now + self._leeway:
+            raise _rejected("token was issued in the future (iat)")
+        if "nbf" in claims and _numeric_claim(claims, "nbf") > now + self._leeway:
+            raise _rejected("token is not valid yet (nbf)")
+        if expires <= issued or (self._max_lifetime is not None and expires - issued > self._max_lifetime):
+            raise _rejected(f"token lifetime exp - iat = {expires - issued:.0f} s is not allowed")
+        return datetime.fromtimestamp(issued, UTC), datetime.fromtimestamp(expires, UTC)
+
+
+def _read_header(token: str) -> JsonObject:
+    if not isinstance(token, str) or len(token) > MAX_TOKEN_CHARS:
+        raise _rejected("token is not a string of acceptable length")
+    try:
+        return jwt.get_unverified_header(token)
+    except jwt.PyJWTError:
+        raise _rejected("token is not a well-formed JWS") from None
+
+
+def _read_unverified_claims(token: str) -> JsonObject:
+    """Read the claims only to pick the issuer's keys; nothing here is trusted before the signature check."""
+    try:
+        claims: dict[str, Any] = jwt.decode(token, options={"verify_signature": False})
+    except jwt.PyJWTError:
+        raise _rejected("token payload is not a JSON object") from None
+    return claims
+
+
+def _checked_algorithm(header: JsonObject, issuer: TrustedIssuer) -> str:
+    alg = header.get("alg")
+    if not isinstance(alg, str) or alg not in ASYMMETRIC_ALGORITHMS:
+        raise _rejected(f"algorithm {_loggable(alg)} is never accepted")
+    if alg not in issuer.algorithms:
+        raise _rejected(f"algorithm {alg} is not allowed for issuer {_loggable(issuer.iss)}")
+    return alg
+
+
+def _checked_header_fields(header: JsonObject) -> str:
+    """Check `typ` and return the `kid`."""
+    typ = header.get("typ")
+    if not isinstance(typ, str) or typ.upper() != "JWT":
+        raise _rejected(f"header typ {_loggable(typ)} is not JWT")
+    kid = header.get("kid")
+    if not isinstance(kid, str) or not kid:
+        raise _rejected("header has no kid")
+    return kid
+
+
+def _verified_claims(token: str, key: JsonObject, alg: str) -> JsonObject:
+    """Verify the signature with `key` and `alg` and return the claims; times and audience come later."""
+    if key.get("alg", alg) != alg or key.get("use", "sig") != "sig":
+        raise _rejected(f"key {_loggable(key.get('kid'))} is not a signing key for {alg}")
+    options = {
+        "verify_signature": True,
+        "verify_exp": False,
+        "verify_nbf": False,
+        "verify_iat": False,
+        "verify_aud": False,
+        "verify_iss": False,
+        "verify_sub": False,
+        "verify_jti": False,
+        "enforce_minimum_key_length": True,
+    }
+    try:
+        signing_key = jwt.PyJWK(dict(key), algorithm=alg)
+        claims: dict[str, Any] = jwt.decode(token, key=signing_key, algorithms=[alg], options=options)  # type: ignore[arg-type]
+    except jwt.InvalidSignatureError:
+        raise _rejected("signature does not verify") from None
+    except (jwt.PyJWTError, ValueError, TypeError) as exc:
+        raise _rejected(f"token cannot be verified ({type(exc).__name__})") from None
+    return claims
+
+
+def _numeric_claim(claims: JsonObject, name: str) -> float:
+    value = claims.get(name)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _rejected(f"claim {name} is missing or not a number")
+    return float(value)
+
+
+def _check_audience(claims: JsonObject, audience: str) -> None:
+    aud = claims.get("aud")
+    if aud not in (audience, [audience]):
+        raise _rejected(f"aud {_loggable(aud)} is not the endpoint called ({_loggable(audience)})")
+
+
+def _checked_tenant(claims: JsonObject, issuer: TrustedIssuer) -> str | None:
+    tenant = claims.get("tenant")
+    if tenant is not None and not isinstance(tenant, str):
+        raise _rejected("claim tenant is not a string")
+    if issuer.tenants is not None and tenant not in issuer.tenants:
+        raise _rejected(f"tenant {_loggable(tenant)} is not allowed for issuer {_loggable(issuer.iss)}")
+    return tenant
+
+
+def _checked_jti(claims: JsonObject) -> str:
+    jti = claims.get("jti")
+    if not isinstance(jti, str) or not jti or len(jti) > MAX_JTI_CHARS:
+        raise _rejected(f"claim jti is missing or longer than {MAX_JTI_CHARS} characters")
+    return jti
