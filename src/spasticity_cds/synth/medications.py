@@ -149,7 +149,7 @@ def adjuncts(plan: Plan, rng: random.Random, start: date, first: str, *, active_
         orders.append(Order("clonidine", 0.1, 2, later))
     if chance(rng, 0.03):
         orders.append(nabiximols(later))
-    if plan.mas_base >= 3.2 and chance(rng, 0.15):
+    if plan.mas_base >= 3.0 and chance(rng, 0.25):
         orders.append(intrathecal_baclofen(rng, later + timedelta(days=120)))
     return [o for o in orders if o.start < plan.as_of]
 

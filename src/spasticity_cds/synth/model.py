@@ -61,6 +61,7 @@ class Plan:
     leg_weight: float
     spastic: bool
     mas_sites: list[str]
+    mas_offsets: list[float]
     mas_base: float
     mas_slope: float
     kidney: str
@@ -106,7 +107,8 @@ def make_plan(rng: random.Random, seed: int, index: int, profile: Profile, as_of
     birth = onset - timedelta(days=round(onset_age * 365.25) + rng.randrange(365))
     total_months = (visits[-1] - onset).days / DAYS_PER_MONTH
     spastic = disease != "als" or chance(rng, 0.75)
-    mas_base = clamp(rng.gauss(1.8 if disease == "als" else 2.6, 0.9), 0, 4.4) if spastic else 0.0
+    mas_base = clamp(rng.gauss(1.6 if disease == "als" else 2.4, 0.8), 0, 4.2) if spastic else 0.0
+    sites = rng.sample(BODY_SITES, rng.randint(2, 4)) if spastic else []
     kidney = _draw_kidney(rng)
     return Plan(
         seed=seed,
@@ -128,9 +130,10 @@ def make_plan(rng: random.Random, seed: int, index: int, profile: Profile, as_of
         bulbar_weight=rng.uniform(0.35, 0.55),
         leg_weight=rng.uniform(0.2, 0.4),
         spastic=spastic,
-        mas_sites=rng.sample(BODY_SITES, rng.randint(2, 4)) if spastic else [],
+        mas_sites=sites,
+        mas_offsets=[rng.gauss(0, 0.4) for _ in sites],
         mas_base=mas_base,
-        mas_slope=rng.uniform(0.0, 0.04) if spastic else 0.0,
+        mas_slope=rng.uniform(0.0, 0.02) if spastic else 0.0,
         kidney=kidney,
         creatinine_base=_draw_creatinine(rng, sex, kidney),
         bp_base=(clamp(rng.gauss(127, 14), 95, 170), clamp(rng.gauss(78, 8), 55, 100)),
@@ -234,9 +237,9 @@ def snip_value(plan: Plan, when: date, rng: random.Random) -> int:
     return round(clamp(value, 5, 150))
 
 
-def mas_grade(plan: Plan, when: date, rng: random.Random) -> int | str:
+def mas_grade(plan: Plan, when: date, rng: random.Random, offset: float = 0.0) -> int | str:
     """Modified Ashworth grade for one muscle group (0, 1, "1+", 2, 3 or 4)."""
-    value = plan.mas_base + plan.mas_slope * plan.months(when) + rng.gauss(0, 0.6)
+    value = plan.mas_base + offset + plan.mas_slope * plan.months(when) + rng.gauss(0, 0.45)
     return MAS_LABELS[round(clamp(value, 0, 5))]
 
 
@@ -247,7 +250,7 @@ def mas_index(grade: int | str) -> int:
 
 def penn_score(plan: Plan, when: date, rng: random.Random) -> int:
     """Penn spasm frequency score 0-4."""
-    value = (plan.mas_base + plan.mas_slope * plan.months(when)) * 0.8 + rng.gauss(0, 0.7)
+    value = (plan.mas_base + plan.mas_slope * plan.months(when)) * 0.8 + rng.gauss(0, 0.5)
     return round(clamp(value, 0, 4))
 
 

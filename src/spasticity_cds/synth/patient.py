@@ -222,9 +222,9 @@ class Course:
     def spasticity(self, day: date, at: str, enc: Resource) -> None:
         """Modified Ashworth per muscle group, Penn spasm frequency, and the PT tone assessment."""
         plan, rng = self.plan, self.rng
-        for site in plan.mas_sites:
+        for site, offset in zip(plan.mas_sites, plan.mas_offsets, strict=True):
             mas_code = concept(codes.MAS_SCT, codes.MAS_LOCAL, text="Modified Ashworth Scale")
-            grade = model.mas_grade(plan, day, rng)
+            grade = model.mas_grade(plan, day, rng, offset)
             value = {"valueString": grade} if isinstance(grade, str) else {"valueInteger": grade}
             self.f.observation(mas_code, "exam", at, value, enc, bodySite={"text": site})
         penn = model.penn_score(plan, day, rng)
