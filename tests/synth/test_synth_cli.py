@@ -82,3 +82,11 @@ def test_bad_choices_are_argparse_errors() -> None:
         parse("--n", "1", "--out", "x", "--profile", "huge")
     with pytest.raises(SystemExit):
         parse("--n", "1", "--out", "x", "--as-of", "yesterday")
+
+
+def test_run_with_a_terminal_shows_progress_and_summary(tmp_path: Path) -> None:
+    buffer = io.StringIO()
+    terminal = Console(file=buffer, width=120, force_terminal=True, color_system=None)
+    assert cli.run(parse("--n", "3", "--profile", "lean", "--out", str(tmp_path)), terminal) == 0
+    assert "Wrote 3 lean patients" in buffer.getvalue()
+    assert len((tmp_path / "bundles.ndjson").read_bytes().splitlines()) == 3

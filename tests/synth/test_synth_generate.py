@@ -109,6 +109,11 @@ def test_mean_resources_per_patient_near_target(profile: str) -> None:
     assert 0.8 * target <= mean <= 1.2 * target, mean
 
 
+def test_heavy_patients_are_mostly_visits_and_measurements() -> None:
+    kinds = Counter(r["resourceType"] for i in range(10) for r in generate_patient(21, i, "heavy"))
+    assert (kinds["Observation"] + kinds["Encounter"]) / sum(kinds.values()) > 0.9
+
+
 # Structure --------------------------------------------------------------------------------------
 
 
