@@ -131,8 +131,8 @@ class JwksCache:
     """JWKS documents fetched from allow-listed `jku` URLs.
 
     A document is reused for `ttl`; an unknown `kid` triggers a refetch, at most once per
-    `min_refresh_interval` per URL, so tokens with made-up kids cannot make us hammer the client's key endpoint.
-    If a refetch fails, the keys fetched before stay in use.
+    `min_refresh_interval` per URL, so tokens with made-up kids cannot make us hammer the key endpoint.
+    A failed fetch is also rate limited, and the keys fetched before it stay in use. Fetches run under a lock.
     """
 
     def __init__(
@@ -155,20 +155,26 @@ class JwksCache:
         with self._lock:
             now = self._clock()
             entry = self._entries.get(url)
-            if entry is None or now - entry.fetched_at >= self._ttl:
-                entry = self._refresh(url, entry, now)
-            if kid not in entry.keys and now - entry.attempted_at >= self._min_refresh_interval:
+            if entry is None or self._may_refresh(entry, kid, now):
                 entry = self._refresh(url, entry, now)
             return entry.keys.get(kid)
 
+    def _may_refresh(self, entry: _CachedJwks, kid: str, now: datetime) -> bool:
+        if now - entry.attempted_at < self._min_refresh_interval:
+            return False
+        return kid not in entry.keys or now - entry.fetched_at >= self._ttl
+
     def _refresh(self, url: str, previous: _CachedJwks | None, now: datetime) -> _CachedJwks:
+        """Fetch the JWKS; on failure keep the previous keys (or none) and remember the attempt."""
         try:
             keys = index_jwks(self._fetch(url))
         except Exception as exc:
+            failed = previous or _CachedJwks(keys={}, fetched_at=now, attempted_at=now)
+            failed.attempted_at = now
+            self._entries[url] = failed
             if previous is None:
                 raise _rejected(f"cannot fetch the JWKS at allowed jku {_loggable(url)}") from exc
-            previous.attempted_at = now
-            return previous
+            return failed
         entry = _CachedJwks(keys=keys, fetched_at=now, attempted_at=now)
         self._entries[url] = entry
         return entry
