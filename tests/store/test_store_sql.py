@@ -9,7 +9,9 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
+from sqlalchemy import text
 
+from spasticity_cds.errors import StoreError
 from spasticity_cds.store import (
     FeedbackOutcome,
     HookFeedback,
@@ -80,6 +82,14 @@ def test_reopening_a_migrated_store_keeps_its_rows(store_url: str) -> None:
         store.record_issued_cards([issued_card("card-1")])
     with open_store(store_url) as store:
         assert store.counts().issued_cards == 1
+
+
+def test_a_schema_from_a_newer_version_is_a_store_error(store_url: str) -> None:
+    with open_store(store_url) as store, store.engine.begin() as connection:
+        connection.execute(text("UPDATE alembic_version SET version_num = '9999'"))
+
+    with pytest.raises(StoreError, match="newer version"):
+        open_store(store_url)
 
 
 def test_migrations_build_exactly_the_declared_schema(store: SqlFeedbackStore) -> None:

@@ -16,16 +16,18 @@ MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 POSTGRES_MIGRATION_LOCK_KEY = 0x5350_4344_534D_4947
 
 
-def _alembic_config() -> Config:
+def alembic_config() -> Config:
+    """An Alembic config for the shipped migrations (no alembic.ini); also used to write new revisions."""
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     config.set_main_option("path_separator", "os")
+    config.set_main_option("file_template", "r%%(rev)s_%%(slug)s")
     return config
 
 
 def head_revision() -> str:
     """Return the newest revision the shipped migrations define."""
-    head = ScriptDirectory.from_config(_alembic_config()).get_current_head()
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
     if head is None:
         raise RuntimeError("the store ships no migrations")
     return head
@@ -44,7 +46,7 @@ def upgrade_to_head(engine: Engine) -> None:
     SQLite: the transaction starts with BEGIN IMMEDIATE (see `connection.py`), which holds the write lock.
     Either way a second process waits, then finds the schema at head and does nothing.
     """
-    config = _alembic_config()
+    config = alembic_config()
     with engine.begin() as connection:
         _take_migration_lock(connection)
         config.attributes["connection"] = connection
