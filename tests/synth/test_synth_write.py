@@ -154,3 +154,11 @@ def test_creates_missing_parent_directories(tmp_path: Path) -> None:
     out = tmp_path / "deep" / "er"
     write_cohort(out, n=1, profile="lean", seed=1, fmt="bulk")
     assert (out / "manifest.json").is_file()
+
+
+def test_rerun_replaces_the_manifest(tmp_path: Path) -> None:
+    write_cohort(tmp_path, n=3, profile="lean", seed=1, fmt="bulk")
+    write_cohort(tmp_path, n=2, profile="lean", seed=1, fmt="bulk")
+    manifest = orjson.loads((tmp_path / "manifest.json").read_bytes())
+    patients = next(item for item in manifest["output"] if item["type"] == "Patient")
+    assert patients["count"] == 2 == len(read_lines(tmp_path / "Patient.ndjson"))

@@ -165,6 +165,8 @@ def _write_bundles(
 def _write_bulk(
     summary: CohortSummary, n: int, gz: bool, as_of: date, progress: Callable[[int], None] | None
 ) -> None:
+    manifest = summary.out_dir / "manifest.json"
+    manifest.unlink(missing_ok=True)
     with ExitStack() as stack:
         files: dict[str, _Sink] = {}
         for index in range(summary.start, summary.start + n):
@@ -180,6 +182,5 @@ def _write_bulk(
             if progress is not None:
                 progress(summary.patients)
     summary.files.extend(summary.out_dir / f"{kind}{_suffix(gz)}" for kind in sorted(files))
-    manifest = summary.out_dir / "manifest.json"
     manifest.write_bytes(orjson.dumps(manifest_of(summary, n, as_of, gz), option=orjson.OPT_INDENT_2) + b"\n")
     summary.files.append(manifest)
