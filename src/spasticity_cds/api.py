@@ -1,0 +1,76 @@
+"""The library surface every interface uses: load the knowledge base once, read a patient, evaluate, explain."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from spasticity_cds.engine.evaluator import Engine
+from spasticity_cds.engine.facts import Value
+from spasticity_cds.errors import InputError
+from spasticity_cds.fhir.parse import ParsedInput, parse_bytes
+from spasticity_cds.fhir.record import PatientRecord, build_record
+from spasticity_cds.knowledge import loader
+
+PatientInput = PatientRecord | bytes | Mapping[str, Any] | list[Any]
+
+
+def load_knowledge_base(path: Path | None = None) -> Engine:
+    """The knowledge base at ``path`` (the shipped one by default), validated and compiled for evaluation."""
+    if path is None:
+        return _default_engine()
+    return Engine(loader.load(path))
+
+
+@lru_cache(maxsize=1)
+def _default_engine() -> Engine:
+    return Engine(loader.load())
+
+
+def read_patient(data: PatientInput, *, source: str = "<input>") -> PatientRecord:
+    """One patient's record from bytes (JSON or NDJSON), a parsed Bundle or prefetch map, or a resource list."""
+    if isinstance(data, PatientRecord):
+        return data
+    if isinstance(data, bytes | bytearray | memoryview):
+        return build_record(parse_bytes(bytes(data), source=source), source=source)
+    parsed = ParsedInput()
+    if not isinstance(data, Mapping | list):
+        raise InputError(f"cannot read a patient from {type(data).__name__}", where=source)
+    parsed.add(data if isinstance(data, list) else dict(data), source=source)
+    return build_record(parsed, source=source)
+
+
+def evaluate(
+    patient: PatientInput,
+    *,
+    now: datetime,
+    engine: Engine | None = None,
+    settings: Mapping[str, Value] | None = None,
+) -> dict[str, Any]:
+    """The treatment plan for one patient at ``now`` (timezone-aware), as the JSON result contract."""
+    active = engine or load_knowledge_base()
+    return active.evaluate(read_patient(patient), now, settings)
+
+
+def explain(
+    patient: PatientInput,
+    rule_id: str,
+    *,
+    now: datetime,
+    engine: Engine | None = None,
+    settings: Mapping[str, Value] | None = None,
+) -> dict[str, Any]:
+    """One rule's tree for this patient with the value of every node and the nodes that decided it."""
+    active = engine or load_knowledge_base()
+    return active.explain(read_patient(patient), now, rule_id, settings)
+
+
+def to_json(result: Mapping[str, Any], *, pretty: bool = False) -> bytes:
+    """Canonical JSON: sorted keys, UTF-8; indented when ``pretty``."""
+    option = orjson.OPT_SORT_KEYS | (orjson.OPT_INDENT_2 if pretty else 0)
+    return orjson.dumps(result, option=option)

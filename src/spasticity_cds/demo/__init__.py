@@ -1,0 +1,1 @@
+"""Bundled example patients that walk the treatment ladder."""

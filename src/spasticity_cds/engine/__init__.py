@@ -1,0 +1,1 @@
+"""The pure evaluator: facts, three-valued rules, dosing and the result contract."""

@@ -1,0 +1,434 @@
+"""The pure evaluator: knowledge base compiled once, then facts -> rules -> findings and options per patient."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from spasticity_cds.engine.dosing import dose_facts, dose_plan
+from spasticity_cds.engine.extract import FactExtractor
+from spasticity_cds.engine.facts import Fact, Value
+from spasticity_cds.engine.logic import CompiledNode, Compiler, Env, Truth
+from spasticity_cds.engine.vocabulary import Vocabulary
+from spasticity_cds.errors import EvaluationError, KnowledgeBaseError
+from spasticity_cds.fhir.parse import ParsedInput
+from spasticity_cds.fhir.record import PatientRecord, build_record
+from spasticity_cds.knowledge.loader import KnowledgeBase, suggest
+from spasticity_cds.knowledge.schema import CitationRef, LadderStep, Monograph, Rule
+
+RESULT_SCHEMA_VERSION = "1.0"
+STATUS_ORDER = {"current": 0, "recommended": 1, "consider": 2, "caution": 3, "avoid": 4, "contraindicated": 5}
+SAFETY_STATUSES = frozenset({"caution", "avoid", "contraindicated"})
+SEVERITY_ORDER = {"critical": 0, "warning": 1, "info": 2}
+KIND_ORDER = {
+    "contraindication": 0,
+    "warning": 1,
+    "dose": 2,
+    "monitoring": 3,
+    "recommendation": 4,
+    "data-gap": 5,
+    "info": 6,
+}
+PLACEHOLDER = re.compile(r"\{([a-z][a-z0-9_\-]*(?:\.[a-z0-9_\-]+)+)\}")
+
+
+@dataclass(frozen=True)
+class CompiledRule:
+    """A rule with its compiled tree and the facts its text mentions."""
+
+    rule: Rule
+    tree: CompiledNode
+    source_file: str
+
+
+class Engine:
+    """Everything about the knowledge base that does not depend on the patient, prepared once."""
+
+    def __init__(self, kb: KnowledgeBase) -> None:
+        self.kb = kb
+        self.defaults: dict[str, Value] = {name: setting.value for name, setting in kb.settings.items()}
+        self.vocabulary = Vocabulary(kb.valuesets)
+        self.extractor = FactExtractor(
+            self.vocabulary,
+            kb.valuesets.units,
+            kb.valuesets.egfr_equation,
+            kb.valuesets.stop_reasons,
+            {name: value for name, value in self.defaults.items() if isinstance(value, int | float)},
+        )
+        self.dosed = [m for m in kb.monographs.values() if m.max_daily or m.renal_bands]
+        self.fact_names = self._catalogue()
+        compiler = Compiler(self.fact_names, self.defaults, set(kb.definitions))
+        self.definitions = {
+            name: compiler.compile(definition.when, f"definitions.yaml: {name}")
+            for name, definition in kb.definitions.items()
+        }
+        _check_definition_cycles(kb)
+        self.rules = [
+            CompiledRule(rule, compiler.compile(rule.when, f"{kb.rule_files[rule.id]}: rule {rule.id}.when"), kb.rule_files[rule.id])
+            for rule in kb.rules.values()
+            if rule.active
+        ]
+        self.ladder = sorted(kb.ladder.steps, key=lambda step: step.position)
+        self.monograph_by_agent: dict[str, Monograph] = dict(kb.monographs)
+        self._check_texts_and_ladder()
+
+    # -- compile-time checks ---------------------------------------------------------------------------
+
+    def _catalogue(self) -> set[str]:
+        """Fact names are exactly those the extractor produces for an empty record (so they cannot drift)."""
+        empty = build_record(ParsedInput([{"resourceType": "Patient", "id": "catalogue"}]))
+        facts, _ = self._facts(empty, datetime(2000, 1, 1), self.defaults)
+        return set(facts) | {f"setting.{name}" for name in self.defaults}
+
+    def _check_texts_and_ladder(self) -> None:
+        for compiled in self.rules:
+            rule = compiled.rule
+            for text in (rule.summary, rule.detail, rule.gap_summary or ""):
+                for name in PLACEHOLDER.findall(text):
+                    if name not in self.fact_names:
+                        hint = suggest(name, self.fact_names)
+                        raise KnowledgeBaseError(
+                            f"text mentions unknown fact {{{name}}}" + (f"; did you mean {{{hint}}}?" if hint else ""),
+                            where=f"{compiled.source_file}: rule {rule.id}",
+                        )
+        for step in self.ladder:
+            for name in (*step.current_when, *step.proposed_when):
+                if name not in self.fact_names:
+                    raise KnowledgeBaseError(f"unknown fact {name!r}", where=f"ladder.yaml: {step.agent}")
+
+    def settings_for(self, overrides: Mapping[str, Value] | None) -> dict[str, Value]:
+        """Defaults with the caller's overrides, each checked against its declared choices."""
+        merged = dict(self.defaults)
+        for name, value in (overrides or {}).items():
+            setting = self.kb.settings.get(name)
+            if setting is None:
+                hint = suggest(name, self.kb.settings)
+                raise KnowledgeBaseError(f"unknown setting {name!r}" + (f"; did you mean {hint!r}?" if hint else ""))
+            if setting.choices and str(value) not in setting.choices:
+                raise KnowledgeBaseError(f"setting {name} must be one of {', '.join(setting.choices)}, not {value!r}")
+            merged[name] = value
+        return merged
+
+    # -- per patient -----------------------------------------------------------------------------------
+
+    def _facts(
+        self, record: PatientRecord, now: datetime, settings: Mapping[str, Value]
+    ) -> tuple[dict[str, Fact], list[str]]:
+        facts, notes = self.extractor.extract(record, now)
+        for monograph in self.dosed:
+            facts.update(dose_facts(monograph, facts, settings))
+        return facts, notes
+
+    def evaluate(
+        self, record: PatientRecord, now: datetime, settings: Mapping[str, Value] | None = None
+    ) -> dict[str, Any]:
+        """The result contract (design.md section 5) for one patient at ``now``."""
+        if now.tzinfo is None:
+            raise EvaluationError("`now` must carry a UTC offset")
+        active_settings = self.settings_for(settings)
+        facts, notes = self._facts(record, now, active_settings)
+        env = Env(facts, active_settings, self.definitions)
+        scope = self.kb.rules[self.kb.manifest.scope_rule]
+        in_scope = not self._fires(scope.id, env)
+        findings, effects = self._findings(env, in_scope)
+        options = self._options(env, effects, now) if in_scope else []
+        return self._assemble(record, now, active_settings, in_scope, findings, options, notes)
+
+    def _fires(self, rule_id: str, env: Env) -> Truth:
+        compiled = next(c for c in self.rules if c.rule.id == rule_id)
+        return compiled.tree.evaluate(env)
+
+    def _findings(self, env: Env, in_scope: bool) -> tuple[list[dict[str, Any]], dict[str, list[tuple[str, str]]]]:
+        findings: list[dict[str, Any]] = []
+        effects: dict[str, list[tuple[str, str]]] = {}
+        scope_id = self.kb.manifest.scope_rule
+        for compiled in self.rules:
+            rule = compiled.rule
+            if (rule.id == scope_id) == in_scope:
+                continue
+            try:
+                value = compiled.tree.evaluate(env)
+            except Exception as error:
+                raise EvaluationError(f"rule {rule.id} failed: {error}", where=compiled.source_file) from error
+            if value is True:
+                findings.append(self._finding(compiled, env, gap=False))
+                for agent, status in rule.effects.items():
+                    effects.setdefault(agent, []).append((status, rule.id))
+            elif value is None:
+                if rule.on_unknown == "data-gap":
+                    findings.append(self._finding(compiled, env, gap=True))
+                for agent, status in rule.effects_if_unknown.items():
+                    effects.setdefault(agent, []).append((status, rule.id))
+        findings.sort(key=lambda f: (SEVERITY_ORDER[f["severity"]], KIND_ORDER[f["kind"]], f["rule_id"]))
+        return findings, effects
+
+    def _finding(self, compiled: CompiledRule, env: Env, *, gap: bool) -> dict[str, Any]:
+        rule = compiled.rule
+        used = compiled.tree.facts_used()
+        facts = [env.facts[name] for name in used if name in env.facts]
+        involved = any(self._agent_state(agent, env.facts)[1] for agent in rule.agents)
+        severity = rule.escalate_if_current if (rule.escalate_if_current and involved) else rule.severity
+        if gap:
+            unknown = [n.fact for n in compiled.tree.deciding(env) if n.fact]
+            missing_names = [name for name in dict.fromkeys(unknown) if not name.startswith("def.")]
+            missing_names += [d for name in unknown if name.startswith("def.") for d in self._unknown_in_definition(name[4:], env)]
+            summary = self._render(rule.gap_summary or f"Not enough data to check: {rule.summary}", env.facts)
+            finding = {
+                "id": f"{rule.id}:gap",
+                "kind": "data-gap",
+                "severity": "warning" if involved else "info",
+                "summary": summary,
+                "detail": self._render(rule.detail, env.facts),
+                "missing": list(dict.fromkeys(missing_names)),
+            }
+        else:
+            finding = {
+                "id": rule.id,
+                "kind": rule.kind,
+                "severity": severity,
+                "summary": self._render(rule.summary, env.facts),
+                "detail": self._render(rule.detail, env.facts),
+            }
+        finding.update(
+            {
+                "rule_id": rule.id,
+                "rule_version": rule.version,
+                "agents": list(rule.agents),
+                "citations": self.cite(rule.citations),
+                "facts": [fact.to_dict() for fact in facts],
+                "evidence": sorted({source for fact in facts for source in fact.sources}),
+            }
+        )
+        if rule.effects and not gap:
+            finding["effects"] = dict(rule.effects)
+        if rule.action != "none" and not gap:
+            finding["action"] = rule.action
+        if rule.conflict is not None:
+            finding["conflict"] = {
+                "topic": rule.conflict.topic,
+                "chosen": rule.conflict.chosen,
+                "why": rule.conflict.why,
+                **({"setting": rule.conflict.setting} if rule.conflict.setting else {}),
+            }
+        return finding
+
+    def _unknown_in_definition(self, name: str, env: Env) -> list[str]:
+        unknown = [n.fact for n in self.definitions[name].deciding(env) if n.fact]
+        out: list[str] = []
+        for fact in unknown:
+            if fact.startswith("def."):
+                out.extend(self._unknown_in_definition(fact[4:], env))
+            else:
+                out.append(fact)
+        return out
+
+    def _render(self, template: str, facts: Mapping[str, Fact]) -> str:
+        return PLACEHOLDER.sub(lambda m: facts[m.group(1)].display() if m.group(1) in facts else m.group(0), template)
+
+    def cite(self, refs: list[CitationRef]) -> list[dict[str, Any]]:
+        """Citation references expanded with title and evidence status, as every output carries them."""
+        out = []
+        for ref in refs:
+            citation = self.kb.citations[ref.id]
+            entry: dict[str, Any] = {
+                "id": ref.id,
+                "title": citation.title,
+                "kind": citation.kind,
+                "status": ref.status or citation.status,
+                "locator": ref.locator,
+            }
+            if citation.year:
+                entry["year"] = citation.year
+            identifiers = {k: v for k, v in (("doi", citation.identifiers.doi), ("pmid", citation.identifiers.pmid), ("url", citation.identifiers.url)) if v}
+            if identifiers:
+                entry["identifiers"] = identifiers
+            out.append(entry)
+        return out
+
+    def _agent_state(self, agent: str, facts: Mapping[str, Fact]) -> tuple[bool, bool]:
+        step = next((s for s in self.ladder if s.agent == agent), None)
+        if step is None:
+            return False, False
+        current = any(facts[name].value is True for name in step.current_when)
+        proposed = any(facts[name].value is True for name in step.proposed_when)
+        return current, current or proposed
+
+    def _options(self, env: Env, effects: dict[str, list[tuple[str, str]]], now: datetime) -> list[dict[str, Any]]:
+        options = [self._option(step, env, effects.get(step.agent, []), now) for step in self.ladder]
+        options.sort(key=lambda o: (STATUS_ORDER[o["status"]], o["position"]))
+        for rank, option in enumerate(options, start=1):
+            option["rank"] = rank
+        return options
+
+    def _option(self, step: LadderStep, env: Env, effects: list[tuple[str, str]], now: datetime) -> dict[str, Any]:
+        current, involved = self._agent_state(step.agent, env.facts)
+        status, because = _status(step, effects, current)
+        option: dict[str, Any] = {
+            "agent": step.agent,
+            "name": step.name,
+            "status": status,
+            "position": step.position,
+            "role": step.role,
+            "summary": step.summary,
+            "citations": self.cite(step.citations),
+            "current": current,
+            "proposed": involved and not current,
+            "because": because,
+        }
+        monograph = self.monograph_by_agent.get(step.agent)
+        if monograph is not None:
+            self._add_monograph(option, monograph, env, now)
+        return option
+
+    def _add_monograph(self, option: dict[str, Any], monograph: Monograph, env: Env, now: datetime) -> None:
+        plan = dose_plan(monograph, env.facts, env.settings, now, self.cite)
+        if plan is not None:
+            option["dose_plan"] = plan
+        daily = env.facts.get(f"med.{monograph.concept}.daily_dose")
+        if daily is not None and daily.usable:
+            option["daily_dose"] = daily.to_dict()
+        if monograph.monitoring:
+            option["monitoring"] = [
+                {"test": item.test, "what": item.what, "citations": self.cite(item.citations)}
+                | ({"interval_days": item.interval_days} if item.interval_days else {})
+                for item in monograph.monitoring
+            ]
+        if monograph.taper is not None:
+            option["taper"] = {"text": monograph.taper.text, "citations": self.cite(monograph.taper.citations)}
+        if env.definition("dysphagia") is True:
+            suitable = [f for f in monograph.formulations if f.tube or f.dysphagia]
+            if suitable:
+                option["formulations"] = [
+                    {"form": f.form, "strength": f.strength, "tube": f.tube, "citations": self.cite(f.citations)}
+                    | ({"caution": f.caution} if f.caution else {})
+                    for f in suitable
+                ]
+
+    def _assemble(
+        self,
+        record: PatientRecord,
+        now: datetime,
+        settings: Mapping[str, Value],
+        in_scope: bool,
+        findings: list[dict[str, Any]],
+        options: list[dict[str, Any]],
+        notes: list[str],
+    ) -> dict[str, Any]:
+        gaps = sum(1 for finding in findings if finding["kind"] == "data-gap")
+        input_notes = list(notes)
+        if record.duplicates_dropped:
+            input_notes.append(f"{record.duplicates_dropped} duplicate resources collapsed")
+        if record.other_patient_resources:
+            input_notes.append(f"{record.other_patient_resources} resources of other patients ignored")
+        manifest = self.kb.manifest
+        return {
+            "schema_version": RESULT_SCHEMA_VERSION,
+            "patient": record.patient_reference,
+            "evaluated_at": now.isoformat(),
+            "knowledge_base": {"name": manifest.name, "version": manifest.version, "digest": self.kb.digest},
+            "settings": {name: settings[name] for name in sorted(settings) if self.kb.settings[name].choices},
+            "in_scope": in_scope,
+            "confidence": "high" if gaps == 0 else "reduced",
+            "data_gaps": gaps,
+            "standing": _standing(options),
+            "options": options,
+            "findings": findings,
+            "input_notes": input_notes,
+            "disclaimer": {"text": manifest.disclaimer.text, "citations": self.cite(manifest.disclaimer.citations)},
+        }
+
+    def explain(
+        self, record: PatientRecord, now: datetime, rule_id: str, settings: Mapping[str, Value] | None = None
+    ) -> dict[str, Any]:
+        """A rule's tree with the value at each node, and the nodes that decided its outcome."""
+        compiled = next((c for c in self.rules if c.rule.id == rule_id), None)
+        if compiled is None:
+            hint = suggest(rule_id, [c.rule.id for c in self.rules])
+            raise KnowledgeBaseError(f"no active rule {rule_id!r}" + (f"; did you mean {hint!r}?" if hint else ""))
+        active_settings = self.settings_for(settings)
+        facts, _ = self._facts(record, now, active_settings)
+        env = Env(facts, active_settings, self.definitions)
+        values: dict[str, Truth] = {}
+        outcome = compiled.tree.trace(env, values)
+        return {
+            "rule_id": compiled.rule.id,
+            "rule_version": compiled.rule.version,
+            "file": compiled.source_file,
+            "outcome": _truth_word(outcome),
+            "tree": _tree(compiled.tree, values, env),
+            "deciding": [
+                {"path": node.path, "label": node.label, "value": _truth_word(values.get(node.path))}
+                for node in compiled.tree.deciding(env)
+            ],
+        }
+
+
+def _status(step: LadderStep, effects: list[tuple[str, str]], current: bool) -> tuple[str, list[str]]:
+    safety = [(s, r) for s, r in effects if s in SAFETY_STATUSES]
+    if safety:
+        worst = max(STATUS_ORDER[s] for s, _ in safety)
+        return next(s for s, _ in safety if STATUS_ORDER[s] == worst), sorted({r for _, r in safety})
+    if current:
+        return "current", sorted({r for _, r in effects})
+    positive = [(s, r) for s, r in effects if s not in SAFETY_STATUSES]
+    if positive:
+        best = min(STATUS_ORDER[s] for s, _ in positive)
+        return next(s for s, _ in positive if STATUS_ORDER[s] == best), sorted({r for _, r in positive})
+    return step.default_status, []
+
+
+def _standing(options: list[dict[str, Any]]) -> dict[str, Any]:
+    current = [o for o in options if o["current"]]
+    return {
+        "current_agents": [o["agent"] for o in current],
+        "highest_step": max((o["position"] for o in current), default=0),
+        "roles": [o["role"] for o in current],
+    }
+
+
+def _truth_word(value: Truth) -> str:
+    return "unknown" if value is None else "true" if value else "false"
+
+
+def _tree(node: CompiledNode, values: dict[str, Truth], env: Env) -> dict[str, Any]:
+    out: dict[str, Any] = {"path": node.path, "label": node.label, "value": _truth_word(values.get(node.path))}
+    if node.fact and node.fact in env.facts:
+        out["fact"] = env.facts[node.fact].to_dict()
+    if node.children:
+        out["children"] = [_tree(child, values, env) for child in node.children]
+    return out
+
+
+def _check_definition_cycles(kb: KnowledgeBase) -> None:
+    def references(name: str) -> set[str]:
+        found: set[str] = set()
+        stack = [kb.definitions[name].when]
+        while stack:
+            node = stack.pop()
+            stack.extend(node.all or [])
+            stack.extend(node.any or [])
+            if node.not_ is not None:
+                stack.append(node.not_)
+            if node.check is not None and node.check.fact.startswith("def."):
+                found.add(node.check.fact[4:])
+        return found
+
+    visiting: set[str] = set()
+    done: set[str] = set()
+
+    def visit(name: str) -> None:
+        if name in done:
+            return
+        if name in visiting:
+            raise KnowledgeBaseError(f"definition {name!r} refers to itself", where="definitions.yaml")
+        visiting.add(name)
+        for inner in references(name):
+            visit(inner)
+        visiting.discard(name)
+        done.add(name)
+
+    for name in kb.definitions:
+        visit(name)

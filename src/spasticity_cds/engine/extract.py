@@ -1,0 +1,692 @@
+"""One pass over a patient record that turns its resources into named facts."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from typing import Any
+
+from spasticity_cds.engine.facts import Fact, days_between, missing, parse_date
+from spasticity_cds.engine.vocabulary import Match, Vocabulary
+from spasticity_cds.fhir.record import PatientRecord, reference_of
+from spasticity_cds.knowledge.schema import Concept, EgfrEquation, StopReasons, UnitConversion
+
+SKIPPED_STATUSES = frozenset({"entered-in-error", "cancelled", "not-done", "refuted"})
+CURRENT_MED_STATUSES = frozenset({"active", "on-hold", "intended"})
+PAST_MED_STATUSES = frozenset({"completed", "stopped", "not-taken"})
+INACTIVE_CONDITION = frozenset({"inactive", "resolved", "remission"})
+MAS_GRADES = {"0": 0.0, "1": 1.0, "1+": 1.5, "2": 2.0, "3": 3.0, "4": 4.0}
+NUMBER = re.compile(r"^\s*[<>≤≥=~]?\s*(-?\d+(?:[.,]\d+)?)")
+PERIOD_DAYS = {"s": 1 / 86400, "min": 1 / 1440, "h": 1 / 24, "d": 1.0, "wk": 7.0, "mo": 30.0, "a": 365.0}
+TEXT_FREQUENCY = (
+    (re.compile(r"\b(four times|qds|qid|4 times)\b", re.I), 4.0),
+    (re.compile(r"\b(three times|tds|tid|3 times)\b", re.I), 3.0),
+    (re.compile(r"\b(twice|bd|bid|2 times|b\.i\.d)\b", re.I), 2.0),
+    (re.compile(r"\b(once daily|once a day|daily|od|qd|nocte|at night|mane)\b", re.I), 1.0),
+)
+TEXT_DOSE = re.compile(r"(\d+(?:\.\d+)?)\s*(mg|mcg|microgram|µg|ug|g)\b", re.I)
+
+
+@dataclass
+class Observed:
+    """One observation value in canonical units, with its date and source."""
+
+    value: float | bool | str
+    when: date | None
+    source: str
+    unit: str | None
+    high: float | None = None
+    body_site: str | None = None
+
+
+@dataclass
+class MedicationOrder:
+    """One medication resource read into what the rules need."""
+
+    source: str
+    state: str
+    start: date | None
+    daily_dose: float | None
+    dose_unit: str | None
+    dose_note: str | None
+    stop_reason: str | None
+    how: str
+
+
+@dataclass
+class _Collected:
+    conditions: dict[str, list[str]] = field(default_factory=dict)
+    procedures: dict[str, list[str]] = field(default_factory=dict)
+    observations: dict[str, list[Observed]] = field(default_factory=dict)
+    medications: dict[str, list[MedicationOrder]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+class FactExtractor:
+    """Compiled once per knowledge base; ``extract`` is called once per patient."""
+
+    def __init__(
+        self,
+        vocabulary: Vocabulary,
+        units: list[UnitConversion],
+        equation: EgfrEquation,
+        stop_reasons: StopReasons,
+        validity_days: dict[str, int],
+    ) -> None:
+        self.vocabulary = vocabulary
+        self.units = {u.quantity: {_unit_key(k): f for k, f in u.factors.items()} for u in units}
+        self.canonical_units = {u.quantity: u.canonical_unit for u in units}
+        self.equation = equation
+        self.ineffective = re.compile("|".join(stop_reasons.ineffective), re.I)
+        self.adverse = re.compile("|".join(stop_reasons.adverse), re.I)
+        self.validity_days = validity_days
+        self.concepts = vocabulary.concepts
+        self.medication_concepts = [c for c in self.concepts.values() if c.kind == "medication"]
+
+    def extract(self, record: PatientRecord, now: datetime) -> tuple[dict[str, Fact], list[str]]:
+        """Every fact about the patient, keyed by name, and notes on how the record was read."""
+        collected = _Collected()
+        self._collect_conditions(record, collected)
+        self._collect_procedures(record, collected)
+        self._collect_observations(record, collected)
+        self._collect_medications(record, collected)
+        facts: dict[str, Fact] = {}
+        self._patient_facts(record, now, facts)
+        self._presence_facts(collected, facts)
+        self._observation_facts(collected, now, facts)
+        self._medication_facts(collected, now, facts)
+        return facts, collected.notes
+
+    # -- collection -------------------------------------------------------------------------------------
+
+    def _collect_conditions(self, record: PatientRecord, out: _Collected) -> None:
+        for resource in record.of_type("Condition"):
+            if _verification(resource) in SKIPPED_STATUSES:
+                continue
+            found = self.vocabulary.match(resource.get("code"), "condition")
+            if found is None:
+                continue
+            inactive = _clinical_status(resource) in INACTIVE_CONDITION
+            if inactive and not found.concept.history_counts:
+                continue
+            out.conditions.setdefault(found.concept.id, []).append(reference_of(resource))
+            self._note_text_match(found, resource, out)
+
+    def _collect_procedures(self, record: PatientRecord, out: _Collected) -> None:
+        for resource in record.of_type("Procedure"):
+            if resource.get("status") in SKIPPED_STATUSES:
+                continue
+            found = self.vocabulary.match(resource.get("code"), "procedure")
+            if found is not None:
+                out.procedures.setdefault(found.concept.id, []).append(reference_of(resource))
+                self._note_text_match(found, resource, out)
+        for resource in record.of_type("Device"):
+            if resource.get("status") in SKIPPED_STATUSES | {"inactive"}:
+                continue
+            found = self.vocabulary.match(resource.get("type"), "procedure")
+            if found is not None:
+                out.procedures.setdefault(found.concept.id, []).append(reference_of(resource))
+
+    def _collect_observations(self, record: PatientRecord, out: _Collected) -> None:
+        for resource in record.of_type("Observation"):
+            if resource.get("status") in SKIPPED_STATUSES:
+                continue
+            when = _effective_date(resource)
+            source = reference_of(resource)
+            found = self.vocabulary.match(resource.get("code"), "observation")
+            if found is not None:
+                self._add_observation(found.concept, resource, when, source, out)
+            for component in resource.get("component") or ():
+                part = self.vocabulary.match(component.get("code"), "observation")
+                if part is not None:
+                    self._add_observation(part.concept, component, when, source, out)
+
+    def _add_observation(
+        self, concept: Concept, holder: dict[str, Any], when: date | None, source: str, out: _Collected
+    ) -> None:
+        value, unit = _observation_value(holder, concept.id)
+        if value is None:
+            return
+        if isinstance(value, float) and concept.id in self.units:
+            converted = self._to_canonical(concept.id, value, unit)
+            if converted is None:
+                out.notes.append(f"{source}: unit {unit!r} of {concept.display} not recognised; value ignored")
+                return
+            value, unit = converted, self.canonical_units[concept.id]
+        elif concept.unit:
+            unit = concept.unit
+        high = _reference_high(holder)
+        site = _text_of(holder.get("bodySite"))
+        out.observations.setdefault(concept.id, []).append(Observed(value, when, source, unit, high, site))
+
+    def _to_canonical(self, quantity: str, value: float, unit: str | None) -> float | None:
+        factors = self.units[quantity]
+        key = _unit_key(unit or "")
+        if key in factors:
+            return value * factors[key]
+        return None
+
+    def _collect_medications(self, record: PatientRecord, out: _Collected) -> None:
+        for resource_type in ("MedicationRequest", "MedicationStatement"):
+            for resource in record.of_type(resource_type):
+                order = self._read_medication(record, resource, out)
+                if order is not None:
+                    concept, medication_order = order
+                    out.medications.setdefault(concept.id, []).append(medication_order)
+
+    def _read_medication(
+        self, record: PatientRecord, resource: dict[str, Any], out: _Collected
+    ) -> tuple[Concept, MedicationOrder] | None:
+        status = resource.get("status")
+        if status in SKIPPED_STATUSES:
+            return None
+        codeable = _medication_codeable(record, resource)
+        found = self.vocabulary.match(codeable, "medication")
+        if found is None:
+            return None
+        concept = self._route_override(found.concept, resource)
+        self._note_text_match(found, resource, out)
+        state = "proposed" if status == "draft" else "past" if status in PAST_MED_STATUSES else "current"
+        daily, unit, note = _daily_dose(resource, found)
+        return concept, MedicationOrder(
+            source=reference_of(resource),
+            state=state,
+            start=_medication_start(resource),
+            daily_dose=daily,
+            dose_unit=unit,
+            dose_note=note,
+            stop_reason=_text_of(resource.get("statusReason")) or _first_text(resource.get("reasonCode")),
+            how=found.how,
+        )
+
+    def _route_override(self, concept: Concept, resource: dict[str, Any]) -> Concept:
+        if not concept.route_overrides:
+            return concept
+        routes = " ".join(
+            _text_of(dosage.get("route")) or "" for dosage in resource.get("dosageInstruction") or ()
+        ).lower()
+        for route, target in concept.route_overrides.items():
+            if route in routes:
+                return self.concepts[target]
+        return concept
+
+    @staticmethod
+    def _note_text_match(found: Match, resource: dict[str, Any], out: _Collected) -> None:
+        if found.how == "text":
+            out.notes.append(
+                f"{reference_of(resource)}: no recognised code; matched {found.concept.display} "
+                f"by its text {found.text!r}"
+            )
+
+    # -- facts ------------------------------------------------------------------------------------------
+
+    def _patient_facts(self, record: PatientRecord, now: datetime, facts: dict[str, Fact]) -> None:
+        patient = record.patient
+        ref = record.patient_reference
+        born = parse_date(patient.get("birthDate"))
+        if born is None:
+            facts["patient.age"] = missing("patient.age", "no birthDate")
+        else:
+            age = now.date().year - born.year - ((now.date().month, now.date().day) < (born.month, born.day))
+            facts["patient.age"] = Fact("patient.age", age, "years", sources=(ref,))
+        gender = patient.get("gender")
+        facts["patient.sex"] = (
+            Fact("patient.sex", gender, sources=(ref,))
+            if gender in ("male", "female")
+            else missing("patient.sex", "gender not recorded as male or female")
+        )
+
+    def _presence_facts(self, collected: _Collected, facts: dict[str, Fact]) -> None:
+        for concept in self.concepts.values():
+            if concept.kind == "condition":
+                found = collected.conditions.get(concept.id, [])
+                facts[f"condition.{concept.id}"] = Fact(f"condition.{concept.id}", bool(found), sources=tuple(found))
+            elif concept.kind == "procedure":
+                found = collected.procedures.get(concept.id, [])
+                facts[f"procedure.{concept.id}"] = Fact(f"procedure.{concept.id}", bool(found), sources=tuple(found))
+
+    def _observation_facts(self, collected: _Collected, now: datetime, facts: dict[str, Fact]) -> None:
+        for concept in self.concepts.values():
+            if concept.kind != "observation":
+                continue
+            name = f"obs.{concept.id}"
+            latest = _latest(collected.observations.get(concept.id, []))
+            facts[name] = self._fact_from(name, latest, concept, now) if latest else missing(name)
+        self._egfr_fact(collected, now, facts)
+        self._liver_facts(collected, now, facts)
+        self._orthostatic_facts(collected, now, facts)
+        self._ashworth_facts(collected, now, facts)
+
+    def _fact_from(self, name: str, observed: Observed, concept: Concept, now: datetime, note: str | None = None) -> Fact:
+        stale = self._is_stale(observed.when, concept, now)
+        return Fact(
+            name,
+            observed.value,
+            observed.unit,
+            observed.when.isoformat() if observed.when else None,
+            stale,
+            (observed.source,),
+            note,
+        )
+
+    def _is_stale(self, when: date | None, concept: Concept, now: datetime) -> bool:
+        if concept.validity_setting is None:
+            return False
+        if when is None:
+            return True
+        return days_between(when, now) > self.validity_days[concept.validity_setting]
+
+    def _egfr_fact(self, collected: _Collected, now: datetime, facts: dict[str, Fact]) -> None:
+        measured = facts["obs.egfr"]
+        if measured.usable:
+            return
+        creatinine = _latest(collected.observations.get("creatinine", []))
+        age, sex = facts["patient.age"].value, facts["patient.sex"].value
+        if creatinine is None or not isinstance(creatinine.value, float) or not isinstance(age, int):
+            return
+        if sex not in ("male", "female"):
+            return
+        if measured.value is not None and measured.date and creatinine.when:
+            if creatinine.when.isoformat() <= measured.date:
+                return
+        derived = _ckd_epi(self.equation, creatinine.value, age, str(sex))
+        observed = Observed(round(derived, 1), creatinine.when, creatinine.source, self.concepts["egfr"].unit)
+        note = (
+            f"derived from creatinine {creatinine.value:.2f} mg/dL by {self.equation.name}"
+            " (no current measured eGFR)"
+        )
+        facts["obs.egfr"] = self._fact_from("obs.egfr", observed, self.concepts["egfr"], now, note)
+
+    def _liver_facts(self, collected: _Collected, now: datetime, facts: dict[str, Fact]) -> None:
+        tests = [*collected.observations.get("alt", []), *collected.observations.get("ast", [])]
+        dated = [t.when for t in tests if t.when is not None]
+        facts["obs.liver_tested"] = Fact(
+            "obs.liver_tested", bool(tests), sources=tuple(sorted({t.source for t in tests}))[:3]
+        )
+        if dated:
+            last = max(dated)
+            facts["obs.liver_days_since"] = Fact(
+                "obs.liver_days_since", days_between(last, now), "days", last.isoformat()
+            )
+        else:
+            facts["obs.liver_days_since"] = missing("obs.liver_days_since", "no ALT or AST on record")
+        for analyte in ("alt", "ast", "bilirubin"):
+            name = f"obs.{analyte}_x_uln"
+            latest = _latest(collected.observations.get(analyte, []))
+            if latest is None or not isinstance(latest.value, float):
+                facts[name] = missing(name)
+                continue
+            uln, basis = self._upper_limit(analyte, latest)
+            ratio = Observed(round(latest.value / uln, 2), latest.when, latest.source, "x ULN")
+            facts[name] = self._fact_from(name, ratio, self.concepts[analyte], now, basis)
+
+    def _upper_limit(self, analyte: str, observed: Observed) -> tuple[float, str]:
+        if observed.high:
+            return observed.high, f"ULN {observed.high:g} from the laboratory reference range"
+        default = self.validity_days[f"default_uln_{analyte}"]
+        return float(default), f"ULN {default} assumed (setting default_uln_{analyte}; no reference range sent)"
+
+    def _orthostatic_facts(self, collected: _Collected, now: datetime, facts: dict[str, Fact]) -> None:
+        pairs = (("sbp", "systolic-supine", "systolic-standing"), ("dbp", "diastolic-supine", "diastolic-standing"))
+        for label, lying_id, standing_id in pairs:
+            name = f"obs.orthostatic_{label}_drop"
+            lying = _latest(collected.observations.get(lying_id, []))
+            standing = _latest(collected.observations.get(standing_id, []))
+            if not (lying and standing and isinstance(lying.value, float) and isinstance(standing.value, float)):
+                facts[name] = missing(name, "no lying and standing pair")
+                continue
+            drop = Observed(lying.value - standing.value, standing.when, standing.source, "mmHg")
+            fact = self._fact_from(name, drop, self.concepts[standing_id], now)
+            facts[name] = Fact(name, fact.value, fact.unit, fact.date, fact.stale, (lying.source, standing.source))
+
+    def _ashworth_facts(self, collected: _Collected, now: datetime, facts: dict[str, Fact]) -> None:
+        scores = [o for o in collected.observations.get("modified-ashworth", []) if isinstance(o.value, float)]
+        dated = [o.when for o in scores if o.when is not None]
+        if not dated:
+            facts["obs.mas_max"] = missing("obs.mas_max", "no Modified Ashworth score on record")
+            facts["obs.mas_groups"] = missing("obs.mas_groups", "no Modified Ashworth score on record")
+            return
+        last = max(dated)
+        latest = [o for o in scores if o.when == last]
+        concept = self.concepts["modified-ashworth"]
+        top = max(latest, key=lambda o: float(o.value))
+        facts["obs.mas_max"] = self._fact_from("obs.mas_max", Observed(top.value, last, top.source, "MAS"), concept, now)
+        sites = {o.body_site or o.source for o in latest if float(o.value) >= 1.0}
+        groups = Observed(float(len(sites)), last, top.source, "muscle groups")
+        fact = self._fact_from("obs.mas_groups", groups, concept, now, "muscle groups with MAS >= 1")
+        facts["obs.mas_groups"] = Fact(
+            fact.name, fact.value, fact.unit, fact.date, fact.stale, tuple(o.source for o in latest), fact.note
+        )
+
+    def _medication_facts(self, collected: _Collected, now: datetime, facts: dict[str, Fact]) -> None:
+        class_members: dict[str, list[str]] = {}
+        failed_oral: list[str] = []
+        for concept in self.medication_concepts:
+            orders = collected.medications.get(concept.id, [])
+            self._one_medication(concept, orders, now, facts)
+            if facts[f"med.{concept.id}.current_or_proposed"].value:
+                for klass in concept.classes:
+                    class_members.setdefault(klass, []).extend(facts[f"med.{concept.id}.current_or_proposed"].sources)
+            if "oral-antispastic" in concept.classes and facts[f"med.{concept.id}.failed"].value:
+                failed_oral.append(concept.id)
+        for klass in self._all_classes():
+            sources = class_members.get(klass, [])
+            facts[f"medclass.{klass}"] = Fact(f"medclass.{klass}", bool(sources), sources=tuple(sources))
+        facts["antispastic.oral_failed_count"] = Fact(
+            "antispastic.oral_failed_count", len(failed_oral), "agents", note=", ".join(failed_oral) or None
+        )
+
+    def _all_classes(self) -> Iterator[str]:
+        seen: set[str] = set()
+        for concept in self.medication_concepts:
+            for klass in concept.classes:
+                if klass not in seen:
+                    seen.add(klass)
+                    yield klass
+
+    def _one_medication(
+        self, concept: Concept, orders: list[MedicationOrder], now: datetime, facts: dict[str, Fact]
+    ) -> None:
+        prefix = f"med.{concept.id}"
+        current = [o for o in orders if o.state == "current"]
+        proposed = [o for o in orders if o.state == "proposed"]
+        facts[f"{prefix}.current"] = Fact(f"{prefix}.current", bool(current), sources=_sources(current))
+        facts[f"{prefix}.proposed"] = Fact(f"{prefix}.proposed", bool(proposed), sources=_sources(proposed))
+        facts[f"{prefix}.current_or_proposed"] = Fact(
+            f"{prefix}.current_or_proposed", bool(current or proposed), sources=_sources(proposed + current)
+        )
+        facts[f"{prefix}.ever"] = Fact(f"{prefix}.ever", bool(orders), sources=_sources(orders))
+        failures = [o for o in orders if o.state == "past" and o.stop_reason and self._failed(o.stop_reason)]
+        facts[f"{prefix}.failed"] = Fact(
+            f"{prefix}.failed",
+            bool(failures) and not current,
+            sources=_sources(failures),
+            note="; ".join(sorted({o.stop_reason or "" for o in failures})) or None,
+        )
+        dosed = proposed or current
+        facts[f"{prefix}.daily_dose"] = _dose_fact(prefix, dosed)
+        facts[f"{prefix}.days_on"] = _days_on_fact(prefix, orders, current, now)
+
+    def _failed(self, reason: str) -> bool:
+        return bool(self.ineffective.search(reason) or self.adverse.search(reason))
+
+
+def _sources(orders: list[MedicationOrder]) -> tuple[str, ...]:
+    return tuple(o.source for o in orders)
+
+
+def _dose_fact(prefix: str, orders: list[MedicationOrder]) -> Fact:
+    name = f"{prefix}.daily_dose"
+    if not orders:
+        return missing(name, "not taking or ordering it")
+    known = [o for o in orders if o.daily_dose is not None]
+    if not known:
+        return missing(name, "the order has no dose and frequency that can be read")
+    total = sum(o.daily_dose or 0.0 for o in known)
+    notes = sorted({o.dose_note for o in known if o.dose_note})
+    return Fact(name, round(total, 3), f"{known[0].dose_unit}/day", sources=_sources(known), note="; ".join(notes) or None)
+
+
+def _days_on_fact(prefix: str, orders: list[MedicationOrder], current: list[MedicationOrder], now: datetime) -> Fact:
+    name = f"{prefix}.days_on"
+    if not current:
+        return missing(name, "not currently taking it")
+    course = [o for o in orders if o.state in ("current", "past") and o.start and not o.stop_reason]
+    starts = [o.start for o in course if o.start is not None]
+    if not starts:
+        return missing(name, "no start date on the orders")
+    first = min(starts)
+    return Fact(name, days_between(first, now), "days", first.isoformat(), sources=_sources(current))
+
+
+def _latest(observations: list[Observed]) -> Observed | None:
+    if not observations:
+        return None
+    return max(observations, key=lambda o: o.when or date.min)
+
+
+def _unit_key(unit: str) -> str:
+    return unit.replace("µ", "u").replace("μ", "u").replace(" ", "").lower()
+
+
+def _verification(resource: dict[str, Any]) -> str | None:
+    return _first_code(resource.get("verificationStatus"))
+
+
+def _clinical_status(resource: dict[str, Any]) -> str | None:
+    return _first_code(resource.get("clinicalStatus"))
+
+
+def _first_code(codeable: Any) -> str | None:
+    if isinstance(codeable, dict):
+        for coding in codeable.get("coding") or ():
+            if isinstance(coding, dict) and isinstance(coding.get("code"), str):
+                return str(coding["code"])
+    return None
+
+
+def _text_of(codeable: Any) -> str | None:
+    if isinstance(codeable, list):
+        codeable = codeable[0] if codeable else None
+    if not isinstance(codeable, dict):
+        return None
+    if isinstance(codeable.get("text"), str):
+        return str(codeable["text"])
+    for coding in codeable.get("coding") or ():
+        if isinstance(coding, dict):
+            label = coding.get("display") or coding.get("code")
+            if isinstance(label, str):
+                return label
+    return None
+
+
+def _first_text(codeables: Any) -> str | None:
+    return _text_of(codeables) if isinstance(codeables, list) else None
+
+
+def _effective_date(resource: dict[str, Any]) -> date | None:
+    period = resource.get("effectivePeriod")
+    candidates = (
+        resource.get("effectiveDateTime"),
+        resource.get("effectiveInstant"),
+        period.get("start") if isinstance(period, dict) else None,
+        resource.get("issued"),
+    )
+    for candidate in candidates:
+        parsed = parse_date(candidate)
+        if parsed is not None:
+            return parsed
+    return None
+
+
+def _observation_value(holder: dict[str, Any], concept_id: str) -> tuple[float | bool | str | None, str | None]:
+    if concept_id == "modified-ashworth":
+        return _ashworth_grade(holder), "MAS"
+    quantity = holder.get("valueQuantity")
+    if isinstance(quantity, dict) and isinstance(quantity.get("value"), int | float):
+        unit = quantity.get("code") or quantity.get("unit")
+        return float(quantity["value"]), unit if isinstance(unit, str) else None
+    for key in ("valueInteger", "valueDecimal"):
+        if isinstance(holder.get(key), int | float) and not isinstance(holder.get(key), bool):
+            return float(holder[key]), None
+    if isinstance(holder.get("valueBoolean"), bool):
+        return bool(holder["valueBoolean"]), None
+    text = holder.get("valueString")
+    if isinstance(text, str):
+        match = NUMBER.match(text)
+        return (float(match.group(1).replace(",", ".")), None) if match else (None, None)
+    coded = _text_of(holder.get("valueCodeableConcept"))
+    if coded is not None:
+        lowered = coded.strip().lower()
+        if lowered in ("yes", "true", "y"):
+            return True, None
+        if lowered in ("no", "false", "n"):
+            return False, None
+    return None, None
+
+
+def _ashworth_grade(holder: dict[str, Any]) -> float | None:
+    raw: Any = None
+    for key in ("valueInteger", "valueDecimal"):
+        if isinstance(holder.get(key), int | float):
+            raw = holder[key]
+    if raw is None and isinstance(holder.get("valueQuantity"), dict):
+        raw = holder["valueQuantity"].get("value")
+    if raw is None:
+        raw = holder.get("valueString")
+    if raw is None:
+        coded = holder.get("valueCodeableConcept")
+        raw = (_first_code(coded) or _text_of(coded)) if isinstance(coded, dict) else None
+    if isinstance(raw, int | float) and not isinstance(raw, bool):
+        return float(raw) if 0 <= raw <= 4 else None
+    if isinstance(raw, str):
+        return MAS_GRADES.get(raw.strip().replace(" ", ""))
+    return None
+
+
+def _reference_high(holder: dict[str, Any]) -> float | None:
+    for reference_range in holder.get("referenceRange") or ():
+        high = reference_range.get("high") if isinstance(reference_range, dict) else None
+        if isinstance(high, dict) and isinstance(high.get("value"), int | float) and high["value"] > 0:
+            return float(high["value"])
+    return None
+
+
+def _medication_codeable(record: PatientRecord, resource: dict[str, Any]) -> Any:
+    if "medicationCodeableConcept" in resource:
+        return resource["medicationCodeableConcept"]
+    reference = resource.get("medicationReference")
+    if not isinstance(reference, dict) or not isinstance(reference.get("reference"), str):
+        return None
+    target: str = reference["reference"]
+    if target.startswith("#"):
+        for contained in resource.get("contained") or ():
+            if contained.get("id") == target[1:]:
+                return contained.get("code")
+        return None
+    medication = record.resolve(target)
+    if medication is not None:
+        return medication.get("code")
+    return {"text": reference.get("display")} if reference.get("display") else None
+
+
+def _medication_start(resource: dict[str, Any]) -> date | None:
+    for dosage in resource.get("dosageInstruction") or resource.get("dosage") or ():
+        bounds = ((dosage.get("timing") or {}).get("repeat") or {}).get("boundsPeriod")
+        if isinstance(bounds, dict) and parse_date(bounds.get("start")):
+            return parse_date(bounds.get("start"))
+    period = resource.get("effectivePeriod")
+    if isinstance(period, dict) and parse_date(period.get("start")):
+        return parse_date(period.get("start"))
+    return parse_date(resource.get("authoredOn")) or parse_date(resource.get("effectiveDateTime"))
+
+
+def _daily_dose(resource: dict[str, Any], found: Match) -> tuple[float | None, str | None, str | None]:
+    """Daily dose from structured dosage, else from its text; None when neither can be read."""
+    dosages = resource.get("dosageInstruction") or resource.get("dosage") or ()
+    total: float | None = None
+    unit: str | None = None
+    notes: list[str] = []
+    for dosage in dosages:
+        if not isinstance(dosage, dict):
+            continue
+        single = _structured_dose(dosage, found) or _text_dose(dosage)
+        if single is None:
+            continue
+        amount, amount_unit, note = single
+        total = (total or 0.0) + amount
+        unit = amount_unit
+        if note:
+            notes.append(note)
+    return total, unit, "; ".join(notes) or None
+
+
+def _structured_dose(dosage: dict[str, Any], found: Match) -> tuple[float, str, str | None] | None:
+    per_day = _times_per_day(dosage)
+    dose = _dose_quantity(dosage)
+    if per_day is None or dose is None:
+        return None
+    value, unit = dose
+    normal, note = _normal_amount(value, unit, found)
+    if normal is None:
+        return None
+    amount, amount_unit = normal
+    return amount * per_day, amount_unit, note
+
+
+def _dose_quantity(dosage: dict[str, Any]) -> tuple[float, str] | None:
+    for dose_and_rate in dosage.get("doseAndRate") or ():
+        quantity = dose_and_rate.get("doseQuantity")
+        if quantity is None and isinstance(dose_and_rate.get("doseRange"), dict):
+            quantity = dose_and_rate["doseRange"].get("high")
+        if isinstance(quantity, dict) and isinstance(quantity.get("value"), int | float):
+            unit = quantity.get("code") or quantity.get("unit") or ""
+            return float(quantity["value"]), str(unit)
+    return None
+
+
+def _normal_amount(value: float, unit: str, found: Match) -> tuple[tuple[float, str] | None, str | None]:
+    key = _unit_key(unit)
+    if key in ("mg", "milligram", "milligrams"):
+        return (value, "mg"), None
+    if key in ("g", "gram", "grams"):
+        return (value * 1000.0, "mg"), None
+    if key in ("ug", "mcg", "microgram", "micrograms"):
+        return (value, "microgram"), None
+    strength = found.coding.strength_mg if found.coding else None
+    if key in ("{pill}", "{tbl}", "tablet", "tablets", "tab", "{tablet}", "capsule", "{capsule}", "1") and strength:
+        return (value * strength, "mg"), f"{value:g} {unit} x {strength:g} mg product strength"
+    return None, None
+
+
+def _times_per_day(dosage: dict[str, Any]) -> float | None:
+    timing = dosage.get("timing") or {}
+    repeat = timing.get("repeat") or {}
+    frequency = repeat.get("frequencyMax") or repeat.get("frequency")
+    period = repeat.get("period")
+    period_unit = repeat.get("periodUnit")
+    if isinstance(frequency, int | float) and isinstance(period, int | float) and period_unit in PERIOD_DAYS:
+        return float(frequency) / (float(period) * PERIOD_DAYS[period_unit])
+    if isinstance(frequency, int | float) and period is None:
+        return float(frequency)
+    code_text = _text_of(timing.get("code"))
+    if code_text:
+        return _frequency_from_text(code_text)
+    return None
+
+
+def _frequency_from_text(text: str) -> float | None:
+    for pattern, per_day in TEXT_FREQUENCY:
+        if pattern.search(text):
+            return per_day
+    return None
+
+
+def _text_dose(dosage: dict[str, Any]) -> tuple[float, str, str | None] | None:
+    text = dosage.get("text")
+    if not isinstance(text, str):
+        return None
+    amount = TEXT_DOSE.search(text)
+    per_day = _frequency_from_text(text)
+    if amount is None or per_day is None:
+        return None
+    value, unit = float(amount.group(1)), amount.group(2).lower()
+    if unit == "g":
+        value, unit = value * 1000.0, "mg"
+    elif unit != "mg":
+        unit = "microgram"
+    return value * per_day, unit, f"dose read from the dosage text {text!r}"
+
+
+def _ckd_epi(equation: EgfrEquation, creatinine_mg_dl: float, age: int, sex: str) -> float:
+    kappa, alpha = equation.kappa[sex], equation.alpha[sex]
+    ratio = creatinine_mg_dl / kappa
+    value = (
+        equation.multiplier
+        * min(ratio, 1.0) ** alpha
+        * max(ratio, 1.0) ** equation.exponent_above_kappa
+        * equation.age_base**age
+    )
+    return value * (equation.female_factor if sex == "female" else 1.0)

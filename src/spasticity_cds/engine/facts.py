@@ -1,0 +1,81 @@
+"""Facts: typed values computed once per patient from the indexed record, each with its sources and date."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date, datetime
+from typing import Any
+
+Value = float | int | str | bool
+
+
+@dataclass(frozen=True, slots=True)
+class Fact:
+    """One named value about the patient; ``value is None`` means missing, ``stale`` means too old to use."""
+
+    name: str
+    value: Value | None
+    unit: str | None = None
+    date: str | None = None
+    stale: bool = False
+    sources: tuple[str, ...] = ()
+    note: str | None = None
+
+    @property
+    def usable(self) -> bool:
+        return self.value is not None and not self.stale
+
+    def display(self) -> str:
+        """The value with its unit and date, as a clinician reads it."""
+        if self.value is None:
+            return "missing"
+        if isinstance(self.value, bool):
+            text = "yes" if self.value else "no"
+        elif isinstance(self.value, float):
+            text = f"{self.value:.2f}".rstrip("0").rstrip(".")
+        else:
+            text = str(self.value)
+        if self.unit:
+            text = f"{text} {self.unit}"
+        if self.date:
+            text = f"{text} ({self.date}{', stale' if self.stale else ''})"
+        return text
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fact as it appears in the result contract."""
+        out: dict[str, Any] = {"name": self.name, "value": self.value}
+        if self.unit:
+            out["unit"] = self.unit
+        if self.date:
+            out["date"] = self.date
+        if self.stale:
+            out["stale"] = True
+        if self.sources:
+            out["sources"] = list(self.sources)
+        if self.note:
+            out["note"] = self.note
+        return out
+
+
+def missing(name: str, note: str | None = None) -> Fact:
+    """A fact with no value: rules that need it cannot decide and say so."""
+    return Fact(name, None, note=note)
+
+
+def parse_date(value: Any) -> date | None:
+    """The calendar date of a FHIR date, dateTime or instant, or None when unreadable."""
+    if not isinstance(value, str) or len(value) < 4:
+        return None
+    try:
+        if len(value) == 4:
+            return date(int(value), 7, 1)
+        if len(value) == 7:
+            return date(int(value[:4]), int(value[5:7]), 15)
+        return date.fromisoformat(value[:10])
+    except ValueError:
+        return None
+
+
+def days_between(earlier: date, now: datetime) -> int:
+    """Whole days from ``earlier`` to the evaluation instant (its local calendar date)."""
+    return (now.date() - earlier).days

@@ -1,0 +1,1 @@
+"""FHIR input: parse the shapes records arrive in and index one patient."""

@@ -1,0 +1,1 @@
+"""The only places with argv, HTTP, terminals and clocks."""

@@ -1,0 +1,1 @@
+"""The spasticity-cds command line."""

@@ -1,0 +1,1 @@
+"""Knowledge base: the cited data files and their strict loader."""

@@ -1,0 +1,259 @@
+"""Typed shapes of the knowledge-base files; unknown fields are rejected when a file is decoded."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+EvidenceStatus = Literal["C-primary", "C-secondary", "UNCONFIRMED"]
+CitationKind = Literal["label", "guideline", "trial", "review", "article", "case-series", "formulary", "standard"]
+FindingKind = Literal["recommendation", "contraindication", "warning", "dose", "monitoring", "data-gap", "info"]
+Severity = Literal["critical", "warning", "info"]
+OptionStatus = Literal["current", "recommended", "consider", "caution", "avoid", "contraindicated"]
+Jurisdiction = Literal["us", "uk"]
+ConceptKind = Literal["condition", "observation", "medication", "procedure"]
+
+
+class Strict(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """Base for every knowledge-base struct: frozen, keyword-only, no unknown fields."""
+
+
+class Identifiers(Strict, kw_only=True):
+    doi: str | None = None
+    pmid: str | None = None
+    url: str | None = None
+    other: str | None = None
+
+
+class Citation(Strict, kw_only=True):
+    id: str
+    kind: CitationKind
+    title: str
+    authors: str | None = None
+    source: str | None = None
+    year: int | None = None
+    identifiers: Identifiers = Identifiers()
+    status: EvidenceStatus
+    note: str | None = None
+
+
+class CitationRef(Strict, kw_only=True):
+    id: str
+    locator: str
+    status: EvidenceStatus | None = None
+
+
+class Coding(Strict, kw_only=True):
+    system: str
+    code: str
+    display: str | None = None
+    level: Literal["ingredient", "scd", "sbd", "concept"] = "concept"
+    strength_mg: float | None = None
+    status: EvidenceStatus = "C-secondary"
+
+
+class Concept(Strict, kw_only=True):
+    id: str
+    kind: ConceptKind
+    display: str
+    codings: list[Coding] = []
+    code_prefixes: list[Coding] = []
+    text_patterns: list[str] = []
+    text_excludes: list[str] = []
+    classes: list[str] = []
+    unit: str | None = None
+    validity_setting: str | None = None
+    history_counts: bool = False
+    route_overrides: dict[str, str] = {}
+    note: str | None = None
+
+
+class UnitConversion(Strict, kw_only=True):
+    quantity: str
+    canonical_unit: str
+    factors: dict[str, float]
+    citations: list[CitationRef]
+
+
+class EgfrEquation(Strict, kw_only=True):
+    name: str
+    multiplier: float
+    kappa: dict[str, float]
+    alpha: dict[str, float]
+    exponent_above_kappa: float
+    age_base: float
+    female_factor: float
+    citations: list[CitationRef]
+
+
+class StopReasons(Strict, kw_only=True):
+    ineffective: list[str]
+    adverse: list[str]
+
+
+class ValueSets(Strict, kw_only=True):
+    concepts: list[Concept]
+    units: list[UnitConversion]
+    medication_classes: dict[str, str]
+    egfr_equation: EgfrEquation
+    stop_reasons: StopReasons
+
+
+class Setting(Strict, kw_only=True):
+    value: float | int | str | bool
+    unit: str | None = None
+    choices: list[str] = []
+    description: str
+    basis: str
+    citations: list[CitationRef] = []
+
+
+class DoseStep(Strict, kw_only=True):
+    day: int
+    dose: float
+    times_per_day: int
+    unit: str = "mg"
+
+
+class RenalBand(Strict, kw_only=True):
+    below_egfr: float
+    action: Literal["reduce", "avoid", "caution"]
+    fraction_of_usual: float | None = None
+    max_daily: float | None = None
+    text: str
+    citations: list[CitationRef]
+
+
+class Formulation(Strict, kw_only=True):
+    form: str
+    strength: str
+    tube: bool = False
+    dysphagia: bool = False
+    caution: str | None = None
+    citations: list[CitationRef]
+
+
+class MonitoringItem(Strict, kw_only=True):
+    test: Literal["liver", "renal", "blood-pressure", "respiratory", "benefit", "sedation"]
+    what: str
+    first_due_days: int | None = None
+    interval_days: int | None = None
+    until_days: int | None = None
+    citations: list[CitationRef]
+
+
+class Statement(Strict, kw_only=True):
+    text: str
+    citations: list[CitationRef]
+
+
+class Monograph(Strict, kw_only=True):
+    id: str
+    name: str
+    concept: str
+    role: Literal["antispastic", "co-medication"]
+    drug_class: str
+    mechanism: Statement | None = None
+    start: Statement | None = None
+    steps: list[DoseStep] = []
+    titration: Statement | None = None
+    max_daily: dict[str, float] = {}
+    max_unit: str = "mg"
+    max_basis: Statement | None = None
+    renal_bands: list[RenalBand] = []
+    hepatic: Statement | None = None
+    contraindications: list[Statement] = []
+    cautions: list[Statement] = []
+    monitoring: list[MonitoringItem] = []
+    taper: Statement | None = None
+    formulations: list[Formulation] = []
+    off_label_in_als: Statement | None = None
+
+
+class Comparison(Strict, kw_only=True):
+    fact: str
+    op: Literal["eq", "ne", "lt", "le", "gt", "ge", "in", "is"]
+    value: float | int | str | bool | list[str] | None = None
+    setting: str | None = None
+
+
+class Node(Strict, kw_only=True):
+    all: list[Node] | None = None
+    any: list[Node] | None = None
+    not_: Node | None = msgspec.field(default=None, name="not")
+    check: Comparison | None = None
+
+
+class ConflictNote(Strict, kw_only=True):
+    topic: str
+    chosen: str
+    why: str
+    setting: str | None = None
+
+
+class RuleChange(Strict, kw_only=True):
+    version: int
+    change: str
+
+
+class Rule(Strict, kw_only=True):
+    id: str
+    version: int
+    changes: list[RuleChange]
+    kind: FindingKind
+    severity: Severity
+    escalate_if_current: Severity | None = None
+    agents: list[str] = []
+    effects: dict[str, OptionStatus] = {}
+    when: Node
+    on_unknown: Literal["data-gap", "silent"] = "data-gap"
+    effects_if_unknown: dict[str, OptionStatus] = {}
+    gap_summary: str | None = None
+    summary: str
+    detail: str
+    citations: list[CitationRef]
+    conflict: ConflictNote | None = None
+    action: Literal["none", "renal-dose", "liver-test", "taper", "referral"] = "none"
+    active: bool = True
+
+
+class Definition(Strict, kw_only=True):
+    description: str
+    when: Node
+    citations: list[CitationRef]
+
+
+class RuleFile(Strict, kw_only=True):
+    rules: list[Rule]
+
+
+class LadderStep(Strict, kw_only=True):
+    agent: str
+    name: str
+    position: int
+    default_status: OptionStatus
+    role: str
+    summary: str
+    citations: list[CitationRef]
+    current_when: list[str] = []
+    proposed_when: list[str] = []
+
+
+class Ladder(Strict, kw_only=True):
+    steps: list[LadderStep]
+
+
+class Release(Strict, kw_only=True):
+    version: str
+    date: str
+    changes: list[str]
+
+
+class Manifest(Strict, kw_only=True):
+    name: str
+    version: str
+    releases: list[Release]
+    scope_rule: str
+    disclaimer: Statement
+    evidence_gaps: list[Statement]
