@@ -314,6 +314,10 @@ def test_missing_time_claims_are_rejected(verifier: JwtVerifier, keys: Keys, cla
     assert_rejected(verifier, sign(keys.ec_key, claims(**{claim: None})), f"claim {claim} is missing")
 
 
+def test_non_numeric_time_claim_is_rejected(verifier: JwtVerifier, keys: Keys) -> None:
+    assert_rejected(verifier, sign(keys.ec_key, claims(exp="tomorrow")), "claim exp is missing or not a")
+
+
 def test_missing_jti_is_rejected(verifier: JwtVerifier, keys: Keys) -> None:
     assert_rejected(verifier, sign(keys.ec_key, claims(jti=None)), "jti is missing")
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import jwt
+from jwt.types import Options
 
 from spasticity_cds.errors import AuthenticationError
 
@@ -215,6 +216,7 @@ class JwtVerifier:
         """Verify `token` for a call to the endpoint URL `audience`; raise `AuthenticationError` if it fails.
 
         The jti is remembered (through `replay`) until the token can no longer pass the `exp` check.
+        An error raised by `replay` (such as `StoreError`) propagates: it is not an authentication failure.
         """
         header = _read_header(token)
         issuer = self._trusted_issuer(_read_unverified_claims(token))
@@ -286,7 +288,7 @@ def _read_unverified_claims(token: str) -> JsonObject:
     try:
         claims: dict[str, Any] = jwt.decode(token, options={"verify_signature": False})
     except jwt.PyJWTError:
-        raise _rejected("token payload is not a JSON object") from None
+        raise _rejected("token payload cannot be read") from None
     return claims
 
 
@@ -314,7 +316,7 @@ def _verified_claims(token: str, key: JsonObject, alg: str) -> JsonObject:
     """Verify the signature with `key` and `alg` and return the claims; times and audience come later."""
     if key.get("alg", alg) != alg or key.get("use", "sig") != "sig":
         raise _rejected(f"key {_loggable(key.get('kid'))} is not a signing key for {alg}")
-    options = {
+    options: Options = {
         "verify_signature": True,
         "verify_exp": False,
         "verify_nbf": False,
@@ -327,7 +329,7 @@ def _verified_claims(token: str, key: JsonObject, alg: str) -> JsonObject:
     }
     try:
         signing_key = jwt.PyJWK(dict(key), algorithm=alg)
-        claims: dict[str, Any] = jwt.decode(token, key=signing_key, algorithms=[alg], options=options)  # type: ignore[arg-type]
+        claims: dict[str, Any] = jwt.decode(token, key=signing_key, algorithms=[alg], options=options)
     except jwt.InvalidSignatureError:
         raise _rejected("signature does not verify") from None
     except (jwt.PyJWTError, ValueError, TypeError) as exc:
