@@ -57,7 +57,9 @@ def _open(stack: ExitStack[bool | None], path: Path, gz: bool) -> _Sink:
     raw = stack.enter_context(path.open("wb"))
     if not gz:
         return raw
-    return stack.enter_context(gzip_module.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0))
+    return stack.enter_context(
+        gzip_module.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=6, mtime=0)
+    )
 
 
 def _suffix(gz: bool) -> str:

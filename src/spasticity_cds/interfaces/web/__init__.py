@@ -1,0 +1,1 @@
+"""The web surface: one FastAPI app serving the clinician pages, the JSON API and the CDS Hooks routes."""
