@@ -189,11 +189,15 @@ def test_expired_jwt_ids_are_purged(store: SqlFeedbackStore, clock: FrozenClock)
     assert store.counts().replay_entries == 1
 
 
-def test_concurrent_replays_of_one_jwt_id_are_accepted_once(store: SqlFeedbackStore) -> None:
+def test_concurrent_replays_of_one_jwt_id_are_accepted_once(
+    store: SqlFeedbackStore, clock: FrozenClock
+) -> None:
+    for stale in range(20):
+        store.remember_jti("https://ehr.example", f"stale-{stale}", FROZEN_NOW + timedelta(minutes=5))
+    clock.advance(timedelta(minutes=10))
+    expires = clock.now + timedelta(minutes=5)
     results: list[bool] = []
     start = threading.Barrier(8)
-
-    expires = FROZEN_NOW + timedelta(minutes=5)
 
     def remember() -> None:
         start.wait()
@@ -205,6 +209,7 @@ def test_concurrent_replays_of_one_jwt_id_are_accepted_once(store: SqlFeedbackSt
     for thread in threads:
         thread.join()
 
+    assert store.counts().replay_entries == 1
     assert sorted(results) == [False] * 7 + [True]
 
 

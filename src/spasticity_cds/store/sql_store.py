@@ -9,7 +9,7 @@ from datetime import datetime
 from types import TracebackType
 from typing import Any
 
-from sqlalchemy import Engine, Select, Table, delete, func, select
+from sqlalchemy import Delete, Engine, Select, Table, delete, func, select, tuple_
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, RowMapping
 
@@ -73,8 +73,7 @@ class SqlFeedbackStore:
         """
         row = {"issuer": issuer, "jti": jti, "expires_at": expires_at}
         with self._writing("remember a JWT id") as connection:
-            expired = schema.jwt_replay.c.expires_at < self._clock()
-            connection.execute(delete(schema.jwt_replay).where(expired))
+            connection.execute(_purge_expired_jtis(self._clock()))
             return _insert_if_new(connection, schema.jwt_replay, row)
 
     def find_issued_card(self, card_uuid: str) -> IssuedCard | None:
@@ -145,6 +144,14 @@ def _insert_if_new(connection: Connection, table: Table, row: Mapping[str, Any])
         return connection.execute(statement, execution_options=keep_rowcount).rowcount == 1
     sqlite_statement = sqlite.insert(table).values(row).on_conflict_do_nothing()
     return connection.execute(sqlite_statement, execution_options=keep_rowcount).rowcount == 1
+
+
+def _purge_expired_jtis(now: datetime) -> Delete:
+    """Delete expired replay entries, skipping rows another transaction holds (so purges never deadlock)."""
+    replay = schema.jwt_replay
+    key = tuple_(replay.c.issuer, replay.c.jti)
+    expired = select(replay.c.issuer, replay.c.jti).where(replay.c.expires_at < now)
+    return delete(replay).where(key.in_(expired.with_for_update(skip_locked=True)))
 
 
 def _count_rows(connection: Connection, table: Table) -> int:
