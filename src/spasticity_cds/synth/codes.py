@@ -84,6 +84,7 @@ DBP_STANDING: Final = (LOINC, "8454-1", "Diastolic blood pressure--standing")
 BODY_WEIGHT: Final = (LOINC, "29463-7", "Body weight")
 HEART_RATE: Final = (LOINC, "8867-4", "Heart rate")
 SPO2: Final = (LOINC, "59408-5", "Oxygen saturation in Arterial blood by Pulse oximetry")
+PACO2: Final = (LOINC, "2019-8", "Carbon dioxide [Partial pressure] in Arterial blood")
 PAIN_NRS: Final = (LOINC, "72514-3", "Pain severity - 0-10 verbal numeric rating [Score] - Reported")
 
 # Scales (SNOMED + local)
@@ -93,6 +94,7 @@ PENN_LOCAL: Final = (LOCAL, "penn-spasm-frequency", "Penn Spasm Frequency Scale"
 TONE_LOCAL: Final = (LOCAL, "relies-on-tone", "Relies on muscle tone for standing or transfers")
 SWALLOW_LOCAL: Final = (LOCAL, "alsfrs-r-swallowing", "ALSFRS-R item 3 swallowing")
 SNIP_LOCAL: Final = (LOCAL, "snip", "Sniff nasal inspiratory pressure")
+MIP_LOCAL: Final = (LOCAL, "mip", "Maximal inspiratory pressure (magnitude)")
 
 # Medications: RxNorm ingredient codes
 RX_INGREDIENTS: Final[dict[str, Coding]] = {

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date, timedelta
 from typing import Any
 
@@ -31,6 +31,10 @@ STRENGTHS: dict[str, tuple[float, ...]] = {
     "lisinopril": (10,),
     "amlodipine": (5,),
 }
+LIQUIDS: dict[str, tuple[str, float]] = {
+    "baclofen": ("Baclofen 5 mg/5 mL oral solution", 1.0),
+    "riluzole": ("Riluzole 5 mg/mL oral suspension", 5.0),
+}
 TEXT_ONLY = frozenset({"nabiximols", "botulinum-toxin"})
 FREQ_TEXT = {
     1: "once daily",
@@ -57,6 +61,7 @@ class Order:
     prn: bool = False
     text_dose: str | None = None
     label: str | None = None
+    liquid: bool = False
 
 
 # History ----------------------------------------------------------------------------------------
@@ -239,6 +244,16 @@ def interacting_drugs(plan: Plan, rng: random.Random) -> list[Order]:
     return orders
 
 
+def switch_to_liquid(orders: list[Order], peg_day: date, rng: random.Random) -> list[Order]:
+    """After a gastrostomy, most current baclofen/riluzole tablets are replaced by a liquid via the tube."""
+    switched: list[Order] = []
+    for order in orders:
+        if order.drug in LIQUIDS and order.end is None and order.start < peg_day and chance(rng, 0.6):
+            order.end, order.status = peg_day, "completed"
+            switched.append(replace(order, start=peg_day, end=None, status="active", liquid=True))
+    return switched
+
+
 def antihypertensives(plan: Plan, rng: random.Random) -> list[Order]:
     """Lisinopril and/or amlodipine for hypertensive patients."""
     start = plan.visits[0] - timedelta(days=rng.randint(200, 2000))
@@ -256,7 +271,7 @@ def num(value: float) -> float | int:
 
 def strength_for(order: Order) -> float | None:
     """Largest tablet strength that divides the dose, if any."""
-    if order.dose is None:
+    if order.dose is None or order.liquid:
         return None
     for strength in STRENGTHS.get(order.drug, ()):
         if (order.dose / strength).is_integer():
@@ -269,6 +284,9 @@ def dose_words(order: Order) -> str:
     if order.text_dose:
         return order.text_dose
     dose = f"{num(order.dose or 0)} mg"
+    if order.liquid:
+        millilitres = num((order.dose or 0) / LIQUIDS[order.drug][1])
+        return f"{dose} ({millilitres} mL) {FREQ_TEXT[order.per_day]} via gastrostomy tube"
     if order.night:
         return f"{dose} at night"
     suffix = " when required" if order.prn else ""
@@ -284,6 +302,11 @@ def medication_concept(
         return concept(codes.BACLOFEN_INTRATHECAL, text=name), False
     if order.drug in TEXT_ONLY:
         return {"text": name}, False
+    if order.liquid:
+        liquid = LIQUIDS[order.drug][0]
+        return (
+            {"text": liquid} if chance(rng, 0.1) else concept(codes.RX_INGREDIENTS[order.drug], text=liquid)
+        ), False
     tablet = f"{order.drug.capitalize()} {num(strength)} mg tablets" if strength else None
     if chance(rng, 0.05):
         if tablet and chance(rng, 0.5):
@@ -304,7 +327,9 @@ def dosage(order: Order, rng: random.Random, strength: float | None, pills_ok: b
     repeat: dict[str, Any] = {"frequency": order.per_day, "period": 1, "periodUnit": "d"}
     if order.night:
         repeat["when"] = ["HS"]
-    if pills_ok and strength and chance(rng, 0.4):
+    if order.liquid and chance(rng, 0.4):
+        dose = quantity(num(order.dose / LIQUIDS[order.drug][1]), "mL")
+    elif pills_ok and strength and chance(rng, 0.4):
         pills = num(order.dose / strength)
         dose = {"value": pills, "unit": "{pill}", "system": codes.UCUM, "code": "{pill}"}
         if chance(rng, 0.5):
@@ -318,6 +343,8 @@ def dosage(order: Order, rng: random.Random, strength: float | None, pills_ok: b
     }
     if order.prn:
         instruction["asNeededBoolean"] = True
+    if order.liquid:
+        instruction["route"] = {"text": "Via gastrostomy tube"}
     return [instruction]
 
 

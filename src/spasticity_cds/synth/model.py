@@ -34,6 +34,7 @@ class LabStyle:
     egfr_mdrd: bool
     egfr_capped: bool
     reference_ranges: bool
+    paco2_kpa: bool
     alt_uln: int
 
 
@@ -57,6 +58,7 @@ class Plan:
     fvc_per_point: float
     snip_base: float
     snip_tested: bool
+    mip_tested: bool
     bulbar_weight: float
     leg_weight: float
     spastic: bool
@@ -127,6 +129,7 @@ def make_plan(rng: random.Random, seed: int, index: int, profile: Profile, as_of
         fvc_per_point=clamp(rng.gauss(1.7, 0.45), 0.8, 3.0),
         snip_base=clamp(rng.gauss(88 if sex == "male" else 72, 15), 35, 130),
         snip_tested=chance(rng, 0.6),
+        mip_tested=chance(rng, 0.4),
         bulbar_weight=rng.uniform(0.35, 0.55),
         leg_weight=rng.uniform(0.2, 0.4),
         spastic=spastic,
@@ -194,6 +197,7 @@ def _draw_lab_style(rng: random.Random) -> LabStyle:
         egfr_mdrd=chance(rng, 0.12),
         egfr_capped=chance(rng, 0.3),
         reference_ranges=chance(rng, 0.85),
+        paco2_kpa=chance(rng, 0.4),
         alt_uln=rng.choice((33, 40, 40, 45, 50)),
     )
 

@@ -43,7 +43,10 @@ def generate_patient(seed: int, index: int, profile: str, as_of: date = AS_OF) -
     factory.emit(patient_resource(plan, rng), may_duplicate=False)
     diagnoses(factory, plan)
     orders = medications.spasticity_history(plan, rng) + medications.co_medication(plan, rng)
-    Course(factory, plan).run()
+    course = Course(factory, plan)
+    course.run()
+    if course.peg_day is not None:
+        orders += medications.switch_to_liquid(orders, course.peg_day, rng)
     orders += refractory_procedures(factory, plan, orders)
     for order in orders:
         medications.render(factory, order)
@@ -122,6 +125,7 @@ class Course:
         self.rng = factory.rng
         self.niv = False
         self.peg = False
+        self.peg_day: date | None = None
         self.dysphagia = False
 
     def run(self) -> None:
@@ -178,7 +182,18 @@ class Course:
         if plan.snip_tested:
             snip = model.snip_value(plan, day, rng)
             self.numeric(concept(codes.SNIP_LOCAL, text="SNIP"), "exam", at, enc, (snip, "cm[H2O]"))
+            if plan.mip_tested:
+                mip = round(clamp(snip * rng.uniform(0.75, 1.0), 5, 150))
+                self.numeric(concept(codes.MIP_LOCAL, text="MIP"), "exam", at, enc, (mip, "cm[H2O]"))
+        if fvc is not None and fvc < 65 and chance(rng, 0.35):
+            self.blood_gas(at, enc, fvc)
         self.stage_events(day, swallow, fvc, snip)
+
+    def blood_gas(self, at: str, enc: Resource, fvc: int) -> None:
+        """Arterial PaCO2, rising as FVC falls, in mm[Hg] or kPa by the patient's lab."""
+        mmhg = 39 + max(0, 60 - fvc) * 0.35 + self.rng.gauss(0, 2.5)
+        reading = (round(mmhg / 7.50062, 1), "kPa") if self.plan.labs.paco2_kpa else (round(mmhg), "mm[Hg]")
+        self.numeric(concept(codes.PACO2, text="Arterial pCO2"), "laboratory", at, enc, reading)
 
     def stage_events(self, day: date, swallow: int, fvc: int | None, snip: int | None) -> None:
         """Dysphagia diagnosis, gastrostomy and NIV once the measurements call for them."""
@@ -210,6 +225,7 @@ class Course:
             "Gastroenterology admission",
             "IMP",
         )
+        self.peg_day = day
         text = "Percutaneous endoscopic gastrostomy"
         code = concept(codes.PEG_PCS, text=text) if chance(self.rng, 0.6) else {"text": text}
         self.f.procedure(
