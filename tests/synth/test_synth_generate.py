@@ -311,3 +311,29 @@ def test_stage_procedures_present() -> None:
     assert {"Non-invasive ventilation", "Percutaneous endoscopic gastrostomy"} <= texts
     niv = [p for p in procedures if "428311008" in codes_of(p)]
     assert niv and all(p["status"] == "in-progress" for p in niv)
+
+
+def test_liquids_follow_a_gastrostomy() -> None:
+    switched = 0
+    for patient in cohort():
+        peg_days = {
+            p["performedDateTime"][:10]
+            for p in patient
+            if p["resourceType"] == "Procedure"
+            and p["code"].get("text") == "Percutaneous endoscopic gastrostomy"
+        }
+        for m in patient:
+            if m["resourceType"] == "MedicationRequest" and "route" in m["dosageInstruction"][0]:
+                switched += 1
+                assert m["authoredOn"] in peg_days
+                assert "oral s" in m["medicationCodeableConcept"]["text"]
+    assert switched > 0
+
+
+def test_paco2_in_both_units() -> None:
+    units = {
+        o["valueQuantity"]["unit"]
+        for o in all_resources("Observation")
+        if "2019-8" in codes_of(o) and "valueQuantity" in o
+    }
+    assert units == {"mm[Hg]", "kPa"}
