@@ -60,7 +60,11 @@ def _ceiling(monograph: Monograph, top: float | None, egfr: Fact | None, unit: s
         return Fact(name, band.max_daily, unit, sources=sources, note=f"renal band eGFR < {band.below_egfr:g}")
     fraction = band.fraction_of_usual or 1.0
     return Fact(
-        name, round(top * fraction, 1), unit, sources=sources, note=f"{fraction:g} of the maximum at eGFR < {band.below_egfr:g}"
+        name,
+        round(top * fraction, 1),
+        unit,
+        sources=sources,
+        note=f"{fraction:g} of the maximum at eGFR < {band.below_egfr:g}",
     )
 
 

@@ -67,7 +67,11 @@ class Engine:
         }
         _check_definition_cycles(kb)
         self.rules = [
-            CompiledRule(rule, compiler.compile(rule.when, f"{kb.rule_files[rule.id]}: rule {rule.id}.when"), kb.rule_files[rule.id])
+            CompiledRule(
+                rule,
+                compiler.compile(rule.when, f"{kb.rule_files[rule.id]}: rule {rule.id}.when"),
+                kb.rule_files[rule.id],
+            )
             for rule in kb.rules.values()
             if rule.active
         ]
@@ -167,16 +171,18 @@ class Engine:
 
     def _finding(self, compiled: CompiledRule, env: Env, *, gap: bool) -> dict[str, Any]:
         rule = compiled.rule
-        used = compiled.tree.facts_used()
+        used = self._expand(compiled.tree.facts_used())
         facts = [env.facts[name] for name in used if name in env.facts]
         involved = any(self._agent_state(agent, env.facts)[1] for agent in rule.agents)
         severity = rule.escalate_if_current if (rule.escalate_if_current and involved) else rule.severity
         if gap:
             unknown = [n.fact for n in compiled.tree.deciding(env) if n.fact]
             missing_names = [name for name in dict.fromkeys(unknown) if not name.startswith("def.")]
-            missing_names += [d for name in unknown if name.startswith("def.") for d in self._unknown_in_definition(name[4:], env)]
+            missing_names += [
+                d for name in unknown if name.startswith("def.") for d in self._unknown_in_definition(name[4:], env)
+            ]
             summary = self._render(rule.gap_summary or f"Not enough data to check: {rule.summary}", env.facts)
-            finding = {
+            finding: dict[str, Any] = {
                 "id": f"{rule.id}:gap",
                 "kind": "data-gap",
                 "severity": "warning" if involved else "info",
@@ -215,6 +221,14 @@ class Engine:
             }
         return finding
 
+    def _expand(self, names: list[str]) -> list[str]:
+        """Fact names with every ``def.X`` replaced by the facts its definition reads, in order, once each."""
+        out: list[str] = []
+        for name in names:
+            inner = self._expand(self.definitions[name[4:]].facts_used()) if name.startswith("def.") else [name]
+            out.extend(n for n in inner if n not in out)
+        return out
+
     def _unknown_in_definition(self, name: str, env: Env) -> list[str]:
         unknown = [n.fact for n in self.definitions[name].deciding(env) if n.fact]
         out: list[str] = []
@@ -242,7 +256,15 @@ class Engine:
             }
             if citation.year:
                 entry["year"] = citation.year
-            identifiers = {k: v for k, v in (("doi", citation.identifiers.doi), ("pmid", citation.identifiers.pmid), ("url", citation.identifiers.url)) if v}
+            identifiers = {
+                k: v
+                for k, v in (
+                    ("doi", citation.identifiers.doi),
+                    ("pmid", citation.identifiers.pmid),
+                    ("url", citation.identifiers.url),
+                )
+                if v
+            }
             if identifiers:
                 entry["identifiers"] = identifiers
             out.append(entry)
@@ -297,12 +319,20 @@ class Engine:
                 for item in monograph.monitoring
             ]
         if monograph.taper is not None:
-            option["taper"] = {"text": monograph.taper.text, "citations": self.cite(monograph.taper.citations)}
+            option["taper"] = {
+                "text": monograph.taper.text,
+                "citations": self.cite(monograph.taper.citations),
+            }
         if env.definition("dysphagia") is True:
             suitable = [f for f in monograph.formulations if f.tube or f.dysphagia]
             if suitable:
                 option["formulations"] = [
-                    {"form": f.form, "strength": f.strength, "tube": f.tube, "citations": self.cite(f.citations)}
+                    {
+                        "form": f.form,
+                        "strength": f.strength,
+                        "tube": f.tube,
+                        "citations": self.cite(f.citations),
+                    }
                     | ({"caution": f.caution} if f.caution else {})
                     for f in suitable
                 ]
@@ -337,7 +367,10 @@ class Engine:
             "options": options,
             "findings": findings,
             "input_notes": input_notes,
-            "disclaimer": {"text": manifest.disclaimer.text, "citations": self.cite(manifest.disclaimer.citations)},
+            "disclaimer": {
+                "text": manifest.disclaimer.text,
+                "citations": self.cite(manifest.disclaimer.citations),
+            },
         }
 
     def explain(
@@ -394,7 +427,11 @@ def _truth_word(value: Truth) -> str:
 
 
 def _tree(node: CompiledNode, values: dict[str, Truth], env: Env) -> dict[str, Any]:
-    out: dict[str, Any] = {"path": node.path, "label": node.label, "value": _truth_word(values.get(node.path))}
+    out: dict[str, Any] = {
+        "path": node.path,
+        "label": node.label,
+        "value": _truth_word(values.get(node.path)),
+    }
     if node.fact and node.fact in env.facts:
         out["fact"] = env.facts[node.fact].to_dict()
     if node.children:

@@ -73,7 +73,7 @@ class FactExtractor:
         units: list[UnitConversion],
         equation: EgfrEquation,
         stop_reasons: StopReasons,
-        validity_days: dict[str, int],
+        validity_days: dict[str, float],
     ) -> None:
         self.vocabulary = vocabulary
         self.units = {u.quantity: {_unit_key(k): f for k, f in u.factors.items()} for u in units}
@@ -259,7 +259,9 @@ class FactExtractor:
         self._orthostatic_facts(collected, now, facts)
         self._ashworth_facts(collected, now, facts)
 
-    def _fact_from(self, name: str, observed: Observed, concept: Concept, now: datetime, note: str | None = None) -> Fact:
+    def _fact_from(
+        self, name: str, observed: Observed, concept: Concept, now: datetime, note: str | None = None
+    ) -> Fact:
         stale = self._is_stale(observed.when, concept, now)
         return Fact(
             name,
@@ -288,14 +290,12 @@ class FactExtractor:
             return
         if sex not in ("male", "female"):
             return
-        if measured.value is not None and measured.date and creatinine.when:
-            if creatinine.when.isoformat() <= measured.date:
-                return
+        if measured.date and creatinine.when and creatinine.when.isoformat() <= measured.date:
+            return
         derived = _ckd_epi(self.equation, creatinine.value, age, str(sex))
         observed = Observed(round(derived, 1), creatinine.when, creatinine.source, self.concepts["egfr"].unit)
         note = (
-            f"derived from creatinine {creatinine.value:.2f} mg/dL by {self.equation.name}"
-            " (no current measured eGFR)"
+            f"derived from creatinine {creatinine.value:.2f} mg/dL by {self.equation.name} (no current measured eGFR)"
         )
         facts["obs.egfr"] = self._fact_from("obs.egfr", observed, self.concepts["egfr"], now, note)
 
@@ -329,7 +329,10 @@ class FactExtractor:
         return float(default), f"ULN {default} assumed (setting default_uln_{analyte}; no reference range sent)"
 
     def _orthostatic_facts(self, collected: _Collected, now: datetime, facts: dict[str, Fact]) -> None:
-        pairs = (("sbp", "systolic-supine", "systolic-standing"), ("dbp", "diastolic-supine", "diastolic-standing"))
+        pairs = (
+            ("sbp", "systolic-supine", "systolic-standing"),
+            ("dbp", "diastolic-supine", "diastolic-standing"),
+        )
         for label, lying_id, standing_id in pairs:
             name = f"obs.orthostatic_{label}_drop"
             lying = _latest(collected.observations.get(lying_id, []))
@@ -352,12 +355,20 @@ class FactExtractor:
         latest = [o for o in scores if o.when == last]
         concept = self.concepts["modified-ashworth"]
         top = max(latest, key=lambda o: float(o.value))
-        facts["obs.mas_max"] = self._fact_from("obs.mas_max", Observed(top.value, last, top.source, "MAS"), concept, now)
+        facts["obs.mas_max"] = self._fact_from(
+            "obs.mas_max", Observed(top.value, last, top.source, "MAS"), concept, now
+        )
         sites = {o.body_site or o.source for o in latest if float(o.value) >= 1.0}
         groups = Observed(float(len(sites)), last, top.source, "muscle groups")
         fact = self._fact_from("obs.mas_groups", groups, concept, now, "muscle groups with MAS >= 1")
         facts["obs.mas_groups"] = Fact(
-            fact.name, fact.value, fact.unit, fact.date, fact.stale, tuple(o.source for o in latest), fact.note
+            fact.name,
+            fact.value,
+            fact.unit,
+            fact.date,
+            fact.stale,
+            tuple(o.source for o in latest),
+            fact.note,
         )
 
     def _medication_facts(self, collected: _Collected, now: datetime, facts: dict[str, Fact]) -> None:
@@ -426,7 +437,13 @@ def _dose_fact(prefix: str, orders: list[MedicationOrder]) -> Fact:
         return missing(name, "the order has no dose and frequency that can be read")
     total = sum(o.daily_dose or 0.0 for o in known)
     notes = sorted({o.dose_note for o in known if o.dose_note})
-    return Fact(name, round(total, 3), f"{known[0].dose_unit}/day", sources=_sources(known), note="; ".join(notes) or None)
+    return Fact(
+        name,
+        round(total, 3),
+        f"{known[0].dose_unit}/day",
+        sources=_sources(known),
+        note="; ".join(notes) or None,
+    )
 
 
 def _days_on_fact(prefix: str, orders: list[MedicationOrder], current: list[MedicationOrder], now: datetime) -> Fact:
@@ -689,4 +706,4 @@ def _ckd_epi(equation: EgfrEquation, creatinine_mg_dl: float, age: int, sex: str
         * max(ratio, 1.0) ** equation.exponent_above_kappa
         * equation.age_base**age
     )
-    return value * (equation.female_factor if sex == "female" else 1.0)
+    return float(value * (equation.female_factor if sex == "female" else 1.0))

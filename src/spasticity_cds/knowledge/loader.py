@@ -22,7 +22,6 @@ from spasticity_cds.knowledge.schema import (
     Ladder,
     Manifest,
     Monograph,
-    Node,
     Rule,
     RuleFile,
     Setting,
@@ -34,15 +33,15 @@ T = TypeVar("T")
 SEMVER = re.compile(r"^\d+\.\d+\.\d+$")
 
 
-class _Citations(Strict, kw_only=True):
+class _Citations(Strict, kw_only=True, frozen=True):
     citations: list[Citation]
 
 
-class _Settings(Strict, kw_only=True):
+class _Settings(Strict, kw_only=True, frozen=True):
     settings: dict[str, Setting]
 
 
-class _Definitions(Strict, kw_only=True):
+class _Definitions(Strict, kw_only=True, frozen=True):
     definitions: dict[str, Definition]
 
 
@@ -189,7 +188,8 @@ def _check(kb: KnowledgeBase) -> None:
     for monograph in kb.monographs.values():
         if monograph.concept not in concepts:
             raise KnowledgeBaseError(
-                f"monograph concept {monograph.concept!r} is not in valuesets.yaml", where=f"drugs/{monograph.id}"
+                f"monograph concept {monograph.concept!r} is not in valuesets.yaml",
+                where=f"drugs/{monograph.id}",
             )
     for rule in kb.rules.values():
         _check_rule(kb, rule, agents)

@@ -19,14 +19,14 @@ class Strict(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=Tr
     """Base for every knowledge-base struct: frozen, keyword-only, no unknown fields."""
 
 
-class Identifiers(Strict, kw_only=True):
+class Identifiers(Strict, kw_only=True, frozen=True):
     doi: str | None = None
     pmid: str | None = None
     url: str | None = None
     other: str | None = None
 
 
-class Citation(Strict, kw_only=True):
+class Citation(Strict, kw_only=True, frozen=True):
     id: str
     kind: CitationKind
     title: str
@@ -38,13 +38,13 @@ class Citation(Strict, kw_only=True):
     note: str | None = None
 
 
-class CitationRef(Strict, kw_only=True):
+class CitationRef(Strict, kw_only=True, frozen=True):
     id: str
     locator: str
     status: EvidenceStatus | None = None
 
 
-class Coding(Strict, kw_only=True):
+class Coding(Strict, kw_only=True, frozen=True):
     system: str
     code: str
     display: str | None = None
@@ -53,7 +53,7 @@ class Coding(Strict, kw_only=True):
     status: EvidenceStatus = "C-secondary"
 
 
-class Concept(Strict, kw_only=True):
+class Concept(Strict, kw_only=True, frozen=True):
     id: str
     kind: ConceptKind
     display: str
@@ -69,14 +69,14 @@ class Concept(Strict, kw_only=True):
     note: str | None = None
 
 
-class UnitConversion(Strict, kw_only=True):
+class UnitConversion(Strict, kw_only=True, frozen=True):
     quantity: str
     canonical_unit: str
     factors: dict[str, float]
     citations: list[CitationRef]
 
 
-class EgfrEquation(Strict, kw_only=True):
+class EgfrEquation(Strict, kw_only=True, frozen=True):
     name: str
     multiplier: float
     kappa: dict[str, float]
@@ -87,12 +87,12 @@ class EgfrEquation(Strict, kw_only=True):
     citations: list[CitationRef]
 
 
-class StopReasons(Strict, kw_only=True):
+class StopReasons(Strict, kw_only=True, frozen=True):
     ineffective: list[str]
     adverse: list[str]
 
 
-class ValueSets(Strict, kw_only=True):
+class ValueSets(Strict, kw_only=True, frozen=True):
     concepts: list[Concept]
     units: list[UnitConversion]
     medication_classes: dict[str, str]
@@ -100,7 +100,7 @@ class ValueSets(Strict, kw_only=True):
     stop_reasons: StopReasons
 
 
-class Setting(Strict, kw_only=True):
+class Setting(Strict, kw_only=True, frozen=True):
     value: float | int | str | bool
     unit: str | None = None
     choices: list[str] = []
@@ -109,14 +109,14 @@ class Setting(Strict, kw_only=True):
     citations: list[CitationRef] = []
 
 
-class DoseStep(Strict, kw_only=True):
+class DoseStep(Strict, kw_only=True, frozen=True):
     day: int
     dose: float
     times_per_day: int
     unit: str = "mg"
 
 
-class RenalBand(Strict, kw_only=True):
+class RenalBand(Strict, kw_only=True, frozen=True):
     below_egfr: float
     action: Literal["reduce", "avoid", "caution"]
     fraction_of_usual: float | None = None
@@ -125,7 +125,7 @@ class RenalBand(Strict, kw_only=True):
     citations: list[CitationRef]
 
 
-class Formulation(Strict, kw_only=True):
+class Formulation(Strict, kw_only=True, frozen=True):
     form: str
     strength: str
     tube: bool = False
@@ -134,7 +134,7 @@ class Formulation(Strict, kw_only=True):
     citations: list[CitationRef]
 
 
-class MonitoringItem(Strict, kw_only=True):
+class MonitoringItem(Strict, kw_only=True, frozen=True):
     test: Literal["liver", "renal", "blood-pressure", "respiratory", "benefit", "sedation"]
     what: str
     first_due_days: int | None = None
@@ -143,12 +143,12 @@ class MonitoringItem(Strict, kw_only=True):
     citations: list[CitationRef]
 
 
-class Statement(Strict, kw_only=True):
+class Statement(Strict, kw_only=True, frozen=True):
     text: str
     citations: list[CitationRef]
 
 
-class Monograph(Strict, kw_only=True):
+class Monograph(Strict, kw_only=True, frozen=True):
     id: str
     name: str
     concept: str
@@ -171,33 +171,33 @@ class Monograph(Strict, kw_only=True):
     off_label_in_als: Statement | None = None
 
 
-class Comparison(Strict, kw_only=True):
+class Comparison(Strict, kw_only=True, frozen=True):
     fact: str
     op: Literal["eq", "ne", "lt", "le", "gt", "ge", "in", "is"]
     value: float | int | str | bool | list[str] | None = None
     setting: str | None = None
 
 
-class Node(Strict, kw_only=True):
+class Node(Strict, kw_only=True, frozen=True):
     all: list[Node] | None = None
     any: list[Node] | None = None
     not_: Node | None = msgspec.field(default=None, name="not")
     check: Comparison | None = None
 
 
-class ConflictNote(Strict, kw_only=True):
+class ConflictNote(Strict, kw_only=True, frozen=True):
     topic: str
     chosen: str
     why: str
     setting: str | None = None
 
 
-class RuleChange(Strict, kw_only=True):
+class RuleChange(Strict, kw_only=True, frozen=True):
     version: int
     change: str
 
 
-class Rule(Strict, kw_only=True):
+class Rule(Strict, kw_only=True, frozen=True):
     id: str
     version: int
     changes: list[RuleChange]
@@ -218,17 +218,17 @@ class Rule(Strict, kw_only=True):
     active: bool = True
 
 
-class Definition(Strict, kw_only=True):
+class Definition(Strict, kw_only=True, frozen=True):
     description: str
     when: Node
     citations: list[CitationRef]
 
 
-class RuleFile(Strict, kw_only=True):
+class RuleFile(Strict, kw_only=True, frozen=True):
     rules: list[Rule]
 
 
-class LadderStep(Strict, kw_only=True):
+class LadderStep(Strict, kw_only=True, frozen=True):
     agent: str
     name: str
     position: int
@@ -240,17 +240,17 @@ class LadderStep(Strict, kw_only=True):
     proposed_when: list[str] = []
 
 
-class Ladder(Strict, kw_only=True):
+class Ladder(Strict, kw_only=True, frozen=True):
     steps: list[LadderStep]
 
 
-class Release(Strict, kw_only=True):
+class Release(Strict, kw_only=True, frozen=True):
     version: str
     date: str
     changes: list[str]
 
 
-class Manifest(Strict, kw_only=True):
+class Manifest(Strict, kw_only=True, frozen=True):
     name: str
     version: str
     releases: list[Release]

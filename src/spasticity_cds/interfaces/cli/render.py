@@ -1,0 +1,161 @@
+"""Readable terminal rendering of results and explanations with rich; content stays in the result dicts."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from rich.console import Console, Group
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+from rich.tree import Tree
+
+STATUS_STYLE = {
+    "current": "bold cyan",
+    "recommended": "bold green",
+    "consider": "green",
+    "caution": "yellow",
+    "avoid": "bold red",
+    "contraindicated": "bold white on red",
+}
+SEVERITY_STYLE = {"critical": "bold white on red", "warning": "bold yellow", "info": "cyan"}
+
+
+def render_result(console: Console, result: dict[str, Any]) -> None:
+    """The whole plan for one patient: header, standing, options, findings, notes, disclaimer."""
+    console.print(_header(result))
+    if not result["in_scope"]:
+        _findings(console, result["findings"])
+        _disclaimer(console, result)
+        return
+    console.print(_standing(result))
+    console.print(_options_table(result["options"]))
+    _findings(console, result["findings"])
+    if result["input_notes"]:
+        console.print(Text("How the record was read", style="bold"))
+        for note in result["input_notes"]:
+            console.print(f"  - {note}", markup=False)
+    _disclaimer(console, result)
+
+
+def _header(result: dict[str, Any]) -> Panel:
+    kb = result["knowledge_base"]
+    lines = Text()
+    lines.append(f"{result['patient']}", style="bold")
+    lines.append(f"   evaluated {result['evaluated_at']}\n")
+    lines.append(f"Knowledge base {kb['version']} ({kb['digest'][:19]})   ")
+    lines.append(f"settings {', '.join(f'{k}={v}' for k, v in result['settings'].items())}\n")
+    confidence = result["confidence"]
+    style = "green" if confidence == "high" else "yellow"
+    lines.append(f"Confidence: {confidence}", style=style)
+    if result["data_gaps"]:
+        lines.append(f" ({result['data_gaps']} data gaps - see below)", style=style)
+    return Panel(lines, title="Spasticity treatment plan (ALS)", title_align="left")
+
+
+def _standing(result: dict[str, Any]) -> Text:
+    standing = result["standing"]
+    text = Text("Where the patient stands: ", style="bold")
+    if standing["current_agents"]:
+        parts = [f"{agent} ({role})" for agent, role in zip(standing["current_agents"], standing["roles"], strict=True)]
+        text.append("on " + ", ".join(parts))
+    else:
+        text.append("no antispastic drug treatment on record")
+    return text
+
+
+def _options_table(options: Iterable[dict[str, Any]]) -> Table:
+    table = Table(title="Options, ranked", title_justify="left", show_lines=False, expand=True)
+    table.add_column("#", justify="right", width=3)
+    table.add_column("Option", min_width=18)
+    table.add_column("Status", min_width=15)
+    table.add_column("Dose", ratio=1)
+    table.add_column("Why this status", ratio=1)
+    for option in options:
+        table.add_row(
+            str(option["rank"]),
+            option["name"],
+            Text(option["status"], style=STATUS_STYLE[option["status"]]),
+            _dose_cell(option),
+            ", ".join(option["because"]) or option["role"],
+        )
+    return table
+
+
+def _dose_cell(option: dict[str, Any]) -> str:
+    parts: list[str] = []
+    daily = option.get("daily_dose")
+    if daily:
+        parts.append(f"now {daily['value']:g} {daily.get('unit', '')}")
+    plan = option.get("dose_plan") or {}
+    steps = plan.get("steps") or []
+    if steps:
+        first = steps[0]
+        parts.append(f"start {first['dose']:g} {first['unit']} x{first['times_per_day']}/day")
+    ceiling = plan.get("ceiling")
+    if ceiling and ceiling.get("value") is not None:
+        parts.append(f"ceiling {ceiling['value']:g} {ceiling.get('unit', '')}")
+    return "; ".join(parts)
+
+
+def _findings(console: Console, findings: list[dict[str, Any]]) -> None:
+    if not findings:
+        return
+    console.print(Text("Findings", style="bold underline"))
+    for finding in findings:
+        head = Text()
+        head.append(f" {finding['severity'].upper()} ", style=SEVERITY_STYLE[finding["severity"]])
+        head.append(f" {finding['kind']}  ", style="dim")
+        head.append(finding["summary"])
+        body = Text(f"    {finding['detail']}\n", style="default")
+        cites = "; ".join(f"{c['title']} [{c['status']}] - {c['locator']}" for c in finding["citations"])
+        body.append(f"    Sources: {cites}\n", style="dim")
+        used = [f"{f['name']}={_fact_value(f)}" for f in finding["facts"] if f.get("value") is not None]
+        if used:
+            body.append(f"    Based on: {', '.join(used)}\n", style="dim")
+        if finding.get("missing"):
+            body.append(f"    Missing or stale: {', '.join(finding['missing'])}\n", style="yellow")
+        body.append(f"    Rule {finding['rule_id']} v{finding['rule_version']}", style="dim")
+        console.print(Group(head, body))
+
+
+def _fact_value(fact: dict[str, Any]) -> str:
+    value = fact["value"]
+    text = f"{value:g}" if isinstance(value, float) else str(value)
+    if fact.get("unit"):
+        text += f" {fact['unit']}"
+    if fact.get("date"):
+        text += f" ({fact['date']}{', stale' if fact.get('stale') else ''})"
+    return text
+
+
+def _disclaimer(console: Console, result: dict[str, Any]) -> None:
+    console.print()
+    cites = "; ".join(f"{c['title']} [{c['status']}]" for c in result["disclaimer"]["citations"])
+    console.print(
+        Panel(Text(f"{result['disclaimer']['text']}\n({cites})"), title="Decision support", title_align="left")
+    )
+
+
+def render_explanation(console: Console, explanation: dict[str, Any]) -> None:
+    """A rule's tree with the value at every node, then the nodes that decided the outcome."""
+    title = f"{explanation['rule_id']} v{explanation['rule_version']} ({explanation['file']}): {explanation['outcome']}"
+    tree = Tree(Text(title, style="bold"))
+    _grow(tree, explanation["tree"])
+    console.print(tree)
+    console.print(Text("Decided by:", style="bold"))
+    for node in explanation["deciding"]:
+        console.print(f"  {node['path']}: {node['label']} -> {node['value']}", markup=False)
+
+
+def _grow(parent: Tree, node: dict[str, Any]) -> None:
+    style = {"true": "green", "false": "red", "unknown": "yellow"}[node["value"]]
+    label = Text(f"[{node['value']}] ", style=style)
+    label.append(node["label"])
+    fact = node.get("fact")
+    if fact is not None:
+        label.append(f"   (value: {_fact_value(fact) if fact.get('value') is not None else 'missing'})", style="dim")
+    branch = parent.add(label)
+    for child in node.get("children", []):
+        _grow(branch, child)
