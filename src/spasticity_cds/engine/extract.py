@@ -149,15 +149,17 @@ class FactExtractor:
         value, unit = _observation_value(holder, concept.id)
         if value is None:
             return
+        high = _reference_high(holder)
         if isinstance(value, float) and concept.id in self.units:
             converted = self._to_canonical(concept.id, value, unit)
             if converted is None:
                 out.notes.append(f"{source}: unit {unit!r} of {concept.display} not recognised; value ignored")
                 return
+            # The reference range is in the unit of the value, so it converts with it (bilirubin in umol/L).
+            high = self._to_canonical(concept.id, high, unit) if high is not None else None
             value, unit = converted, self.canonical_units[concept.id]
         elif concept.unit:
             unit = concept.unit
-        high = _reference_high(holder)
         site = _text_of(holder.get("bodySite"))
         out.observations.setdefault(concept.id, []).append(Observed(value, when, source, unit, high, site))
 
