@@ -14,9 +14,10 @@ from typing import Any
 
 import orjson
 import pytest
-from synth_helpers import CLINICAL_TYPES
 
 from spasticity_cds.synth import AS_OF, PROFILES, generate_patient
+
+from .synth_helpers import CLINICAL_TYPES
 
 RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
 LOCAL = "http://spasticity-cds.org/fhir/CodeSystem/local"
@@ -79,9 +80,7 @@ def test_independent_of_hash_seed() -> None:
     digests = set()
     for hash_seed in ("1", "2"):
         env = {"PYTHONHASHSEED": hash_seed, "PYTHONPATH": src}
-        out = subprocess.run(
-            [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
-        )
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
         digests.add(out.stdout.strip())
     assert len(digests) == 1
 
@@ -226,9 +225,7 @@ def test_score_ranges() -> None:
 def test_fvc_declines_over_time_for_als() -> None:
     falling = 0
     for patient in cohort()[:100]:
-        fvc = [
-            o["valueQuantity"]["value"] for o in patient if "19872-1" in codes_of(o) and "valueQuantity" in o
-        ]
+        fvc = [o["valueQuantity"]["value"] for o in patient if "19872-1" in codes_of(o) and "valueQuantity" in o]
         if len(fvc) >= 6:
             falling += fvc[-1] < fvc[0]
     assert falling >= 50
@@ -249,9 +246,7 @@ def test_some_abnormal_alt_and_missing_reference_ranges() -> None:
     alts = [o for o in all_resources("Observation") if "1742-6" in codes_of(o)]
     with_range = [o for o in alts if "referenceRange" in o]
     assert 0.6 < len(with_range) / len(alts) < 1.0
-    high = [
-        o for o in with_range if o["valueQuantity"]["value"] > 3 * o["referenceRange"][0]["high"]["value"]
-    ]
+    high = [o for o in with_range if o["valueQuantity"]["value"] > 3 * o["referenceRange"][0]["high"]["value"]]
     assert high
 
 
@@ -295,11 +290,7 @@ def test_structured_dosage_shape() -> None:
 
 def test_riluzole_in_most_als_patients() -> None:
     with_riluzole = sum(
-        any(
-            "35623" in codes_of(r, "medicationCodeableConcept")
-            for r in p
-            if r["resourceType"] == "MedicationRequest"
-        )
+        any("35623" in codes_of(r, "medicationCodeableConcept") for r in p if r["resourceType"] == "MedicationRequest")
         for p in cohort()
     )
     assert 0.55 < with_riluzole / 400 < 0.9
@@ -319,8 +310,7 @@ def test_liquids_follow_a_gastrostomy() -> None:
         peg_days = {
             p["performedDateTime"][:10]
             for p in patient
-            if p["resourceType"] == "Procedure"
-            and p["code"].get("text") == "Percutaneous endoscopic gastrostomy"
+            if p["resourceType"] == "Procedure" and p["code"].get("text") == "Percutaneous endoscopic gastrostomy"
         }
         for m in patient:
             if m["resourceType"] == "MedicationRequest" and "route" in m["dosageInstruction"][0]:

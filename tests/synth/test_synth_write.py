@@ -7,10 +7,11 @@ from typing import Any
 
 import orjson
 import pytest
-from synth_helpers import CLINICAL_TYPES, read_lines, read_ndjson
 
 from spasticity_cds.errors import InputError
 from spasticity_cds.synth import CohortSummary, generate_patient, write_cohort
+
+from .synth_helpers import CLINICAL_TYPES, read_lines, read_ndjson
 
 FHIR_BASE = "https://synth.spasticity-cds.org/fhir/"
 
@@ -65,9 +66,7 @@ def test_bulk_layout_and_manifest(tmp_path: Path, gz: bool) -> None:
         rows = read_ndjson(tmp_path / item["url"])
         assert len(rows) == item["count"] == summary.resource_counts[item["type"]]
         assert {r["resourceType"] for r in rows} == {item["type"]}
-    assert {"Patient", "Condition", "Observation", "MedicationRequest", "Encounter"} <= set(
-        summary.resource_counts
-    )
+    assert {"Patient", "Condition", "Observation", "MedicationRequest", "Encounter"} <= set(summary.resource_counts)
     check_references([r for rows in bulk_resources(tmp_path).values() for r in rows])
 
 
@@ -94,10 +93,7 @@ def test_bulk_shards_concatenate_to_the_full_run(tmp_path: Path) -> None:
 def test_ids_unique_across_shards(tmp_path: Path) -> None:
     write_cohort(tmp_path / "a", n=5, profile="lean", seed=2, fmt="bulk")
     write_cohort(tmp_path / "b", n=5, start=5, profile="lean", seed=2, fmt="bulk")
-    ids = [
-        {(r["resourceType"], r["id"]) for rows in bulk_resources(tmp_path / s).values() for r in rows}
-        for s in "ab"
-    ]
+    ids = [{(r["resourceType"], r["id"]) for rows in bulk_resources(tmp_path / s).values() for r in rows} for s in "ab"]
     assert ids[0] and ids[1] and not ids[0] & ids[1]
 
 

@@ -26,9 +26,7 @@ def _iso_date(text: str) -> date:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Declare the options of ``spasticity-cds synth``."""
     parser.add_argument("--n", type=int, required=True, help="number of patients to write")
-    parser.add_argument(
-        "--profile", choices=sorted(PROFILES), default="typical", help="resources per patient"
-    )
+    parser.add_argument("--profile", choices=sorted(PROFILES), default="typical", help="resources per patient")
     parser.add_argument("--seed", type=int, default=0, help="cohort seed (default 0)")
     parser.add_argument("--format", dest="fmt", choices=FORMATS, default="bundles", help="output layout")
     parser.add_argument("--start", type=int, default=0, help="index of the first patient (for shards)")

@@ -16,6 +16,7 @@ COND_CLINICAL: Final = "http://terminology.hl7.org/CodeSystem/condition-clinical
 COND_VERIFICATION: Final = "http://terminology.hl7.org/CodeSystem/condition-ver-status"
 COND_CATEGORY: Final = "http://terminology.hl7.org/CodeSystem/condition-category"
 ACT_CODE: Final = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
+ACT_REASON: Final = "http://terminology.hl7.org/CodeSystem/v3-ActReason"
 MRN_SYSTEM: Final = "http://synth.spasticity-cds.org/fhir/mrn"
 FHIR_BASE: Final = "https://synth.spasticity-cds.org/fhir/"
 
@@ -26,6 +27,8 @@ def coding(code: Coding) -> dict[str, Any]:
     """Render a (system, code, display) triple as a FHIR Coding."""
     return {"system": code[0], "code": code[1], "display": code[2]}
 
+
+TEST_DATA: Final = (ACT_REASON, "HTEST", "test health data")
 
 # Diagnoses
 ALS_SCT: Final = (SNOMED, "86044005", "Amyotrophic lateral sclerosis")

@@ -141,9 +141,7 @@ def adjuncts(plan: Plan, rng: random.Random, start: date, first: str, *, active_
     later = start + timedelta(days=rng.randint(60, 400))
     orders: list[Order] = []
     if chance(rng, 0.08):
-        orders += ladder(
-            "dantrolene", plan, rng, later, {"active": 0.45, "ineffective": 0.4, "raised ALT": 0.15}
-        )[0]
+        orders += ladder("dantrolene", plan, rng, later, {"active": 0.45, "ineffective": 0.4, "raised ALT": 0.15})[0]
     if chance(rng, 0.12):
         orders += night_benzodiazepine(rng, later)
     if first != "gabapentin" and chance(rng, 0.1):
@@ -293,9 +291,7 @@ def dose_words(order: Order) -> str:
     return f"{dose} {FREQ_TEXT[order.per_day]}{suffix}"
 
 
-def medication_concept(
-    order: Order, rng: random.Random, strength: float | None
-) -> tuple[dict[str, Any], bool]:
+def medication_concept(order: Order, rng: random.Random, strength: float | None) -> tuple[dict[str, Any], bool]:
     """The medicationCodeableConcept and whether it names the tablet strength."""
     name = order.label or order.drug.capitalize()
     if order.drug == "baclofen-intrathecal":
@@ -304,9 +300,7 @@ def medication_concept(
         return {"text": name}, False
     if order.liquid:
         liquid = LIQUIDS[order.drug][0]
-        return (
-            {"text": liquid} if chance(rng, 0.1) else concept(codes.RX_INGREDIENTS[order.drug], text=liquid)
-        ), False
+        return ({"text": liquid} if chance(rng, 0.1) else concept(codes.RX_INGREDIENTS[order.drug], text=liquid)), False
     tablet = f"{order.drug.capitalize()} {num(strength)} mg tablets" if strength else None
     if chance(rng, 0.05):
         if tablet and chance(rng, 0.5):

@@ -58,6 +58,7 @@ def patient_resource(plan: Plan, rng: random.Random) -> Resource:
     return {
         "resourceType": "Patient",
         "id": plan.patient_id,
+        "meta": {"security": [codes.coding(codes.TEST_DATA)]},
         "identifier": [{"system": codes.MRN_SYSTEM, "value": f"SYN{plan.seed}-{plan.index:07d}"}],
         "active": True,
         "name": [{"use": "official", "family": rng.choice(FAMILY), "given": [rng.choice(GIVEN[plan.sex])]}],
@@ -143,9 +144,7 @@ class Course:
         plan, rng = self.plan, self.rng
         at = instant(day, time(rng.randint(8, 15), rng.choice((0, 15, 30, 45))))
         end = instant(day, time(16, 30))
-        enc = self.f.encounter(
-            at, end, rng.choice(("MND clinic", "Neurology outpatient", "Multidisciplinary clinic"))
-        )
+        enc = self.f.encounter(at, end, rng.choice(("MND clinic", "Neurology outpatient", "Multidisciplinary clinic")))
         self.blood_pressure(day, at, enc)
         if plan.is_mnd:
             self.mnd_scores(day, at, enc, number)
@@ -292,9 +291,7 @@ class Course:
         self.renal(day, at, enc)
         self.liver(day, at, enc)
 
-    def lab(
-        self, code: codes.Coding, at: str, enc: Resource, value: dict[str, Any], high: float | None
-    ) -> None:
+    def lab(self, code: codes.Coding, at: str, enc: Resource, value: dict[str, Any], high: float | None) -> None:
         """One laboratory Observation with an optional upper reference limit in the value's unit."""
         extra: dict[str, Any] = {}
         if high is not None and self.plan.labs.reference_ranges:
@@ -351,17 +348,13 @@ class Course:
 # Procedures for refractory spasticity ----------------------------------------------------------
 
 
-def refractory_procedures(
-    factory: Factory, plan: Plan, orders: list[medications.Order]
-) -> list[medications.Order]:
+def refractory_procedures(factory: Factory, plan: Plan, orders: list[medications.Order]) -> list[medications.Order]:
     """Intrathecal baclofen pump implants and botulinum toxin injections (some also ordered as text)."""
     rng = factory.rng
     for order in orders:
         if order.drug == "baclofen-intrathecal":
             code = {"text": "Implantation of intrathecal baclofen pump"}
-            factory.procedure(
-                code, "completed", performedDateTime=instant(order.start - timedelta(days=1), time(10))
-            )
+            factory.procedure(code, "completed", performedDateTime=instant(order.start - timedelta(days=1), time(10)))
     if not plan.spastic or plan.mas_base < 2.6 or not chance(rng, 0.2):
         return []
     day = plan.visits[len(plan.visits) // 3]

@@ -110,9 +110,7 @@ class Factory:
         fields.update(extra)
         return self.clinical("Observation", **fields)
 
-    def condition(
-        self, code: dict[str, Any], onset: date, *, category: str = "problem-list-item"
-    ) -> Resource:
+    def condition(self, code: dict[str, Any], onset: date, *, category: str = "problem-list-item") -> Resource:
         """An active, confirmed Condition."""
         return self.clinical(
             "Condition",

@@ -57,9 +57,7 @@ def _open(stack: ExitStack[bool | None], path: Path, gz: bool) -> _Sink:
     raw = stack.enter_context(path.open("wb"))
     if not gz:
         return raw
-    return stack.enter_context(
-        gzip_module.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=6, mtime=0)
-    )
+    return stack.enter_context(gzip_module.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=6, mtime=0))
 
 
 def _suffix(gz: bool) -> str:
@@ -68,9 +66,7 @@ def _suffix(gz: bool) -> str:
 
 def bundle_of(resources: list[Resource], seed: int, index: int, as_of: date) -> Resource:
     """Wrap one patient's resources in a FHIR collection Bundle."""
-    entries = [
-        {"fullUrl": f"{codes.FHIR_BASE}{r['resourceType']}/{r['id']}", "resource": r} for r in resources
-    ]
+    entries = [{"fullUrl": f"{codes.FHIR_BASE}{r['resourceType']}/{r['id']}", "resource": r} for r in resources]
     return {
         "resourceType": "Bundle",
         "id": f"b-{seed}-{index}",
@@ -87,9 +83,7 @@ def manifest_of(summary: CohortSummary, n: int, as_of: date, gz: bool) -> dict[s
         "transactionTime": instant(as_of, time(0, 0)),
         "request": f"{codes.FHIR_BASE}$export?_type={','.join(types)}",
         "requiresAccessToken": False,
-        "output": [
-            {"type": t, "url": f"{t}{_suffix(gz)}", "count": summary.resource_counts[t]} for t in types
-        ],
+        "output": [{"type": t, "url": f"{t}{_suffix(gz)}", "count": summary.resource_counts[t]} for t in types],
         "error": [],
         "extension": {
             "https://spasticity-cds.org/synth": {
@@ -115,9 +109,7 @@ def _check(out_dir: Path, n: int, profile: str, fmt: str, start: int) -> None:
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise InputError(
-            f"cannot create output directory: {exc.strerror or exc}", where=str(out_dir)
-        ) from exc
+        raise InputError(f"cannot create output directory: {exc.strerror or exc}", where=str(out_dir)) from exc
 
 
 def write_cohort(
@@ -164,9 +156,7 @@ def _write_bundles(
     summary.files.append(path)
 
 
-def _write_bulk(
-    summary: CohortSummary, n: int, gz: bool, as_of: date, progress: Callable[[int], None] | None
-) -> None:
+def _write_bulk(summary: CohortSummary, n: int, gz: bool, as_of: date, progress: Callable[[int], None] | None) -> None:
     manifest = summary.out_dir / "manifest.json"
     manifest.unlink(missing_ok=True)
     with ExitStack() as stack:
