@@ -37,11 +37,12 @@ PLACEHOLDER = re.compile(r"\{([a-z][a-z0-9_\-]*(?:\.[a-z0-9_\-]+)+)\}")
 
 @dataclass(frozen=True)
 class CompiledRule:
-    """A rule with its compiled tree and the facts its text mentions."""
+    """A rule with its compiled tree and every fact its tree reads (definitions expanded)."""
 
     rule: Rule
     tree: CompiledNode
     source_file: str
+    facts_read: tuple[str, ...] = ()
 
 
 class Engine:
@@ -49,6 +50,7 @@ class Engine:
 
     def __init__(self, kb: KnowledgeBase) -> None:
         self.kb = kb
+        self._citations_cache: dict[tuple[CitationRef, ...], list[dict[str, Any]]] = {}
         self.defaults: dict[str, Value] = {name: setting.value for name, setting in kb.settings.items()}
         self.vocabulary = Vocabulary(kb.valuesets)
         self.extractor = FactExtractor(
@@ -67,13 +69,10 @@ class Engine:
         }
         _check_definition_cycles(kb)
         self.rules = [
-            CompiledRule(
-                rule,
-                compiler.compile(rule.when, f"{kb.rule_files[rule.id]}: rule {rule.id}.when"),
-                kb.rule_files[rule.id],
-            )
+            CompiledRule(rule, tree, kb.rule_files[rule.id], tuple(self._expand(tree.facts_used())))
             for rule in kb.rules.values()
             if rule.active
+            for tree in [compiler.compile(rule.when, f"{kb.rule_files[rule.id]}: rule {rule.id}.when")]
         ]
         self.ladder = sorted(kb.ladder.steps, key=lambda step: step.position)
         self.monograph_by_agent: dict[str, Monograph] = dict(kb.monographs)
@@ -171,8 +170,7 @@ class Engine:
 
     def _finding(self, compiled: CompiledRule, env: Env, *, gap: bool) -> dict[str, Any]:
         rule = compiled.rule
-        used = self._expand(compiled.tree.facts_used())
-        facts = [env.facts[name] for name in used if name in env.facts]
+        facts = [env.facts[name] for name in compiled.facts_read if name in env.facts]
         involved = any(self._agent_state(agent, env.facts)[1] for agent in rule.agents)
         severity = rule.escalate_if_current if (rule.escalate_if_current and involved) else rule.severity
         if gap:
@@ -243,7 +241,18 @@ class Engine:
         return PLACEHOLDER.sub(lambda m: facts[m.group(1)].display() if m.group(1) in facts else m.group(0), template)
 
     def cite(self, refs: list[CitationRef]) -> list[dict[str, Any]]:
-        """Citation references expanded with title and evidence status, as every output carries them."""
+        """Citation references expanded with title and evidence status, as every output carries them.
+
+        The expansion depends only on the knowledge base, so it is built once per list and shared between
+        results; results are read-only by contract.
+        """
+        key = tuple(refs)
+        cached = self._citations_cache.get(key)
+        if cached is None:
+            cached = self._citations_cache[key] = self._expand_citations(refs)
+        return cached
+
+    def _expand_citations(self, refs: list[CitationRef]) -> list[dict[str, Any]]:
         out = []
         for ref in refs:
             citation = self.kb.citations[ref.id]

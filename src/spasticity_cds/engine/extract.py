@@ -41,6 +41,15 @@ class Observed:
     body_site: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class RawObservation:
+    """An observation matched to a concept, kept unread until its value is needed (usually only the latest is)."""
+
+    when: date | None
+    holder: dict[str, Any]
+    source: str
+
+
 @dataclass
 class MedicationOrder:
     """One medication resource read into what the rules need."""
@@ -59,7 +68,7 @@ class MedicationOrder:
 class _Collected:
     conditions: dict[str, list[str]] = field(default_factory=dict)
     procedures: dict[str, list[str]] = field(default_factory=dict)
-    observations: dict[str, list[Observed]] = field(default_factory=dict)
+    observations: dict[str, list[RawObservation]] = field(default_factory=dict)
     medications: dict[str, list[MedicationOrder]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
@@ -84,6 +93,16 @@ class FactExtractor:
         self.validity_days = validity_days
         self.concepts = vocabulary.concepts
         self.medication_concepts = [c for c in self.concepts.values() if c.kind == "medication"]
+        # Facts of concepts absent from a record never change, so they are built once and shared.
+        self._absent_presence = {
+            f"{c.kind}.{c.id}": Fact(f"{c.kind}.{c.id}", False)
+            for c in self.concepts.values()
+            if c.kind in ("condition", "procedure")
+        }
+        self._absent_medication = {c.id: _absent_medication_facts(c.id) for c in self.medication_concepts}
+        self._missing_observation = {
+            f"obs.{c.id}": missing(f"obs.{c.id}") for c in self.concepts.values() if c.kind == "observation"
+        }
 
     def extract(self, record: PatientRecord, now: datetime) -> tuple[dict[str, Fact], list[str]]:
         """Every fact about the patient, keyed by name, and notes on how the record was read."""
@@ -133,35 +152,56 @@ class FactExtractor:
         for resource in record.of_type("Observation"):
             if resource.get("status") in SKIPPED_STATUSES:
                 continue
-            when = _effective_date(resource)
-            source = reference_of(resource)
             found = self.vocabulary.match(resource.get("code"), "observation")
+            parts = (
+                [
+                    (part.concept, component)
+                    for component in resource["component"]
+                    if isinstance(component, dict)
+                    and (part := self.vocabulary.match(component.get("code"), "observation")) is not None
+                ]
+                if "component" in resource
+                else ()
+            )
+            if found is None and not parts:
+                continue
+            when, source = _effective_date(resource), reference_of(resource)
             if found is not None:
-                self._add_observation(found.concept, resource, when, source, out)
-            for component in resource.get("component") or ():
-                part = self.vocabulary.match(component.get("code"), "observation")
-                if part is not None:
-                    self._add_observation(part.concept, component, when, source, out)
+                out.observations.setdefault(found.concept.id, []).append(RawObservation(when, resource, source))
+            for concept, component in parts:
+                out.observations.setdefault(concept.id, []).append(RawObservation(when, component, source))
 
-    def _add_observation(
-        self, concept: Concept, holder: dict[str, Any], when: date | None, source: str, out: _Collected
-    ) -> None:
+    def _read(self, concept: Concept, raw: RawObservation, notes: list[str]) -> Observed | None:
+        """The observation's value in canonical units, or None (with a note when the unit is unknown)."""
+        holder, when, source = raw.holder, raw.when, raw.source
         value, unit = _observation_value(holder, concept.id)
         if value is None:
-            return
+            return None
         high = _reference_high(holder)
         if isinstance(value, float) and concept.id in self.units:
             converted = self._to_canonical(concept.id, value, unit)
             if converted is None:
-                out.notes.append(f"{source}: unit {unit!r} of {concept.display} not recognised; value ignored")
-                return
+                notes.append(f"{source}: unit {unit!r} of {concept.display} not recognised; value ignored")
+                return None
             # The reference range is in the unit of the value, so it converts with it (bilirubin in umol/L).
             high = self._to_canonical(concept.id, high, unit) if high is not None else None
             value, unit = converted, self.canonical_units[concept.id]
         elif concept.unit:
             unit = concept.unit
         site = _text_of(holder.get("bodySite"))
-        out.observations.setdefault(concept.id, []).append(Observed(value, when, source, unit, high, site))
+        return Observed(value, when, source, unit, high, site)
+
+    def _latest(self, collected: _Collected, concept_id: str) -> Observed | None:
+        """The most recent readable value of a concept."""
+        raws = collected.observations.get(concept_id)
+        if not raws:
+            return None
+        concept = self.concepts[concept_id]
+        for raw in sorted(raws, key=_raw_date, reverse=True):
+            observed = self._read(concept, raw, collected.notes)
+            if observed is not None:
+                return observed
+        return None
 
     def _to_canonical(self, quantity: str, value: float, unit: str | None) -> float | None:
         factors = self.units[quantity]
@@ -241,21 +281,19 @@ class FactExtractor:
         )
 
     def _presence_facts(self, collected: _Collected, facts: dict[str, Fact]) -> None:
-        for concept in self.concepts.values():
-            if concept.kind == "condition":
-                found = collected.conditions.get(concept.id, [])
-                facts[f"condition.{concept.id}"] = Fact(f"condition.{concept.id}", bool(found), sources=tuple(found))
-            elif concept.kind == "procedure":
-                found = collected.procedures.get(concept.id, [])
-                facts[f"procedure.{concept.id}"] = Fact(f"procedure.{concept.id}", bool(found), sources=tuple(found))
+        facts.update(self._absent_presence)
+        for kind, found_by_concept in (("condition", collected.conditions), ("procedure", collected.procedures)):
+            for concept_id, found in found_by_concept.items():
+                name = f"{kind}.{concept_id}"
+                facts[name] = Fact(name, True, sources=tuple(found))
 
     def _observation_facts(self, collected: _Collected, now: datetime, facts: dict[str, Fact]) -> None:
-        for concept in self.concepts.values():
-            if concept.kind != "observation":
-                continue
-            name = f"obs.{concept.id}"
-            latest = _latest(collected.observations.get(concept.id, []))
-            facts[name] = self._fact_from(name, latest, concept, now) if latest else missing(name)
+        facts.update(self._missing_observation)
+        for concept_id in collected.observations:
+            latest = self._latest(collected, concept_id)
+            if latest is not None:
+                name = f"obs.{concept_id}"
+                facts[name] = self._fact_from(name, latest, self.concepts[concept_id], now)
         self._egfr_fact(collected, now, facts)
         self._liver_facts(collected, now, facts)
         self._orthostatic_facts(collected, now, facts)
@@ -286,7 +324,7 @@ class FactExtractor:
         measured = facts["obs.egfr"]
         if measured.usable:
             return
-        creatinine = _latest(collected.observations.get("creatinine", []))
+        creatinine = self._latest(collected, "creatinine")
         age, sex = facts["patient.age"].value, facts["patient.sex"].value
         if creatinine is None or not isinstance(creatinine.value, float) or not isinstance(age, int):
             return
@@ -316,7 +354,7 @@ class FactExtractor:
             facts["obs.liver_days_since"] = missing("obs.liver_days_since", "no ALT or AST on record")
         for analyte in ("alt", "ast", "bilirubin"):
             name = f"obs.{analyte}_x_uln"
-            latest = _latest(collected.observations.get(analyte, []))
+            latest = self._latest(collected, analyte)
             if latest is None or not isinstance(latest.value, float):
                 facts[name] = missing(name)
                 continue
@@ -337,8 +375,8 @@ class FactExtractor:
         )
         for label, lying_id, standing_id in pairs:
             name = f"obs.orthostatic_{label}_drop"
-            lying = _latest(collected.observations.get(lying_id, []))
-            standing = _latest(collected.observations.get(standing_id, []))
+            lying = self._latest(collected, lying_id)
+            standing = self._latest(collected, standing_id)
             if not (lying and standing and isinstance(lying.value, float) and isinstance(standing.value, float)):
                 facts[name] = missing(name, "no lying and standing pair")
                 continue
@@ -347,7 +385,11 @@ class FactExtractor:
             facts[name] = Fact(name, fact.value, fact.unit, fact.date, fact.stale, (lying.source, standing.source))
 
     def _ashworth_facts(self, collected: _Collected, now: datetime, facts: dict[str, Fact]) -> None:
-        scores = [o for o in collected.observations.get("modified-ashworth", []) if isinstance(o.value, float)]
+        concept = self.concepts["modified-ashworth"]
+        raws = collected.observations.get("modified-ashworth", [])
+        last_day = max((raw.when for raw in raws if raw.when is not None), default=None)
+        read = (self._read(concept, raw, collected.notes) for raw in raws if raw.when == last_day)
+        scores = [o for o in read if o is not None and isinstance(o.value, float)]
         dated = [o.when for o in scores if o.when is not None]
         if not dated:
             facts["obs.mas_max"] = missing("obs.mas_max", "no Modified Ashworth score on record")
@@ -355,7 +397,6 @@ class FactExtractor:
             return
         last = max(dated)
         latest = [o for o in scores if o.when == last]
-        concept = self.concepts["modified-ashworth"]
         top = max(latest, key=lambda o: float(o.value))
         facts["obs.mas_max"] = self._fact_from(
             "obs.mas_max", Observed(top.value, last, top.source, "MAS"), concept, now
@@ -402,6 +443,9 @@ class FactExtractor:
     def _one_medication(
         self, concept: Concept, orders: list[MedicationOrder], now: datetime, facts: dict[str, Fact]
     ) -> None:
+        if not orders:
+            facts.update(self._absent_medication[concept.id])
+            return
         prefix = f"med.{concept.id}"
         current = [o for o in orders if o.state == "current"]
         proposed = [o for o in orders if o.state == "proposed"]
@@ -424,6 +468,17 @@ class FactExtractor:
 
     def _failed(self, reason: str) -> bool:
         return bool(self.ineffective.search(reason) or self.adverse.search(reason))
+
+
+def _absent_medication_facts(concept_id: str) -> dict[str, Fact]:
+    prefix = f"med.{concept_id}"
+    facts = {
+        f"{prefix}.{name}": Fact(f"{prefix}.{name}", False)
+        for name in ("current", "proposed", "current_or_proposed", "ever", "failed")
+    }
+    facts[f"{prefix}.daily_dose"] = missing(f"{prefix}.daily_dose", "not taking or ordering it")
+    facts[f"{prefix}.days_on"] = missing(f"{prefix}.days_on", "not currently taking it")
+    return facts
 
 
 def _sources(orders: list[MedicationOrder]) -> tuple[str, ...]:
@@ -460,10 +515,8 @@ def _days_on_fact(prefix: str, orders: list[MedicationOrder], current: list[Medi
     return Fact(name, days_between(first, now), "days", first.isoformat(), sources=_sources(current))
 
 
-def _latest(observations: list[Observed]) -> Observed | None:
-    if not observations:
-        return None
-    return max(observations, key=lambda o: o.when or date.min)
+def _raw_date(raw: RawObservation) -> date:
+    return raw.when or date.min
 
 
 def _unit_key(unit: str) -> str:

@@ -17,6 +17,28 @@ SYSTEM_ALIASES = {
 }
 
 
+CACHE_LIMIT = 50_000
+
+
+def _cache_key(codeable: dict[str, Any], kind: ConceptKind) -> tuple[Any, ...] | None:
+    """A key for a CodeableConcept (its codings and text), or None when it has odd shapes."""
+    codings = codeable.get("coding")
+    text = codeable.get("text")
+    if not codings:
+        return (kind, text)
+    if len(codings) == 1:
+        coding = codings[0]
+        if isinstance(coding, dict):
+            return (kind, text, coding.get("system"), coding.get("code"), coding.get("display"))
+        return None
+    parts: list[Any] = [kind, text]
+    for coding in codings:
+        if not isinstance(coding, dict):
+            return None
+        parts.extend((coding.get("system"), coding.get("code"), coding.get("display")))
+    return tuple(parts)
+
+
 @dataclass(frozen=True, slots=True)
 class Match:
     """A concept found in a CodeableConcept, and how: by ``code``, ``prefix`` or ``text``."""
@@ -39,6 +61,7 @@ class Vocabulary:
         self._codes: dict[tuple[str, str], tuple[Concept, Coding]] = {}
         self._prefixes: dict[str, list[tuple[str, Concept, Coding]]] = {}
         self._patterns: dict[ConceptKind, list[tuple[re.Pattern[str], re.Pattern[str] | None, Concept]]] = {}
+        self._cache: dict[tuple[Any, ...], Match | None] = {}
         for concept in valuesets.concepts:
             for coding in concept.codings:
                 self._codes[(coding.system, _normal_code(coding.system, coding.code))] = (concept, coding)
@@ -55,9 +78,24 @@ class Vocabulary:
                 self._patterns.setdefault(concept.kind, []).append((pattern, exclude, concept))
 
     def match(self, codeable: Any, kind: ConceptKind) -> Match | None:
-        """The first concept of ``kind`` a CodeableConcept matches; codes win over text."""
+        """The first concept of ``kind`` a CodeableConcept matches; codes win over text. Answers are memoised."""
         if not isinstance(codeable, dict):
             return None
+        key = _cache_key(codeable, kind)
+        if key is None:
+            return self._match_uncached(codeable, kind)
+        try:
+            return self._cache[key]
+        except KeyError:
+            pass
+        except TypeError:  # an unhashable value where a string belongs
+            return self._match_uncached(codeable, kind)
+        if len(self._cache) >= CACHE_LIMIT:
+            self._cache.clear()
+        found = self._cache[key] = self._match_uncached(codeable, kind)
+        return found
+
+    def _match_uncached(self, codeable: dict[str, Any], kind: ConceptKind) -> Match | None:
         codings = codeable.get("coding") or ()
         for coding in codings:
             found = self._match_coding(coding, kind)

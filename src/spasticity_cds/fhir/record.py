@@ -53,8 +53,9 @@ def reference_of(resource: Resource) -> str:
 
 def build_record(parsed: ParsedInput, *, source: str = "<input>") -> PatientRecord:
     """Index the parsed resources of one patient; several patients or none is an input error."""
-    unique, dropped = _deduplicate(parsed.resources)
-    patients = [resource for resource in unique if resource.get("resourceType") == "Patient"]
+    unique, anonymous, dropped = _deduplicate(parsed.resources)
+    patients = [r for key, r in unique.items() if key.startswith("Patient/")]
+    patients += [r for r in anonymous if r["resourceType"] == "Patient"]
     if not patients:
         raise InputError("no Patient resource in the input", where=source)
     if len(patients) > 1:
@@ -69,13 +70,13 @@ def build_record(parsed: ParsedInput, *, source: str = "<input>") -> PatientReco
     by_type: dict[str, list[Resource]] = {}
     by_reference: dict[str, Resource] = {}
     foreign = 0
-    for resource in unique:
+    for key, resource in [*unique.items(), *((reference_of(r), r) for r in anonymous)]:
         owner = _owner_reference(resource)
         if owner is not None and owner not in patient_refs and parsed.aliases.get(owner) not in patient_refs:
             foreign += 1
             continue
         by_type.setdefault(resource["resourceType"], []).append(resource)
-        by_reference[reference_of(resource)] = resource
+        by_reference[key] = resource
     return PatientRecord(
         patient=patient,
         by_type=by_type,
@@ -86,25 +87,27 @@ def build_record(parsed: ParsedInput, *, source: str = "<input>") -> PatientReco
     )
 
 
-def _deduplicate(resources: Iterable[Resource]) -> tuple[list[Resource], int]:
-    """Keep one copy per Type/id: the one with the latest meta.lastUpdated, else the last seen."""
+def _deduplicate(resources: Iterable[Resource]) -> tuple[dict[str, Resource], list[Resource], int]:
+    """One copy per Type/id (the latest meta.lastUpdated, else the last seen), resources without id, drops."""
     chosen: dict[str, Resource] = {}
     anonymous: list[Resource] = []
     dropped = 0
     for resource in resources:
-        if not isinstance(resource.get("resourceType"), str):
+        resource_type = resource.get("resourceType")
+        if not isinstance(resource_type, str):
             continue
-        if resource.get("id") is None:
+        resource_id = resource.get("id")
+        if resource_id is None:
             anonymous.append(resource)
             continue
-        key = reference_of(resource)
+        key = f"{resource_type}/{resource_id}"
         previous = chosen.get(key)
         if previous is not None:
             dropped += 1
             if _last_updated(previous) > _last_updated(resource):
                 continue
         chosen[key] = resource
-    return [*chosen.values(), *anonymous], dropped
+    return chosen, anonymous, dropped
 
 
 def _last_updated(resource: Resource) -> str:
