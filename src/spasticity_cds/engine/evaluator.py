@@ -32,6 +32,7 @@ KIND_ORDER = {
     "data-gap": 5,
     "info": 6,
 }
+Effects = dict[str, list[tuple[str, dict[str, Any]]]]
 PLACEHOLDER = re.compile(r"\{([a-z][a-z0-9_\-]*(?:\.[a-z0-9_\-]+)+)\}")
 
 
@@ -144,9 +145,10 @@ class Engine:
         compiled = next(c for c in self.rules if c.rule.id == rule_id)
         return compiled.tree.evaluate(env)
 
-    def _findings(self, env: Env, in_scope: bool) -> tuple[list[dict[str, Any]], dict[str, list[tuple[str, str]]]]:
+    def _findings(self, env: Env, in_scope: bool) -> tuple[list[dict[str, Any]], Effects]:
+        """Findings of every rule that fired or could not decide, and the option-status effects they carry."""
         findings: list[dict[str, Any]] = []
-        effects: dict[str, list[tuple[str, str]]] = {}
+        effects: Effects = {}
         scope_id = self.kb.manifest.scope_rule
         for compiled in self.rules:
             rule = compiled.rule
@@ -156,22 +158,40 @@ class Engine:
                 value = compiled.tree.evaluate(env)
             except Exception as error:
                 raise EvaluationError(f"rule {rule.id} failed: {error}", where=compiled.source_file) from error
-            if value is True:
-                findings.append(self._finding(compiled, env, gap=False))
-                for agent, status in rule.effects.items():
-                    effects.setdefault(agent, []).append((status, rule.id))
-            elif value is None:
+            if value is None and rule.on_unknown == "silent" and not rule.effects_if_unknown:
+                continue
+            if value is False:
+                continue
+            finding = self._finding(compiled, env, gap=value is None)
+            if value is None:
                 if rule.on_unknown == "data-gap":
-                    findings.append(self._finding(compiled, env, gap=True))
-                for agent, status in rule.effects_if_unknown.items():
-                    effects.setdefault(agent, []).append((status, rule.id))
+                    findings.append(finding)
+                self._record_effects(effects, rule.effects_if_unknown, finding)
+                continue
+            if rule.finding_when == "always" or self._involved(rule, env):
+                findings.append(finding)
+            self._record_effects(effects, rule.effects, finding)
         findings.sort(key=lambda f: (SEVERITY_ORDER[f["severity"]], KIND_ORDER[f["kind"]], f["rule_id"]))
         return findings, effects
+
+    @staticmethod
+    def _record_effects(effects: Effects, statuses: Mapping[str, str], finding: dict[str, Any]) -> None:
+        reason = {
+            "rule_id": finding["rule_id"],
+            "rule_version": finding["rule_version"],
+            "summary": finding["summary"],
+            "citations": finding["citations"],
+        }
+        for agent, status in statuses.items():
+            effects.setdefault(agent, []).append((status, reason))
+
+    def _involved(self, rule: Rule, env: Env) -> bool:
+        return any(self._agent_state(agent, env.facts)[1] for agent in rule.agents)
 
     def _finding(self, compiled: CompiledRule, env: Env, *, gap: bool) -> dict[str, Any]:
         rule = compiled.rule
         facts = [env.facts[name] for name in compiled.facts_read if name in env.facts]
-        involved = any(self._agent_state(agent, env.facts)[1] for agent in rule.agents)
+        involved = self._involved(rule, env)
         severity = rule.escalate_if_current if (rule.escalate_if_current and involved) else rule.severity
         if gap:
             unknown = [n.fact for n in compiled.tree.deciding(env) if n.fact]
@@ -287,16 +307,18 @@ class Engine:
         proposed = any(facts[name].value is True for name in step.proposed_when)
         return current, current or proposed
 
-    def _options(self, env: Env, effects: dict[str, list[tuple[str, str]]], now: datetime) -> list[dict[str, Any]]:
+    def _options(self, env: Env, effects: Effects, now: datetime) -> list[dict[str, Any]]:
         options = [self._option(step, env, effects.get(step.agent, []), now) for step in self.ladder]
         options.sort(key=lambda o: (STATUS_ORDER[o["status"]], o["position"]))
         for rank, option in enumerate(options, start=1):
             option["rank"] = rank
         return options
 
-    def _option(self, step: LadderStep, env: Env, effects: list[tuple[str, str]], now: datetime) -> dict[str, Any]:
+    def _option(
+        self, step: LadderStep, env: Env, effects: list[tuple[str, dict[str, Any]]], now: datetime
+    ) -> dict[str, Any]:
         current, involved = self._agent_state(step.agent, env.facts)
-        status, because = _status(step, effects, current)
+        status, reasons = _status(step, effects, current)
         option: dict[str, Any] = {
             "agent": step.agent,
             "name": step.name,
@@ -307,7 +329,8 @@ class Engine:
             "citations": self.cite(step.citations),
             "current": current,
             "proposed": involved and not current,
-            "because": because,
+            "because": [reason["rule_id"] for reason in reasons],
+            "reasons": reasons,
         }
         monograph = self.monograph_by_agent.get(step.agent)
         if monograph is not None:
@@ -408,18 +431,26 @@ class Engine:
         }
 
 
-def _status(step: LadderStep, effects: list[tuple[str, str]], current: bool) -> tuple[str, list[str]]:
+def _status(
+    step: LadderStep, effects: list[tuple[str, dict[str, Any]]], current: bool
+) -> tuple[str, list[dict[str, Any]]]:
+    """Worst safety status wins; else ``current``; else the best ladder status; reasons sorted by rule id."""
     safety = [(s, r) for s, r in effects if s in SAFETY_STATUSES]
+    positive = [(s, r) for s, r in effects if s not in SAFETY_STATUSES]
     if safety:
         worst = max(STATUS_ORDER[s] for s, _ in safety)
-        return next(s for s, _ in safety if STATUS_ORDER[s] == worst), sorted({r for _, r in safety})
+        return next(s for s, _ in safety if STATUS_ORDER[s] == worst), _reasons(safety)
     if current:
-        return "current", sorted({r for _, r in effects})
-    positive = [(s, r) for s, r in effects if s not in SAFETY_STATUSES]
+        return "current", _reasons(positive)
     if positive:
         best = min(STATUS_ORDER[s] for s, _ in positive)
-        return next(s for s, _ in positive if STATUS_ORDER[s] == best), sorted({r for _, r in positive})
+        return next(s for s, _ in positive if STATUS_ORDER[s] == best), _reasons(positive)
     return step.default_status, []
+
+
+def _reasons(effects: list[tuple[str, dict[str, Any]]]) -> list[dict[str, Any]]:
+    unique = {reason["rule_id"]: reason for _, reason in effects}
+    return [unique[rule_id] for rule_id in sorted(unique)]
 
 
 def _standing(options: list[dict[str, Any]]) -> dict[str, Any]:

@@ -215,6 +215,7 @@ class Rule(Strict, kw_only=True, frozen=True):
     citations: list[CitationRef]
     conflict: ConflictNote | None = None
     action: Literal["none", "renal-dose", "liver-test", "taper", "referral"] = "none"
+    finding_when: Literal["always", "agent-involved"] = "always"
     active: bool = True
 
 
