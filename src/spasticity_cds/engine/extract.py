@@ -71,6 +71,15 @@ class _Collected:
     observations: dict[str, list[RawObservation]] = field(default_factory=dict)
     medications: dict[str, list[MedicationOrder]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    text_matches: dict[tuple[str, str], list[str]] = field(default_factory=dict)
+
+    def all_notes(self) -> list[str]:
+        """Notes on how the record was read, with text matches grouped by concept and text."""
+        grouped = [
+            f"{_count_refs(refs)}: no recognised code; matched {display} by its text {text!r}"
+            for (display, text), refs in self.text_matches.items()
+        ]
+        return grouped + self.notes
 
 
 class FactExtractor:
@@ -116,7 +125,7 @@ class FactExtractor:
         self._presence_facts(collected, facts)
         self._observation_facts(collected, now, facts)
         self._medication_facts(collected, now, facts)
-        return facts, collected.notes
+        return facts, collected.all_notes()
 
     # -- collection -------------------------------------------------------------------------------------
 
@@ -257,10 +266,7 @@ class FactExtractor:
     @staticmethod
     def _note_text_match(found: Match, resource: dict[str, Any], out: _Collected) -> None:
         if found.how == "text":
-            out.notes.append(
-                f"{reference_of(resource)}: no recognised code; matched {found.concept.display} "
-                f"by its text {found.text!r}"
-            )
+            out.text_matches.setdefault((found.concept.display, found.text or ""), []).append(reference_of(resource))
 
     # -- facts ------------------------------------------------------------------------------------------
 
@@ -513,6 +519,10 @@ def _days_on_fact(prefix: str, orders: list[MedicationOrder], current: list[Medi
         return missing(name, "no start date on the orders")
     first = min(starts)
     return Fact(name, days_between(first, now), "days", first.isoformat(), sources=_sources(current))
+
+
+def _count_refs(refs: list[str]) -> str:
+    return refs[0] if len(refs) == 1 else f"{len(refs)} resources (e.g. {refs[0]})"
 
 
 def _raw_date(raw: RawObservation) -> date:
