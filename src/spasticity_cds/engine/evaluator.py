@@ -199,13 +199,14 @@ class Engine:
             missing_names += [
                 d for name in unknown if name.startswith("def.") for d in self._unknown_in_definition(name[4:], env)
             ]
-            summary = self._render(rule.gap_summary or f"Not enough data to check: {rule.summary}", env.facts)
+            template = rule.gap_summary or f"Not enough data to check: {rule.summary}"
+            summary = self._render(template, env.facts, env.settings)
             finding: dict[str, Any] = {
                 "id": f"{rule.id}:gap",
                 "kind": "data-gap",
                 "severity": "warning" if involved else "info",
                 "summary": summary,
-                "detail": self._render(rule.detail, env.facts),
+                "detail": self._render(rule.detail, env.facts, env.settings),
                 "missing": list(dict.fromkeys(missing_names)),
             }
         else:
@@ -213,8 +214,8 @@ class Engine:
                 "id": rule.id,
                 "kind": rule.kind,
                 "severity": severity,
-                "summary": self._render(rule.summary, env.facts),
-                "detail": self._render(rule.detail, env.facts),
+                "summary": self._render(rule.summary, env.facts, env.settings),
+                "detail": self._render(rule.detail, env.facts, env.settings),
             }
         finding.update(
             {
@@ -257,8 +258,18 @@ class Engine:
                 out.append(fact)
         return out
 
-    def _render(self, template: str, facts: Mapping[str, Fact]) -> str:
-        return PLACEHOLDER.sub(lambda m: facts[m.group(1)].display() if m.group(1) in facts else m.group(0), template)
+    def _render(self, template: str, facts: Mapping[str, Fact], settings: Mapping[str, Value] | None = None) -> str:
+        """Fill ``{fact.name}`` and ``{setting.name}`` placeholders (the compiler accepts both)."""
+
+        def fill(match: re.Match[str]) -> str:
+            name = match.group(1)
+            if name in facts:
+                return facts[name].display()
+            if settings is not None and name.startswith("setting.") and name[8:] in settings:
+                return str(settings[name[8:]])
+            return match.group(0)
+
+        return PLACEHOLDER.sub(fill, template)
 
     def cite(self, refs: list[CitationRef]) -> list[dict[str, Any]]:
         """Citation references expanded with title and evidence status, as every output carries them.
