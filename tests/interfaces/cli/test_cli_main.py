@@ -1,0 +1,171 @@
+"""The command line: outputs, the disclaimer, and one clear line with a defined exit code for every bad input."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from rich.console import Console
+
+from spasticity_cds.interfaces.cli.main import main
+
+NOW = "2026-11-24T09:30:00-05:00"
+
+
+def _bundle(*resources: dict[str, Any]) -> dict[str, Any]:
+    patient = {"resourceType": "Patient", "id": "p1", "birthDate": "1958-03-02", "gender": "female"}
+    return {"resourceType": "Bundle", "type": "collection", "entry": [{"resource": r} for r in (patient, *resources)]}
+
+
+ALS = {
+    "resourceType": "Condition",
+    "id": "c1",
+    "subject": {"reference": "Patient/p1"},
+    "code": {"coding": [{"system": "http://snomed.info/sct", "code": "86044005"}]},
+}
+TIZANIDINE_AND_CIPRO = [
+    {
+        "resourceType": "MedicationRequest",
+        "id": "m1",
+        "status": "active",
+        "subject": {"reference": "Patient/p1"},
+        "medicationCodeableConcept": {
+            "coding": [{"system": "http://www.nlm.nih.gov/research/umls/rxnorm", "code": "57258"}]
+        },
+    },
+    {
+        "resourceType": "MedicationRequest",
+        "id": "m2",
+        "status": "active",
+        "subject": {"reference": "Patient/p1"},
+        "medicationCodeableConcept": {"text": "Ciprofloxacin 500 mg tablets"},
+    },
+]
+
+
+@pytest.fixture
+def patient_file(tmp_path: Path) -> Path:
+    path = tmp_path / "patient.json"
+    path.write_bytes(orjson.dumps(_bundle(ALS, *TIZANIDINE_AND_CIPRO)))
+    return path
+
+
+def _run(argv: list[str]) -> tuple[int, str]:
+    buffer = io.StringIO()
+    code = main(argv, console=Console(file=buffer, width=120, color_system=None))
+    return code, buffer.getvalue()
+
+
+def test_text_output_shows_the_plan_citations_and_the_decision_support_note(patient_file: Path) -> None:
+    code, out = _run(["evaluate", str(patient_file), "--now", NOW])
+    assert code == 0
+    assert "Tizanidine" in out and "contraindicated" in out
+    assert "TIZ-CYP1A2-STRONG" in out
+    assert "[C-primary]" in out
+    assert "by its text 'Ciprofloxacin 500 mg tablets'" in out
+    assert out.rstrip().endswith("╯")
+    assert "Decision support for a clinician" in out
+
+
+def test_json_output_is_the_result_contract(patient_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["evaluate", str(patient_file), "--now", NOW, "--format", "json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["patient"] == "Patient/p1"
+    assert result["evaluated_at"] == NOW
+    assert set(result["knowledge_base"]) >= {"version", "digest"}
+    tizanidine = next(o for o in result["options"] if o["agent"] == "tizanidine")
+    assert tizanidine["status"] == "contraindicated"
+    finding = next(f for f in result["findings"] if f["rule_id"] == "TIZ-CYP1A2-STRONG")
+    assert finding["severity"] == "critical"
+    assert "MedicationRequest/m2" in finding["evidence"]
+
+
+def test_several_files_give_a_json_array(patient_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["evaluate", str(patient_file), str(patient_file), "--now", NOW, "--format", "json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)) == 2
+
+
+def test_jurisdiction_and_settings_reach_the_engine(patient_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["evaluate", str(patient_file), "--now", NOW, "--format", "json", "--jurisdiction", "uk"]
+    assert main([*argv, "--set", "baclofen_severe_ckd_policy=reduce"]) == 0
+    settings = json.loads(capsys.readouterr().out)["settings"]
+    assert settings == {"baclofen_severe_ckd_policy": "reduce", "jurisdiction": "uk"}
+
+
+def test_explain_shows_the_tree_and_the_deciding_node(patient_file: Path) -> None:
+    code, out = _run(["explain", str(patient_file), "TIZ-CYP1A2-STRONG", "--now", NOW])
+    assert code == 0
+    assert "TIZ-CYP1A2-STRONG v1" in out and "true" in out
+    assert "Decided by:" in out
+
+
+def test_explain_names_the_nearest_rule_when_misspelt(patient_file: Path) -> None:
+    from spasticity_cds.errors import KnowledgeBaseError
+
+    with pytest.raises(KnowledgeBaseError, match="did you mean 'TIZ-CYP1A2-STRONG'"):
+        _run(["explain", str(patient_file), "TIZ-CYP1A2-STRNG", "--now", NOW])
+
+
+def test_kb_validate_and_list() -> None:
+    code, out = _run(["kb", "validate"])
+    assert code == 0 and "valid" in out
+    code, out = _run(["kb", "list", "rules"])
+    assert code == 0 and "BENZO-RESP-GATE" in out
+    code, out = _run(["kb", "list", "settings"])
+    assert code == 0 and "jurisdiction" in out
+
+
+def _console_entry(*argv: str, stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
+    program = "from spasticity_cds.interfaces.cli.main import console_entry; console_entry()"
+    return subprocess.run(
+        [sys.executable, "-c", program, *argv], input=stdin, capture_output=True, timeout=120, check=False
+    )
+
+
+@pytest.mark.parametrize(
+    ("argv", "content", "exit_code", "message"),
+    [
+        (["evaluate", "{missing}"], None, 2, "file not found"),
+        (["evaluate", "{file}"], b'{"resourceType": "Bundle", ', 2, "not valid JSON"),
+        (["evaluate", "{file}"], b'{"hello": "world"}', 2, "not FHIR"),
+        (["evaluate", "{file}"], b'{"resourceType": "Bundle", "entry": []}', 2, "no Patient"),
+        (["evaluate", "{file}", "--now", "yesterday"], b"{}", 2, "not an ISO 8601"),
+        (["evaluate", "{file}", "--now", "2026-11-24T09:30:00"], b"{}", 2, "needs a UTC offset"),
+        (["evaluate", "{file}", "--set", "nonsense"], b"{}", 2, "NAME=VALUE"),
+        (["evaluate", "{file}", "--set", "jurisdicton=uk", "--now", NOW], None, 3, "did you mean 'jurisdiction'"),
+        (["kb", "validate", "{folder}"], None, 3, "manifest.yaml"),
+        (["frobnicate"], None, 2, "invalid choice"),
+    ],
+)
+def test_bad_input_gets_one_line_and_an_exit_code(
+    tmp_path: Path, patient_file: Path, argv: list[str], content: bytes | None, exit_code: int, message: str
+) -> None:
+    target = tmp_path / "input.json"
+    if content is not None:
+        target.write_bytes(content)
+    else:
+        target = patient_file
+    (tmp_path / "empty-kb").mkdir()
+    replacements = {
+        "{missing}": str(tmp_path / "nope.json"),
+        "{file}": str(target),
+        "{folder}": str(tmp_path / "empty-kb"),
+    }
+    completed = _console_entry(*[replacements.get(a, a) for a in argv])
+    stderr = completed.stderr.decode()
+    assert completed.returncode == exit_code, stderr
+    assert message in stderr
+    assert "Traceback" not in stderr
+    assert len(stderr.strip().splitlines()) <= 3
+
+
+def test_stdin_is_read_with_a_dash(patient_file: Path) -> None:
+    completed = _console_entry("evaluate", "-", "--now", NOW, "--format", "json", stdin=patient_file.read_bytes())
+    assert completed.returncode == 0, completed.stderr.decode()
+    assert json.loads(completed.stdout)["patient"] == "Patient/p1"
