@@ -10,8 +10,10 @@ from fastapi import FastAPI
 
 from spasticity_cds.api import load_knowledge_base
 from spasticity_cds.engine.evaluator import Engine
-from spasticity_cds.interfaces.web.config import WebSettings
+from spasticity_cds.interfaces.web import hooks_routes
+from spasticity_cds.interfaces.web.config import WebSettings, settings_from_environment
 from spasticity_cds.interfaces.web.deps import AppState
+from spasticity_cds.interfaces.web.errors import install_error_handling
 
 
 def create_app(
@@ -34,4 +36,12 @@ def create_app(
         clock=clock or (lambda: datetime.now(UTC)),
         settings=settings,
     )
+    app.state.hooks = hooks_routes.build_hooks_state(app.state.cds)
+    install_error_handling(app, max_body_bytes=settings.max_body_bytes, cors_origins=settings.cors_origins)
+    app.include_router(hooks_routes.router)
     return app
+
+
+def app_from_environment() -> FastAPI:
+    """The app as each server worker builds it: settings from $SPASTICITY_CDS_CONFIG (uvicorn --factory)."""
+    return create_app(settings_from_environment())

@@ -2,8 +2,34 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import os
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+from spasticity_cds.cds_hooks.security import TrustedIssuer, load_jwks_file
+from spasticity_cds.errors import SpasticityCdsError
+
+CONFIG_ENV = "SPASTICITY_CDS_CONFIG"
+PATH_FIELDS = ("trusted_issuers_file", "smart_clients_file")
+TUPLE_FIELDS = ("cors_origins", "fhir_server_allowlist")
+NUMBER_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "auth_required": bool,
+    "fhir_timeout_s": (int, float),
+    "max_body_bytes": int,
+    "session_max_age_s": int,
+    "port": int,
+    "workers": int,
+}
+
+
+class ConfigError(SpasticityCdsError):
+    """The web configuration file is missing, malformed, or names an unknown setting."""
+
+    exit_code = 2
 
 
 @dataclass(frozen=True)
@@ -21,3 +47,108 @@ class WebSettings:
     smart_clients_file: Path | None = None
     cors_origins: tuple[str, ...] = ("*",)
     kb_settings: dict[str, str] = field(default_factory=dict)
+    smart_launch_url: str | None = None
+    fhir_server_allowlist: tuple[str, ...] = ()
+    host: str = "127.0.0.1"
+    port: int = 8000
+    workers: int = 1
+
+    @property
+    def base_url(self) -> str:
+        """The public base URL without a trailing slash (JWT audiences and card links hang off it)."""
+        return self.public_base_url.rstrip("/")
+
+    @property
+    def launch_url(self) -> str:
+        """Where a card's smart link points: the configured URL, else the app's own SMART launch page."""
+        return self.smart_launch_url or f"{self.base_url}/smart/launch"
+
+
+def load_settings(path: Path) -> WebSettings:
+    """Settings from a TOML file; relative paths in it are relative to the file. ConfigError if unusable."""
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"cannot read the configuration: {exc}", where=str(path)) from None
+    return settings_from_mapping(raw, base_dir=path.parent, where=str(path))
+
+
+def settings_from_mapping(raw: dict[str, Any], *, base_dir: Path, where: str) -> WebSettings:
+    """Settings from a parsed mapping, each value checked against the field's type."""
+    known = {f.name: f for f in dataclasses.fields(WebSettings)}
+    values: dict[str, Any] = {}
+    for name, value in raw.items():
+        if name not in known:
+            raise ConfigError(f"unknown setting {name!r}; known: {', '.join(sorted(known))}", where=where)
+        values[name] = _converted(name, value, base_dir, where)
+    settings = WebSettings(**values)
+    if settings.workers < 1 or not (0 < settings.port < 65536):
+        raise ConfigError("workers must be >= 1 and port in 1..65535", where=where)
+    if not settings.public_base_url.startswith(("http://", "https://")):
+        raise ConfigError("public_base_url must be an absolute http(s) URL", where=where)
+    return settings
+
+
+def _converted(name: str, value: Any, base_dir: Path, where: str) -> Any:
+    if name in PATH_FIELDS:
+        if not isinstance(value, str):
+            raise ConfigError(f"{name} must be a path", where=where)
+        path = Path(value)
+        return path if path.is_absolute() else base_dir / path
+    if name in TUPLE_FIELDS:
+        if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+            raise ConfigError(f"{name} must be an array of strings", where=where)
+        return tuple(value)
+    if name == "kb_settings":
+        if not isinstance(value, dict):
+            raise ConfigError("kb_settings must be a table", where=where)
+        return {str(k): str(v) for k, v in value.items()}
+    kind = NUMBER_FIELDS.get(name)
+    if kind is bool:
+        valid = isinstance(value, bool)
+    elif kind is not None:
+        valid = isinstance(value, kind) and not isinstance(value, bool)
+    else:
+        valid = isinstance(value, str)
+    if not valid:
+        raise ConfigError(f"{name} has the wrong type ({type(value).__name__})", where=where)
+    return value
+
+
+def settings_from_environment() -> WebSettings:
+    """Settings from the file named by $SPASTICITY_CDS_CONFIG, or the defaults (how each worker starts)."""
+    path = os.environ.get(CONFIG_ENV)
+    return load_settings(Path(path)) if path else WebSettings()
+
+
+def load_trusted_issuers(path: Path) -> list[TrustedIssuer]:
+    """The CDS clients we accept, from TOML or JSON: ``[[issuer]]`` with iss, jwks_file, jku_allowlist, ..."""
+    try:
+        text = path.read_text(encoding="utf-8")
+        raw = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read the trusted issuers: {exc}", where=str(path)) from None
+    entries = raw.get("issuer") if isinstance(raw, dict) else None
+    if not isinstance(entries, list):
+        raise ConfigError("expected a list of [[issuer]] tables", where=str(path))
+    return [_issuer(entry, path) for entry in entries]
+
+
+def _issuer(entry: Any, path: Path) -> TrustedIssuer:
+    if not isinstance(entry, dict) or not isinstance(entry.get("iss"), str):
+        raise ConfigError("every issuer needs an iss string", where=str(path))
+    try:
+        jwks = None
+        if "jwks_file" in entry:
+            jwks_path = Path(entry["jwks_file"])
+            jwks = load_jwks_file(jwks_path if jwks_path.is_absolute() else path.parent / jwks_path)
+        tenants = entry.get("tenants")
+        return TrustedIssuer(
+            iss=entry["iss"],
+            jwks=jwks,
+            jku_allowlist=tuple(entry.get("jku_allowlist", ())),
+            algorithms=tuple(entry.get("algorithms", ("ES384", "RS384"))),
+            tenants=frozenset(tenants) if tenants is not None else None,
+        )
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"issuer {entry['iss']!r}: {exc}", where=str(path)) from None

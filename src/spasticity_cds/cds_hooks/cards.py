@@ -1,0 +1,408 @@
+"""Cards from the evaluator's findings: one card per decision, KB text with its citations, data used and missing."""
+
+from __future__ import annotations
+
+import json
+import math
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from spasticity_cds.cds_hooks.orders import DraftOrder, adjusted_order, mg_per_unit, structured_dose
+from spasticity_cds.engine.evaluator import Engine
+
+SUMMARY_LIMIT = 140
+RULE_SYSTEM = "http://spasticity-cds.org/fhir/CodeSystem/rule"
+NON_ADHERENCE = "http://terminology.hl7.org/CodeSystem/non-adherence-reason-codes"
+OVERRIDE_REASONS: tuple[tuple[str, str], ...] = (
+    ("action-completed", "Recommended action was already completed"),
+    ("action-performed-no-adverse-effect", "Intended action was performed previously without adverse effect"),
+    (
+        "need-more-info",
+        "Could not address recommended action due to need for more information/pending results/pending consult",
+    ),
+    ("risk-benefit-ratio", "Recipient assessment of risk/benefit ratio"),
+    ("does-not-align-latest-evidence", "Recommended action does not align with the latest evidence"),
+    ("prefers-alternative", "Patient prefers an alternative approach or treatment"),
+    ("patient-refuses", "Patient refuses/declines (no context given)*"),
+)
+LIVER_PANEL = {
+    "coding": [
+        {"system": "http://loinc.org", "code": "24325-3", "display": "Hepatic function 2000 panel - Serum or Plasma"}
+    ],
+    "text": "Liver tests (ALT, AST, alkaline phosphatase, bilirubin)",
+}
+PATIENT_VIEW_KINDS = frozenset({"contraindication", "warning", "dose", "monitoring"})
+ORDER_KINDS = frozenset({"contraindication", "warning", "dose", "monitoring", "info"})
+DOSE_STEP = {"mg": 0.5, "g": 0.0005}
+HALF = 0.5
+
+
+@dataclass(frozen=True)
+class CardContext:
+    """Everything about the call that a card needs beyond the finding."""
+
+    service_id: str
+    hook: str
+    hook_instance: str
+    patient_id: str
+    user_id: str | None
+    base_url: str
+    smart_launch_url: str
+    now: datetime
+    unavailable: Mapping[str, str] = field(default_factory=dict)
+    orders: tuple[DraftOrder, ...] = ()
+
+
+@dataclass(frozen=True)
+class IssuedCardInfo:
+    """What the store must remember about a card so that feedback joins back to its rule."""
+
+    card_uuid: str
+    rule_id: str
+    rule_version: int
+
+
+def compact(value: Any) -> Any:
+    """The value without null or empty strings, arrays and objects anywhere (CDS Hooks JSON rules)."""
+    if isinstance(value, dict):
+        items = ((key, compact(inner)) for key, inner in value.items())
+        return {key: inner for key, inner in items if inner not in (None, "", [], {})}
+    if isinstance(value, list):
+        return [inner for inner in (compact(item) for item in value) if inner not in (None, "", [], {})]
+    return value
+
+
+def rule_url(base_url: str, rule_id: str) -> str:
+    """The absolute URL of a rule's knowledge-base page under the public base URL."""
+    return f"{base_url.rstrip('/')}/kb/rules/{rule_id}"
+
+
+def short_summary(text: str) -> str:
+    """One sentence under 140 characters, cut at a word boundary when longer."""
+    text = " ".join(text.split())
+    if len(text) < SUMMARY_LIMIT:
+        return text
+    cut = text[: SUMMARY_LIMIT - 2].rsplit(" ", 1)[0].rstrip(" ,;:-")
+    return f"{cut}…"
+
+
+class CardBuilder:
+    """Turns one evaluation result into cards for one hook call."""
+
+    def __init__(self, engine: Engine, new_uuid: Callable[[], str] | None = None) -> None:
+        self.engine = engine
+        self.new_uuid = new_uuid or (lambda: str(uuid.uuid4()))
+
+    def build(self, result: Mapping[str, Any], ctx: CardContext) -> tuple[list[dict[str, Any]], list[IssuedCardInfo]]:
+        """The cards (compact JSON objects) and, for each, the rule it came from."""
+        if not result.get("in_scope", False):
+            return [], []
+        findings = self._relevant(result["findings"], ctx)
+        cards: list[dict[str, Any]] = []
+        issued: list[IssuedCardInfo] = []
+        for group in _groups(findings):
+            card = self._card(group, result, ctx)
+            if card is not None:
+                cards.append(card)
+                issued.append(IssuedCardInfo(card["uuid"], group[0]["rule_id"], group[0]["rule_version"]))
+        return cards, issued
+
+    # -- which findings ------------------------------------------------------------------------------
+
+    def _relevant(self, findings: Iterable[Mapping[str, Any]], ctx: CardContext) -> list[Mapping[str, Any]]:
+        if not ctx.orders:
+            return [
+                f for f in findings if f["kind"] in PATIENT_VIEW_KINDS or f.get("action") or f["kind"] == "data-gap"
+            ]
+        agents = {order.agent for order in ctx.orders if order.agent}
+        references = {order.reference for order in ctx.orders}
+        out = []
+        for finding in findings:
+            about_order = bool(agents & set(finding["agents"])) or bool(references & set(finding["evidence"]))
+            if not about_order:
+                continue
+            if finding["kind"] == "data-gap" and finding["severity"] == "info":
+                continue
+            if finding["kind"] != "data-gap" and finding["kind"] not in ORDER_KINDS:
+                continue
+            if finding["severity"] == "info" and not finding.get("action"):
+                continue
+            out.append(finding)
+        return out
+
+    # -- one card --------------------------------------------------------------------------------------
+
+    def _card(
+        self, group: list[Mapping[str, Any]], result: Mapping[str, Any], ctx: CardContext
+    ) -> dict[str, Any] | None:
+        lead = group[0]
+        if lead.get("action") == "renal-dose" and ctx.orders and self._order_fits(lead, result, ctx):
+            return None
+        suggestions, behaviour = self._suggestions(lead, result, ctx)
+        card_uuid = self.new_uuid()
+        summary = lead["summary"] if lead["kind"] != "data-gap" or len(group) == 1 else _gap_summary(group)
+        card: dict[str, Any] = {
+            "uuid": card_uuid,
+            "summary": short_summary(summary),
+            "indicator": _indicator(group),
+            "detail": self._detail(group, summary, result, ctx),
+            "source": self._source(lead, result, ctx),
+            "suggestions": suggestions,
+            "selectionBehavior": behaviour if suggestions else None,
+            "overrideReasons": [
+                {"system": NON_ADHERENCE, "code": code, "display": text} for code, text in OVERRIDE_REASONS
+            ],
+            "links": self._links(lead, card_uuid, ctx),
+            "extension": {
+                "org.spasticity-cds.rule": {"id": lead["rule_id"], "version": lead["rule_version"]},
+                "org.spasticity-cds.kbVersion": result["knowledge_base"]["version"],
+                "org.spasticity-cds.findings": [f["id"] for f in group],
+            },
+        }
+        compacted: dict[str, Any] = compact(card)
+        return compacted
+
+    def _source(self, finding: Mapping[str, Any], result: Mapping[str, Any], ctx: CardContext) -> dict[str, Any]:
+        kb = result["knowledge_base"]
+        return {
+            "label": f"ALS spasticity CDS, knowledge base {kb['version']}",
+            "url": rule_url(ctx.base_url, finding["rule_id"]),
+            "topic": {
+                "system": RULE_SYSTEM,
+                "code": finding["rule_id"],
+                "display": f"Rule {finding['rule_id']} v{finding['rule_version']}",
+            },
+        }
+
+    def _links(self, finding: Mapping[str, Any], card_uuid: str, ctx: CardContext) -> list[dict[str, Any]]:
+        app_context = json.dumps(
+            {
+                "ruleId": finding["rule_id"],
+                "ruleVersion": finding["rule_version"],
+                "cardUuid": card_uuid,
+                "hookInstance": ctx.hook_instance,
+                "patientId": ctx.patient_id,
+            },
+            separators=(",", ":"),
+        )
+        return [
+            {
+                "label": "Open the spasticity plan",
+                "url": ctx.smart_launch_url,
+                "type": "smart",
+                "appContext": app_context,
+            },
+            {
+                "label": f"Evidence for rule {finding['rule_id']}",
+                "url": rule_url(ctx.base_url, finding["rule_id"]),
+                "type": "absolute",
+            },
+        ]
+
+    # -- detail (FDA criterion 4: the basis, the data used and what was missing) -------------------------
+
+    def _detail(self, group: list[Mapping[str, Any]], summary: str, result: Mapping[str, Any], ctx: CardContext) -> str:
+        parts = [summary if len(summary) >= SUMMARY_LIMIT else ""]
+        for finding in group:
+            if len(group) > 1:
+                parts.append(f"**{finding['summary']}**")
+            parts.append(finding["detail"])
+        used = [line for finding in group for line in self._fact_lines(finding)]
+        parts.append("**Patient data used:**\n" + ("\n".join(dict.fromkeys(used)) if used else "- none"))
+        missing = self._missing_lines(group, ctx)
+        parts.append(
+            "**Missing or out of date:**\n"
+            + ("\n".join(dict.fromkeys(missing)) if missing else "- nothing the rule needs")
+        )
+        parts.append(
+            "**Sources:**\n" + "\n".join(dict.fromkeys(_citation_line(c) for f in group for c in f["citations"]))
+        )
+        rules = ", ".join(dict.fromkeys(f"{f['rule_id']} v{f['rule_version']}" for f in group))
+        kb = result["knowledge_base"]
+        parts.append(
+            f"Rule {rules}; knowledge base {kb['version']}. Decision support for a clinician: review the basis above."
+        )
+        return "\n\n".join(part for part in parts if part)
+
+    def _fact_lines(self, finding: Mapping[str, Any]) -> list[str]:
+        lines = []
+        for fact in finding["facts"]:
+            if fact.get("value") is None or fact.get("stale"):
+                continue
+            value = _fact_value(fact)
+            sources = ", ".join(fact.get("sources", ()))
+            note = f"; {fact['note']}" if fact.get("note") else ""
+            lines.append(f"- {self._label(fact['name'])}: {value}{note}" + (f" ({sources})" if sources else ""))
+        return lines
+
+    def _missing_lines(self, group: list[Mapping[str, Any]], ctx: CardContext) -> list[str]:
+        lines = []
+        for finding in group:
+            for fact in finding["facts"]:
+                if fact.get("value") is None or fact.get("stale"):
+                    why = fact.get("note") or ("too old to use" if fact.get("stale") else "not in the record")
+                    lines.append(f"- {self._label(fact['name'])}: {why}")
+            lines.extend(f"- {self._label(name)}: not in the record" for name in finding.get("missing", ()))
+        lines.extend(f"- {what}: {why}" for what, why in ctx.unavailable.items())
+        return lines
+
+    def _label(self, fact_name: str) -> str:
+        parts = fact_name.split(".")
+        concept = self.engine.vocabulary.concepts.get(parts[1]) if len(parts) > 1 else None
+        if concept is None:
+            return fact_name.replace("_", " ")
+        rest = " ".join(parts[2:]).replace("_", " ")
+        return f"{concept.display} {rest}".strip()
+
+    # -- suggestions -----------------------------------------------------------------------------------
+
+    def _suggestions(
+        self, finding: Mapping[str, Any], result: Mapping[str, Any], ctx: CardContext
+    ) -> tuple[list[dict[str, Any]], str]:
+        action = finding.get("action")
+        if action == "renal-dose":
+            return self._renal_suggestions(finding, result, ctx), "at-most-one"
+        if action == "liver-test":
+            return [self._liver_suggestion(finding, ctx)], "any"
+        return [], "at-most-one"
+
+    def _ceiling(self, agent: str, result: Mapping[str, Any]) -> float | None:
+        option = next((o for o in result["options"] if o["agent"] == agent), None)
+        ceiling = ((option or {}).get("dose_plan") or {}).get("ceiling") or {}
+        value = ceiling.get("value")
+        return float(value) if isinstance(value, int | float) and not ceiling.get("stale") else None
+
+    def _order_fits(self, finding: Mapping[str, Any], result: Mapping[str, Any], ctx: CardContext) -> bool:
+        """A kidney-dose finding is silent on an order whose daily dose is already within the ceiling."""
+        matched = False
+        for order in ctx.orders:
+            if order.agent is None or order.agent not in finding["agents"]:
+                continue
+            matched = True
+            dose, ceiling = structured_dose(order.resource), self._ceiling(order.agent, result)
+            per_unit = mg_per_unit(dose, order.strength_mg) if dose else None
+            if dose is None or ceiling is None or per_unit is None:
+                return False
+            if dose.value * per_unit * dose.per_day > ceiling + 1e-9:
+                return False
+        return matched
+
+    def _renal_suggestions(
+        self, finding: Mapping[str, Any], result: Mapping[str, Any], ctx: CardContext
+    ) -> list[dict[str, Any]]:
+        out = []
+        for order in ctx.orders:
+            if order.agent not in finding["agents"] or order.agent is None:
+                continue
+            ceiling, dose = self._ceiling(order.agent, result), structured_dose(order.resource)
+            per_unit = mg_per_unit(dose, order.strength_mg) if dose else None
+            if ceiling is None or dose is None or per_unit is None or "id" not in order.resource:
+                continue
+            new_value = _within(ceiling / dose.per_day / per_unit, dose.unit)
+            if new_value <= 0 or new_value >= dose.value:
+                continue
+            daily = new_value * per_unit * dose.per_day
+            label = f"Reduce to {new_value:g} {dose.unit} per dose ({daily:g} mg/day, ceiling {ceiling:g} mg/day)"
+            out.append(
+                {
+                    "label": label,
+                    "uuid": self.new_uuid(),
+                    "isRecommended": True,
+                    "actions": [
+                        {
+                            "type": "update",
+                            "description": f"Update {order.reference} to the kidney-adjusted dose",
+                            "resource": adjusted_order(order.resource, new_value, dose.per_day),
+                        }
+                    ],
+                }
+            )
+        return out[:1]
+
+    def _liver_suggestion(self, finding: Mapping[str, Any], ctx: CardContext) -> dict[str, Any]:
+        requester = (
+            ctx.user_id if ctx.user_id and ctx.user_id.startswith(("Practitioner/", "PractitionerRole/")) else None
+        )
+        reasons = [{"reference": o.reference} for o in ctx.orders if o.agent in finding["agents"]]
+        resource = {
+            "resourceType": "ServiceRequest",
+            "status": "draft",
+            "intent": "order",
+            "category": [
+                {
+                    "coding": [
+                        {"system": "http://snomed.info/sct", "code": "108252007", "display": "Laboratory procedure"}
+                    ]
+                }
+            ],
+            "code": LIVER_PANEL,
+            "subject": {"reference": f"Patient/{ctx.patient_id}"},
+            "authoredOn": ctx.now.isoformat(timespec="seconds"),
+            "requester": {"reference": requester} if requester else None,
+            "reasonReference": reasons,
+            "note": [
+                {"text": f"Suggested by rule {finding['rule_id']} v{finding['rule_version']}: {finding['summary']}"}
+            ],
+        }
+        return {
+            "label": "Order liver tests (ALT, AST, alkaline phosphatase, bilirubin)",
+            "uuid": self.new_uuid(),
+            "isRecommended": True,
+            "actions": [{"type": "create", "description": "Create a liver-test order", "resource": compact(resource)}],
+        }
+
+
+def _groups(findings: Iterable[Mapping[str, Any]]) -> list[list[Mapping[str, Any]]]:
+    """One group per decision: data gaps together; others by action (or kind) and agents, in finding order."""
+    groups: dict[tuple[str, tuple[str, ...]], list[Mapping[str, Any]]] = {}
+    for finding in findings:
+        if finding["kind"] == "data-gap":
+            key: tuple[str, tuple[str, ...]] = ("data-gap", ())
+        elif finding.get("action"):
+            key = (str(finding["action"]), tuple(sorted(finding["agents"])))
+        else:
+            key = (f"rule:{finding['rule_id']}", ())
+        groups.setdefault(key, []).append(finding)
+    return list(groups.values())
+
+
+def _indicator(group: list[Mapping[str, Any]]) -> str:
+    severities = {f["severity"] for f in group}
+    return next(level for level in ("critical", "warning", "info") if level in severities or level == "info")
+
+
+def _gap_summary(group: list[Mapping[str, Any]]) -> str:
+    return f"{len(group)} checks could not be made for lack of data - see the list of missing data."
+
+
+def _fact_value(fact: Mapping[str, Any]) -> str:
+    value = fact["value"]
+    text = (
+        ("yes" if value else "no")
+        if isinstance(value, bool)
+        else f"{value:g}"
+        if isinstance(value, float)
+        else str(value)
+    )
+    if fact.get("unit"):
+        text = f"{text} {fact['unit']}"
+    if fact.get("date"):
+        text = f"{text} on {fact['date']}"
+    return text
+
+
+def _citation_line(citation: Mapping[str, Any]) -> str:
+    year = f" ({citation['year']})" if citation.get("year") else ""
+    identifiers = citation.get("identifiers") or {}
+    link = identifiers.get("url") or (f"https://doi.org/{identifiers['doi']}" if identifiers.get("doi") else None)
+    title = f"[{citation['title']}]({link})" if link else citation["title"]
+    return f"- {title}{year}, {citation['locator']} (evidence: {citation['status']})"
+
+
+def _within(amount: float, unit: str) -> float:
+    """The largest practical dose not above ``amount``: half units for tablets, 0.5 mg steps for mass."""
+    step = DOSE_STEP.get(unit.strip().lower(), HALF)
+    return math.floor(amount / step + 1e-9) * step

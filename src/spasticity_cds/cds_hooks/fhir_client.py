@@ -1,0 +1,110 @@
+"""Outbound FHIR queries for prefetch keys the client did not fill, under one total time budget (httpx).
+
+The only I/O in ``cds_hooks``; the transport is injectable so tests can point it anywhere. The bearer token
+is sent, never logged; ``next`` links are followed only on the same FHIR server (no open redirect).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from spasticity_cds.cds_hooks.prefetch import bundle_resources, next_link
+
+FHIR_JSON = "application/fhir+json"
+MAX_PAGES = 20
+
+
+@dataclass
+class FetchOutcome:
+    """What the fetches gave: resources per key, and a reason for each key that could not be fetched."""
+
+    resources: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    failed: dict[str, str] = field(default_factory=dict)
+
+
+class FhirFetcher:
+    """Runs relative FHIR queries (and follows next pages) against a client's FHIR server."""
+
+    def __init__(
+        self, *, budget_s: float, transport: httpx.AsyncBaseTransport | None = None, max_pages: int = MAX_PAGES
+    ) -> None:
+        self.budget_s = budget_s
+        self.transport = transport
+        self.max_pages = max_pages
+
+    async def fetch(
+        self, server: str, token: str | None, queries: Mapping[str, str], next_pages: Mapping[str, str]
+    ) -> FetchOutcome:
+        """Run every query and follow every pending next link, all within ``budget_s`` seconds in total."""
+        outcome = FetchOutcome()
+        base = server.rstrip("/") + "/"
+        headers = {"Accept": FHIR_JSON}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        jobs = {key: base + query.lstrip("/") for key, query in queries.items()}
+        jobs.update({f"{key}#next": url for key, url in next_pages.items()})
+        async with httpx.AsyncClient(headers=headers, transport=self.transport, follow_redirects=False) as client:
+            tasks = {key: asyncio.ensure_future(self._pages(client, base, url)) for key, url in jobs.items()}
+            done, pending = await asyncio.wait(tasks.values(), timeout=self.budget_s) if tasks else (set(), set())
+            for task in pending:
+                task.cancel()
+            for key, task in tasks.items():
+                self._collect(key, task, done, outcome)
+        return outcome
+
+    def _collect(
+        self, key: str, task: asyncio.Future[list[dict[str, Any]]], done: set[Any], outcome: FetchOutcome
+    ) -> None:
+        name = key.removesuffix("#next")
+        if task not in done:
+            outcome.failed[name] = f"the FHIR server did not answer within {self.budget_s:g} s"
+        elif task.exception() is not None:
+            outcome.failed[name] = str(task.exception())
+        else:
+            outcome.resources.setdefault(name, []).extend(task.result())
+
+    async def _pages(self, client: httpx.AsyncClient, base: str, url: str) -> list[dict[str, Any]]:
+        resources: list[dict[str, Any]] = []
+        next_url: str | None = url
+        for _ in range(self.max_pages):
+            if next_url is None:
+                return resources
+            if not next_url.startswith(base):
+                raise FhirFetchError("a next link points outside the FHIR server")
+            document = await self._get(client, next_url)
+            if document.get("resourceType") == "Bundle":
+                resources.extend(bundle_resources(document))
+                next_url = next_link(document)
+            else:
+                resources.append(document)
+                next_url = None
+        raise FhirFetchError(f"more than {self.max_pages} pages")
+
+    @staticmethod
+    async def _get(client: httpx.AsyncClient, url: str) -> dict[str, Any]:
+        try:
+            response = await client.get(url)
+        except httpx.HTTPError as exc:
+            raise FhirFetchError(f"the FHIR server could not be reached ({type(exc).__name__})") from None
+        if response.status_code == 404 and "?" not in url:
+            return {"resourceType": "Bundle", "type": "searchset"}
+        if response.status_code != 200:
+            raise FhirFetchError(f"the FHIR server answered HTTP {response.status_code}")
+        try:
+            document = response.json()
+        except ValueError:
+            raise FhirFetchError("the FHIR server answered with something that is not JSON") from None
+        if not isinstance(document, dict) or not isinstance(document.get("resourceType"), str):
+            raise FhirFetchError("the FHIR server answered with something that is not a FHIR resource")
+        if document["resourceType"] == "OperationOutcome":
+            raise FhirFetchError("the FHIR server answered with an OperationOutcome")
+        return document
+
+
+class FhirFetchError(Exception):
+    """One query failed; the message is safe to show (no token, no patient data)."""

@@ -1,0 +1,161 @@
+"""CDS Hooks 2.0 wire models (msgspec): lenient where clients are known to deviate, strict where rules need it."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, Literal, TypeVar
+
+import msgspec
+
+from spasticity_cds.errors import HookRequestError
+
+MAX_ID_CHARS = 256
+T = TypeVar("T")
+CONTEXT_REQUIRED: dict[str, tuple[str, ...]] = {
+    "patient-view": ("userId", "patientId"),
+    "order-select": ("userId", "patientId", "selections", "draftOrders"),
+    "order-sign": ("userId", "patientId", "draftOrders"),
+}
+
+
+class FhirAuthorization(msgspec.Struct, frozen=True):
+    """The bearer token a client lends the service for its own FHIR queries; never logged or stored."""
+
+    access_token: str
+    token_type: str = "Bearer"
+    expires_in: int | None = None
+    scope: str | None = None
+    subject: str | None = None
+    patient: str | None = None
+
+    def __repr__(self) -> str:
+        return "FhirAuthorization(<redacted>)"
+
+
+class HookRequest(msgspec.Struct, frozen=True):
+    """The body of a service call (CDS Hooks 2.0 "HTTP Request")."""
+
+    hook: str
+    hookInstance: str  # noqa: N815 - the wire name
+    context: dict[str, Any]
+    fhirServer: str | None = None  # noqa: N815
+    fhirAuthorization: FhirAuthorization | None = None  # noqa: N815
+    prefetch: dict[str, Any] | None = None
+    extension: dict[str, Any] | None = None
+
+    @property
+    def patient_id(self) -> str:
+        value: str = self.context["patientId"]
+        return value
+
+
+class Coding(msgspec.Struct, frozen=True):
+    """A FHIR Coding as feedback carries it; the sandbox sends no display."""
+
+    code: str
+    system: str | None = None
+    display: str | None = None
+
+
+class OverrideReason(msgspec.Struct, frozen=True):
+    """Why the clinician overrode a card: a coded reason, a comment, or both (cds-fb-3)."""
+
+    reason: Coding | None = None
+    userComment: str | None = None  # noqa: N815
+
+
+class AcceptedSuggestion(msgspec.Struct, frozen=True):
+    """The uuid of a suggestion the clinician accepted."""
+
+    id: str
+
+
+class FeedbackItem(msgspec.Struct, frozen=True):
+    """One card's outcome."""
+
+    card: str
+    outcome: Literal["accepted", "overridden"]
+    outcomeTimestamp: str  # noqa: N815
+    acceptedSuggestions: list[AcceptedSuggestion] | None = None  # noqa: N815
+    overrideReason: OverrideReason | None = None  # noqa: N815
+
+
+class FeedbackRequest(msgspec.Struct, frozen=True):
+    """The body of a feedback call: one or more card outcomes."""
+
+    feedback: list[FeedbackItem]
+
+
+def _decode(body: bytes, kind: type[T], what: str) -> T:
+    try:
+        return msgspec.json.decode(body, type=kind)
+    except msgspec.ValidationError as exc:
+        raise HookRequestError(f"{what} does not follow CDS Hooks 2.0: {exc}") from None
+    except msgspec.DecodeError as exc:
+        raise HookRequestError(f"{what} is not valid JSON: {exc}") from None
+
+
+def decode_hook_request(body: bytes) -> HookRequest:
+    """Parse and check a service-call body; HookRequestError (HTTP 400) names what is wrong."""
+    request = _decode(body, HookRequest, "the hook request")
+    _check_text("hookInstance", request.hookInstance)
+    if request.fhirAuthorization is not None and not request.fhirServer:
+        raise HookRequestError("fhirAuthorization is present but fhirServer is not (cds-r-1)")
+    if request.fhirAuthorization is not None and request.fhirAuthorization.token_type != "Bearer":
+        raise HookRequestError("fhirAuthorization.token_type must be Bearer")
+    if request.fhirServer is not None and not request.fhirServer.startswith(("https://", "http://")):
+        raise HookRequestError("fhirServer must be an http(s) URL")
+    _check_context(request.hook, request.context)
+    return request
+
+
+def _check_text(name: str, value: str) -> None:
+    if not value.strip() or len(value) > MAX_ID_CHARS:
+        raise HookRequestError(f"{name} must be a non-empty string of at most {MAX_ID_CHARS} characters")
+
+
+def _check_context(hook: str, context: dict[str, Any]) -> None:
+    for name in CONTEXT_REQUIRED.get(hook, ("patientId",)):
+        if name not in context:
+            raise HookRequestError(f"context.{name} is required for {hook}")
+    for name in ("userId", "patientId", "encounterId"):
+        if name in context and (not isinstance(context[name], str) or not context[name].strip()):
+            raise HookRequestError(f"context.{name} must be a non-empty string")
+    if "draftOrders" in context:
+        orders = context["draftOrders"]
+        if not isinstance(orders, dict) or orders.get("resourceType") != "Bundle":
+            raise HookRequestError("context.draftOrders must be a FHIR Bundle")
+        if not isinstance(orders.get("entry", []), list):
+            raise HookRequestError("context.draftOrders.entry must be an array")
+    if "selections" in context:
+        selections = context["selections"]
+        if not isinstance(selections, list) or not all(isinstance(s, str) and s for s in selections):
+            raise HookRequestError("context.selections must be an array of references")
+
+
+def decode_feedback(body: bytes) -> FeedbackRequest:
+    """Parse and check a feedback body (cds-fb-1/2/3); HookRequestError (HTTP 400) names what is wrong."""
+    request = _decode(body, FeedbackRequest, "the feedback")
+    if not request.feedback:
+        raise HookRequestError("feedback must hold at least one item")
+    for index, item in enumerate(request.feedback):
+        where = f"feedback[{index}]"
+        _check_text(f"{where}.card", item.card)
+        parse_timestamp(item.outcomeTimestamp, f"{where}.outcomeTimestamp")
+        if item.outcome == "accepted" and not item.acceptedSuggestions:
+            raise HookRequestError(f"{where}: an accepted outcome needs acceptedSuggestions (cds-fb-2)")
+        reason = item.overrideReason
+        if reason is not None and reason.reason is None and not reason.userComment:
+            raise HookRequestError(f"{where}.overrideReason needs a reason or a userComment (cds-fb-3)")
+    return request
+
+
+def parse_timestamp(value: str, where: str) -> datetime:
+    """An RFC 3339 instant with an offset, as a timezone-aware datetime."""
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        raise HookRequestError(f"{where} is not an RFC 3339 date-time") from None
+    if parsed.tzinfo is None:
+        raise HookRequestError(f"{where} must carry a UTC offset")
+    return parsed.astimezone(UTC)

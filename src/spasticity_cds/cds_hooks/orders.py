@@ -1,0 +1,149 @@
+"""Draft orders in a hook context: which ones to check, which agent each orders, and its structured dose."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any
+
+from spasticity_cds.engine.evaluator import Engine
+
+PERIOD_DAYS = {"s": 1 / 86400, "min": 1 / 1440, "h": 1 / 24, "d": 1.0, "wk": 7.0, "mo": 30.0, "a": 365.0}
+MASS_UNITS = {"mg": 1.0, "g": 1000.0}
+UNIT_DOSE_UNITS = frozenset({"{pill}", "{tbl}", "{tablet}", "tablet", "tablets", "tab", "{capsule}", "capsule", "1"})
+
+
+@dataclass(frozen=True)
+class DraftOrder:
+    """A draft MedicationRequest being ordered, and what it orders."""
+
+    reference: str
+    resource: dict[str, Any]
+    agent: str | None
+    strength_mg: float | None
+
+
+@dataclass(frozen=True)
+class StructuredDose:
+    """A single structured dosage instruction: amount per dose, its unit, and doses per day."""
+
+    value: float
+    unit: str
+    per_day: float
+
+
+def draft_resources(context: dict[str, Any]) -> list[dict[str, Any]]:
+    """The draft order resources, copied; a resource without id gets ``draft-<n>``, without subject the patient."""
+    bundle = context.get("draftOrders")
+    if not isinstance(bundle, dict):
+        return []
+    out = []
+    for index, entry in enumerate(bundle.get("entry") or (), start=1):
+        resource = entry.get("resource") if isinstance(entry, dict) else None
+        if not isinstance(resource, dict) or not isinstance(resource.get("resourceType"), str):
+            continue
+        copied = copy.deepcopy(resource)
+        copied.setdefault("id", f"draft-{index}")
+        if "subject" not in copied and copied["resourceType"] != "NutritionOrder":
+            copied["subject"] = {"reference": f"Patient/{context['patientId']}"}
+        out.append(copied)
+    return out
+
+
+def checked_orders(
+    engine: Engine, context: dict[str, Any], drafts: list[dict[str, Any]], hook: str
+) -> list[DraftOrder]:
+    """The MedicationRequests to check: the selections on order-select, every medication draft on order-sign."""
+    selections = set(context.get("selections") or ()) if hook == "order-select" else None
+    orders = []
+    for resource in drafts:
+        if resource.get("resourceType") != "MedicationRequest":
+            continue
+        reference = f"MedicationRequest/{resource['id']}"
+        if selections is not None and reference not in selections:
+            continue
+        agent, strength = _ordered_agent(engine, resource)
+        orders.append(DraftOrder(reference, resource, agent, strength))
+    return orders
+
+
+def _ordered_agent(engine: Engine, resource: dict[str, Any]) -> tuple[str | None, float | None]:
+    found = engine.vocabulary.match(_codeable(resource), "medication")
+    if found is None:
+        return None, None
+    concept = found.concept.id
+    agent = next(
+        (
+            step.agent
+            for step in engine.ladder
+            if f"med.{concept}.proposed" in step.proposed_when or f"med.{concept}.current" in step.current_when
+        ),
+        concept,
+    )
+    strength = found.coding.strength_mg if found.coding is not None else None
+    return agent, strength
+
+
+def _codeable(resource: dict[str, Any]) -> Any:
+    if "medicationCodeableConcept" in resource:
+        return resource["medicationCodeableConcept"]
+    reference = resource.get("medicationReference")
+    if not isinstance(reference, dict):
+        return None
+    target = reference.get("reference")
+    if isinstance(target, str) and target.startswith("#"):
+        for contained in resource.get("contained") or ():
+            if isinstance(contained, dict) and contained.get("id") == target[1:]:
+                return contained.get("code")
+    display = reference.get("display")
+    return {"text": display} if isinstance(display, str) else None
+
+
+def structured_dose(resource: dict[str, Any]) -> StructuredDose | None:
+    """The one structured dose of an order (a single instruction with quantity and frequency), if any."""
+    dosages: list[Any] = resource.get("dosageInstruction") or []
+    if len(dosages) != 1 or not isinstance(dosages[0], dict):
+        return None
+    dosage = dosages[0]
+    rates: list[Any] = dosage.get("doseAndRate") or []
+    quantity = rates[0].get("doseQuantity") if len(rates) == 1 and isinstance(rates[0], dict) else None
+    if not isinstance(quantity, dict) or not isinstance(quantity.get("value"), int | float):
+        return None
+    per_day = _per_day((dosage.get("timing") or {}).get("repeat") or {})
+    unit = quantity.get("code") or quantity.get("unit")
+    if per_day is None or not isinstance(unit, str):
+        return None
+    return StructuredDose(float(quantity["value"]), unit, per_day)
+
+
+def _per_day(repeat: dict[str, Any]) -> float | None:
+    frequency, period, unit = repeat.get("frequency"), repeat.get("period"), repeat.get("periodUnit")
+    if not isinstance(frequency, int | float) or frequency <= 0:
+        return None
+    if period is None:
+        return float(frequency)
+    if isinstance(period, int | float) and period > 0 and unit in PERIOD_DAYS:
+        return float(frequency) / (float(period) * PERIOD_DAYS[unit])
+    return None
+
+
+def mg_per_unit(dose: StructuredDose, strength_mg: float | None) -> float | None:
+    """Milligrams in one unit of the dose quantity (1 for mg, the product strength for tablets)."""
+    unit = dose.unit.strip().lower()
+    if unit in MASS_UNITS:
+        return MASS_UNITS[unit]
+    if unit in UNIT_DOSE_UNITS:
+        return strength_mg
+    return None
+
+
+def adjusted_order(resource: dict[str, Any], new_value: float, per_day: float) -> dict[str, Any]:
+    """The whole draft with its single dose quantity replaced (and its now-stale dosage text rewritten)."""
+    updated = copy.deepcopy(resource)
+    dosage = updated["dosageInstruction"][0]
+    quantity = dosage["doseAndRate"][0]["doseQuantity"]
+    quantity["value"] = int(new_value) if new_value.is_integer() else new_value
+    if "text" in dosage:
+        unit = quantity.get("unit") or quantity.get("code")
+        dosage["text"] = f"{new_value:g} {unit} {per_day:g} times a day (kidney-adjusted dose)"
+    return updated

@@ -1,0 +1,195 @@
+"""Prefetch: templates derived from the facts the rules read, token rendering, and sorting what a client sent.
+
+A prefetch value is one of: absent (the service fetches the query itself), ``null`` (no data), an
+OperationOutcome (the client failed: an error, never "no data"), a resource, or a searchset Bundle whose
+``next`` links must be followed.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from spasticity_cds.engine.evaluator import Engine
+
+PATIENT_TOKEN = "{{context.patientId}}"
+TOKEN = re.compile(r"\{\{\s*([A-Za-z.]+)\s*\}\}")
+USER_TOKENS = {
+    "userPractitionerId": "Practitioner",
+    "userPractitionerRoleId": "PractitionerRole",
+    "userPatientId": "Patient",
+    "userRelatedPersonId": "RelatedPerson",
+}
+CONTEXT_TOKENS = ("userId", "patientId", "encounterId")
+SEARCH_PAGE_SIZE = 100
+
+
+@dataclass(frozen=True)
+class Template:
+    """One prefetch key: a relative FHIR read or search, and whether the hook cannot run without it."""
+
+    key: str
+    query: str
+    required: bool
+    what: str
+
+
+@dataclass
+class PrefetchPlan:
+    """What the client sent, sorted: resources in hand, queries still to run, and inputs that failed."""
+
+    resources: list[dict[str, Any]] = field(default_factory=list)
+    to_fetch: dict[str, str] = field(default_factory=dict)
+    next_pages: dict[str, str] = field(default_factory=dict)
+    failed: dict[str, str] = field(default_factory=dict)
+    absent_data: list[str] = field(default_factory=list)
+
+
+def _fact_families(names: Iterable[str], engine: Engine) -> set[str]:
+    """Resource families needed for a set of fact names (``def.`` names expand to their definitions)."""
+    families: set[str] = set()
+    pending, seen = list(names), set()
+    while pending:
+        name = pending.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        prefix = name.split(".", 1)[0]
+        if prefix == "def":
+            definition = engine.definitions.get(name[4:])
+            pending.extend(definition.facts_used() if definition is not None else ())
+        elif prefix in ("med", "medclass", "antispastic"):
+            families.add("medications")
+        elif prefix == "dose":
+            families.update(("medications", "observations"))
+        elif prefix in ("obs", "condition", "procedure"):
+            families.add({"obs": "observations", "condition": "conditions", "procedure": "procedures"}[prefix])
+    return families
+
+
+def facts_of_rules(engine: Engine, *, order_checks: bool) -> list[str]:
+    """Fact names read by the rules a service runs (order services: rules about an agent)."""
+    names: list[str] = []
+    for compiled in engine.rules:
+        if order_checks and not compiled.rule.agents:
+            continue
+        names.extend(compiled.tree.facts_used())
+    for step in engine.ladder:
+        names.extend((*step.current_when, *step.proposed_when))
+    return names
+
+
+def observation_codes(engine: Engine) -> list[str]:
+    """``system|code`` tokens of every observation concept in the knowledge base's value sets."""
+    codes = [
+        f"{coding.system}|{coding.code}"
+        for concept in engine.vocabulary.concepts.values()
+        if concept.kind == "observation"
+        for coding in concept.codings
+    ]
+    return list(dict.fromkeys(codes))
+
+
+def templates_for(engine: Engine, *, order_checks: bool) -> list[Template]:
+    """The prefetch templates of a service, within the CDS Hooks 2.0 query restrictions."""
+    families = _fact_families(facts_of_rules(engine, order_checks=order_checks), engine)
+    patient = f"patient={PATIENT_TOKEN}"
+    out = [Template("patient", f"Patient/{PATIENT_TOKEN}", True, "the patient (age, sex)")]
+    if "conditions" in families:
+        out.append(Template("conditions", f"Condition?{patient}", True, "conditions"))
+    if "medications" in families:
+        out.append(Template("medications", f"MedicationRequest?{patient}", True, "medication orders"))
+        out.append(Template("statements", f"MedicationStatement?{patient}", False, "medication statements"))
+    if "observations" in families:
+        codes = ",".join(observation_codes(engine))
+        query = f"Observation?{patient}&code={codes}&_sort=-date&_count={SEARCH_PAGE_SIZE}"
+        out.append(Template("observations", query, False, "laboratory results, vital signs and scores"))
+    if "procedures" in families:
+        out.append(Template("procedures", f"Procedure?{patient}", False, "procedures"))
+        out.append(Template("devices", f"Device?{patient}", False, "devices (feeding tube, ventilation)"))
+    return out
+
+
+def render(query: str, context: Mapping[str, Any]) -> str | None:
+    """The query with its prefetch tokens filled from the context; None when a token has no value."""
+    missing = False
+
+    def value(match: re.Match[str]) -> str:
+        nonlocal missing
+        name = match.group(1)
+        if name.startswith("context.") and name[8:] in CONTEXT_TOKENS:
+            found = context.get(name[8:])
+        elif name in USER_TOKENS:
+            found = _user_id(context.get("userId"), USER_TOKENS[name])
+        else:
+            found = None
+        if not isinstance(found, str) or not found:
+            missing = True
+            return ""
+        return found
+
+    rendered = TOKEN.sub(value, query)
+    return None if missing else rendered
+
+
+def _user_id(user: object, resource_type: str) -> str | None:
+    if isinstance(user, str) and user.startswith(f"{resource_type}/"):
+        return user.split("/", 1)[1]
+    return None
+
+
+def plan_prefetch(
+    templates: list[Template], prefetch: Mapping[str, Any] | None, context: Mapping[str, Any]
+) -> PrefetchPlan:
+    """Sort each template's prefetch value into resources, queries to run, pages to follow and failures."""
+    plan = PrefetchPlan()
+    given = prefetch or {}
+    for template in templates:
+        query = render(template.query, context)
+        if query is None:
+            continue
+        if template.key not in given:
+            plan.to_fetch[template.key] = query
+            continue
+        _sort_value(template.key, query, given[template.key], plan)
+    return plan
+
+
+def _sort_value(key: str, query: str, value: Any, plan: PrefetchPlan) -> None:
+    if value is None:
+        plan.absent_data.append(key)
+        return
+    if not isinstance(value, dict) or not isinstance(value.get("resourceType"), str):
+        plan.failed[key] = "the prefetched value is not a FHIR resource"
+        return
+    if value["resourceType"] == "OperationOutcome":
+        plan.to_fetch[key] = query
+        plan.failed[key] = "the client reported an error (OperationOutcome) for this prefetch"
+        return
+    plan.resources.append(value)
+    following = next_link(value)
+    if following is not None:
+        plan.next_pages[key] = following
+
+
+def next_link(resource: Mapping[str, Any]) -> str | None:
+    """The ``next`` page URL of a searchset Bundle, if any."""
+    if resource.get("resourceType") != "Bundle":
+        return None
+    for link in resource.get("link") or ():
+        if isinstance(link, dict) and link.get("relation") == "next" and isinstance(link.get("url"), str):
+            url: str = link["url"]
+            return url
+    return None
+
+
+def bundle_resources(bundle: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The resources of a searchset page, leaving out OperationOutcome entries (search warnings)."""
+    out = []
+    for entry in bundle.get("entry") or ():
+        resource = entry.get("resource") if isinstance(entry, dict) else None
+        if isinstance(resource, dict) and resource.get("resourceType") != "OperationOutcome":
+            out.append(resource)
+    return out

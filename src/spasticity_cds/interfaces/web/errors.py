@@ -1,0 +1,137 @@
+"""HTTP edges of the app: OperationOutcome for every error, a request-size limit, CORS, never a traceback."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.cors import CORSMiddleware
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from spasticity_cds.cds_hooks.outcome import operation_outcome
+from spasticity_cds.errors import AuthenticationError, SpasticityCdsError
+
+logger = logging.getLogger("spasticity_cds.web")
+FHIR_JSON = "application/fhir+json"
+
+
+def outcome_response(status: int, diagnostics: str | None = None, headers: dict[str, str] | None = None) -> Response:
+    """An error response whose body is an OperationOutcome."""
+    body = orjson.dumps(operation_outcome(status, diagnostics))
+    return Response(body, status_code=status, media_type=FHIR_JSON, headers=headers)
+
+
+def unauthorized() -> Response:
+    """401 with no detail: which check failed stays in our log."""
+    return outcome_response(401, None, {"WWW-Authenticate": "Bearer"})
+
+
+async def _package_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, SpasticityCdsError)
+    if isinstance(exc, AuthenticationError):
+        logger.warning("%s %s: %s", request.method, request.url.path, exc.message)
+        return unauthorized()
+    if exc.http_status >= 500:
+        logger.error("%s %s: %s", request.method, request.url.path, exc)
+        return outcome_response(exc.http_status, "the service cannot answer now")
+    return outcome_response(exc.http_status, exc.message)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StarletteHTTPException)
+    detail = exc.detail if isinstance(exc.detail, str) else None
+    return outcome_response(exc.status_code, detail, dict(exc.headers or {}))
+
+
+async def _validation_error(request: Request, exc: Exception) -> Response:
+    return outcome_response(400, "the request does not have the expected form")
+
+
+class CatchAllMiddleware:
+    """Turns any unhandled exception into a 500 OperationOutcome inside the CORS layer; logs it server-side."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception:
+            logger.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
+            if started:
+                raise
+            await outcome_response(500, "internal error")(scope, receive, send)
+
+
+class BodySizeLimitMiddleware:
+    """Rejects bodies larger than ``max_bytes`` with 413, by Content-Length or while streaming."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or ()).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
+            await self._too_large(scope, receive, send)
+            return
+        seen = 0
+
+        async def limited_receive() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    raise _TooLargeError
+            return message
+
+        try:
+            await self.app(scope, limited_receive, send)
+        except _TooLargeError:
+            await self._too_large(scope, receive, send)
+
+    async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await outcome_response(413, f"the request body is larger than {self.max_bytes} bytes")(scope, receive, send)
+
+
+class _TooLargeError(Exception):
+    pass
+
+
+def install_error_handling(app: FastAPI, *, max_body_bytes: int, cors_origins: tuple[str, ...]) -> None:
+    """Exception handlers, size limit and CORS (outermost, so error answers carry CORS headers too)."""
+    handlers: dict[Any, Any] = {
+        SpasticityCdsError: _package_error,
+        StarletteHTTPException: _http_error,
+        RequestValidationError: _validation_error,
+    }
+    for kind, handler in handlers.items():
+        app.add_exception_handler(kind, handler)
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=max_body_bytes)
+    app.add_middleware(CatchAllMiddleware)
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=list(cors_origins),
+        allow_methods=["GET", "POST", "OPTIONS"],
+        allow_headers=["Content-Type", "Authorization"],
+        max_age=600,
+    )

@@ -1,0 +1,189 @@
+"""CDS Hooks 2.0 routes: discovery, service calls and feedback, each behind the client JWT check."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Annotated, Any
+
+import httpx
+import orjson
+from fastapi import APIRouter, BackgroundTasks, Depends, HTTPException, Request
+from starlette.responses import Response
+
+from spasticity_cds.cds_hooks.cards import IssuedCardInfo
+from spasticity_cds.cds_hooks.fhir_client import FhirFetcher
+from spasticity_cds.cds_hooks.models import FeedbackItem, decode_feedback, decode_hook_request, parse_timestamp
+from spasticity_cds.cds_hooks.runner import Fetcher, HookRunner, RunnerConfig
+from spasticity_cds.cds_hooks.security import JsonObject, JwtVerifier
+from spasticity_cds.cds_hooks.services import ServiceCatalogue, ServiceSpec
+from spasticity_cds.errors import AuthenticationError
+from spasticity_cds.interfaces.web.config import WebSettings, load_trusted_issuers
+from spasticity_cds.interfaces.web.deps import AppState, app_state
+from spasticity_cds.store import FeedbackOutcome, HookFeedback, IssuedCard, hash_patient_ref
+
+logger = logging.getLogger("spasticity_cds.cds_hooks")
+router = APIRouter()
+JWKS_TIMEOUT_S = 2.0
+
+
+@dataclass
+class HooksState:
+    """The CDS Hooks parts of one app: services, the runner and the JWT verifier (None when auth is off)."""
+
+    catalogue: ServiceCatalogue
+    runner: HookRunner
+    verifier: JwtVerifier | None
+
+
+def build_hooks_state(state: AppState, fetcher: Fetcher | None = None) -> HooksState:
+    """Services from the engine, a runner with the outbound FHIR fetcher, and the verifier from the settings."""
+    settings = state.settings
+    catalogue = ServiceCatalogue(state.engine)
+    config = RunnerConfig(
+        base_url=settings.base_url,
+        smart_launch_url=settings.launch_url,
+        kb_settings=dict(settings.kb_settings),
+        fhir_server_allowlist=settings.fhir_server_allowlist,
+    )
+    runner = HookRunner(catalogue, fetcher or FhirFetcher(budget_s=settings.fhir_timeout_s), config)
+    return HooksState(catalogue, runner, _verifier(state, settings))
+
+
+def _verifier(state: AppState, settings: WebSettings) -> JwtVerifier | None:
+    if not settings.auth_required:
+        logger.warning(
+            "CDS HOOKS AUTHENTICATION IS OFF (auth_required = false): any caller can use the service. "
+            "Never run like this with real patient data."
+        )
+        return None
+    issuers = load_trusted_issuers(settings.trusted_issuers_file) if settings.trusted_issuers_file else []
+    if not issuers:
+        logger.warning("no trusted CDS clients configured (trusted_issuers_file): every hook call will get 401")
+    return JwtVerifier(issuers, state.store.remember_jti, state.clock, fetch_jwks=_fetch_jwks)
+
+
+def _fetch_jwks(url: str) -> JsonObject:
+    response = httpx.get(url, timeout=JWKS_TIMEOUT_S, follow_redirects=False)
+    response.raise_for_status()
+    document: JsonObject = response.json()
+    return document
+
+
+def hooks_state(request: Request) -> HooksState:
+    """FastAPI dependency: the HooksState the app was created with."""
+    hooks: HooksState = request.app.state.hooks
+    return hooks
+
+
+def _json(body: Any) -> Response:
+    return Response(orjson.dumps(body), media_type="application/json")
+
+
+def _authenticate(request: Request, hooks: HooksState, audience: str) -> None:
+    if hooks.verifier is None:
+        return
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise AuthenticationError("no bearer token in the Authorization header")
+    hooks.verifier.verify(token.strip(), audience)
+
+
+def _service(hooks: HooksState, service_id: str) -> ServiceSpec:
+    service = hooks.catalogue.get(service_id)
+    if service is None:
+        raise HTTPException(404, f"no CDS service {service_id!r}; see GET /cds-services")
+    return service
+
+
+StateDep = Annotated[AppState, Depends(app_state)]
+HooksDep = Annotated[HooksState, Depends(hooks_state)]
+
+
+@router.get("/cds-services")
+async def discovery(request: Request, state: StateDep, hooks: HooksDep) -> Response:
+    """The services, their hooks and prefetch templates."""
+    _authenticate(request, hooks, f"{state.settings.base_url}/cds-services")
+    return _json(hooks.catalogue.discovery())
+
+
+@router.post("/cds-services/{service_id}")
+async def call_service(
+    service_id: str,
+    request: Request,
+    background: BackgroundTasks,
+    state: StateDep,
+    hooks: HooksDep,
+) -> Response:
+    """One hook call: cards for the decision at hand, or an empty list when there is nothing to say."""
+    _authenticate(request, hooks, f"{state.settings.base_url}/cds-services/{service_id}")
+    service = _service(hooks, service_id)
+    hook_request = decode_hook_request(await request.body())
+    now = state.clock()
+    result = await hooks.runner.run(service, hook_request, now)
+    if result.issued and result.patient_reference and result.kb_version:
+        records = _issued_cards(
+            result.issued, service.id, hook_request.hookInstance, result.patient_reference, result.kb_version, now
+        )
+        background.add_task(state.store.record_issued_cards, records)
+    logger.info(
+        "hook %s instance %s: %d cards, %d keys fetched, %s ms",
+        service.id,
+        hook_request.hookInstance[:64],
+        len(result.cards),
+        result.fetched,
+        result.timings_ms,
+    )
+    return _json({"cards": result.cards})
+
+
+def _issued_cards(
+    issued: list[IssuedCardInfo], service_id: str, hook_instance: str, patient: str, kb_version: str, now: datetime
+) -> list[IssuedCard]:
+    patient_hash = hash_patient_ref(patient)
+    return [
+        IssuedCard(
+            card.card_uuid, service_id, hook_instance, card.rule_id, card.rule_version, kb_version, patient_hash, now
+        )
+        for card in issued
+    ]
+
+
+@router.post("/cds-services/{service_id}/feedback")
+async def feedback(
+    service_id: str,
+    request: Request,
+    state: StateDep,
+    hooks: HooksDep,
+) -> Response:
+    """Store what the clinician did with our cards (idempotent; a repeated report is not stored twice)."""
+    _authenticate(request, hooks, f"{state.settings.base_url}/cds-services/{service_id}/feedback")
+    service = _service(hooks, service_id)
+    body = decode_feedback(await request.body())
+    now = state.clock()
+    items = [_feedback_record(state, service.id, item, now) for item in body.feedback]
+    new = state.store.record_hook_feedback(items)
+    logger.info("feedback %s: %d items, %d new", service.id, len(items), new)
+    return _json({})
+
+
+def _feedback_record(state: AppState, service_id: str, item: FeedbackItem, now: datetime) -> HookFeedback:
+    issued = state.store.find_issued_card(item.card)
+    reason = item.overrideReason.reason if item.overrideReason else None
+    return HookFeedback(
+        service_id=service_id,
+        card_uuid=item.card,
+        outcome=FeedbackOutcome(item.outcome),
+        outcome_timestamp=parse_timestamp(item.outcomeTimestamp, "outcomeTimestamp"),
+        received_at=now,
+        hook_instance=issued.hook_instance if issued else None,
+        rule_id=issued.rule_id if issued else None,
+        rule_version=issued.rule_version if issued else None,
+        kb_version=issued.kb_version if issued else None,
+        accepted_suggestions=tuple(s.id for s in item.acceptedSuggestions or ()),
+        override_reason_code=reason.code if reason else None,
+        override_reason_system=reason.system if reason else None,
+        override_reason_display=reason.display if reason else None,
+        user_comment=item.overrideReason.userComment if item.overrideReason else None,
+    )
