@@ -1,0 +1,1 @@
+"""Benchmarks of spasticity-cds; run ``scripts/bench`` (timings never live in the unit tests)."""
