@@ -1,0 +1,100 @@
+"""Signed tokens for the web pages: HMAC-signed, timestamped values for CSRF double-submit and session cookies."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import secrets
+import time
+from collections.abc import Callable
+
+from fastapi import Request
+
+from spasticity_cds.interfaces.web.deps import AppState
+
+CSRF_COOKIE = "cds_csrf"
+CSRF_FIELD = "csrf_token"
+SESSION_COOKIE = "cds_session"
+
+
+class BadSignatureError(Exception):
+    """A signed value was altered, signed with another key, malformed or too old."""
+
+
+class Signer:
+    """Signs short ASCII values with HMAC-SHA256 and a timestamp; `unsign` enforces a maximum age."""
+
+    def __init__(self, secret: bytes, *, purpose: str, clock: Callable[[], float] = time.time) -> None:
+        self._key = hmac.new(secret, purpose.encode(), hashlib.sha256).digest()
+        self._clock = clock
+
+    def _mac(self, payload: str) -> str:
+        digest = hmac.new(self._key, payload.encode(), hashlib.sha256).digest()
+        return base64.urlsafe_b64encode(digest).decode().rstrip("=")
+
+    def sign(self, value: str) -> str:
+        """``value.timestamp.signature``; ``value`` must not contain dots."""
+        if "." in value or not value.isascii():
+            raise ValueError("signed values must be ASCII without dots")
+        payload = f"{value}.{int(self._clock())}"
+        return f"{payload}.{self._mac(payload)}"
+
+    def unsign(self, signed: str, *, max_age_s: int) -> str:
+        """The original value, if the signature is valid and no older than ``max_age_s``."""
+        parts = signed.split(".")
+        if len(parts) != 3 or not signed.isascii():
+            raise BadSignatureError("malformed")
+        value, stamp, mac = parts
+        if not hmac.compare_digest(mac, self._mac(f"{value}.{stamp}")):
+            raise BadSignatureError("bad signature")
+        if not stamp.isdigit() or self._clock() - int(stamp) > max_age_s:
+            raise BadSignatureError("expired")
+        return value
+
+
+def app_secret(request: Request, state: AppState) -> bytes:
+    """The configured session secret, or one random secret per app instance (single-process demo only)."""
+    if state.settings.session_secret:
+        return state.settings.session_secret.encode()
+    secret: bytes | None = getattr(request.app.state, "web_page_secret", None)
+    if secret is None:
+        secret = secrets.token_bytes(32)
+        request.app.state.web_page_secret = secret
+    return secret
+
+
+def csrf_signer(request: Request, state: AppState) -> Signer:
+    """The signer for CSRF tokens."""
+    return Signer(app_secret(request, state), purpose="csrf")
+
+
+def session_signer(request: Request, state: AppState) -> Signer:
+    """The signer for session cookies."""
+    return Signer(app_secret(request, state), purpose="session")
+
+
+def csrf_token_for(request: Request, state: AppState) -> tuple[str, bool]:
+    """The token to put in forms and whether the cookie must be (re)set: reuse a valid cookie, else mint one."""
+    signer = csrf_signer(request, state)
+    existing = request.cookies.get(CSRF_COOKIE, "")
+    if existing:
+        try:
+            signer.unsign(existing, max_age_s=state.settings.session_max_age_s)
+        except BadSignatureError:
+            pass
+        else:
+            return existing, False
+    return signer.sign(secrets.token_urlsafe(24).replace(".", "_")), True
+
+
+def csrf_valid(request: Request, state: AppState, submitted: str) -> bool:
+    """Double-submit check: the form field equals the cookie, and both carry our valid, unexpired signature."""
+    cookie = request.cookies.get(CSRF_COOKIE, "")
+    if not cookie or not submitted or not hmac.compare_digest(cookie.encode(), submitted.encode()):
+        return False
+    try:
+        csrf_signer(request, state).unsign(submitted, max_age_s=state.settings.session_max_age_s)
+    except BadSignatureError:
+        return False
+    return True

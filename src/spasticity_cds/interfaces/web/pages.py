@@ -1,0 +1,553 @@
+"""The clinician pages and the JSON API: answer page, patient plan, feedback, report, knowledge-base browser."""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+from datetime import datetime
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any
+
+import msgspec
+import orjson
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
+from starlette.datastructures import FormData, UploadFile
+
+from spasticity_cds import api
+from spasticity_cds.errors import SpasticityCdsError
+from spasticity_cds.fhir.record import PatientRecord
+from spasticity_cds.interfaces.web import manual_form, smart
+from spasticity_cds.interfaces.web.csrf import CSRF_FIELD, csrf_valid
+from spasticity_cds.interfaces.web.deps import AppState, app_state
+from spasticity_cds.interfaces.web.plan_view import build_plan, patient_banner
+from spasticity_cds.interfaces.web.rendering import OVERRIDE_REASONS, STATIC_DIR, render
+from spasticity_cds.knowledge.schema import Node
+from spasticity_cds.store import PageContext, PageFeedback
+
+logger = logging.getLogger(__name__)
+router = APIRouter()
+StateDep = Annotated[AppState, Depends(app_state)]
+router.include_router(smart.router)
+
+SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+STATIC_FILES = {"app.css": "text/css", "app.js": "text/javascript", "print.css": "text/css"}
+FHIR_JSON_TYPES = (
+    "application/json",
+    "application/fhir+json",
+    "application/x-ndjson",
+    "application/fhir+ndjson",
+    "application/ndjson",
+)
+MULTIPART_OVERHEAD = 64 * 1024
+MAX_COMMENT = 2000
+RETURN_PATHS = re.compile(r"^/(?:|patients/demo/[A-Za-z0-9_.-]+|smart/plan)$")
+
+
+class BodyTooLargeError(Exception):
+    """The request body is larger than the configured limit."""
+
+
+# -- helpers -------------------------------------------------------------------------------------------
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refusing to buffer more than ``limit`` bytes."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise BodyTooLargeError
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLargeError
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def read_form(request: Request, limit: int) -> FormData:
+    """The form (urlencoded or multipart) from a body read under ``limit``."""
+    body = await read_body(request, limit)
+    sent = False
+
+    async def replay() -> dict[str, Any]:
+        nonlocal sent
+        if sent:
+            return {"type": "http.disconnect"}
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return await Request(request.scope, replay).form(max_files=1, max_fields=200)
+
+
+def _text(form: FormData, name: str) -> str:
+    value = form.get(name)
+    return value if isinstance(value, str) else ""
+
+
+def demo_dir(request: Request) -> Path:
+    """Where demo bundles live: ``app.state.demo_data_dir`` when a test sets it, else the packaged folder."""
+    override = getattr(request.app.state, "demo_data_dir", None)
+    if override is not None:
+        return Path(override)
+    return Path(str(resources.files("spasticity_cds.demo") / "data"))
+
+
+def demo_patients(request: Request, state: AppState) -> list[dict[str, str]]:
+    """The demo bundles with the patient's name, sex and age (unreadable files are skipped and logged)."""
+    folder = demo_dir(request)
+    out = []
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        if not SAFE_ID.match(path.stem):
+            continue
+        try:
+            record = api.read_patient(path.read_bytes(), source=path.name)
+        except SpasticityCdsError:
+            logger.warning("demo bundle %s could not be read", path.name)
+            continue
+        banner = patient_banner(record, state.clock())
+        out.append({"id": path.stem, **banner})
+    return out
+
+
+def _settings(state: AppState) -> dict[str, Any] | None:
+    return dict(state.settings.kb_settings) or None
+
+
+def _plan_page(
+    request: Request, state: AppState, record: PatientRecord, source_label: str, return_to: str, status_code: int = 200
+) -> HTMLResponse:
+    plan = build_plan(record, state.engine, state.clock(), _settings(state), source_label=source_label)
+    context = {"title": "Patient plan", "plan": plan, "return_to": return_to}
+    return render(request, state, "plan.html", context, status_code=status_code)
+
+
+def _start_page(
+    request: Request,
+    state: AppState,
+    *,
+    upload_error: str | None = None,
+    entry: manual_form.ManualEntry | None = None,
+    status_code: int = 200,
+) -> HTMLResponse:
+    context = {
+        "title": "Open a patient",
+        "demos": demo_patients(request, state),
+        "upload_error": upload_error,
+        "entry": entry or manual_form.ManualEntry(values={"als": "yes"}),
+        "number_fields": manual_form.NUMBER_FIELDS,
+        "medications": manual_form.medication_choices(state.engine.kb),
+        "mas_grades": manual_form.MAS_GRADES,
+        "med_rows": range(manual_form.MED_ROWS),
+        "mas_rows": range(manual_form.MAS_ROWS),
+        "sexes": manual_form.SEXES,
+        "max_upload_mb": state.settings.max_body_bytes / (1024 * 1024),
+        "today": state.clock().date().isoformat(),
+    }
+    return render(request, state, "patient_start.html", context, status_code=status_code)
+
+
+def _error_page(request: Request, state: AppState, title: str, message: str, status_code: int) -> HTMLResponse:
+    return render(request, state, "error.html", {"title": title, "message": message}, status_code=status_code)
+
+
+# -- answer page and feedback ----------------------------------------------------------------------------
+
+
+@router.get("/", response_class=HTMLResponse)
+def answer_page(request: Request, state: StateDep) -> HTMLResponse:
+    """How spasticity in ALS is treated: the ladder, each statement with its sources, and what is not known."""
+    kb = state.engine.kb
+    steps = []
+    for step in sorted(kb.ladder.steps, key=lambda s: s.position):
+        monograph = kb.monographs.get(step.agent)
+        statements = []
+        if monograph is not None:
+            for label, statement in (
+                ("How it works", monograph.mechanism),
+                ("Starting dose", monograph.start),
+                ("Titration", monograph.titration),
+                ("Maximum", monograph.max_basis),
+                ("Liver", monograph.hepatic),
+                ("Stopping", monograph.taper),
+                ("Off-label use in ALS", monograph.off_label_in_als),
+            ):
+                if statement is not None:
+                    statements.append((label, statement.text, state.engine.cite(statement.citations)))
+            for statement in monograph.cautions:
+                statements.append(("Caution", statement.text, state.engine.cite(statement.citations)))
+            for statement in monograph.contraindications:
+                statements.append(("Do not use", statement.text, state.engine.cite(statement.citations)))
+            for item in monograph.monitoring:
+                statements.append(("Monitor", item.what, state.engine.cite(item.citations)))
+        steps.append({"step": step, "citations": state.engine.cite(step.citations), "statements": statements})
+    gaps = [(gap.text, state.engine.cite(gap.citations)) for gap in kb.manifest.evidence_gaps]
+    context = {
+        "title": "How is spasticity treated in ALS?",
+        "steps": steps,
+        "evidence_gaps": gaps,
+        "thanks": request.query_params.get("feedback") == "thanks",
+        "return_to": "/",
+    }
+    return render(request, state, "answer.html", context)
+
+
+@router.post("/feedback", response_model=None)
+async def post_feedback(request: Request, state: StateDep) -> Response:
+    """Store one "Did this answer your question?" answer or one finding rating, once per idempotency key."""
+    wants_json = "application/json" in request.headers.get("accept", "")
+    try:
+        form = await read_form(request, 64 * 1024)
+    except BodyTooLargeError:
+        return _feedback_error(request, state, wants_json, "The feedback is too long.", 413)
+    if not csrf_valid(request, state, _text(form, CSRF_FIELD)):
+        return _feedback_error(request, state, wants_json, "The form has expired. Reload the page and try again.", 403)
+    try:
+        item = _feedback_from_form(form, state)
+    except ValueError as error:
+        return _feedback_error(request, state, wants_json, str(error), 400)
+    new = state.store.record_page_feedback(item)
+    logger.info("page feedback stored: context=%s rule=%s new=%s", item.context.value, item.rule_id or "-", new)
+    if wants_json:
+        return JSONResponse({"stored": True, "new": bool(new)})
+    return_to = _text(form, "return_to")
+    if RETURN_PATHS.match(return_to):
+        return RedirectResponse(f"{return_to}?feedback=thanks#feedback", status_code=303)
+    return render(request, state, "thanks.html", {"title": "Thank you for your feedback"})
+
+
+def _feedback_from_form(form: FormData, state: AppState) -> PageFeedback:
+    try:
+        key = uuid.UUID(_text(form, "feedback_id"))
+    except ValueError:
+        raise ValueError("The form is missing its answer id; reload the page.") from None
+    try:
+        context = PageContext(_text(form, "context"))
+    except ValueError:
+        raise ValueError("Unknown feedback context.") from None
+
+    def yes_no(name: str) -> bool | None:
+        value = _text(form, name)
+        return True if value == "yes" else False if value == "no" else None
+
+    rule_id = _text(form, "rule_id") or None
+    rule_version: int | None = None
+    if rule_id is not None:
+        rule = state.engine.kb.rules.get(rule_id)
+        if rule is None:
+            raise ValueError("Unknown rule.")
+        version_text = _text(form, "rule_version")
+        rule_version = int(version_text) if version_text.isdigit() else rule.version
+    reason = _text(form, "override_reason") or None
+    if reason is not None and reason not in {code for code, _ in OVERRIDE_REASONS}:
+        raise ValueError("Unknown override reason.")
+    comment = _text(form, "comment").strip()[:MAX_COMMENT] or None
+    card = _text(form, "card_uuid") or None
+    answered, useful = yes_no("answered"), yes_no("useful")
+    if answered is None and useful is None and comment is None and reason is None:
+        raise ValueError("Choose yes or no, or write a comment.")
+    return PageFeedback(
+        id=key,
+        context=context,
+        created_at=state.clock(),
+        answered=answered,
+        useful=useful,
+        rule_id=rule_id,
+        rule_version=rule_version,
+        kb_version=state.engine.kb.version,
+        card_uuid=card[:64] if card else None,
+        override_reason_code=reason,
+        comment=comment,
+    )
+
+
+def _feedback_error(request: Request, state: AppState, wants_json: bool, message: str, status: int) -> Response:
+    if wants_json:
+        return JSONResponse({"stored": False, "error": message}, status_code=status)
+    return _error_page(request, state, "Feedback not saved", message, status)
+
+
+# -- patients ----------------------------------------------------------------------------------------------
+
+
+@router.get("/patients", response_class=HTMLResponse)
+def patients(request: Request, state: StateDep) -> HTMLResponse:
+    """Open a demo patient, upload a FHIR bundle or enter values by hand."""
+    return _start_page(request, state)
+
+
+@router.get("/patients/demo/{demo_id}", response_class=HTMLResponse)
+def demo_patient(demo_id: str, request: Request, state: StateDep) -> HTMLResponse:
+    """The plan for one bundled demo patient."""
+    path = demo_dir(request) / f"{demo_id}.json"
+    if not SAFE_ID.match(demo_id) or not path.is_file():
+        return _error_page(request, state, "No such demo patient", "There is no demo patient with that name.", 404)
+    try:
+        record = api.read_patient(path.read_bytes(), source=path.name)
+    except SpasticityCdsError as error:
+        return _error_page(request, state, "Demo patient unreadable", error.message, 500)
+    return _plan_page(request, state, record, f"Demo patient {demo_id}", f"/patients/demo/{demo_id}")
+
+
+@router.post("/patients/upload", response_class=HTMLResponse)
+async def upload_patient(request: Request, state: StateDep) -> HTMLResponse:
+    """Evaluate an uploaded FHIR Bundle (JSON) or NDJSON file; problems are shown on the page."""
+    limit = state.settings.max_body_bytes
+    too_big = f"The file is larger than the limit of {limit / (1024 * 1024):g} MB."
+    try:
+        form = await read_form(request, limit + MULTIPART_OVERHEAD)
+    except BodyTooLargeError:
+        logger.info("upload rejected: too large")
+        return _start_page(request, state, upload_error=too_big, status_code=413)
+    except Exception:
+        logger.info("upload rejected: unreadable form")
+        return _start_page(
+            request, state, upload_error="The upload could not be read. Choose a file and try again.", status_code=400
+        )
+    try:
+        if not csrf_valid(request, state, _text(form, CSRF_FIELD)):
+            return _start_page(
+                request, state, upload_error="The form has expired. Please choose the file again.", status_code=403
+            )
+        upload = form.get("bundle")
+        if not isinstance(upload, UploadFile) or not upload.filename:
+            return _start_page(
+                request, state, upload_error="Choose a FHIR JSON or NDJSON file to upload.", status_code=400
+            )
+        data = await upload.read(limit + 1)
+        if len(data) > limit:
+            return _start_page(request, state, upload_error=too_big, status_code=413)
+    finally:
+        await form.close()
+    if not data.strip():
+        return _start_page(request, state, upload_error="The file is empty.", status_code=400)
+    try:
+        record = api.read_patient(data, source="the uploaded file")
+    except SpasticityCdsError as error:
+        logger.info("upload rejected: %s", type(error).__name__)
+        message = f"The file could not be used: {error.message}"
+        return _start_page(request, state, upload_error=message, status_code=400)
+    return _plan_page(request, state, record, "Uploaded file", "")
+
+
+@router.post("/patients/manual", response_class=HTMLResponse)
+async def manual_patient(request: Request, state: StateDep) -> HTMLResponse:
+    """Build a FHIR Bundle from the hand-entry form and evaluate it with the same evaluator."""
+    try:
+        form = await read_form(request, 64 * 1024)
+    except BodyTooLargeError:
+        return _start_page(request, state, status_code=413)
+    values = {key: value for key, value in form.multi_items() if isinstance(value, str)}
+    today = state.clock().date()
+    entry = manual_form.read_form(values, state.engine.kb, today)
+    if not csrf_valid(request, state, values.get(CSRF_FIELD, "")):
+        entry.errors["form"] = "The form has expired. Please submit it again."
+    if not entry.ok:
+        return _start_page(request, state, entry=entry, status_code=400)
+    bundle = manual_form.build_bundle(entry, state.engine.kb, today)
+    record = api.read_patient(bundle, source="the form")
+    return _plan_page(request, state, record, "Values entered by hand", "")
+
+
+# -- report ------------------------------------------------------------------------------------------------
+
+
+@router.get("/reports/feedback", response_class=HTMLResponse)
+def feedback_report(request: Request, state: StateDep) -> HTMLResponse:
+    """Acceptance and override rates per rule from CDS Hooks feedback, with the page's own ratings."""
+    stats = state.store.feedback_report()
+    page = state.store.list_page_feedback(limit=100_000)
+    page_overrides: dict[tuple[str, int], int] = {}
+    answers = {"yes": 0, "no": 0}
+    for item in page:
+        if item.rule_id is not None and item.override_reason_code:
+            key = (item.rule_id, item.rule_version or 0)
+            page_overrides[key] = page_overrides.get(key, 0) + 1
+        if item.context in (PageContext.ANSWER_PAGE, PageContext.PATIENT_PLAN) and item.answered is not None:
+            answers["yes" if item.answered else "no"] += 1
+    rows = []
+    for stat in stats:
+        rated = stat.page_useful_yes + stat.page_useful_no
+        rows.append(
+            {
+                "stat": stat,
+                "page_overrides": page_overrides.get((stat.rule_id, stat.rule_version), 0),
+                "useful_rate": stat.page_useful_yes / rated if rated else None,
+                "known": stat.rule_id in state.engine.kb.rules,
+            }
+        )
+    context = {"title": "Feedback per rule", "rows": rows, "answers": answers, "page_count": len(page)}
+    return render(request, state, "report.html", context)
+
+
+# -- knowledge base ----------------------------------------------------------------------------------------
+
+
+def node_view(node: Node) -> dict[str, Any]:
+    """A rule's condition tree in words, for the browser."""
+    if node.all is not None:
+        return {"op": "all of", "children": [node_view(child) for child in node.all]}
+    if node.any is not None:
+        return {"op": "any of", "children": [node_view(child) for child in node.any]}
+    if node.not_ is not None:
+        return {"op": "not", "children": [node_view(node.not_)]}
+    check = node.check
+    if check is None:
+        return {"label": "(empty)"}
+    target = f"setting {check.setting}" if check.setting else repr(check.value)
+    return {"label": f"{check.fact} {check.op} {target}", "fact": check.fact}
+
+
+@router.get("/kb", response_class=HTMLResponse)
+def kb_index(request: Request, state: StateDep) -> HTMLResponse:
+    """The knowledge base: version, digest, rules, drugs, citations and releases."""
+    kb = state.engine.kb
+    rules = sorted(kb.rules.values(), key=lambda r: (kb.rule_files[r.id], r.id))
+    context = {
+        "title": "Knowledge base",
+        "rules": rules,
+        "monographs": sorted(kb.monographs.values(), key=lambda m: m.name),
+    }
+    return render(request, state, "kb_index.html", context)
+
+
+@router.get("/kb/rules/{rule_id}", response_class=HTMLResponse)
+def kb_rule(rule_id: str, request: Request, state: StateDep) -> HTMLResponse:
+    """One rule: what it says, when it fires, its sources and its change log (CDS Hooks cards link here)."""
+    kb = state.engine.kb
+    rule = kb.rules.get(rule_id)
+    if rule is None:
+        return _error_page(request, state, "No such rule", "The knowledge base has no rule with that id.", 404)
+    context = {
+        "title": f"Rule {rule.id}",
+        "rule": rule,
+        "file": kb.rule_files[rule.id],
+        "tree": node_view(rule.when),
+        "citations": state.engine.cite(rule.citations),
+        "definitions": kb.definitions,
+    }
+    return render(request, state, "kb_rule.html", context)
+
+
+@router.get("/kb/drugs/{drug_id}", response_class=HTMLResponse)
+def kb_drug(drug_id: str, request: Request, state: StateDep) -> HTMLResponse:
+    """One drug monograph with every statement's sources."""
+    monograph = state.engine.kb.monographs.get(drug_id)
+    if monograph is None:
+        return _error_page(request, state, "No such drug", "The knowledge base has no monograph with that id.", 404)
+    cite = state.engine.cite
+    rules = [r for r in state.engine.kb.rules.values() if drug_id in r.agents]
+    context = {"title": monograph.name, "m": monograph, "cite": cite, "rules": sorted(rules, key=lambda r: r.id)}
+    return render(request, state, "kb_drug.html", context)
+
+
+@router.get("/kb/citations", response_class=HTMLResponse)
+def kb_citations(request: Request, state: StateDep) -> HTMLResponse:
+    """Every source with its evidence status."""
+    citations = sorted(state.engine.kb.citations.values(), key=lambda c: c.id)
+    return render(request, state, "kb_citations.html", {"title": "Sources", "citations": citations})
+
+
+@router.get("/kb/versions", response_class=HTMLResponse)
+def kb_versions(request: Request, state: StateDep) -> HTMLResponse:
+    """Knowledge-base releases and every rule's change log."""
+    kb = state.engine.kb
+    changes = sorted(
+        (
+            (rule.id, change.version, change.change, rule.version)
+            for rule in kb.rules.values()
+            for change in rule.changes
+        ),
+        key=lambda row: (-row[1], row[0]),
+    )
+    context = {"title": "Versions and changes", "releases": kb.manifest.releases, "changes": changes}
+    return render(request, state, "kb_versions.html", context)
+
+
+# -- JSON API --------------------------------------------------------------------------------------------
+
+
+def _outcome(message: str, status: int, code: str = "invalid") -> JSONResponse:
+    body = {"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": code, "diagnostics": message}]}
+    return JSONResponse(body, status_code=status, media_type="application/fhir+json")
+
+
+@router.post("/api/evaluate", response_model=None)
+async def api_evaluate(request: Request, state: StateDep) -> Response:
+    """FHIR Bundle (JSON) or NDJSON in, the result contract out; ``?now=`` (ISO 8601 with offset) optional."""
+    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media not in FHIR_JSON_TYPES:
+        return _outcome("send the bundle as application/json, application/fhir+json or NDJSON", 415, "not-supported")
+    now = state.clock()
+    now_text = request.query_params.get("now")
+    if now_text:
+        try:
+            now = datetime.fromisoformat(now_text)
+        except ValueError:
+            return _outcome("now must be an ISO 8601 date-time with a UTC offset", 400)
+        if now.tzinfo is None:
+            return _outcome("now must carry a UTC offset", 400)
+    try:
+        body = await read_body(request, state.settings.max_body_bytes)
+    except BodyTooLargeError:
+        return _outcome(f"the body is larger than {state.settings.max_body_bytes} bytes", 413, "too-costly")
+    try:
+        result = api.evaluate(body, now=now, engine=state.engine, settings=_settings(state))
+    except SpasticityCdsError as error:
+        status = 400 if error.http_status < 500 else 500
+        return _outcome(
+            error.message if status == 400 else "evaluation failed", status, "invalid" if status == 400 else "exception"
+        )
+    return Response(api.to_json(result), media_type="application/json")
+
+
+@router.get("/api/kb")
+def api_kb(request: Request, state: StateDep) -> Response:
+    """The knowledge base's identity, releases, rules, drugs, citations and evidence gaps as JSON."""
+    kb = state.engine.kb
+    base = str(request.base_url).rstrip("/")
+    body = {
+        "name": kb.manifest.name,
+        "version": kb.version,
+        "digest": kb.digest,
+        "releases": msgspec.to_builtins(kb.manifest.releases),
+        "disclaimer": msgspec.to_builtins(kb.manifest.disclaimer),
+        "evidence_gaps": msgspec.to_builtins(kb.manifest.evidence_gaps),
+        "ladder": msgspec.to_builtins(sorted(kb.ladder.steps, key=lambda s: s.position)),
+        "rules": [
+            {
+                "id": rule.id,
+                "version": rule.version,
+                "kind": rule.kind,
+                "severity": rule.severity,
+                "agents": rule.agents,
+                "active": rule.active,
+                "summary": rule.summary,
+                "url": f"{base}/kb/rules/{rule.id}",
+            }
+            for rule in sorted(kb.rules.values(), key=lambda r: r.id)
+        ],
+        "drugs": [
+            {"id": m.id, "name": m.name, "url": f"{base}/kb/drugs/{m.id}"}
+            for m in sorted(kb.monographs.values(), key=lambda m: m.id)
+        ],
+        "citations": msgspec.to_builtins(sorted(kb.citations.values(), key=lambda c: c.id)),
+    }
+    return Response(orjson.dumps(body, option=orjson.OPT_SORT_KEYS), media_type="application/json")
+
+
+# -- static files ----------------------------------------------------------------------------------------
+
+
+@router.get("/static/{name}", response_model=None)
+def static_file(name: str) -> Response:
+    """The page's own CSS and JavaScript (no CDN)."""
+    if name not in STATIC_FILES:
+        return Response("not found", status_code=404, media_type="text/plain")
+    response = FileResponse(STATIC_DIR / name, media_type=STATIC_FILES[name])
+    response.headers["Cache-Control"] = "public, max-age=3600"
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    return response

@@ -1,0 +1,228 @@
+"""Turn one evaluation result into what the patient-plan page shows: groups, traces, calendar, labels."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from typing import Any
+
+from spasticity_cds import api
+from spasticity_cds.engine.evaluator import Engine
+from spasticity_cds.engine.facts import Value
+from spasticity_cds.fhir.record import PatientRecord
+from spasticity_cds.interfaces.web.charts import Chart, build_charts
+
+SEVERITIES = (("critical", "Critical"), ("warning", "Warning"), ("info", "For information"))
+STATUS_WORDS = {
+    "current": "Current treatment",
+    "recommended": "Recommended",
+    "consider": "Consider",
+    "caution": "Use with caution",
+    "avoid": "Avoid",
+    "contraindicated": "Contraindicated",
+}
+FACT_LABELS = {
+    "obs.mas_max": "Highest Modified Ashworth grade",
+    "obs.mas_groups": "Muscle groups with Modified Ashworth grade 1 or more",
+    "obs.alt_x_uln": "ALT (multiple of upper limit)",
+    "obs.ast_x_uln": "AST (multiple of upper limit)",
+    "obs.bilirubin_x_uln": "Bilirubin (multiple of upper limit)",
+    "obs.orthostatic_sbp_drop": "Fall in systolic pressure on standing",
+    "obs.orthostatic_dbp_drop": "Fall in diastolic pressure on standing",
+    "obs.liver_days_since": "Days since the last liver tests",
+    "obs.liver_tested": "Liver tests on record",
+    "patient.age": "Age",
+    "patient.sex": "Sex",
+}
+MONITOR_HORIZON_DAYS = 365
+MONITOR_MAX_DATES = 4
+
+
+@dataclass
+class Trace:
+    """One rule's explanation: outcome, deciding nodes and the whole tree."""
+
+    rule_id: str
+    rule_version: int
+    outcome: str
+    deciding: list[dict[str, Any]]
+    tree: dict[str, Any]
+    summary: str
+
+
+@dataclass
+class MonitoringDate:
+    """One test due on one date for one agent."""
+
+    when: date
+    agent: str
+    test: str
+    what: str
+
+
+@dataclass
+class PlanView:
+    """The patient plan page's content."""
+
+    result: dict[str, Any]
+    patient: dict[str, str]
+    findings_by_severity: list[tuple[str, str, list[dict[str, Any]]]]
+    gaps: list[dict[str, Any]]
+    why: dict[str, list[Trace]]
+    why_not: dict[str, list[Trace]]
+    finding_traces: dict[str, Trace]
+    calendar: list[tuple[str, list[MonitoringDate]]]
+    charts: list[Chart]
+    highlight_rule: str | None = None
+    card_uuid: str | None = None
+    source_label: str = ""
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+def fact_label(name: str, engine: Engine) -> str:
+    """A clinician's name for a fact such as ``obs.egfr`` or ``med.baclofen.daily_dose``."""
+    if name in FACT_LABELS:
+        return FACT_LABELS[name]
+    parts = name.split(".")
+    concepts = {c.id: c.display for c in engine.kb.valuesets.concepts}
+    if len(parts) >= 2 and parts[1] in concepts:
+        tail = " ".join(parts[2:]).replace("_", " ")
+        return f"{concepts[parts[1]]} {tail}".strip()
+    if parts[0] == "def" and len(parts) == 2 and parts[1] in engine.kb.definitions:
+        return engine.kb.definitions[parts[1]].description
+    return name.replace("_", " ")
+
+
+def fact_text(fact: Mapping[str, Any]) -> str:
+    """A fact's value with unit, date and staleness, as a clinician reads it."""
+    value = fact.get("value")
+    if value is None:
+        return "missing" + (f" ({fact['note']})" if fact.get("note") else "")
+    if isinstance(value, bool):
+        text = "yes" if value else "no"
+    elif isinstance(value, float):
+        text = f"{value:.2f}".rstrip("0").rstrip(".")
+    else:
+        text = str(value)
+    if fact.get("unit"):
+        text += f" {fact['unit']}"
+    if fact.get("date"):
+        text += f" ({fact['date']}{', stale' if fact.get('stale') else ''})"
+    return text
+
+
+def patient_banner(record: PatientRecord, now: datetime) -> dict[str, str]:
+    """Name, sex, birth date and age from the Patient resource (strings; the template escapes them)."""
+    patient = record.patient
+    names = patient.get("name") or []
+    name = ""
+    if names and isinstance(names[0], dict):
+        first = names[0]
+        name = str(
+            first.get("text") or " ".join([*(str(g) for g in first.get("given") or []), str(first.get("family") or "")])
+        )
+    born = str(patient.get("birthDate") or "")
+    age = ""
+    try:
+        birth = date.fromisoformat(born[:10]) if len(born) >= 10 else None
+    except ValueError:
+        birth = None
+    if birth is not None:
+        today = now.date()
+        age = str(today.year - birth.year - ((today.month, today.day) < (birth.month, birth.day)))
+    return {
+        "name": name.strip() or "(no name recorded)",
+        "sex": str(patient.get("gender") or "not recorded"),
+        "birth_date": born or "not recorded",
+        "age": age,
+        "reference": record.patient_reference,
+    }
+
+
+def build_plan(
+    record: PatientRecord,
+    engine: Engine,
+    now: datetime,
+    settings: Mapping[str, Value] | None,
+    *,
+    highlight_rule: str | None = None,
+    card_uuid: str | None = None,
+    source_label: str = "",
+) -> PlanView:
+    """Evaluate once, explain every rule the page mentions, and lay out groups, calendar and charts."""
+    result = api.evaluate(record, now=now, engine=engine, settings=settings)
+    cache: dict[str, Trace] = {}
+
+    def trace(rule_id: str) -> Trace:
+        if rule_id not in cache:
+            raw = api.explain(record, rule_id, now=now, engine=engine, settings=settings)
+            rule = engine.kb.rules[rule_id]
+            cache[rule_id] = Trace(
+                rule_id, raw["rule_version"], raw["outcome"], raw["deciding"], raw["tree"], rule.summary
+            )
+        return cache[rule_id]
+
+    active_ids = {compiled.rule.id for compiled in engine.rules}
+    why: dict[str, list[Trace]] = {}
+    why_not: dict[str, list[Trace]] = {}
+    for option in result["options"]:
+        agent = option["agent"]
+        why[agent] = [trace(rule_id) for rule_id in option["because"] if rule_id in active_ids]
+        fired = set(option["because"])
+        naming = [
+            rule.id
+            for rule in engine.kb.rules.values()
+            if agent in rule.agents
+            and rule.id in active_ids
+            and rule.id not in fired
+            and (rule.effects or rule.effects_if_unknown)
+        ]
+        why_not[agent] = [trace(rule_id) for rule_id in sorted(naming)]
+    finding_traces = {f["id"]: trace(f["rule_id"]) for f in result["findings"] if f["rule_id"] in active_ids}
+    groups = [
+        (key, title, [f for f in result["findings"] if f["severity"] == key and f["kind"] != "data-gap"])
+        for key, title in SEVERITIES
+    ]
+    gaps = [f for f in result["findings"] if f["kind"] == "data-gap"]
+    active_settings = engine.settings_for(settings)
+    return PlanView(
+        result=result,
+        patient=patient_banner(record, now),
+        findings_by_severity=[group for group in groups if group[2]],
+        gaps=gaps,
+        why=why,
+        why_not=why_not,
+        finding_traces=finding_traces,
+        calendar=monitoring_calendar(result, now),
+        charts=build_charts(record, engine, dict(active_settings)),
+        highlight_rule=highlight_rule,
+        card_uuid=card_uuid,
+        source_label=source_label,
+    )
+
+
+def monitoring_calendar(result: Mapping[str, Any], now: datetime) -> list[tuple[str, list[MonitoringDate]]]:
+    """Due dates over the next year for agents the patient takes or is about to start, grouped by month."""
+    today = now.date()
+    items: list[MonitoringDate] = []
+    for finding in result["findings"]:
+        if finding["kind"] == "monitoring" and finding.get("action") == "liver-test":
+            items.append(MonitoringDate(today, ", ".join(finding["agents"]), "liver", finding["summary"]))
+    for option in result["options"]:
+        if not (option.get("current") or option.get("proposed")):
+            continue
+        for item in option.get("monitoring", []):
+            interval = item.get("interval_days")
+            if not interval:
+                continue
+            for k in range(1, MONITOR_MAX_DATES + 1):
+                when = today + timedelta(days=interval * k)
+                if (when - today).days > MONITOR_HORIZON_DAYS:
+                    break
+                items.append(MonitoringDate(when, option["name"], item["test"], item["what"]))
+    items.sort(key=lambda m: (m.when, m.agent, m.test))
+    months: dict[str, list[MonitoringDate]] = {}
+    for item in items:
+        months.setdefault(item.when.strftime("%B %Y"), []).append(item)
+    return list(months.items())

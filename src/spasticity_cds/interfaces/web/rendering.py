@@ -1,0 +1,102 @@
+"""Template rendering for the pages: one autoescaping Jinja environment, common context, headers and cookies."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+from typing import Any
+
+from fastapi import Request
+from fastapi.responses import HTMLResponse
+from fastapi.templating import Jinja2Templates
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+
+from spasticity_cds.interfaces.web.csrf import CSRF_COOKIE, CSRF_FIELD, csrf_token_for
+from spasticity_cds.interfaces.web.deps import AppState
+from spasticity_cds.interfaces.web.plan_view import STATUS_WORDS, fact_label, fact_text
+
+HERE = Path(__file__).resolve().parent
+TEMPLATE_DIR = HERE / "templates"
+STATIC_DIR = HERE / "static"
+SECURITY_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+        "object-src 'none'; base-uri 'none'; form-action 'self'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
+OVERRIDE_REASONS = (
+    ("patient-ineligible", "Patient does not meet eligibility for recommended action"),
+    ("action-completed", "Recommended action was already completed"),
+    ("action-unsuccessful", "Recommended action was previously unsuccessful"),
+    ("need-more-info", "Need more information, pending results or consult"),
+    ("wrong-time-workflow", "Shown at the wrong time in the workflow"),
+    ("does-not-align-latest-evidence", "Does not align with the latest evidence"),
+    ("risk-benefit-ratio", "My assessment of risk and benefit differs"),
+    ("patient-contraindication", "Patient has a contraindication to the recommended action"),
+    ("prefers-alternative", "Patient prefers an alternative approach or treatment"),
+    ("patient-refuses", "Patient refuses or declines"),
+    ("service-not-available", "Treatment or service is not practically available"),
+)
+OVERRIDE_SYSTEM = "http://terminology.hl7.org/CodeSystem/non-adherence-reason-codes"
+
+
+def _environment() -> Environment:
+    env = Environment(
+        loader=FileSystemLoader(str(TEMPLATE_DIR)),
+        autoescape=select_autoescape(enabled_extensions=("html", "svg"), default_for_string=True, default=True),
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters["fact_text"] = fact_text
+    env.filters["status_word"] = lambda status: STATUS_WORDS.get(str(status), str(status))
+    env.globals["new_id"] = lambda: str(uuid.uuid4())
+    env.globals["override_reasons"] = OVERRIDE_REASONS
+    env.globals["csrf_field"] = CSRF_FIELD
+    return env
+
+
+TEMPLATES = Jinja2Templates(env=_environment())
+
+
+def secure_cookies(state: AppState) -> bool:
+    """Cookies carry the Secure flag when the app is served over HTTPS."""
+    return state.settings.public_base_url.startswith("https://")
+
+
+def render(
+    request: Request,
+    state: AppState,
+    name: str,
+    context: dict[str, Any],
+    *,
+    status_code: int = 200,
+) -> HTMLResponse:
+    """Render a page with the shared context (knowledge base, disclaimer, CSRF token) and safe headers."""
+    token, fresh = csrf_token_for(request, state)
+    manifest = state.engine.kb.manifest
+    full = {
+        "kb": state.engine.kb,
+        "manifest": manifest,
+        "disclaimer": {"text": manifest.disclaimer.text, "citations": state.engine.cite(manifest.disclaimer.citations)},
+        "csrf_token": token,
+        "fact_label": lambda fact_name: fact_label(str(fact_name), state.engine),
+        "path": request.url.path,
+        **context,
+    }
+    response = TEMPLATES.TemplateResponse(request, name, full, status_code=status_code)
+    for header, value in SECURITY_HEADERS.items():
+        response.headers[header] = value
+    if fresh:
+        response.set_cookie(
+            CSRF_COOKIE,
+            token,
+            max_age=state.settings.session_max_age_s,
+            httponly=True,
+            samesite="lax",
+            secure=secure_cookies(state),
+            path="/",
+        )
+    return response

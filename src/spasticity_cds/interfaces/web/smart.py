@@ -1,0 +1,412 @@
+"""SMART App Launch 2 (EHR and standalone): discovery, PKCE S256, code exchange, FHIR reads, then the plan page."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import secrets
+import time
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import urlencode, urlsplit
+
+import httpx
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+
+from spasticity_cds import api
+from spasticity_cds.errors import SpasticityCdsError
+from spasticity_cds.interfaces.web.csrf import SESSION_COOKIE, BadSignatureError, session_signer
+from spasticity_cds.interfaces.web.deps import AppState, app_state
+from spasticity_cds.interfaces.web.plan_view import build_plan
+from spasticity_cds.interfaces.web.rendering import render, secure_cookies
+
+router = APIRouter()
+StateDep = Annotated[AppState, Depends(app_state)]
+
+RESOURCE_TYPES = ("Condition", "MedicationRequest", "Observation", "Procedure")
+FHIR_SCOPES = " ".join(f"patient/{t}.rs" for t in ("Patient", *RESOURCE_TYPES))
+EHR_SCOPE = f"launch openid fhirUser {FHIR_SCOPES}"
+STANDALONE_SCOPE = f"launch/patient openid fhirUser {FHIR_SCOPES}"
+DEFAULT_CLIENT_ID = "spasticity-cds"
+MAX_PAGES = 20
+MAX_RESOURCES = 20_000
+MAX_SESSIONS = 10_000
+
+
+class SmartError(SpasticityCdsError):
+    """A SMART launch step failed; the message is safe to show and holds no token or patient data."""
+
+    http_status = 502
+
+
+@dataclass(frozen=True)
+class SmartClient:
+    """How this app is registered with one EHR (FHIR base URL = issuer)."""
+
+    iss: str
+    client_id: str
+    client_secret: str | None = None
+    scope: str | None = None
+    label: str | None = None
+
+
+@dataclass
+class SmartSession:
+    """One browser's launch: PKCE and state before the redirect, then the token and patient context."""
+
+    created: float
+    iss: str
+    client: SmartClient
+    state: str = ""
+    verifier: str = ""
+    token_endpoint: str = ""
+    access_token: str = ""
+    patient: str = ""
+    app_context: str = ""
+    expires_at: float = 0.0
+
+
+class SessionStore:
+    """Server-side SMART sessions in memory, keyed by a random id that travels in a signed cookie."""
+
+    def __init__(self, max_age_s: int) -> None:
+        self.max_age_s = max_age_s
+        self._sessions: dict[str, SmartSession] = {}
+
+    def new(self, session: SmartSession) -> str:
+        self._purge()
+        if len(self._sessions) >= MAX_SESSIONS:
+            oldest = min(self._sessions, key=lambda key: self._sessions[key].created)
+            del self._sessions[oldest]
+        key = secrets.token_urlsafe(24).replace(".", "_")
+        self._sessions[key] = session
+        return key
+
+    def get(self, key: str) -> SmartSession | None:
+        self._purge()
+        return self._sessions.get(key)
+
+    def _purge(self) -> None:
+        now = time.time()
+        for key in [k for k, s in self._sessions.items() if now - s.created > self.max_age_s]:
+            del self._sessions[key]
+
+
+def _sessions(request: Request, state: AppState) -> SessionStore:
+    store: SessionStore | None = getattr(request.app.state, "smart_sessions", None)
+    if store is None:
+        store = SessionStore(state.settings.session_max_age_s)
+        request.app.state.smart_sessions = store
+    return store
+
+
+def load_clients(path: Path | None) -> list[SmartClient] | None:
+    """Registered clients from a TOML or JSON file (``[[clients]]`` with iss and client_id); None when unset."""
+    if path is None:
+        return None
+    raw: Any = tomllib.loads(path.read_text("utf-8")) if path.suffix == ".toml" else json.loads(path.read_text("utf-8"))
+    clients = raw.get("clients") if isinstance(raw, dict) else None
+    if not isinstance(clients, list):
+        raise SmartError("the SMART clients file needs a list named clients", where=str(path))
+    out = []
+    for item in clients:
+        if (
+            not isinstance(item, dict)
+            or not isinstance(item.get("iss"), str)
+            or not isinstance(item.get("client_id"), str)
+        ):
+            raise SmartError("each SMART client needs iss and client_id", where=str(path))
+        out.append(
+            SmartClient(
+                iss=item["iss"].rstrip("/"),
+                client_id=item["client_id"],
+                client_secret=item.get("client_secret"),
+                scope=item.get("scope"),
+                label=item.get("label"),
+            )
+        )
+    return out
+
+
+def client_for(iss: str, state: AppState) -> SmartClient:
+    """The registration for ``iss``; without a clients file a public client for allow-listed (or any) servers."""
+    parts = urlsplit(iss)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise SmartError("the launch did not name a valid FHIR server (iss)")
+    clients = load_clients(state.settings.smart_clients_file)
+    if clients is None:
+        allowed = [url.rstrip("/") for url in getattr(state.settings, "fhir_server_allowlist", ())]
+        if allowed and iss.rstrip("/") not in allowed:
+            raise SmartError("this FHIR server is not registered for SMART launch")
+        return SmartClient(iss=iss.rstrip("/"), client_id=DEFAULT_CLIENT_ID)
+    for client in clients:
+        if client.iss == iss.rstrip("/"):
+            return client
+    raise SmartError("this FHIR server is not registered for SMART launch")
+
+
+def pkce_pair() -> tuple[str, str]:
+    """A PKCE code verifier and its S256 challenge."""
+    verifier = secrets.token_urlsafe(48)
+    digest = hashlib.sha256(verifier.encode("ascii")).digest()
+    return verifier, base64.urlsafe_b64encode(digest).decode("ascii").rstrip("=")
+
+
+def _timeout(state: AppState) -> httpx.Timeout:
+    return httpx.Timeout(max(state.settings.fhir_timeout_s, 5.0))
+
+
+async def discover(client: httpx.AsyncClient, iss: str) -> dict[str, Any]:
+    """``{iss}/.well-known/smart-configuration``, checked for the endpoints and S256 support."""
+    try:
+        response = await client.get(f"{iss}/.well-known/smart-configuration", headers={"Accept": "application/json"})
+    except httpx.HTTPError:
+        raise SmartError("the FHIR server's SMART configuration could not be reached") from None
+    if response.status_code != 200:
+        raise SmartError(f"the FHIR server's SMART configuration answered HTTP {response.status_code}")
+    try:
+        config = response.json()
+    except ValueError:
+        raise SmartError("the FHIR server's SMART configuration is not JSON") from None
+    if not isinstance(config, dict):
+        raise SmartError("the FHIR server's SMART configuration is not a JSON object")
+    for key in ("authorization_endpoint", "token_endpoint"):
+        value = config.get(key)
+        if not isinstance(value, str) or urlsplit(value).scheme not in ("http", "https"):
+            raise SmartError(f"the SMART configuration has no usable {key}")
+    methods = config.get("code_challenge_methods_supported")
+    if not isinstance(methods, list) or "S256" not in methods:
+        raise SmartError("the authorization server does not offer PKCE S256, which SMART App Launch 2 requires")
+    return config
+
+
+@router.get("/smart/launch", response_model=None)
+async def smart_launch(request: Request, state: StateDep) -> Response:
+    """EHR launch (``iss`` and ``launch``) or standalone launch (``iss`` only); without ``iss`` a chooser page."""
+    iss = request.query_params.get("iss", "").strip()
+    launch = request.query_params.get("launch", "").strip()
+    if not iss:
+        try:
+            clients = load_clients(state.settings.smart_clients_file)
+        except SmartError as error:
+            return _error(request, state, error.message, 500)
+        return render(
+            request, state, "smart_launch.html", {"title": "Open a patient from an EHR", "clients": clients or []}
+        )
+    try:
+        client = client_for(iss, state)
+        async with httpx.AsyncClient(timeout=_timeout(state)) as http:
+            config = await discover(http, client.iss)
+    except SmartError as error:
+        return _error(request, state, error.message, 400 if "registered" in error.message else 502)
+    verifier, challenge = pkce_pair()
+    oauth_state = secrets.token_urlsafe(24)
+    session = SmartSession(
+        created=time.time(),
+        iss=client.iss,
+        client=client,
+        state=oauth_state,
+        verifier=verifier,
+        token_endpoint=config["token_endpoint"],
+    )
+    key = _sessions(request, state).new(session)
+    scope = client.scope or (EHR_SCOPE if launch else STANDALONE_SCOPE)
+    params = {
+        "response_type": "code",
+        "client_id": client.client_id,
+        "redirect_uri": redirect_uri(state),
+        "scope": scope,
+        "state": oauth_state,
+        "aud": client.iss,
+        "code_challenge": challenge,
+        "code_challenge_method": "S256",
+    }
+    if launch:
+        params["launch"] = launch
+    separator = "&" if "?" in config["authorization_endpoint"] else "?"
+    response = RedirectResponse(config["authorization_endpoint"] + separator + urlencode(params), status_code=302)
+    _set_session_cookie(response, request, state, key)
+    return response
+
+
+def redirect_uri(state: AppState) -> str:
+    """Where the authorization server sends the browser back to."""
+    return state.settings.public_base_url.rstrip("/") + "/smart/callback"
+
+
+def _set_session_cookie(response: Response, request: Request, state: AppState, key: str) -> None:
+    response.set_cookie(
+        SESSION_COOKIE,
+        session_signer(request, state).sign(key),
+        max_age=state.settings.session_max_age_s,
+        httponly=True,
+        samesite="lax",
+        secure=secure_cookies(state),
+        path="/",
+    )
+
+
+def _current(request: Request, state: AppState) -> SmartSession | None:
+    cookie = request.cookies.get(SESSION_COOKIE, "")
+    if not cookie:
+        return None
+    try:
+        key = session_signer(request, state).unsign(cookie, max_age_s=state.settings.session_max_age_s)
+    except BadSignatureError:
+        return None
+    return _sessions(request, state).get(key)
+
+
+@router.get("/smart/callback", response_model=None)
+async def smart_callback(request: Request, state: StateDep) -> Response:
+    """Check ``state``, exchange the code (with the PKCE verifier) for a token and the patient context."""
+    session = _current(request, state)
+    if session is None or not session.state:
+        return _error(
+            request, state, "This launch has expired or was started in another browser. Launch the app again.", 401
+        )
+    if request.query_params.get("error"):
+        code = request.query_params.get("error", "")[:60]
+        return _error(request, state, f"The EHR did not authorise the app ({code}).", 401)
+    returned = request.query_params.get("state", "")
+    if not hmac.compare_digest(returned.encode(), session.state.encode()):
+        return _error(request, state, "The launch could not be verified (state mismatch). Launch the app again.", 400)
+    code = request.query_params.get("code", "")
+    if not code:
+        return _error(request, state, "The EHR returned no authorisation code.", 400)
+    form = {
+        "grant_type": "authorization_code",
+        "code": code,
+        "redirect_uri": redirect_uri(state),
+        "code_verifier": session.verifier,
+        "client_id": session.client.client_id,
+    }
+    auth: httpx.Auth | None = None
+    if session.client.client_secret:
+        auth = httpx.BasicAuth(session.client.client_id, session.client.client_secret)
+    try:
+        async with httpx.AsyncClient(timeout=_timeout(state)) as http:
+            headers = {"Accept": "application/json"}
+            if auth is None:
+                answer = await http.post(session.token_endpoint, data=form, headers=headers)
+            else:
+                answer = await http.post(session.token_endpoint, data=form, auth=auth, headers=headers)
+    except httpx.HTTPError:
+        return _error(request, state, "The EHR's token endpoint could not be reached.", 502)
+    session.state, session.verifier = "", ""
+    try:
+        token = answer.json() if answer.status_code == 200 else None
+    except ValueError:
+        token = None
+    if not isinstance(token, dict) or not isinstance(token.get("access_token"), str):
+        return _error(request, state, f"The EHR refused the token request (HTTP {answer.status_code}).", 502)
+    patient = token.get("patient")
+    if not isinstance(patient, str) or not patient or "/" in patient:
+        return _error(request, state, "The EHR gave no patient context; open the app from a patient's chart.", 400)
+    session.access_token = token["access_token"]
+    session.patient = patient
+    expires_in = token.get("expires_in")
+    session.expires_at = time.time() + (float(expires_in) if isinstance(expires_in, int | float) else 300.0)
+    context = token.get("appContext")
+    if isinstance(context, dict):
+        context = json.dumps(context)
+    session.app_context = context if isinstance(context, str) else ""
+    return RedirectResponse("/smart/plan", status_code=303)
+
+
+async def read_patient_resources(
+    http: httpx.AsyncClient, base: str, patient_id: str, access_token: str
+) -> list[dict[str, Any]]:
+    """The Patient and its Condition, MedicationRequest, Observation and Procedure resources (paged searches)."""
+    headers = {"Authorization": f"Bearer {access_token}", "Accept": "application/fhir+json"}
+    patient = await _get_json(http, f"{base}/Patient/{patient_id}", headers)
+    if patient.get("resourceType") != "Patient":
+        raise SmartError("the FHIR server did not return the Patient")
+    resources: list[dict[str, Any]] = [patient]
+    for resource_type in RESOURCE_TYPES:
+        url: str | None = f"{base}/{resource_type}?{urlencode({'patient': patient_id, '_count': 200})}"
+        pages = 0
+        while url and pages < MAX_PAGES and len(resources) < MAX_RESOURCES:
+            bundle = await _get_json(http, url, headers)
+            pages += 1
+            for entry in bundle.get("entry") or ():
+                resource = entry.get("resource") if isinstance(entry, dict) else None
+                if isinstance(resource, dict) and resource.get("resourceType") == resource_type:
+                    resources.append(resource)
+            url = _next_link(bundle, base)
+    return resources
+
+
+def _next_link(bundle: dict[str, Any], base: str) -> str | None:
+    for link in bundle.get("link") or ():
+        if isinstance(link, dict) and link.get("relation") == "next" and isinstance(link.get("url"), str):
+            # Never send the token to another host: follow only links under the same FHIR base.
+            return link["url"] if link["url"].startswith(base + "/") else None
+    return None
+
+
+async def _get_json(http: httpx.AsyncClient, url: str, headers: dict[str, str]) -> dict[str, Any]:
+    try:
+        response = await http.get(url, headers=headers)
+    except httpx.HTTPError:
+        raise SmartError("the FHIR server could not be reached") from None
+    if response.status_code in (401, 403):
+        raise SmartError("the FHIR server refused access (the session may have expired); launch the app again")
+    if response.status_code != 200:
+        raise SmartError(f"the FHIR server answered HTTP {response.status_code}")
+    try:
+        body = response.json()
+    except ValueError:
+        raise SmartError("the FHIR server's answer is not JSON") from None
+    if not isinstance(body, dict):
+        raise SmartError("the FHIR server's answer is not a JSON object")
+    return body
+
+
+def _card_context(app_context: str) -> tuple[str | None, str | None]:
+    """The card uuid and rule id a CDS Hooks ``smart`` link put in ``appContext``, if it is our JSON."""
+    try:
+        parsed = json.loads(app_context) if app_context else None
+    except ValueError:
+        return None, None
+    if not isinstance(parsed, dict):
+        return None, None
+    card, rule = parsed.get("card"), parsed.get("rule")
+    return (card if isinstance(card, str) else None), (rule if isinstance(rule, str) else None)
+
+
+@router.get("/smart/plan", response_class=HTMLResponse)
+async def smart_plan(request: Request, state: StateDep) -> HTMLResponse:
+    """The launched patient's plan, read fresh from the EHR with the session's token."""
+    session = _current(request, state)
+    if session is None or not session.access_token or time.time() > session.expires_at:
+        return _error(request, state, "Your session has expired. Launch the app again from the EHR.", 401)
+    try:
+        async with httpx.AsyncClient(timeout=_timeout(state)) as http:
+            resources = await read_patient_resources(http, session.iss, session.patient, session.access_token)
+        record = api.read_patient(resources, source="SMART launch")
+    except SpasticityCdsError as error:
+        return _error(request, state, error.message, error.http_status if error.http_status != 500 else 502)
+    card_uuid, rule_id = _card_context(session.app_context)
+    now = state.clock()
+    plan = build_plan(
+        record,
+        state.engine,
+        now,
+        state.settings.kb_settings or None,
+        highlight_rule=rule_id if rule_id in state.engine.kb.rules else None,
+        card_uuid=card_uuid,
+        source_label="Opened from the EHR (SMART launch)",
+    )
+    return render(request, state, "plan.html", {"title": "Patient plan", "plan": plan, "return_to": "/smart/plan"})
+
+
+def _error(request: Request, state: AppState, message: str, status: int) -> HTMLResponse:
+    return render(
+        request, state, "error.html", {"title": "Could not open the patient", "message": message}, status_code=status
+    )

@@ -1,0 +1,39 @@
+// Small progressive enhancements; every page works without JavaScript.
+"use strict";
+document.addEventListener("DOMContentLoaded", function () {
+  document.querySelectorAll("form.js-feedback").forEach(function (form) {
+    var clicked = null;
+    form.querySelectorAll("button[type=submit]").forEach(function (button) {
+      button.addEventListener("click", function () { clicked = button; });
+    });
+    form.addEventListener("submit", function (event) {
+      if (!window.fetch) { return; }
+      event.preventDefault();
+      var data = new FormData(form);
+      if (clicked) { data.append(clicked.name, clicked.value); }
+      var status = form.querySelector(".thanks");
+      fetch(form.action, { method: "POST", body: new URLSearchParams(data), headers: { "Accept": "application/json" }, credentials: "same-origin" })
+        .then(function (response) { return response.json().then(function (body) { return { ok: response.ok, body: body }; }); })
+        .then(function (answer) {
+          if (answer.ok) {
+            status.textContent = "Thank you for your feedback!";
+            form.querySelectorAll("button").forEach(function (b) { b.disabled = true; });
+          } else {
+            status.textContent = answer.body.error || "Your feedback could not be saved.";
+          }
+        })
+        .catch(function () { status.textContent = "Your feedback could not be saved. Please try again."; });
+    });
+  });
+  document.querySelectorAll(".js-print").forEach(function (button) {
+    button.addEventListener("click", function () { window.print(); });
+  });
+  document.querySelectorAll(".js-expand").forEach(function (button) {
+    button.addEventListener("click", function () {
+      document.querySelectorAll("details.why, details.whynot").forEach(function (d) { d.open = true; });
+    });
+  });
+  window.addEventListener("beforeprint", function () {
+    document.querySelectorAll("details.why, details.whynot").forEach(function (d) { d.open = true; });
+  });
+});
