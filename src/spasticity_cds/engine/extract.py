@@ -43,11 +43,22 @@ class Observed:
 
 @dataclass(frozen=True, slots=True)
 class RawObservation:
-    """An observation matched to a concept, kept unread until its value is needed (usually only the latest is)."""
+    """An observation matched to a concept, kept unread until its value is needed (usually only the latest is).
 
-    when: date | None
+    ``stamp`` is the effective date as sent (ISO 8601 sorts as text); it is parsed only for the values used.
+    """
+
+    stamp: str
     holder: dict[str, Any]
-    source: str
+    resource: dict[str, Any]
+
+    @property
+    def when(self) -> date | None:
+        return parse_date(self.stamp)
+
+    @property
+    def source(self) -> str:
+        return reference_of(self.resource)
 
 
 @dataclass
@@ -174,11 +185,11 @@ class FactExtractor:
             )
             if found is None and not parts:
                 continue
-            when, source = _effective_date(resource), reference_of(resource)
+            when = _effective_text(resource)
             if found is not None:
-                out.observations.setdefault(found.concept.id, []).append(RawObservation(when, resource, source))
+                out.observations.setdefault(found.concept.id, []).append(RawObservation(when, resource, resource))
             for concept, component in parts:
-                out.observations.setdefault(concept.id, []).append(RawObservation(when, component, source))
+                out.observations.setdefault(concept.id, []).append(RawObservation(when, component, resource))
 
     def _read(self, concept: Concept, raw: RawObservation, notes: list[str]) -> Observed | None:
         """The observation's value in canonical units, or None (with a note when the unit is unknown)."""
@@ -525,8 +536,8 @@ def _count_refs(refs: list[str]) -> str:
     return refs[0] if len(refs) == 1 else f"{len(refs)} resources (e.g. {refs[0]})"
 
 
-def _raw_date(raw: RawObservation) -> date:
-    return raw.when or date.min
+def _raw_date(raw: RawObservation) -> str:
+    return raw.stamp
 
 
 def _unit_key(unit: str) -> str:
@@ -568,19 +579,16 @@ def _first_text(codeables: Any) -> str | None:
     return _text_of(codeables) if isinstance(codeables, list) else None
 
 
-def _effective_date(resource: dict[str, Any]) -> date | None:
+def _effective_text(resource: dict[str, Any]) -> str:
+    """The effective date-time string the resource carries, or "" (which sorts before every date)."""
+    for value in (resource.get("effectiveDateTime"), resource.get("effectiveInstant")):
+        if isinstance(value, str):
+            return value
     period = resource.get("effectivePeriod")
-    candidates = (
-        resource.get("effectiveDateTime"),
-        resource.get("effectiveInstant"),
-        period.get("start") if isinstance(period, dict) else None,
-        resource.get("issued"),
-    )
-    for candidate in candidates:
-        parsed = parse_date(candidate)
-        if parsed is not None:
-            return parsed
-    return None
+    if isinstance(period, dict) and isinstance(period.get("start"), str):
+        return str(period["start"])
+    issued = resource.get("issued")
+    return issued if isinstance(issued, str) else ""
 
 
 def _observation_value(holder: dict[str, Any], concept_id: str) -> tuple[float | bool | str | None, str | None]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
 
@@ -20,6 +20,7 @@ class Fact:
     stale: bool = False
     sources: tuple[str, ...] = ()
     note: str | None = None
+    _as_dict: dict[str, Any] | None = field(default=None, compare=False, repr=False)
 
     @property
     def usable(self) -> bool:
@@ -42,7 +43,13 @@ class Fact:
         return text
 
     def to_dict(self) -> dict[str, Any]:
-        """The fact as it appears in the result contract."""
+        """The fact as it appears in the result contract (built once per fact; results are read-only)."""
+        if self._as_dict is None:
+            object.__setattr__(self, "_as_dict", self._build_dict())
+        assert self._as_dict is not None
+        return self._as_dict
+
+    def _build_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"name": self.name, "value": self.value}
         if self.unit:
             out["unit"] = self.unit
