@@ -1,0 +1,57 @@
+"""`spasticity-cds serve`: the web app and CDS Hooks service on uvicorn, configured from a TOML file."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+APP_FACTORY = "spasticity_cds.interfaces.web.app:app_from_environment"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of `serve`; command-line values win over the configuration file."""
+    parser.add_argument("--config", type=Path, metavar="FILE", help="TOML settings (see docs/cds-hooks.md)")
+    parser.add_argument("--host", help="interface to listen on (default from the config, else 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="port to listen on (default from the config, else 8000)")
+    parser.add_argument("--workers", type=int, help="worker processes (share the store: use PostgreSQL for > 1)")
+    parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+
+
+def run(args: argparse.Namespace, console: Console) -> int:
+    """Check the configuration once (store migrated, trusted clients readable), then serve until stopped."""
+    import uvicorn
+
+    from spasticity_cds.interfaces.web.config import CONFIG_ENV, WebSettings, load_settings, load_trusted_issuers
+    from spasticity_cds.store import open_store
+
+    settings = load_settings(args.config) if args.config else WebSettings()
+    if settings.auth_required and settings.trusted_issuers_file:
+        load_trusted_issuers(settings.trusted_issuers_file)
+    open_store(settings.store_url).close()
+    if not settings.auth_required:
+        console.print("[bold red]WARNING: CDS Hooks authentication is OFF (auth_required = false).[/]")
+        console.print("[bold red]Any caller can use the service. Never run like this with real patient data.[/]")
+    workers = args.workers or settings.workers
+    if workers > 1 and not (settings.store_url or "").startswith("postgresql"):
+        console.print("[yellow]Several workers on SQLite: use a PostgreSQL store_url for real deployments.[/]")
+    if args.config:
+        os.environ[CONFIG_ENV] = str(args.config.resolve())
+    else:
+        os.environ.pop(CONFIG_ENV, None)
+    host, port = args.host or settings.host, args.port or settings.port
+    console.print(f"Serving CDS Hooks discovery at {settings.base_url}/cds-services (listening on {host}:{port})")
+    uvicorn.run(
+        APP_FACTORY,
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level=args.log_level,
+        server_header=False,
+    )
+    return 0

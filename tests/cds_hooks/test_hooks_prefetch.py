@@ -1,0 +1,316 @@
+"""Prefetch semantics: templates and tokens, absent/null/OperationOutcome/paginated values, FHIR fallback."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Any
+
+import pytest
+from fastapi import FastAPI
+
+from spasticity_cds.api import load_knowledge_base
+from spasticity_cds.cds_hooks.prefetch import plan_prefetch, render, templates_for
+from spasticity_cds.interfaces.web.app import create_app
+from spasticity_cds.interfaces.web.config import WebSettings
+from spasticity_cds.store import SqlFeedbackStore
+
+from .fhir_server import Behaviour, fhir_server
+from .helpers import (
+    PATIENT_ID,
+    REVIEW,
+    SIGN,
+    Client,
+    FrozenClock,
+    als,
+    baclofen_order,
+    call,
+    hook_request,
+    observations,
+    patient,
+    prefetch,
+    searchset,
+)
+
+ALLOWED_SEARCH = re.compile(r"^(patient=\{\{context\.patientId\}\}|code=[^&=]+|_sort=-date|_count=\d+)$")
+TOKEN = "fhir-access-token-not-for-logs"
+
+
+def test_templates_stay_within_the_query_restrictions() -> None:
+    for order_checks in (False, True):
+        for template in templates_for(load_knowledge_base(), order_checks=order_checks):
+            kind, _, query = template.query.partition("?")
+            if not query:
+                assert re.fullmatch(r"[A-Z][A-Za-z]+/\{\{context\.patientId\}\}", template.query)
+                continue
+            assert re.fullmatch(r"[A-Z][A-Za-z]+", kind)
+            assert all(ALLOWED_SEARCH.match(part) for part in query.split("&")), template.query
+
+
+def test_templates_follow_the_facts_the_rules_read() -> None:
+    keys = {t.key: t for t in templates_for(load_knowledge_base(), order_checks=True)}
+    assert {"patient", "conditions", "medications", "observations"} <= set(keys)
+    assert "http://loinc.org|98979-8" in keys["observations"].query  # eGFR, for the kidney dose rules
+    assert keys["patient"].required and keys["medications"].required and not keys["observations"].required
+
+
+def test_tokens_render_from_context_and_user() -> None:
+    context = {"patientId": "p1", "userId": "Practitioner/u9"}
+    assert render("Patient/{{context.patientId}}", context) == "Patient/p1"
+    assert render("Practitioner/{{userPractitionerId}}", context) == "Practitioner/u9"
+    assert render("Encounter/{{context.encounterId}}", context) is None
+    assert render("PractitionerRole/{{userPractitionerRoleId}}", context) is None
+
+
+def test_plan_sorts_absent_null_outcome_and_paged_values() -> None:
+    templates = templates_for(load_knowledge_base(), order_checks=False)
+    paged = searchset([als()]) | {"link": [{"relation": "next", "url": "http://fhir/Condition?page=2"}]}
+    given = {
+        "patient": patient(),
+        "conditions": paged,
+        "medications": None,
+        "observations": {"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "timeout"}]},
+    }
+    plan = plan_prefetch(templates, given, {"patientId": PATIENT_ID})
+    assert plan.absent_data == ["medications"]
+    assert plan.next_pages == {"conditions": "http://fhir/Condition?page=2"}
+    assert set(plan.to_fetch) == {"statements", "observations", "procedures", "devices"}
+    assert "observations" in plan.failed
+    assert plan.to_fetch["statements"] == f"MedicationStatement?patient={PATIENT_ID}"
+
+
+def _record(meds: list[dict[str, Any]] | None = None) -> dict[str, list[dict[str, Any]]]:
+    return {
+        "Patient": [patient()],
+        "Condition": [als()],
+        "MedicationRequest": meds or [],
+        "Observation": observations(),
+    }
+
+
+def _app(base_app_settings: WebSettings, store: SqlFeedbackStore, clock: FrozenClock, **changes: Any) -> FastAPI:
+    return create_app(dataclasses.replace(base_app_settings, **changes), store=store, clock=clock)
+
+
+def _fallback_request(server: str, **extra: Any) -> dict[str, Any]:
+    body = hook_request(
+        "patient-view",
+        fhirServer=server,
+        fhirAuthorization={
+            "access_token": TOKEN,
+            "token_type": "Bearer",
+            "expires_in": 300,
+            "scope": "user/*.read",
+            "subject": "cds",
+        },
+    )
+    body.update(extra)
+    return body
+
+
+def test_absent_keys_are_fetched_with_the_bearer_token(
+    app: FastAPI, client: Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    behaviour = Behaviour(resources=_record([baclofen_order(status="active")]))
+    with fhir_server(behaviour) as server:
+        response = call(
+            app,
+            "POST",
+            f"/cds-services/{REVIEW}",
+            json=_fallback_request(server),
+            headers=client.headers(f"/cds-services/{REVIEW}"),
+        )
+    assert response.status_code == 200
+    assert any("BACLOFEN-DOSE-ABOVE-CEILING" in card["source"]["url"] for card in response.json()["cards"])
+    paths = [path for path, _ in behaviour.requests]
+    assert f"/fhir/Patient/{PATIENT_ID}" in paths and any(p.startswith("/fhir/Observation?patient=") for p in paths)
+    assert {auth for _, auth in behaviour.requests} == {f"Bearer {TOKEN}"}
+    assert TOKEN not in caplog.text
+
+
+def test_searchset_pages_are_followed(app: FastAPI, client: Client) -> None:
+    behaviour = Behaviour(resources=_record([baclofen_order(status="active")]), page_size=3)
+    with fhir_server(behaviour) as server:
+        response = call(
+            app,
+            "POST",
+            f"/cds-services/{REVIEW}",
+            json=_fallback_request(server),
+            headers=client.headers(f"/cds-services/{REVIEW}"),
+        )
+    assert response.status_code == 200
+    assert any("_offset=3" in path for path, _ in behaviour.requests)
+    assert any("BACLOFEN-DOSE-ABOVE-CEILING" in card["source"]["url"] for card in response.json()["cards"])
+
+
+def test_prefetched_page_with_next_link_is_completed_from_the_server(app: FastAPI, client: Client) -> None:
+    record = _record()
+    behaviour = Behaviour(resources=record, page_size=5)
+    with fhir_server(behaviour) as server:
+        data = prefetch()
+        data["observations"] = searchset(record["Observation"][:5]) | {
+            "link": [{"relation": "next", "url": f"{server}/Observation?_offset=5"}]
+        }
+        response = call(
+            app,
+            "POST",
+            f"/cds-services/{REVIEW}",
+            json=_fallback_request(server, prefetch=data),
+            headers=client.headers(f"/cds-services/{REVIEW}"),
+        )
+    assert response.status_code == 200
+    assert [path for path, _ in behaviour.requests] == ["/fhir/Observation?_offset=5", "/fhir/Observation?_offset=10"]
+
+
+def test_null_means_no_data_and_is_not_queried_again(app: FastAPI, client: Client) -> None:
+    behaviour = Behaviour(resources=_record())
+    data = prefetch() | {"medications": None, "procedures": None}
+    with fhir_server(behaviour) as server:
+        response = call(
+            app,
+            "POST",
+            f"/cds-services/{REVIEW}",
+            json=_fallback_request(server, prefetch=data),
+            headers=client.headers(f"/cds-services/{REVIEW}"),
+        )
+    assert response.status_code == 200
+    assert behaviour.requests == []
+
+
+def test_operation_outcome_in_place_of_data_is_an_error_then_fetched(app: FastAPI, client: Client) -> None:
+    behaviour = Behaviour(resources=_record([baclofen_order(status="active")]))
+    data = prefetch() | {
+        "medications": {"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "timeout"}]}
+    }
+    with fhir_server(behaviour) as server:
+        response = call(
+            app,
+            "POST",
+            f"/cds-services/{REVIEW}",
+            json=_fallback_request(server, prefetch=data),
+            headers=client.headers(f"/cds-services/{REVIEW}"),
+        )
+    assert response.status_code == 200
+    assert [path for path, _ in behaviour.requests] == [f"/fhir/MedicationRequest?patient={PATIENT_ID}"]
+    assert any("BACLOFEN" in card["source"]["url"] for card in response.json()["cards"])
+
+
+def test_operation_outcome_without_a_server_is_412(app: FastAPI, client: Client) -> None:
+    data = prefetch() | {
+        "medications": {"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "timeout"}]}
+    }
+    response = call(
+        app,
+        "POST",
+        f"/cds-services/{REVIEW}",
+        json=hook_request("patient-view", prefetch_data=data),
+        headers=client.headers(f"/cds-services/{REVIEW}"),
+    )
+    assert response.status_code == 412
+    body = response.json()
+    assert body["resourceType"] == "OperationOutcome" and "medications" in body["issue"][0]["diagnostics"]
+
+
+def test_required_data_unobtainable_is_412(app: FastAPI, client: Client) -> None:
+    response = call(
+        app,
+        "POST",
+        f"/cds-services/{REVIEW}",
+        json=hook_request("patient-view"),
+        headers=client.headers(f"/cds-services/{REVIEW}"),
+    )
+    assert response.status_code == 412
+    assert response.json()["issue"][0]["code"] == "processing"
+
+
+def test_failing_server_is_412(app: FastAPI, client: Client) -> None:
+    with fhir_server(Behaviour(resources=_record(), fail_status=500)) as server:
+        response = call(
+            app,
+            "POST",
+            f"/cds-services/{REVIEW}",
+            json=_fallback_request(server),
+            headers=client.headers(f"/cds-services/{REVIEW}"),
+        )
+    assert response.status_code == 412
+    assert "HTTP 500" in response.json()["issue"][0]["diagnostics"]
+
+
+def test_slow_server_is_cut_off_by_the_time_budget(
+    settings: WebSettings, hook_store: SqlFeedbackStore, hook_clock: FrozenClock, client: Client
+) -> None:
+    app = _app(settings, hook_store, hook_clock, fhir_timeout_s=0.3)
+    with fhir_server(Behaviour(resources=_record(), delay_s=1.5)) as server:
+        response = call(
+            app,
+            "POST",
+            f"/cds-services/{REVIEW}",
+            json=_fallback_request(server),
+            headers=client.headers(f"/cds-services/{REVIEW}"),
+        )
+    assert response.status_code == 412
+    assert "0.3 s" in response.json()["issue"][0]["diagnostics"]
+
+
+def test_missing_optional_data_degrades_and_is_named_in_the_card(app: FastAPI, client: Client) -> None:
+    data = prefetch(meds=[baclofen_order(status="active")])
+    del data["procedures"], data["devices"]
+    response = call(
+        app,
+        "POST",
+        f"/cds-services/{REVIEW}",
+        json=hook_request("patient-view", prefetch_data=data),
+        headers=client.headers(f"/cds-services/{REVIEW}"),
+    )
+    assert response.status_code == 200
+    cards = response.json()["cards"]
+    assert cards and all("procedures: not obtained" in card["detail"] for card in cards)
+
+
+def test_fhir_server_outside_the_allow_list_is_never_called(
+    settings: WebSettings, hook_store: SqlFeedbackStore, hook_clock: FrozenClock, client: Client
+) -> None:
+    app = _app(settings, hook_store, hook_clock, fhir_server_allowlist=("https://fhir.example.org/",))
+    behaviour = Behaviour(resources=_record())
+    with fhir_server(behaviour) as server:
+        response = call(
+            app,
+            "POST",
+            f"/cds-services/{REVIEW}",
+            json=_fallback_request(server),
+            headers=client.headers(f"/cds-services/{REVIEW}"),
+        )
+    assert response.status_code == 412 and behaviour.requests == []
+
+
+def test_next_link_to_another_host_is_not_followed(app: FastAPI, client: Client) -> None:
+    behaviour = Behaviour(resources=_record())
+    with fhir_server(behaviour) as server:
+        data = prefetch()
+        data["medications"] = searchset([]) | {"link": [{"relation": "next", "url": "http://169.254.169.254/latest"}]}
+        response = call(
+            app,
+            "POST",
+            f"/cds-services/{REVIEW}",
+            json=_fallback_request(server, prefetch=data),
+            headers=client.headers(f"/cds-services/{REVIEW}"),
+        )
+    assert response.status_code == 412
+    assert "outside the FHIR server" in response.json()["issue"][0]["diagnostics"]
+
+
+def test_order_hook_for_an_unrelated_drug_needs_no_data(app: FastAPI, client: Client) -> None:
+    amoxicillin = baclofen_order() | {
+        "medicationCodeableConcept": {
+            "coding": [{"system": "http://www.nlm.nih.gov/research/umls/rxnorm", "code": "617993"}],
+            "text": "Amoxicillin",
+        }
+    }
+    response = call(
+        app,
+        "POST",
+        f"/cds-services/{SIGN}",
+        json=hook_request("order-sign", drafts=[amoxicillin]),
+        headers=client.headers(f"/cds-services/{SIGN}"),
+    )
+    assert response.status_code == 200 and response.json() == {"cards": []}
