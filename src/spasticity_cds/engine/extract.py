@@ -357,13 +357,16 @@ class FactExtractor:
         facts["obs.egfr"] = self._fact_from("obs.egfr", observed, self.concepts["egfr"], now, note)
 
     def _liver_facts(self, collected: _Collected, now: datetime, facts: dict[str, Fact]) -> None:
-        tests = [*collected.observations.get("alt", []), *collected.observations.get("ast", [])]
-        dated = [t.when for t in tests if t.when is not None]
-        facts["obs.liver_tested"] = Fact(
-            "obs.liver_tested", bool(tests), sources=tuple(sorted({t.source for t in tests}))[:3]
+        tests = sorted(
+            [*collected.observations.get("alt", []), *collected.observations.get("ast", [])],
+            key=_raw_day,
+            reverse=True,
         )
-        if dated:
-            last = max(dated)
+        facts["obs.liver_tested"] = Fact(
+            "obs.liver_tested", bool(tests), sources=tuple(dict.fromkeys(t.source for t in tests[:3]))
+        )
+        last = next((day for t in tests if (day := t.when) is not None), None)
+        if last is not None:
             facts["obs.liver_days_since"] = Fact(
                 "obs.liver_days_since", days_between(last, now), "days", last.isoformat()
             )
@@ -404,8 +407,8 @@ class FactExtractor:
     def _ashworth_facts(self, collected: _Collected, now: datetime, facts: dict[str, Fact]) -> None:
         concept = self.concepts["modified-ashworth"]
         raws = collected.observations.get("modified-ashworth", [])
-        last_day = max((raw.when for raw in raws if raw.when is not None), default=None)
-        read = (self._read(concept, raw, collected.notes) for raw in raws if raw.when == last_day)
+        last_day = max((_raw_day(raw) for raw in raws if raw.stamp), default=None)
+        read = (self._read(concept, raw, collected.notes) for raw in raws if raw.stamp and _raw_day(raw) == last_day)
         scores = [o for o in read if o is not None and isinstance(o.value, float)]
         dated = [o.when for o in scores if o.when is not None]
         if not dated:
@@ -538,6 +541,10 @@ def _count_refs(refs: list[str]) -> str:
 
 def _raw_date(raw: RawObservation) -> str:
     return raw.stamp
+
+
+def _raw_day(raw: RawObservation) -> str:
+    return raw.stamp[:10]
 
 
 def _unit_key(unit: str) -> str:
