@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
+import html
 import json
+import re
 import secrets
 import socket
 import threading
@@ -16,6 +19,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
+import httpx
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, RedirectResponse, Response
@@ -126,6 +130,7 @@ def write_demo_dir(folder: Path) -> Path:
 
 def make_app(tmp_path: Path, **settings: Any) -> FastAPI:
     """The real app from the factory, with a SQLite store, frozen clock, test demo bundles and the page router."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
     options: dict[str, Any] = {
         "store_url": f"sqlite:///{tmp_path / 'feedback.sqlite3'}",
         "session_secret": "test-secret",
@@ -294,3 +299,38 @@ def running_ehr(client_id: str, bundle: dict[str, Any], patient_id: str) -> Iter
     ehr.base = f"http://127.0.0.1:{sock.getsockname()[1]}"
     with serve(ehr.app, sock):
         yield ehr
+
+
+CSRF_INPUT = re.compile(r'name="csrf_token" value="([^"]+)"')
+FEEDBACK_ID = re.compile(r'name="feedback_id" value="([^"]+)"')
+
+
+class PageClient:
+    """A synchronous in-process client (httpx over ASGI) that keeps cookies between requests."""
+
+    def __init__(self, app: FastAPI, base_url: str = "http://testserver") -> None:
+        self.app = app
+        self.base_url = base_url
+        self.cookies = httpx.Cookies()
+
+    def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        async def run() -> httpx.Response:
+            transport = httpx.ASGITransport(app=self.app)
+            async with httpx.AsyncClient(transport=transport, base_url=self.base_url, cookies=self.cookies) as client:
+                response = await client.request(method, path, **kwargs)
+                self.cookies = httpx.Cookies(client.cookies)
+                return response
+
+        return asyncio.run(run())
+
+    def get(self, path: str, **kwargs: Any) -> httpx.Response:
+        return self.request("GET", path, **kwargs)
+
+    def post(self, path: str, **kwargs: Any) -> httpx.Response:
+        return self.request("POST", path, **kwargs)
+
+    def csrf(self, path: str = "/") -> str:
+        """Load a page and return the CSRF token in its forms (the cookie is kept)."""
+        match = CSRF_INPUT.search(self.get(path).text)
+        assert match is not None, f"no CSRF token on {path}"
+        return html.unescape(match.group(1))

@@ -12,8 +12,8 @@ from spasticity_cds.engine.facts import parse_date
 from spasticity_cds.fhir.record import PatientRecord, reference_of
 from spasticity_cds.knowledge.schema import Node
 
-WIDTH, HEIGHT = 600, 220
-LEFT, RIGHT, TOP, BOTTOM = 52, 150, 14, 34
+WIDTH, HEIGHT = 560, 240
+LEFT, RIGHT, TOP, BOTTOM = 48, 86, 14, 34
 COLOURS = ("#1f4e99", "#b35900", "#2d7a2d")
 DASHES = ("", "6 3", "2 3")
 
@@ -68,11 +68,12 @@ class Line:
 
 @dataclass(frozen=True)
 class Threshold:
-    """A horizontal rule threshold line with where it comes from."""
+    """A horizontal rule threshold line: its value, a short label on the chart and the rules that use it."""
 
     value: float
     label: str
     y: float
+    owners: str = ""
 
 
 @dataclass
@@ -133,7 +134,7 @@ def build_charts(record: PatientRecord, engine: Engine, settings: dict[str, Any]
     return charts
 
 
-def thresholds_for(spec: ChartSpec, engine: Engine, settings: dict[str, Any]) -> list[tuple[float, str]]:
+def thresholds_for(spec: ChartSpec, engine: Engine, settings: dict[str, Any]) -> list[tuple[float, str, str]]:
     """Numeric cut-offs the knowledge base's rules and definitions apply to this chart's facts."""
     found: dict[float, list[str]] = {}
     roots: list[tuple[str, Node]] = [(rule.id, rule.when) for rule in engine.kb.rules.values() if rule.active]
@@ -152,9 +153,8 @@ def thresholds_for(spec: ChartSpec, engine: Engine, settings: dict[str, Any]) ->
             found.setdefault(round(float(raw) * scale, 3), []).append(owner)
     out = []
     for value, owners in sorted(found.items()):
-        owner_text = ", ".join(sorted(set(owners))[:2]) + (" ..." if len(set(owners)) > 2 else "")
-        label = f"{value:g}" + (f" ({value / scale:g}x ULN)" if spec.key == "alt" else "") + f" {owner_text}"
-        out.append((value, label))
+        label = f"{value:g}" + (f" ({value / scale:g}x ULN)" if spec.key == "alt" else f" {spec.unit}"[:6])
+        out.append((value, label, ", ".join(sorted(set(owners)))))
     return out
 
 
@@ -203,8 +203,8 @@ def _nice_step(span: float) -> float:
     return 10 * magnitude
 
 
-def _layout(spec: ChartSpec, lines: list[Line], thresholds: list[tuple[float, str]]) -> Chart:
-    values = [p.value for line in lines for p in line.points] + [value for value, _ in thresholds]
+def _layout(spec: ChartSpec, lines: list[Line], thresholds: list[tuple[float, str, str]]) -> Chart:
+    values = [p.value for line in lines for p in line.points] + [value for value, _, _ in thresholds]
     low, high = min(values), max(values)
     step = _nice_step(high - low)
     low = (low // step) * step - (step if low % step == 0 and low > 0 else 0)
@@ -238,7 +238,7 @@ def _layout(spec: ChartSpec, lines: list[Line], thresholds: list[tuple[float, st
         title=spec.title,
         unit=spec.unit,
         lines=lines,
-        thresholds=[Threshold(value, label, y_of(value)) for value, label in thresholds],
+        thresholds=[Threshold(value, label, y_of(value), owners) for value, label, owners in thresholds],
         y_ticks=ticks,
         x_ticks=x_ticks,
     )

@@ -144,7 +144,7 @@ def _start_page(
         "med_rows": range(manual_form.MED_ROWS),
         "mas_rows": range(manual_form.MAS_ROWS),
         "sexes": manual_form.SEXES,
-        "max_upload_mb": state.settings.max_body_bytes / (1024 * 1024),
+        "max_upload_bytes": max(state.settings.max_body_bytes - MULTIPART_OVERHEAD, state.settings.max_body_bytes // 2),
         "today": state.clock().date().isoformat(),
     }
     return render(request, state, "patient_start.html", context, status_code=status_code)
@@ -295,7 +295,8 @@ def demo_patient(demo_id: str, request: Request, state: StateDep) -> HTMLRespons
 @router.post("/patients/upload", response_class=HTMLResponse)
 async def upload_patient(request: Request, state: StateDep) -> HTMLResponse:
     """Evaluate an uploaded FHIR Bundle (JSON) or NDJSON file; problems are shown on the page."""
-    limit = state.settings.max_body_bytes
+    # Below the app-wide body limit, so that a too-large file still gets this page and its message.
+    limit = max(state.settings.max_body_bytes - MULTIPART_OVERHEAD, state.settings.max_body_bytes // 2)
     too_big = f"The file is larger than the limit of {limit / (1024 * 1024):g} MB."
     try:
         form = await read_form(request, limit + MULTIPART_OVERHEAD)

@@ -194,7 +194,7 @@ def build_plan(
         why=why,
         why_not=why_not,
         finding_traces=finding_traces,
-        calendar=monitoring_calendar(result, now),
+        calendar=monitoring_calendar(result, now, engine),
         charts=build_charts(record, engine, dict(active_settings)),
         highlight_rule=highlight_rule,
         card_uuid=card_uuid,
@@ -202,25 +202,36 @@ def build_plan(
     )
 
 
-def monitoring_calendar(result: Mapping[str, Any], now: datetime) -> list[tuple[str, list[MonitoringDate]]]:
-    """Due dates over the next year for agents the patient takes or is about to start, grouped by month."""
+def monitoring_calendar(
+    result: Mapping[str, Any], now: datetime, engine: Engine
+) -> list[tuple[str, list[MonitoringDate]]]:
+    """What is due today (monitoring findings, liver-test actions) and the monographs' scheduled tests, by month.
+
+    Scheduled tests come from each monograph's ``first_due_days``, ``interval_days`` and ``until_days`` for the
+    agents the patient takes or is about to start, counted from today, for at most a year.
+    """
     today = now.date()
     items: list[MonitoringDate] = []
     for finding in result["findings"]:
-        if finding["kind"] == "monitoring" and finding.get("action") == "liver-test":
-            items.append(MonitoringDate(today, ", ".join(finding["agents"]), "liver", finding["summary"]))
+        if finding["kind"] == "monitoring" or finding.get("action") == "liver-test":
+            test = "liver" if finding.get("action") == "liver-test" else "review"
+            items.append(MonitoringDate(today, ", ".join(finding["agents"]) or "all agents", test, finding["summary"]))
     for option in result["options"]:
-        if not (option.get("current") or option.get("proposed")):
+        monograph = engine.monograph_by_agent.get(option["agent"])
+        if monograph is None or not (option.get("current") or option.get("proposed")):
             continue
-        for item in option.get("monitoring", []):
-            interval = item.get("interval_days")
-            if not interval:
+        for item in monograph.monitoring:
+            if item.first_due_days is None and not item.interval_days:
                 continue
-            for k in range(1, MONITOR_MAX_DATES + 1):
-                when = today + timedelta(days=interval * k)
-                if (when - today).days > MONITOR_HORIZON_DAYS:
+            offset = item.first_due_days or 0
+            until = min(item.until_days or MONITOR_HORIZON_DAYS, MONITOR_HORIZON_DAYS)
+            for _ in range(MONITOR_MAX_DATES):
+                if offset > until:
                     break
-                items.append(MonitoringDate(when, option["name"], item["test"], item["what"]))
+                items.append(MonitoringDate(today + timedelta(days=offset), option["name"], item.test, item.what))
+                if not item.interval_days:
+                    break
+                offset += item.interval_days
     items.sort(key=lambda m: (m.when, m.agent, m.test))
     months: dict[str, list[MonitoringDate]] = {}
     for item in items:

@@ -25,6 +25,18 @@ document.addEventListener("DOMContentLoaded", function () {
         .catch(function () { status.textContent = "Your feedback could not be saved. Please try again."; });
     });
   });
+  document.querySelectorAll("form.upload[data-max-bytes]").forEach(function (form) {
+    form.addEventListener("submit", function (event) {
+      var input = form.querySelector("input[type=file]");
+      var limit = parseInt(form.getAttribute("data-max-bytes"), 10);
+      var box = document.querySelector(".js-upload-error");
+      if (input && input.files.length && input.files[0].size > limit) {
+        event.preventDefault();
+        box.textContent = "The file is larger than the limit of " + (limit / 1048576).toFixed(1) + " MB.";
+        box.hidden = false;
+      }
+    });
+  });
   document.querySelectorAll(".js-print").forEach(function (button) {
     button.addEventListener("click", function () { window.print(); });
   });

@@ -1,0 +1,130 @@
+"""The answer page: the ladder with sources and unknowns, and "Did this answer your question?" stored once."""
+
+from __future__ import annotations
+
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+import pages_support as support
+
+from spasticity_cds.store import PageContext
+
+
+@pytest.fixture
+def client(tmp_path: Path) -> support.PageClient:
+    return support.PageClient(support.make_app(tmp_path))
+
+
+def test_answer_page_shows_the_ladder_with_citations_statuses_and_unknowns(client: support.PageClient) -> None:
+    response = client.get("/")
+    assert response.status_code == 200
+    page = response.text
+    kb = client.app.state.cds.engine.kb
+    for step in kb.ladder.steps:
+        assert f'id="step-{step.agent}"' in page
+        for ref in step.citations:
+            assert f'href="/kb/citations#{ref.id}"' in page
+    assert "What the evidence does not know" in page
+    for gap in kb.manifest.evidence_gaps:
+        assert gap.text.split(" - ")[0][:40] in page.replace("&#39;", "'")
+    assert page.count("<h1>") == 1
+    assert 'class="ev ev-C-primary"' in page and 'class="ev ev-C-secondary"' in page
+    assert "Decision support, not a decision." in page
+    assert response.headers["content-security-policy"].startswith("default-src 'self'")
+    assert "cds_csrf" in response.headers["set-cookie"]
+
+
+def _answer(client: support.PageClient, key: str, answered: str = "yes", **extra: str) -> object:
+    token = client.csrf("/")
+    data = {"csrf_token": token, "feedback_id": key, "context": "answer-page", "return_to": "/", "answered": answered}
+    data.update(extra)
+    return client.post("/feedback", data=data)
+
+
+def test_feedback_is_stored_once_per_idempotency_key_and_redirects_back(client: support.PageClient) -> None:
+    key = str(uuid.uuid4())
+    first = _answer(client, key, "no", comment="Needs dosing in renal failure")
+    assert first.status_code == 303  # type: ignore[attr-defined]
+    assert first.headers["location"] == "/?feedback=thanks#feedback"  # type: ignore[attr-defined]
+    _answer(client, key, "no", comment="Needs dosing in renal failure")
+    stored = client.app.state.cds.store.list_page_feedback()
+    assert len(stored) == 1
+    item = stored[0]
+    assert item.id == uuid.UUID(key)
+    assert item.context is PageContext.ANSWER_PAGE
+    assert item.answered is False
+    assert item.comment == "Needs dosing in renal failure"
+    assert item.kb_version == client.app.state.cds.engine.kb.version
+    assert item.created_at == support.FROZEN_NOW
+    assert "Thank you for your feedback!" in client.get("/?feedback=thanks").text
+
+
+def test_feedback_by_script_gets_json(client: support.PageClient) -> None:
+    token = client.csrf("/")
+    response = client.post(
+        "/feedback",
+        data={"csrf_token": token, "feedback_id": str(uuid.uuid4()), "context": "answer-page", "answered": "yes"},
+        headers={"Accept": "application/json"},
+    )
+    assert response.status_code == 200
+    assert response.json() == {"stored": True, "new": True}
+
+
+@pytest.mark.parametrize("token", ["", "forged.1.abc", None])
+def test_feedback_without_a_valid_csrf_token_is_refused(client: support.PageClient, token: str | None) -> None:
+    real = client.csrf("/")
+    data = {
+        "csrf_token": real if token is None else token,
+        "feedback_id": str(uuid.uuid4()),
+        "context": "answer-page",
+        "answered": "yes",
+    }
+    if token is None:
+        client.cookies = type(client.cookies)()  # the form's token without its cookie: not a double submit
+    response = client.post("/feedback", data=data)
+    assert response.status_code == 403
+    assert "The form has expired" in response.text
+    assert client.app.state.cds.store.list_page_feedback() == []
+
+
+def test_feedback_token_from_another_secret_is_refused(tmp_path: Path) -> None:
+    other = support.PageClient(support.make_app(tmp_path / "other", session_secret="another-secret"))
+    foreign = other.csrf("/")
+    client = support.PageClient(support.make_app(tmp_path))
+    client.csrf("/")
+    client.cookies.set("cds_csrf", foreign)
+    data = {"csrf_token": foreign, "feedback_id": str(uuid.uuid4()), "context": "answer-page", "answered": "yes"}
+    assert client.post("/feedback", data=data).status_code == 403
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("feedback_id", "not-a-uuid", "answer id"),
+        ("context", "elsewhere", "Unknown feedback context"),
+        ("rule_id", "NO-SUCH-RULE", "Unknown rule"),
+        ("override_reason", "because", "Unknown override reason"),
+        ("answered", "", "Choose yes or no"),
+    ],
+)
+def test_bad_feedback_gets_a_clear_message(client: support.PageClient, field: str, value: str, message: str) -> None:
+    token = client.csrf("/")
+    data = {"csrf_token": token, "feedback_id": str(uuid.uuid4()), "context": "answer-page", "answered": "yes"}
+    data[field] = value
+    response = client.post("/feedback", data=data)
+    assert response.status_code == 400
+    assert message in response.text
+    assert "Traceback" not in response.text
+
+
+def test_static_files_are_served_locally(client: support.PageClient) -> None:
+    page = client.get("/").text
+    assert 'src="/static/app.js"' in page and "http" not in page.split("<body>")[0].replace("http-equiv", "")
+    assert client.get("/static/app.css").status_code == 200
+    assert client.get("/static/app.js").headers["content-type"].startswith("text/javascript")
+    assert client.get("/static/..%2Fpages.py").status_code == 404
+    assert client.get("/static/other.css").status_code == 404

@@ -1,0 +1,320 @@
+"""The patient plan: demo, upload and hand entry all run the same evaluator; every record value is escaped."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+import pages_support as support
+
+from spasticity_cds import api
+from spasticity_cds.interfaces.web import manual_form
+from spasticity_cds.store import PageContext
+
+
+@pytest.fixture
+def client(tmp_path: Path) -> support.PageClient:
+    return support.PageClient(support.make_app(tmp_path))
+
+
+def _expected(bundle: object) -> dict[str, object]:
+    return api.evaluate(bundle, now=support.FROZEN_NOW)  # type: ignore[arg-type]
+
+
+def test_demo_patient_plan_shows_options_findings_citations_and_traces(client: support.PageClient) -> None:
+    response = client.get("/patients/demo/ada")
+    assert response.status_code == 200
+    page = response.text
+    result = _expected(support.trend_bundle())
+    assert "Ada Example" in page
+    for option in result["options"]:  # type: ignore[attr-defined]
+        assert f'id="opt-{option["agent"]}"' in page
+        assert f'class="status status-{option["status"]}"' in page
+    statuses = re.findall(r'<tr class="row-([a-z]+)">', page)
+    assert statuses == [o["status"] for o in result["options"]]  # type: ignore[attr-defined]
+    for finding in result["findings"]:  # type: ignore[attr-defined]
+        assert f'id="f-{finding["id"]}"' in page
+        for citation in finding["citations"]:
+            assert f'href="/kb/citations#{citation["id"]}"' in page
+    assert 'id="sev-warning"' in page
+    assert "Why: the rule and the data it used" in page
+    assert "Why not: rules about Tizanidine that did not apply" in page
+    assert page.count("<h1>") == 1
+    assert result["disclaimer"]["text"] in page  # type: ignore[index]
+
+
+def test_dose_plan_is_a_dated_titration_table_and_monitoring_has_dates(client: support.PageClient) -> None:
+    page = client.get("/patients/demo/ada").text
+    result = _expected(support.trend_bundle())
+    with_plan = [o for o in result["options"] if o.get("dose_plan", {}).get("steps")]  # type: ignore[attr-defined]
+    assert with_plan
+    for step in with_plan[0]["dose_plan"]["steps"]:
+        assert f"<td>{step['date']}</td>" in page
+    assert 'id="monitoring"' in page
+    assert re.search(r'<time datetime="2026-1[12]-\d\d">', page) or re.search(r'<time datetime="2027-', page)
+
+
+def test_trend_charts_are_inline_svg_with_rule_thresholds(client: support.PageClient) -> None:
+    page = client.get("/patients/demo/ada").text
+    for key in ("fvc", "egfr", "alt", "bp"):
+        assert f'id="chart-{key}"' in page
+    fvc = page.split('id="chart-fvc"')[1].split("</figure>")[0]
+    assert "<svg" in fvc and 'class="threshold"' in fvc
+    assert "50 %" in fvc and "80 %" in fvc
+    alt = page.split('id="chart-alt"')[1].split("</figure>")[0]
+    assert "120 (3x ULN)" in alt
+    assert "<script" not in fvc
+
+
+def test_every_record_value_is_escaped(client: support.PageClient) -> None:
+    page = client.get("/patients/demo/evil").text
+    assert "<script>alert" not in page
+    assert "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;" in page
+    listing = client.get("/patients").text
+    assert "<script>alert" not in listing
+
+
+@pytest.mark.parametrize("demo", ["nobody", "..%2Fada", ".hidden", "a" * 120])
+def test_unknown_demo_patient_is_a_clear_404(client: support.PageClient, demo: str) -> None:
+    response = client.get(f"/patients/demo/{demo}")
+    assert response.status_code == 404
+    assert "Ada Example" not in response.text
+    if "/" not in demo and "%2F" not in demo:
+        assert "There is no demo patient with that name." in response.text
+
+
+def test_finding_feedback_is_stored_with_rule_id_version_and_override_reason(client: support.PageClient) -> None:
+    page = client.get("/patients/demo/ada").text
+    token = support.CSRF_INPUT.search(page).group(1)  # type: ignore[union-attr]
+    result = _expected(support.trend_bundle())
+    finding = next(f for f in result["findings"] if f["kind"] != "data-gap")  # type: ignore[attr-defined]
+    assert f'name="rule_id" value="{finding["rule_id"]}"' in page
+    key = str(uuid.uuid4())
+    data = {
+        "csrf_token": token,
+        "feedback_id": key,
+        "context": "finding",
+        "rule_id": finding["rule_id"],
+        "rule_version": str(finding["rule_version"]),
+        "useful": "no",
+        "override_reason": "risk-benefit-ratio",
+        "comment": "tolerated for years",
+        "return_to": "/patients/demo/ada",
+    }
+    response = client.post("/feedback", data=data)
+    assert response.status_code == 303
+    assert response.headers["location"].startswith("/patients/demo/ada?feedback=thanks")
+    item = client.app.state.cds.store.list_page_feedback()[0]
+    assert item.context is PageContext.FINDING
+    assert (item.rule_id, item.rule_version, item.useful) == (finding["rule_id"], finding["rule_version"], False)
+    assert item.override_reason_code == "risk-benefit-ratio"
+    report = {(s.rule_id, s.rule_version): s for s in client.app.state.cds.store.feedback_report()}
+    assert report[(finding["rule_id"], finding["rule_version"])].page_useful_no == 1
+
+
+def test_feedback_return_to_only_accepts_our_own_paths(client: support.PageClient) -> None:
+    token = client.csrf("/")
+    data = {
+        "csrf_token": token,
+        "feedback_id": str(uuid.uuid4()),
+        "context": "patient-plan",
+        "answered": "yes",
+        "return_to": "https://evil.example/",
+    }
+    response = client.post("/feedback", data=data)
+    assert response.status_code == 200
+    assert "Thank you for your feedback!" in response.text
+
+
+# -- upload ----------------------------------------------------------------------------------------------
+
+
+def _upload(client: support.PageClient, content: bytes, name: str = "bundle.json", token: str | None = None) -> object:
+    token = client.csrf("/patients") if token is None else token
+    return client.post(
+        "/patients/upload", data={"csrf_token": token}, files={"bundle": (name, content, "application/json")}
+    )
+
+
+def test_upload_json_bundle_and_ndjson_give_the_same_plan(client: support.PageClient) -> None:
+    bundle = support.trend_bundle()
+    as_json = _upload(client, json.dumps(bundle).encode())
+    assert as_json.status_code == 200  # type: ignore[attr-defined]
+    ndjson = "\n".join(json.dumps(entry["resource"]) for entry in bundle["entry"]).encode()
+    as_ndjson = _upload(client, ndjson, "patient.ndjson")
+    assert as_ndjson.status_code == 200  # type: ignore[attr-defined]
+    rows = [re.findall(r'<tr class="row-([a-z]+)">', r.text) for r in (as_json, as_ndjson)]  # type: ignore[attr-defined]
+    assert rows[0] == rows[1] == [o["status"] for o in _expected(bundle)["options"]]  # type: ignore[attr-defined]
+    assert "Uploaded file" in as_json.text  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"{not json", "The file could not be used"),
+        (b'{"resourceType": "Observation", "id": "x"}', "The file could not be used"),
+        (b"   ", "The file is empty."),
+        (b"\xff\xfe\x00garbage", "The file could not be used"),
+    ],
+)
+def test_broken_upload_shows_a_clear_message_not_a_traceback(
+    client: support.PageClient, content: bytes, message: str
+) -> None:
+    response = _upload(client, content)
+    assert response.status_code == 400  # type: ignore[attr-defined]
+    text = response.text  # type: ignore[attr-defined]
+    assert 'id="upload-error"' in text and message in text
+    assert "Traceback" not in text and 'File "' not in text
+
+
+def test_upload_over_the_limit_is_refused_on_the_page(tmp_path: Path) -> None:
+    client = support.PageClient(support.make_app(tmp_path, max_body_bytes=200_000))
+    response = _upload(client, b" " * 150_000 + json.dumps(support.trend_bundle()).encode())
+    assert response.status_code == 413  # type: ignore[attr-defined]
+    assert "larger than the limit" in response.text  # type: ignore[attr-defined]
+
+
+def test_upload_without_csrf_is_refused(client: support.PageClient) -> None:
+    client.csrf("/patients")
+    response = _upload(client, json.dumps(support.trend_bundle()).encode(), token="bad")
+    assert response.status_code == 403  # type: ignore[attr-defined]
+    assert "The form has expired" in response.text  # type: ignore[attr-defined]
+
+
+def test_upload_without_a_file(client: support.PageClient) -> None:
+    token = client.csrf("/patients")
+    response = client.post("/patients/upload", data={"csrf_token": token}, files={"other": ("x", b"1", "text/plain")})
+    assert response.status_code == 400
+    assert "Choose a FHIR JSON or NDJSON file" in response.text
+
+
+def test_no_patient_data_in_logs(client: support.PageClient, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    client.get("/patients/demo/evil")
+    _upload(client, json.dumps(support.script_bundle()).encode())
+    _upload(client, b'{"resourceType": "Bundle", "entry": [{"resource": {"resourceType": "Patient", "name": "Zed"}}')
+    logged = "\n".join(record.getMessage() for record in caplog.records)
+    assert "<script>" not in logged and "Zed" not in logged and "1960-05-01" not in logged
+
+
+# -- hand entry ----------------------------------------------------------------------------------------------
+
+
+FORM = {
+    "age": "61",
+    "sex": "male",
+    "als": "yes",
+    "measured_on": "2026-11-20",
+    "weight": "70",
+    "creatinine": "1.4",
+    "creatinine_unit": "mg/dL",
+    "alt": "35",
+    "ast": "30",
+    "bilirubin": "0.8",
+    "fvc": "45",
+    "niv": "yes",
+    "sbp_lying": "130",
+    "dbp_lying": "80",
+    "sbp_standing": "105",
+    "dbp_standing": "70",
+    "dysphagia": "yes",
+    "gastrostomy": "yes",
+    "relies_on_tone": "yes",
+    "med0_drug": "baclofen",
+    "med0_dose": "20",
+    "med0_times": "3",
+    "med1_drug": "diazepam",
+    "med1_dose": "5",
+    "med1_times": "1",
+    "mas0_muscle": "left elbow flexors",
+    "mas0_grade": "3",
+    "mas1_muscle": "right knee extensors",
+    "mas1_grade": "1+",
+}
+
+
+def test_manual_form_builds_a_coded_bundle_and_runs_the_same_evaluator(client: support.PageClient) -> None:
+    token = client.csrf("/patients")
+    response = client.post("/patients/manual", data={**FORM, "csrf_token": token})
+    assert response.status_code == 200
+    kb = client.app.state.cds.engine.kb
+    entry = manual_form.read_form(FORM, kb, support.FROZEN_NOW.date())
+    assert entry.ok, entry.errors
+    bundle = manual_form.build_bundle(entry, kb, support.FROZEN_NOW.date())
+    result = _expected(bundle)
+    statuses = re.findall(r'<tr class="row-([a-z]+)">', response.text)
+    assert statuses == [o["status"] for o in result["options"]]  # type: ignore[attr-defined]
+    assert result["standing"]["current_agents"] == ["baclofen", "diazepam"]  # type: ignore[index]
+    facts = {f["name"]: f for finding in result["findings"] for f in finding["facts"]}  # type: ignore[attr-defined]
+    assert facts["obs.fvc-percent"]["value"] == 45
+    assert facts["obs.orthostatic_sbp_drop"]["value"] == 25
+    assert "61 years" in response.text
+    gaps = [f for f in result["findings"] if f["kind"] == "data-gap"]  # type: ignore[attr-defined]
+    assert not any("relies-on-tone" in m for g in gaps for m in g["missing"])
+    assert "Values entered by hand" in response.text
+
+
+def test_manual_form_creatinine_in_umol_per_litre_gives_the_same_egfr(client: support.PageClient) -> None:
+    kb = client.app.state.cds.engine.kb
+    today = support.FROZEN_NOW.date()
+    mg = manual_form.build_bundle(manual_form.read_form(FORM, kb, today), kb, today)
+    umol = manual_form.build_bundle(
+        manual_form.read_form({**FORM, "creatinine": "123.76", "creatinine_unit": "umol/L"}, kb, today), kb, today
+    )
+
+    def egfr(bundle: object) -> float:
+        result = _expected(bundle)
+        facts = {f["name"]: f for finding in result["findings"] for f in finding["facts"]}  # type: ignore[attr-defined]
+        return float(facts["obs.egfr"]["value"])
+
+    assert egfr(mg) == pytest.approx(egfr(umol), abs=0.2)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("age", "", "Enter the age in years."),
+        ("age", "two", "Age must be a whole number"),
+        ("sex", "robot", "Choose a sex."),
+        ("fvc", "400", "FVC % predicted must be a number from 5 to 200"),
+        ("alt", "abc", "ALT must be a number"),
+        ("measured_on", "2027-01-01", "cannot be in the future"),
+        ("measured_on", "yesterday", "YYYY-MM-DD"),
+        ("med0_drug", "aspirin-ish", "Choose a medication from the list."),
+        ("med0_dose", "-5", "The dose must be a number"),
+        ("med0_times", "30", "Times per day must be a whole number"),
+        ("mas0_grade", "5", "Choose a Modified Ashworth grade."),
+        ("creatinine_unit", "mmol/L", "Choose mg/dL or umol/L"),
+    ],
+)
+def test_manual_form_errors_are_shown_next_to_the_values(
+    client: support.PageClient, field: str, value: str, message: str
+) -> None:
+    token = client.csrf("/patients")
+    response = client.post("/patients/manual", data={**FORM, field: value, "csrf_token": token})
+    assert response.status_code == 400
+    assert 'id="form-errors"' in response.text and message in response.text
+    assert 'value="61"' in response.text or field == "age"
+
+
+def test_manual_form_without_csrf_is_refused(client: support.PageClient) -> None:
+    client.csrf("/patients")
+    response = client.post("/patients/manual", data={**FORM, "csrf_token": "nope"})
+    assert response.status_code == 400
+    assert "The form has expired" in response.text
+
+
+def test_manual_form_values_are_escaped_when_shown_again(client: support.PageClient) -> None:
+    token = client.csrf("/patients")
+    response = client.post(
+        "/patients/manual", data={**FORM, "age": "", "mas0_muscle": support.SCRIPT_NAME, "csrf_token": token}
+    )
+    assert "<script>alert" not in response.text
+    assert "&lt;script&gt;" in response.text
