@@ -220,20 +220,21 @@ def monitoring_calendar(
         monograph = engine.monograph_by_agent.get(option["agent"])
         if monograph is None or not (option.get("current") or option.get("proposed")):
             continue
-        for item in monograph.monitoring:
-            if item.first_due_days is None and not item.interval_days:
+        for scheduled in monograph.monitoring:
+            if scheduled.first_due_days is None and not scheduled.interval_days:
                 continue
-            offset = item.first_due_days or 0
-            until = min(item.until_days or MONITOR_HORIZON_DAYS, MONITOR_HORIZON_DAYS)
+            offset = scheduled.first_due_days or 0
+            until = min(scheduled.until_days or MONITOR_HORIZON_DAYS, MONITOR_HORIZON_DAYS)
             for _ in range(MONITOR_MAX_DATES):
                 if offset > until:
                     break
-                items.append(MonitoringDate(today + timedelta(days=offset), option["name"], item.test, item.what))
-                if not item.interval_days:
+                when = today + timedelta(days=offset)
+                items.append(MonitoringDate(when, option["name"], scheduled.test, scheduled.what))
+                if not scheduled.interval_days:
                     break
-                offset += item.interval_days
+                offset += scheduled.interval_days
     items.sort(key=lambda m: (m.when, m.agent, m.test))
     months: dict[str, list[MonitoringDate]] = {}
-    for item in items:
-        months.setdefault(item.when.strftime("%B %Y"), []).append(item)
+    for due in items:
+        months.setdefault(due.when.strftime("%B %Y"), []).append(due)
     return list(months.items())
