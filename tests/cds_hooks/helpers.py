@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
+import threading
+import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -13,6 +17,7 @@ from typing import Any
 
 import httpx
 import jwt
+import uvicorn
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from fastapi import FastAPI
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
@@ -58,7 +63,9 @@ class Client:
             ]
         }
 
-    def token(self, aud: str, *, alg: str = "ES384", header: dict[str, Any] | None = None, **claims: Any) -> str:
+    def token(
+        self, aud: str | list[str], *, alg: str = "ES384", header: dict[str, Any] | None = None, **claims: Any
+    ) -> str:
         issued = int(self.clock().timestamp())
         payload = {"iss": self.iss, "aud": aud, "iat": issued, "exp": issued + 300, "jti": str(uuid.uuid4())}
         payload.update(claims)
@@ -284,3 +291,23 @@ def assert_valid_card(card: dict[str, Any], base: str = BASE) -> None:
     for link in links:
         assert link["url"].startswith(("https://", "http://"))
         assert ("appContext" in link) == (link["type"] == "smart")
+
+
+@contextmanager
+def serve(app: FastAPI) -> Iterator[str]:
+    """Run ``app`` on uvicorn in a thread on a free loopback port; yields its base URL."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)

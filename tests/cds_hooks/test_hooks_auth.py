@@ -1,0 +1,174 @@
+"""Client JWT on every CDS Hooks call: each way a token fails gives a bare 401; auth off only when asked."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+import logging
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
+from fastapi import FastAPI
+
+from spasticity_cds.interfaces.web.app import create_app
+from spasticity_cds.interfaces.web.config import WebSettings
+from spasticity_cds.store import SqlFeedbackStore
+
+from .helpers import BASE, REVIEW, Client, FrozenClock, call, hook_request, prefetch
+
+SERVICE = f"/cds-services/{REVIEW}"
+FEEDBACK = f"{SERVICE}/feedback"
+DISCOVERY = "/cds-services"
+
+
+def _b64(data: dict[str, Any]) -> str:
+    return base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()
+
+
+def _post(app: FastAPI, token: str | None, path: str = SERVICE, scheme: str = "Bearer") -> Any:
+    headers = {"Authorization": f"{scheme} {token}"} if token is not None else {}
+    body = hook_request("patient-view", prefetch_data=prefetch())
+    return call(app, "POST", path, json=body, headers=headers)
+
+
+def _stranger_token(client: Client) -> str:
+    other = ec.generate_private_key(ec.SECP384R1())
+    issued = int(client.clock().timestamp())
+    claims = {"iss": client.iss, "aud": BASE + SERVICE, "iat": issued, "exp": issued + 300, "jti": "x-1"}
+    return jwt.encode(claims, other, algorithm="ES384", headers={"kid": "ec-1", "typ": "JWT"})
+
+
+FAILURES: dict[str, Callable[[Client], str | None]] = {
+    "no token": lambda c: None,
+    "not a JWT": lambda c: "not-a-jwt",
+    "wrong audience": lambda c: c.token(BASE + "/cds-services/other"),
+    "audience of the feedback endpoint": lambda c: c.token(BASE + FEEDBACK),
+    "audience from another host": lambda c: c.token("https://evil.example.org" + SERVICE),
+    "expired": lambda c: c.token(
+        BASE + SERVICE, iat=int(c.clock().timestamp()) - 900, exp=int(c.clock().timestamp()) - 600
+    ),
+    "issued in the future": lambda c: c.token(
+        BASE + SERVICE, iat=int(c.clock().timestamp()) + 600, exp=int(c.clock().timestamp()) + 900
+    ),
+    "not yet valid": lambda c: c.token(BASE + SERVICE, nbf=int(c.clock().timestamp()) + 600),
+    "no exp": lambda c: c.token(BASE + SERVICE, exp=None),
+    "no jti": lambda c: c.token(BASE + SERVICE, jti=None),
+    "untrusted issuer": lambda c: c.token(BASE + SERVICE, iss="https://other-ehr.example.org"),
+    "unknown kid": lambda c: c.token(BASE + SERVICE, header={"kid": "nope"}),
+    "jku not allowed": lambda c: c.token(BASE + SERVICE, header={"jku": "https://evil.example.org/jwks"}),
+    "signed by another key": _stranger_token,
+    "alg none": lambda c: (
+        f"{_b64({'alg': 'none', 'typ': 'JWT', 'kid': 'ec-1'})}.{_b64({'iss': c.iss, 'aud': BASE + SERVICE})}."
+    ),
+    "HS256 with the public key": lambda c: jwt.encode(
+        {"iss": c.iss, "aud": BASE + SERVICE},
+        "secret-key-of-32-bytes-or-more!!",
+        algorithm="HS256",
+        headers={"kid": "ec-1"},
+    ),
+    "lifetime too long": lambda c: c.token(BASE + SERVICE, exp=int(c.clock().timestamp()) + 7200),
+}
+
+
+@pytest.mark.parametrize("case", sorted(FAILURES))
+def test_every_failure_is_a_bare_401(app: FastAPI, client: Client, case: str, caplog: pytest.LogCaptureFixture) -> None:
+    token = FAILURES[case](client)
+    response = _post(app, token)
+    assert response.status_code == 401
+    assert response.headers["www-authenticate"] == "Bearer"
+    assert response.json() == {"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "login"}]}
+    if token:
+        assert token not in caplog.text
+
+
+def test_basic_scheme_is_refused(app: FastAPI, client: Client) -> None:
+    assert _post(app, client.token(BASE + SERVICE), scheme="Basic").status_code == 401
+
+
+@pytest.mark.parametrize("alg", ["ES384", "RS384"])
+def test_es384_and_rs384_are_accepted(app: FastAPI, client: Client, alg: str) -> None:
+    assert _post(app, client.token(BASE + SERVICE, alg=alg)).status_code == 200
+
+
+def test_array_audience_of_one_is_accepted(app: FastAPI, client: Client) -> None:
+    assert _post(app, client.token([BASE + SERVICE])).status_code == 200
+
+
+def test_replayed_token_is_refused(app: FastAPI, client: Client) -> None:
+    token = client.token(BASE + SERVICE)
+    assert _post(app, token).status_code == 200
+    assert _post(app, token).status_code == 401
+
+
+def test_replay_cache_is_the_shared_store(
+    app: FastAPI, client: Client, settings: WebSettings, hook_store: SqlFeedbackStore, hook_clock: FrozenClock
+) -> None:
+    token = client.token(BASE + SERVICE)
+    assert _post(app, token).status_code == 200
+    second_worker = create_app(settings, store=hook_store, clock=hook_clock)
+    assert _post(second_worker, token).status_code == 401
+
+
+def test_token_slightly_expired_is_within_leeway(app: FastAPI, client: Client) -> None:
+    now = int(client.clock().timestamp())
+    assert _post(app, client.token(BASE + SERVICE, iat=now - 310, exp=now - 10)).status_code == 200
+
+
+def test_discovery_and_feedback_need_a_token(app: FastAPI, client: Client) -> None:
+    assert call(app, "GET", DISCOVERY).status_code == 401
+    assert call(app, "GET", DISCOVERY, headers=client.headers(DISCOVERY)).status_code == 200
+    assert call(app, "GET", DISCOVERY, headers=client.headers(SERVICE)).status_code == 401
+    body = {"feedback": [{"card": "c-1", "outcome": "overridden", "outcomeTimestamp": "2026-11-24T14:30:00Z"}]}
+    assert call(app, "POST", FEEDBACK, json=body).status_code == 401
+    assert call(app, "POST", FEEDBACK, json=body, headers=client.headers(SERVICE)).status_code == 401
+    assert call(app, "POST", FEEDBACK, json=body, headers=client.headers(FEEDBACK)).status_code == 200
+
+
+def test_unknown_service_is_not_revealed_before_authentication(app: FastAPI) -> None:
+    assert call(app, "POST", "/cds-services/nope", json={}).status_code == 401
+
+
+def test_clock_moves_make_tokens_expire(app: FastAPI, client: Client, hook_clock: FrozenClock) -> None:
+    token = client.token(BASE + SERVICE)
+    hook_clock.now += timedelta(minutes=10)
+    assert _post(app, token).status_code == 401
+
+
+def test_auth_off_only_by_setting_and_loudly(
+    settings: WebSettings, hook_store: SqlFeedbackStore, hook_clock: FrozenClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING):
+        app = create_app(dataclasses.replace(settings, auth_required=False), store=hook_store, clock=hook_clock)
+    assert "AUTHENTICATION IS OFF" in caplog.text
+    assert _post(app, None).status_code == 200
+
+
+def test_no_trusted_clients_means_every_call_is_refused(
+    settings: WebSettings, hook_store: SqlFeedbackStore, hook_clock: FrozenClock, client: Client
+) -> None:
+    app = create_app(dataclasses.replace(settings, trusted_issuers_file=None), store=hook_store, clock=hook_clock)
+    assert _post(app, client.token(BASE + SERVICE)).status_code == 401
+
+
+def test_spec_example_token_verifies_against_spec_jwks() -> None:
+    """The ES384 test vector of the CDS Hooks 2.0.1 specification (expired in 2015, so the clock is set back)."""
+    from datetime import UTC, datetime
+
+    from spasticity_cds.cds_hooks.security import JwtVerifier, TrustedIssuer
+
+    from .helpers import load_fixture
+    from .helpers import FIXTURES
+
+    token = (FIXTURES / "hl7" / "jwt.txt").read_text(encoding="utf-8").strip()
+    payload = load_fixture("hl7/jwt-payload.json")
+    header = load_fixture("hl7/jwt-header.json")
+    issuer = TrustedIssuer(iss=payload["iss"], jwks=load_fixture("hl7/jwks.json"), jku_allowlist=(header["jku"],))
+    clock = lambda: datetime.fromtimestamp(payload["iat"] + 60, UTC)  # noqa: E731
+    verifier = JwtVerifier([issuer], lambda iss, jti, until: True, clock, max_lifetime_s=None)
+    verified = verifier.verify(token, payload["aud"])
+    assert verified.jti == payload["jti"] and verified.tenant == payload["tenant"]

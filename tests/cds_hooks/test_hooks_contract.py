@@ -1,0 +1,220 @@
+"""Contract tests on the specification's own example bodies (HL7 CDS Hooks 2.0.1, Inferno CRD) and sandbox quirks."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from typing import Any
+
+import pytest
+from fastapi import FastAPI
+
+from spasticity_cds.interfaces.web.app import create_app
+from spasticity_cds.interfaces.web.config import WebSettings
+from spasticity_cds.store import SqlFeedbackStore
+
+from .fhir_server import Behaviour, fhir_server
+from .helpers import (
+    BASE,
+    REVIEW,
+    SELECT,
+    SIGN,
+    Client,
+    FrozenClock,
+    als,
+    assert_no_empty,
+    assert_valid_card,
+    baclofen_order,
+    call,
+    hook_request,
+    load_fixture,
+    observations,
+    prefetch,
+)
+
+SERVICE_PATHS = {"patient-view": REVIEW, "order-select": SELECT, "order-sign": SIGN}
+
+
+@pytest.fixture
+def loopback_app(settings: WebSettings, hook_store: SqlFeedbackStore, hook_clock: FrozenClock) -> FastAPI:
+    """The app allowed to query only loopback FHIR servers (the examples name public hosts)."""
+    allow = dataclasses.replace(settings, fhir_server_allowlist=("http://127.0.0.1:",))
+    return create_app(allow, store=hook_store, clock=hook_clock)
+
+
+def _post(app: FastAPI, client: Client, body: dict[str, Any]) -> Any:
+    path = f"/cds-services/{SERVICE_PATHS[body['hook']]}"
+    return call(app, "POST", path, json=body, headers=client.headers(path))
+
+
+def _record_for(patient_id: str) -> dict[str, list[dict[str, Any]]]:
+    def owned(resource: dict[str, Any]) -> dict[str, Any]:
+        return resource | {"subject": {"reference": f"Patient/{patient_id}"}}
+
+    return {
+        "Patient": [{"resourceType": "Patient", "id": patient_id, "gender": "male", "birthDate": "1955-12-23"}],
+        "Condition": [owned(als())],
+        "Observation": [owned(o) for o in observations()],
+    }
+
+
+def test_discovery_has_the_shape_of_the_spec_example(app: FastAPI, client: Client) -> None:
+    example = load_fixture("hl7/discovery.json")["services"][0]
+    ours = call(app, "GET", "/cds-services", headers=client.headers("/cds-services")).json()
+    assert_no_empty(ours)
+    assert {s["hook"] for s in ours["services"]} == {"patient-view", "order-select", "order-sign"}
+    for service in ours["services"]:
+        assert set(example) <= set(service)
+        assert all(isinstance(service[key], type(example[key])) for key in example)
+        assert service["version"] == "2.0.1" and service["hookVersion"] == "1.0"
+        assert service["extension"]["org.spasticity-cds.kbVersion"]
+        assert all(isinstance(query, str) for query in service["prefetch"].values())
+
+
+def test_spec_patient_view_example_with_an_unreachable_server_is_412(loopback_app: FastAPI, client: Client) -> None:
+    response = _post(loopback_app, client, load_fixture("hl7/patient-view-request.json"))
+    assert response.status_code == 412
+    assert response.json()["resourceType"] == "OperationOutcome"
+
+
+def test_spec_patient_view_example_against_a_real_fhir_server(loopback_app: FastAPI, client: Client) -> None:
+    body = load_fixture("hl7/patient-view-request.json")
+    meds = [baclofen_order(status="active") | {"subject": {"reference": f"Patient/{body['context']['patientId']}"}}]
+    behaviour = Behaviour(resources=_record_for(body["context"]["patientId"]) | {"MedicationRequest": meds})
+    with fhir_server(behaviour) as server:
+        response = _post(loopback_app, client, body | {"fhirServer": server})
+    assert response.status_code == 200
+    cards = response.json()["cards"]
+    assert cards
+    for card in cards:
+        assert_valid_card(card)
+    assert {auth for _, auth in behaviour.requests} == {"Bearer some-opaque-fhir-access-token"}
+
+
+def test_spec_example_with_extension_lacks_patient_id(app: FastAPI, client: Client) -> None:
+    response = _post(app, client, load_fixture("hl7/request-with-extension.json"))
+    assert response.status_code == 400
+    assert "patientId" in response.json()["issue"][0]["diagnostics"]
+
+
+@pytest.mark.parametrize("name", ["order_select_hook_request.json", "order_sign_hook_request.json"])
+def test_inferno_order_examples_are_silent_for_non_antispastics(app: FastAPI, client: Client, name: str) -> None:
+    response = _post(app, client, load_fixture(f"inferno/{name}"))
+    assert response.status_code == 200
+    assert response.json() == {"cards": []}
+
+
+@pytest.mark.parametrize("name", ["order_select_hook_request.json", "order_sign_hook_request.json"])
+def test_inferno_order_examples_with_an_antispastic_draft(loopback_app: FastAPI, client: Client, name: str) -> None:
+    body = load_fixture(f"inferno/{name}")
+    entries = body["context"]["draftOrders"]["entry"]
+    medication = next(e["resource"] for e in entries if e["resource"]["resourceType"] == "MedicationRequest")
+    draft = baclofen_order(medication["id"]) | {"subject": {"reference": "Patient/example"}}
+    entries[entries.index(next(e for e in entries if e["resource"] is medication))] = {"resource": draft}
+    with fhir_server(Behaviour(resources=_record_for("example"))) as server:
+        response = _post(loopback_app, client, body | {"fhirServer": server})
+    assert response.status_code == 200
+    cards = response.json()["cards"]
+    assert [c["extension"]["org.spasticity-cds.rule"]["id"] for c in cards] == ["BACLOFEN-DOSE-ABOVE-CEILING"]
+    assert_valid_card(cards[0])
+
+
+def _quirky_request(**changes: Any) -> dict[str, Any]:
+    draft = baclofen_order(value=2, unit="{pill}", code="202109", intent=None)
+    body = hook_request(
+        "order-select", prefetch_data=prefetch(), drafts=[draft], selections=[f"MedicationRequest/{draft['id']}"]
+    )
+    del body["context"]["draftOrders"]["type"]
+    return body
+
+
+def test_sandbox_quirks_are_tolerated(app: FastAPI, client: Client) -> None:
+    """draftOrders without type, MedicationRequest without intent, dose unit {pill}, no encounterId."""
+    body = _quirky_request()
+    assert (
+        "encounterId" not in body["context"] and "intent" not in body["context"]["draftOrders"]["entry"][0]["resource"]
+    )
+    response = _post(app, client, body)
+    assert response.status_code == 200
+    (card,) = response.json()["cards"]
+    assert_valid_card(card)
+    (suggestion,) = card["suggestions"]
+    updated = suggestion["actions"][0]["resource"]
+    quantity = updated["dosageInstruction"][0]["doseAndRate"][0]["doseQuantity"]
+    assert quantity == {"value": 1, "unit": "{pill}", "system": "http://unitsofmeasure.org", "code": "{pill}"}
+    assert "intent" not in updated
+
+
+def test_sandbox_feedback_without_display_is_stored(app: FastAPI, client: Client, hook_store: SqlFeedbackStore) -> None:
+    card = _post(app, client, _quirky_request()).json()["cards"][0]
+    path = f"/cds-services/{SELECT}/feedback"
+    feedback = {
+        "feedback": [
+            {
+                "card": card["uuid"],
+                "outcome": "overridden",
+                "outcomeTimestamp": "2026-11-24T14:31:00.000Z",
+                "overrideReason": {
+                    "reason": {"code": "risk-benefit-ratio", "system": card["overrideReasons"][0]["system"]}
+                },
+            }
+        ]
+    }
+    assert call(app, "POST", path, json=feedback, headers=client.headers(path)).json() == {}
+    (stored,) = hook_store.list_hook_feedback()
+    assert stored.override_reason_code == "risk-benefit-ratio" and stored.override_reason_display is None
+    assert (
+        stored.rule_id == "BACLOFEN-DOSE-ABOVE-CEILING"
+        and stored.rule_version == card["extension"]["org.spasticity-cds.rule"]["version"]
+    )
+
+
+@pytest.mark.parametrize(
+    "name", ["feedback-accepted.json", "feedback-overridden.json", "feedback-overridden-with-reason.json"]
+)
+def test_spec_feedback_examples_are_accepted_once(
+    app: FastAPI, client: Client, hook_store: SqlFeedbackStore, name: str
+) -> None:
+    path = f"/cds-services/{REVIEW}/feedback"
+    body = load_fixture(f"hl7/{name}")
+    for _ in range(2):
+        response = call(app, "POST", path, json=body, headers=client.headers(path))
+        assert response.status_code == 200 and response.json() == {}
+    assert hook_store.counts().hook_feedback == len(body["feedback"])
+    stored = hook_store.list_hook_feedback()[0]
+    assert stored.rule_id is None  # the spec's cards were not issued by us
+
+
+@pytest.mark.parametrize(
+    ("change", "fragment"),
+    [
+        ({"outcome": "ignored"}, "outcome"),
+        ({"outcome": "accepted", "acceptedSuggestions": None}, "cds-fb-2"),
+        ({"overrideReason": {}}, "cds-fb-3"),
+        ({"outcomeTimestamp": "yesterday"}, "RFC 3339"),
+        ({"outcomeTimestamp": "2026-11-24T10:00:00"}, "UTC offset"),
+    ],
+)
+def test_invalid_feedback_is_400(app: FastAPI, client: Client, change: dict[str, Any], fragment: str) -> None:
+    item = copy.deepcopy(load_fixture("hl7/feedback-overridden.json")["feedback"][0]) | change
+    item = {k: v for k, v in item.items() if v is not None}
+    path = f"/cds-services/{REVIEW}/feedback"
+    response = call(app, "POST", path, json={"feedback": [item]}, headers=client.headers(path))
+    assert response.status_code == 400
+    assert fragment in response.json()["issue"][0]["diagnostics"]
+
+
+def test_override_reasons_come_from_the_hl7_code_system(app: FastAPI, client: Client) -> None:
+    system = load_fixture("hl7/CodeSystem-non-adherence-reason-codes.json")
+    displays = {c["code"]: c["display"] for cat in system["concept"] for c in cat.get("concept", [])}
+    card = _post(app, client, _quirky_request()).json()["cards"][0]
+    for reason in card["overrideReasons"]:
+        assert reason["system"] == system["url"] and displays[reason["code"]] == reason["display"]
+
+
+def test_card_links_and_source_are_absolute_under_the_public_base(app: FastAPI, client: Client) -> None:
+    card = _post(app, client, _quirky_request()).json()["cards"][0]
+    smart = next(link for link in card["links"] if link["type"] == "smart")
+    assert smart["url"] == f"{BASE}/smart/launch" and card["uuid"] in smart["appContext"]
+    absolute = next(link for link in card["links"] if link["type"] == "absolute")
+    assert absolute["url"] == f"{BASE}/kb/rules/BACLOFEN-DOSE-ABOVE-CEILING" == card["source"]["url"]

@@ -1,0 +1,146 @@
+"""HTTP edges: CORS everywhere (preflight too), size limit, OperationOutcome on every error, never a traceback."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+from fastapi import FastAPI
+
+from .helpers import REVIEW, SIGN, Client, call, hook_request, prefetch
+
+ORIGIN = "https://sandbox.cds-hooks.org"
+SERVICE = f"/cds-services/{REVIEW}"
+
+
+@pytest.mark.parametrize("path", ["/cds-services", SERVICE, f"{SERVICE}/feedback"])
+def test_preflight_is_answered_on_every_route(app: FastAPI, path: str) -> None:
+    headers = {
+        "Origin": ORIGIN,
+        "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "authorization,content-type",
+    }
+    response = call(app, "OPTIONS", path, headers=headers)
+    assert response.status_code == 200
+    assert response.headers["access-control-allow-origin"] == "*"
+    assert "POST" in response.headers["access-control-allow-methods"]
+    assert "authorization" in response.headers["access-control-allow-headers"].lower()
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status"), [("GET", "/cds-services", 200), ("POST", SERVICE, 401), ("GET", "/nowhere", 404)]
+)
+def test_cors_headers_on_answers_and_errors(app: FastAPI, client: Client, method: str, path: str, status: int) -> None:
+    headers = {"Origin": ORIGIN} | (client.headers(path) if status == 200 else {})
+    response = call(app, method, path, headers=headers)
+    assert response.status_code == status
+    assert response.headers["access-control-allow-origin"] == "*"
+
+
+def test_body_over_the_limit_is_413(app: FastAPI, client: Client) -> None:
+    body = b'{"hook": "patient-view", "pad": "' + b"x" * 300_000 + b'"}'
+    response = call(
+        app,
+        "POST",
+        SERVICE,
+        content=body,
+        headers=client.headers(SERVICE) | {"Content-Type": "application/json", "Origin": ORIGIN},
+    )
+    assert response.status_code == 413
+    assert response.json()["resourceType"] == "OperationOutcome"
+    assert response.headers["access-control-allow-origin"] == "*"
+
+
+def test_streamed_body_over_the_limit_is_413(app: FastAPI, client: Client) -> None:
+    async def chunks() -> AsyncIterator[bytes]:
+        for _ in range(30):
+            yield b"x" * 10_000
+
+    response = call(app, "POST", SERVICE, content=chunks(), headers=client.headers(SERVICE))
+    assert response.status_code == 413
+
+
+@pytest.mark.parametrize(
+    ("body", "fragment"),
+    [
+        (b"{not json", "not valid JSON"),
+        (b'{"hook": "patient-view"}', "hookInstance"),
+        (
+            b'{"hook": "patient-view", "hookInstance": "a", "context": {"userId": "Practitioner/1"}}',
+            "context.patientId",
+        ),
+        (b'{"hook": "patient-view", "hookInstance": "a", "context": {"userId": "P/1", "patientId": ""}}', "patientId"),
+        (
+            b'{"hook": "patient-view", "hookInstance": "a", "context": {"userId": "P/1", "patientId": "1"}, "fhirAuthorization": {"access_token": "t", "token_type": "Bearer", "expires_in": 1, "scope": "s", "subject": "c"}}',
+            "cds-r-1",
+        ),
+        (
+            b'{"hook": "order-select", "hookInstance": "a", "context": {"userId": "P/1", "patientId": "1", "draftOrders": {"resourceType": "Bundle"}}}',
+            "selections",
+        ),
+    ],
+)
+def test_malformed_requests_are_400_with_an_outcome(app: FastAPI, client: Client, body: bytes, fragment: str) -> None:
+    path = f"/cds-services/{REVIEW}" if b"patient-view" in body else "/cds-services/als-spasticity-order-select"
+    response = call(
+        app, "POST", path, content=body, headers=client.headers(path) | {"Content-Type": "application/json"}
+    )
+    assert response.status_code == 400
+    outcome = response.json()
+    assert outcome["resourceType"] == "OperationOutcome" and fragment in outcome["issue"][0]["diagnostics"]
+
+
+def test_wrong_hook_for_the_service_is_400(app: FastAPI, client: Client) -> None:
+    body = hook_request("patient-view", prefetch_data=prefetch())
+    response = call(app, "POST", f"/cds-services/{SIGN}", json=body, headers=client.headers(f"/cds-services/{SIGN}"))
+    assert response.status_code == 400
+    assert "order-sign" in response.json()["issue"][0]["diagnostics"]
+
+
+def test_unknown_service_is_404_with_an_outcome(app: FastAPI, client: Client) -> None:
+    response = call(app, "POST", "/cds-services/nope", json={}, headers=client.headers("/cds-services/nope"))
+    assert response.status_code == 404
+    assert response.json()["issue"][0]["code"] == "not-found"
+
+
+def test_wrong_method_is_405_with_an_outcome(app: FastAPI) -> None:
+    response = call(app, "DELETE", "/cds-services")
+    assert response.status_code == 405
+    assert response.json()["resourceType"] == "OperationOutcome"
+
+
+def test_internal_error_is_500_without_a_traceback(
+    app: FastAPI, client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def broken(*args: object) -> None:
+        raise RuntimeError("secret internal detail")
+
+    monkeypatch.setattr(app.state.hooks.runner, "run", broken)
+    response = call(
+        app,
+        "POST",
+        SERVICE,
+        json=hook_request("patient-view", prefetch_data=prefetch()),
+        headers=client.headers(SERVICE) | {"Origin": ORIGIN},
+    )
+    assert response.status_code == 500
+    assert response.json() == {
+        "resourceType": "OperationOutcome",
+        "issue": [{"severity": "fatal", "code": "exception", "diagnostics": "internal error"}],
+    }
+    assert "Traceback" not in response.text and "secret" not in response.text
+    assert response.headers["access-control-allow-origin"] == "*"
+
+
+def test_store_failure_on_feedback_is_503(app: FastAPI, client: Client, monkeypatch: pytest.MonkeyPatch) -> None:
+    from spasticity_cds.errors import StoreError
+
+    def broken(items: object) -> int:
+        raise StoreError("cannot write", where="postgresql://user:***@db/x")
+
+    monkeypatch.setattr(app.state.cds.store, "record_hook_feedback", broken)
+    body = {"feedback": [{"card": "c-1", "outcome": "overridden", "outcomeTimestamp": "2026-11-24T14:30:00Z"}]}
+    path = f"{SERVICE}/feedback"
+    response = call(app, "POST", path, json=body, headers=client.headers(path))
+    assert response.status_code == 503
+    assert "postgresql" not in response.text
