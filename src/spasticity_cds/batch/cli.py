@@ -1,0 +1,109 @@
+"""The ``spasticity-cds batch`` sub-command: population worklists over Bulk Data NDJSON, with a progress bar."""
+
+from __future__ import annotations
+
+import argparse
+from datetime import datetime
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.text import Text
+
+ENGINES = ("local", "spark")
+
+
+def _instant(text: str) -> datetime:
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO 8601 date-time: {text!r}") from None
+    if value.tzinfo is None:
+        raise argparse.ArgumentTypeError(f"--now needs a UTC offset, e.g. 2026-11-01T09:00:00-05:00 (got {text!r})")
+    return value
+
+
+def _workers(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("--workers must be at least 1")
+    return value
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Declare the options of ``spasticity-cds batch``."""
+    parser.add_argument("input", type=Path, metavar="INPUT", help="folder of .ndjson/.ndjson.gz files or manifest.json")
+    parser.add_argument("--out", type=Path, required=True, help="output folder (written whole at the end)")
+    parser.add_argument("--engine", choices=ENGINES, default="local", help="local (DuckDB + processes) or spark")
+    parser.add_argument("--workers", type=_workers, default=1, help="evaluator processes for the local engine")
+    parser.add_argument("--since", type=Path, metavar="PREVIOUS_RUN", help="previous run: write only changes")
+    parser.add_argument("--now", type=_instant, help="evaluation instant, ISO 8601 with offset (default: now)")
+    parser.add_argument("--kb", type=Path, dest="kb_path", help="knowledge-base folder (default: the shipped one)")
+    parser.add_argument("--app-url", default="", help="base URL of the web app for patient links (default: /)")
+    parser.add_argument("--memory-limit", default="512MB", help="DuckDB memory before spilling to disk")
+    parser.add_argument("--spark-master", default="local[2]", help="Spark master when --engine spark")
+
+
+class _RateColumn(ProgressColumn):
+    """Patients per second."""
+
+    def render(self, task: Task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text("-- patients/s" if speed is None else f"{speed:,.0f} patients/s", style="progress.data.speed")
+
+
+def run(args: argparse.Namespace, console: Console) -> int:
+    """Run the batch and print a summary; raises ``BatchError`` when it cannot start."""
+    from spasticity_cds.batch.runner import BatchOptions, run_batch
+
+    options = BatchOptions(
+        source=args.input,
+        out=args.out,
+        now=args.now or datetime.now().astimezone(),
+        engine=args.engine,
+        workers=args.workers,
+        since=args.since,
+        kb_path=args.kb_path,
+        app_url=args.app_url,
+        memory_limit=args.memory_limit,
+        spark_master=args.spark_master,
+    )
+    columns = (
+        TextColumn("[bold]batch[/bold] {task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        _RateColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=console, transient=True, disable=not console.is_terminal) as progress:
+        task = progress.add_task("grouping", total=None)
+
+        def advance(done: int, total: int) -> None:
+            progress.update(task, description="patients", completed=done, total=total)
+
+        summary = run_batch(options, advance)
+    counts = summary.counts
+    tasks = counts["tasks"]
+    problem_count = sum(counts["problems"].values())
+    rate = counts["patients"] / summary.seconds if summary.seconds > 0 else 0.0
+    console.print(
+        f"Evaluated {counts['patientsEvaluated']:,} of {counts['patients']:,} patients in {summary.seconds:.1f} s "
+        f"({rate:,.0f} patients/s): {tasks['new']:,} new tasks, {tasks['open']:,} open, {tasks['closed']:,} closed; "
+        f"{problem_count:,} problems reported. Output: {summary.out}",
+        highlight=False,
+        soft_wrap=True,
+    )
+    return 0

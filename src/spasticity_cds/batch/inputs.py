@@ -1,0 +1,119 @@
+"""Find the NDJSON files of a run: a folder of ``.ndjson``/``.ndjson.gz`` files or a Bulk Data ``$export`` manifest."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlparse
+
+import orjson
+
+from spasticity_cds.errors import BatchError
+
+SUFFIXES = (".ndjson", ".ndjson.gz")
+
+
+@dataclass(frozen=True, slots=True)
+class InputFile:
+    """One NDJSON file: its path on disk and the name reports use (manifest url or name in the folder)."""
+
+    path: Path
+    name: str
+    declared_type: str | None = None
+    declared_count: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class InputSet:
+    """The files of one run and what the export says about them."""
+
+    source: Path
+    kind: str
+    files: tuple[InputFile, ...]
+    transaction_time: str | None
+    request: str | None
+
+
+def discover(source: Path) -> InputSet:
+    """The input files named by ``source`` (a folder or a manifest); raises ``BatchError`` when unusable."""
+    if source.is_dir():
+        manifest = source / "manifest.json"
+        files = sorted(p for p in source.iterdir() if p.is_file() and p.name.endswith(SUFFIXES))
+        if not files:
+            raise BatchError("no .ndjson or .ndjson.gz files in the folder", where=str(source))
+        info = _read_manifest(manifest) if manifest.is_file() else {}
+        return InputSet(
+            source=source,
+            kind="folder",
+            files=tuple(InputFile(path, path.name) for path in files),
+            transaction_time=_text(info.get("transactionTime")),
+            request=_text(info.get("request")),
+        )
+    if source.is_file():
+        info = _read_manifest(source)
+        return InputSet(
+            source=source,
+            kind="manifest",
+            files=tuple(_manifest_files(source, info)),
+            transaction_time=_text(info.get("transactionTime")),
+            request=_text(info.get("request")),
+        )
+    raise BatchError("no such file or folder", where=str(source))
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def _read_manifest(path: Path) -> dict[str, Any]:
+    try:
+        data = orjson.loads(path.read_bytes())
+    except OSError as error:
+        raise BatchError(f"cannot read the manifest: {error.strerror or error}", where=str(path)) from None
+    except orjson.JSONDecodeError as error:
+        raise BatchError(f"the manifest is not valid JSON ({error})", where=str(path)) from None
+    if not isinstance(data, dict):
+        raise BatchError("the manifest is not a JSON object", where=str(path))
+    return data
+
+
+def _manifest_files(manifest: Path, info: dict[str, Any]) -> list[InputFile]:
+    output = info.get("output")
+    if not isinstance(output, list):
+        raise BatchError("the manifest has no output list", where=str(manifest))
+    files: list[InputFile] = []
+    for index, entry in enumerate(output):
+        where = f"{manifest}: output[{index}]"
+        if not isinstance(entry, dict) or not isinstance(entry.get("url"), str):
+            raise BatchError("an output entry has no url", where=where)
+        url: str = entry["url"]
+        path = _local_path(manifest.parent, url, where)
+        if not path.is_file():
+            raise BatchError(f"file {url!r} is missing", where=where)
+        count = entry.get("count")
+        files.append(
+            InputFile(
+                path=path,
+                name=url,
+                declared_type=_text(entry.get("type")),
+                declared_count=count if isinstance(count, int) else None,
+            )
+        )
+    if not files:
+        raise BatchError("the manifest lists no output files", where=str(manifest))
+    return files
+
+
+def _local_path(base: Path, url: str, where: str) -> Path:
+    parsed = urlparse(url)
+    if parsed.scheme in ("http", "https"):
+        raise BatchError(
+            f"{url!r} is a remote URL; download the export first (the batch reads local files only)", where=where
+        )
+    if parsed.scheme == "file":
+        return Path(unquote(parsed.path))
+    if parsed.scheme and len(parsed.scheme) > 1:
+        raise BatchError(f"unsupported URL scheme in {url!r}", where=where)
+    path = Path(url)
+    return path if path.is_absolute() else base / path

@@ -1,0 +1,352 @@
+"""Write a run's outputs: Task/closed/open NDJSON, OperationOutcomes, CSV and HTML worklists, counts, manifest."""
+
+from __future__ import annotations
+
+import csv
+import html
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+from urllib.parse import quote
+
+import duckdb
+import orjson
+
+from spasticity_cds.batch.patient import PatientOutcome
+from spasticity_cds.batch.tasks import close_task
+from spasticity_cds.errors import BatchError
+
+TASKS = "Task.ndjson"
+CLOSED = "closed.ndjson"
+OPEN = "open.ndjson"
+OUTCOMES = "OperationOutcome.ndjson"
+CSV_NAME = "worklist.csv"
+HTML_NAME = "worklist.html"
+RULE_COUNTS = "rule_counts.json"
+MANIFEST = "manifest.json"
+WORK = "_work"
+#: The HTML page lists at most this many rows (most severe first); the CSV always has every row.
+HTML_ROW_LIMIT = 10_000
+CSV_COLUMNS = (
+    "severity", "priority", "patient", "name", "mrn", "rule", "version", "kind", "action",
+    "summary", "values", "missing", "focus", "task", "new", "link",
+)  # fmt: skip
+HTML_COLUMNS = (
+    ("patient", "Patient"), ("name", "Name"), ("mrn", "MRN"), ("rule", "Rule"), ("kind", "Kind"),
+    ("action", "Action"), ("summary", "Summary"), ("values", "Key values"), ("missing", "Missing data"),
+    ("new", "New"),
+)  # fmt: skip
+SEVERITY_TITLES = {"critical": "Critical", "warning": "Warning", "info": "Information"}
+_LINES = (
+    "read_csv(?, columns={'line': 'VARCHAR'}, delim='\x1f\x1e\x1d\x1c', quote='', escape='', header=false, "
+    "auto_detect=false, max_line_size=16777216, buffer_size=33554432) WITH ORDINALITY"
+)
+
+
+@dataclass(slots=True)
+class Counts:
+    """Running totals of a run: patients, tasks, problems, findings per rule and per kind."""
+
+    patients: int = 0
+    evaluated: int = 0
+    failed: int = 0
+    in_scope: int = 0
+    tasks: int = 0
+    problems: dict[str, int] = field(default_factory=dict)
+    rules: dict[str, dict[str, Any]] = field(default_factory=dict)
+    kinds: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    def add(self, outcome: PatientOutcome) -> None:
+        """Fold one patient's outcome into the totals."""
+        self.patients += 1
+        if outcome.status == "ok":
+            self.evaluated += 1
+            self.in_scope += 1 if outcome.in_scope else 0
+        else:
+            self.failed += 1
+        self.tasks += len(outcome.items)
+        for rule_id, version, kind, severity, actionable in outcome.fired:
+            rule = self.rules.setdefault(
+                rule_id, {"version": version, "fired": 0, "dataGaps": 0, "actionable": 0, "bySeverity": {}}
+            )
+            rule["dataGaps" if kind == "data-gap" else "fired"] += 1
+            rule["actionable"] += 1 if actionable else 0
+            rule["bySeverity"][severity] = rule["bySeverity"].get(severity, 0) + 1
+            per_kind = self.kinds.setdefault(kind, {"findings": 0, "actionable": 0})
+            per_kind["findings"] += 1
+            per_kind["actionable"] += 1 if actionable else 0
+
+    def problem(self, category: str, count: int = 1) -> None:
+        """Count reported problems by category."""
+        self.problems[category] = self.problems.get(category, 0) + count
+
+    def rule_counts(self, knowledge_base: Mapping[str, Any]) -> dict[str, Any]:
+        """The ``rule_counts.json`` document."""
+        return {
+            "knowledgeBase": dict(knowledge_base),
+            "patients": {
+                "total": self.patients,
+                "evaluated": self.evaluated,
+                "failed": self.failed,
+                "inScope": self.in_scope,
+            },
+            "rules": {rule_id: self.rules[rule_id] for rule_id in sorted(self.rules)},
+            "kinds": {kind: self.kinds[kind] for kind in sorted(self.kinds)},
+        }
+
+
+class RunWriter:
+    """Streams per-patient outcomes to work files in ``root``, then writes the final outputs in ``finish``."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.work = root / WORK
+        self.work.mkdir(parents=True, exist_ok=True)
+        self.counts = Counts()
+        self._items = (self.work / "items.ndjson").open("wb")
+        self._patients = (self.work / "patients.ndjson").open("wb")
+        self._outcomes = (root / OUTCOMES).open("wb")
+        self.outcome_count = 0
+
+    def close(self) -> None:
+        """Close the open files (idempotent)."""
+        for handle in (self._items, self._patients, self._outcomes):
+            handle.close()
+
+    def add(self, outcome: PatientOutcome) -> None:
+        """Record one patient's outcome."""
+        self.counts.add(outcome)
+        for item in outcome.items:
+            self._items.write(item + b"\n")
+        self._patients.write(orjson.dumps({"key": outcome.key, "status": outcome.status}) + b"\n")
+        for problem in outcome.problems:
+            self._outcomes.write(problem + b"\n")
+            self.outcome_count += 1
+            category = orjson.loads(problem)["issue"][0]["details"]["coding"][0]["code"]
+            self.counts.problem(category)
+
+    def problem(self, record: Mapping[str, Any]) -> None:
+        """Write one problem found while reading the input (line problems are counted from the file stats)."""
+        self._outcomes.write(orjson.dumps(record) + b"\n")
+        self.outcome_count += 1
+
+    def finish(self, *, previous: Path | None, now: str, app_url: str, memory_limit: str) -> dict[str, int]:
+        """Write Task, open, closed, CSV, HTML; returns counts of new, open, closed and carried Tasks."""
+        self.close()
+        connection = duckdb.connect(
+            ":memory:",
+            config={
+                "memory_limit": memory_limit,
+                "temp_directory": str(self.work / "spill"),
+                "enable_progress_bar": False,
+            },
+        )
+        try:
+            return _finish(connection, self.root, self.work, previous, now, app_url)
+        except duckdb.Error as error:
+            raise BatchError(f"cannot compare with the previous run: {error}", where=str(previous)) from None
+        finally:
+            connection.close()
+
+
+def _finish(
+    connection: duckdb.DuckDBPyConnection, root: Path, work: Path, previous: Path | None, now: str, app_url: str
+) -> dict[str, int]:
+    connection.execute(
+        f"CREATE TABLE cur AS SELECT ordinality AS ord, v[1] AS id, v[2] AS patient, v[3] AS rule_id, "
+        f"v[4]::INTEGER AS sev, line FROM (SELECT ordinality, line, "
+        f"json_extract_string(line, ['$.id', '$.patient', '$.rule_id', '$.sev']) AS v FROM {_LINES})",
+        [str(work / "items.ndjson")],
+    )
+    connection.execute(
+        f"CREATE TABLE pats AS SELECT v[1] AS key, v[2] AS status FROM (SELECT "
+        f"json_extract_string(line, ['$.key', '$.status']) AS v FROM {_LINES})",
+        [str(work / "patients.ndjson")],
+    )
+    prev_file = work / "empty.ndjson"
+    prev_file.write_bytes(b"")
+    if previous is not None:
+        prev_file = previous / OPEN
+    connection.execute(
+        f"CREATE TABLE prev AS SELECT ordinality AS ord, v[1] AS id, v[2] AS patient, v[3] AS rule_id, line FROM "
+        f"(SELECT ordinality, line, json_extract_string(line, ['$.id', '$.for.reference', "
+        f"'$.reasonCode.coding[0].code']) AS v FROM {_LINES}) WHERE line IS NOT NULL",
+        [str(prev_file)],
+    )
+    counts = {"new": 0, "open": 0, "closed": 0, "carried": 0}
+    new_flag = "p.id IS NULL" if previous is not None else "true"
+    with (root / TASKS).open("wb") as tasks, (root / OPEN).open("wb") as open_tasks:
+        query = (
+            f"SELECT c.line, {new_flag} FROM cur AS c LEFT JOIN (SELECT DISTINCT id FROM prev) AS p USING (id) "
+            "ORDER BY c.ord"
+        )
+        for line, is_new in _stream(connection, query):
+            encoded = orjson.dumps(orjson.loads(line)["task"]) + b"\n"
+            open_tasks.write(encoded)
+            counts["open"] += 1
+            if is_new:
+                tasks.write(encoded)
+                counts["new"] += 1
+        gone = (
+            "SELECT p.line, s.status, EXISTS (SELECT 1 FROM cur AS c2 WHERE c2.patient = p.patient "
+            "AND c2.rule_id = p.rule_id) FROM prev AS p LEFT JOIN (SELECT key, min(status) AS status FROM pats "
+            "GROUP BY key) AS s ON s.key = p.patient WHERE p.id NOT IN (SELECT id FROM cur) ORDER BY p.ord"
+        )
+        with (root / CLOSED).open("wb") as closed:
+            for line, status, superseded in _stream(connection, gone):
+                if status == "failed":
+                    open_tasks.write(line.encode() + b"\n")
+                    counts["carried"] += 1
+                    counts["open"] += 1
+                    continue
+                if status is None:
+                    new_status, reason = "cancelled", "the patient is not in this run's input"
+                elif superseded:
+                    new_status, reason = "cancelled", "superseded: the rule now fires on other data or version"
+                else:
+                    new_status, reason = "completed", "the finding no longer fires"
+                closed_task = close_task(orjson.loads(line), status=new_status, reason=reason, when=now)
+                closed.write(orjson.dumps(closed_task) + b"\n")
+                counts["closed"] += 1
+    rows_query = (
+        f"SELECT c.line, {new_flag} FROM cur AS c LEFT JOIN (SELECT DISTINCT id FROM prev) AS p USING (id) "
+        "ORDER BY c.sev, c.ord"
+    )
+    _write_worklists(
+        root, _rows(connection, rows_query, previous is not None, app_url), counts["open"] - counts["carried"]
+    )
+    return counts
+
+
+def _stream(connection: duckdb.DuckDBPyConnection, query: str, size: int = 5_000) -> Iterator[tuple[Any, ...]]:
+    cursor = connection.execute(query)
+    while True:
+        rows = cursor.fetchmany(size)
+        if not rows:
+            return
+        yield from rows
+
+
+def _rows(connection: duckdb.DuckDBPyConnection, query: str, since: bool, app_url: str) -> Iterator[dict[str, Any]]:
+    for line, is_new in _stream(connection, query):
+        row: dict[str, Any] = orjson.loads(line)["row"]
+        row["new"] = ("yes" if is_new else "no") if since else ""
+        row["link"] = f"{app_url.rstrip('/')}/patients/{quote(str(row['patient']), safe='')}"
+        yield row
+
+
+def _csv_cell(value: Any) -> str:
+    """A CSV cell that spreadsheets will not run as a formula."""
+    text = "" if value is None else str(value)
+    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
+
+
+def _write_worklists(root: Path, rows: Iterator[dict[str, Any]], total: int) -> None:
+    with (
+        (root / CSV_NAME).open("w", encoding="utf-8", newline="") as csv_file,
+        (root / HTML_NAME).open("w", encoding="utf-8") as page,
+    ):
+        writer = csv.writer(csv_file)
+        writer.writerow(CSV_COLUMNS)
+        _html_head(page, total)
+        severity: str | None = None
+        shown = 0
+        for row in rows:
+            writer.writerow([_csv_cell(row.get(column, "")) for column in CSV_COLUMNS])
+            if shown >= HTML_ROW_LIMIT:
+                continue
+            if row["severity"] != severity:
+                if severity is not None:
+                    page.write("</tbody></table></section>\n")
+                severity = str(row["severity"])
+                _html_section(page, severity)
+            _html_row(page, row)
+            shown += 1
+        if severity is not None:
+            page.write("</tbody></table></section>\n")
+        if shown == 0:
+            page.write("<p>No actionable findings.</p>\n")
+        if shown < total:
+            page.write(
+                f'<p class="note">Showing the first {shown:,} of {total:,} items (most severe first); '
+                f"{CSV_NAME} lists every item.</p>\n"
+            )
+        page.write(f"<script>{_SORT_SCRIPT}</script>\n</body></html>\n")
+
+
+def _html_head(page: IO[str], total: int) -> None:
+    page.write(
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        "<title>Spasticity worklist</title>"
+        f"<style>{_STYLE}</style></head><body>\n"
+        f"<h1>Spasticity worklist</h1>\n<p>{total:,} open items. Click a column heading to sort.</p>\n"
+    )
+
+
+def _html_section(page: IO[str], severity: str) -> None:
+    title = html.escape(SEVERITY_TITLES.get(severity, severity))
+    slug = html.escape(severity, quote=True)
+    header = "".join(
+        f'<th scope="col" data-column="{index}" tabindex="0">{html.escape(label)}</th>'
+        for index, (_, label) in enumerate(HTML_COLUMNS)
+    )
+    page.write(
+        f'<section class="severity-{slug}"><h2>{title}</h2>\n'
+        f'<table class="worklist"><thead><tr>{header}</tr></thead><tbody>\n'
+    )
+
+
+def _html_row(page: IO[str], row: Mapping[str, Any]) -> None:
+    cells = []
+    for column, _ in HTML_COLUMNS:
+        text = html.escape(str(row.get(column, "")), quote=True)
+        if column == "patient":
+            text = f'<a href="{html.escape(str(row["link"]), quote=True)}">{text}</a>'
+        cells.append(f"<td>{text}</td>")
+    page.write(f"<tr>{''.join(cells)}</tr>\n")
+
+
+_STYLE = (
+    "body{font-family:system-ui,sans-serif;margin:1.5rem}table{border-collapse:collapse;width:100%;"
+    "margin-bottom:2rem}th,td{border:1px solid #ccc;padding:.3rem .5rem;text-align:left;vertical-align:top}"
+    "th{cursor:pointer;background:#f3f3f3}th[aria-sort=ascending]::after{content:' \\25B2'}"
+    "th[aria-sort=descending]::after{content:' \\25BC'}.severity-critical h2{color:#a00}"
+    ".severity-warning h2{color:#a60}.note{font-style:italic}"
+)
+_SORT_SCRIPT = """
+(function () {
+  function key(cell) {
+    var text = cell.textContent.trim();
+    var number = parseFloat(text);
+    return isNaN(number) || String(number) !== text ? text.toLowerCase() : number;
+  }
+  function sort(header) {
+    var table = header.closest('table');
+    var body = table.tBodies[0];
+    var column = Number(header.getAttribute('data-column'));
+    var ascending = header.getAttribute('aria-sort') !== 'ascending';
+    table.querySelectorAll('th').forEach(function (th) { th.removeAttribute('aria-sort'); });
+    header.setAttribute('aria-sort', ascending ? 'ascending' : 'descending');
+    var rows = Array.prototype.slice.call(body.rows);
+    rows.sort(function (a, b) {
+      var x = key(a.cells[column]), y = key(b.cells[column]);
+      var order = (typeof x === typeof y) ? (x < y ? -1 : x > y ? 1 : 0) : (typeof x === 'number' ? -1 : 1);
+      return ascending ? order : -order;
+    });
+    rows.forEach(function (row) { body.appendChild(row); });
+  }
+  document.querySelectorAll('table.worklist th').forEach(function (header) {
+    header.addEventListener('click', function () { sort(header); });
+    header.addEventListener('keydown', function (event) {
+      if (event.key === 'Enter' || event.key === ' ') { event.preventDefault(); sort(header); }
+    });
+  });
+})();
+"""
+
+
+def write_json(path: Path, document: Mapping[str, Any]) -> None:
+    """Pretty JSON with sorted keys and a final newline."""
+    path.write_bytes(orjson.dumps(document, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n")

@@ -1,0 +1,146 @@
+"""The per-patient step every engine runs: parse the patient's lines, read_patient + evaluate, build Tasks."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from spasticity_cds import api
+from spasticity_cds.batch import policy, problems
+from spasticity_cds.batch.tasks import build_task, worklist_row
+from spasticity_cds.engine.evaluator import Engine
+from spasticity_cds.errors import InputError
+
+#: One input line of a patient: (file index, 1-based line number, raw text). Text comes as bytes from Spark and
+#: as a latin-1 decoded str from DuckDB (which then round-trips to the exact bytes on disk).
+Line = tuple[int, int, bytes | str]
+#: One fired finding for the rule counts: (rule id, rule version, kind, severity, actionable).
+Fired = tuple[str, int, str, str, bool]
+
+
+@dataclass(slots=True)
+class PatientOutcome:
+    """What one patient's evaluation produced, in a form cheap to pickle between processes."""
+
+    key: str
+    status: str
+    in_scope: bool | None = None
+    items: list[bytes] = field(default_factory=list)
+    fired: list[Fired] = field(default_factory=list)
+    problems: list[bytes] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class EvaluationSpec:
+    """Everything a worker needs to evaluate patients; small and picklable."""
+
+    now: datetime
+    files: tuple[str, ...]
+    kb_path: str | None = None
+
+
+class PatientEvaluator:
+    """Holds the compiled knowledge base (loaded once per process) and evaluates one patient at a time."""
+
+    def __init__(self, spec: EvaluationSpec, engine: Engine | None = None) -> None:
+        self.spec = spec
+        self.engine = engine or api.load_knowledge_base(Path(spec.kb_path) if spec.kb_path else None)
+        self.authored_on = spec.now.isoformat()
+        manifest = self.engine.kb.manifest
+        self.knowledge_base = {"name": manifest.name, "version": manifest.version, "digest": self.engine.kb.digest}
+
+    def location(self, line: Line) -> str:
+        """``file:line`` of an input line."""
+        return f"{self.spec.files[line[0]]}:{line[1]}"
+
+    def evaluate(self, key: str, lines: Sequence[Line]) -> PatientOutcome:
+        """Evaluate one patient from its input lines; bad lines and bad records are reported, never raised."""
+        outcome = PatientOutcome(key=key, status="ok")
+        resources: list[dict[str, Any]] = []
+        for line in lines:
+            raw = line[2] if isinstance(line[2], bytes) else line[2].encode("latin-1")
+            try:
+                document = orjson.loads(raw)
+            except orjson.JSONDecodeError as error:
+                outcome.problems.append(
+                    _dump(
+                        problems.operation_outcome(problems.MALFORMED, f"not valid JSON ({error})", self.location(line))
+                    )
+                )
+                continue
+            if isinstance(document, dict):
+                resources.append(document)
+        where = f"{key} ({self.location(lines[0])})" if lines else key
+        try:
+            record = api.read_patient(resources, source=where)
+            result = self.engine.evaluate(record, self.spec.now)
+        except InputError as error:
+            outcome.status = "failed"
+            outcome.problems.append(_dump(problems.operation_outcome(problems.PATIENT_INPUT, error.message, where)))
+            return outcome
+        except Exception as error:  # an evaluator bug must not stop the population run; it is reported
+            outcome.status = "failed"
+            message = f"evaluation failed: {type(error).__name__}: {error}"
+            outcome.problems.append(_dump(problems.operation_outcome(problems.EVALUATION, message, where)))
+            return outcome
+        outcome.in_scope = bool(result.get("in_scope"))
+        patient_ref = str(result["patient"])
+        for finding in result["findings"]:
+            actionable = policy.is_actionable(finding)
+            outcome.fired.append(
+                (
+                    str(finding["rule_id"]),
+                    int(finding["rule_version"]),
+                    str(finding["kind"]),
+                    str(finding["severity"]),
+                    actionable,
+                )
+            )
+            if actionable:
+                outcome.items.append(self._item(finding, patient_ref, record.patient))
+        return outcome
+
+    def _item(self, finding: Mapping[str, Any], patient_ref: str, patient: Mapping[str, Any]) -> bytes:
+        task = build_task(
+            finding,
+            patient_ref=patient_ref,
+            patient=patient,
+            knowledge_base=self.knowledge_base,
+            authored_on=self.authored_on,
+        )
+        row = worklist_row(task, finding)
+        return _dump(
+            {
+                "id": task["id"],
+                "patient": patient_ref,
+                "rule_id": finding["rule_id"],
+                "sev": policy.SEVERITY_RANK.get(str(finding["severity"]), 9),
+                "row": row,
+                "task": task,
+            }
+        )
+
+
+def _dump(value: Mapping[str, Any]) -> bytes:
+    return orjson.dumps(value)
+
+
+_WORKER: PatientEvaluator | None = None
+
+
+def init_worker(spec: EvaluationSpec) -> None:
+    """Process-pool initializer: load the knowledge base once for this worker process."""
+    global _WORKER  # noqa: PLW0603 - one evaluator per worker process is the point
+    _WORKER = PatientEvaluator(spec)
+
+
+def evaluate_chunk(chunk: Sequence[tuple[str, Sequence[Line]]]) -> list[PatientOutcome]:
+    """Evaluate a chunk of patients in a pool worker (after ``init_worker``)."""
+    if _WORKER is None:
+        raise RuntimeError("init_worker was not called in this process")
+    return [_WORKER.evaluate(key, lines) for key, lines in chunk]

@@ -1,0 +1,288 @@
+"""Line classification (patient key, status) and the OperationOutcome records every engine reports problems with."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from typing import Any, Final
+
+import orjson
+
+#: The resource types of FHIR R4 (4.0.1); anything else in a ``resourceType`` is reported as unknown.
+R4_TYPES: Final = frozenset(
+    {
+        "Account",
+        "ActivityDefinition",
+        "AdverseEvent",
+        "AllergyIntolerance",
+        "Appointment",
+        "AppointmentResponse",
+        "AuditEvent",
+        "Basic",
+        "Binary",
+        "BiologicallyDerivedProduct",
+        "BodyStructure",
+        "Bundle",
+        "CapabilityStatement",
+        "CarePlan",
+        "CareTeam",
+        "CatalogEntry",
+        "ChargeItem",
+        "ChargeItemDefinition",
+        "Claim",
+        "ClaimResponse",
+        "ClinicalImpression",
+        "CodeSystem",
+        "Communication",
+        "CommunicationRequest",
+        "CompartmentDefinition",
+        "Composition",
+        "ConceptMap",
+        "Condition",
+        "Consent",
+        "Contract",
+        "Coverage",
+        "CoverageEligibilityRequest",
+        "CoverageEligibilityResponse",
+        "DetectedIssue",
+        "Device",
+        "DeviceDefinition",
+        "DeviceMetric",
+        "DeviceRequest",
+        "DeviceUseStatement",
+        "DiagnosticReport",
+        "DocumentManifest",
+        "DocumentReference",
+        "EffectEvidenceSynthesis",
+        "Encounter",
+        "Endpoint",
+        "EnrollmentRequest",
+        "EnrollmentResponse",
+        "EpisodeOfCare",
+        "EventDefinition",
+        "Evidence",
+        "EvidenceVariable",
+        "ExampleScenario",
+        "ExplanationOfBenefit",
+        "FamilyMemberHistory",
+        "Flag",
+        "Goal",
+        "GraphDefinition",
+        "Group",
+        "GuidanceResponse",
+        "HealthcareService",
+        "ImagingStudy",
+        "Immunization",
+        "ImmunizationEvaluation",
+        "ImmunizationRecommendation",
+        "ImplementationGuide",
+        "InsurancePlan",
+        "Invoice",
+        "Library",
+        "Linkage",
+        "List",
+        "Location",
+        "Measure",
+        "MeasureReport",
+        "Media",
+        "Medication",
+        "MedicationAdministration",
+        "MedicationDispense",
+        "MedicationKnowledge",
+        "MedicationRequest",
+        "MedicationStatement",
+        "MedicinalProduct",
+        "MedicinalProductAuthorization",
+        "MedicinalProductContraindication",
+        "MedicinalProductIndication",
+        "MedicinalProductIngredient",
+        "MedicinalProductInteraction",
+        "MedicinalProductManufactured",
+        "MedicinalProductPackaged",
+        "MedicinalProductPharmaceutical",
+        "MedicinalProductUndesirableEffect",
+        "MessageDefinition",
+        "MessageHeader",
+        "MolecularSequence",
+        "NamingSystem",
+        "NutritionOrder",
+        "Observation",
+        "ObservationDefinition",
+        "OperationDefinition",
+        "OperationOutcome",
+        "Organization",
+        "OrganizationAffiliation",
+        "Parameters",
+        "Patient",
+        "PaymentNotice",
+        "PaymentReconciliation",
+        "Person",
+        "PlanDefinition",
+        "Practitioner",
+        "PractitionerRole",
+        "Procedure",
+        "Provenance",
+        "Questionnaire",
+        "QuestionnaireResponse",
+        "RelatedPerson",
+        "RequestGroup",
+        "ResearchDefinition",
+        "ResearchElementDefinition",
+        "ResearchStudy",
+        "ResearchSubject",
+        "RiskAssessment",
+        "RiskEvidenceSynthesis",
+        "Schedule",
+        "SearchParameter",
+        "ServiceRequest",
+        "Slot",
+        "Specimen",
+        "SpecimenDefinition",
+        "StructureDefinition",
+        "StructureMap",
+        "Subscription",
+        "Substance",
+        "SubstanceNucleicAcid",
+        "SubstancePolymer",
+        "SubstanceProtein",
+        "SubstanceReferenceInformation",
+        "SubstanceSourceMaterial",
+        "SubstanceSpecification",
+        "SupplyDelivery",
+        "SupplyRequest",
+        "Task",
+        "TerminologyCapabilities",
+        "TestReport",
+        "TestScript",
+        "ValueSet",
+        "VerificationResult",
+        "VisionPrescription",
+    }
+)
+
+#: Fields that tie a resource to its patient, in the order the record builder reads them.
+PATIENT_LINK_FIELDS: Final = ("subject", "patient", "beneficiary")
+#: A reference to a patient: relative, absolute or versionless; group 2 is the id.
+PATIENT_REFERENCE: Final = r"(^|/)Patient/([^/]+)$"
+MEDICATION_REFERENCE: Final = r"(^|/)Medication/([^/]+)$"
+_PATIENT_RE = re.compile(PATIENT_REFERENCE)
+_MEDICATION_RE = re.compile(MEDICATION_REFERENCE)
+
+OK: Final = "ok"
+BLANK: Final = "blank"
+MALFORMED: Final = "malformed"
+UNKNOWN_TYPE: Final = "unknown-type"
+NO_PATIENT: Final = "no-patient"
+PATIENT_INPUT: Final = "patient-input"
+EVALUATION: Final = "evaluation"
+#: Problem categories: (OperationOutcome issue severity, issue code).
+CATEGORIES: Final = {
+    MALFORMED: ("error", "structure"),
+    UNKNOWN_TYPE: ("warning", "not-supported"),
+    NO_PATIENT: ("warning", "processing"),
+    PATIENT_INPUT: ("error", "invalid"),
+    EVALUATION: ("error", "exception"),
+}
+#: Per input file and category, lines reported one by one; the rest are summed up in one more record.
+DETAIL_CAP: Final = 100
+
+
+@dataclass(frozen=True, slots=True)
+class Classified:
+    """What one NDJSON line is: its status and, when usable, its patient key and medication links."""
+
+    status: str
+    resource_type: str | None = None
+    key: str | None = None
+    resource_id: str | None = None
+    medication_ref: str | None = None
+
+
+def _reference(resource: dict[str, Any], field: str) -> str | None:
+    link = resource.get(field)
+    if isinstance(link, dict) and isinstance(link.get("reference"), str):
+        return str(link["reference"])
+    return None
+
+
+def _scalar(value: Any) -> str | None:
+    """A JSON scalar as DuckDB's ``json_extract_string`` renders it (so both engines key alike)."""
+    if value is None or isinstance(value, dict | list):
+        return None
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def classify(raw: bytes) -> Classified:
+    """Classify one NDJSON line exactly as the DuckDB engine's SQL does."""
+    if not raw.strip():
+        return Classified(BLANK)
+    try:
+        document = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return Classified(MALFORMED)
+    if not isinstance(document, dict):
+        return Classified(MALFORMED)
+    resource_type = _scalar(document.get("resourceType"))
+    if resource_type is None:
+        return Classified(MALFORMED)
+    if resource_type not in R4_TYPES:
+        return Classified(UNKNOWN_TYPE, resource_type)
+    resource_id = _scalar(document.get("id"))
+    if resource_type == "Patient":
+        key = f"Patient/{resource_id}" if resource_id else None
+    else:
+        link = next((ref for ref in (_reference(document, name) for name in PATIENT_LINK_FIELDS) if ref), None)
+        match = _PATIENT_RE.search(link) if link is not None else None
+        key = f"Patient/{match.group(2)}" if match else None
+    medication = _reference(document, "medicationReference")
+    med_match = _MEDICATION_RE.search(medication) if medication is not None else None
+    medication_ref = f"Medication/{med_match.group(2)}" if med_match else None
+    if key is None and resource_type != "Medication":
+        return Classified(NO_PATIENT, resource_type, None, resource_id)
+    return Classified(OK, resource_type, key, resource_id, medication_ref)
+
+
+def describe(status: str, resource_type: str | None, raw: bytes) -> str:
+    """A one-line explanation of why a line was not used."""
+    if status == MALFORMED:
+        try:
+            document = orjson.loads(raw)
+        except orjson.JSONDecodeError as error:
+            return f"not valid JSON ({error})"
+        if not isinstance(document, dict):
+            return "not a JSON object"
+        return "no resourceType: not a FHIR resource"
+    if status == UNKNOWN_TYPE:
+        return f"unknown resource type {resource_type!r} (not FHIR R4); line skipped"
+    if status == NO_PATIENT:
+        return f"{resource_type or 'resource'} is not linked to a Patient (subject, patient or beneficiary); skipped"
+    return status
+
+
+def operation_outcome(category: str, diagnostics: str, location: str) -> dict[str, Any]:
+    """One OperationOutcome naming where (``file:line`` or a patient) and what went wrong."""
+    severity, code = CATEGORIES[category]
+    ident = hashlib.sha256(f"{category}\x00{location}\x00{diagnostics}".encode()).hexdigest()[:32]
+    return {
+        "resourceType": "OperationOutcome",
+        "id": ident,
+        "issue": [
+            {
+                "severity": severity,
+                "code": code,
+                "details": {
+                    "coding": [{"system": "https://spasticity-cds.org/CodeSystem/batch-problem", "code": category}]
+                },
+                "diagnostics": f"{location}: {diagnostics}",
+                "location": [location],
+            }
+        ],
+    }
+
+
+def overflow(category: str, file_name: str, more: int) -> dict[str, Any]:
+    """The record summing up the lines of one category past the per-file detail cap."""
+    return operation_outcome(category, f"{more} more lines of this kind not listed one by one", file_name)

@@ -1,0 +1,322 @@
+"""Run a population worklist: discover input, group per patient, evaluate, write outputs atomically."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import shutil
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+from spasticity_cds.batch import output, problems
+from spasticity_cds.batch.group import DuckGrouper
+from spasticity_cds.batch.inputs import InputSet, discover
+from spasticity_cds.batch.patient import (
+    EvaluationSpec,
+    Line,
+    PatientEvaluator,
+    PatientOutcome,
+    evaluate_chunk,
+    init_worker,
+)
+from spasticity_cds.errors import BatchError
+
+ENGINES = ("local", "spark")
+LINE_PROBLEMS = (problems.MALFORMED, problems.UNKNOWN_TYPE, problems.NO_PATIENT)
+#: Called with (patients done, patients in total) as the run advances.
+Progress = Callable[[int, int], None]
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class BatchOptions:
+    """What one ``spasticity-cds batch`` run does."""
+
+    source: Path
+    out: Path
+    now: datetime
+    engine: str = "local"
+    workers: int = 1
+    since: Path | None = None
+    kb_path: Path | None = None
+    app_url: str = ""
+    memory_limit: str = "512MB"
+    chunk_size: int = 50
+    spark_master: str = "local[2]"
+
+
+@dataclass(slots=True)
+class BatchSummary:
+    """The outcome of a finished run: where it is and its manifest."""
+
+    out: Path
+    seconds: float
+    manifest: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def counts(self) -> dict[str, Any]:
+        """The manifest's counts."""
+        result: dict[str, Any] = self.manifest["counts"]
+        return result
+
+
+@dataclass(slots=True)
+class EngineReport:
+    """What an engine tells the runner besides the per-patient outcomes it streamed to the writer."""
+
+    patients: int
+    file_stats: list[dict[str, int]]
+
+
+def run_batch(options: BatchOptions, progress: Progress | None = None) -> BatchSummary:
+    """Run the whole batch; raises ``BatchError`` when it cannot start. Bad input lines and patients are reported."""
+    if options.engine not in ENGINES:
+        raise BatchError(f"unknown engine {options.engine!r}; choose local or spark")
+    if options.workers < 1:
+        raise BatchError(f"--workers must be at least 1 (got {options.workers})")
+    if options.now.tzinfo is None:
+        raise BatchError("--now must carry a UTC offset")
+    started = time.perf_counter()
+    inputs = discover(options.source)
+    previous = _previous_run(options.since) if options.since is not None else None
+    out = options.out.absolute()
+    partial = _prepare(out)
+    try:
+        manifest = _run_into(partial, inputs, previous, options, progress)
+        _swap(partial, out)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    return BatchSummary(out=out, seconds=time.perf_counter() - started, manifest=manifest)
+
+
+def _run_into(
+    partial: Path, inputs: InputSet, previous: Path | None, options: BatchOptions, progress: Progress | None
+) -> dict[str, Any]:
+    spec = EvaluationSpec(
+        now=options.now,
+        files=tuple(item.name for item in inputs.files),
+        kb_path=str(options.kb_path) if options.kb_path else None,
+    )
+    writer = output.RunWriter(partial)
+    try:
+        if options.engine == "spark":
+            from spasticity_cds.batch.spark import run_spark
+
+            report = run_spark(inputs, spec, writer, options, progress)
+        else:
+            report = _run_local(inputs, spec, writer, options, progress)
+        for stats in report.file_stats:
+            for category in LINE_PROBLEMS:
+                if stats.get(category):
+                    writer.counts.problem(category, stats[category])
+        tasks = writer.finish(
+            previous=previous,
+            now=options.now.isoformat(),
+            app_url=options.app_url,
+            memory_limit=options.memory_limit,
+        )
+    finally:
+        writer.close()
+    knowledge_base = PatientEvaluator(spec).knowledge_base
+    output.write_json(partial / output.RULE_COUNTS, writer.counts.rule_counts(knowledge_base))
+    manifest = _manifest(inputs, previous, options, knowledge_base, report, writer, tasks)
+    output.write_json(partial / output.MANIFEST, manifest)
+    shutil.rmtree(writer.work)
+    return manifest
+
+
+def _run_local(
+    inputs: InputSet, spec: EvaluationSpec, writer: output.RunWriter, options: BatchOptions, progress: Progress | None
+) -> EngineReport:
+    with DuckGrouper(
+        inputs.files, writer.work / "spill", memory_limit=options.memory_limit, threads=os.cpu_count() or 1
+    ) as grouper:
+        grouper.load()
+        total = grouper.patient_count()
+        stats = grouper.file_stats()
+        for record in grouper.problems():
+            writer.problem(record)
+        if progress is not None:
+            progress(0, total)
+        for done, outcome in enumerate(_evaluate_local(grouper.patients(), spec, options), start=1):
+            writer.add(outcome)
+            if progress is not None:
+                progress(done, total)
+    return EngineReport(patients=total, file_stats=stats)
+
+
+def _evaluate_local(
+    patients: Iterator[tuple[str, list[Line]]], spec: EvaluationSpec, options: BatchOptions
+) -> Iterator[PatientOutcome]:
+    if options.workers == 1:
+        evaluator = PatientEvaluator(spec)
+        for key, lines in patients:
+            yield evaluator.evaluate(key, lines)
+        return
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(
+        max_workers=options.workers, mp_context=context, initializer=init_worker, initargs=(spec,)
+    ) as executor:
+        try:
+            for outcomes in _bounded_map(executor, _chunks(patients, options.chunk_size), 2 * options.workers + 1):
+                yield from outcomes
+        except BaseException:
+            executor.shutdown(wait=True, cancel_futures=True)
+            raise
+
+
+def _chunks(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    chunk: list[T] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _bounded_map(
+    executor: ProcessPoolExecutor, chunks: Iterator[list[tuple[str, list[Line]]]], in_flight: int
+) -> Iterator[list[PatientOutcome]]:
+    """Like ``executor.map`` in order, but with at most ``in_flight`` chunks submitted (flat memory)."""
+    pending: deque[Future[list[PatientOutcome]]] = deque()
+    for chunk in chunks:
+        pending.append(executor.submit(evaluate_chunk, chunk))
+        if len(pending) >= in_flight:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
+
+
+def _manifest(
+    inputs: InputSet,
+    previous: Path | None,
+    options: BatchOptions,
+    knowledge_base: dict[str, Any],
+    report: EngineReport,
+    writer: output.RunWriter,
+    tasks: dict[str, int],
+) -> dict[str, Any]:
+    counts = writer.counts
+    files = []
+    for item, stats in zip(inputs.files, report.file_stats, strict=True):
+        entry: dict[str, Any] = {
+            "url": item.name,
+            "lines": sum(stats.values()),
+            "resources": stats.get(problems.OK, 0),
+            "problems": {category: stats[category] for category in LINE_PROBLEMS if stats.get(category)},
+        }
+        if item.declared_type:
+            entry["type"] = item.declared_type
+        files.append(entry)
+    error = []
+    if writer.outcome_count:
+        error.append({"type": "OperationOutcome", "url": output.OUTCOMES, "count": writer.outcome_count})
+    return {
+        "transactionTime": inputs.transaction_time or options.now.isoformat(),
+        "request": f"spasticity-cds batch {inputs.source}",
+        "requiresAccessToken": False,
+        "evaluatedAt": options.now.isoformat(),
+        "knowledgeBase": knowledge_base,
+        "engine": {"name": options.engine, "workers": options.workers}
+        if options.engine == "local"
+        else {"name": "spark", "master": options.spark_master},
+        "input": {
+            "source": str(inputs.source),
+            "kind": inputs.kind,
+            "transactionTime": inputs.transaction_time,
+            "request": inputs.request,
+            "files": files,
+        },
+        "since": {"run": str(previous)} if previous is not None else None,
+        "counts": {
+            "lines": sum(sum(stats.values()) for stats in report.file_stats),
+            "resources": sum(stats.get(problems.OK, 0) for stats in report.file_stats),
+            "blankLines": sum(stats.get(problems.BLANK, 0) for stats in report.file_stats),
+            "patients": report.patients,
+            "patientsEvaluated": counts.evaluated,
+            "patientsFailed": counts.failed,
+            "patientsInScope": counts.in_scope,
+            "tasks": tasks,
+            "problems": dict(sorted(counts.problems.items())),
+        },
+        "output": [
+            {"type": "Task", "url": output.TASKS, "count": tasks["new"]},
+            {"type": "Task", "url": output.CLOSED, "count": tasks["closed"]},
+        ],
+        "error": error,
+        "worklist": {
+            "open": {"type": "Task", "url": output.OPEN, "count": tasks["open"]},
+            "csv": output.CSV_NAME,
+            "html": output.HTML_NAME,
+            "ruleCounts": output.RULE_COUNTS,
+        },
+    }
+
+
+# -- output folder: write beside it, rename at the end ------------------------------------------------------
+
+
+def _previous_run(path: Path) -> Path:
+    if not (path / output.MANIFEST).is_file() or not (path / output.OPEN).is_file():
+        raise BatchError("not a finished batch run (manifest.json and open.ndjson are missing)", where=str(path))
+    return path.absolute()
+
+
+def _prepare(out: Path) -> Path:
+    if out.exists() and not out.is_dir():
+        raise BatchError("the output path exists and is not a folder", where=str(out))
+    if out.is_dir() and any(out.iterdir()) and not (out / output.MANIFEST).is_file():
+        raise BatchError("the output folder is not empty and does not hold a batch run", where=str(out))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        _clean_stale(out)
+        partial = out.parent / f".{out.name}.partial-{os.getpid()}"
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir()
+    except OSError as error:
+        raise BatchError(f"cannot create the output folder: {error.strerror or error}", where=str(out)) from None
+    return partial
+
+
+def _clean_stale(out: Path) -> None:
+    """Remove what killed runs left beside ``out``; restore a previous output caught between the two renames."""
+    for kind in ("old", "partial"):
+        for leftover in sorted(out.parent.glob(f".{out.name}.{kind}-*")):
+            pid = leftover.name.rsplit("-", 1)[-1]
+            if pid.isdigit() and _alive(int(pid)):
+                continue
+            if kind == "old" and not out.exists():
+                leftover.rename(out)
+            else:
+                shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _swap(partial: Path, out: Path) -> None:
+    if out.exists():
+        old = out.parent / f".{out.name}.old-{os.getpid()}"
+        out.rename(old)
+        partial.rename(out)
+        shutil.rmtree(old)
+    else:
+        partial.rename(out)

@@ -1,0 +1,174 @@
+"""The PySpark engine: the same line classification and per-patient evaluator, grouped by patient on Spark."""
+
+from __future__ import annotations
+
+import heapq
+import os
+import sys
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any
+
+from spasticity_cds.batch import problems
+from spasticity_cds.batch.patient import EvaluationSpec, Line, PatientEvaluator, PatientOutcome
+from spasticity_cds.errors import BatchError
+
+if TYPE_CHECKING:
+    from spasticity_cds.batch.inputs import InputSet
+    from spasticity_cds.batch.output import RunWriter
+    from spasticity_cds.batch.runner import BatchOptions, EngineReport
+
+#: A classified line: ((file index, line number, raw bytes), classification).
+Row = tuple[Line, problems.Classified]
+_EVALUATORS: dict[EvaluationSpec, PatientEvaluator] = {}
+
+
+def _evaluator(spec: EvaluationSpec) -> PatientEvaluator:
+    """One evaluator (compiled knowledge base) per Python worker process, reused across partitions."""
+    if spec not in _EVALUATORS:
+        _EVALUATORS[spec] = PatientEvaluator(spec)
+    return _EVALUATORS[spec]
+
+
+def evaluate_partition(
+    spec: EvaluationSpec,
+) -> Callable[[Iterable[tuple[str, Iterable[Line]]]], Iterator[PatientOutcome]]:
+    """The ``mapPartitions`` function: the local engine's per-patient step, lines in file and line order."""
+
+    def run(groups: Iterable[tuple[str, Iterable[Line]]]) -> Iterator[PatientOutcome]:
+        evaluator = _evaluator(spec)
+        for key, lines in groups:
+            yield evaluator.evaluate(key, sorted(lines, key=lambda line: (line[0], line[1])))
+
+    return run
+
+
+def _classify(line: Line) -> Row:
+    raw = line[2] if isinstance(line[2], bytes) else line[2].encode("utf-8")
+    return line, problems.classify(raw)
+
+
+def _keep_first(
+    cap: int,
+) -> tuple[
+    Callable[[tuple[int, str | None, bytes]], tuple[int, list[tuple[int, str | None, bytes]]]],
+    Callable[[tuple[int, list[Any]], tuple[int, str | None, bytes]], tuple[int, list[Any]]],
+    Callable[[tuple[int, list[Any]], tuple[int, list[Any]]], tuple[int, list[Any]]],
+]:
+    """combineByKey functions keeping a count and the ``cap`` first lines of each (file, category)."""
+
+    def create(item: tuple[int, str | None, bytes]) -> tuple[int, list[tuple[int, str | None, bytes]]]:
+        return 1, [item]
+
+    def merge(acc: tuple[int, list[Any]], item: tuple[int, str | None, bytes]) -> tuple[int, list[Any]]:
+        return acc[0] + 1, heapq.nsmallest(cap, [*acc[1], item], key=lambda entry: entry[0])
+
+    def combine(left: tuple[int, list[Any]], right: tuple[int, list[Any]]) -> tuple[int, list[Any]]:
+        return left[0] + right[0], heapq.nsmallest(cap, left[1] + right[1], key=lambda entry: entry[0])
+
+    return create, merge, combine
+
+
+def run_spark(
+    inputs: InputSet,
+    spec: EvaluationSpec,
+    writer: RunWriter,
+    options: BatchOptions,
+    progress: Callable[[int, int], None] | None,
+) -> EngineReport:
+    """Group and evaluate with PySpark; outcomes stream back to the driver in patient-key order."""
+    from spasticity_cds.batch.runner import EngineReport
+
+    try:
+        from pyspark import StorageLevel
+        from pyspark.sql import SparkSession
+    except ImportError:
+        raise BatchError("--engine spark needs PySpark: pip install 'spasticity-cds[spark]'") from None
+    created = SparkSession.getActiveSession() is None
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    session = (
+        SparkSession.builder.master(options.spark_master)
+        .appName("spasticity-cds batch")
+        .config("spark.ui.enabled", "false")
+        .config("spark.ui.showConsoleProgress", "false")
+        .config("spark.sql.shuffle.partitions", "8")
+        .getOrCreate()
+    )
+    try:
+        context = session.sparkContext
+        parts = [
+            context.textFile(str(item.path), use_unicode=False)
+            .zipWithIndex()
+            .map(lambda pair, index=index: (index, pair[1] + 1, pair[0]))
+            for index, item in enumerate(inputs.files)
+        ]
+        rows = context.union(parts).map(_classify).persist(StorageLevel.MEMORY_AND_DISK)
+
+        def shared(row: Row) -> bool:
+            return row[1].status == problems.OK and row[1].key is None
+
+        medications = rows.filter(shared).map(lambda row: (f"Medication/{row[1].resource_id or ''}", row))
+        references = (
+            rows.filter(
+                lambda row: row[1].status == problems.OK and row[1].key is not None and bool(row[1].medication_ref)
+            )
+            .map(lambda row: (row[1].medication_ref, row[1].key))
+            .distinct()
+        )
+        used = medications.leftOuterJoin(references.keys().distinct().map(lambda ref: (ref, True)))
+        own = rows.filter(lambda row: not shared(row))
+        statuses = own.map(lambda row: ((row[0][0], row[1].status), 1)).union(
+            used.map(lambda pair: ((pair[1][0][0][0], problems.OK if pair[1][1] else problems.NO_PATIENT), 1))
+        )
+        stats: list[dict[str, int]] = [{} for _ in inputs.files]
+        for (file_id, status), count in statuses.reduceByKey(lambda a, b: a + b).collect():
+            stats[file_id][status] = count
+
+        line_problems = own.filter(
+            lambda row: row[1].status in (problems.MALFORMED, problems.UNKNOWN_TYPE, problems.NO_PATIENT)
+        ).map(lambda row: ((row[0][0], row[1].status), (row[0][1], row[1].resource_type, row[0][2])))
+        unused = used.filter(lambda pair: not pair[1][1]).map(
+            lambda pair: ((pair[1][0][0][0], problems.NO_PATIENT), (pair[1][0][0][1], "Medication", pair[1][0][0][2]))
+        )
+        create, merge, combine = _keep_first(problems.DETAIL_CAP)
+        collected = line_problems.union(unused).combineByKey(create, merge, combine).collect()
+        _report_problems(writer, [item.name for item in inputs.files], collected)
+
+        patient_lines = own.filter(lambda row: row[1].status == problems.OK).map(lambda row: (row[1].key, row[0]))
+        medication_lines = medications.join(references.map(lambda pair: (pair[0], pair[1]))).map(
+            lambda pair: (pair[1][1], pair[1][0][0])
+        )
+        grouped = patient_lines.union(medication_lines).groupByKey()
+        total = grouped.count()
+        if progress is not None:
+            progress(0, total)
+        partitions = max(1, min(total, context.defaultParallelism * 4))
+        ordered = grouped.sortByKey(numPartitions=partitions) if total else grouped
+        done = 0
+        for outcome in ordered.mapPartitions(evaluate_partition(spec)).toLocalIterator():
+            writer.add(outcome)
+            done += 1
+            if progress is not None:
+                progress(done, total)
+        rows.unpersist()
+    finally:
+        if created:
+            session.stop()
+    return EngineReport(patients=total, file_stats=stats)
+
+
+def _report_problems(
+    writer: RunWriter, names: list[str], collected: list[tuple[tuple[int, str], tuple[int, list[Any]]]]
+) -> None:
+    """Write line problems in the local engine's order: by file and line, then one overflow per category."""
+    detailed = []
+    overflow = []
+    for (file_id, status), (total, first) in collected:
+        detailed.extend((file_id, line_no, status, rtype, raw) for line_no, rtype, raw in first)
+        if total > problems.DETAIL_CAP:
+            overflow.append((file_id, status, total - problems.DETAIL_CAP))
+    for file_id, line_no, status, rtype, raw in sorted(detailed, key=lambda entry: (entry[0], entry[1])):
+        writer.problem(
+            problems.operation_outcome(status, problems.describe(status, rtype, raw), f"{names[file_id]}:{line_no}")
+        )
+    for file_id, status, more in sorted(overflow):
+        writer.problem(problems.overflow(status, names[file_id], more))

@@ -1,0 +1,186 @@
+"""Findings to FHIR R4 Tasks with stable ids, worklist rows, and the closing of Tasks that no longer fire."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+
+from spasticity_cds.batch import policy
+from spasticity_cds.engine.facts import Fact
+
+INT32_MAX = 2**31 - 1
+
+
+def task_key(patient: str, finding: Mapping[str, Any]) -> str:
+    """Stable id of a worklist item: a hash of (patient, rule id + version, the inputs the rule used)."""
+    inputs = {"facts": finding.get("facts", []), "evidence": finding.get("evidence", [])}
+    material = orjson.dumps(
+        [patient, finding["rule_id"], finding["rule_version"], inputs],
+        option=orjson.OPT_SORT_KEYS,
+    )
+    return hashlib.sha256(material).hexdigest()[:32]
+
+
+def patient_label(patient: Mapping[str, Any]) -> tuple[str, str]:
+    """(display name, medical record number) of a Patient resource; empty strings when absent."""
+    name = ""
+    for entry in patient.get("name") or ():
+        if not isinstance(entry, dict):
+            continue
+        if isinstance(entry.get("text"), str):
+            name = entry["text"]
+        else:
+            given = [g for g in entry.get("given") or () if isinstance(g, str)]
+            family = entry.get("family")
+            name = " ".join([*given, family if isinstance(family, str) else ""]).strip()
+        if name:
+            break
+    mrn = ""
+    for identifier in patient.get("identifier") or ():
+        if not isinstance(identifier, dict) or not isinstance(identifier.get("value"), str):
+            continue
+        codes = [c.get("code") for c in (identifier.get("type") or {}).get("coding") or () if isinstance(c, dict)]
+        if "MR" in codes:
+            return name, identifier["value"]
+        mrn = mrn or identifier["value"]
+    return name, mrn
+
+
+def _fact(data: Mapping[str, Any]) -> Fact:
+    return Fact(
+        name=str(data.get("name")),
+        value=data.get("value"),
+        unit=data.get("unit"),
+        date=data.get("date"),
+        stale=bool(data.get("stale", False)),
+        sources=tuple(data.get("sources") or ()),
+        note=data.get("note"),
+    )
+
+
+def _fact_input(data: Mapping[str, Any]) -> dict[str, Any]:
+    name = str(data.get("name"))
+    item: dict[str, Any] = {"type": {"coding": [{"system": policy.FACT_SYSTEM, "code": name}], "text": name}}
+    value = data.get("value")
+    unit = data.get("unit")
+    if value is None:
+        item["valueString"] = "missing"
+    elif isinstance(value, bool):
+        item["valueBoolean"] = value
+    elif isinstance(value, int | float) and unit:
+        item["valueQuantity"] = {"value": value, "unit": unit}
+    elif isinstance(value, int) and abs(value) <= INT32_MAX:
+        item["valueInteger"] = value
+    elif isinstance(value, int | float):
+        item["valueDecimal"] = value
+    else:
+        item["valueString"] = str(value)
+    extension: list[dict[str, Any]] = []
+    if data.get("date"):
+        extension.append({"url": f"{policy.BASE}/StructureDefinition/fact-date", "valueString": str(data["date"])})
+    if data.get("stale"):
+        extension.append({"url": f"{policy.BASE}/StructureDefinition/fact-stale", "valueBoolean": True})
+    if extension:
+        item["extension"] = extension
+    return item
+
+
+def _code_input(code: str, value: str) -> dict[str, Any]:
+    return {"type": {"coding": [{"system": policy.TASK_INPUT_SYSTEM, "code": code}]}, "valueCode": value}
+
+
+def build_task(
+    finding: Mapping[str, Any],
+    *,
+    patient_ref: str,
+    patient: Mapping[str, Any],
+    knowledge_base: Mapping[str, Any],
+    authored_on: str,
+) -> dict[str, Any]:
+    """One FHIR R4 Task (status requested, intent proposal) for an actionable finding."""
+    key = task_key(patient_ref, finding)
+    code = policy.action_code(finding)
+    evidence = [str(ref) for ref in finding.get("evidence", [])]
+    focus = next((ref for ref in evidence if ref.startswith("MedicationRequest/")), None)
+    name, mrn = patient_label(patient)
+    for_ref: dict[str, Any] = {"reference": patient_ref}
+    if name:
+        for_ref["display"] = name
+    if mrn:
+        for_ref["identifier"] = {"value": mrn}
+    inputs = [_code_input("finding-kind", str(finding["kind"])), _code_input("severity", str(finding["severity"]))]
+    inputs += [
+        {
+            "type": {"coding": [{"system": policy.TASK_INPUT_SYSTEM, "code": "evidence"}]},
+            "valueReference": {"reference": ref},
+        }
+        for ref in evidence
+    ]
+    inputs += [_fact_input(fact) for fact in finding.get("facts", [])]
+    task: dict[str, Any] = {
+        "resourceType": "Task",
+        "id": key,
+        "meta": {
+            "tag": [
+                {
+                    "system": policy.KB_VERSION_SYSTEM,
+                    "code": str(knowledge_base.get("version")),
+                    "display": str(knowledge_base.get("name")),
+                },
+                {"system": policy.KB_DIGEST_SYSTEM, "code": str(knowledge_base.get("digest"))},
+            ]
+        },
+        "identifier": [{"system": policy.TASK_KEY_SYSTEM, "value": key}],
+        "status": "requested",
+        "intent": "proposal",
+        "priority": policy.PRIORITY.get(str(finding["severity"]), "routine"),
+        "code": {
+            "coding": [{"system": policy.ACTION_SYSTEM, "code": code, "display": policy.ACTION_DISPLAY[code]}],
+            "text": policy.ACTION_DISPLAY[code],
+        },
+        "description": str(finding.get("summary", "")),
+    }
+    if focus is not None:
+        task["focus"] = {"reference": focus}
+    task["for"] = for_ref
+    task["authoredOn"] = authored_on
+    task["reasonCode"] = {
+        "coding": [{"system": policy.RULE_SYSTEM, "code": finding["rule_id"], "version": str(finding["rule_version"])}],
+        "text": f"{finding['rule_id']} v{finding['rule_version']}",
+    }
+    task["input"] = inputs
+    return task
+
+
+def worklist_row(task: Mapping[str, Any], finding: Mapping[str, Any]) -> dict[str, Any]:
+    """The flat view of one Task that the CSV and HTML worklists show."""
+    facts = [_fact(data) for data in finding.get("facts", [])]
+    for_ref = task["for"]
+    return {
+        "severity": finding["severity"],
+        "priority": task["priority"],
+        "patient": str(for_ref["reference"]).removeprefix("Patient/"),
+        "name": for_ref.get("display", ""),
+        "mrn": (for_ref.get("identifier") or {}).get("value", ""),
+        "rule": finding["rule_id"],
+        "version": finding["rule_version"],
+        "kind": finding["kind"],
+        "action": task["code"]["coding"][0]["code"],
+        "summary": task["description"],
+        "values": "; ".join(f"{fact.name} = {fact.display()}" for fact in facts if fact.value is not None),
+        "missing": "; ".join(fact.name for fact in facts if fact.value is None),
+        "focus": (task.get("focus") or {}).get("reference", ""),
+        "task": task["id"],
+    }
+
+
+def close_task(task: Mapping[str, Any], *, status: str, reason: str, when: str) -> dict[str, Any]:
+    """A previous run's Task marked ``completed`` or ``cancelled`` because its finding no longer fires."""
+    closed = dict(task)
+    closed["status"] = status
+    closed["statusReason"] = {"text": reason}
+    closed["lastModified"] = when
+    return closed
