@@ -1,0 +1,328 @@
+"""Fact extraction: units, valueString, text matches, doses, days on treatment, staleness, derived eGFR."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from spasticity_cds.api import load_knowledge_base
+from spasticity_cds.engine.dosing import dose_facts, dose_plan, renal_band
+from spasticity_cds.engine.facts import Fact
+from spasticity_cds.fhir.record import PatientRecord
+
+from .records import (
+    ICD,
+    LOINC,
+    NOW,
+    RXN,
+    SCT,
+    Resource,
+    alt,
+    bilirubin,
+    coded,
+    condition,
+    creatinine,
+    days_ago,
+    egfr,
+    mas,
+    med,
+    obs,
+    orthostatic,
+    patient,
+    record,
+)
+
+ENGINE = load_knowledge_base()
+
+
+def facts_of(*resources: Resource | list[Resource], **kw: Any) -> tuple[dict[str, Fact], list[str]]:
+    return ENGINE.extractor.extract(record(*resources, **kw), NOW)
+
+
+def all_facts(patient_record: PatientRecord, **settings: Any) -> dict[str, Fact]:
+    facts, _ = ENGINE._facts(patient_record, NOW, ENGINE.settings_for(settings))
+    return facts
+
+
+def test_creatinine_in_umol_per_litre_is_converted() -> None:
+    facts, _ = facts_of(creatinine(88.4, "umol/L"))
+    assert facts["obs.creatinine"].value == pytest.approx(1.0, abs=0.001)
+    assert facts["obs.creatinine"].unit == "mg/dL"
+
+
+def test_egfr_is_derived_from_creatinine_with_a_note() -> None:
+    facts, _ = facts_of(creatinine(190, "umol/L"), person=patient("1954-01-19", "female"))
+    derived = facts["obs.egfr"]
+    assert derived.value == pytest.approx(23.9, abs=0.2)
+    assert derived.note is not None
+    assert "derived from creatinine" in derived.note
+    assert "CKD-EPI 2021" in derived.note
+    assert derived.sources and derived.sources[0].startswith("Observation/")
+
+
+def test_a_current_measured_egfr_wins_over_creatinine() -> None:
+    facts, _ = facts_of(egfr(75), creatinine(3.0))
+    assert facts["obs.egfr"].value == 75.0
+    assert facts["obs.egfr"].note is None
+
+
+def test_egfr_needs_age_and_sex_to_be_derived() -> None:
+    facts, _ = facts_of(creatinine(1.0), person={"resourceType": "Patient", "id": "p1"})
+    assert facts["obs.egfr"].value is None
+    assert facts["patient.age"].note == "no birthDate"
+
+
+def test_value_string_numbers_are_read() -> None:
+    facts, _ = facts_of(obs(LOINC, "98979-8", ">90", kind="string"))
+    assert facts["obs.egfr"].value == 90.0
+
+
+def test_paco2_in_kpa_and_unknown_units() -> None:
+    facts, _ = facts_of(obs(LOINC, "2019-8", 6.0, unit="kPa"))
+    assert facts["obs.paco2"].value == pytest.approx(45.0, abs=0.01)
+    facts, notes = facts_of(obs(LOINC, "2160-0", 1.0, unit="furlongs"))
+    assert facts["obs.creatinine"].value is None
+    assert any("unit 'furlongs'" in note and "not recognised" in note for note in notes)
+
+
+def test_modified_ashworth_1_plus_and_muscle_groups() -> None:
+    facts, _ = facts_of(mas("1+", "left calf"), mas("2", "right calf"), mas("0", "left elbow"))
+    assert facts["obs.mas_max"].value == 2.0
+    assert facts["obs.mas_groups"].value == 2.0
+    facts, _ = facts_of(mas("1+", "left calf"))
+    assert facts["obs.mas_max"].value == 1.5
+
+
+def test_only_the_latest_ashworth_assessment_counts() -> None:
+    facts, _ = facts_of(mas("3", "left calf", when=days_ago(60)), mas("1", "left calf"), mas("1", "right calf"))
+    assert facts["obs.mas_max"].value == 1.0
+
+
+def test_stale_facts_are_kept_but_marked_and_not_usable() -> None:
+    facts, _ = facts_of(egfr(38, when=days_ago(400)))
+    fact = facts["obs.egfr"]
+    assert fact.value == 38.0
+    assert fact.stale is True
+    assert not fact.usable
+    assert "stale" in fact.display()
+    assert fact.to_dict()["stale"] is True
+
+
+def test_stale_egfr_makes_the_kidney_ceiling_missing() -> None:
+    facts = all_facts(record(egfr(38, when=days_ago(400)), med("baclofen", dose=20, per_day=3)))
+    ceiling = facts["dose.baclofen.ceiling"]
+    assert ceiling.value is None
+    assert ceiling.note is not None and "stale" in ceiling.note
+
+
+def test_text_only_records_are_matched_and_reported() -> None:
+    condition_text = {
+        "resourceType": "Condition",
+        "id": "c9",
+        "code": {"text": "Motor neurone disease"},
+        "subject": {"reference": "Patient/p1"},
+    }
+    facts, notes = facts_of(condition_text, med("Sativex oromucosal spray"), with_als=False)
+    assert facts["condition.als"].value is True
+    assert facts["med.nabiximols.current"].value is True
+    assert any("matched ALS / motor neuron disease by its text 'Motor neurone disease'" in n for n in notes)
+    assert any("by its text 'Sativex oromucosal spray'" in n for n in notes)
+
+
+def test_product_level_code_times_pill_count_gives_the_daily_dose() -> None:
+    order = med("baclofen", dose=1, unit="{pill}", per_day=3)
+    order["medicationCodeableConcept"] = coded(RXN, "197391", "baclofen 10 MG Oral Tablet")
+    order["dosageInstruction"][0]["doseAndRate"][0]["doseQuantity"] = {
+        "value": 1,
+        "unit": "tablet",
+        "system": "http://unitsofmeasure.org",
+        "code": "{pill}",
+    }
+    facts, _ = facts_of(order)
+    dose = facts["med.baclofen.daily_dose"]
+    assert dose.value == 30.0
+    assert dose.unit == "mg/day"
+    assert dose.note is not None and "10 mg product strength" in dose.note
+
+
+def test_a_unitless_dose_on_an_ingredient_code_is_not_guessed() -> None:
+    order = med("baclofen", dose=1, unit="", per_day=3)
+    facts, _ = facts_of(order)
+    assert facts["med.baclofen.daily_dose"].value is None
+    assert facts["med.baclofen.current"].value is True
+
+
+def test_dose_from_the_dosage_text() -> None:
+    order = med("Baclofen 5mg tablets", status="draft")
+    order["dosageInstruction"] = [{"text": "5 mg three times a day with food"}]
+    facts, _ = facts_of(order)
+    dose = facts["med.baclofen.daily_dose"]
+    assert dose.value == 15.0
+    assert dose.note is not None and "dosage text" in dose.note
+    assert facts["med.baclofen.proposed"].value is True
+    assert facts["med.baclofen.current"].value is False
+
+
+def test_two_dosage_lines_are_added() -> None:
+    order = med("baclofen", dose=20, per_day=4)
+    order["dosageInstruction"].append(
+        {
+            "timing": {"repeat": {"frequency": 1, "period": 1, "periodUnit": "d"}},
+            "doseAndRate": [{"doseQuantity": {"value": 10, "unit": "mg"}}],
+        }
+    )
+    facts, _ = facts_of(order)
+    assert facts["med.baclofen.daily_dose"].value == 90.0
+
+
+def test_micrograms_and_grams() -> None:
+    facts, _ = facts_of(med("gabapentin", dose=0.6, unit="g", per_day=3))
+    assert facts["med.gabapentin.daily_dose"].value == pytest.approx(1800.0)
+
+
+def test_days_on_counts_from_the_start_of_the_course() -> None:
+    facts, _ = facts_of(med("dantrolene", start=days_ago(60)))
+    assert facts["med.dantrolene.days_on"].value == 60
+    facts, _ = facts_of(med("dantrolene"))
+    assert facts["med.dantrolene.days_on"].value is None
+    assert facts["med.dantrolene.days_on"].note == "no start date on the orders"
+    facts, _ = facts_of(med("dantrolene", status="stopped", start=days_ago(90)))
+    assert facts["med.dantrolene.days_on"].value is None
+
+
+def test_failed_needs_a_stop_reason_that_means_failure() -> None:
+    facts, _ = facts_of(med("baclofen", status="stopped", reason="Not tolerated - drowsiness"))
+    assert facts["med.baclofen.failed"].value is True
+    assert facts["antispastic.oral_failed_count"].value == 1
+    facts, _ = facts_of(med("baclofen", status="completed", reason="course finished"))
+    assert facts["med.baclofen.failed"].value is False
+    facts, _ = facts_of(med("baclofen", status="stopped", reason="ineffective"), med("baclofen"))
+    assert facts["med.baclofen.failed"].value is False, "restarted: currently taking it"
+
+
+def test_entered_in_error_and_refuted_are_ignored() -> None:
+    wrong = med("tizanidine", status="entered-in-error")
+    refuted = condition(ICD, "K74.60")
+    refuted["verificationStatus"] = coded("http://terminology.hl7.org/CodeSystem/condition-ver-status", "refuted")
+    facts, _ = facts_of(wrong, refuted)
+    assert facts["med.tizanidine.ever"].value is False
+    assert facts["condition.liver-disease"].value is False
+
+
+def test_resolved_history_counts_only_where_the_concept_says_so() -> None:
+    facts, _ = facts_of(condition(ICD, "F20.0", status="resolved"), condition(ICD, "K74.60", status="resolved"))
+    assert facts["condition.psychosis"].value is True
+    assert facts["condition.liver-disease"].value is False
+
+
+def test_icd_codes_match_by_prefix_with_or_without_dot() -> None:
+    facts, _ = facts_of(condition(ICD, "G4733"))
+    assert facts["condition.sleep-apnoea"].value is True
+    facts, _ = facts_of(condition(ICD, "G12.23"), with_als=False)
+    assert facts["condition.als"].value is True
+
+
+def test_intrathecal_route_turns_baclofen_into_itb() -> None:
+    facts, _ = facts_of(med("baclofen", dose=150, unit="ug", per_day=1, route="Intrathecal"))
+    assert facts["med.intrathecal-baclofen.current"].value is True
+    assert facts["med.baclofen.current"].value is False
+
+
+def test_liver_ratios_use_the_reference_range_in_the_value_unit() -> None:
+    facts, _ = facts_of(alt(120, high=40), bilirubin(53, high=21, unit="umol/L"))
+    assert facts["obs.alt_x_uln"].value == 3.0
+    assert facts["obs.bilirubin_x_uln"].value == pytest.approx(2.52, abs=0.01)
+    assert facts["obs.alt_x_uln"].note is not None and "reference range" in facts["obs.alt_x_uln"].note
+
+
+def test_liver_ratio_without_a_range_uses_the_named_default() -> None:
+    facts, _ = facts_of(alt(120, high=None))
+    assert facts["obs.alt_x_uln"].value == 3.0
+    assert facts["obs.alt_x_uln"].note is not None and "default_uln_alt" in facts["obs.alt_x_uln"].note
+    assert facts["obs.liver_tested"].value is True
+    assert facts["obs.liver_days_since"].value == 14
+
+
+def test_orthostatic_drop_from_lying_and_standing() -> None:
+    facts, _ = facts_of(orthostatic(140, 112, (84, 70)))
+    assert facts["obs.orthostatic_sbp_drop"].value == 28.0
+    assert facts["obs.orthostatic_dbp_drop"].value == 14.0
+    assert len(facts["obs.orthostatic_sbp_drop"].sources) == 2
+
+
+def test_blood_pressure_panel_components_are_read() -> None:
+    panel = obs(LOINC, "85354-9", None, kind="none")
+    panel["component"] = [
+        {"code": coded(LOINC, "8480-6"), "valueQuantity": {"value": 86, "unit": "mm[Hg]"}},
+        {"code": coded(LOINC, "8462-4"), "valueQuantity": {"value": 50, "unit": "mm[Hg]"}},
+    ]
+    facts, _ = facts_of(panel)
+    assert facts["obs.systolic-bp"].value == 86.0
+
+
+def test_relies_on_tone_from_a_coded_yes() -> None:
+    yes = obs("http://spasticity-cds.org/fhir/CodeSystem/local", "relies-on-tone", None, kind="none")
+    yes["valueCodeableConcept"] = {"coding": [{"code": "Y", "display": "Yes"}], "text": "Yes"}
+    facts, _ = facts_of(yes)
+    assert facts["obs.relies-on-tone"].value is True
+
+
+def test_snomed_als_and_patient_age() -> None:
+    facts, _ = facts_of(condition(SCT, "86044005"), with_als=False, person=patient("1964-11-25", "female"))
+    assert facts["condition.als"].value is True
+    assert facts["patient.age"].value == 61
+    assert facts["patient.sex"].value == "female"
+
+
+# ---- dosing --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("value", "ceiling"), [(95, 80.0), (70, 53.6), (40, 40.0), (20, 26.4)])
+def test_baclofen_ceiling_follows_the_narrowest_renal_band(value: float, ceiling: float) -> None:
+    facts = all_facts(record(egfr(value)))
+    assert facts["dose.baclofen.ceiling"].value == ceiling
+
+
+def test_gabapentin_ceiling_uses_the_label_table() -> None:
+    facts = all_facts(record(egfr(25), med("gabapentin", dose=600, per_day=3)))
+    assert facts["dose.gabapentin.ceiling"].value == 700
+    assert facts["dose.gabapentin.above_ceiling"].value is True
+
+
+def test_jurisdiction_sets_the_maximum() -> None:
+    order = med("baclofen", dose=20, per_day=4)
+    us = all_facts(record(egfr(95), order))
+    uk = all_facts(record(egfr(95), order), jurisdiction="uk")
+    assert us["dose.baclofen.max"].value == 80
+    assert uk["dose.baclofen.max"].value == 100
+    assert us["dose.baclofen.at_max"].value is True
+    assert uk["dose.baclofen.at_max"].value is False
+
+
+def test_renal_band_is_none_without_a_usable_egfr() -> None:
+    monograph = ENGINE.kb.monographs["baclofen"]
+    assert renal_band(monograph, Fact("obs.egfr", None)) is None
+    assert renal_band(monograph, Fact("obs.egfr", 20.0, stale=True)) is None
+    band = renal_band(monograph, Fact("obs.egfr", 45.0))
+    assert band is not None and band.below_egfr == 50
+
+
+def test_dose_plan_steps_are_dated_and_capped_at_the_ceiling() -> None:
+    monograph = ENGINE.kb.monographs["baclofen"]
+    facts = all_facts(record(egfr(40)))
+    plan = dose_plan(monograph, facts, ENGINE.defaults, NOW, ENGINE.cite)
+    assert plan is not None
+    assert [step["daily"] for step in plan["steps"]] == [15, 30]
+    assert plan["steps"][0]["date"] == "2026-11-24"
+    assert plan["steps"][1]["date"] == "2026-11-27"
+    assert plan["renal_adjustment"]["below_egfr"] == 50
+    assert plan["max_daily"] == 80 and plan["jurisdiction"] == "us"
+
+
+def test_dose_facts_are_missing_not_false_when_the_dose_is_unknown() -> None:
+    monograph = ENGINE.kb.monographs["baclofen"]
+    facts, _ = facts_of(med("baclofen"), egfr(90))
+    out = dose_facts(monograph, facts, ENGINE.defaults)
+    assert out["dose.baclofen.above_max"].value is None
+    assert out["dose.baclofen.max"].value == 80
