@@ -1,0 +1,188 @@
+"""Cards: one per decision, KB text with citations, data used and missing, acting suggestions, stored for feedback."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI
+
+from spasticity_cds.cds_hooks.cards import compact, short_summary
+from spasticity_cds.store import SqlFeedbackStore, hash_patient_ref
+
+from .helpers import (
+    PATIENT_ID,
+    REVIEW,
+    RXNORM,
+    SELECT,
+    SIGN,
+    Client,
+    assert_valid_card,
+    baclofen_order,
+    call,
+    hook_request,
+    observations,
+    prefetch,
+    searchset,
+)
+
+
+def _cards(app: FastAPI, client: Client, body: dict[str, Any], service: str) -> list[dict[str, Any]]:
+    path = f"/cds-services/{service}"
+    response = call(app, "POST", path, json=body, headers=client.headers(path))
+    assert response.status_code == 200, response.text
+    cards: list[dict[str, Any]] = response.json()["cards"]
+    for card in cards:
+        assert_valid_card(card)
+    return cards
+
+
+def _rule(card: dict[str, Any]) -> str:
+    rule: str = card["extension"]["org.spasticity-cds.rule"]["id"]
+    return rule
+
+
+def _drug(order_id: str, code: str, text: str, status: str = "draft") -> dict[str, Any]:
+    order = baclofen_order(order_id, value=2, status=status)
+    order["medicationCodeableConcept"] = {"coding": [{"system": RXNORM, "code": code}], "text": text}
+    return order
+
+
+def test_order_over_the_kidney_ceiling_gets_one_card_with_a_whole_resource_update(app: FastAPI, client: Client) -> None:
+    draft = baclofen_order()
+    cards = _cards(app, client, hook_request("order-sign", prefetch_data=prefetch(), drafts=[draft]), SIGN)
+    (card,) = cards
+    assert card["indicator"] == "critical" and card["selectionBehavior"] == "at-most-one"
+    assert card["extension"]["org.spasticity-cds.findings"] == ["BACLOFEN-DOSE-ABOVE-CEILING", "BACLOFEN-RENAL-BAND"]
+    (action,) = card["suggestions"][0]["actions"]
+    assert action["type"] == "update"
+    updated = action["resource"]
+    assert updated["dosageInstruction"][0]["doseAndRate"][0]["doseQuantity"]["value"] == 13
+    expected = baclofen_order()
+    expected["dosageInstruction"][0]["doseAndRate"][0]["doseQuantity"]["value"] = 13
+    expected["dosageInstruction"][0]["text"] = "13 mg 3 times a day (kidney-adjusted dose)"
+    assert updated == expected
+
+
+def test_order_that_already_fits_gets_no_card(app: FastAPI, client: Client) -> None:
+    body = hook_request("order-sign", prefetch_data=prefetch(), drafts=[baclofen_order(value=5)])
+    assert _cards(app, client, body, SIGN) == []
+
+
+def test_order_select_checks_only_the_selection(app: FastAPI, client: Client) -> None:
+    over = baclofen_order("over")
+    fine = baclofen_order("fine", value=5)
+    body = hook_request(
+        "order-select", prefetch_data=prefetch(), drafts=[over, fine], selections=["MedicationRequest/fine"]
+    )
+    assert _cards(app, client, body, SELECT) == []
+    body["context"]["selections"] = ["MedicationRequest/over"]
+    assert [_rule(c) for c in _cards(app, client, body, SELECT)] == ["BACLOFEN-DOSE-ABOVE-CEILING"]
+
+
+def test_tizanidine_without_liver_tests_suggests_creating_a_liver_test_order(app: FastAPI, client: Client) -> None:
+    data = prefetch()
+    data["observations"] = searchset([o for o in observations() if o["id"] not in ("alt", "ast", "bili")])
+    draft = _drug("tiz", "57258", "tizanidine 2 mg")
+    cards = _cards(app, client, hook_request("order-sign", prefetch_data=data, drafts=[draft]), SIGN)
+    liver = next(c for c in cards if _rule(c) == "TIZ-LFT-BASELINE")
+    assert liver["selectionBehavior"] == "any"
+    (action,) = liver["suggestions"][0]["actions"]
+    assert action["type"] == "create"
+    request = action["resource"]
+    assert request["resourceType"] == "ServiceRequest" and request["code"]["coding"][0]["code"] == "24325-3"
+    assert request["subject"] == {"reference": f"Patient/{PATIENT_ID}"}
+    assert request["reasonReference"] == [{"reference": "MedicationRequest/tiz"}]
+    assert request["requester"] == {"reference": "Practitioner/dr-1"}
+    assert "aminotransferases" in liver["detail"] and "MedicationRequest/tiz" in liver["detail"]
+
+
+def test_interacting_order_is_caught_through_the_evidence(app: FastAPI, client: Client) -> None:
+    tizanidine = _drug("tiz-current", "57258", "tizanidine 2 mg", status="active")
+    ciprofloxacin = _drug("cipro", "2551", "ciprofloxacin 500 mg")
+    body = hook_request("order-sign", prefetch_data=prefetch(meds=[tizanidine]), drafts=[ciprofloxacin])
+    cards = _cards(app, client, body, SIGN)
+    assert cards and cards[0]["indicator"] == "critical"
+    assert "MedicationRequest/cipro" in cards[0]["detail"]
+
+
+def test_patient_view_reviews_the_current_regimen(app: FastAPI, client: Client) -> None:
+    body = hook_request("patient-view", prefetch_data=prefetch(meds=[baclofen_order(status="active")]))
+    cards = _cards(app, client, body, REVIEW)
+    rules = [_rule(c) for c in cards]
+    assert rules[0] == "BACLOFEN-DOSE-ABOVE-CEILING"
+    assert len(rules) == len(set(rules))
+    assert all("suggestions" not in c for c in cards if _rule(c) == "BACLOFEN-DOSE-ABOVE-CEILING")
+
+
+def test_patient_without_als_gets_no_cards(app: FastAPI, client: Client) -> None:
+    data = prefetch(meds=[baclofen_order(status="active")])
+    data["conditions"] = searchset([])
+    assert _cards(app, client, hook_request("patient-view", prefetch_data=data), REVIEW) == []
+
+
+def test_detail_shows_the_basis_data_used_and_missing(app: FastAPI, client: Client) -> None:
+    data = prefetch()
+    del data["statements"]
+    body = hook_request("order-sign", prefetch_data=data, drafts=[baclofen_order()])
+    (card,) = _cards(app, client, body, SIGN)
+    detail = card["detail"]
+    assert "**Patient data used:**" in detail and "eGFR: 45" in detail and "Observation/egfr" in detail
+    assert "**Missing or out of date:**" in detail and "medication statements: not obtained" in detail
+    assert "**Sources:**" in detail and "evidence: C-primary" in detail
+    assert "BACLOFEN-DOSE-ABOVE-CEILING v" in detail
+
+
+def test_data_gaps_share_one_card_and_name_what_is_missing(app: FastAPI, client: Client) -> None:
+    data = prefetch(meds=[baclofen_order(status="active")])
+    data["observations"] = searchset([])
+    cards = _cards(app, client, hook_request("patient-view", prefetch_data=data), REVIEW)
+    gaps = [c for c in cards if any(f.endswith(":gap") for f in c["extension"]["org.spasticity-cds.findings"])]
+    assert len(gaps) == 1
+    assert "eGFR" in gaps[0]["detail"]
+
+
+def test_issued_cards_are_stored_and_feedback_joins_back(
+    app: FastAPI, client: Client, hook_store: SqlFeedbackStore
+) -> None:
+    body = hook_request("order-sign", prefetch_data=prefetch(), drafts=[baclofen_order()])
+    (card,) = _cards(app, client, body, SIGN)
+    issued = hook_store.find_issued_card(card["uuid"])
+    assert issued is not None and issued.hook_instance == body["hookInstance"] and issued.service_id == SIGN
+    assert issued.patient_ref_hash == hash_patient_ref(f"Patient/{PATIENT_ID}")
+    path = f"/cds-services/{SIGN}/feedback"
+    accepted = {
+        "card": card["uuid"],
+        "outcome": "accepted",
+        "outcomeTimestamp": "2026-11-24T14:31:00Z",
+        "acceptedSuggestions": [{"id": card["suggestions"][0]["uuid"]}],
+    }
+    for _ in range(3):
+        assert call(app, "POST", path, json={"feedback": [accepted]}, headers=client.headers(path)).status_code == 200
+    (stored,) = hook_store.list_hook_feedback()
+    assert (stored.rule_id, stored.kb_version, stored.hook_instance) == (
+        issued.rule_id,
+        issued.kb_version,
+        body["hookInstance"],
+    )
+    assert stored.accepted_suggestions == (card["suggestions"][0]["uuid"],)
+    (stats,) = [s for s in hook_store.feedback_report() if s.rule_id == issued.rule_id]
+    assert stats.cards_issued == 1 and stats.accepted == 1
+
+
+def test_every_card_and_suggestion_has_its_own_uuid(app: FastAPI, client: Client) -> None:
+    body = hook_request("patient-view", prefetch_data=prefetch(meds=[baclofen_order(status="active")]))
+    first, second = (_cards(app, client, body | {"hookInstance": h}, REVIEW) for h in ("a-1", "a-2"))
+    uuids = [c["uuid"] for c in first + second] + [s["uuid"] for c in first + second for s in c.get("suggestions", [])]
+    assert len(uuids) == len(set(uuids))
+
+
+def test_summary_is_cut_under_140_characters_at_a_word() -> None:
+    long = "Kidney function is severely reduced " * 8
+    cut = short_summary(long)
+    assert len(cut) < 140 and cut.endswith("…") and not cut[:-1].endswith(" ")
+    assert short_summary("Short one.") == "Short one."
+
+
+def test_compact_drops_every_empty_value() -> None:
+    value = {"a": None, "b": "", "c": [], "d": {}, "e": [None, "", {"f": []}], "g": {"h": 0, "i": False}}
+    assert compact(value) == {"g": {"h": 0, "i": False}}
