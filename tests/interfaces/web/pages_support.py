@@ -185,6 +185,7 @@ class MockEhr:
         self.launches: dict[str, dict[str, Any]] = {}
         self.authorize_requests: list[dict[str, str]] = []
         self.base = ""
+        self.challenge_methods = ["S256"]
         self.app = self._build()
 
     def register_launch(self, app_context: dict[str, Any] | None = None) -> str:
@@ -202,7 +203,7 @@ class MockEhr:
                 "authorization_endpoint": f"{ehr.base}/auth/authorize",
                 "token_endpoint": f"{ehr.base}/auth/token",
                 "capabilities": ["launch-ehr", "launch-standalone", "client-public", "context-ehr-patient"],
-                "code_challenge_methods_supported": ["S256"],
+                "code_challenge_methods_supported": ehr.challenge_methods,
             }
 
         @app.get("/auth/authorize")

@@ -44,6 +44,12 @@ class SmartError(SpasticityCdsError):
     http_status = 502
 
 
+class SmartLaunchRefusedError(SmartError):
+    """The launch names an invalid or unregistered FHIR server (the request is at fault, not the server)."""
+
+    http_status = 400
+
+
 @dataclass(frozen=True)
 class SmartClient:
     """How this app is registered with one EHR (FHIR base URL = issuer)."""
@@ -137,17 +143,17 @@ def client_for(iss: str, state: AppState) -> SmartClient:
     """The registration for ``iss``; without a clients file a public client for allow-listed (or any) servers."""
     parts = urlsplit(iss)
     if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise SmartError("the launch did not name a valid FHIR server (iss)")
+        raise SmartLaunchRefusedError("the launch did not name a valid FHIR server (iss)")
     clients = load_clients(state.settings.smart_clients_file)
     if clients is None:
         allowed = [url.rstrip("/") for url in getattr(state.settings, "fhir_server_allowlist", ())]
         if allowed and iss.rstrip("/") not in allowed:
-            raise SmartError("this FHIR server is not registered for SMART launch")
+            raise SmartLaunchRefusedError("this FHIR server is not registered for SMART launch")
         return SmartClient(iss=iss.rstrip("/"), client_id=DEFAULT_CLIENT_ID)
     for client in clients:
         if client.iss == iss.rstrip("/"):
             return client
-    raise SmartError("this FHIR server is not registered for SMART launch")
+    raise SmartLaunchRefusedError("this FHIR server is not registered for SMART launch")
 
 
 def pkce_pair() -> tuple[str, str]:
@@ -203,7 +209,7 @@ async def smart_launch(request: Request, state: StateDep) -> Response:
         async with httpx.AsyncClient(timeout=_timeout(state)) as http:
             config = await discover(http, client.iss)
     except SmartError as error:
-        return _error(request, state, error.message, 400 if "registered" in error.message else 502)
+        return _error(request, state, error.message, error.http_status)
     verifier, challenge = pkce_pair()
     oauth_state = secrets.token_urlsafe(24)
     session = SmartSession(

@@ -1,0 +1,170 @@
+"""Knowledge-base browser, JSON API and the feedback report."""
+
+from __future__ import annotations
+
+import json
+import sys
+import uuid
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+import pages_support as support
+
+from spasticity_cds import api
+from spasticity_cds.store import (
+    FeedbackOutcome,
+    HookFeedback,
+    IssuedCard,
+    PageContext,
+    PageFeedback,
+    hash_patient_ref,
+)
+
+
+@pytest.fixture
+def client(tmp_path: Path) -> support.PageClient:
+    return support.PageClient(support.make_app(tmp_path))
+
+
+def test_every_rule_has_a_page_at_the_url_cards_link_to(client: support.PageClient) -> None:
+    kb = client.app.state.cds.engine.kb
+    index = client.get("/kb").text
+    for rule in kb.rules.values():
+        assert f'href="/kb/rules/{rule.id}"' in index
+        page = client.get(f"/kb/rules/{rule.id}")
+        assert page.status_code == 200
+        assert f"Rule {rule.id}" in page.text
+        assert "Change log" in page.text and f"v{rule.version}:" in page.text
+        for ref in rule.citations:
+            assert f'href="/kb/citations#{ref.id}"' in page.text
+
+
+def test_unknown_rule_and_drug_are_404_pages(client: support.PageClient) -> None:
+    for path in ("/kb/rules/NOPE", "/kb/drugs/nope", "/kb/rules/%3Cscript%3E"):
+        response = client.get(path)
+        assert response.status_code == 404
+        assert "<script>" not in response.text
+
+
+def test_drug_pages_citations_and_versions(client: support.PageClient) -> None:
+    kb = client.app.state.cds.engine.kb
+    for monograph in kb.monographs.values():
+        assert client.get(f"/kb/drugs/{monograph.id}").status_code == 200
+    citations = client.get("/kb/citations").text
+    for citation in kb.citations.values():
+        assert f'id="{citation.id}"' in citations
+    versions = client.get("/kb/versions").text
+    for release in kb.manifest.releases:
+        assert release.version in versions
+    assert "Rule change logs" in versions
+
+
+def test_api_kb_lists_identity_rules_drugs_and_citations(client: support.PageClient) -> None:
+    body = client.get("/api/kb").json()
+    kb = client.app.state.cds.engine.kb
+    assert body["version"] == kb.version and body["digest"] == kb.digest
+    assert {r["id"] for r in body["rules"]} == set(kb.rules)
+    assert body["rules"][0]["url"].startswith("http://testserver/kb/rules/")
+    assert {d["id"] for d in body["drugs"]} == set(kb.monographs)
+    assert len(body["evidence_gaps"]) == len(kb.manifest.evidence_gaps)
+
+
+def test_api_evaluate_matches_the_library(client: support.PageClient) -> None:
+    bundle = support.trend_bundle()
+    response = client.post(
+        "/api/evaluate", content=json.dumps(bundle), headers={"Content-Type": "application/fhir+json"}
+    )
+    assert response.status_code == 200
+    assert response.json() == json.loads(api.to_json(api.evaluate(bundle, now=support.FROZEN_NOW)))
+
+
+def test_api_evaluate_ndjson_and_now(client: support.PageClient) -> None:
+    bundle = support.trend_bundle()
+    ndjson = "\n".join(json.dumps(e["resource"]) for e in bundle["entry"])
+    later = support.FROZEN_NOW + timedelta(days=400)
+    response = client.post(
+        "/api/evaluate",
+        params={"now": later.isoformat()},
+        content=ndjson,
+        headers={"Content-Type": "application/x-ndjson"},
+    )
+    assert response.status_code == 200
+    assert response.json()["evaluated_at"] == later.isoformat()
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "params", "status"),
+    [
+        (b"{broken", "application/json", {}, 400),
+        (b'{"resourceType": "Bundle", "type": "collection", "entry": []}', "application/json", {}, 400),
+        (b"{}", "text/plain", {}, 415),
+        (b"{}", "application/json", {"now": "2026-11-24T09:30:00"}, 400),
+        (b"{}", "application/json", {"now": "yesterday"}, 400),
+    ],
+)
+def test_api_evaluate_errors_are_operation_outcomes(
+    client: support.PageClient, body: bytes, content_type: str, params: dict[str, str], status: int
+) -> None:
+    response = client.post("/api/evaluate", content=body, params=params, headers={"Content-Type": content_type})
+    assert response.status_code == status
+    outcome = response.json()
+    assert outcome["resourceType"] == "OperationOutcome"
+    assert "Traceback" not in response.text
+
+
+def test_api_evaluate_body_limit(tmp_path: Path) -> None:
+    client = support.PageClient(support.make_app(tmp_path, max_body_bytes=1000))
+    response = client.post("/api/evaluate", content=b" " * 5000, headers={"Content-Type": "application/json"})
+    assert response.status_code == 413
+
+
+def test_feedback_report_shows_hook_and_page_rates_per_rule(client: support.PageClient) -> None:
+    store = client.app.state.cds.store
+    now = support.FROZEN_NOW
+    cards = [
+        IssuedCard(
+            str(uuid.uuid4()),
+            "spasticity-patient-view",
+            "hook-1",
+            "TIZ-LIVER-3X",
+            1,
+            "1.0.0",
+            hash_patient_ref("Patient/1"),
+            now,
+        )
+        for _ in range(4)
+    ]
+    store.record_issued_cards(cards)
+    outcomes = [
+        FeedbackOutcome.ACCEPTED,
+        FeedbackOutcome.ACCEPTED,
+        FeedbackOutcome.ACCEPTED,
+        FeedbackOutcome.OVERRIDDEN,
+    ]
+    store.record_hook_feedback(
+        HookFeedback(
+            "spasticity-patient-view", card.card_uuid, outcome, now, now, rule_id="TIZ-LIVER-3X", rule_version=1
+        )
+        for card, outcome in zip(cards, outcomes, strict=True)
+    )
+    store.record_page_feedback(
+        PageFeedback(
+            uuid.uuid4(),
+            PageContext.FINDING,
+            now,
+            useful=False,
+            rule_id="TIZ-LIVER-3X",
+            rule_version=1,
+            override_reason_code="risk-benefit-ratio",
+        )
+    )
+    store.record_page_feedback(PageFeedback(uuid.uuid4(), PageContext.ANSWER_PAGE, now, answered=True))
+    page = client.get("/reports/feedback").text
+    row = page.split('href="/kb/rules/TIZ-LIVER-3X"')[1].split("</tr>")[0]
+    cells = [c.split("</td>")[0] for c in row.split("<td>")[1:]]
+    assert cells[:6] == ["1", "4", "3", "1", "75%", "25%"]
+    assert cells[6].strip() == "0 / 1" and cells[8].strip() == "1"
+    assert "1 yes, 0 no" in page

@@ -1,0 +1,185 @@
+"""SMART App Launch 2 against a loopback authorization and FHIR server: EHR and standalone launch, PKCE, errors."""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+import httpx
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+import pages_support as support
+
+from spasticity_cds.interfaces.web.csrf import BadSignatureError, Signer
+from spasticity_cds.interfaces.web.smart import load_clients, pkce_pair
+
+CLIENT_ID = "cds-test-client"
+PUBLIC = "http://cds.test"
+
+
+@pytest.fixture(scope="module")
+def ehr() -> Iterator[support.MockEhr]:
+    with support.running_ehr(CLIENT_ID, support.trend_bundle("smart-1", "Launch Patient"), "smart-1") as server:
+        yield server
+
+
+def _client(tmp_path: Path, ehr: support.MockEhr, **settings: object) -> support.PageClient:
+    clients = tmp_path / "smart-clients.toml"
+    clients.write_text(
+        f'[[clients]]\niss = "{ehr.base}/fhir"\nclient_id = "{CLIENT_ID}"\nlabel = "Test EHR"\n', "utf-8"
+    )
+    options: dict[str, object] = {"public_base_url": PUBLIC, "smart_clients_file": clients}
+    options.update(settings)
+    return support.PageClient(support.make_app(tmp_path, **options))
+
+
+def _authorize(location: str) -> str:
+    """Follow the authorize redirect on the real loopback server; return where it sends the browser back."""
+    answer = httpx.get(location, follow_redirects=False)
+    assert answer.status_code == 302, answer.text
+    return answer.headers["location"]
+
+
+def _callback_path(url: str) -> str:
+    parts = urlsplit(url)
+    assert f"{parts.scheme}://{parts.netloc}" == PUBLIC
+    return f"{parts.path}?{parts.query}"
+
+
+def test_ehr_launch_reads_the_patient_and_shows_the_card_context(tmp_path: Path, ehr: support.MockEhr) -> None:
+    client = _client(tmp_path, ehr)
+    launch = ehr.register_launch({"card": "card-123", "rule": "TIZ-LIVER-3X"})
+    start = client.get("/smart/launch", params={"iss": f"{ehr.base}/fhir", "launch": launch})
+    assert start.status_code == 302
+    location = start.headers["location"]
+    query = parse_qs(urlsplit(location).query)
+    assert location.startswith(f"{ehr.base}/auth/authorize?")
+    assert query["code_challenge_method"] == ["S256"] and len(query["code_challenge"][0]) == 43
+    assert query["aud"] == [f"{ehr.base}/fhir"] and query["launch"] == [launch]
+    assert query["redirect_uri"] == [f"{PUBLIC}/smart/callback"] and query["client_id"] == [CLIENT_ID]
+    assert "launch" in query["scope"][0].split() and "patient/Observation.rs" in query["scope"][0]
+    session_cookie = start.headers["set-cookie"]
+    assert "HttpOnly" in session_cookie and "samesite=lax" in session_cookie.lower()
+    back = client.get(_callback_path(_authorize(location)))
+    assert back.status_code == 303 and back.headers["location"] == "/smart/plan"
+    plan = client.get("/smart/plan")
+    assert plan.status_code == 200
+    assert "Launch Patient" in plan.text and "Opened from the EHR (SMART launch)" in plan.text
+    assert re.search(r'class="finding finding-[a-z]+ highlight" id="f-TIZ-LIVER-3X"', plan.text)
+    assert 'name="card_uuid" value="card-123"' in plan.text
+    assert 'id="chart-fvc"' in plan.text  # every page of the Observation search was read
+    again = client.get("/smart/plan")
+    assert again.status_code == 200  # the plan re-reads the record with the same token
+
+
+def test_standalone_launch_asks_for_a_patient(tmp_path: Path, ehr: support.MockEhr) -> None:
+    client = _client(tmp_path, ehr)
+    chooser = client.get("/smart/launch")
+    assert chooser.status_code == 200 and "Test EHR" in chooser.text
+    start = client.get("/smart/launch", params={"iss": f"{ehr.base}/fhir"})
+    query = parse_qs(urlsplit(start.headers["location"]).query)
+    assert "launch" not in query and "launch/patient" in query["scope"][0].split()
+    back = client.get(_callback_path(_authorize(start.headers["location"])))
+    assert back.status_code == 303
+    assert "Launch Patient" in client.get("/smart/plan").text
+
+
+def test_state_mismatch_is_refused(tmp_path: Path, ehr: support.MockEhr) -> None:
+    client = _client(tmp_path, ehr)
+    start = client.get("/smart/launch", params={"iss": f"{ehr.base}/fhir"})
+    callback = _callback_path(_authorize(start.headers["location"]))
+    forged = callback.split("state=")[0] + "state=forged"
+    response = client.get(forged)
+    assert response.status_code == 400 and "state mismatch" in response.text
+
+
+def test_wrong_pkce_verifier_is_refused_by_the_token_endpoint(tmp_path: Path, ehr: support.MockEhr) -> None:
+    client = _client(tmp_path, ehr)
+    start = client.get("/smart/launch", params={"iss": f"{ehr.base}/fhir"})
+    _, other_challenge = pkce_pair()
+    location = start.headers["location"]
+    original = parse_qs(urlsplit(location).query)["code_challenge"][0]
+    response = client.get(_callback_path(_authorize(location.replace(original, other_challenge))))
+    assert response.status_code == 502 and "refused the token request" in response.text
+    assert client.get("/smart/plan").status_code == 401
+
+
+def test_callback_without_a_session_and_plan_without_a_token(tmp_path: Path, ehr: support.MockEhr) -> None:
+    client = _client(tmp_path, ehr)
+    assert client.get("/smart/callback?code=x&state=y").status_code == 401
+    assert "Launch the app again" in client.get("/smart/plan").text
+    client.cookies.set("cds_session", "forged.1.sig")
+    assert client.get("/smart/plan").status_code == 401
+
+
+def test_authorization_error_is_reported(tmp_path: Path, ehr: support.MockEhr) -> None:
+    client = _client(tmp_path, ehr)
+    start = client.get("/smart/launch", params={"iss": f"{ehr.base}/fhir"})
+    state = parse_qs(urlsplit(start.headers["location"]).query)["state"][0]
+    response = client.get(f"/smart/callback?error=access_denied&state={state}")
+    assert response.status_code == 401 and "access_denied" in response.text
+
+
+@pytest.mark.parametrize("iss", ["http://127.0.0.1:9/other", "ftp://x", "javascript:alert(1)"])
+def test_unregistered_or_invalid_issuers_are_refused(tmp_path: Path, ehr: support.MockEhr, iss: str) -> None:
+    response = _client(tmp_path, ehr).get("/smart/launch", params={"iss": iss})
+    assert response.status_code == 400
+    assert "alert(1)" not in response.text
+
+
+def test_allowlist_applies_without_a_clients_file(tmp_path: Path, ehr: support.MockEhr) -> None:
+    client = support.PageClient(
+        support.make_app(tmp_path, public_base_url=PUBLIC, fhir_server_allowlist=("https://only.example/fhir",))
+    )
+    response = client.get("/smart/launch", params={"iss": f"{ehr.base}/fhir"})
+    assert response.status_code == 400 and "not registered" in response.text
+
+
+def test_server_without_s256_is_refused(tmp_path: Path, ehr: support.MockEhr) -> None:
+    ehr.challenge_methods = ["plain"]
+    try:
+        response = _client(tmp_path, ehr).get("/smart/launch", params={"iss": f"{ehr.base}/fhir"})
+    finally:
+        ehr.challenge_methods = ["S256"]
+    assert response.status_code == 502 and "PKCE S256" in response.text
+
+
+def test_unreachable_fhir_server(tmp_path: Path) -> None:
+    sock = support.free_socket()
+    dead = f"http://127.0.0.1:{sock.getsockname()[1]}/fhir"
+    sock.close()
+    client = support.PageClient(support.make_app(tmp_path, public_base_url=PUBLIC))
+    response = client.get("/smart/launch", params={"iss": dead})
+    assert response.status_code == 502 and "could not be reached" in response.text
+
+
+def test_clients_file_formats(tmp_path: Path) -> None:
+    path = tmp_path / "clients.json"
+    path.write_text(
+        '{"clients": [{"iss": "https://ehr.example/fhir/", "client_id": "a", "client_secret": "s"}]}', "utf-8"
+    )
+    [client] = load_clients(path) or []
+    assert (client.iss, client.client_id, client.client_secret) == ("https://ehr.example/fhir", "a", "s")
+    assert load_clients(None) is None
+
+
+def test_signed_values_expire_and_resist_tampering() -> None:
+    now = [1000.0]
+    signer = Signer(b"secret", purpose="session", clock=lambda: now[0])
+    signed = signer.sign("abc")
+    assert signer.unsign(signed, max_age_s=60) == "abc"
+    now[0] += 61
+    with pytest.raises(BadSignatureError):
+        signer.unsign(signed, max_age_s=60)
+    now[0] = 1000.0
+    for bad in (signed.replace("abc", "abd"), signed + "x", "abc", signed.replace("1000", "9999")):
+        with pytest.raises(BadSignatureError):
+            signer.unsign(bad, max_age_s=60)
+    with pytest.raises(BadSignatureError):
+        Signer(b"other", purpose="session").unsign(signed, max_age_s=60)
+    with pytest.raises(BadSignatureError):
+        Signer(b"secret", purpose="csrf", clock=lambda: 1000.0).unsign(signed, max_age_s=60)
