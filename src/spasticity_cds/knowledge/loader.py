@@ -79,13 +79,14 @@ def load(root: Path | None = None) -> KnowledgeBase:
         raise KnowledgeBaseError("knowledge-base folder not found", where=str(root))
     files = sorted(path for path in root.rglob("*.yaml") if path.is_file())
     digest = _digest(root, files)
-    manifest = _decode(root / "manifest.yaml", Manifest)
-    citations = {c.id: c for c in _decode(root / "citations.yaml", _Citations).citations}
-    monographs = {m.id: m for m in (_decode(path, Monograph) for path in sorted(root.glob("drugs/*.yaml")))}
+    manifest = _decode(root, "manifest.yaml", Manifest)
+    citations = {c.id: c for c in _decode(root, "citations.yaml", _Citations).citations}
+    drug_files = sorted(root.glob("drugs/*.yaml"))
+    monographs = {m.id: m for m in (_decode(root, _rel(root, path), Monograph) for path in drug_files)}
     rules: dict[str, Rule] = {}
     rule_files: dict[str, str] = {}
     for path in sorted(root.glob("rules/*.yaml")):
-        for rule in _decode(path, RuleFile).rules:
+        for rule in _decode(root, _rel(root, path), RuleFile).rules:
             if rule.id in rules:
                 raise KnowledgeBaseError(f"rule id {rule.id!r} is defined twice", where=_rel(root, path))
             rules[rule.id] = rule
@@ -93,10 +94,10 @@ def load(root: Path | None = None) -> KnowledgeBase:
     kb = KnowledgeBase(
         manifest=manifest,
         citations=citations,
-        valuesets=_decode(root / "valuesets.yaml", ValueSets),
-        settings=_decode(root / "settings.yaml", _Settings).settings,
-        definitions=_decode(root / "definitions.yaml", _Definitions).definitions,
-        ladder=_decode(root / "ladder.yaml", Ladder),
+        valuesets=_decode(root, "valuesets.yaml", ValueSets),
+        settings=_decode(root, "settings.yaml", _Settings).settings,
+        definitions=_decode(root, "definitions.yaml", _Definitions).definitions,
+        ladder=_decode(root, "ladder.yaml", Ladder),
         monographs=monographs,
         rules=rules,
         rule_files=rule_files,
@@ -122,8 +123,9 @@ def _digest(root: Path, files: Iterable[Path]) -> str:
     return "sha256:" + hasher.hexdigest()
 
 
-def _decode(path: Path, shape: type[T]) -> T:
-    where = path.name if path.parent.name == "data" else f"{path.parent.name}/{path.name}"
+def _decode(root: Path, where: str, shape: type[T]) -> T:
+    """Decode one file (``where`` is its path relative to the knowledge-base root, as errors name it)."""
+    path = root / where
     if not path.is_file():
         raise KnowledgeBaseError("file is missing", where=where)
     try:
@@ -179,6 +181,16 @@ def _check(kb: KnowledgeBase) -> None:
         raise KnowledgeBaseError(f"version {kb.manifest.version!r} is not semver", where="manifest.yaml")
     agents = {step.agent for step in kb.ladder.steps}
     concepts = {concept.id for concept in kb.valuesets.concepts}
+    for concept in kb.valuesets.concepts:
+        window = concept.validity_setting
+        setting = kb.settings.get(window) if window is not None else None
+        if window is not None and (setting is None or not isinstance(setting.value, int | float)):
+            hint = suggest(window, kb.settings)
+            raise KnowledgeBaseError(
+                f"unknown setting {window!r} (a number of days) for concept {concept.id!r}"
+                + (f"; did you mean {hint!r}?" if hint else ""),
+                where="valuesets.yaml",
+            )
     for path, ref in _citation_refs(kb):
         if ref.id not in kb.citations:
             hint = suggest(ref.id, kb.citations)
