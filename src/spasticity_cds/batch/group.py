@@ -93,9 +93,9 @@ class DuckGrouper:
                 "memory_limit": memory_limit,
                 "temp_directory": str(spill_dir),
                 "threads": max(1, threads),
-                "enable_progress_bar": False,
             },
         )
+        self.connection.execute("SET enable_progress_bar = false")
         self.connection.execute(
             "CREATE TABLE lines (file_id INTEGER, line_no BIGINT, status VARCHAR, rtype VARCHAR, key VARCHAR, "
             "res_id VARCHAR, med_ref VARCHAR, line VARCHAR)"

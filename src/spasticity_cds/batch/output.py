@@ -139,10 +139,10 @@ class RunWriter:
             config={
                 "memory_limit": memory_limit,
                 "temp_directory": str(self.work / "spill"),
-                "enable_progress_bar": False,
             },
         )
         try:
+            connection.execute("SET enable_progress_bar = false")
             return _finish(connection, self.root, self.work, previous, now, app_url)
         except duckdb.Error as error:
             raise BatchError(f"cannot compare with the previous run: {error}", where=str(previous)) from None

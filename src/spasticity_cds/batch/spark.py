@@ -6,7 +6,7 @@ import heapq
 import os
 import sys
 from collections.abc import Callable, Iterable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from spasticity_cds.batch import problems
 from spasticity_cds.batch.patient import EvaluationSpec, Line, PatientEvaluator, PatientOutcome
@@ -47,22 +47,38 @@ def _classify(line: Line) -> Row:
     return line, problems.classify(raw)
 
 
+#: A problem line kept for the report: (line number, resource type, raw text).
+Kept = tuple[int, str | None, bytes | str]
+Tally = tuple[int, list[Kept]]
+
+
+def _numbered(index: int) -> Callable[[tuple[bytes | str, int]], Line]:
+    def number(pair: tuple[bytes | str, int]) -> Line:
+        return index, pair[1] + 1, pair[0]
+
+    return number
+
+
+def _patient_line(row: Row) -> tuple[str, Line]:
+    return str(row[1].key), row[0]
+
+
+def _medication_link(row: Row) -> tuple[str, str]:
+    return str(row[1].medication_ref), str(row[1].key)
+
+
 def _keep_first(
     cap: int,
-) -> tuple[
-    Callable[[tuple[int, str | None, bytes]], tuple[int, list[tuple[int, str | None, bytes]]]],
-    Callable[[tuple[int, list[Any]], tuple[int, str | None, bytes]], tuple[int, list[Any]]],
-    Callable[[tuple[int, list[Any]], tuple[int, list[Any]]], tuple[int, list[Any]]],
-]:
+) -> tuple[Callable[[Kept], Tally], Callable[[Tally, Kept], Tally], Callable[[Tally, Tally], Tally]]:
     """combineByKey functions keeping a count and the ``cap`` first lines of each (file, category)."""
 
-    def create(item: tuple[int, str | None, bytes]) -> tuple[int, list[tuple[int, str | None, bytes]]]:
+    def create(item: Kept) -> Tally:
         return 1, [item]
 
-    def merge(acc: tuple[int, list[Any]], item: tuple[int, str | None, bytes]) -> tuple[int, list[Any]]:
+    def merge(acc: Tally, item: Kept) -> Tally:
         return acc[0] + 1, heapq.nsmallest(cap, [*acc[1], item], key=lambda entry: entry[0])
 
-    def combine(left: tuple[int, list[Any]], right: tuple[int, list[Any]]) -> tuple[int, list[Any]]:
+    def combine(left: Tally, right: Tally) -> Tally:
         return left[0] + right[0], heapq.nsmallest(cap, left[1] + right[1], key=lambda entry: entry[0])
 
     return create, merge, combine
@@ -96,9 +112,7 @@ def run_spark(
     try:
         context = session.sparkContext
         parts = [
-            context.textFile(str(item.path), use_unicode=False)
-            .zipWithIndex()
-            .map(lambda pair, index=index: (index, pair[1] + 1, pair[0]))
+            context.textFile(str(item.path), use_unicode=False).zipWithIndex().map(_numbered(index))
             for index, item in enumerate(inputs.files)
         ]
         rows = context.union(parts).map(_classify).persist(StorageLevel.MEMORY_AND_DISK)
@@ -111,7 +125,7 @@ def run_spark(
             rows.filter(
                 lambda row: row[1].status == problems.OK and row[1].key is not None and bool(row[1].medication_ref)
             )
-            .map(lambda row: (row[1].medication_ref, row[1].key))
+            .map(_medication_link)
             .distinct()
         )
         used = medications.leftOuterJoin(references.keys().distinct().map(lambda ref: (ref, True)))
@@ -133,20 +147,17 @@ def run_spark(
         collected = line_problems.union(unused).combineByKey(create, merge, combine).collect()
         _report_problems(writer, [item.name for item in inputs.files], collected)
 
-        patient_lines = own.filter(lambda row: row[1].status == problems.OK).map(lambda row: (row[1].key, row[0]))
-        medication_lines = medications.join(references.map(lambda pair: (pair[0], pair[1]))).map(
-            lambda pair: (pair[1][1], pair[1][0][0])
-        )
+        patient_lines = own.filter(lambda row: row[1].status == problems.OK).map(_patient_line)
+        medication_lines = medications.join(references).map(lambda pair: (pair[1][1], pair[1][0][0]))
         grouped = patient_lines.union(medication_lines).groupByKey()
         total = grouped.count()
         if progress is not None:
             progress(0, total)
         partitions = max(1, min(total, context.defaultParallelism * 4))
         ordered = grouped.sortByKey(numPartitions=partitions) if total else grouped
-        done = 0
-        for outcome in ordered.mapPartitions(evaluate_partition(spec)).toLocalIterator():
+        outcomes = ordered.mapPartitions(evaluate_partition(spec)).toLocalIterator()
+        for done, outcome in enumerate(outcomes, start=1):
             writer.add(outcome)
-            done += 1
             if progress is not None:
                 progress(done, total)
         rows.unpersist()
@@ -157,18 +168,22 @@ def run_spark(
 
 
 def _report_problems(
-    writer: RunWriter, names: list[str], collected: list[tuple[tuple[int, str], tuple[int, list[Any]]]]
+    writer: RunWriter, names: list[str], collected: list[tuple[tuple[int, str], tuple[int, list[Kept]]]]
 ) -> None:
     """Write line problems in the local engine's order: by file and line, then one overflow per category."""
-    detailed = []
-    overflow = []
+    detailed: list[tuple[int, int, str, str | None, bytes | str]] = []
+    overflow: list[tuple[int, str, int]] = []
     for (file_id, status), (total, first) in collected:
         detailed.extend((file_id, line_no, status, rtype, raw) for line_no, rtype, raw in first)
         if total > problems.DETAIL_CAP:
             overflow.append((file_id, status, total - problems.DETAIL_CAP))
     for file_id, line_no, status, rtype, raw in sorted(detailed, key=lambda entry: (entry[0], entry[1])):
         writer.problem(
-            problems.operation_outcome(status, problems.describe(status, rtype, raw), f"{names[file_id]}:{line_no}")
+            problems.operation_outcome(
+                status,
+                problems.describe(status, rtype, raw if isinstance(raw, bytes) else raw.encode()),
+                f"{names[file_id]}:{line_no}",
+            )
         )
     for file_id, status, more in sorted(overflow):
         writer.problem(problems.overflow(status, names[file_id], more))

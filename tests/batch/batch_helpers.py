@@ -1,0 +1,45 @@
+"""Helpers for the batch tests: a fixed non-UTC clock, bad lines to inject, NDJSON readers, a batch runner."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from spasticity_cds.batch import BatchOptions, BatchSummary, run_batch
+
+NOW = datetime(2026, 11, 1, 9, 30, tzinfo=timezone(timedelta(hours=-5)))
+SEED = 3
+N = 30
+
+#: Bad lines appended to Observation.ndjson; the tests look their line numbers up by their marker text.
+BAD_OBSERVATION_LINES = [
+    b"not json at all",
+    b"[1, 2, 3]",
+    b"",
+    b'{"resourceType": "Foo", "id": "unknown-1", "subject": {"reference": "Patient/p-3-0"}}',
+    b'{"resourceType": "Observation", "id": "orphan-1", "status": "final", "code": {"text": "no subject"}}',
+    b'{"resourceType": "Observation", "id": "ghost-1", "status": "final", "subject": {"reference": "Patient/ghost"}}',
+    b'{"resourceType": "Observation", "id": "bad-utf8", "subject": {"reference": "Patient/p-3-1"}, "note": "\xff"}',
+    b'{"id": "no-type"}',
+]
+
+
+def line_of(path: Path, marker: bytes) -> int:
+    """1-based number of the first line of ``path`` containing ``marker``."""
+    for number, line in enumerate(path.read_bytes().split(b"\n"), start=1):
+        if marker in line:
+            return number
+    raise AssertionError(f"{marker!r} not in {path}")
+
+
+def read_ndjson(path: Path) -> list[dict[str, Any]]:
+    """Every JSON line of an NDJSON file."""
+    return [orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
+
+
+def run(source: Path, out: Path, **options: Any) -> BatchSummary:
+    """Run the batch with the fixed clock."""
+    return run_batch(BatchOptions(source=source, out=out, now=NOW, **options))

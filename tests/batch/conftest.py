@@ -1,0 +1,55 @@
+"""Shared fixtures for the batch tests: small synthetic Bulk cohorts, clean and with bad lines."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import orjson
+import pytest
+
+from spasticity_cds.synth import write_cohort
+
+from .batch_helpers import BAD_OBSERVATION_LINES, SEED, N
+
+
+@pytest.fixture(scope="session")
+def clean_cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """30 lean synthetic patients as a Bulk Data export (one NDJSON per type plus manifest.json)."""
+    out = tmp_path_factory.mktemp("clean") / "export"
+    write_cohort(out, n=N, profile="lean", seed=SEED, fmt="bulk")
+    return out
+
+
+@pytest.fixture(scope="session")
+def bad_cohort(clean_cohort: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The clean cohort plus malformed lines, unknown types, orphans, a patient-less group and shared Medications."""
+    out = tmp_path_factory.mktemp("bad") / "export"
+    shutil.copytree(clean_cohort, out)
+    with (out / "Observation.ndjson").open("ab") as handle:
+        handle.write(b"\n".join(BAD_OBSERVATION_LINES) + b"\n")
+    medications = [
+        {
+            "resourceType": "Medication",
+            "id": "shared-baclofen",
+            "code": {
+                "coding": [{"system": "http://www.nlm.nih.gov/research/umls/rxnorm", "code": "1292"}],
+                "text": "Baclofen",
+            },
+        },
+        {"resourceType": "Medication", "id": "unused-med", "code": {"text": "Unused"}},
+    ]
+    (out / "Medication.ndjson").write_bytes(b"".join(orjson.dumps(m) + b"\n" for m in medications))
+    request = {
+        "resourceType": "MedicationRequest",
+        "id": "mr-shared-1",
+        "status": "active",
+        "intent": "order",
+        "medicationReference": {"reference": "Medication/shared-baclofen"},
+        "subject": {"reference": "https://ehr.example/fhir/Patient/p-3-2"},
+        "authoredOn": "2026-09-01",
+    }
+    with (out / "MedicationRequest.ndjson").open("ab") as handle:
+        handle.write(orjson.dumps(request) + b"\n")
+    (out / "manifest.json").unlink()
+    return out

@@ -1,0 +1,181 @@
+"""The local engine end to end: same Tasks as the evaluator patient by patient, bad input reported, worker parity."""
+
+from __future__ import annotations
+
+import gzip
+import shutil
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from spasticity_cds import api
+from spasticity_cds.batch import is_actionable
+from spasticity_cds.batch.tasks import build_task
+from spasticity_cds.errors import BatchError
+from spasticity_cds.synth import generate_patient
+
+from .batch_helpers import NOW, SEED, N, line_of, read_ndjson, run
+
+
+def expected_tasks() -> dict[str, dict[str, Any]]:
+    """Tasks from running the evaluator on each synthetic patient's resources directly (no batch code path)."""
+    engine = api.load_knowledge_base()
+    manifest = engine.kb.manifest
+    knowledge_base = {"name": manifest.name, "version": manifest.version, "digest": engine.kb.digest}
+    tasks: dict[str, dict[str, Any]] = {}
+    for index in range(N):
+        resources = generate_patient(SEED, index, "lean")
+        result = api.evaluate(resources, now=NOW, engine=engine)
+        patient = next(r for r in resources if r["resourceType"] == "Patient")
+        for finding in result["findings"]:
+            if is_actionable(finding):
+                task = build_task(
+                    finding,
+                    patient_ref=result["patient"],
+                    patient=patient,
+                    knowledge_base=knowledge_base,
+                    authored_on=NOW.isoformat(),
+                )
+                tasks[task["id"]] = task
+    return tasks
+
+
+def test_batch_equals_the_evaluator_patient_by_patient(clean_cohort: Path, tmp_path: Path) -> None:
+    summary = run(clean_cohort, tmp_path / "run")
+    tasks = {task["id"]: task for task in read_ndjson(tmp_path / "run" / "Task.ndjson")}
+    expected = expected_tasks()
+    assert expected, "the cohort should produce some actionable findings"
+    assert tasks == expected
+    counts = summary.counts
+    assert counts["patients"] == counts["patientsEvaluated"] == N
+    assert counts["tasks"]["new"] == counts["tasks"]["open"] == len(expected)
+    assert counts["problems"] == {}
+    assert (tmp_path / "run" / "OperationOutcome.ndjson").read_bytes() == b""
+
+
+def test_two_workers_write_the_same_bytes_as_one(bad_cohort: Path, tmp_path: Path) -> None:
+    run(bad_cohort, tmp_path / "one")
+    run(bad_cohort, tmp_path / "two", workers=2, chunk_size=4)
+    for name in ("Task.ndjson", "open.ndjson", "OperationOutcome.ndjson", "worklist.csv", "rule_counts.json"):
+        assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes(), name
+
+
+def test_bad_input_is_counted_and_located_and_never_stops_the_run(bad_cohort: Path, tmp_path: Path) -> None:
+    summary = run(bad_cohort, tmp_path / "run")
+    observations = bad_cohort / "Observation.ndjson"
+    outcomes = read_ndjson(tmp_path / "run" / "OperationOutcome.ndjson")
+    by_location = {o["issue"][0]["location"][0]: o["issue"][0] for o in outcomes}
+
+    def issue(marker: bytes) -> dict[str, Any]:
+        issue: dict[str, Any] = by_location[f"Observation.ndjson:{line_of(observations, marker)}"]
+        return issue
+
+    assert issue(b"not json at all")["code"] == "structure"
+    assert "not valid JSON" in issue(b"not json at all")["diagnostics"]
+    assert issue(b"[1, 2, 3]")["diagnostics"].endswith("not a JSON object")
+    assert issue(b'"no-type"')["code"] == "structure"
+    assert issue(b"unknown-1")["code"] == "not-supported"
+    assert "'Foo'" in issue(b"unknown-1")["diagnostics"]
+    assert issue(b"orphan-1")["code"] == "processing"
+    assert issue(b"bad-utf8")["code"] == "structure"
+    assert by_location["Medication.ndjson:2"]["code"] == "processing"
+    ghost = [o["issue"][0] for o in outcomes if o["issue"][0]["location"][0].startswith("Patient/ghost")]
+    assert len(ghost) == 1
+    assert ghost[0]["location"][0] == f"Patient/ghost (Observation.ndjson:{line_of(observations, b'ghost-1')})"
+    assert "no Patient resource" in ghost[0]["diagnostics"]
+    counts = summary.counts
+    assert counts["problems"] == {"malformed": 4, "no-patient": 2, "patient-input": 1, "unknown-type": 1}
+    assert counts["patients"] == N + 1
+    assert counts["patientsEvaluated"] == N
+    assert counts["patientsFailed"] == 1
+    assert counts["blankLines"] == 1
+    manifest = orjson.loads((tmp_path / "run" / "manifest.json").read_bytes())
+    assert manifest["error"] == [{"type": "OperationOutcome", "url": "OperationOutcome.ndjson", "count": len(outcomes)}]
+
+
+def test_shared_medication_reaches_the_patient_that_references_it(bad_cohort: Path, tmp_path: Path) -> None:
+    from spasticity_cds.batch.group import DuckGrouper
+    from spasticity_cds.batch.inputs import discover
+
+    inputs = discover(bad_cohort)
+    with DuckGrouper(inputs.files, tmp_path / "spill", memory_limit="256MB", threads=1) as grouper:
+        grouper.load()
+        groups = dict(grouper.patients())
+    names = [inputs.files[line[0]].name for line in groups["Patient/p-3-2"]]
+    assert names.count("Medication.ndjson") == 1
+    assert all("Medication.ndjson" not in [inputs.files[line[0]].name for line in lines]
+               for key, lines in groups.items() if key != "Patient/p-3-2")  # fmt: skip
+
+
+def test_manifest_input_with_gzip_files_gives_the_same_tasks(clean_cohort: Path, tmp_path: Path) -> None:
+    export = tmp_path / "export"
+    (export / "files").mkdir(parents=True)
+    manifest = orjson.loads((clean_cohort / "manifest.json").read_bytes())
+    for entry in manifest["output"]:
+        source = clean_cohort / entry["url"]
+        (export / "files" / f"{entry['url']}.gz").write_bytes(gzip.compress(source.read_bytes()))
+        entry["url"] = f"files/{entry['url']}.gz"
+    (export / "manifest.json").write_bytes(orjson.dumps(manifest))
+    run(clean_cohort, tmp_path / "plain")
+    summary = run(export / "manifest.json", tmp_path / "gz")
+    assert (tmp_path / "gz" / "Task.ndjson").read_bytes() == (tmp_path / "plain" / "Task.ndjson").read_bytes()
+    assert summary.manifest["transactionTime"] == manifest["transactionTime"]
+    assert summary.manifest["input"]["kind"] == "manifest"
+    assert all(f["url"].startswith("files/") for f in summary.manifest["input"]["files"])
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"{", "not valid JSON"),
+        (b"[]", "not a JSON object"),
+        (b'{"output": [{"url": "https://server/x.ndjson"}]}', "remote URL"),
+        (b'{"output": [{"url": "missing.ndjson"}]}', "is missing"),
+        (b'{"output": []}', "lists no output files"),
+    ],
+)
+def test_an_unusable_manifest_is_a_batch_error(tmp_path: Path, content: bytes, message: str) -> None:
+    (tmp_path / "manifest.json").write_bytes(content)
+    with pytest.raises(BatchError, match=message):
+        run(tmp_path / "manifest.json", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_empty_folder_or_a_foreign_output_folder_is_a_batch_error(clean_cohort: Path, tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(BatchError, match=r"no \.ndjson"):
+        run(tmp_path / "empty", tmp_path / "out")
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    with pytest.raises(BatchError, match="not empty"):
+        run(clean_cohort, tmp_path / "mine")
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+
+
+def test_a_rerun_replaces_a_previous_output_whole(clean_cohort: Path, tmp_path: Path) -> None:
+    run(clean_cohort, tmp_path / "run")
+    first = (tmp_path / "run" / "Task.ndjson").read_bytes()
+    run(clean_cohort, tmp_path / "run")
+    assert (tmp_path / "run" / "Task.ndjson").read_bytes() == first
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+    assert not (tmp_path / "run" / "_work").exists()
+
+
+def test_rule_counts_add_up(clean_cohort: Path, tmp_path: Path) -> None:
+    summary = run(clean_cohort, tmp_path / "run")
+    counts = orjson.loads((tmp_path / "run" / "rule_counts.json").read_bytes())
+    assert counts["patients"]["evaluated"] == N
+    assert sum(rule["actionable"] for rule in counts["rules"].values()) == summary.counts["tasks"]["open"]
+    assert sum(kind["actionable"] for kind in counts["kinds"].values()) == summary.counts["tasks"]["open"]
+    assert counts["knowledgeBase"] == summary.manifest["knowledgeBase"]
+
+
+def test_copy_of_folder_without_manifest_uses_now_as_transaction_time(clean_cohort: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "in"
+    shutil.copytree(clean_cohort, folder)
+    (folder / "manifest.json").unlink()
+    summary = run(folder, tmp_path / "out")
+    assert summary.manifest["transactionTime"] == NOW.isoformat()
+    assert summary.manifest["evaluatedAt"] == "2026-11-01T09:30:00-05:00"
