@@ -139,6 +139,7 @@ class Engine:
         in_scope = not self._fires(scope.id, env)
         findings, effects = self._findings(env, in_scope)
         options = self._options(env, effects, now) if in_scope else []
+        findings = _without_overruled_recommendations(findings, options)
         return self._assemble(record, now, active_settings, in_scope, findings, options, notes)
 
     def _fires(self, rule_id: str, env: Env) -> Truth:
@@ -457,6 +458,21 @@ def _status(
         best = min(STATUS_ORDER[s] for s, _ in positive)
         return next(s for s, _ in positive if STATUS_ORDER[s] == best), _reasons(positive)
     return step.default_status, []
+
+
+def _without_overruled_recommendations(
+    findings: list[dict[str, Any]], options: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """Drop a ladder recommendation whose every agent a safety rule made avoid or contraindicated.
+
+    "Consider starting baclofen" must not stand next to "avoid oral baclofen" (eGFR < 30): the option keeps the
+    safety status and its reasons, and the contradictory recommendation is not shown. A recommendation with at
+    least one agent still usable (or only a caution) stays.
+    """
+    blocked = {o["agent"] for o in options if o["status"] in ("avoid", "contraindicated")}
+    return [
+        f for f in findings if not (f["kind"] == "recommendation" and f.get("effects") and set(f["effects"]) <= blocked)
+    ]
 
 
 def _reasons(effects: list[tuple[str, dict[str, Any]]]) -> list[dict[str, Any]]:
