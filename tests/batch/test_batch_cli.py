@@ -1,0 +1,98 @@
+"""The ``batch`` sub-command: options, the summary line, and a run killed half-way leaving no half output."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+from rich.console import Console
+
+from spasticity_cds.batch import cli
+from spasticity_cds.synth import write_cohort
+
+from .batch_helpers import NOW
+
+
+def parse(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="spasticity-cds batch")
+    cli.add_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def test_defaults() -> None:
+    args = parse("in", "--out", "out")
+    assert (args.engine, args.workers, args.since, args.now, args.app_url) == ("local", 1, None, None, "")
+
+
+@pytest.mark.parametrize("bad", [["--now", "2026-11-01T09:00:00"], ["--workers", "0"], ["--engine", "ray"]])
+def test_bad_options_are_usage_errors(bad: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        parse("in", "--out", "out", *bad)
+    assert exit_info.value.code == 2
+    capsys.readouterr()
+
+
+def test_run_prints_one_summary_line(clean_cohort: Path, tmp_path: Path) -> None:
+    buffer = io.StringIO()
+    console = Console(file=buffer, width=300, force_terminal=False, color_system=None)
+    args = parse(str(clean_cohort), "--out", str(tmp_path / "run"), "--now", NOW.isoformat(), "--workers", "2")
+    assert cli.run(args, console) == 0
+    lines = buffer.getvalue().strip().splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith("Evaluated 30 of 30 patients in ")
+    assert "patients/s" in lines[0]
+    assert (tmp_path / "run" / "manifest.json").is_file()
+
+
+SCRIPT = """
+import argparse, sys
+from rich.console import Console
+from spasticity_cds.batch import cli
+parser = argparse.ArgumentParser()
+cli.add_arguments(parser)
+sys.exit(cli.run(parser.parse_args(sys.argv[1:]), Console()))
+"""
+
+
+def _batch(source: Path, out: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-c", SCRIPT, str(source), "--out", str(out), "--now", NOW.isoformat()],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def test_a_killed_run_leaves_the_previous_output_and_a_rerun_succeeds(clean_cohort: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    with _batch(clean_cohort, out) as first:
+        assert first.wait(timeout=120) == 0
+    before = (out / "manifest.json").read_bytes()
+    bigger = tmp_path / "bigger"
+    write_cohort(bigger, n=400, profile="lean", seed=11, fmt="bulk")
+    with _batch(bigger, out) as victim:
+        deadline = time.monotonic() + 120
+        items = None
+        while time.monotonic() < deadline and victim.poll() is None:
+            partials = list(tmp_path.glob(".out.partial-*/_work/items.ndjson"))
+            if partials and partials[0].stat().st_size > 0:
+                items = partials[0]
+                break
+            time.sleep(0.01)
+        assert items is not None, "the run should be killed while it evaluates patients"
+        os.kill(victim.pid, signal.SIGKILL)
+        victim.wait(timeout=30)
+    assert (out / "manifest.json").read_bytes() == before, "the previous output is untouched"
+    assert list(tmp_path.glob(".out.partial-*")), "the killed run left only its hidden partial folder"
+    with _batch(bigger, out) as rerun:
+        assert rerun.wait(timeout=300) == 0
+    manifest = orjson.loads((out / "manifest.json").read_bytes())
+    assert manifest["counts"]["patients"] == 400
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bigger", "out"], "stale partial folders are cleaned"

@@ -1,0 +1,101 @@
+"""Idempotent reruns: stable Task ids, ``--since`` writes only new items and closes those that no longer fire."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from spasticity_cds.errors import BatchError
+
+from .batch_helpers import read_ndjson, run
+
+
+def _patients_with_tasks(run_dir: Path) -> list[str]:
+    seen: dict[str, None] = {}
+    for task in read_ndjson(run_dir / "Task.ndjson"):
+        seen[task["for"]["reference"]] = None
+    return list(seen)
+
+
+def _rewrite(folder: Path, keep: object) -> None:
+    for path in folder.glob("*.ndjson"):
+        lines = path.read_bytes().splitlines()
+        path.write_bytes(b"".join(line + b"\n" for line in lines if keep(path.name, line)))  # type: ignore[operator]
+
+
+def test_since_writes_new_items_closes_gone_ones_and_carries_failed_patients(
+    clean_cohort: Path, tmp_path: Path
+) -> None:
+    first = tmp_path / "first"
+    run(clean_cohort, first)
+    first_open = {task["id"]: task for task in read_ndjson(first / "open.ndjson")}
+    assert set(first_open) == {task["id"] for task in read_ndjson(first / "Task.ndjson")}
+    focused = [t["for"]["reference"] for t in first_open.values() if "focus" in t]
+    assert focused, "the cohort should have a Task about a MedicationRequest"
+    changed = focused[0]
+    gone, broken = [patient for patient in _patients_with_tasks(first) if patient != changed][:2]
+
+    changed_export = tmp_path / "export"
+    shutil.copytree(clean_cohort, changed_export)
+    gone_ref, changed_ref, broken_ref = (f'"{ref}"'.encode() for ref in (gone, changed, broken))
+    broken_id = broken.removeprefix("Patient/").encode()
+
+    def keep(name: str, line: bytes) -> bool:
+        if gone_ref in line or (name == "Patient.ndjson" and f'"id":"{gone[8:]}"'.encode() in line):
+            return False
+        if name == "Patient.ndjson" and b'"id":"' + broken_id + b'"' in line:
+            return False
+        return not (name == "MedicationRequest.ndjson" and changed_ref in line)
+
+    _rewrite(changed_export, keep)
+    second = tmp_path / "second"
+    summary = run(changed_export, second, since=first)
+
+    new = {task["id"]: task for task in read_ndjson(second / "Task.ndjson")}
+    closed = {task["id"]: task for task in read_ndjson(second / "closed.ndjson")}
+    second_open = {task["id"]: task for task in read_ndjson(second / "open.ndjson")}
+    assert not set(new) & set(first_open)
+    assert set(new) <= set(second_open)
+    assert set(closed) <= set(first_open)
+    assert not set(closed) & set(second_open)
+    assert set(first_open) <= set(closed) | set(second_open)
+
+    for task in first_open.values():
+        patient = task["for"]["reference"]
+        if patient == gone:
+            assert closed[task["id"]]["status"] == "cancelled"
+            assert closed[task["id"]]["statusReason"]["text"] == "the patient is not in this run's input"
+        elif patient == broken:
+            assert second_open[task["id"]] == task, "a patient that could not be evaluated keeps its open items"
+    changed_closed = [t for t in closed.values() if t["for"]["reference"] == changed]
+    assert changed_closed, "removing the patient's orders should close at least one item"
+    assert {t["status"] for t in changed_closed} <= {"completed", "cancelled"}
+    assert all(t["lastModified"] == summary.manifest["evaluatedAt"] for t in closed.values())
+    tasks = summary.counts["tasks"]
+    assert tasks == {"new": len(new), "open": len(second_open), "closed": len(closed), "carried": tasks["carried"]}
+    assert tasks["carried"] == sum(1 for t in first_open.values() if t["for"]["reference"] == broken)
+    assert summary.manifest["since"] == {"run": str(first.absolute())}
+
+    third = tmp_path / "third"
+    again = run(changed_export, third, since=second)
+    assert (third / "Task.ndjson").read_bytes() == b""
+    assert (third / "closed.ndjson").read_bytes() == b""
+    assert {task["id"] for task in read_ndjson(third / "open.ndjson")} == set(second_open)
+    assert again.counts["tasks"]["new"] == again.counts["tasks"]["closed"] == 0
+
+
+def test_worklist_marks_new_rows_only_with_since(clean_cohort: Path, tmp_path: Path) -> None:
+    run(clean_cohort, tmp_path / "a")
+    assert ",yes," not in (tmp_path / "a" / "worklist.csv").read_text()
+    run(clean_cohort, tmp_path / "b", since=tmp_path / "a")
+    body = (tmp_path / "b" / "worklist.csv").read_text().splitlines()[1:]
+    assert body
+    assert all(",no," in row for row in body)
+
+
+def test_since_needs_a_finished_run(clean_cohort: Path, tmp_path: Path) -> None:
+    (tmp_path / "half").mkdir()
+    with pytest.raises(BatchError, match="not a finished batch run"):
+        run(clean_cohort, tmp_path / "out", since=tmp_path / "half")
