@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -19,10 +20,10 @@ def _patients_with_tasks(run_dir: Path) -> list[str]:
     return list(seen)
 
 
-def _rewrite(folder: Path, keep: object) -> None:
+def _rewrite(folder: Path, keep: Callable[[str, bytes], bool]) -> None:
     for path in folder.glob("*.ndjson"):
         lines = path.read_bytes().splitlines()
-        path.write_bytes(b"".join(line + b"\n" for line in lines if keep(path.name, line)))  # type: ignore[operator]
+        path.write_bytes(b"".join(line + b"\n" for line in lines if keep(path.name, line)))
 
 
 def test_since_writes_new_items_closes_gone_ones_and_carries_failed_patients(
@@ -39,7 +40,7 @@ def test_since_writes_new_items_closes_gone_ones_and_carries_failed_patients(
 
     changed_export = tmp_path / "export"
     shutil.copytree(clean_cohort, changed_export)
-    gone_ref, changed_ref, broken_ref = (f'"{ref}"'.encode() for ref in (gone, changed, broken))
+    gone_ref, changed_ref = (f'"{ref}"'.encode() for ref in (gone, changed))
     broken_id = broken.removeprefix("Patient/").encode()
 
     def keep(name: str, line: bytes) -> bool:
