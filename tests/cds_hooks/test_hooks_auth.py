@@ -161,8 +161,7 @@ def test_spec_example_token_verifies_against_spec_jwks() -> None:
 
     from spasticity_cds.cds_hooks.security import JwtVerifier, TrustedIssuer
 
-    from .helpers import load_fixture
-    from .helpers import FIXTURES
+    from .helpers import FIXTURES, load_fixture
 
     token = (FIXTURES / "hl7" / "jwt.txt").read_text(encoding="utf-8").strip()
     payload = load_fixture("hl7/jwt-payload.json")

@@ -71,11 +71,14 @@ def test_streamed_body_over_the_limit_is_413(app: FastAPI, client: Client) -> No
         ),
         (b'{"hook": "patient-view", "hookInstance": "a", "context": {"userId": "P/1", "patientId": ""}}', "patientId"),
         (
-            b'{"hook": "patient-view", "hookInstance": "a", "context": {"userId": "P/1", "patientId": "1"}, "fhirAuthorization": {"access_token": "t", "token_type": "Bearer", "expires_in": 1, "scope": "s", "subject": "c"}}',
+            b'{"hook": "patient-view", "hookInstance": "a", "context": {"userId": "P/1", "patientId": "1"}, '
+            b'"fhirAuthorization": {"access_token": "t", "token_type": "Bearer", "expires_in": 1, '
+            b'"scope": "s", "subject": "c"}}',
             "cds-r-1",
         ),
         (
-            b'{"hook": "order-select", "hookInstance": "a", "context": {"userId": "P/1", "patientId": "1", "draftOrders": {"resourceType": "Bundle"}}}',
+            b'{"hook": "order-select", "hookInstance": "a", "context": {"userId": "P/1", "patientId": "1", '
+            b'"draftOrders": {"resourceType": "Bundle"}}}',
             "selections",
         ),
     ],
