@@ -218,3 +218,40 @@ def test_card_links_and_source_are_absolute_under_the_public_base(app: FastAPI, 
     assert smart["url"] == f"{BASE}/smart/launch" and card["uuid"] in smart["appContext"]
     absolute = next(link for link in card["links"] if link["type"] == "absolute")
     assert absolute["url"] == f"{BASE}/kb/rules/BACLOFEN-DOSE-ABOVE-CEILING" == card["source"]["url"]
+
+
+def test_spec_prefetch_templates_render_with_spec_tokens() -> None:
+    from spasticity_cds.cds_hooks.prefetch import render
+
+    templates = load_fixture("hl7/prefetch-templates.json")["prefetch"]
+    context = {"patientId": "1288992", "userId": "PractitionerRole/123"}
+    rendered = {key: render(query, context) for key, query in templates.items()}
+    assert rendered["patient"] == "Patient/1288992"
+    assert rendered["user"] == "PractitionerRole?_id=123"
+    assert rendered["hemoglobin-a1c"] is not None and rendered["hemoglobin-a1c"].startswith(
+        "Observation?patient=1288992&"
+    )
+
+
+def test_spec_prefetch_data_is_sorted_by_value_kind() -> None:
+    from spasticity_cds.cds_hooks.prefetch import Template, plan_prefetch
+
+    data = load_fixture("hl7/prefetch-data.json")["prefetch"]
+    templates = [Template(key, "Patient/{{context.patientId}}", True, key) for key in data]
+    plan = plan_prefetch(templates, data, {"patientId": "1288992"})
+    assert [r["resourceType"] for r in plan.resources] == ["Patient", "Bundle"]
+    assert set(plan.failed) == {"user"}  # the spec's "user": "123" is not a FHIR resource
+
+
+def test_spec_fhir_authorization_is_read_and_never_shown() -> None:
+    import json
+
+    from spasticity_cds.cds_hooks.models import decode_hook_request
+
+    body = hook_request("patient-view", fhirServer="https://fhir.example.org") | load_fixture(
+        "hl7/fhir-authorization.json"
+    )
+    request = decode_hook_request(json.dumps(body).encode())
+    assert request.fhirAuthorization is not None
+    assert request.fhirAuthorization.access_token == "some-opaque-fhir-access-token"
+    assert "some-opaque" not in repr(request)
