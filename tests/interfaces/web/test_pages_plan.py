@@ -57,6 +57,7 @@ def test_dose_plan_is_a_dated_titration_table_and_monitoring_has_dates(client: s
     assert with_plan
     for step in with_plan[0]["dose_plan"]["steps"]:
         assert f"<td>{step['date']}</td>" in page
+    assert "Kidneys (eGFR below" in page  # eGFR 44: the baclofen renal band is shown with its source
     assert 'id="monitoring"' in page
     assert re.search(r'<time datetime="2026-1[12]-\d\d">', page) or re.search(r'<time datetime="2027-', page)
 

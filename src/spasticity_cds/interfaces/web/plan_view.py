@@ -152,6 +152,7 @@ def build_plan(
 ) -> PlanView:
     """Evaluate once, explain every rule the page mentions, and lay out groups, calendar and charts."""
     result = api.evaluate(record, now=now, engine=engine, settings=settings)
+    rendered = {f["rule_id"]: f["summary"] for f in result["findings"] if f["kind"] != "data-gap"}
     cache: dict[str, Trace] = {}
 
     def trace(rule_id: str) -> Trace:

@@ -73,8 +73,12 @@ def render(
     context: dict[str, Any],
     *,
     status_code: int = 200,
+    form_targets: str = "",
 ) -> HTMLResponse:
-    """Render a page with the shared context (knowledge base, disclaimer, CSRF token) and safe headers."""
+    """Render a page with the shared context (knowledge base, disclaimer, CSRF token) and safe headers.
+
+    ``form_targets`` widens the CSP ``form-action`` for a page whose form is redirected elsewhere (SMART launch).
+    """
     token, fresh = csrf_token_for(request, state)
     manifest = state.engine.kb.manifest
     full = {
@@ -89,6 +93,11 @@ def render(
     response = TEMPLATES.TemplateResponse(request, name, full, status_code=status_code)
     for header, value in SECURITY_HEADERS.items():
         response.headers[header] = value
+    if form_targets:
+        policy = SECURITY_HEADERS["Content-Security-Policy"]
+        response.headers["Content-Security-Policy"] = policy.replace(
+            "form-action 'self'", f"form-action 'self' {form_targets}"
+        )
     if fresh:
         response.set_cookie(
             CSRF_COOKIE,

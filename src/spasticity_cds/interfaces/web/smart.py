@@ -201,9 +201,9 @@ async def smart_launch(request: Request, state: StateDep) -> Response:
             clients = load_clients(state.settings.smart_clients_file)
         except SmartError as error:
             return _error(request, state, error.message, 500)
-        return render(
-            request, state, "smart_launch.html", {"title": "Open a patient from an EHR", "clients": clients or []}
-        )
+        context = {"title": "Open a patient from an EHR", "clients": clients or []}
+        # The form's GET is answered with a redirect to the EHR's authorization server, wherever that is.
+        return render(request, state, "smart_launch.html", context, form_targets="https: http:")
     try:
         client = client_for(iss, state)
         async with httpx.AsyncClient(timeout=_timeout(state)) as http:

@@ -1,0 +1,61 @@
+"""Browser-test fixtures: the real app and a mock EHR on loopback ports, and Debian's Chromium under Playwright."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from browser_support import CHROMIUM, CHROMIUM_ARGS, CLIENT_ID, Live, support
+
+
+@pytest.fixture(scope="session")
+def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
+    folder = tmp_path_factory.mktemp("browser")
+    with support.running_ehr(CLIENT_ID, support.trend_bundle("smart-1", "Launch Patient"), "smart-1") as ehr:
+        clients = folder / "smart-clients.toml"
+        clients.write_text(f'[[clients]]\niss = "{ehr.base}/fhir"\nclient_id = "{CLIENT_ID}"\n', "utf-8")
+        sock = support.free_socket()
+        base = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        app = support.make_app(folder, public_base_url=base, smart_clients_file=clients)
+        with support.serve(app, sock):
+            yield Live(base, app, ehr)
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Any]:
+    playwright_api = pytest.importorskip("playwright.sync_api")
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"Chromium not found at {CHROMIUM} (apt-get install chromium)")
+    with playwright_api.sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser: Any) -> Iterator[Any]:
+    """A fresh browser context; fails the test if the page logs a console error (a CSP violation, a script error)."""
+    context = browser.new_context(viewport={"width": 1200, "height": 900})
+    tab = context.new_page()
+    errors: list[str] = []
+
+    def on_console(message: Any) -> None:
+        # A 4xx page we asked for (a form error) is logged as "Failed to load resource"; sub-resources are checked below.
+        if message.type == "error" and not message.text.startswith("Failed to load resource"):
+            errors.append(message.text)
+
+    def on_response(response: Any) -> None:
+        if response.status >= 400 and response.request.resource_type != "document":
+            errors.append(f"{response.status} {response.url}")
+
+    tab.on("console", on_console)
+    tab.on("response", on_response)
+    tab.on("pageerror", lambda error: errors.append(str(error)))
+    yield tab
+    context.close()
+    assert not errors, errors
