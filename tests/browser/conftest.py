@@ -45,7 +45,7 @@ def page(browser: Any) -> Iterator[Any]:
     errors: list[str] = []
 
     def on_console(message: Any) -> None:
-        # A 4xx page we asked for (a form error) is logged as "Failed to load resource"; sub-resources are checked below.
+        # A 4xx page we asked for (a form error) logs "Failed to load resource"; sub-resources are checked below.
         if message.type == "error" and not message.text.startswith("Failed to load resource"):
             errors.append(message.text)
 
