@@ -23,7 +23,7 @@ class AppState:
     settings: WebSettings
 
 
-def app_state(request: Request) -> AppState:
-    """FastAPI dependency: the AppState the app was created with."""
+async def app_state(request: Request) -> AppState:
+    """FastAPI dependency: the AppState the app was created with (async: no thread hop per request)."""
     state: AppState = request.app.state.cds
     return state

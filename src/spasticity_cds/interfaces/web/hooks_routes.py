@@ -9,7 +9,8 @@ from typing import Annotated, Any
 
 import httpx
 import orjson
-from fastapi import APIRouter, BackgroundTasks, Depends, HTTPException, Request
+from fastapi import APIRouter, Depends, HTTPException, Request
+from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from spasticity_cds.cds_hooks.cards import IssuedCardInfo
@@ -71,7 +72,7 @@ def _fetch_jwks(url: str) -> JsonObject:
     return document
 
 
-def hooks_state(request: Request) -> HooksState:
+async def hooks_state(request: Request) -> HooksState:
     """FastAPI dependency: the HooksState the app was created with."""
     hooks: HooksState = request.app.state.hooks
     return hooks
@@ -81,13 +82,14 @@ def _json(body: Any) -> Response:
     return Response(orjson.dumps(body), media_type="application/json")
 
 
-def _authenticate(request: Request, hooks: HooksState, audience: str) -> None:
+async def _authenticate(request: Request, hooks: HooksState, audience: str) -> None:
+    """Verify the client JWT; the replay-cache write runs in a worker thread, off the event loop."""
     if hooks.verifier is None:
         return
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise AuthenticationError("no bearer token in the Authorization header")
-    hooks.verifier.verify(token.strip(), audience)
+    await run_in_threadpool(hooks.verifier.verify, token.strip(), audience)
 
 
 def _service(hooks: HooksState, service_id: str) -> ServiceSpec:
@@ -104,7 +106,7 @@ HooksDep = Annotated[HooksState, Depends(hooks_state)]
 @router.get("/cds-services")
 async def discovery(request: Request, state: StateDep, hooks: HooksDep) -> Response:
     """The services, their hooks and prefetch templates."""
-    _authenticate(request, hooks, f"{state.settings.base_url}/cds-services")
+    await _authenticate(request, hooks, f"{state.settings.base_url}/cds-services")
     return _json(hooks.catalogue.discovery())
 
 
@@ -112,12 +114,11 @@ async def discovery(request: Request, state: StateDep, hooks: HooksDep) -> Respo
 async def call_service(
     service_id: str,
     request: Request,
-    background: BackgroundTasks,
     state: StateDep,
     hooks: HooksDep,
 ) -> Response:
     """One hook call: cards for the decision at hand, or an empty list when there is nothing to say."""
-    _authenticate(request, hooks, f"{state.settings.base_url}/cds-services/{service_id}")
+    await _authenticate(request, hooks, f"{state.settings.base_url}/cds-services/{service_id}")
     service = _service(hooks, service_id)
     hook_request = decode_hook_request(await request.body())
     now = state.clock()
@@ -126,7 +127,7 @@ async def call_service(
         records = _issued_cards(
             result.issued, service.id, hook_request.hookInstance, result.patient_reference, result.kb_version, now
         )
-        background.add_task(state.store.record_issued_cards, records)
+        await run_in_threadpool(state.store.record_issued_cards, records)
     logger.info(
         "hook %s instance %s: %d cards, %d keys fetched, %s ms",
         service.id,
@@ -158,14 +159,21 @@ async def feedback(
     hooks: HooksDep,
 ) -> Response:
     """Store what the clinician did with our cards (idempotent; a repeated report is not stored twice)."""
-    _authenticate(request, hooks, f"{state.settings.base_url}/cds-services/{service_id}/feedback")
+    await _authenticate(request, hooks, f"{state.settings.base_url}/cds-services/{service_id}/feedback")
     service = _service(hooks, service_id)
     body = decode_feedback(await request.body())
     now = state.clock()
-    items = [_feedback_record(state, service.id, item, now) for item in body.feedback]
-    new = state.store.record_hook_feedback(items)
+    new, items = await run_in_threadpool(_store_feedback, state, service.id, body.feedback, now)
     logger.info("feedback %s: %d items, %d new", service.id, len(items), new)
     return _json({})
+
+
+def _store_feedback(
+    state: AppState, service_id: str, feedback: list[FeedbackItem], now: datetime
+) -> tuple[int, list[HookFeedback]]:
+    """Join each item to its issued card and store them all (one transaction); returns (new, items)."""
+    items = [_feedback_record(state, service_id, item, now) for item in feedback]
+    return state.store.record_hook_feedback(items), items
 
 
 def _feedback_record(state: AppState, service_id: str, item: FeedbackItem, now: datetime) -> HookFeedback:
