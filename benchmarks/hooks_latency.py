@@ -1,0 +1,334 @@
+"""CDS Hooks latency on loopback: our order-sign service against a floor service (parse JSON, return no cards).
+
+    python benchmarks/hooks_latency.py                      # prints the table; --output FILE writes markdown
+    python benchmarks/hooks_latency.py --store-url postgresql+psycopg://...   # replay cache on PostgreSQL
+
+Each server runs alone in its own uvicorn process (one worker); a closed-loop load generator with a fixed number
+of requests per client sends a realistic order-sign call (prefetch of a patient record, one draft baclofen order
+above the kidney ceiling, so one card with a dose suggestion comes back). Targets (issue 5): p50 at 1 client within
+floor + 2 ms; p99 at 16 concurrent clients within 2x the floor's p99; no errors. Not a test: numbers depend on the
+machine; run it on an otherwise idle one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request
+from starlette.responses import Response
+
+SERVICE = "als-spasticity-order-sign"
+ISS = "https://ehr.bench.example"
+PATIENT = "bench-1"
+RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
+
+
+def _order(status: str = "draft", order_id: str = "draft-1", dose: float = 20) -> dict[str, Any]:
+    return {
+        "resourceType": "MedicationRequest", "id": order_id, "status": status, "intent": "order",
+        "medicationCodeableConcept": {"coding": [{"system": RXNORM, "code": "1292"}]},
+        "subject": {"reference": f"Patient/{PATIENT}"},
+        "dosageInstruction": [{"timing": {"repeat": {"frequency": 3, "period": 1, "periodUnit": "d"}},
+                               "doseAndRate": [{"doseQuantity": {"value": dose, "unit": "mg", "code": "mg"}}]}],
+    }  # fmt: skip
+
+
+def _observation(index: int, code: str, value: float, days: int) -> dict[str, Any]:
+    when = (datetime.now(UTC) - timedelta(days=days)).date().isoformat()
+    return {
+        "resourceType": "Observation", "id": f"obs-{index}", "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": code}]},
+        "subject": {"reference": f"Patient/{PATIENT}"}, "effectiveDateTime": when,
+        "valueQuantity": {"value": value, "unit": "x"},
+    }  # fmt: skip
+
+
+def request_body() -> bytes:
+    """An order-sign call with a year of monthly labs and vital signs prefetched (about 100 resources)."""
+    codes = [("98979-8", 45), ("1742-6", 20), ("1920-8", 22), ("8480-6", 128), ("8462-4", 78), ("19872-1", 85)]
+    observations = [
+        _observation(i * 12 + m, code, value, 30 * m + 3) for i, (code, value) in enumerate(codes) for m in range(12)
+    ]
+    condition = {
+        "resourceType": "Condition", "id": "als", "subject": {"reference": f"Patient/{PATIENT}"},
+        "code": {"coding": [{"system": "http://snomed.info/sct", "code": "86044005"}]},
+    }  # fmt: skip
+
+    def bundle(resources: list[dict[str, Any]]) -> dict[str, Any]:
+        return {"resourceType": "Bundle", "type": "searchset", "entry": [{"resource": r} for r in resources]}
+
+    body = {
+        "hook": "order-sign",
+        "hookInstance": str(uuid.uuid4()),
+        "context": {
+            "userId": "Practitioner/1",
+            "patientId": PATIENT,
+            "draftOrders": {"resourceType": "Bundle", "type": "collection", "entry": [{"resource": _order()}]},
+        },
+        "prefetch": {
+            "patient": {"resourceType": "Patient", "id": PATIENT, "gender": "female", "birthDate": "1958-02-11"},
+            "conditions": bundle([condition]),
+            "medications": bundle([_order("active", "current-1", 10)]),
+            "statements": bundle([]),
+            "observations": bundle(observations),
+            "procedures": bundle([]),
+            "devices": bundle([]),
+        },
+    }
+    return json.dumps(body).encode()
+
+
+# -- servers ---------------------------------------------------------------------------------------------
+
+
+def floor_app() -> FastAPI:
+    """The floor: a FastAPI app that reads and parses the body and answers no cards."""
+    app = FastAPI()
+
+    @app.post("/cds-services/{service_id}")
+    async def call(service_id: str, request: Request) -> Response:
+        orjson.loads(await request.body())
+        return Response(b'{"cards":[]}', media_type="application/json")
+
+    return app
+
+
+def serve(kind: str, port: int, workdir: Path, store_url: str | None, auth: bool) -> None:
+    """Run one server in this process until killed."""
+    import logging
+
+    import uvicorn
+
+    if kind == "floor":
+        app = floor_app()
+    else:
+        from spasticity_cds.interfaces.web.app import create_app
+        from spasticity_cds.interfaces.web.config import WebSettings
+
+        logging.getLogger("spasticity_cds").setLevel(logging.WARNING)
+        settings = WebSettings(
+            public_base_url=f"http://127.0.0.1:{port}",
+            store_url=store_url or f"sqlite:///{workdir / 'bench.sqlite3'}",
+            auth_required=auth,
+            trusted_issuers_file=workdir / "issuers.toml" if auth else None,
+        )
+        app = create_app(settings)
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="error", access_log=False)
+
+
+@dataclass
+class Server:
+    """A server subprocess on a port."""
+
+    process: subprocess.Popen[bytes]
+    port: int
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=20)
+
+
+def start(kind: str, workdir: Path, store_url: str | None, auth: bool) -> Server:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [sys.executable, __file__, "--serve", kind, "--port", str(port), "--workdir", str(workdir)]
+    command += (["--store-url", store_url] if store_url else []) + ([] if auth else ["--no-auth"])
+    process = subprocess.Popen(command)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return Server(process, port)
+        except OSError:
+            time.sleep(0.1)
+    process.kill()
+    raise RuntimeError(f"{kind} server did not start")
+
+
+# -- client keys -----------------------------------------------------------------------------------------
+
+
+class Signer:
+    """An ES384 CDS client trusted through a JWKS file; tokens are made before the timed runs."""
+
+    def __init__(self, workdir: Path) -> None:
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from jwt.algorithms import ECAlgorithm
+
+        self.key = ec.generate_private_key(ec.SECP384R1())
+        jwk = ECAlgorithm.to_jwk(self.key.public_key(), as_dict=True) | {"kid": "k1", "alg": "ES384", "use": "sig"}
+        (workdir / "jwks.json").write_text(json.dumps({"keys": [jwk]}), encoding="utf-8")
+        (workdir / "issuers.toml").write_text(f'[[issuer]]\niss = "{ISS}"\njwks_file = "jwks.json"\n', encoding="utf-8")
+
+    def tokens(self, audience: str, count: int) -> list[str]:
+        import jwt
+
+        now = int(time.time())
+        claims = {"iss": ISS, "aud": audience, "iat": now, "exp": now + 3000}
+        headers = {"kid": "k1", "typ": "JWT"}
+        return [
+            jwt.encode(claims | {"jti": uuid.uuid4().hex}, self.key, algorithm="ES384", headers=headers)
+            for _ in range(count)
+        ]
+
+
+# -- load ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    """Latencies (ms) of one load level and how many calls failed."""
+
+    latencies: list[float]
+    errors: int
+    seconds: float
+
+    def percentile(self, p: float) -> float:
+        ordered = sorted(self.latencies)
+        return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
+
+
+def load(port: int, body: bytes, clients: int, per_client: int, tokens: Callable[[int], list[str]] | None) -> Run:
+    """Closed loop: each client thread sends its next request when the previous answer has been read."""
+    latencies: list[float] = []
+    errors = 0
+    lock = threading.Lock()
+    token_lists = [tokens(per_client) if tokens else [] for _ in range(clients)]
+    barrier = threading.Barrier(clients + 1)
+
+    def client(index: int) -> None:
+        nonlocal errors
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        mine: list[float] = []
+        failed = 0
+        barrier.wait()
+        for n in range(per_client):
+            headers = {"Content-Type": "application/json"}
+            if token_lists[index]:
+                headers["Authorization"] = f"Bearer {token_lists[index][n]}"
+            started = time.perf_counter()
+            connection.request("POST", f"/cds-services/{SERVICE}", body=body, headers=headers)
+            response = connection.getresponse()
+            response.read()
+            mine.append((time.perf_counter() - started) * 1000.0)
+            failed += response.status != 200
+        connection.close()
+        with lock:
+            latencies.extend(mine)
+            errors += failed
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    for thread in threads:
+        thread.start()
+    barrier.wait()
+    started = time.perf_counter()
+    for thread in threads:
+        thread.join()
+    return Run(latencies, errors, time.perf_counter() - started)
+
+
+def measure(kind: str, workdir: Path, body: bytes, args: argparse.Namespace, auth: bool) -> dict[int, Run]:
+    signer = Signer(workdir) if auth else None
+    server = start(kind, workdir, args.store_url, auth)
+    try:
+        audience = f"http://127.0.0.1:{server.port}/cds-services/{SERVICE}"
+        make_tokens = (lambda n: signer.tokens(audience, n)) if signer else None
+        load(server.port, body, 2, args.warmup // 2, make_tokens)
+        return {
+            1: load(server.port, body, 1, args.requests, make_tokens),
+            16: load(server.port, body, 16, max(1, args.requests // 16 * 2), make_tokens),
+        }
+    finally:
+        server.stop()
+
+
+def table(results: dict[str, dict[int, Run]]) -> list[str]:
+    rows = [
+        "| service | clients | requests | errors | p50 ms | p95 ms | p99 ms | max ms | req/s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, runs in results.items():
+        for clients, run in runs.items():
+            rows.append(
+                f"| {name} | {clients} | {len(run.latencies)} | {run.errors} | {run.percentile(50):.2f} | "
+                f"{run.percentile(95):.2f} | {run.percentile(99):.2f} | {max(run.latencies):.2f} | "
+                f"{len(run.latencies) / run.seconds:.0f} |"
+            )
+    return rows
+
+
+def verdict(floor: dict[int, Run], ours: dict[int, Run], name: str) -> list[str]:
+    p50_ok = ours[1].percentile(50) <= floor[1].percentile(50) + 2.0
+    p99_ok = ours[16].percentile(99) <= 2 * floor[16].percentile(99)
+    errors_ok = ours[1].errors == ours[16].errors == 0
+    return [
+        f"- {name}: p50 at 1 client {ours[1].percentile(50):.2f} ms vs floor + 2 ms = "
+        f"{floor[1].percentile(50) + 2:.2f} ms: **{'met' if p50_ok else 'NOT met'}**",
+        f"- {name}: p99 at 16 clients {ours[16].percentile(99):.2f} ms vs 2x floor = "
+        f"{2 * floor[16].percentile(99):.2f} ms: **{'met' if p99_ok else 'NOT met'}**",
+        f"- {name}: errors {ours[1].errors + ours[16].errors}: **{'met' if errors_ok else 'NOT met'}**",
+    ]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=1000, help="requests at 1 client (16 clients send 2x)")
+    parser.add_argument("--warmup", type=int, default=200)
+    parser.add_argument("--store-url", help="feedback store for our service (default: SQLite in a temp dir)")
+    parser.add_argument("--output", type=Path, help="also write the markdown report here")
+    parser.add_argument("--serve", choices=["floor", "app"], help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--workdir", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--no-auth", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve:
+        serve(args.serve, args.port, args.workdir, args.store_url, not args.no_auth)
+        return 0
+    body = request_body()
+    with tempfile.TemporaryDirectory() as folder:
+        workdir = Path(folder)
+        results = {
+            "floor (parse, no cards)": measure("floor", workdir, body, args, auth=False),
+            "order-sign, auth off": measure("app", workdir, body, args, auth=False),
+            "order-sign, JWT ES384 + replay cache": measure("app", workdir, body, args, auth=True),
+        }
+    floor, names = results["floor (parse, no cards)"], [n for n in results if n.startswith("order-sign")]
+    report = [
+        "# CDS Hooks latency (loopback)",
+        "",
+        f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}; "
+        f"store: {'PostgreSQL' if args.store_url else 'SQLite'}; request body {len(body)} bytes "
+        f"({body.count(b'resourceType')} resources); one uvicorn worker per server; generated "
+        f"{datetime.now(UTC).isoformat(timespec='seconds')} by `benchmarks/hooks_latency.py`.",
+        "",
+        *table(results),
+        "",
+        *[line for name in names for line in verdict(floor, results[name], name)],
+    ]
+    text = "\n".join(report) + "\n"
+    print(text)
+    if args.output:
+        args.output.write_text(text, encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
