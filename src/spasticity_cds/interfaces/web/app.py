@@ -10,7 +10,7 @@ from fastapi import FastAPI
 
 from spasticity_cds.api import load_knowledge_base
 from spasticity_cds.engine.evaluator import Engine
-from spasticity_cds.interfaces.web import hooks_routes
+from spasticity_cds.interfaces.web import hooks_routes, pages
 from spasticity_cds.interfaces.web.config import WebSettings, settings_from_environment
 from spasticity_cds.interfaces.web.deps import AppState
 from spasticity_cds.interfaces.web.errors import install_error_handling
@@ -39,6 +39,7 @@ def create_app(
     app.state.hooks = hooks_routes.build_hooks_state(app.state.cds)
     install_error_handling(app, max_body_bytes=settings.max_body_bytes, cors_origins=settings.cors_origins)
     app.include_router(hooks_routes.router)
+    app.include_router(pages.router)
     return app
 
 
