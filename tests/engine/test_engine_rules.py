@@ -83,3 +83,22 @@ def test_spasticity_severity_has_no_false_case() -> None:
     )
     assert outcome == "unknown"
     assert [f["kind"] for f in mine] == ["data-gap"]
+
+
+def test_a_gap_names_the_missing_facts_behind_definitions() -> None:
+    from .records import fvc
+
+    result = ENGINE.evaluate(record(fvc(85)), NOW)
+    gap = next(f for f in result["findings"] if f["id"] == "RESP-STATUS:gap")
+    assert gap["kind"] == "data-gap"
+    assert set(gap["missing"]) == {"obs.snip", "obs.mip", "obs.paco2"}
+    assert result["data_gaps"] == sum(1 for f in result["findings"] if f["kind"] == "data-gap")
+
+
+def test_out_of_scope_gives_only_the_scope_finding() -> None:
+    from .records import med
+
+    result = ENGINE.evaluate(record(med("baclofen", dose=30, per_day=4), with_als=False), NOW)
+    assert result["in_scope"] is False
+    assert result["options"] == []
+    assert [f["rule_id"] for f in result["findings"]] == ["SCOPE-NO-ALS"]
