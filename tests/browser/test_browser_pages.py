@@ -137,7 +137,9 @@ def test_upload_good_file(live: Live, page: Any, tmp_path: Path) -> None:
 
 
 def test_smart_ehr_launch(live: Live, page: Any) -> None:
-    launch = live.ehr.register_launch({"card": "card-browser", "rule": "TIZ-LIVER-3X"})
+    launch = live.ehr.register_launch(
+        {"ruleId": "TIZ-LIVER-3X", "ruleVersion": 1, "cardUuid": "card-browser", "patientId": "smart-1"}
+    )
     page.goto(f"{live.base}/smart/launch?iss={live.ehr.base}/fhir&launch={launch}")
     page.wait_for_url(re.compile(r"/smart/plan$"))
     assert page.locator(".pname").inner_text() == "Launch Patient"

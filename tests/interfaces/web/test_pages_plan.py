@@ -15,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import pages_support as support
 
 from spasticity_cds import api
-from spasticity_cds.interfaces.web import manual_form
+from spasticity_cds.interfaces.web import manual_form, pages
 from spasticity_cds.store import PageContext
 
 
@@ -319,3 +319,19 @@ def test_manual_form_values_are_escaped_when_shown_again(client: support.PageCli
     )
     assert "<script>alert" not in response.text
     assert "&lt;script&gt;" in response.text
+
+
+def test_packaged_demo_patients_all_open(tmp_path: Path) -> None:
+    app = support.make_app(tmp_path)
+    del app.state.demo_data_dir  # the bundles shipped in spasticity_cds/demo/data
+    client = support.PageClient(app)
+    listing = client.get("/patients").text
+    shipped = sorted(p.stem for p in pages.demo_dir_default().glob("*.json") if p.name != "index.json")
+    if not shipped:
+        pytest.skip("no demo bundles are packaged yet")
+    for name in shipped:
+        assert f'href="/patients/demo/{name}"' in listing
+        response = client.get(f"/patients/demo/{name}")
+        assert response.status_code == 200, name
+        assert 'class="ladder"' in response.text or "outside the scope" in response.text
+    assert client.get("/patients/demo/index").status_code == 404

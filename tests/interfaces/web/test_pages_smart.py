@@ -52,7 +52,9 @@ def _callback_path(url: str) -> str:
 
 def test_ehr_launch_reads_the_patient_and_shows_the_card_context(tmp_path: Path, ehr: support.MockEhr) -> None:
     client = _client(tmp_path, ehr)
-    launch = ehr.register_launch({"card": "card-123", "rule": "TIZ-LIVER-3X"})
+    launch = ehr.register_launch(
+        {"ruleId": "TIZ-LIVER-3X", "ruleVersion": 1, "cardUuid": "card-123", "patientId": "smart-1"}
+    )
     start = client.get("/smart/launch", params={"iss": f"{ehr.base}/fhir", "launch": launch})
     assert start.status_code == 302
     location = start.headers["location"]

@@ -88,28 +88,47 @@ def _text(form: FormData, name: str) -> str:
     return value if isinstance(value, str) else ""
 
 
+def demo_dir_default() -> Path:
+    """The demo bundles shipped in the package."""
+    return Path(str(resources.files("spasticity_cds.demo") / "data"))
+
+
 def demo_dir(request: Request) -> Path:
     """Where demo bundles live: ``app.state.demo_data_dir`` when a test sets it, else the packaged folder."""
     override = getattr(request.app.state, "demo_data_dir", None)
     if override is not None:
         return Path(override)
-    return Path(str(resources.files("spasticity_cds.demo") / "data"))
+    return demo_dir_default()
 
 
 def demo_patients(request: Request, state: AppState) -> list[dict[str, str]]:
-    """The demo bundles with the patient's name, sex and age (unreadable files are skipped and logged)."""
+    """The demo bundles, in ``index.json`` order with its titles when present, with each patient's banner."""
     folder = demo_dir(request)
-    out = []
-    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
-        if not SAFE_ID.match(path.stem):
-            continue
+    if not folder.is_dir():
+        return []
+    titles: dict[str, dict[str, str]] = {}
+    index = folder / "index.json"
+    if index.is_file():
         try:
-            record = api.read_patient(path.read_bytes(), source=path.name)
+            listed = orjson.loads(index.read_bytes())
+        except orjson.JSONDecodeError:
+            listed = []
+        for item in listed if isinstance(listed, list) else []:
+            if isinstance(item, dict) and isinstance(item.get("id"), str):
+                titles[item["id"]] = {k: str(item.get(k) or "") for k in ("title", "summary")}
+    paths = {
+        path.stem: path for path in folder.glob("*.json") if path.name != "index.json" and SAFE_ID.match(path.stem)
+    }
+    order = [name for name in titles if name in paths] + sorted(name for name in paths if name not in titles)
+    out = []
+    for name in order:
+        try:
+            record = api.read_patient(paths[name].read_bytes(), source=paths[name].name)
         except SpasticityCdsError:
-            logger.warning("demo bundle %s could not be read", path.name)
+            logger.warning("demo bundle %s could not be read", paths[name].name)
             continue
         banner = patient_banner(record, state.clock())
-        out.append({"id": path.stem, **banner})
+        out.append({"id": name, **titles.get(name, {"title": "", "summary": ""}), **banner})
     return out
 
 
@@ -283,7 +302,7 @@ def patients(request: Request, state: StateDep) -> HTMLResponse:
 def demo_patient(demo_id: str, request: Request, state: StateDep) -> HTMLResponse:
     """The plan for one bundled demo patient."""
     path = demo_dir(request) / f"{demo_id}.json"
-    if not SAFE_ID.match(demo_id) or not path.is_file():
+    if not SAFE_ID.match(demo_id) or demo_id == "index" or not path.is_file():
         return _error_page(request, state, "No such demo patient", "There is no demo patient with that name.", 404)
     try:
         record = api.read_patient(path.read_bytes(), source=path.name)

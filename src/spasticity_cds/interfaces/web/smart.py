@@ -375,14 +375,15 @@ async def _get_json(http: httpx.AsyncClient, url: str, headers: dict[str, str]) 
 
 
 def _card_context(app_context: str) -> tuple[str | None, str | None]:
-    """The card uuid and rule id a CDS Hooks ``smart`` link put in ``appContext``, if it is our JSON."""
+    """The card uuid and rule id a CDS Hooks ``smart`` link put in ``appContext`` (``cardUuid``, ``ruleId``)."""
     try:
         parsed = json.loads(app_context) if app_context else None
     except ValueError:
         return None, None
     if not isinstance(parsed, dict):
         return None, None
-    card, rule = parsed.get("card"), parsed.get("rule")
+    card = parsed.get("cardUuid", parsed.get("card"))
+    rule = parsed.get("ruleId", parsed.get("rule"))
     return (card if isinstance(card, str) else None), (rule if isinstance(rule, str) else None)
 
 
