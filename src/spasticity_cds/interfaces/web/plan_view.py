@@ -158,10 +158,8 @@ def build_plan(
     def trace(rule_id: str) -> Trace:
         if rule_id not in cache:
             raw = api.explain(record, rule_id, now=now, engine=engine, settings=settings)
-            rule = engine.kb.rules[rule_id]
-            cache[rule_id] = Trace(
-                rule_id, raw["rule_version"], raw["outcome"], raw["deciding"], raw["tree"], rule.summary
-            )
+            summary = rendered.get(rule_id) or PLACEHOLDER.sub("…", engine.kb.rules[rule_id].summary)
+            cache[rule_id] = Trace(rule_id, raw["rule_version"], raw["outcome"], raw["deciding"], raw["tree"], summary)
         return cache[rule_id]
 
     active_ids = {compiled.rule.id for compiled in engine.rules}
