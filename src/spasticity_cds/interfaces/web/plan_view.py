@@ -8,7 +8,7 @@ from datetime import date, datetime, timedelta
 from typing import Any
 
 from spasticity_cds import api
-from spasticity_cds.engine.evaluator import Engine
+from spasticity_cds.engine.evaluator import PLACEHOLDER, Engine
 from spasticity_cds.engine.facts import Value
 from spasticity_cds.fhir.record import PatientRecord
 from spasticity_cds.interfaces.web.charts import Chart, build_charts
