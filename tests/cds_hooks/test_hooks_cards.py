@@ -146,6 +146,7 @@ def test_issued_cards_are_stored_and_feedback_joins_back(
 ) -> None:
     body = hook_request("order-sign", prefetch_data=prefetch(), drafts=[baclofen_order()])
     (card,) = _cards(app, client, body, SIGN)
+    assert app.state.hooks.cards.flush()
     issued = hook_store.find_issued_card(card["uuid"])
     assert issued is not None and issued.hook_instance == body["hookInstance"] and issued.service_id == SIGN
     assert issued.patient_ref_hash == hash_patient_ref(f"Patient/{PATIENT_ID}")

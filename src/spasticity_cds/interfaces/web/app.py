@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -14,6 +15,13 @@ from spasticity_cds.interfaces.web import hooks_routes, pages
 from spasticity_cds.interfaces.web.config import WebSettings, settings_from_environment
 from spasticity_cds.interfaces.web.deps import AppState
 from spasticity_cds.interfaces.web.errors import install_error_handling
+
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """On shutdown, write the issued cards still queued."""
+    yield
+    app.state.hooks.cards.flush()
 
 
 def create_app(
@@ -29,7 +37,7 @@ def create_app(
         from spasticity_cds.store import open_store
 
         store = open_store(settings.store_url)
-    app = FastAPI(title="spasticity-cds", docs_url="/api/docs", redoc_url=None)
+    app = FastAPI(title="spasticity-cds", docs_url="/api/docs", redoc_url=None, lifespan=_lifespan)
     app.state.cds = AppState(
         engine=engine or load_knowledge_base(),
         store=store,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any
@@ -19,6 +20,7 @@ from spasticity_cds.cds_hooks.models import FeedbackItem, decode_feedback, decod
 from spasticity_cds.cds_hooks.runner import Fetcher, HookRunner, RunnerConfig
 from spasticity_cds.cds_hooks.security import JsonObject, JwtVerifier
 from spasticity_cds.cds_hooks.services import ServiceCatalogue, ServiceSpec
+from spasticity_cds.cds_hooks.writer import BatchWriter
 from spasticity_cds.errors import AuthenticationError
 from spasticity_cds.interfaces.web.config import WebSettings, load_trusted_issuers
 from spasticity_cds.interfaces.web.deps import AppState, app_state
@@ -27,6 +29,7 @@ from spasticity_cds.store import FeedbackOutcome, HookFeedback, IssuedCard, hash
 logger = logging.getLogger("spasticity_cds.cds_hooks")
 router = APIRouter()
 JWKS_TIMEOUT_S = 2.0
+JOIN_RETRY_S = 0.2
 
 
 @dataclass
@@ -36,6 +39,7 @@ class HooksState:
     catalogue: ServiceCatalogue
     runner: HookRunner
     verifier: JwtVerifier | None
+    cards: BatchWriter[IssuedCard]
 
 
 def build_hooks_state(state: AppState, fetcher: Fetcher | None = None) -> HooksState:
@@ -49,7 +53,8 @@ def build_hooks_state(state: AppState, fetcher: Fetcher | None = None) -> HooksS
         fhir_server_allowlist=settings.fhir_server_allowlist,
     )
     runner = HookRunner(catalogue, fetcher or FhirFetcher(budget_s=settings.fhir_timeout_s), config)
-    return HooksState(catalogue, runner, _verifier(state, settings))
+    writer: BatchWriter[IssuedCard] = BatchWriter(state.store.record_issued_cards)
+    return HooksState(catalogue, runner, _verifier(state, settings), writer)
 
 
 def _verifier(state: AppState, settings: WebSettings) -> JwtVerifier | None:
@@ -127,7 +132,7 @@ async def call_service(
         records = _issued_cards(
             result.issued, service.id, hook_request.hookInstance, result.patient_reference, result.kb_version, now
         )
-        await run_in_threadpool(state.store.record_issued_cards, records)
+        hooks.cards.submit(records)
     logger.info(
         "hook %s instance %s: %d cards, %d keys fetched, %s ms",
         service.id,
@@ -163,21 +168,31 @@ async def feedback(
     service = _service(hooks, service_id)
     body = decode_feedback(await request.body())
     now = state.clock()
-    new, items = await run_in_threadpool(_store_feedback, state, service.id, body.feedback, now)
+    new, items = await run_in_threadpool(_store_feedback, state, hooks, service.id, body.feedback, now)
     logger.info("feedback %s: %d items, %d new", service.id, len(items), new)
     return _json({})
 
 
 def _store_feedback(
-    state: AppState, service_id: str, feedback: list[FeedbackItem], now: datetime
+    state: AppState, hooks: HooksState, service_id: str, feedback: list[FeedbackItem], now: datetime
 ) -> tuple[int, list[HookFeedback]]:
     """Join each item to its issued card and store them all (one transaction); returns (new, items)."""
+    hooks.cards.flush()
     items = [_feedback_record(state, service_id, item, now) for item in feedback]
     return state.store.record_hook_feedback(items), items
 
 
+def _find_card(state: AppState, card_uuid: str) -> IssuedCard | None:
+    """The issued card; looked up twice, since another worker may still be committing a card it just issued."""
+    issued: IssuedCard | None = state.store.find_issued_card(card_uuid)
+    if issued is None:
+        time.sleep(JOIN_RETRY_S)
+        issued = state.store.find_issued_card(card_uuid)
+    return issued
+
+
 def _feedback_record(state: AppState, service_id: str, item: FeedbackItem, now: datetime) -> HookFeedback:
-    issued = state.store.find_issued_card(item.card)
+    issued = _find_card(state, item.card)
     reason = item.overrideReason.reason if item.overrideReason else None
     return HookFeedback(
         service_id=service_id,

@@ -1,0 +1,65 @@
+"""A background writer: hook calls hand over records to store and answer at once; one thread commits in batches."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable, Sequence
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+logger = logging.getLogger("spasticity_cds.cds_hooks")
+
+
+class BatchWriter(Generic[T]):
+    """Queues records and writes them with ``write(batch)`` from one daemon thread, many per transaction.
+
+    ``flush`` waits until everything handed over so far is written (feedback calls it before looking a card up).
+    A failed write is logged and dropped: the hook answer has already gone, and a retry could repeat it forever.
+    """
+
+    def __init__(self, write: Callable[[list[T]], object], *, max_batch: int = 500) -> None:
+        self._write = write
+        self._max_batch = max_batch
+        self._queue: queue.SimpleQueue[Sequence[T]] = queue.SimpleQueue()
+        self._pending = 0
+        self._idle = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._start_lock = threading.Lock()
+
+    def submit(self, records: Sequence[T]) -> None:
+        """Hand records over for writing; returns at once."""
+        if not records:
+            return
+        with self._idle:
+            self._pending += 1
+        self._ensure_thread()
+        self._queue.put(records)
+
+    def flush(self, timeout_s: float = 5.0) -> bool:
+        """Wait until every record submitted so far is written; False if that took longer than ``timeout_s``."""
+        with self._idle:
+            return self._idle.wait_for(lambda: self._pending == 0, timeout=timeout_s)
+
+    def _ensure_thread(self) -> None:
+        with self._start_lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="issued-card-writer", daemon=True)
+                self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            parts = [self._queue.get()]
+            while len(parts) < self._max_batch:
+                try:
+                    parts.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            try:
+                self._write([record for part in parts for record in part])
+            except Exception:
+                logger.exception("could not store %d issued-card batches; feedback on them will not join", len(parts))
+            with self._idle:
+                self._pending -= len(parts)
+                self._idle.notify_all()
