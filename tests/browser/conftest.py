@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,6 +12,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from browser_support import CHROMIUM, CHROMIUM_ARGS, CLIENT_ID, Live, support
+
+from spasticity_cds.interfaces.web.pages import demo_dir_default
 
 
 @pytest.fixture(scope="session")
@@ -22,6 +25,9 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
         sock = support.free_socket()
         base = f"http://127.0.0.1:{sock.getsockname()[1]}"
         app = support.make_app(folder, public_base_url=base, smart_clients_file=clients)
+        for shipped in demo_dir_default().glob("*.json"):  # the packaged demos too, next to the test bundles
+            if shipped.name != "index.json":
+                shutil.copy(shipped, app.state.demo_data_dir / shipped.name)
         with support.serve(app, sock):
             yield Live(base, app, ehr)
 

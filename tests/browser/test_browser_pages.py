@@ -167,3 +167,18 @@ def test_kb_pages_and_report(live: Live, page: Any) -> None:
     shot(page, "kb-versions", full_page=False)
     page.goto(f"{live.base}/reports/feedback")
     shot(page, "feedback-report")
+
+
+def test_packaged_demo_patients(live: Live, page: Any) -> None:
+    page.goto(f"{live.base}/patients")
+    links = page.locator("ul.demos a")
+    names = [href.split("/")[-1] for href in links.evaluate_all("els => els.map(e => e.getAttribute('href'))")]
+    shipped = [name for name in names if name not in ("ada", "evil")]
+    if not shipped:
+        pytest.skip("no demo bundles are packaged yet")
+    for name in shipped:
+        page.goto(f"{live.base}/patients/demo/{name}")
+        assert page.locator("h1").inner_text() == "Patient plan"
+        assert page.locator("table.ladder tbody tr").count() > 0 or page.get_by_text("outside the scope").count() == 1
+    page.goto(f"{live.base}/patients/demo/{shipped[0]}")
+    shot(page, f"demo-{shipped[0]}", full_page=False)

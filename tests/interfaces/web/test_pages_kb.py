@@ -56,6 +56,7 @@ def test_drug_pages_citations_and_versions(client: support.PageClient) -> None:
     citations = client.get("/kb/citations").text
     for citation in kb.citations.values():
         assert f'id="{citation.id}"' in citations
+    assert client.get("/kb/drugs").headers["location"] == "/kb#drugs"
     versions = client.get("/kb/versions").text
     for release in kb.manifest.releases:
         assert release.version in versions

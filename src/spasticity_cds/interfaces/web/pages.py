@@ -452,6 +452,12 @@ def kb_rule(rule_id: str, request: Request, state: StateDep) -> HTMLResponse:
     return render(request, state, "kb_rule.html", context)
 
 
+@router.get("/kb/drugs", response_model=None)
+def kb_drugs() -> RedirectResponse:
+    """The drug list lives on the knowledge-base index."""
+    return RedirectResponse("/kb#drugs", status_code=302)
+
+
 @router.get("/kb/drugs/{drug_id}", response_class=HTMLResponse)
 def kb_drug(drug_id: str, request: Request, state: StateDep) -> HTMLResponse:
     """One drug monograph with every statement's sources."""
