@@ -335,3 +335,27 @@ def test_packaged_demo_patients_all_open(tmp_path: Path) -> None:
         assert response.status_code == 200, name
         assert 'class="ladder"' in response.text or "outside the scope" in response.text
     assert client.get("/patients/demo/index").status_code == 404
+
+
+def test_patient_without_als_is_out_of_scope(client: support.PageClient) -> None:
+    bundle = support.trend_bundle()
+    bundle["entry"] = [e for e in bundle["entry"] if e["resource"]["resourceType"] != "Condition"]
+    response = _upload(client, json.dumps(bundle).encode())
+    assert response.status_code == 200  # type: ignore[attr-defined]
+    assert "outside the scope of this tool" in response.text  # type: ignore[attr-defined]
+    assert 'class="ladder"' not in response.text  # type: ignore[attr-defined]
+
+
+def test_evaluation_failure_is_an_error_page_without_details(
+    client: support.PageClient, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from spasticity_cds.errors import EvaluationError
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise EvaluationError("rule X failed on Patient/secret-name", where="rules/x.yaml")
+
+    monkeypatch.setattr(pages, "build_plan", broken)
+    response = client.get("/patients/demo/ada")
+    assert response.status_code == 500
+    assert "The plan could not be computed" in response.text and "secret-name" not in response.text
+    assert "secret-name" not in caplog.text

@@ -139,7 +139,12 @@ def _settings(state: AppState) -> dict[str, Any] | None:
 def _plan_page(
     request: Request, state: AppState, record: PatientRecord, source_label: str, return_to: str, status_code: int = 200
 ) -> HTMLResponse:
-    plan = build_plan(record, state.engine, state.clock(), _settings(state), source_label=source_label)
+    try:
+        plan = build_plan(record, state.engine, state.clock(), _settings(state), source_label=source_label)
+    except SpasticityCdsError as error:
+        logger.error("plan page: %s at %s", type(error).__name__, error.where or "-")
+        message = "The plan could not be computed for this record. The error has been logged for the maintainers."
+        return _error_page(request, state, "Evaluation failed", message, 500)
     context = {"title": "Patient plan", "plan": plan, "return_to": return_to}
     return render(request, state, "plan.html", context, status_code=status_code)
 
