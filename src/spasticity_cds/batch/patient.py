@@ -65,7 +65,7 @@ class PatientEvaluator:
         for line in lines:
             raw = line[2] if isinstance(line[2], bytes) else line[2].encode("latin-1")
             try:
-                document = orjson.loads(raw)
+                document = _loads(raw)
             except orjson.JSONDecodeError as error:
                 outcome.problems.append(
                     _dump(
@@ -124,6 +124,14 @@ class PatientEvaluator:
                 "task": task,
             }
         )
+
+
+def _loads(raw: bytes) -> Any:
+    """Parse one line; invalid UTF-8 becomes U+FFFD, as Hadoop's text reader (the Spark engine) does."""
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return orjson.loads(raw.decode("utf-8", "replace"))
 
 
 def _dump(value: Mapping[str, Any]) -> bytes:

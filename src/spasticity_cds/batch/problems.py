@@ -220,7 +220,7 @@ def classify(raw: bytes) -> Classified:
     if not raw.strip():
         return Classified(BLANK)
     try:
-        document = orjson.loads(raw)
+        document = orjson.loads(raw.decode("utf-8", "replace"))
     except orjson.JSONDecodeError:
         return Classified(MALFORMED)
     if not isinstance(document, dict):
@@ -249,7 +249,7 @@ def describe(status: str, resource_type: str | None, raw: bytes) -> str:
     """A one-line explanation of why a line was not used."""
     if status == MALFORMED:
         try:
-            document = orjson.loads(raw)
+            document = orjson.loads(raw.decode("utf-8", "replace"))
         except orjson.JSONDecodeError as error:
             return f"not valid JSON ({error})"
         if not isinstance(document, dict):

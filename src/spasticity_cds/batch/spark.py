@@ -49,6 +49,7 @@ def _classify(line: Line) -> Row:
 
 #: A problem line kept for the report: (line number, resource type, raw text).
 Kept = tuple[int, str | None, bytes | str]
+#: Per (file, status): the number of lines and the first problem lines.
 Tally = tuple[int, list[Kept]]
 
 
@@ -67,15 +68,40 @@ def _medication_link(row: Row) -> tuple[str, str]:
     return str(row[1].medication_ref), str(row[1].key)
 
 
+def _shared(row: Row) -> bool:
+    return row[1].status == problems.OK and row[1].key is None
+
+
+def _references_medication(row: Row) -> bool:
+    return row[1].status == problems.OK and row[1].key is not None and bool(row[1].medication_ref)
+
+
+def _mark_unreferenced(pair: tuple[str, tuple[Row, bool | None]]) -> Row:
+    row, used = pair[1]
+    if used:
+        return row
+    return row[0], problems.Classified(problems.NO_PATIENT, row[1].resource_type, None, row[1].resource_id)
+
+
+def _tally_key(row: Row) -> tuple[tuple[int, str], Kept | None]:
+    """Key (file, status); problem lines carry (line number, type, text) for the report, usable lines nothing."""
+    line, classified = row
+    if classified.status in (problems.MALFORMED, problems.UNKNOWN_TYPE, problems.NO_PATIENT):
+        return (line[0], classified.status), (line[1], classified.resource_type, line[2])
+    return (line[0], classified.status), None
+
+
 def _keep_first(
     cap: int,
-) -> tuple[Callable[[Kept], Tally], Callable[[Tally, Kept], Tally], Callable[[Tally, Tally], Tally]]:
-    """combineByKey functions keeping a count and the ``cap`` first lines of each (file, category)."""
+) -> tuple[Callable[[Kept | None], Tally], Callable[[Tally, Kept | None], Tally], Callable[[Tally, Tally], Tally]]:
+    """combineByKey functions keeping a count and the ``cap`` first problem lines of each (file, status)."""
 
-    def create(item: Kept) -> Tally:
-        return 1, [item]
+    def create(item: Kept | None) -> Tally:
+        return 1, [] if item is None else [item]
 
-    def merge(acc: Tally, item: Kept) -> Tally:
+    def merge(acc: Tally, item: Kept | None) -> Tally:
+        if item is None:
+            return acc[0] + 1, acc[1]
         return acc[0] + 1, heapq.nsmallest(cap, [*acc[1], item], key=lambda entry: entry[0])
 
     def combine(left: Tally, right: Tally) -> Tally:
@@ -100,62 +126,48 @@ def run_spark(
     except ImportError:
         raise BatchError("--engine spark needs PySpark: pip install 'spasticity-cds[spark]'") from None
     created = SparkSession.getActiveSession() is None
-    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    session = (
+    builder = (
         SparkSession.builder.master(options.spark_master)
         .appName("spasticity-cds batch")
         .config("spark.ui.enabled", "false")
         .config("spark.ui.showConsoleProgress", "false")
-        .config("spark.sql.shuffle.partitions", "8")
-        .getOrCreate()
     )
+    if created:
+        builder = builder.config("spark.pyspark.python", os.environ.get("PYSPARK_PYTHON", sys.executable))
+    session = builder.getOrCreate()
     try:
         context = session.sparkContext
         parts = [
-            context.textFile(str(item.path), use_unicode=False).zipWithIndex().map(_numbered(index))
+            context.textFile(str(item.path), minPartitions=1, use_unicode=False).zipWithIndex().map(_numbered(index))
             for index, item in enumerate(inputs.files)
         ]
         rows = context.union(parts).map(_classify).persist(StorageLevel.MEMORY_AND_DISK)
+        # Medications without a patient go to every patient whose orders reference them; unreferenced ones are
+        # reported as resources without a patient, exactly as the DuckDB engine does.
+        medications = rows.filter(_shared).map(lambda row: (f"Medication/{row[1].resource_id or ''}", row))
+        references = rows.filter(_references_medication).map(_medication_link).distinct()
+        referenced = references.keys().distinct().map(lambda ref: (ref, True))
+        shared_rows = medications.leftOuterJoin(referenced).map(_mark_unreferenced)
+        every_row = rows.filter(lambda row: not _shared(row)).union(shared_rows)
 
-        def shared(row: Row) -> bool:
-            return row[1].status == problems.OK and row[1].key is None
-
-        medications = rows.filter(shared).map(lambda row: (f"Medication/{row[1].resource_id or ''}", row))
-        references = (
-            rows.filter(
-                lambda row: row[1].status == problems.OK and row[1].key is not None and bool(row[1].medication_ref)
-            )
-            .map(_medication_link)
-            .distinct()
-        )
-        used = medications.leftOuterJoin(references.keys().distinct().map(lambda ref: (ref, True)))
-        own = rows.filter(lambda row: not shared(row))
-        statuses = own.map(lambda row: ((row[0][0], row[1].status), 1)).union(
-            used.map(lambda pair: ((pair[1][0][0][0], problems.OK if pair[1][1] else problems.NO_PATIENT), 1))
-        )
-        stats: list[dict[str, int]] = [{} for _ in inputs.files]
-        for (file_id, status), count in statuses.reduceByKey(lambda a, b: a + b).collect():
-            stats[file_id][status] = count
-
-        line_problems = own.filter(
-            lambda row: row[1].status in (problems.MALFORMED, problems.UNKNOWN_TYPE, problems.NO_PATIENT)
-        ).map(lambda row: ((row[0][0], row[1].status), (row[0][1], row[1].resource_type, row[0][2])))
-        unused = used.filter(lambda pair: not pair[1][1]).map(
-            lambda pair: ((pair[1][0][0][0], problems.NO_PATIENT), (pair[1][0][0][1], "Medication", pair[1][0][0][2]))
-        )
         create, merge, combine = _keep_first(problems.DETAIL_CAP)
-        collected = line_problems.union(unused).combineByKey(create, merge, combine).collect()
-        _report_problems(writer, [item.name for item in inputs.files], collected)
+        tallies = every_row.map(_tally_key).combineByKey(create, merge, combine).collect()
+        stats: list[dict[str, int]] = [{} for _ in inputs.files]
+        for (file_id, status), (count, _) in tallies:
+            stats[file_id][status] = count
+        _report_problems(writer, [item.name for item in inputs.files], [t for t in tallies if t[1][1]])
 
-        patient_lines = own.filter(lambda row: row[1].status == problems.OK).map(_patient_line)
-        medication_lines = medications.join(references).map(lambda pair: (pair[1][1], pair[1][0][0]))
-        grouped = patient_lines.union(medication_lines).groupByKey()
+        patient_lines = every_row.filter(lambda row: row[1].status == problems.OK and row[1].key is not None)
+        medication_lines = medications.join(references.map(lambda pair: (pair[0], pair[1]))).map(
+            lambda pair: (pair[1][1], pair[1][0][0])
+        )
+        partitions = max(1, context.defaultParallelism)
+        grouped = patient_lines.map(_patient_line).union(medication_lines).groupByKey(numPartitions=partitions)
         total = grouped.count()
         if progress is not None:
             progress(0, total)
-        partitions = max(1, min(total, context.defaultParallelism * 4))
         ordered = grouped.sortByKey(numPartitions=partitions) if total else grouped
-        outcomes = ordered.mapPartitions(evaluate_partition(spec)).toLocalIterator()
+        outcomes = ordered.mapPartitions(evaluate_partition(spec)).toLocalIterator(prefetchPartitions=True)
         for done, outcome in enumerate(outcomes, start=1):
             writer.add(outcome)
             if progress is not None:

@@ -1,0 +1,62 @@
+"""The Spark engine (local[2]) writes the same Tasks, problems and counts as the local engine on the same input."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .batch_helpers import read_ndjson, run
+
+pytestmark = pytest.mark.spark
+
+
+@pytest.fixture(scope="module")
+def spark_session() -> Iterator[Any]:
+    """One local[2] session for the module (the runner reuses an active session and leaves it running)."""
+    pyspark_sql = pytest.importorskip("pyspark.sql")
+    if shutil.which("java") is None:
+        pytest.skip("Java is not installed: Spark cannot start")
+    session = (
+        pyspark_sql.SparkSession.builder.master("local[2]")
+        .appName("spasticity-cds batch tests")
+        .config("spark.ui.enabled", "false")
+        .config("spark.ui.showConsoleProgress", "false")
+        .config("spark.pyspark.python", sys.executable)
+        .getOrCreate()
+    )
+    session.sparkContext.setLogLevel("ERROR")
+    yield session
+    session.stop()
+
+
+def _by_id(path: Path) -> dict[str, Any]:
+    return {record["id"]: record for record in read_ndjson(path)}
+
+
+def test_spark_and_local_engines_agree(spark_session: Any, bad_cohort: Path, tmp_path: Path) -> None:
+    local = run(bad_cohort, tmp_path / "local")
+    spark = run(bad_cohort, tmp_path / "spark", engine="spark")
+    assert _by_id(tmp_path / "spark" / "Task.ndjson") == _by_id(tmp_path / "local" / "Task.ndjson")
+    assert _by_id(tmp_path / "spark" / "OperationOutcome.ndjson") == _by_id(
+        tmp_path / "local" / "OperationOutcome.ndjson"
+    )
+    assert (tmp_path / "spark" / "Task.ndjson").read_bytes() == (tmp_path / "local" / "Task.ndjson").read_bytes()
+    assert (tmp_path / "spark" / "rule_counts.json").read_bytes() == (
+        tmp_path / "local" / "rule_counts.json"
+    ).read_bytes()
+    assert spark.counts["problems"] == local.counts["problems"]
+    assert spark.counts["patients"] == local.counts["patients"]
+    assert spark.manifest["engine"] == {"name": "spark", "master": "local[2]"}
+
+
+def test_spark_since_matches_local_since(spark_session: Any, clean_cohort: Path, tmp_path: Path) -> None:
+    run(clean_cohort, tmp_path / "first")
+    run(clean_cohort, tmp_path / "local", since=tmp_path / "first")
+    run(clean_cohort, tmp_path / "spark", since=tmp_path / "first", engine="spark")
+    for name in ("Task.ndjson", "closed.ndjson", "open.ndjson"):
+        assert (tmp_path / "spark" / name).read_bytes() == (tmp_path / "local" / name).read_bytes(), name
