@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from fastapi import FastAPI
@@ -187,3 +188,24 @@ def test_summary_is_cut_under_140_characters_at_a_word() -> None:
 def test_compact_drops_every_empty_value() -> None:
     value = {"a": None, "b": "", "c": [], "d": {}, "e": [None, "", {"f": []}], "g": {"h": 0, "i": False}}
     assert compact(value) == {"g": {"h": 0, "i": False}}
+
+
+def test_draft_without_id_gets_a_card_but_no_update(app: FastAPI, client: Client) -> None:
+    draft = baclofen_order()
+    del draft["id"]
+    (card,) = _cards(app, client, hook_request("order-sign", prefetch_data=prefetch(), drafts=[draft]), SIGN)
+    assert _rule(card) == "BACLOFEN-DOSE-ABOVE-CEILING" and "suggestions" not in card
+
+
+def test_the_clients_draft_is_never_changed_in_place() -> None:
+    from spasticity_cds.cds_hooks.orders import adjusted_order, draft_resources
+
+    draft = baclofen_order()
+    del draft["subject"]
+    context = {"patientId": PATIENT_ID, "draftOrders": {"resourceType": "Bundle", "entry": [{"resource": draft}]}}
+    before = json.dumps(context, sort_keys=True)
+    (copied,) = draft_resources(context)
+    updated = adjusted_order(copied, 5, 3)
+    assert copied["subject"] == {"reference": f"Patient/{PATIENT_ID}"}
+    assert updated["dosageInstruction"][0]["doseAndRate"][0]["doseQuantity"]["value"] == 5
+    assert json.dumps(context, sort_keys=True) == before

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from spasticity_cds.cds_hooks.orders import DraftOrder, adjusted_order, mg_per_unit, structured_dose
+from spasticity_cds.cds_hooks.orders import UNNAMED_DRAFT, DraftOrder, adjusted_order, mg_per_unit, structured_dose
 from spasticity_cds.engine.evaluator import Engine
 
 SUMMARY_LIMIT = 140
@@ -28,6 +28,7 @@ OVERRIDE_REASONS: tuple[tuple[str, str], ...] = (
     ("prefers-alternative", "Patient prefers an alternative approach or treatment"),
     ("patient-refuses", "Patient refuses/declines (no context given)*"),
 )
+OVERRIDE_CODINGS = tuple({"system": NON_ADHERENCE, "code": code, "display": text} for code, text in OVERRIDE_REASONS)
 LIVER_PANEL = {
     "coding": [
         {"system": "http://loinc.org", "code": "24325-3", "display": "Hepatic function 2000 panel - Serum or Plasma"}
@@ -38,6 +39,7 @@ PATIENT_VIEW_KINDS = frozenset({"contraindication", "warning", "dose", "monitori
 ORDER_KINDS = frozenset({"contraindication", "warning", "dose", "monitoring", "info"})
 DOSE_STEP = {"mg": 0.5, "g": 0.0005}
 HALF = 0.5
+UNNAMED = f"MedicationRequest/{UNNAMED_DRAFT}"
 
 
 @dataclass(frozen=True)
@@ -149,21 +151,19 @@ class CardBuilder:
             "summary": short_summary(summary),
             "indicator": _indicator(group),
             "detail": self._detail(group, summary, result, ctx),
-            "source": self._source(lead, result, ctx),
-            "suggestions": suggestions,
-            "selectionBehavior": behaviour if suggestions else None,
-            "overrideReasons": [
-                {"system": NON_ADHERENCE, "code": code, "display": text} for code, text in OVERRIDE_REASONS
-            ],
-            "links": self._links(lead, card_uuid, ctx),
+            "source": compact(self._source(lead, result, ctx)),
+            "overrideReasons": list(OVERRIDE_CODINGS),
+            "links": compact(self._links(lead, card_uuid, ctx)),
             "extension": {
                 "org.spasticity-cds.rule": {"id": lead["rule_id"], "version": lead["rule_version"]},
                 "org.spasticity-cds.kbVersion": result["knowledge_base"]["version"],
                 "org.spasticity-cds.findings": [f["id"] for f in group],
             },
         }
-        compacted: dict[str, Any] = compact(card)
-        return compacted
+        if suggestions:
+            card["suggestions"] = suggestions
+            card["selectionBehavior"] = behaviour
+        return card
 
     def _source(self, finding: Mapping[str, Any], result: Mapping[str, Any], ctx: CardContext) -> dict[str, Any]:
         kb = result["knowledge_base"]
@@ -299,7 +299,7 @@ class CardBuilder:
                 continue
             ceiling, dose = self._ceiling(order.agent, result), structured_dose(order.resource)
             per_unit = mg_per_unit(dose, order.strength_mg) if dose else None
-            if ceiling is None or dose is None or per_unit is None or "id" not in order.resource:
+            if ceiling is None or dose is None or per_unit is None or order.reference.startswith(UNNAMED):
                 continue
             new_value = _within(ceiling / dose.per_day / per_unit, dose.unit)
             if new_value <= 0 or new_value >= dose.value:

@@ -10,6 +10,7 @@ from spasticity_cds.engine.evaluator import Engine
 
 PERIOD_DAYS = {"s": 1 / 86400, "min": 1 / 1440, "h": 1 / 24, "d": 1.0, "wk": 7.0, "mo": 30.0, "a": 365.0}
 MASS_UNITS = {"mg": 1.0, "g": 1000.0}
+UNNAMED_DRAFT = "unnamed-draft-"
 UNIT_DOSE_UNITS = frozenset({"{pill}", "{tbl}", "{tablet}", "tablet", "tablets", "tab", "{capsule}", "capsule", "1"})
 
 
@@ -33,7 +34,7 @@ class StructuredDose:
 
 
 def draft_resources(context: dict[str, Any]) -> list[dict[str, Any]]:
-    """The draft order resources, copied; a resource without id gets ``draft-<n>``, without subject the patient."""
+    """The draft order resources, copied; one without id gets ``unnamed-draft-<n>``, without subject the patient."""
     bundle = context.get("draftOrders")
     if not isinstance(bundle, dict):
         return []
@@ -42,8 +43,8 @@ def draft_resources(context: dict[str, Any]) -> list[dict[str, Any]]:
         resource = entry.get("resource") if isinstance(entry, dict) else None
         if not isinstance(resource, dict) or not isinstance(resource.get("resourceType"), str):
             continue
-        copied = copy.deepcopy(resource)
-        copied.setdefault("id", f"draft-{index}")
+        copied = dict(resource)  # only top-level keys are set below; nested parts stay shared, never changed
+        copied.setdefault("id", f"{UNNAMED_DRAFT}{index}")
         if "subject" not in copied and copied["resourceType"] != "NutritionOrder":
             copied["subject"] = {"reference": f"Patient/{context['patientId']}"}
         out.append(copied)
