@@ -143,7 +143,7 @@ def adjusted_order(resource: dict[str, Any], new_value: float, per_day: float) -
     updated = copy.deepcopy(resource)
     dosage = updated["dosageInstruction"][0]
     quantity = dosage["doseAndRate"][0]["doseQuantity"]
-    quantity["value"] = int(new_value) if new_value.is_integer() else new_value
+    quantity["value"] = int(new_value) if float(new_value).is_integer() else new_value
     if "text" in dosage:
         unit = quantity.get("unit") or quantity.get("code")
         dosage["text"] = f"{new_value:g} {unit} {per_day:g} times a day (kidney-adjusted dose)"
