@@ -291,7 +291,7 @@ def main(argv: Sequence[str] | None = None, *, console: Console | None = None) -
 
 def console_entry() -> None:
     """Console script: run main() and turn every error into one clear line and an exit code."""
-    errors = Console(stderr=True)
+    errors = Console(stderr=True, soft_wrap=True)
     try:
         code = main()
     except SpasticityCdsError as error:
