@@ -86,13 +86,23 @@ def test_spasticity_severity_has_no_false_case() -> None:
 
 
 def test_a_gap_names_the_missing_facts_behind_definitions() -> None:
+    from .records import LOCAL, obs
+
+    result = ENGINE.evaluate(record(obs(LOCAL, "snip", 70, unit="cm[H2O]")), NOW)
+    gap = next(f for f in result["findings"] if f["id"] == "RESP-STATUS:gap")
+    assert gap["kind"] == "data-gap"
+    assert gap["missing"] == ["obs.fvc-percent"]
+    assert result["data_gaps"] == sum(1 for f in result["findings"] if f["kind"] == "data-gap")
+
+
+def test_unmeasured_optional_tests_do_not_make_breathing_unknown() -> None:
+    """FVC is the required measure; SNIP, MIP and blood gases count only when they were measured."""
     from .records import fvc
 
     result = ENGINE.evaluate(record(fvc(85)), NOW)
-    gap = next(f for f in result["findings"] if f["id"] == "RESP-STATUS:gap")
-    assert gap["kind"] == "data-gap"
-    assert set(gap["missing"]) == {"obs.snip", "obs.mip", "obs.paco2"}
-    assert result["data_gaps"] == sum(1 for f in result["findings"] if f["kind"] == "data-gap")
+    assert not [f for f in result["findings"] if f["rule_id"] == "RESP-STATUS"]
+    benzo = next(o for o in result["options"] if o["agent"] == "diazepam")
+    assert benzo["status"] == "consider"
 
 
 def test_out_of_scope_gives_only_the_scope_finding() -> None:

@@ -169,7 +169,7 @@ class Engine:
                     findings.append(finding)
                 self._record_effects(effects, rule.effects_if_unknown, finding)
                 continue
-            if rule.finding_when == "always" or self._involved(rule, env):
+            if self._reported(rule, env):
                 findings.append(finding)
             self._record_effects(effects, rule.effects, finding)
         findings.sort(key=lambda f: (SEVERITY_ORDER[f["severity"]], KIND_ORDER[f["kind"]], f["rule_id"]))
@@ -185,6 +185,12 @@ class Engine:
         }
         for agent, status in statuses.items():
             effects.setdefault(agent, []).append((status, reason))
+
+    def _reported(self, rule: Rule, env: Env) -> bool:
+        """Whether a rule that fired is shown as a finding, or only as the reason on its options."""
+        if rule.finding_when == "always":
+            return True
+        return self._involved(rule, env) == (rule.finding_when == "agent-involved")
 
     def _involved(self, rule: Rule, env: Env) -> bool:
         return any(self._agent_state(agent, env.facts)[1] for agent in rule.agents)

@@ -119,7 +119,10 @@ class Compiler:
         if check.op in NUMERIC_OPS and not isinstance(threshold, int | float):
             raise KnowledgeBaseError(f"{check.op} needs a number, got {threshold!r}", where=path)
         label = f"{name} {check.op} " + (f"setting.{check.setting}" if check.setting else repr(threshold))
-        return CompiledNode(path, label, _comparison(name, check.op, threshold, check.setting), fact=name)
+        if check.if_missing == "false":
+            label += " (not measured counts as not met)"
+        evaluate = _comparison(name, check.op, threshold, check.setting, missing_is_false=check.if_missing == "false")
+        return CompiledNode(path, label, evaluate, fact=name)
 
     def _threshold(self, check: Comparison, path: str) -> Any:
         if check.setting is not None:
@@ -182,8 +185,11 @@ def _definition(name: str, check: Comparison) -> Callable[[Env], Truth]:
     return evaluate
 
 
-def _comparison(name: str, op: str, threshold: Any, threshold_setting: str | None) -> Callable[[Env], Truth]:
+def _comparison(
+    name: str, op: str, threshold: Any, threshold_setting: str | None, *, missing_is_false: bool
+) -> Callable[[Env], Truth]:
     is_setting = name.startswith("setting.")
+    when_missing: Truth = False if missing_is_false else None
     setting_name = name[8:]
     compare = _OPERATORS[op]
 
@@ -194,7 +200,7 @@ def _comparison(name: str, op: str, threshold: Any, threshold_setting: str | Non
         else:
             fact = env.facts[name]
             if fact.value is None or fact.stale:
-                return None
+                return when_missing
             actual = fact.value
         try:
             return bool(compare(actual, limit))

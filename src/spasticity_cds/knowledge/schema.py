@@ -176,6 +176,7 @@ class Comparison(Strict, kw_only=True, frozen=True):
     op: Literal["eq", "ne", "lt", "le", "gt", "ge", "in", "is"]
     value: float | int | str | bool | list[str] | None = None
     setting: str | None = None
+    if_missing: Literal["unknown", "false"] = "unknown"
 
 
 class Node(Strict, kw_only=True, frozen=True):
@@ -215,7 +216,7 @@ class Rule(Strict, kw_only=True, frozen=True):
     citations: list[CitationRef]
     conflict: ConflictNote | None = None
     action: Literal["none", "renal-dose", "liver-test", "taper", "referral"] = "none"
-    finding_when: Literal["always", "agent-involved"] = "always"
+    finding_when: Literal["always", "agent-involved", "agent-not-involved"] = "always"
     active: bool = True
 
 
