@@ -63,9 +63,7 @@ def _child_env() -> dict[str, str]:
 
 def _start_child(program: str, *args: str) -> subprocess.Popen[str]:
     command = [sys.executable, "-c", program, *args]
-    return subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_child_env()
-    )
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_child_env())
 
 
 def _wait_for_line(child: subprocess.Popen[str]) -> str:

@@ -58,9 +58,7 @@ def hook_feedback(
     )
 
 
-def page_feedback(
-    useful: bool | None, rule_id: str | None = "baclofen-start", **fields: object
-) -> PageFeedback:
+def page_feedback(useful: bool | None, rule_id: str | None = "baclofen-start", **fields: object) -> PageFeedback:
     return PageFeedback(
         id=uuid.uuid4(),
         context=PageContext.FINDING,
@@ -189,9 +187,7 @@ def test_expired_jwt_ids_are_purged(store: SqlFeedbackStore, clock: FrozenClock)
     assert store.counts().replay_entries == 1
 
 
-def test_concurrent_replays_of_one_jwt_id_are_accepted_once(
-    store: SqlFeedbackStore, clock: FrozenClock
-) -> None:
+def test_concurrent_replays_of_one_jwt_id_are_accepted_once(store: SqlFeedbackStore, clock: FrozenClock) -> None:
     for stale in range(20):
         store.remember_jti("https://ehr.example", f"stale-{stale}", FROZEN_NOW + timedelta(minutes=5))
     clock.advance(timedelta(minutes=10))

@@ -21,9 +21,7 @@ def _unused_local_port() -> int:
     return port
 
 
-def test_default_store_is_a_sqlite_file_in_the_user_data_dir(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_default_store_is_a_sqlite_file_in_the_user_data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
     expected_file = tmp_path / "data" / "spasticity-cds" / "feedback.sqlite3"
 

@@ -160,9 +160,7 @@ def _count_rows(connection: Connection, table: Table) -> int:
 
 def _cards_issued_per_rule() -> Select[str, int, int]:
     cards = schema.issued_cards
-    return select(cards.c.rule_id, cards.c.rule_version, func.count()).group_by(
-        cards.c.rule_id, cards.c.rule_version
-    )
+    return select(cards.c.rule_id, cards.c.rule_version, func.count()).group_by(cards.c.rule_id, cards.c.rule_version)
 
 
 def _latest_outcomes_per_rule() -> Select[str, int, str, int]:

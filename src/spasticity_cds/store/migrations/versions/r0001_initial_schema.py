@@ -37,9 +37,7 @@ def _create_issued_cards() -> None:
 def _create_hook_feedback() -> None:
     op.create_table(
         "hook_feedback",
-        sa.Column(
-            "id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), autoincrement=True, nullable=False
-        ),
+        sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), autoincrement=True, nullable=False),
         sa.Column("service_id", sa.String(255), nullable=False),
         sa.Column("hook_instance", sa.String(128), nullable=True),
         sa.Column("card_uuid", sa.String(128), nullable=False),
@@ -81,9 +79,7 @@ def _create_page_feedback() -> None:
         sa.Column("comment", sa.Text(), nullable=True),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("id", name="pk_page_feedback"),
-        sa.CheckConstraint(
-            "context IN ('answer-page', 'patient-plan', 'finding')", name="ck_page_feedback_context"
-        ),
+        sa.CheckConstraint("context IN ('answer-page', 'patient-plan', 'finding')", name="ck_page_feedback_context"),
     )
     op.create_index("ix_page_feedback_rule_id_rule_version", "page_feedback", ["rule_id", "rule_version"])
     op.create_index("ix_page_feedback_created_at", "page_feedback", ["created_at"])
