@@ -143,9 +143,7 @@ def replay() -> ReplayCache:
 def make_verifier(keys: Keys, replay: ReplayCache, clock: Clock) -> Callable[..., JwtVerifier]:
     """Build a verifier trusting ISS with the test JWKS; keywords override issuer or verifier settings."""
 
-    def build(
-        issuer: TrustedIssuer | None = None, fetch_jwks: Fetcher | None = None, **options: Any
-    ) -> JwtVerifier:
+    def build(issuer: TrustedIssuer | None = None, fetch_jwks: Fetcher | None = None, **options: Any) -> JwtVerifier:
         trusted = issuer or TrustedIssuer(iss=ISS, jwks=keys.jwks)
         return JwtVerifier([trusted], replay, clock, fetch_jwks=fetch_jwks, **options)
 
@@ -246,9 +244,7 @@ def test_unknown_issuer_is_rejected(verifier: JwtVerifier, keys: Keys) -> None:
 
 
 def test_unknown_kid_is_rejected(verifier: JwtVerifier, keys: Keys) -> None:
-    assert_rejected(
-        verifier, sign(keys.ec_key, claims(), kid="rotated-away"), "no key with kid 'rotated-away'"
-    )
+    assert_rejected(verifier, sign(keys.ec_key, claims(), kid="rotated-away"), "no key with kid 'rotated-away'")
 
 
 def test_missing_kid_is_rejected(verifier: JwtVerifier, keys: Keys) -> None:
@@ -342,9 +338,7 @@ def test_tenant_allowlist(make_verifier: Callable[..., JwtVerifier], keys: Keys)
     verifier = make_verifier(TrustedIssuer(iss=ISS, jwks=keys.jwks, tenants=frozenset({"clinic-1"})))
 
     assert verifier.verify(sign(keys.ec_key, claims(tenant="clinic-1")), SERVICE_URL).tenant == "clinic-1"
-    assert_rejected(
-        verifier, sign(keys.ec_key, claims(tenant="clinic-2")), "tenant 'clinic-2' is not allowed"
-    )
+    assert_rejected(verifier, sign(keys.ec_key, claims(tenant="clinic-2")), "tenant 'clinic-2' is not allowed")
     assert_rejected(verifier, sign(keys.ec_key, claims()), "tenant 'NoneType' is not allowed")
 
 
@@ -361,9 +355,7 @@ def test_jku_on_an_issuer_without_a_jku_allowlist_is_rejected(verifier: JwtVerif
     assert_rejected(verifier, sign(keys.ec_key, claims(), jku=ALLOWED_JKU), "jku .* is not allowed")
 
 
-def test_allowed_jku_is_fetched_once_and_cached(
-    make_verifier: Callable[..., JwtVerifier], keys: Keys
-) -> None:
+def test_allowed_jku_is_fetched_once_and_cached(make_verifier: Callable[..., JwtVerifier], keys: Keys) -> None:
     fetcher = Fetcher({ALLOWED_JKU: keys.jwks})
     verifier = make_verifier(TrustedIssuer(iss=ISS, jku_allowlist=(ALLOWED_JKU,)), fetch_jwks=fetcher)
 
@@ -377,9 +369,7 @@ def test_cached_jwks_is_refetched_after_its_ttl(
     make_verifier: Callable[..., JwtVerifier], keys: Keys, clock: Clock
 ) -> None:
     fetcher = Fetcher({ALLOWED_JKU: keys.jwks})
-    verifier = make_verifier(
-        TrustedIssuer(iss=ISS, jku_allowlist=(ALLOWED_JKU,)), fetch_jwks=fetcher, jwks_ttl_s=600
-    )
+    verifier = make_verifier(TrustedIssuer(iss=ISS, jku_allowlist=(ALLOWED_JKU,)), fetch_jwks=fetcher, jwks_ttl_s=600)
     verifier.verify(sign(keys.ec_key, claims(), jku=ALLOWED_JKU), SERVICE_URL)
 
     clock.now += timedelta(seconds=601)
@@ -397,9 +387,7 @@ def test_unknown_kid_refetches_the_jwks_at_most_once_a_minute(
     fetcher = Fetcher({ALLOWED_JKU: old_jwks})
     verifier = make_verifier(TrustedIssuer(iss=ISS, jku_allowlist=(ALLOWED_JKU,)), fetch_jwks=fetcher)
     verifier.verify(sign(keys.ec_key, claims(), jku=ALLOWED_JKU), SERVICE_URL)
-    fetcher.documents[ALLOWED_JKU] = {
-        "keys": [*old_jwks["keys"], _public_jwk(rotated_key, "ec-key-2", "ES384")]
-    }
+    fetcher.documents[ALLOWED_JKU] = {"keys": [*old_jwks["keys"], _public_jwk(rotated_key, "ec-key-2", "ES384")]}
     rotated_token = sign(rotated_key, claims(), kid="ec-key-2", jku=ALLOWED_JKU)
 
     assert_rejected(verifier, rotated_token, "no key with kid 'ec-key-2'")
@@ -407,15 +395,11 @@ def test_unknown_kid_refetches_the_jwks_at_most_once_a_minute(
 
     clock.now += timedelta(seconds=61)
     now = int(clock.now.timestamp())
-    verifier.verify(
-        sign(rotated_key, claims(iat=now, exp=now + 300), kid="ec-key-2", jku=ALLOWED_JKU), SERVICE_URL
-    )
+    verifier.verify(sign(rotated_key, claims(iat=now, exp=now + 300), kid="ec-key-2", jku=ALLOWED_JKU), SERVICE_URL)
     assert fetcher.calls == [ALLOWED_JKU, ALLOWED_JKU]
 
 
-def test_failing_jwks_fetch_is_an_authentication_error(
-    make_verifier: Callable[..., JwtVerifier], keys: Keys
-) -> None:
+def test_failing_jwks_fetch_is_an_authentication_error(make_verifier: Callable[..., JwtVerifier], keys: Keys) -> None:
     def unreachable(url: str) -> dict[str, Any]:
         raise OSError(f"cannot connect to {url}")
 
@@ -434,9 +418,7 @@ def test_configured_jwks_is_used_when_jku_cannot_be_fetched(
 
 
 @pytest.mark.parametrize("algorithms", [("HS384",), ("none",), ()])
-def test_issuer_config_refuses_symmetric_and_empty_algorithm_lists(
-    keys: Keys, algorithms: tuple[str, ...]
-) -> None:
+def test_issuer_config_refuses_symmetric_and_empty_algorithm_lists(keys: Keys, algorithms: tuple[str, ...]) -> None:
     with pytest.raises(ValueError, match="asymmetric"):
         TrustedIssuer(iss=ISS, jwks=keys.jwks, algorithms=algorithms)
 
