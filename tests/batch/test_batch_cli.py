@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -96,3 +97,29 @@ def test_a_killed_run_leaves_the_previous_output_and_a_rerun_succeeds(clean_coho
     manifest = orjson.loads((out / "manifest.json").read_bytes())
     assert manifest["counts"]["patients"] == 400
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bigger", "out"], "stale partial folders are cleaned"
+
+
+def test_an_evaluator_error_is_reported_the_run_finishes_and_exits_4(
+    clean_cohort: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from spasticity_cds.engine.evaluator import Engine
+
+    original = Engine.evaluate
+
+    def failing(self: Engine, record: Any, now: Any, settings: Any = None) -> dict[str, Any]:
+        if record.patient_reference == "Patient/p-3-4":
+            raise ZeroDivisionError("boom")
+        return original(self, record, now, settings)
+
+    monkeypatch.setattr(Engine, "evaluate", failing)
+    buffer = io.StringIO()
+    console = Console(file=buffer, width=300, force_terminal=False, color_system=None)
+    args = parse(str(clean_cohort), "--out", str(tmp_path / "run"), "--now", NOW.isoformat())
+    assert cli.run(args, console) == 4
+    assert "1 patients hit an evaluator error" in buffer.getvalue()
+    outcomes = [orjson.loads(line) for line in (tmp_path / "run" / "OperationOutcome.ndjson").read_bytes().splitlines()]
+    assert len(outcomes) == 1
+    issue = outcomes[0]["issue"][0]
+    assert issue["code"] == "exception"
+    assert issue["location"][0].startswith("Patient/p-3-4 (")
+    assert "ZeroDivisionError: boom" in issue["diagnostics"]

@@ -19,6 +19,8 @@ from rich.progress import (
 )
 from rich.text import Text
 
+from spasticity_cds.errors import EvaluationError
+
 ENGINES = ("local", "spark")
 
 
@@ -53,7 +55,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kb", type=Path, dest="kb_path", help="knowledge-base folder (default: the shipped one)")
     parser.add_argument("--app-url", default="", help="base URL of the web app for patient links (default: /)")
     parser.add_argument("--memory-limit", default="512MB", help="DuckDB memory before spilling to disk")
-    parser.add_argument("--spark-master", default="local[2]", help="Spark master when --engine spark")
+    parser.add_argument(
+        "--spark-master", help="Spark master for --engine spark (default: spark-submit's, else local[2])"
+    )
 
 
 class _RateColumn(ProgressColumn):
@@ -106,4 +110,12 @@ def run(args: argparse.Namespace, console: Console) -> int:
         highlight=False,
         soft_wrap=True,
     )
+    crashed = counts["problems"].get("evaluation", 0)
+    if crashed:
+        console.print(
+            f"{crashed:,} patients hit an evaluator error (see OperationOutcome.ndjson); please report it.",
+            highlight=False,
+            soft_wrap=True,
+        )
+        return EvaluationError.exit_code
     return 0

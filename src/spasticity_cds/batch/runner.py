@@ -48,7 +48,7 @@ class BatchOptions:
     app_url: str = ""
     memory_limit: str = "512MB"
     chunk_size: int = 50
-    spark_master: str = "local[2]"
+    spark_master: str | None = None
 
 
 @dataclass(slots=True)
@@ -72,6 +72,7 @@ class EngineReport:
 
     patients: int
     file_stats: list[dict[str, int]]
+    engine: dict[str, Any] = field(default_factory=dict)
 
 
 def run_batch(options: BatchOptions, progress: Progress | None = None) -> BatchSummary:
@@ -149,7 +150,7 @@ def _run_local(
             writer.add(outcome)
             if progress is not None:
                 progress(done, total)
-    return EngineReport(patients=total, file_stats=stats)
+    return EngineReport(patients=total, file_stats=stats, engine={"name": "local", "workers": options.workers})
 
 
 def _evaluate_local(
@@ -226,9 +227,7 @@ def _manifest(
         "requiresAccessToken": False,
         "evaluatedAt": options.now.isoformat(),
         "knowledgeBase": knowledge_base,
-        "engine": {"name": options.engine, "workers": options.workers}
-        if options.engine == "local"
-        else {"name": "spark", "master": options.spark_master},
+        "engine": report.engine,
         "input": {
             "source": str(inputs.source),
             "kind": inputs.kind,

@@ -20,6 +20,8 @@ if TYPE_CHECKING:
 #: A classified line: ((file index, line number, raw bytes), classification).
 Row = tuple[Line, problems.Classified]
 _EVALUATORS: dict[EvaluationSpec, PatientEvaluator] = {}
+#: The master when neither ``--spark-master`` nor spark-submit names one.
+LOCAL_MASTER = "local[2]"
 
 
 def _evaluator(spec: EvaluationSpec) -> PatientEvaluator:
@@ -127,16 +129,21 @@ def run_spark(
         raise BatchError("--engine spark needs PySpark: pip install 'spasticity-cds[spark]'") from None
     created = SparkSession.getActiveSession() is None
     builder = (
-        SparkSession.builder.master(options.spark_master)
-        .appName("spasticity-cds batch")
+        SparkSession.builder.appName("spasticity-cds batch")
         .config("spark.ui.enabled", "false")
         .config("spark.ui.showConsoleProgress", "false")
     )
-    if created:
+    under_submit = "PYSPARK_GATEWAY_PORT" in os.environ  # spark-submit started this driver with its own master
+    if options.spark_master:
+        builder = builder.master(options.spark_master)
+    elif created and not under_submit:
+        builder = builder.master(LOCAL_MASTER)
+    if created and not under_submit:
         builder = builder.config("spark.pyspark.python", os.environ.get("PYSPARK_PYTHON", sys.executable))
     session = builder.getOrCreate()
     try:
         context = session.sparkContext
+        master = str(context.master)
         parts = [
             context.textFile(str(item.path), minPartitions=1, use_unicode=False).zipWithIndex().map(_numbered(index))
             for index, item in enumerate(inputs.files)
@@ -176,7 +183,7 @@ def run_spark(
     finally:
         if created:
             session.stop()
-    return EngineReport(patients=total, file_stats=stats)
+    return EngineReport(patients=total, file_stats=stats, engine={"name": "spark", "master": master})
 
 
 def _report_problems(
