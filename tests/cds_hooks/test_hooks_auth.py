@@ -171,3 +171,22 @@ def test_spec_example_token_verifies_against_spec_jwks() -> None:
     verifier = JwtVerifier([issuer], lambda iss, jti, until: True, clock, max_lifetime_s=None)
     verified = verifier.verify(token, payload["aud"])
     assert verified.jti == payload["jti"] and verified.tenant == payload["tenant"]
+
+
+def test_replayed_token_gets_401_even_with_a_bad_body(app: FastAPI, client: Client) -> None:
+    token = client.token(BASE + SERVICE)
+    assert _post(app, token).status_code == 200
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    assert call(app, "POST", SERVICE, content=b"{broken", headers=headers).status_code == 401
+
+
+def test_replayed_token_never_reaches_the_fhir_server(app: FastAPI, client: Client) -> None:
+    from .fhir_server import Behaviour, fhir_server
+
+    token = client.token(BASE + SERVICE)
+    assert _post(app, token).status_code == 200
+    behaviour = Behaviour()
+    with fhir_server(behaviour) as server:
+        body = hook_request("patient-view", fhirServer=server)
+        response = call(app, "POST", SERVICE, json=body, headers={"Authorization": f"Bearer {token}"})
+    assert response.status_code == 401 and behaviour.requests == []

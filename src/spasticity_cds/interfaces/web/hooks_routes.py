@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any
@@ -67,7 +69,34 @@ def _verifier(state: AppState, settings: WebSettings) -> JwtVerifier | None:
     issuers = load_trusted_issuers(settings.trusted_issuers_file) if settings.trusted_issuers_file else []
     if not issuers:
         logger.warning("no trusted CDS clients configured (trusted_issuers_file): every hook call will get 401")
-    return JwtVerifier(issuers, state.store.remember_jti, state.clock, fetch_jwks=_fetch_jwks)
+    return JwtVerifier(issuers, _defer_replay_check, state.clock, fetch_jwks=_fetch_jwks)
+
+
+_PENDING_JTI: ContextVar[list[tuple[str, str, datetime]] | None] = ContextVar("pending_jti", default=None)
+
+
+def _defer_replay_check(issuer: str, jti: str, keep_until: datetime) -> bool:
+    """The verifier's replay hook: note the jti for this request; `Admission` checks it against the store."""
+    pending = _PENDING_JTI.get()
+    if pending is None:
+        return False
+    pending.append((issuer, jti, keep_until))
+    return True
+
+
+class Admission:
+    """A signature-verified call whose jti is being remembered in the shared store while the call is worked on.
+
+    `confirm` must pass before anything is answered or fetched: it raises AuthenticationError for a replayed jti.
+    """
+
+    def __init__(self, check: asyncio.Future[bool] | None = None) -> None:
+        self._check = check
+
+    async def confirm(self) -> None:
+        """Wait for the replay check; a token already seen (by any worker) is refused."""
+        if self._check is not None and not await self._check:
+            raise AuthenticationError("client JWT rejected: its jti was already used")
 
 
 def _fetch_jwks(url: str) -> JsonObject:
@@ -87,14 +116,22 @@ def _json(body: Any) -> Response:
     return Response(orjson.dumps(body), media_type="application/json")
 
 
-async def _authenticate(request: Request, hooks: HooksState, audience: str) -> None:
-    """Verify the client JWT; the replay-cache write runs in a worker thread, off the event loop."""
+async def _authenticate(request: Request, state: AppState, hooks: HooksState, audience: str) -> Admission:
+    """Verify the client JWT here (signature, claims); start its replay check in a worker thread, overlapping
+    the evaluation. A JWKS refresh from an allowed jku (at most once a minute per URL) runs on this thread."""
     if hooks.verifier is None:
-        return
+        return Admission()
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise AuthenticationError("no bearer token in the Authorization header")
-    await run_in_threadpool(hooks.verifier.verify, token.strip(), audience)
+    pending: list[tuple[str, str, datetime]] = []
+    reset = _PENDING_JTI.set(pending)
+    try:
+        hooks.verifier.verify(token.strip(), audience)
+    finally:
+        _PENDING_JTI.reset(reset)
+    ((issuer, jti, keep_until),) = pending
+    return Admission(asyncio.ensure_future(run_in_threadpool(state.store.remember_jti, issuer, jti, keep_until)))
 
 
 def _service(hooks: HooksState, service_id: str) -> ServiceSpec:
@@ -111,7 +148,8 @@ HooksDep = Annotated[HooksState, Depends(hooks_state)]
 @router.get("/cds-services")
 async def discovery(request: Request, state: StateDep, hooks: HooksDep) -> Response:
     """The services, their hooks and prefetch templates."""
-    await _authenticate(request, hooks, f"{state.settings.base_url}/cds-services")
+    admission = await _authenticate(request, state, hooks, f"{state.settings.base_url}/cds-services")
+    await admission.confirm()
     return _json(hooks.catalogue.discovery())
 
 
@@ -123,11 +161,16 @@ async def call_service(
     hooks: HooksDep,
 ) -> Response:
     """One hook call: cards for the decision at hand, or an empty list when there is nothing to say."""
-    await _authenticate(request, hooks, f"{state.settings.base_url}/cds-services/{service_id}")
-    service = _service(hooks, service_id)
-    hook_request = decode_hook_request(await request.body())
-    now = state.clock()
-    result = await hooks.runner.run(service, hook_request, now)
+    admission = await _authenticate(request, state, hooks, f"{state.settings.base_url}/cds-services/{service_id}")
+    try:
+        service = _service(hooks, service_id)
+        hook_request = decode_hook_request(await request.body())
+        now = state.clock()
+        result = await hooks.runner.run(service, hook_request, now, before_fetch=admission.confirm)
+    except Exception:
+        await admission.confirm()
+        raise
+    await admission.confirm()
     if result.issued and result.patient_reference and result.kb_version:
         records = _issued_cards(
             result.issued, service.id, hook_request.hookInstance, result.patient_reference, result.kb_version, now
@@ -164,7 +207,10 @@ async def feedback(
     hooks: HooksDep,
 ) -> Response:
     """Store what the clinician did with our cards (idempotent; a repeated report is not stored twice)."""
-    await _authenticate(request, hooks, f"{state.settings.base_url}/cds-services/{service_id}/feedback")
+    admission = await _authenticate(
+        request, state, hooks, f"{state.settings.base_url}/cds-services/{service_id}/feedback"
+    )
+    await admission.confirm()
     service = _service(hooks, service_id)
     body = decode_feedback(await request.body())
     now = state.clock()
