@@ -68,17 +68,19 @@ def _standing(result: dict[str, Any]) -> Text:
 def _options_table(options: Iterable[dict[str, Any]]) -> Table:
     table = Table(title="Options, ranked", title_justify="left", show_lines=False, expand=True)
     table.add_column("#", justify="right", width=3)
-    table.add_column("Option", min_width=18)
+    table.add_column("Option", ratio=3)
     table.add_column("Status", min_width=15)
-    table.add_column("Dose", ratio=1)
-    table.add_column("Why this status", ratio=1)
+    table.add_column("Dose", ratio=2)
+    table.add_column("Why this status (rules)", ratio=3, overflow="fold")
     for option in options:
+        name = Text(option["name"])
+        name.append(f"\n{option['role']}", style="dim")
         table.add_row(
             str(option["rank"]),
-            option["name"],
+            name,
             Text(option["status"], style=STATUS_STYLE[option["status"]]),
             _dose_cell(option),
-            ", ".join(option["because"]) or option["role"],
+            ", ".join(option["because"]) or "ladder default",
         )
     return table
 
