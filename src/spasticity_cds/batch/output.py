@@ -7,15 +7,17 @@ import html
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 from urllib.parse import quote
 
-import duckdb
 import orjson
 
 from spasticity_cds.batch.patient import PatientOutcome
 from spasticity_cds.batch.tasks import close_task
 from spasticity_cds.errors import BatchError
+
+if TYPE_CHECKING:
+    import duckdb
 
 TASKS = "Task.ndjson"
 CLOSED = "closed.ndjson"
@@ -133,6 +135,8 @@ class RunWriter:
 
     def finish(self, *, previous: Path | None, now: str, app_url: str, memory_limit: str) -> dict[str, int]:
         """Write Task, open, closed, CSV, HTML; returns counts of new, open, closed and carried Tasks."""
+        import duckdb  # here, so that registering the command does not load DuckDB
+
         self.close()
         connection = duckdb.connect(
             ":memory:",

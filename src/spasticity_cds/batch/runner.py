@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from spasticity_cds.batch import output, problems
-from spasticity_cds.batch.group import DuckGrouper
 from spasticity_cds.batch.inputs import InputSet, discover
 from spasticity_cds.batch.patient import (
     EvaluationSpec,
@@ -136,6 +135,8 @@ def _run_into(
 def _run_local(
     inputs: InputSet, spec: EvaluationSpec, writer: output.RunWriter, options: BatchOptions, progress: Progress | None
 ) -> EngineReport:
+    from spasticity_cds.batch.group import DuckGrouper  # DuckDB loads only when a run starts
+
     with DuckGrouper(
         inputs.files, writer.work / "spill", memory_limit=options.memory_limit, threads=os.cpu_count() or 1
     ) as grouper:
