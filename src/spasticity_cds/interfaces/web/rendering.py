@@ -86,6 +86,7 @@ def render(
         "manifest": manifest,
         "disclaimer": {"text": manifest.disclaimer.text, "citations": state.engine.cite(manifest.disclaimer.citations)},
         "csrf_token": token,
+        "definitions": state.engine.kb.definitions,
         "fact_label": lambda fact_name: fact_label(str(fact_name), state.engine),
         "path": request.url.path,
         **context,
