@@ -3,11 +3,11 @@
     python benchmarks/hooks_latency.py                      # prints the table; --output FILE writes markdown
     python benchmarks/hooks_latency.py --store-url postgresql+psycopg://...   # replay cache on PostgreSQL
 
-Each server runs alone in its own uvicorn process (one worker); a closed-loop load generator with a fixed number
-of requests per client sends a realistic order-sign call (prefetch of a patient record, one draft baclofen order
-above the kidney ceiling, so one card with a dose suggestion comes back). Targets (issue 5): p50 at 1 client within
-floor + 2 ms; p99 at 16 concurrent clients within 2x the floor's p99; no errors. Not a test: numbers depend on the
-machine; run it on an otherwise idle one.
+Each server runs in its own uvicorn process (one worker); rounds alternate between the servers so that all see the
+same background load. A closed-loop load generator with a fixed number of requests per client sends an order-sign
+call (prefetch of a patient record, one draft baclofen order above the kidney ceiling, so one card with a dose
+suggestion comes back). Targets (issue 5): p50 at 1 client within floor + 2 ms; p99 at 16 concurrent clients
+within 2x the floor's p99; no errors. Not a test: numbers depend on the machine; run it on an otherwise idle one.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from fastapi import FastAPI, Request
 from starlette.responses import Response
 
 SERVICE = "als-spasticity-order-sign"
+FLOOR = "floor (parse, no cards)"
 ISS = "https://ehr.bench.example"
 PATIENT = "bench-1"
 RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
@@ -245,19 +246,46 @@ def load(port: int, body: bytes, clients: int, per_client: int, tokens: Callable
     return Run(latencies, errors, time.perf_counter() - started)
 
 
-def measure(kind: str, workdir: Path, body: bytes, args: argparse.Namespace, auth: bool) -> dict[int, Run]:
-    signer = Signer(workdir) if auth else None
-    server = start(kind, workdir, args.store_url, auth)
-    try:
+@dataclass
+class Target:
+    """One server under test and how to make tokens for it."""
+
+    name: str
+    server: Server
+    tokens: Callable[[int], list[str]] | None
+
+
+def targets(workdir: Path, args: argparse.Namespace) -> list[Target]:
+    """The floor and our service (authentication off, then on), all started before any measurement."""
+    signer = Signer(workdir)
+    out = []
+    for name, kind, auth in (
+        (FLOOR, "floor", False),
+        ("order-sign, auth off", "app", False),
+        ("order-sign, JWT ES384 + replay cache", "app", True),
+    ):
+        server = start(kind, workdir, args.store_url, auth)
         audience = f"http://127.0.0.1:{server.port}/cds-services/{SERVICE}"
-        make_tokens = (lambda n: signer.tokens(audience, n)) if signer else None
-        load(server.port, body, 2, args.warmup // 2, make_tokens)
-        return {
-            1: load(server.port, body, 1, args.requests, make_tokens),
-            16: load(server.port, body, 16, max(1, args.requests // 16 * 2), make_tokens),
-        }
-    finally:
-        server.stop()
+        make = (lambda n, audience=audience: signer.tokens(audience, n)) if auth else None
+        out.append(Target(name, server, make))
+    return out
+
+
+def measure(servers: list[Target], body: bytes, args: argparse.Namespace) -> dict[str, dict[int, Run]]:
+    """Rounds that alternate between the servers, so that each sees the same background load on the machine."""
+    results = {t.name: {1: Run([], 0, 0.0), 16: Run([], 0, 0.0)} for t in servers}
+    for target in servers:
+        load(target.server.port, body, 2, args.warmup // 2, target.tokens)
+    per_round = max(16, args.requests // args.rounds)
+    for _ in range(args.rounds):
+        for clients, per_client in ((1, per_round), (16, max(1, per_round // 8))):
+            for target in servers:
+                run = load(target.server.port, body, clients, per_client, target.tokens)
+                total = results[target.name][clients]
+                results[target.name][clients] = Run(
+                    total.latencies + run.latencies, total.errors + run.errors, total.seconds + run.seconds
+                )
+    return results
 
 
 def table(results: dict[str, dict[int, Run]]) -> list[str]:
@@ -292,6 +320,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=1000, help="requests at 1 client (16 clients send 2x)")
     parser.add_argument("--warmup", type=int, default=200)
+    parser.add_argument("--rounds", type=int, default=10, help="alternating rounds over the servers")
     parser.add_argument("--store-url", help="feedback store for our service (default: SQLite in a temp dir)")
     parser.add_argument("--output", type=Path, help="also write the markdown report here")
     parser.add_argument("--serve", choices=["floor", "app"], help=argparse.SUPPRESS)
@@ -305,18 +334,20 @@ def main() -> int:
     body = request_body()
     with tempfile.TemporaryDirectory() as folder:
         workdir = Path(folder)
-        results = {
-            "floor (parse, no cards)": measure("floor", workdir, body, args, auth=False),
-            "order-sign, auth off": measure("app", workdir, body, args, auth=False),
-            "order-sign, JWT ES384 + replay cache": measure("app", workdir, body, args, auth=True),
-        }
-    floor, names = results["floor (parse, no cards)"], [n for n in results if n.startswith("order-sign")]
+        servers = targets(workdir, args)
+        try:
+            results = measure(servers, body, args)
+        finally:
+            for target in servers:
+                target.server.stop()
+    floor, names = results[FLOOR], [n for n in results if n != FLOOR]
     report = [
         "# CDS Hooks latency (loopback)",
         "",
         f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}; "
         f"store: {'PostgreSQL' if args.store_url else 'SQLite'}; request body {len(body)} bytes "
-        f"({body.count(b'resourceType')} resources); one uvicorn worker per server; generated "
+        f"({body.count(b'resourceType')} resources); one uvicorn worker per server; {args.rounds} rounds alternating "
+        "between the servers; generated "
         f"{datetime.now(UTC).isoformat(timespec='seconds')} by `benchmarks/hooks_latency.py`.",
         "",
         *table(results),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar
 
@@ -15,13 +16,17 @@ logger = logging.getLogger("spasticity_cds.cds_hooks")
 class BatchWriter(Generic[T]):
     """Queues records and writes them with ``write(batch)`` from one daemon thread, many per transaction.
 
+    After the first record of a batch arrives the thread waits ``linger_s`` for more, so a busy worker commits
+    (and spends the GIL on SQL) a few times a second rather than once per call.
+
     ``flush`` waits until everything handed over so far is written (feedback calls it before looking a card up).
     A failed write is logged and dropped: the hook answer has already gone, and a retry could repeat it forever.
     """
 
-    def __init__(self, write: Callable[[list[T]], object], *, max_batch: int = 500) -> None:
+    def __init__(self, write: Callable[[list[T]], object], *, max_batch: int = 500, linger_s: float = 0.05) -> None:
         self._write = write
         self._max_batch = max_batch
+        self._linger_s = linger_s
         self._queue: queue.SimpleQueue[Sequence[T]] = queue.SimpleQueue()
         self._pending = 0
         self._idle = threading.Condition()
@@ -51,6 +56,7 @@ class BatchWriter(Generic[T]):
     def _run(self) -> None:
         while True:
             parts = [self._queue.get()]
+            time.sleep(self._linger_s)  # let a burst of calls share one transaction
             while len(parts) < self._max_batch:
                 try:
                     parts.append(self._queue.get_nowait())
