@@ -11,6 +11,7 @@ from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
+from spasticity_cds.engine.evaluator import PLACEHOLDER
 from spasticity_cds.interfaces.web.csrf import CSRF_COOKIE, CSRF_FIELD, csrf_token_for
 from spasticity_cds.interfaces.web.deps import AppState
 from spasticity_cds.interfaces.web.plan_view import STATUS_WORDS, fact_label, fact_text
@@ -88,6 +89,7 @@ def render(
         "csrf_token": token,
         "definitions": state.engine.kb.definitions,
         "fact_label": lambda fact_name: fact_label(str(fact_name), state.engine),
+        "template_text": lambda text: PLACEHOLDER.sub(lambda m: f"[{fact_label(m.group(1), state.engine)}]", str(text)),
         "path": request.url.path,
         **context,
     }
