@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -185,3 +186,18 @@ def test_signed_values_expire_and_resist_tampering() -> None:
         Signer(b"other", purpose="session").unsign(signed, max_age_s=60)
     with pytest.raises(BadSignatureError):
         Signer(b"secret", purpose="csrf", clock=lambda: 1000.0).unsign(signed, max_age_s=60)
+
+
+def test_csrf_token_is_renewed_in_the_second_half_of_its_life(tmp_path: Path) -> None:
+    from spasticity_cds.interfaces.web.csrf import CSRF_COOKIE
+
+    client = support.PageClient(support.make_app(tmp_path, session_max_age_s=100))
+    signer = Signer(b"test-secret", purpose="csrf", clock=lambda: time.time() - 60)
+    old = signer.sign("oldtoken")
+    client.cookies.set(CSRF_COOKIE, old)
+    fresh = client.csrf("/")
+    assert fresh != old and "oldtoken" not in fresh
+    young = Signer(b"test-secret", purpose="csrf").sign("youngtoken")
+    client.cookies = httpx.Cookies()
+    client.cookies.set(CSRF_COOKIE, young)
+    assert client.csrf("/") == young

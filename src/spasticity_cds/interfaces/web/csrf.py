@@ -42,15 +42,20 @@ class Signer:
 
     def unsign(self, signed: str, *, max_age_s: int) -> str:
         """The original value, if the signature is valid and no older than ``max_age_s``."""
+        return self.unsign_with_age(signed, max_age_s=max_age_s)[0]
+
+    def unsign_with_age(self, signed: str, *, max_age_s: int) -> tuple[str, float]:
+        """The original value and its age in seconds, if the signature is valid and not too old."""
         parts = signed.split(".")
         if len(parts) != 3 or not signed.isascii():
             raise BadSignatureError("malformed")
         value, stamp, mac = parts
         if not hmac.compare_digest(mac, self._mac(f"{value}.{stamp}")):
             raise BadSignatureError("bad signature")
-        if not stamp.isdigit() or self._clock() - int(stamp) > max_age_s:
+        age = self._clock() - int(stamp) if stamp.isdigit() else float("inf")
+        if age > max_age_s:
             raise BadSignatureError("expired")
-        return value
+        return value, age
 
 
 def app_secret(request: Request, state: AppState) -> bytes:
@@ -75,16 +80,22 @@ def session_signer(request: Request, state: AppState) -> Signer:
 
 
 def csrf_token_for(request: Request, state: AppState) -> tuple[str, bool]:
-    """The token to put in forms and whether the cookie must be (re)set: reuse a valid cookie, else mint one."""
+    """The token to put in forms and whether the cookie must be (re)set.
+
+    A valid cookie in the first half of its life is reused (several tabs keep working); otherwise a new one is minted
+    so that a form rendered now stays valid for at least half of ``session_max_age_s``.
+    """
     signer = csrf_signer(request, state)
     existing = request.cookies.get(CSRF_COOKIE, "")
+    max_age = state.settings.session_max_age_s
     if existing:
         try:
-            signer.unsign(existing, max_age_s=state.settings.session_max_age_s)
+            _, age = signer.unsign_with_age(existing, max_age_s=max_age)
         except BadSignatureError:
             pass
         else:
-            return existing, False
+            if age <= max_age / 2:
+                return existing, False
     return signer.sign(secrets.token_urlsafe(24).replace(".", "_")), True
 
 

@@ -228,7 +228,7 @@ async def smart_launch(request: Request, state: StateDep) -> Response:
         "redirect_uri": redirect_uri(state),
         "scope": scope,
         "state": oauth_state,
-        "aud": client.iss,
+        "aud": iss,
         "code_challenge": challenge,
         "code_challenge_method": "S256",
     }
