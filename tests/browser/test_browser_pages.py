@@ -182,3 +182,17 @@ def test_packaged_demo_patients(live: Live, page: Any) -> None:
         assert page.locator("table.ladder tbody tr").count() > 0 or page.get_by_text("outside the scope").count() == 1
     page.goto(f"{live.base}/patients/demo/{shipped[0]}")
     shot(page, f"demo-{shipped[0]}", full_page=False)
+
+
+def test_upload_too_large_is_stopped_in_the_browser(live: Live, page: Any) -> None:
+    page.goto(f"{live.base}/patients")
+    limit = int(page.locator("form.upload").get_attribute("data-max-bytes"))
+    requests: list[str] = []
+    page.on("request", lambda request: requests.append(request.url) if request.method == "POST" else None)
+    big = {"name": "big.json", "mimeType": "application/json", "buffer": b" " * (limit + 1)}
+    page.get_by_label(re.compile("FHIR R4 Bundle")).set_input_files(big)
+    page.get_by_role("button", name="Evaluate file").click()
+    message = page.locator(".js-upload-error")
+    message.wait_for(state="visible")
+    assert "larger than the limit" in message.inner_text()
+    assert requests == []
