@@ -14,6 +14,7 @@ import msgspec
 import orjson
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
+from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData, UploadFile
 
 from spasticity_cds import api
@@ -233,7 +234,7 @@ async def post_feedback(request: Request, state: StateDep) -> Response:
         item = _feedback_from_form(form, state)
     except ValueError as error:
         return _feedback_error(request, state, wants_json, str(error), 400)
-    new = state.store.record_page_feedback(item)
+    new = await run_in_threadpool(state.store.record_page_feedback, item)
     logger.info("page feedback stored: context=%s rule=%s new=%s", item.context.value, item.rule_id or "-", new)
     if wants_json:
         return JSONResponse({"stored": True, "new": bool(new)})
@@ -355,7 +356,7 @@ async def upload_patient(request: Request, state: StateDep) -> HTMLResponse:
         logger.info("upload rejected: %s", type(error).__name__)
         message = f"The file could not be used: {error.message}"
         return _start_page(request, state, upload_error=message, status_code=400)
-    return _plan_page(request, state, record, "Uploaded file", "")
+    return await run_in_threadpool(_plan_page, request, state, record, "Uploaded file", "")
 
 
 @router.post("/patients/manual", response_class=HTMLResponse)
@@ -374,7 +375,7 @@ async def manual_patient(request: Request, state: StateDep) -> HTMLResponse:
         return _start_page(request, state, entry=entry, status_code=400)
     bundle = manual_form.build_bundle(entry, state.engine.kb, today)
     record = api.read_patient(bundle, source="the form")
-    return _plan_page(request, state, record, "Values entered by hand", "")
+    return await run_in_threadpool(_plan_page, request, state, record, "Values entered by hand", "")
 
 
 # -- report ------------------------------------------------------------------------------------------------

@@ -6,10 +6,12 @@ import base64
 import hashlib
 import hmac
 import json
+import logging
 import secrets
 import time
 import tomllib
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlencode, urlsplit
@@ -17,6 +19,7 @@ from urllib.parse import urlencode, urlsplit
 import httpx
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from starlette.concurrency import run_in_threadpool
 
 from spasticity_cds import api
 from spasticity_cds.errors import SpasticityCdsError
@@ -25,6 +28,7 @@ from spasticity_cds.interfaces.web.deps import AppState, app_state
 from spasticity_cds.interfaces.web.plan_view import build_plan
 from spasticity_cds.interfaces.web.rendering import render, secure_cookies
 
+logger = logging.getLogger(__name__)
 router = APIRouter()
 StateDep = Annotated[AppState, Depends(app_state)]
 
@@ -401,15 +405,22 @@ async def smart_plan(request: Request, state: StateDep) -> HTMLResponse:
         return _error(request, state, error.message, error.http_status if error.http_status != 500 else 502)
     card_uuid, rule_id = _card_context(session.app_context)
     now = state.clock()
-    plan = build_plan(
-        record,
-        state.engine,
-        now,
-        state.settings.kb_settings or None,
-        highlight_rule=rule_id if rule_id in state.engine.kb.rules else None,
-        card_uuid=card_uuid,
-        source_label="Opened from the EHR (SMART launch)",
-    )
+    try:
+        plan = await run_in_threadpool(
+            partial(
+                build_plan,
+                record,
+                state.engine,
+                now,
+                state.settings.kb_settings or None,
+                highlight_rule=rule_id if rule_id in state.engine.kb.rules else None,
+                card_uuid=card_uuid,
+                source_label="Opened from the EHR (SMART launch)",
+            )
+        )
+    except SpasticityCdsError as error:
+        logger.error("SMART plan: %s at %s", type(error).__name__, error.where or "-")
+        return _error(request, state, "The plan could not be computed for this record; the error has been logged.", 500)
     return render(request, state, "plan.html", {"title": "Patient plan", "plan": plan, "return_to": "/smart/plan"})
 
 
