@@ -116,8 +116,12 @@ def script_bundle() -> dict[str, Any]:
     """A patient whose name and a medication text are script tags, to prove every value is escaped."""
     bundle = trend_bundle("evil", SCRIPT_NAME)
     for entry in bundle["entry"]:
-        if entry["resource"]["resourceType"] == "MedicationRequest":
-            entry["resource"]["medicationCodeableConcept"]["text"] = SCRIPT_NAME
+        resource = entry["resource"]
+        if resource["resourceType"] == "MedicationRequest":
+            resource["medicationCodeableConcept"]["text"] = SCRIPT_NAME
+        if resource.get("id") == "alt2":  # a hostile id: it reaches the page as evidence and chart sources
+            resource["id"] = 'x"><script>alert(2)</script>'
+            resource["bodySite"] = {"text": SCRIPT_NAME}
     return bundle
 
 

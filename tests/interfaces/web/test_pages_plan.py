@@ -77,6 +77,7 @@ def test_trend_charts_are_inline_svg_with_rule_thresholds(client: support.PageCl
 def test_every_record_value_is_escaped(client: support.PageClient) -> None:
     page = client.get("/patients/demo/evil").text
     assert "<script>alert" not in page
+    assert "&lt;script&gt;alert(2)&lt;/script&gt;" in page  # the hostile resource id, shown as text
     assert "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;" in page
     listing = client.get("/patients").text
     assert "<script>alert" not in listing
