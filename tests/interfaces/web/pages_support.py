@@ -30,7 +30,6 @@ from spasticity_cds.interfaces.web.pages import router as pages_router
 from spasticity_cds.store import open_store
 
 FROZEN_NOW = datetime(2026, 11, 24, 9, 30, tzinfo=timezone(timedelta(hours=-5)))
-DATA = Path(__file__).parent / "pages_data"
 RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
 LOINC = "http://loinc.org"
 SCRIPT_NAME = "<script>alert('x')</script>"
