@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 import time
@@ -201,3 +202,39 @@ def test_csrf_token_is_renewed_in_the_second_half_of_its_life(tmp_path: Path) ->
     client.cookies = httpx.Cookies()
     client.cookies.set(CSRF_COOKIE, young)
     assert client.csrf("/") == young
+
+
+def test_a_real_cds_hooks_card_opens_its_finding(tmp_path: Path, ehr: support.MockEhr) -> None:
+    """The card's smart link (cds_hooks.cards) carries an appContext the page understands."""
+    from spasticity_cds import api
+    from spasticity_cds.cds_hooks.cards import CardBuilder, CardContext
+
+    client = _client(tmp_path, ehr)
+    engine = client.app.state.cds.engine
+    result = api.evaluate(support.trend_bundle("smart-1", "Launch Patient"), now=support.FROZEN_NOW, engine=engine)
+    context = CardContext(
+        service_id="spasticity-patient-view",
+        hook="patient-view",
+        hook_instance="hook-1",
+        patient_id="smart-1",
+        user_id=None,
+        base_url=PUBLIC,
+        smart_launch_url=f"{PUBLIC}/smart/launch",
+        now=support.FROZEN_NOW,
+    )
+    cards, _ = CardBuilder(engine).build(result, context)
+    smart_links = [link for card in cards for link in card.get("links", []) if link["type"] == "smart"]
+    assert smart_links, "the hooks service issues a smart link on its cards"
+    link = smart_links[0]
+    assert link["url"] == f"{PUBLIC}/smart/launch"
+    app_context = json.loads(link["appContext"])
+    launch = ehr.register_launch(app_context)
+    start = client.get("/smart/launch", params={"iss": f"{ehr.base}/fhir", "launch": launch})
+    assert client.get(_callback_path(_authorize(start.headers["location"]))).status_code == 303
+    plan = client.get("/smart/plan").text
+    assert re.search(rf'class="finding finding-[a-z]+ highlight" id="f-{re.escape(app_context["ruleId"])}"', plan)
+    assert f'name="card_uuid" value="{app_context["cardUuid"]}"' in plan
+    for other in (link for card in cards for link in card.get("links", []) if link["type"] == "absolute"):
+        path = urlsplit(other["url"]).path
+        if path.startswith("/kb/rules/"):
+            assert client.get(path).status_code == 200
