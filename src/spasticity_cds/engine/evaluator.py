@@ -21,6 +21,9 @@ from spasticity_cds.knowledge.schema import CitationRef, LadderStep, Monograph, 
 
 RESULT_SCHEMA_VERSION = "1.0"
 STATUS_ORDER = {"current": 0, "recommended": 1, "consider": 2, "caution": 3, "avoid": 4, "contraindicated": 5}
+# Usable options keep their ladder order whether plain or with caution, so a caution never lifts a later rung
+# (a benzodiazepine) above an earlier one (tizanidine); avoided and contraindicated options come last.
+RANK_GROUP = {"current": 0, "recommended": 1, "consider": 2, "caution": 2, "avoid": 3, "contraindicated": 4}
 SAFETY_STATUSES = frozenset({"caution", "avoid", "contraindicated"})
 SEVERITY_ORDER = {"critical": 0, "warning": 1, "info": 2}
 KIND_ORDER = {
@@ -327,7 +330,7 @@ class Engine:
 
     def _options(self, env: Env, effects: Effects, now: datetime) -> list[dict[str, Any]]:
         options = [self._option(step, env, effects.get(step.agent, []), now) for step in self.ladder]
-        options.sort(key=lambda o: (STATUS_ORDER[o["status"]], o["position"]))
+        options.sort(key=lambda o: (RANK_GROUP[o["status"]], o["position"]))
         for rank, option in enumerate(options, start=1):
             option["rank"] = rank
         return options

@@ -32,6 +32,8 @@ class Fact:
             return "missing"
         if isinstance(self.value, bool):
             text = "yes" if self.value else "no"
+        elif self.unit == "MAS" and self.value == 1.5:
+            text = "1+"
         elif isinstance(self.value, float):
             text = f"{self.value:.2f}".rstrip("0").rstrip(".")
         else:
