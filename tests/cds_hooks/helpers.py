@@ -9,6 +9,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -98,7 +99,12 @@ def call(app: FastAPI, method: str, path: str, **kwargs: Any) -> httpx.Response:
         async with httpx.AsyncClient(transport=transport, base_url=BASE) as client:
             return await client.request(method, path, **kwargs)
 
-    return asyncio.run(run())
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(run())
+    with ThreadPoolExecutor(max_workers=1) as pool:  # a session fixture (sync Playwright) holds this thread's loop
+        return pool.submit(lambda: asyncio.run(run())).result()
 
 
 def days_ago(days: int) -> str:
