@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import heapq
+import itertools
 import os
 import sys
 from collections.abc import Callable, Iterable, Iterator
@@ -33,13 +34,15 @@ def _evaluator(spec: EvaluationSpec) -> PatientEvaluator:
 
 def evaluate_partition(
     spec: EvaluationSpec,
-) -> Callable[[Iterable[tuple[str, Iterable[Line]]]], Iterator[PatientOutcome]]:
-    """The ``mapPartitions`` function: the local engine's per-patient step, lines in file and line order."""
+) -> Callable[[Iterable[tuple[str, Line]]], Iterator[PatientOutcome]]:
+    """The ``mapPartitions`` function over (patient key, line) pairs sorted by key: group each patient's lines
+    (a range partition never splits a key), put them in file and line order, run the local engine's step."""
 
-    def run(groups: Iterable[tuple[str, Iterable[Line]]]) -> Iterator[PatientOutcome]:
+    def run(pairs: Iterable[tuple[str, Line]]) -> Iterator[PatientOutcome]:
         evaluator = _evaluator(spec)
-        for key, lines in groups:
-            yield evaluator.evaluate(key, sorted(lines, key=lambda line: (line[0], line[1])))
+        for key, group in itertools.groupby(pairs, key=lambda pair: pair[0]):
+            lines = sorted((pair[1] for pair in group), key=lambda line: (line[0], line[1]))
+            yield evaluator.evaluate(key, lines)
 
     return run
 
@@ -169,11 +172,11 @@ def run_spark(
             lambda pair: (pair[1][1], pair[1][0][0])
         )
         partitions = max(1, context.defaultParallelism)
-        grouped = patient_lines.map(_patient_line).union(medication_lines).groupByKey(numPartitions=partitions)
-        total = grouped.count()
+        pairs = patient_lines.map(_patient_line).union(medication_lines)
+        total = pairs.keys().distinct().count()
         if progress is not None:
             progress(0, total)
-        ordered = grouped.sortByKey(numPartitions=partitions) if total else grouped
+        ordered = pairs.sortByKey(numPartitions=partitions) if total else pairs  # one shuffle; a key never splits
         outcomes = ordered.mapPartitions(evaluate_partition(spec)).toLocalIterator(prefetchPartitions=True)
         for done, outcome in enumerate(outcomes, start=1):
             writer.add(outcome)
