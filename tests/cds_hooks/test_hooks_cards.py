@@ -209,3 +209,15 @@ def test_the_clients_draft_is_never_changed_in_place() -> None:
     assert copied["subject"] == {"reference": f"Patient/{PATIENT_ID}"}
     assert updated["dosageInstruction"][0]["doseAndRate"][0]["doseQuantity"]["value"] == 5
     assert json.dumps(context, sort_keys=True) == before
+
+
+def test_order_without_a_dose_yet(app: FastAPI, client: Client) -> None:
+    """order-select: the dose is still being typed, so only the kidney ceiling is shown; order-sign flags the gap."""
+    draft = baclofen_order(intent=None)
+    del draft["dosageInstruction"]
+    select = hook_request(
+        "order-select", prefetch_data=prefetch(), drafts=[draft], selections=[f"MedicationRequest/{draft['id']}"]
+    )
+    assert [_rule(c) for c in _cards(app, client, select, SELECT)] == ["BACLOFEN-RENAL-BAND"]
+    sign = hook_request("order-sign", prefetch_data=prefetch(), drafts=[draft])
+    assert [_rule(c) for c in _cards(app, client, sign, SIGN)] == ["BACLOFEN-RENAL-BAND", "BACLOFEN-DOSE-ABOVE-MAX"]

@@ -126,7 +126,7 @@ class CardBuilder:
             about_order = bool(agents & set(finding["agents"])) or bool(references & set(finding["evidence"]))
             if not about_order:
                 continue
-            if finding["kind"] == "data-gap" and finding["severity"] == "info":
+            if finding["kind"] == "data-gap" and (finding["severity"] == "info" or _dose_not_entered_yet(finding, ctx)):
                 continue
             if finding["kind"] != "data-gap" and finding["kind"] not in ORDER_KINDS:
                 continue
@@ -353,6 +353,12 @@ class CardBuilder:
             "isRecommended": True,
             "actions": [{"type": "create", "description": "Create a liver-test order", "resource": compact(resource)}],
         }
+
+
+def _dose_not_entered_yet(finding: Mapping[str, Any], ctx: CardContext) -> bool:
+    """On order-select the dose is often still being typed: a gap only in the order's own dose is not news."""
+    missing = finding.get("missing") or ()
+    return ctx.hook == "order-select" and bool(missing) and all(m.startswith(("med.", "dose.")) for m in missing)
 
 
 def _groups(findings: Iterable[Mapping[str, Any]]) -> list[list[Mapping[str, Any]]]:
