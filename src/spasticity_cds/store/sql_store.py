@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any
 
@@ -27,12 +27,16 @@ from spasticity_cds.store.records import (
 RuleKey = tuple[str, int]
 
 
+JTI_PURGE_INTERVAL = timedelta(seconds=60)
+
+
 class SqlFeedbackStore:
     """`FeedbackStore` over one SQLAlchemy engine; open it with `spasticity_cds.store.open_store`."""
 
     def __init__(self, engine: Engine, *, clock: Callable[[], datetime]) -> None:
         self._engine = engine
         self._clock = clock
+        self._next_jti_purge: datetime | None = None
 
     @property
     def engine(self) -> Engine:
@@ -69,11 +73,15 @@ class SqlFeedbackStore:
     def remember_jti(self, issuer: str, jti: str, expires_at: datetime) -> bool:
         """Record a JWT id until `expires_at`; return False if (issuer, jti) was already recorded.
 
-        Expired entries are purged in the same transaction. The unique key makes this atomic across processes.
+        Expired entries are purged in the same transaction, at most once per JTI_PURGE_INTERVAL per process
+        (a purge on every call cost more than the insert). The unique key makes this atomic across processes.
         """
         row = {"issuer": issuer, "jti": jti, "expires_at": expires_at}
+        now = self._clock()
         with self._writing("remember a JWT id") as connection:
-            connection.execute(_purge_expired_jtis(self._clock()))
+            if self._next_jti_purge is None or now >= self._next_jti_purge:
+                connection.execute(_purge_expired_jtis(now))
+                self._next_jti_purge = now + JTI_PURGE_INTERVAL
             return _insert_if_new(connection, schema.jwt_replay, row)
 
     def find_issued_card(self, card_uuid: str) -> IssuedCard | None:
