@@ -26,7 +26,13 @@ def run(args: argparse.Namespace, console: Console) -> int:
     """Check the configuration once (store migrated, trusted clients readable), then serve until stopped."""
     import uvicorn
 
-    from spasticity_cds.interfaces.web.config import CONFIG_ENV, WebSettings, load_settings, load_trusted_issuers
+    from spasticity_cds.interfaces.web.config import (
+        BASE_URL_ENV,
+        CONFIG_ENV,
+        WebSettings,
+        load_settings,
+        load_trusted_issuers,
+    )
     from spasticity_cds.store import open_store
 
     settings = load_settings(args.config) if args.config else WebSettings()
@@ -44,7 +50,15 @@ def run(args: argparse.Namespace, console: Console) -> int:
     else:
         os.environ.pop(CONFIG_ENV, None)
     host, port = args.host or settings.host, args.port or settings.port
-    console.print(f"Serving CDS Hooks discovery at {settings.base_url}/cds-services (listening on {host}:{port})")
+    base_url = settings.base_url
+    if settings.public_base_url == WebSettings.public_base_url and (host, port) != (settings.host, settings.port):
+        # No public URL configured: the one this process listens on is the one clients and JWT audiences use.
+        base_url = f"http://{host}:{port}"
+        os.environ[BASE_URL_ENV] = base_url
+    else:
+        os.environ.pop(BASE_URL_ENV, None)
+    console.print(f"Open {base_url}/ in a browser for the clinician pages (listening on {host}:{port}).")
+    console.print(f"CDS Hooks discovery: {base_url}/cds-services")
     uvicorn.run(
         APP_FACTORY,
         factory=True,

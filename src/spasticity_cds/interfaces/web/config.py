@@ -14,6 +14,7 @@ from spasticity_cds.cds_hooks.security import TrustedIssuer, load_jwks_file
 from spasticity_cds.errors import SpasticityCdsError
 
 CONFIG_ENV = "SPASTICITY_CDS_CONFIG"
+BASE_URL_ENV = "SPASTICITY_CDS_PUBLIC_BASE_URL"
 PATH_FIELDS = ("trusted_issuers_file", "smart_clients_file")
 TUPLE_FIELDS = ("cors_origins", "fhir_server_allowlist")
 NUMBER_FIELDS: dict[str, type | tuple[type, ...]] = {
@@ -118,7 +119,9 @@ def _converted(name: str, value: Any, base_dir: Path, where: str) -> Any:
 def settings_from_environment() -> WebSettings:
     """Settings from the file named by $SPASTICITY_CDS_CONFIG, or the defaults (how each worker starts)."""
     path = os.environ.get(CONFIG_ENV)
-    return load_settings(Path(path)) if path else WebSettings()
+    settings = load_settings(Path(path)) if path else WebSettings()
+    base_url = os.environ.get(BASE_URL_ENV)
+    return dataclasses.replace(settings, public_base_url=base_url) if base_url else settings
 
 
 def load_trusted_issuers(path: Path) -> list[TrustedIssuer]:
