@@ -3,7 +3,8 @@
     python benchmarks/batch_bench.py                       # 10 000 typical patients; prints a markdown report
     python benchmarks/batch_bench.py --large-n 30000 --spark --profile 1000 --output benchmarks/results/batch.md
 
-Every measurement runs in a fresh subprocess so that peak RSS (``ru_maxrss``) belongs to that measurement alone.
+Every measurement runs in a fresh subprocess; peak RSS is its own ``ru_maxrss`` and the summed RSS of its process
+tree sampled from /proc every 0.2 s (workers, Spark's JVM and Python workers included).
 Cohorts are written once with ``spasticity_cds.synth.write_cohort(..., fmt="bulk")`` under ``benchmarks/work/``
 (git-ignored) and reused. Not a test: numbers depend on the machine and its load; ratios come from one run.
 """
@@ -269,7 +270,8 @@ def report(args: argparse.Namespace) -> str:
     out.write("## Machine\n\n" + "\n".join(machine()) + "\n\n")
     out.write(f"Cohort: {args.n:,} typical patients, {floor.get('lines', 0):,} NDJSON lines, {size:,.0f} MiB.\n\n")
     out.write(
-        "## Measurements\n\n| run | N | seconds | patients/s | peak RSS MiB (process) | largest child MiB | notes |\n"
+        "## Measurements\n\n| run | N | seconds | patients/s | peak RSS MiB (main process) "
+        "| peak RSS MiB (process tree, sampled) | notes |\n"
     )
     out.write("|---|---|---|---|---|---|---|\n")
     for row in rows:
