@@ -102,5 +102,9 @@ def _bundle_resources(bundle: dict[str, Any], source: str, aliases: dict[str, st
             if not resource_id:
                 resource_id = full_url.rsplit(":", 1)[-1].rsplit("/", 1)[-1]
                 resource = {**resource, "id": resource_id}
-            aliases[full_url] = f"{resource_type}/{resource_id}"
+            # Absolute URLs ending in Type/id resolve by their tail (PatientRecord.normalise); only other forms,
+            # such as urn:uuid, need an alias.
+            relative = f"{resource_type}/{resource_id}"
+            if not full_url.endswith(relative):
+                aliases[full_url] = relative
         yield resource
