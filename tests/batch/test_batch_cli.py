@@ -82,7 +82,7 @@ def test_a_killed_run_leaves_the_previous_output_and_a_rerun_succeeds(clean_coho
         deadline = time.monotonic() + 120
         items = None
         while time.monotonic() < deadline and victim.poll() is None:
-            partials = list(tmp_path.glob(".out.partial-*/_work/items.ndjson"))
+            partials = list(tmp_path.glob(".out.partial-*/_work/tasks.ndjson"))
             if partials and partials[0].stat().st_size > 0:
                 items = partials[0]
                 break

@@ -39,6 +39,7 @@ HTML_COLUMNS = (
     ("action", "Action"), ("summary", "Summary"), ("values", "Key values"), ("missing", "Missing data"),
     ("new", "New"),
 )  # fmt: skip
+SEVERITY_RANKS = (0, 1, 2)
 SEVERITY_TITLES = {"critical": "Critical", "warning": "Warning", "info": "Information"}
 _LINES = (
     "read_csv(?, columns={'line': 'VARCHAR'}, delim='\x1f\x1e\x1d\x1c', quote='', escape='', header=false, "
@@ -106,21 +107,27 @@ class RunWriter:
         self.work = root / WORK
         self.work.mkdir(parents=True, exist_ok=True)
         self.counts = Counts()
-        self._items = (self.work / "items.ndjson").open("wb")
+        self._keys = (self.work / "keys.ndjson").open("wb")
+        self._tasks = (self.work / "tasks.ndjson").open("wb")
+        self._rows = [(self.work / f"rows-{rank}.ndjson").open("wb") for rank in SEVERITY_RANKS]
         self._patients = (self.work / "patients.ndjson").open("wb")
         self._outcomes = (root / OUTCOMES).open("wb")
         self.outcome_count = 0
 
     def close(self) -> None:
         """Close the open files (idempotent)."""
-        for handle in (self._items, self._patients, self._outcomes):
+        for handle in (self._keys, self._tasks, *self._rows, self._patients, self._outcomes):
             handle.close()
 
     def add(self, outcome: PatientOutcome) -> None:
         """Record one patient's outcome."""
         self.counts.add(outcome)
         for item in outcome.items:
-            self._items.write(item + b"\n")
+            parsed = orjson.loads(item)
+            self._keys.write(orjson.dumps({k: parsed[k] for k in ("id", "patient", "rule_id")}) + b"\n")
+            self._tasks.write(orjson.dumps(parsed["task"]) + b"\n")
+            rank = min(int(parsed["sev"]), SEVERITY_RANKS[-1])
+            self._rows[rank].write(orjson.dumps({"id": parsed["id"], "row": parsed["row"]}) + b"\n")
         self._patients.write(orjson.dumps({"key": outcome.key, "status": outcome.status}) + b"\n")
         for problem in outcome.problems:
             self._outcomes.write(problem + b"\n")
@@ -157,11 +164,11 @@ class RunWriter:
 def _finish(
     connection: duckdb.DuckDBPyConnection, root: Path, work: Path, previous: Path | None, now: str, app_url: str
 ) -> dict[str, int]:
+    """Only ids and keys go into DuckDB; Task and row text is streamed from the work files in step with it."""
     connection.execute(
-        f"CREATE TABLE cur AS SELECT ordinality AS ord, v[1] AS id, v[2] AS patient, v[3] AS rule_id, "
-        f"v[4]::INTEGER AS sev, line FROM (SELECT ordinality, line, "
-        f"json_extract_string(line, ['$.id', '$.patient', '$.rule_id', '$.sev']) AS v FROM {_LINES})",
-        [str(work / "items.ndjson")],
+        f"CREATE TABLE cur AS SELECT ordinality AS ord, v[1] AS id, v[2] AS patient, v[3] AS rule_id FROM "
+        f"(SELECT ordinality, json_extract_string(line, ['$.id', '$.patient', '$.rule_id']) AS v FROM {_LINES})",
+        [str(work / "keys.ndjson")],
     )
     connection.execute(
         f"CREATE TABLE pats AS SELECT v[1] AS key, v[2] AS status FROM (SELECT "
@@ -173,34 +180,39 @@ def _finish(
     if previous is not None:
         prev_file = previous / OPEN
     connection.execute(
-        f"CREATE TABLE prev AS SELECT ordinality AS ord, v[1] AS id, v[2] AS patient, v[3] AS rule_id, line FROM "
+        f"CREATE TABLE prev AS SELECT ordinality AS ord, v[1] AS id, v[2] AS patient, v[3] AS rule_id FROM "
         f"(SELECT ordinality, line, json_extract_string(line, ['$.id', '$.for.reference', "
         f"'$.reasonCode.coding[0].code']) AS v FROM {_LINES}) WHERE line IS NOT NULL",
         [str(prev_file)],
     )
+    connection.execute("CREATE TABLE prev_ids AS SELECT DISTINCT id FROM prev")
     counts = {"new": 0, "open": 0, "closed": 0, "carried": 0}
     new_flag = "p.id IS NULL" if previous is not None else "true"
-    with (root / TASKS).open("wb") as tasks, (root / OPEN).open("wb") as open_tasks:
-        query = (
-            f"SELECT c.line, {new_flag} FROM cur AS c LEFT JOIN (SELECT DISTINCT id FROM prev) AS p USING (id) "
-            "ORDER BY c.ord"
-        )
-        for line, is_new in _stream(connection, query):
-            encoded = orjson.dumps(orjson.loads(line)["task"]) + b"\n"
-            open_tasks.write(encoded)
+    flags = _stream(connection, f"SELECT {new_flag} FROM cur AS c LEFT JOIN prev_ids AS p USING (id) ORDER BY c.ord")
+    with (
+        (work / "tasks.ndjson").open("rb") as source,
+        (root / TASKS).open("wb") as tasks,
+        (root / OPEN).open("wb") as open_tasks,
+    ):
+        for line, (is_new,) in zip(source, flags, strict=True):
+            open_tasks.write(line)
             counts["open"] += 1
             if is_new:
-                tasks.write(encoded)
+                tasks.write(line)
                 counts["new"] += 1
-        gone = (
-            "SELECT p.line, s.status, EXISTS (SELECT 1 FROM cur AS c2 WHERE c2.patient = p.patient "
-            "AND c2.rule_id = p.rule_id) FROM prev AS p LEFT JOIN (SELECT key, min(status) AS status FROM pats "
-            "GROUP BY key) AS s ON s.key = p.patient WHERE p.id NOT IN (SELECT id FROM cur) ORDER BY p.ord"
+        gone = _stream(
+            connection,
+            "SELECT p.ord, s.status, k.patient IS NOT NULL FROM prev AS p "
+            "LEFT JOIN (SELECT key, min(status) AS status FROM pats GROUP BY key) AS s ON s.key = p.patient "
+            "LEFT JOIN (SELECT DISTINCT patient, rule_id FROM cur) AS k ON k.patient = p.patient "
+            "AND k.rule_id = p.rule_id WHERE p.id NOT IN (SELECT id FROM cur) ORDER BY p.ord",
         )
-        with (root / CLOSED).open("wb") as closed:
-            for line, status, superseded in _stream(connection, gone):
+        with prev_file.open("rb") as old, (root / CLOSED).open("wb") as closed:
+            numbered = enumerate(old, start=1)
+            for ord_, status, superseded in gone:
+                line = next(text for number, text in numbered if number == ord_)
                 if status == "failed":
-                    open_tasks.write(line.encode() + b"\n")
+                    open_tasks.write(line)
                     counts["carried"] += 1
                     counts["open"] += 1
                     continue
@@ -213,18 +225,15 @@ def _finish(
                 closed_task = close_task(orjson.loads(line), status=new_status, reason=reason, when=now)
                 closed.write(orjson.dumps(closed_task) + b"\n")
                 counts["closed"] += 1
-    rows_query = (
-        f"SELECT c.line, {new_flag} FROM cur AS c LEFT JOIN (SELECT DISTINCT id FROM prev) AS p USING (id) "
-        "ORDER BY c.sev, c.ord"
-    )
-    _write_worklists(
-        root, _rows(connection, rows_query, previous is not None, app_url), counts["open"] - counts["carried"]
-    )
+    rows = _rows(connection, work, new_flag, previous is not None, app_url)
+    _write_worklists(root, rows, counts["open"] - counts["carried"])
     return counts
 
 
-def _stream(connection: duckdb.DuckDBPyConnection, query: str, size: int = 5_000) -> Iterator[tuple[Any, ...]]:
-    cursor = connection.execute(query)
+def _stream(
+    connection: duckdb.DuckDBPyConnection, query: str, parameters: list[str] | None = None, size: int = 10_000
+) -> Iterator[tuple[Any, ...]]:
+    cursor = connection.execute(query, parameters or [])
     while True:
         rows = cursor.fetchmany(size)
         if not rows:
@@ -232,12 +241,24 @@ def _stream(connection: duckdb.DuckDBPyConnection, query: str, size: int = 5_000
         yield from rows
 
 
-def _rows(connection: duckdb.DuckDBPyConnection, query: str, since: bool, app_url: str) -> Iterator[dict[str, Any]]:
-    for line, is_new in _stream(connection, query):
-        row: dict[str, Any] = orjson.loads(line)["row"]
-        row["new"] = ("yes" if is_new else "no") if since else ""
-        row["link"] = f"{app_url.rstrip('/')}/patients/{quote(str(row['patient']), safe='')}"
-        yield row
+def _rows(
+    connection: duckdb.DuckDBPyConnection, work: Path, new_flag: str, since: bool, app_url: str
+) -> Iterator[dict[str, Any]]:
+    """Worklist rows, most severe first, each with its ``new`` flag and patient link."""
+    for rank in SEVERITY_RANKS:
+        path = work / f"rows-{rank}.ndjson"
+        flags = _stream(
+            connection,
+            f"SELECT {new_flag} FROM (SELECT ordinality AS ord, json_extract_string(line, '$.id') AS id "
+            f"FROM {_LINES}) AS c LEFT JOIN prev_ids AS p USING (id) ORDER BY c.ord",
+            [str(path)],
+        )
+        with path.open("rb") as source:
+            for line, (is_new,) in zip(source, flags, strict=True):
+                row: dict[str, Any] = orjson.loads(line)["row"]
+                row["new"] = ("yes" if is_new else "no") if since else ""
+                row["link"] = f"{app_url.rstrip('/')}/patients/{quote(str(row['patient']), safe='')}"
+                yield row
 
 
 def _csv_cell(value: Any) -> str:
