@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
 
 from spasticity_cds.engine.facts import Fact, Value, missing
@@ -84,21 +84,7 @@ def dose_plan(
         return None
     ceiling = facts.get(f"dose.{monograph.id}.ceiling")
     cap = ceiling.value if ceiling is not None and ceiling.usable else None
-    steps = []
-    for step in monograph.steps:
-        daily = step.dose * step.times_per_day
-        if isinstance(cap, int | float) and daily > cap + 1e-9:
-            break
-        steps.append(
-            {
-                "day": step.day,
-                "date": (now + timedelta(days=step.day)).date().isoformat(),
-                "dose": step.dose,
-                "unit": step.unit,
-                "times_per_day": step.times_per_day,
-                "daily": round(daily, 3),
-            }
-        )
+    steps = _steps(monograph, cap if isinstance(cap, int | float) else None, now.date())
     plan: dict[str, Any] = {"steps": steps, "unit": monograph.max_unit}
     if monograph.start is not None:
         plan["start"] = _statement(monograph.start, cite)
@@ -121,6 +107,41 @@ def dose_plan(
             "citations": cite(band.citations),
         }
     return plan
+
+
+_STEPS_CACHE: dict[tuple[int, float | None, date], tuple[Monograph, list[dict[str, Any]]]] = {}
+
+
+def _steps(monograph: Monograph, cap: float | None, start: date) -> list[dict[str, Any]]:
+    """Dated titration steps up to the cap; the same for every patient with the same cap and day (shared)."""
+    key = (id(monograph), cap, start)
+    cached = _STEPS_CACHE.get(key)
+    if cached is not None and cached[0] is monograph:
+        return cached[1]
+    if len(_STEPS_CACHE) > 4096:
+        _STEPS_CACHE.clear()
+    steps = _build_steps(monograph, cap, start)
+    _STEPS_CACHE[key] = (monograph, steps)
+    return steps
+
+
+def _build_steps(monograph: Monograph, cap: float | None, start: date) -> list[dict[str, Any]]:
+    steps = []
+    for step in monograph.steps:
+        daily = step.dose * step.times_per_day
+        if cap is not None and daily > cap + 1e-9:
+            break
+        steps.append(
+            {
+                "day": step.day,
+                "date": (start + timedelta(days=step.day)).isoformat(),
+                "dose": step.dose,
+                "unit": step.unit,
+                "times_per_day": step.times_per_day,
+                "daily": round(daily, 3),
+            }
+        )
+    return steps
 
 
 def _statement(statement: Statement, cite: Cite) -> dict[str, Any]:

@@ -62,9 +62,14 @@ class Vocabulary:
         self._prefixes: dict[str, list[tuple[str, Concept, Coding]]] = {}
         self._patterns: dict[ConceptKind, list[tuple[re.Pattern[str], re.Pattern[str] | None, Concept]]] = {}
         self._cache: dict[tuple[Any, ...], Match | None] = {}
+        # Exact codes as systems send them (dotted and undotted ICD forms), answered without building a cache key.
+        self._exact: dict[tuple[str, str, str], Match] = {}
         for concept in valuesets.concepts:
             for coding in concept.codings:
                 self._codes[(coding.system, _normal_code(coding.system, coding.code))] = (concept, coding)
+                match = Match(concept, "code", coding)
+                for variant in {coding.code, _normal_code(coding.system, coding.code)}:
+                    self._exact[(concept.kind, coding.system, variant)] = match
             for coding in concept.code_prefixes:
                 prefix = _normal_code(coding.system, coding.code)
                 self._prefixes.setdefault(coding.system, []).append((prefix, concept, coding))
@@ -81,6 +86,14 @@ class Vocabulary:
         """The first concept of ``kind`` a CodeableConcept matches; codes win over text. Answers are memoised."""
         if not isinstance(codeable, dict):
             return None
+        for coding in codeable.get("coding") or ():
+            if isinstance(coding, dict):
+                try:
+                    exact = self._exact.get((kind, coding.get("system"), coding.get("code")))  # type: ignore[arg-type]
+                except TypeError:  # an unhashable value where a string belongs
+                    break
+                if exact is not None:
+                    return exact
         key = _cache_key(codeable, kind)
         if key is None:
             return self._match_uncached(codeable, kind)
