@@ -217,7 +217,10 @@ class FactExtractor:
         if not raws:
             return None
         concept = self.concepts[concept_id]
-        for raw in sorted(raws, key=_raw_date, reverse=True):
+        newest = self._read(concept, max(raws, key=_raw_date), collected.notes)
+        if newest is not None:
+            return newest
+        for raw in sorted(raws, key=_raw_date, reverse=True)[1:]:
             observed = self._read(concept, raw, collected.notes)
             if observed is not None:
                 return observed
