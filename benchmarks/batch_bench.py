@@ -140,6 +140,8 @@ def child(mode: str, folder: Path, workers: int) -> dict[str, Any]:
         if mode == "spark":
             from pyspark.sql import SparkSession
 
+            os.environ["PYSPARK_PYTHON"] = sys.executable
+
             session = (
                 SparkSession.builder.master("local[2]")
                 .config("spark.ui.enabled", "false")

@@ -21,6 +21,8 @@ def spark_session() -> Iterator[Any]:
     pyspark_sql = pytest.importorskip("pyspark.sql")
     if shutil.which("java") is None:
         pytest.skip("Java is not installed: Spark cannot start")
+    patch = pytest.MonkeyPatch()
+    patch.setenv("PYSPARK_PYTHON", sys.executable)  # workers run this virtualenv's interpreter, not PATH's python3
     session = (
         pyspark_sql.SparkSession.builder.master("local[2]")
         .appName("spasticity-cds batch tests")
@@ -32,6 +34,7 @@ def spark_session() -> Iterator[Any]:
     session.sparkContext.setLogLevel("ERROR")
     yield session
     session.stop()
+    patch.undo()
 
 
 def _by_id(path: Path) -> dict[str, Any]:

@@ -142,7 +142,10 @@ def run_spark(
     elif created and not under_submit:
         builder = builder.master(LOCAL_MASTER)
     if created and not under_submit:
-        builder = builder.config("spark.pyspark.python", os.environ.get("PYSPARK_PYTHON", sys.executable))
+        # Python workers must run this interpreter (its virtualenv has the package and its dependencies);
+        # SparkContext reads PYSPARK_PYTHON when it starts, else it runs whatever "python3" is on PATH.
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+        builder = builder.config("spark.pyspark.python", os.environ["PYSPARK_PYTHON"])
     session = builder.getOrCreate()
     try:
         context = session.sparkContext
