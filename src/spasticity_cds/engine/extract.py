@@ -6,7 +6,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import date, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from spasticity_cds.engine.facts import Fact, days_between, missing, parse_date
 from spasticity_cds.engine.vocabulary import Match, Vocabulary
@@ -41,8 +41,7 @@ class Observed:
     body_site: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class RawObservation:
+class RawObservation(NamedTuple):
     """An observation matched to a concept, kept unread until its value is needed (usually only the latest is).
 
     ``stamp`` is the effective date as sent (ISO 8601 sorts as text); it is parsed only for the values used.
