@@ -55,6 +55,7 @@ class Engine:
     def __init__(self, kb: KnowledgeBase) -> None:
         self.kb = kb
         self._citations_cache: dict[tuple[CitationRef, ...], list[dict[str, Any]]] = {}
+        self._monograph_cache: dict[str, dict[str, Any]] = {}
         self.defaults: dict[str, Value] = {name: setting.value for name, setting in kb.settings.items()}
         self.vocabulary = Vocabulary(kb.valuesets)
         self.extractor = FactExtractor(
@@ -365,30 +366,36 @@ class Engine:
         daily = env.facts.get(f"med.{monograph.concept}.daily_dose")
         if daily is not None and daily.usable:
             option["daily_dose"] = daily.to_dict()
+        static = self._monograph_parts(monograph)
+        for key in ("monitoring", "taper"):
+            if key in static:
+                option[key] = static[key]
+        if "formulations" in static and env.definition("dysphagia") is True:
+            option["formulations"] = static["formulations"]
+
+    def _monograph_parts(self, monograph: Monograph) -> dict[str, Any]:
+        """The parts of an option that depend only on the monograph, built once and shared (read-only)."""
+        cached = self._monograph_cache.get(monograph.id)
+        if cached is not None:
+            return cached
+        parts: dict[str, Any] = {}
         if monograph.monitoring:
-            option["monitoring"] = [
+            parts["monitoring"] = [
                 {"test": item.test, "what": item.what, "citations": self.cite(item.citations)}
                 | ({"interval_days": item.interval_days} if item.interval_days else {})
                 for item in monograph.monitoring
             ]
         if monograph.taper is not None:
-            option["taper"] = {
-                "text": monograph.taper.text,
-                "citations": self.cite(monograph.taper.citations),
-            }
-        if env.definition("dysphagia") is True:
-            suitable = [f for f in monograph.formulations if f.tube or f.dysphagia]
-            if suitable:
-                option["formulations"] = [
-                    {
-                        "form": f.form,
-                        "strength": f.strength,
-                        "tube": f.tube,
-                        "citations": self.cite(f.citations),
-                    }
-                    | ({"caution": f.caution} if f.caution else {})
-                    for f in suitable
-                ]
+            parts["taper"] = {"text": monograph.taper.text, "citations": self.cite(monograph.taper.citations)}
+        suitable = [f for f in monograph.formulations if f.tube or f.dysphagia]
+        if suitable:
+            parts["formulations"] = [
+                {"form": f.form, "strength": f.strength, "tube": f.tube, "citations": self.cite(f.citations)}
+                | ({"caution": f.caution} if f.caution else {})
+                for f in suitable
+            ]
+        self._monograph_cache[monograph.id] = parts
+        return parts
 
     def _assemble(
         self,
