@@ -148,29 +148,26 @@ def _negate(inner: Callable[[Env], Truth]) -> Callable[[Env], Truth]:
 
 
 def _all(children: tuple[Callable[[Env], Truth], ...]) -> Callable[[Env], Truth]:
-    def evaluate(env: Env) -> Truth:
-        unknown = False
-        for child in children:
-            value = child(env)
-            if value is False:
-                return False
-            if value is None:
-                unknown = True
-        return None if unknown else True
-
-    return evaluate
+    return _combine(children, decisive=False)
 
 
 def _any(children: tuple[Callable[[Env], Truth], ...]) -> Callable[[Env], Truth]:
+    return _combine(children, decisive=True)
+
+
+def _combine(children: tuple[Callable[[Env], Truth], ...], *, decisive: bool) -> Callable[[Env], Truth]:
+    """Three-valued ``all`` (decisive False) or ``any`` (decisive True): one decisive child settles it,
+    else any unknown child makes it unknown."""
+
     def evaluate(env: Env) -> Truth:
         unknown = False
         for child in children:
             value = child(env)
-            if value is True:
-                return True
+            if value is decisive:
+                return decisive
             if value is None:
                 unknown = True
-        return None if unknown else False
+        return None if unknown else not decisive
 
     return evaluate
 
