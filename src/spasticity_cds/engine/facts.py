@@ -38,7 +38,7 @@ class Fact:
             text = f"{self.value:.2f}".rstrip("0").rstrip(".")
         else:
             text = str(self.value)
-        if self.unit:
+        if self.unit and self.unit != "MAS":  # a Modified Ashworth grade reads as the grade alone
             text = f"{text} {self.unit}"
         if self.date:
             text = f"{text} ({self.date}{', stale' if self.stale else ''})"
