@@ -70,6 +70,17 @@ def explain(
     return active.explain(read_patient(patient), now, rule_id, settings)
 
 
+def parse_instant(text: str, *, name: str = "now") -> datetime:
+    """An evaluation instant from ISO 8601 text; the UTC offset is required (InputError otherwise)."""
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise InputError(f"{name} {text!r} is not an ISO 8601 date-time") from None
+    if moment.tzinfo is None:
+        raise InputError(f"{name} {text!r} needs a UTC offset, e.g. 2026-11-24T09:30:00-05:00")
+    return moment
+
+
 def to_json(result: Mapping[str, Any], *, pretty: bool = False) -> bytes:
     """Canonical JSON: sorted keys, UTF-8; indented when ``pretty``."""
     option = orjson.OPT_SORT_KEYS | (orjson.OPT_INDENT_2 if pretty else 0)

@@ -19,19 +19,17 @@ from rich.progress import (
 )
 from rich.text import Text
 
-from spasticity_cds.errors import EvaluationError
+from spasticity_cds.api import parse_instant
+from spasticity_cds.errors import EvaluationError, InputError
 
 ENGINES = ("local", "spark")
 
 
 def _instant(text: str) -> datetime:
     try:
-        value = datetime.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an ISO 8601 date-time: {text!r}") from None
-    if value.tzinfo is None:
-        raise argparse.ArgumentTypeError(f"--now needs a UTC offset, e.g. 2026-11-01T09:00:00-05:00 (got {text!r})")
-    return value
+        return parse_instant(text, name="--now")
+    except InputError as error:
+        raise argparse.ArgumentTypeError(error.message) from None
 
 
 def _workers(text: str) -> int:

@@ -247,11 +247,6 @@ def mas_grade(plan: Plan, when: date, rng: random.Random, offset: float = 0.0) -
     return MAS_LABELS[round(clamp(value, 0, 5))]
 
 
-def mas_index(grade: int | str) -> int:
-    """Position of a grade on the ordinal scale 0..5."""
-    return MAS_LABELS.index(grade)
-
-
 def penn_score(plan: Plan, when: date, rng: random.Random) -> int:
     """Penn spasm frequency score 0-4."""
     value = (plan.mas_base + plan.mas_slope * plan.months(when)) * 0.8 + rng.gauss(0, 0.5)

@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from spasticity_cds import __version__
-from spasticity_cds.api import explain, load_knowledge_base, read_patient, to_json
+from spasticity_cds.api import explain, load_knowledge_base, parse_instant, read_patient, to_json
 from spasticity_cds.engine.evaluator import Engine
 from spasticity_cds.engine.facts import Value
 from spasticity_cds.errors import InputError, SpasticityCdsError
@@ -139,13 +139,7 @@ def parse_now(text: str | None) -> datetime:
     """The evaluation instant: the given ISO 8601 time (offset required), else the local time now."""
     if text is None:
         return datetime.now(UTC).astimezone()
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        raise InputError(f"--now {text!r} is not an ISO 8601 date-time") from None
-    if moment.tzinfo is None:
-        raise InputError(f"--now {text!r} needs a UTC offset, e.g. 2026-11-24T09:30:00-05:00")
-    return moment
+    return parse_instant(text, name="--now")
 
 
 def _settings(args: argparse.Namespace) -> dict[str, Value]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import re
 import uuid
-from datetime import datetime
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any
@@ -18,7 +17,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData, UploadFile
 
 from spasticity_cds import api
-from spasticity_cds.errors import SpasticityCdsError
+from spasticity_cds.errors import InputError, SpasticityCdsError
 from spasticity_cds.fhir.record import PatientRecord
 from spasticity_cds.interfaces.web import manual_form, smart
 from spasticity_cds.interfaces.web.csrf import CSRF_FIELD, csrf_valid
@@ -517,11 +516,9 @@ async def api_evaluate(request: Request, state: StateDep) -> Response:
     now_text = request.query_params.get("now")
     if now_text:
         try:
-            now = datetime.fromisoformat(now_text)
-        except ValueError:
-            return _outcome("now must be an ISO 8601 date-time with a UTC offset", 400)
-        if now.tzinfo is None:
-            return _outcome("now must carry a UTC offset", 400)
+            now = api.parse_instant(now_text)
+        except InputError as error:
+            return _outcome(error.message, 400)
     try:
         body = await read_body(request, state.settings.max_body_bytes)
     except BodyTooLargeError:
