@@ -79,6 +79,7 @@ class Engine:
             if rule.active
             for tree in [compiler.compile(rule.when, f"{kb.rule_files[rule.id]}: rule {rule.id}.when")]
         ]
+        self.rule_by_id = {compiled.rule.id: compiled for compiled in self.rules}
         self.ladder = sorted(kb.ladder.steps, key=lambda step: step.position)
         self.monograph_by_agent: dict[str, Monograph] = dict(kb.monographs)
         self._check_texts_and_ladder()
@@ -147,7 +148,7 @@ class Engine:
         return self._assemble(record, now, active_settings, in_scope, findings, options, notes)
 
     def _fires(self, rule_id: str, env: Env) -> Truth:
-        compiled = next(c for c in self.rules if c.rule.id == rule_id)
+        compiled = self.rule_by_id[rule_id]
         return compiled.tree.evaluate(env)
 
     def _findings(self, env: Env, in_scope: bool) -> tuple[list[dict[str, Any]], Effects]:
@@ -437,7 +438,7 @@ class Engine:
         self, record: PatientRecord, now: datetime, rule_id: str, settings: Mapping[str, Value] | None = None
     ) -> dict[str, Any]:
         """A rule's tree with the value at each node, and the nodes that decided its outcome."""
-        compiled = next((c for c in self.rules if c.rule.id == rule_id), None)
+        compiled = self.rule_by_id.get(rule_id)
         if compiled is None:
             hint = suggest(rule_id, [c.rule.id for c in self.rules])
             raise KnowledgeBaseError(f"no active rule {rule_id!r}" + (f"; did you mean {hint!r}?" if hint else ""))
