@@ -288,6 +288,11 @@ def assert_valid_card(card: dict[str, Any], base: str = BASE) -> None:
         assert card["selectionBehavior"] in ("at-most-one", "any")
         for action in suggestion.get("actions", ()):
             assert action["description"] and action["type"] in ("create", "update", "delete")
+            if action["type"] == "delete":  # cds-resp-2: a delete names its targets and carries no resource
+                assert action["resourceId"] and "resource" not in action
+                assert all(ref.startswith(("MedicationRequest/", "ServiceRequest/")) for ref in action["resourceId"])
+            else:
+                assert action["resource"]["resourceType"] and "resourceId" not in action
     if card.get("selectionBehavior") == "at-most-one":
         assert sum(1 for s in card.get("suggestions", ()) if s.get("isRecommended")) <= 1
     for reason in card["overrideReasons"]:

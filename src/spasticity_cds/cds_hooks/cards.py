@@ -40,6 +40,7 @@ ORDER_KINDS = frozenset({"contraindication", "warning", "dose", "monitoring", "i
 DOSE_STEP = {"mg": 0.5, "g": 0.0005}
 HALF = 0.5
 UNNAMED = f"MedicationRequest/{UNNAMED_DRAFT}"
+RULED_OUT = frozenset({"avoid", "contraindicated"})
 
 
 @dataclass(frozen=True)
@@ -105,7 +106,7 @@ class CardBuilder:
         findings = self._relevant(result["findings"], ctx)
         cards: list[dict[str, Any]] = []
         issued: list[IssuedCardInfo] = []
-        for group in _groups(findings):
+        for group in _groups(findings, merge_dose_into_withdrawal=bool(ctx.orders)):
             card = self._card(group, result, ctx)
             if card is not None:
                 cards.append(card)
@@ -143,7 +144,7 @@ class CardBuilder:
         lead = group[0]
         if lead.get("action") == "renal-dose" and ctx.orders and self._order_fits(lead, result, ctx):
             return None
-        suggestions, behaviour = self._suggestions(lead, result, ctx)
+        suggestions, behaviour = self._suggestions(group, result, ctx)
         card_uuid = self.new_uuid()
         summary = lead["summary"] if lead["kind"] != "data-gap" or len(group) == 1 else _gap_summary(group)
         card: dict[str, Any] = {
@@ -205,7 +206,7 @@ class CardBuilder:
     # -- detail (FDA criterion 4: the basis, the data used and what was missing) -------------------------
 
     def _detail(self, group: list[Mapping[str, Any]], summary: str, result: Mapping[str, Any], ctx: CardContext) -> str:
-        parts = [summary if len(summary) >= SUMMARY_LIMIT else ""]
+        parts = [summary if len(summary) >= SUMMARY_LIMIT and len(group) == 1 else ""]  # else in bold below
         for finding in group:
             if len(group) > 1:
                 parts.append(f"**{finding['summary']}**")
@@ -260,14 +261,40 @@ class CardBuilder:
     # -- suggestions -----------------------------------------------------------------------------------
 
     def _suggestions(
-        self, finding: Mapping[str, Any], result: Mapping[str, Any], ctx: CardContext
+        self, group: list[Mapping[str, Any]], result: Mapping[str, Any], ctx: CardContext
     ) -> tuple[list[dict[str, Any]], str]:
-        action = finding.get("action")
-        if action == "renal-dose":
-            return self._renal_suggestions(finding, result, ctx), "at-most-one"
-        if action == "liver-test":
-            return [self._liver_suggestion(finding, ctx)], "any"
-        return [], "at-most-one"
+        """The card's suggestions: removing a draft the findings rule out comes first, the other actions follow.
+
+        Several ways of acting on the same draft exclude each other (``at-most-one``) and only the first is
+        recommended; liver tests alone may be ordered alongside anything (``any``).
+        """
+        withdrawals = self._withdrawal_suggestions(group, ctx)
+        actions = {finding.get("action") for finding in group}
+        renal = self._renal_suggestions(group, result, ctx) if "renal-dose" in actions else []
+        liver = [self._liver_suggestion(group[0], ctx)] if "liver-test" in actions and not withdrawals else []
+        if withdrawals:
+            for alternative in renal:
+                alternative.pop("isRecommended", None)
+            return [*withdrawals, *renal], "at-most-one"
+        return (liver, "any") if liver else (renal, "at-most-one")
+
+    def _withdrawal_suggestions(self, group: list[Mapping[str, Any]], ctx: CardContext) -> list[dict[str, Any]]:
+        """A ``delete`` of the named drafts of every agent the findings set to avoid or contraindicated."""
+        ruled_out = {agent for finding in group for agent in _ruled_out(finding)}
+        drafts = [o for o in ctx.orders if o.agent in ruled_out and not o.reference.startswith(UNNAMED)]
+        if not drafts:
+            return []
+        names = " and ".join(dict.fromkeys(_order_name(order) for order in drafts))
+        actions = [
+            {
+                "type": "delete",
+                "description": f"Remove the draft order {order.reference}",
+                "resourceId": [order.reference],
+            }
+            for order in drafts
+        ]
+        label = f"Remove the {names} order" + ("s" if len(drafts) > 1 else "")
+        return [{"label": label, "uuid": self.new_uuid(), "isRecommended": True, "actions": actions}]
 
     def _ceiling(self, agent: str, result: Mapping[str, Any]) -> float | None:
         option = next((o for o in result["options"] if o["agent"] == agent), None)
@@ -291,11 +318,12 @@ class CardBuilder:
         return matched
 
     def _renal_suggestions(
-        self, finding: Mapping[str, Any], result: Mapping[str, Any], ctx: CardContext
+        self, group: list[Mapping[str, Any]], result: Mapping[str, Any], ctx: CardContext
     ) -> list[dict[str, Any]]:
+        agents = {agent for finding in group if finding.get("action") == "renal-dose" for agent in finding["agents"]}
         out = []
         for order in ctx.orders:
-            if order.agent not in finding["agents"] or order.agent is None:
+            if order.agent is None or order.agent not in agents:
                 continue
             ceiling, dose = self._ceiling(order.agent, result), structured_dose(order.resource)
             per_unit = mg_per_unit(dose, order.strength_mg) if dose else None
@@ -361,8 +389,14 @@ def _dose_not_entered_yet(finding: Mapping[str, Any], ctx: CardContext) -> bool:
     return ctx.hook == "order-select" and bool(missing) and all(m.startswith(("med.", "dose.")) for m in missing)
 
 
-def _groups(findings: Iterable[Mapping[str, Any]]) -> list[list[Mapping[str, Any]]]:
-    """One group per decision: data gaps together; others by action (or kind) and agents, in finding order."""
+def _groups(
+    findings: Iterable[Mapping[str, Any]], *, merge_dose_into_withdrawal: bool = False
+) -> list[list[Mapping[str, Any]]]:
+    """One group per decision: data gaps together; others by action (or kind) and agents, in finding order.
+
+    On an order, a kidney-dose group joins the group of a finding that rules the same agents out: whether to
+    order the drug at all and at what dose is one decision, so it is one card led by the ruling-out finding.
+    """
     groups: dict[tuple[str, tuple[str, ...]], list[Mapping[str, Any]]] = {}
     for finding in findings:
         if finding["kind"] == "data-gap":
@@ -372,7 +406,36 @@ def _groups(findings: Iterable[Mapping[str, Any]]) -> list[list[Mapping[str, Any
         else:
             key = (f"rule:{finding['rule_id']}", ())
         groups.setdefault(key, []).append(finding)
+    if merge_dose_into_withdrawal:
+        _merge_dose_groups(groups)
     return list(groups.values())
+
+
+def _merge_dose_groups(groups: dict[tuple[str, tuple[str, ...]], list[Mapping[str, Any]]]) -> None:
+    """Move each ``renal-dose`` group into the first group whose findings rule out all of its agents."""
+    for key in [k for k in groups if k[0] == "renal-dose"]:
+        target = next(
+            (
+                group
+                for other, group in groups.items()
+                if other[0] != "renal-dose" and any(set(key[1]) <= set(_ruled_out(f)) for f in group)
+            ),
+            None,
+        )
+        if target is not None:
+            target.extend(groups.pop(key))
+
+
+def _ruled_out(finding: Mapping[str, Any]) -> list[str]:
+    """The agents a finding sets to ``avoid`` or ``contraindicated`` (the knowledge base's effects)."""
+    effects = finding.get("effects") or {}
+    return [agent for agent, status in effects.items() if status in RULED_OUT]
+
+
+def _order_name(order: DraftOrder) -> str:
+    concept = order.resource.get("medicationCodeableConcept") or {}
+    text = concept.get("text") if isinstance(concept, dict) else None
+    return text if isinstance(text, str) and text.strip() else str(order.agent)
 
 
 def _indicator(group: list[Mapping[str, Any]]) -> str:

@@ -1,0 +1,201 @@
+"""A draft order of an agent the knowledge base rules out gets a `delete` suggestion; dose alternatives stay."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import httpx
+from fastapi import FastAPI
+
+from spasticity_cds.interfaces.web.app import create_app
+from spasticity_cds.interfaces.web.config import WebSettings
+from spasticity_cds.store import SqlFeedbackStore
+
+from .helpers import (
+    BASE,
+    REVIEW,
+    RXNORM,
+    SELECT,
+    SIGN,
+    Client,
+    FrozenClock,
+    assert_valid_card,
+    baclofen_order,
+    call,
+    hook_request,
+    prefetch,
+    serve,
+)
+
+SEVERE_EGFR = 20.0
+
+
+def _cards(app: FastAPI, client: Client, body: dict[str, Any], service: str) -> list[dict[str, Any]]:
+    path = f"/cds-services/{service}"
+    response = call(app, "POST", path, json=body, headers=client.headers(path))
+    assert response.status_code == 200, response.text
+    cards: list[dict[str, Any]] = response.json()["cards"]
+    for card in cards:
+        assert_valid_card(card)
+    return cards
+
+
+def _findings(card: dict[str, Any]) -> list[str]:
+    found: list[str] = card["extension"]["org.spasticity-cds.findings"]
+    return found
+
+
+def _sign(*drafts: dict[str, Any], egfr: float = SEVERE_EGFR, meds: list[dict[str, Any]] | None = None) -> Any:
+    return hook_request("order-sign", prefetch_data=prefetch(meds=meds, egfr=egfr), drafts=list(drafts))
+
+
+def test_baclofen_at_severe_kidney_disease_suggests_deleting_the_draft(app: FastAPI, client: Client) -> None:
+    (card,) = _cards(app, client, _sign(baclofen_order(value=5)), SIGN)
+    assert _findings(card) == ["BACLOFEN-KIDNEY-FAILURE-AVOID"]
+    assert card["indicator"] == "critical" and card["selectionBehavior"] == "at-most-one"
+    (suggestion,) = card["suggestions"]
+    assert suggestion["isRecommended"] is True and suggestion["label"] == "Remove the Baclofen order"
+    assert suggestion["actions"] == [
+        {
+            "type": "delete",
+            "description": "Remove the draft order MedicationRequest/draft-baclofen",
+            "resourceId": ["MedicationRequest/draft-baclofen"],
+        }
+    ]
+
+
+def test_the_kidney_dose_alternative_joins_the_same_card_unrecommended(app: FastAPI, client: Client) -> None:
+    """Avoiding baclofen and its kidney-adjusted dose are one decision: one card, delete first, reduce second."""
+    (card,) = _cards(app, client, _sign(baclofen_order(value=10)), SIGN)
+    assert _findings(card) == ["BACLOFEN-KIDNEY-FAILURE-AVOID", "BACLOFEN-DOSE-ABOVE-CEILING"]
+    assert card["source"]["topic"]["code"] == "BACLOFEN-KIDNEY-FAILURE-AVOID"
+    remove, reduce = card["suggestions"]
+    assert [a["type"] for a in remove["actions"]] == ["delete"] and remove["isRecommended"] is True
+    (update,) = reduce["actions"]
+    assert update["type"] == "update" and "isRecommended" not in reduce
+    assert update["resource"]["id"] == "draft-baclofen"
+    assert update["resource"]["dosageInstruction"][0]["doseAndRate"][0]["doseQuantity"]["value"] == 8.5
+    assert card["selectionBehavior"] == "at-most-one" and remove["uuid"] != reduce["uuid"]
+    assert card["detail"].count("avoid oral baclofen") == 1
+
+
+def test_dialysis_rules_baclofen_out_at_any_egfr(app: FastAPI, client: Client) -> None:
+    body = _sign(baclofen_order(value=5), egfr=60.0)
+    body["prefetch"]["procedures"]["entry"] = [
+        {
+            "resource": {
+                "resourceType": "Procedure",
+                "id": "hd",
+                "status": "in-progress",
+                "code": {"coding": [{"system": "http://snomed.info/sct", "code": "302497006"}]},
+                "subject": {"reference": "Patient/pt-1"},
+            }
+        }
+    ]
+    body["prefetch"]["procedures"]["total"] = 1
+    cards = _cards(app, client, body, SIGN)
+    (card,) = [c for c in cards if "BACLOFEN-KIDNEY-FAILURE-AVOID" in _findings(c)]
+    assert card["suggestions"][0]["actions"][0]["resourceId"] == ["MedicationRequest/draft-baclofen"]
+
+
+def test_order_select_deletes_only_the_selected_draft(app: FastAPI, client: Client) -> None:
+    first, second = baclofen_order("bac-1", value=5), baclofen_order("bac-2", value=5)
+    body = hook_request(
+        "order-select",
+        prefetch_data=prefetch(egfr=SEVERE_EGFR),
+        drafts=[first, second],
+        selections=["MedicationRequest/bac-2"],
+    )
+    (card,) = _cards(app, client, body, SELECT)
+    (suggestion,) = card["suggestions"]
+    assert [a["resourceId"] for a in suggestion["actions"]] == [["MedicationRequest/bac-2"]]
+
+
+def test_two_drafts_of_the_agent_are_removed_together(app: FastAPI, client: Client) -> None:
+    (card,) = _cards(app, client, _sign(baclofen_order("bac-1", value=5), baclofen_order("bac-2", value=5)), SIGN)
+    (suggestion,) = card["suggestions"]
+    assert suggestion["label"] == "Remove the Baclofen orders"
+    assert [a["resourceId"] for a in suggestion["actions"]] == [
+        ["MedicationRequest/bac-1"],
+        ["MedicationRequest/bac-2"],
+    ]
+
+
+def test_a_draft_without_id_cannot_be_named_so_it_gets_no_delete(app: FastAPI, client: Client) -> None:
+    draft = baclofen_order(value=5)
+    del draft["id"]
+    (card,) = _cards(app, client, _sign(draft), SIGN)
+    assert _findings(card) == ["BACLOFEN-KIDNEY-FAILURE-AVOID"] and "suggestions" not in card
+    assert "selectionBehavior" not in card
+
+
+def test_reduce_policy_keeps_the_order_and_offers_only_the_dose(
+    tmp_path: Path, client: Client, hook_store: SqlFeedbackStore, hook_clock: FrozenClock
+) -> None:
+    settings = WebSettings(
+        public_base_url=BASE,
+        trusted_issuers_file=client.write_trust(tmp_path),
+        kb_settings={"baclofen_severe_ckd_policy": "reduce"},
+    )
+    app = create_app(settings, store=hook_store, clock=hook_clock)
+    cards = _cards(app, client, _sign(baclofen_order(value=10)), SIGN)
+    assert "BACLOFEN-KIDNEY-FAILURE-AVOID" not in {f for c in cards for f in _findings(c)}
+    actions = [a["type"] for c in cards for s in c.get("suggestions", ()) for a in s["actions"]]
+    assert actions == ["update"]
+
+
+def test_patient_view_has_no_draft_to_delete(app: FastAPI, client: Client) -> None:
+    body = hook_request("patient-view", prefetch_data=prefetch(meds=[baclofen_order(status="active")], egfr=20.0))
+    cards = _cards(app, client, body, REVIEW)
+    avoid = next(c for c in cards if "BACLOFEN-KIDNEY-FAILURE-AVOID" in _findings(c))
+    assert "suggestions" not in avoid
+
+
+def test_any_ruled_out_agent_being_ordered_can_be_deleted(app: FastAPI, client: Client) -> None:
+    """The same knowledge-base effect (contraindicated) on another agent: tizanidine with fluvoxamine."""
+    fluvoxamine = baclofen_order("fluvox", value=50, status="active")
+    fluvoxamine["medicationCodeableConcept"] = {"coding": [{"system": RXNORM, "code": "42355"}], "text": "fluvoxamine"}
+    tizanidine = baclofen_order("tiz", value=2)
+    tizanidine["medicationCodeableConcept"] = {"coding": [{"system": RXNORM, "code": "57258"}], "text": "tizanidine"}
+    cards = _cards(app, client, _sign(tizanidine, egfr=90.0, meds=[fluvoxamine]), SIGN)
+    (card,) = [c for c in cards if "TIZ-CYP1A2-STRONG" in _findings(c)]
+    assert card["suggestions"][0]["actions"] == [
+        {
+            "type": "delete",
+            "description": "Remove the draft order MedicationRequest/tiz",
+            "resourceId": ["MedicationRequest/tiz"],
+        }
+    ]
+
+
+def test_accepting_the_delete_over_http_is_stored_as_feedback(
+    app: FastAPI, client: Client, hook_store: SqlFeedbackStore
+) -> None:
+    path = f"/cds-services/{SIGN}"
+    with serve(app) as url:
+        answer = httpx.post(f"{url}{path}", json=_sign(baclofen_order(value=5)), headers=client.headers(path))
+        assert answer.status_code == 200, answer.text
+        (card,) = answer.json()["cards"]
+        (suggestion,) = card["suggestions"]
+        feedback = {
+            "card": card["uuid"],
+            "outcome": "accepted",
+            "outcomeTimestamp": "2026-11-24T14:31:00Z",
+            "acceptedSuggestions": [{"id": suggestion["uuid"]}],
+        }
+        stored = httpx.post(
+            f"{url}{path}/feedback", json={"feedback": [feedback]}, headers=client.headers(f"{path}/feedback")
+        )
+        assert stored.status_code == 200, stored.text
+    (row,) = hook_store.list_hook_feedback()
+    assert row.rule_id == "BACLOFEN-KIDNEY-FAILURE-AVOID" and row.accepted_suggestions == (suggestion["uuid"],)
+
+
+def test_on_current_baclofen_the_taper_card_stays_beside_the_delete(app: FastAPI, client: Client) -> None:
+    """Removing the new draft leaves the active prescription alone; stopping it is the taper card's business."""
+    current = baclofen_order("bac-current", value=5, status="active")
+    cards = _cards(app, client, _sign(baclofen_order(value=5), meds=[current]), SIGN)
+    assert [_findings(c) for c in cards] == [["BACLOFEN-KIDNEY-FAILURE-AVOID"], ["BACLOFEN-NO-ABRUPT-STOP"]]
+    (remove,) = cards[0]["suggestions"]
+    assert [a["resourceId"] for a in remove["actions"]] == [["MedicationRequest/draft-baclofen"]]
