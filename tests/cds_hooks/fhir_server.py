@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 
 @dataclass
@@ -50,9 +50,9 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(200, self._page(path, parse_qs(parts.query)))
 
     def _page(self, kind: str, query: dict[str, list[str]]) -> dict[str, Any]:
-        everything = self.behaviour.resources.get(kind, [])
+        everything = [r for r in self.behaviour.resources.get(kind, []) if _matches(r, query)]
         offset = int(query.get("_offset", ["0"])[0])
-        size = self.behaviour.page_size
+        size = min(self.behaviour.page_size, int(query.get("_count", ["1000"])[0]))
         page = everything[offset : offset + size]
         bundle: dict[str, Any] = {
             "resourceType": "Bundle",
@@ -61,7 +61,9 @@ class _Handler(BaseHTTPRequestHandler):
             "entry": [{"resource": r} for r in page],
         }
         if offset + size < len(everything):
-            bundle["link"] = [{"relation": "next", "url": f"{self.base}/{kind}?_offset={offset + size}"}]
+            params = {name: values[0] for name, values in query.items() if name != "_offset"}
+            following = urlencode({**params, "_offset": offset + size}, safe="|,")
+            bundle["link"] = [{"relation": "next", "url": f"{self.base}/{kind}?{following}"}]
         return bundle
 
     def _send(self, status: int, body: dict[str, Any]) -> None:
@@ -77,6 +79,20 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:
         return
+
+
+def _matches(resource: dict[str, Any], query: dict[str, list[str]]) -> bool:
+    """FHIR token search on ``code`` and ``category``: any listed ``[system|]code`` matches any coding."""
+    for name in ("code", "category"):
+        if name not in query:
+            continue
+        wanted = set(query[name][0].split(","))
+        concepts = resource.get(name)
+        concepts = concepts if isinstance(concepts, list) else [concepts or {}]
+        codings = [c for concept in concepts for c in concept.get("coding", ())]
+        if not any({c.get("code"), f"{c.get('system')}|{c.get('code')}"} & wanted for c in codings):
+            return False
+    return True
 
 
 @contextmanager

@@ -33,6 +33,7 @@ SELECT = "als-spasticity-order-select"
 SIGN = "als-spasticity-order-sign"
 RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
 LOINC = "http://loinc.org"
+OBSERVATION_CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
 
 
 class FrozenClock:
@@ -111,11 +112,14 @@ def days_ago(days: int) -> str:
     return (NOW - timedelta(days=days)).date().isoformat()
 
 
-def observation(obs_id: str, code: str, value: float, unit: str, days: int = 10, system: str = LOINC) -> dict[str, Any]:
+def observation(
+    obs_id: str, code: str, value: float, unit: str, days: int = 10, system: str = LOINC, category: str = "laboratory"
+) -> dict[str, Any]:
     return {
         "resourceType": "Observation",
         "id": obs_id,
         "status": "final",
+        "category": [{"coding": [{"system": OBSERVATION_CATEGORY, "code": category}]}],
         "code": {"coding": [{"system": system, "code": code}]},
         "subject": {"reference": f"Patient/{PATIENT_ID}"},
         "effectiveDateTime": days_ago(days),
@@ -128,6 +132,7 @@ def flag(obs_id: str, code: str, value: bool) -> dict[str, Any]:
         "resourceType": "Observation",
         "id": obs_id,
         "status": "final",
+        "category": [{"coding": [{"system": OBSERVATION_CATEGORY, "code": "exam"}]}],
         "code": {"coding": [{"system": "http://spasticity-cds.org/fhir/CodeSystem/local", "code": code}]},
         "subject": {"reference": f"Patient/{PATIENT_ID}"},
         "effectiveDateTime": days_ago(10),
@@ -163,14 +168,14 @@ def observations(egfr: float = 45.0) -> list[dict[str, Any]]:
         observation("ast", "1920-8", 22, "U/L"),
         observation("bili", "1975-2", 0.6, "mg/dL"),
         observation("fvc", "19872-1", 85, "%"),
-        observation("sbp", "8480-6", 128, "mm[Hg]"),
-        observation("dbp", "8462-4", 78, "mm[Hg]"),
-        observation("sbp-lying", "8461-6", 130, "mm[Hg]"),
-        observation("sbp-standing", "8460-8", 126, "mm[Hg]"),
-        observation("dbp-lying", "8455-8", 80, "mm[Hg]"),
-        observation("dbp-standing", "8454-1", 78, "mm[Hg]"),
+        observation("sbp", "8480-6", 128, "mm[Hg]", category="vital-signs"),
+        observation("dbp", "8462-4", 78, "mm[Hg]", category="vital-signs"),
+        observation("sbp-lying", "8461-6", 130, "mm[Hg]", category="vital-signs"),
+        observation("sbp-standing", "8460-8", 126, "mm[Hg]", category="vital-signs"),
+        observation("dbp-lying", "8455-8", 80, "mm[Hg]", category="vital-signs"),
+        observation("dbp-standing", "8454-1", 78, "mm[Hg]", category="vital-signs"),
         flag("tone", "relies-on-tone", False),
-        observation("mas", "765771006", 2, "{score}", system="http://snomed.info/sct"),
+        observation("mas", "765771006", 2, "{score}", system="http://snomed.info/sct", category="exam"),
     ]
 
 
@@ -190,6 +195,7 @@ def prefetch(meds: list[dict[str, Any]] | None = None, egfr: float = 45.0) -> di
         "medications": searchset(meds or []),
         "statements": searchset([]),
         "observations": searchset(observations(egfr)),
+        "recentObservations": searchset(observations(egfr)),  # the same, found by category (overlap by id)
         "procedures": searchset([]),
         "devices": searchset([]),
     }

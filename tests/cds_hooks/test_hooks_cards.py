@@ -82,7 +82,9 @@ def test_order_select_checks_only_the_selection(app: FastAPI, client: Client) ->
 
 def test_tizanidine_without_liver_tests_suggests_creating_a_liver_test_order(app: FastAPI, client: Client) -> None:
     data = prefetch()
-    data["observations"] = searchset([o for o in observations() if o["id"] not in ("alt", "ast", "bili")])
+    data["observations"] = data["recentObservations"] = searchset(
+        [o for o in observations() if o["id"] not in ("alt", "ast", "bili")]
+    )
     draft = _drug("tiz", "57258", "tizanidine 2 mg")
     cards = _cards(app, client, hook_request("order-sign", prefetch_data=data, drafts=[draft]), SIGN)
     liver = next(c for c in cards if _rule(c) == "TIZ-LFT-BASELINE")
@@ -135,7 +137,7 @@ def test_detail_shows_the_basis_data_used_and_missing(app: FastAPI, client: Clie
 
 def test_data_gaps_share_one_card_and_name_what_is_missing(app: FastAPI, client: Client) -> None:
     data = prefetch(meds=[baclofen_order(status="active")])
-    data["observations"] = searchset([])
+    data["observations"] = data["recentObservations"] = searchset([])
     cards = _cards(app, client, hook_request("patient-view", prefetch_data=data), REVIEW)
     gaps = [c for c in cards if any(f.endswith(":gap") for f in c["extension"]["org.spasticity-cds.findings"])]
     assert len(gaps) == 1

@@ -32,7 +32,9 @@ from .helpers import (
     searchset,
 )
 
-ALLOWED_SEARCH = re.compile(r"^(patient=\{\{context\.patientId\}\}|code=[^&=]+|_sort=-date|_count=\d+)$")
+ALLOWED_SEARCH = re.compile(
+    r"^(patient=\{\{context\.patientId\}\}|code=[^&=]+|category=[a-z-]+(,[a-z-]+)*|_sort=-date|_count=\d+)$"
+)
 TOKEN = "fhir-access-token-not-for-logs"
 
 
@@ -74,7 +76,7 @@ def test_plan_sorts_absent_null_outcome_and_paged_values() -> None:
     plan = plan_prefetch(templates, given, {"patientId": PATIENT_ID})
     assert plan.absent_data == ["medications"]
     assert plan.next_pages == {"conditions": "http://fhir/Condition?page=2"}
-    assert set(plan.to_fetch) == {"statements", "observations", "procedures", "devices"}
+    assert set(plan.to_fetch) == {"statements", "observations", "recentObservations", "procedures", "devices"}
     assert "observations" in plan.failed
     assert plan.to_fetch["statements"] == f"MedicationStatement?patient={PATIENT_ID}"
 
@@ -314,3 +316,82 @@ def test_order_hook_for_an_unrelated_drug_needs_no_data(app: FastAPI, client: Cl
         headers=client.headers(f"/cds-services/{SIGN}"),
     )
     assert response.status_code == 200 and response.json() == {"cards": []}
+
+
+def _text_only_egfr(value: float, category: str | None = "laboratory") -> dict[str, Any]:
+    """An eGFR result that carries only text, as free-text lab interfaces send it: no code search can find it."""
+    coded = next(o for o in observations() if o["id"] == "egfr")
+    text_only = {
+        **coded,
+        "id": "egfr-text",
+        "code": {"text": "eGFR"},
+        "valueQuantity": {"value": value, "unit": "mL/min"},
+    }
+    if category is None:
+        del text_only["category"]
+    return text_only
+
+
+def _record_with_text_only_egfr(category: str | None = "laboratory") -> dict[str, list[dict[str, Any]]]:
+    record = _record([baclofen_order(status="active", value=5)])
+    record["Observation"] = [o for o in record["Observation"] if o["id"] != "egfr"] + [_text_only_egfr(20, category)]
+    return record
+
+
+def _review_rules(app: FastAPI, client: Client, body: dict[str, Any]) -> list[str]:
+    path = f"/cds-services/{REVIEW}"
+    response = call(app, "POST", path, json=body, headers=client.headers(path))
+    assert response.status_code == 200, response.text
+    return [card["source"]["topic"]["code"] for card in response.json()["cards"]]
+
+
+def test_discovery_offers_a_bounded_category_search_beside_the_code_search() -> None:
+    keys = {t.key: t for t in templates_for(load_knowledge_base(), order_checks=False)}
+    recent = keys["recentObservations"]
+    assert recent.query == (
+        "Observation?patient={{context.patientId}}&category=laboratory,vital-signs,survey,exam,therapy,procedure"
+        "&_sort=-date&_count=100"
+    )
+    assert not recent.required and not recent.follow_next and keys["observations"].follow_next
+
+
+def test_fallback_finds_a_text_only_observation_through_its_category(app: FastAPI, client: Client) -> None:
+    behaviour = Behaviour(resources=_record_with_text_only_egfr())
+    with fhir_server(behaviour) as server:
+        rules = _review_rules(app, client, _fallback_request(server))
+    assert "BACLOFEN-KIDNEY-FAILURE-AVOID" in rules  # eGFR 20, read from the text-only result
+    searches = [path for path, _ in behaviour.requests if path.startswith("/fhir/Observation?")]
+    assert len(searches) == 2 and any("category=laboratory" in path for path in searches)
+
+
+def test_a_text_only_observation_without_category_stays_out_of_reach(app: FastAPI, client: Client) -> None:
+    """The control: the code search alone never returns it, so eGFR is missing (the documented limit)."""
+    with fhir_server(Behaviour(resources=_record_with_text_only_egfr(category=None))) as server:
+        rules = _review_rules(app, client, _fallback_request(server))
+    assert "BACLOFEN-KIDNEY-FAILURE-AVOID" not in rules and "BACLOFEN-RENAL-BAND" in rules  # its eGFR data gap
+
+
+def test_prefetched_text_only_observation_is_used(app: FastAPI, client: Client) -> None:
+    data = prefetch(meds=[baclofen_order(status="active", value=5)])
+    data["observations"] = searchset([o for o in observations() if o["id"] != "egfr"])
+    data["recentObservations"] = searchset([_text_only_egfr(20)])
+    assert "BACLOFEN-KIDNEY-FAILURE-AVOID" in _review_rules(
+        app, client, hook_request("patient-view", prefetch_data=data)
+    )
+
+
+def test_the_category_search_reads_one_page_only(app: FastAPI, client: Client) -> None:
+    behaviour = Behaviour(resources=_record_with_text_only_egfr(), page_size=4)
+    with fhir_server(behaviour) as server:
+        data = prefetch(meds=[baclofen_order(status="active", value=5)])
+        del data["observations"], data["recentObservations"]
+        _review_rules(app, client, _fallback_request(server, prefetch=data))
+        data["recentObservations"] = searchset(observations()[:4]) | {
+            "link": [{"relation": "next", "url": f"{server}/Observation?_offset=4"}]
+        }
+        _review_rules(app, client, _fallback_request(server, prefetch=data))
+    category_pages = [p for p, _ in behaviour.requests if "category=" in p]
+    code_pages = [p for p, _ in behaviour.requests if "code=" in p]
+    assert len(category_pages) == 1 and "_offset" not in category_pages[0]
+    assert len(code_pages) > 2 and any("_offset=4" in p for p in code_pages)  # the code search is followed
+    assert not any(p == "/fhir/Observation?_offset=4" for p, _ in behaviour.requests)

@@ -38,9 +38,17 @@ class FhirFetcher:
         self.max_pages = max_pages
 
     async def fetch(
-        self, server: str, token: str | None, queries: Mapping[str, str], next_pages: Mapping[str, str]
+        self,
+        server: str,
+        token: str | None,
+        queries: Mapping[str, str],
+        next_pages: Mapping[str, str],
+        single_page: frozenset[str] = frozenset(),
     ) -> FetchOutcome:
-        """Run every query and follow every pending next link, all within ``budget_s`` seconds in total."""
+        """Run every query and follow every pending next link, all within ``budget_s`` seconds in total.
+
+        A key in ``single_page`` is a bounded search: only its first page is read.
+        """
         outcome = FetchOutcome()
         base = server.rstrip("/") + "/"
         headers = {"Accept": FHIR_JSON}
@@ -49,7 +57,10 @@ class FhirFetcher:
         jobs = {key: base + query.lstrip("/") for key, query in queries.items()}
         jobs.update({f"{key}#next": url for key, url in next_pages.items()})
         async with httpx.AsyncClient(headers=headers, transport=self.transport, follow_redirects=False) as client:
-            tasks = {key: asyncio.ensure_future(self._pages(client, base, url)) for key, url in jobs.items()}
+            tasks = {
+                key: asyncio.ensure_future(self._pages(client, base, url, 1 if key in single_page else self.max_pages))
+                for key, url in jobs.items()
+            }
             done, pending = await asyncio.wait(tasks.values(), timeout=self.budget_s) if tasks else (set(), set())
             for task in pending:
                 task.cancel()
@@ -68,10 +79,10 @@ class FhirFetcher:
         else:
             outcome.resources.setdefault(name, []).extend(task.result())
 
-    async def _pages(self, client: httpx.AsyncClient, base: str, url: str) -> list[dict[str, Any]]:
+    async def _pages(self, client: httpx.AsyncClient, base: str, url: str, max_pages: int) -> list[dict[str, Any]]:
         resources: list[dict[str, Any]] = []
         next_url: str | None = url
-        for _ in range(self.max_pages):
+        for _ in range(max_pages):
             if next_url is None:
                 return resources
             if not next_url.startswith(base):
@@ -83,6 +94,8 @@ class FhirFetcher:
             else:
                 resources.append(document)
                 next_url = None
+        if next_url is None or max_pages < self.max_pages:  # done, or a bounded search that has read its pages
+            return resources
         raise FhirFetchError(f"more than {self.max_pages} pages")
 
     @staticmethod

@@ -24,6 +24,9 @@ USER_TOKENS = {
 }
 CONTEXT_TOKENS = ("userId", "patientId", "encounterId")
 SEARCH_PAGE_SIZE = 100
+#: Observation categories (HL7 observation-category) searched for observations that carry only text: labs, vital
+#: signs, scores and questionnaires, examination and therapist findings, procedure results such as spirometry.
+TEXT_OBSERVATION_CATEGORIES = ("laboratory", "vital-signs", "survey", "exam", "therapy", "procedure")
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,7 @@ class Template:
     query: str
     required: bool
     what: str
+    follow_next: bool = True
 
 
 @dataclass
@@ -106,10 +110,24 @@ def templates_for(engine: Engine, *, order_checks: bool) -> list[Template]:
         codes = ",".join(observation_codes(engine))
         query = f"Observation?{patient}&code={codes}&_sort=-date&_count={SEARCH_PAGE_SIZE}"
         out.append(Template("observations", query, False, "laboratory results, vital signs and scores"))
+        out.append(_text_observations_template())
     if "procedures" in families:
         out.append(Template("procedures", f"Procedure?{patient}", False, "procedures"))
         out.append(Template("devices", f"Device?{patient}", False, "devices (feeding tube, ventilation)"))
     return out
+
+
+def _text_observations_template() -> Template:
+    """The most recent observations by category, whatever their code: the only way to reach text-only entries.
+
+    A code search never returns an Observation that has ``code.text`` but no coding, so this bounded search
+    (one page of ``SEARCH_PAGE_SIZE``, newest first, ``next`` never followed) runs beside it; the reader
+    collapses the overlap by id and matches the text against the value sets' text patterns.
+    """
+    categories = ",".join(TEXT_OBSERVATION_CATEGORIES)
+    query = f"Observation?patient={PATIENT_TOKEN}&category={categories}&_sort=-date&_count={SEARCH_PAGE_SIZE}"
+    what = f"the {SEARCH_PAGE_SIZE} most recent observations by category (for those recorded as text only)"
+    return Template("recentObservations", query, False, what, follow_next=False)
 
 
 def render(query: str, context: Mapping[str, Any]) -> str | None:
@@ -153,11 +171,12 @@ def plan_prefetch(
         if template.key not in given:
             plan.to_fetch[template.key] = query
             continue
-        _sort_value(template.key, query, given[template.key], plan)
+        _sort_value(template, query, given[template.key], plan)
     return plan
 
 
-def _sort_value(key: str, query: str, value: Any, plan: PrefetchPlan) -> None:
+def _sort_value(template: Template, query: str, value: Any, plan: PrefetchPlan) -> None:
+    key = template.key
     if value is None:
         plan.absent_data.append(key)
         return
@@ -169,7 +188,7 @@ def _sort_value(key: str, query: str, value: Any, plan: PrefetchPlan) -> None:
         plan.failed[key] = "the client reported an error (OperationOutcome) for this prefetch"
         return
     plan.resources.append(value)
-    following = next_link(value)
+    following = next_link(value) if template.follow_next else None
     if following is not None:
         plan.next_pages[key] = following
 

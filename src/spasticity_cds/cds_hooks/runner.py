@@ -23,7 +23,12 @@ class Fetcher(Protocol):
     """The outbound FHIR seam (``fhir_client.FhirFetcher`` in production)."""
 
     async def fetch(
-        self, server: str, token: str | None, queries: Mapping[str, str], next_pages: Mapping[str, str]
+        self,
+        server: str,
+        token: str | None,
+        queries: Mapping[str, str],
+        next_pages: Mapping[str, str],
+        single_page: frozenset[str] = frozenset(),
     ) -> FetchOutcome: ...
 
 
@@ -80,9 +85,9 @@ class HookRunner:
             return HookResult([], [], timings_ms={"total": _ms(started)})
         templates = self.catalogue.templates[service.id]
         plan = plan_prefetch(templates, request.prefetch, request.context)
-        if before_fetch is not None and (plan.to_fetch or plan.next_pages):
+        if before_fetch is not None and (plan.to_fetch or plan.next_pages) and self._fetch_refusal(request) is None:
             await before_fetch()
-        fetched = await self._fetch_missing(plan, request)
+        fetched = await self._fetch_missing(plan, request, frozenset(t.key for t in templates if not t.follow_next))
         resources, unavailable = _gather(templates, plan, fetched)
         gathered = time.perf_counter()
         result = self._evaluate(request, [*resources, *drafts], now)
@@ -108,19 +113,27 @@ class HookRunner:
             timings_ms={"data": _ms(started, gathered), "evaluate": _ms(gathered), "total": _ms(started)},
         )
 
-    async def _fetch_missing(self, plan: PrefetchPlan, request: HookRequest) -> FetchOutcome:
+    async def _fetch_missing(
+        self, plan: PrefetchPlan, request: HookRequest, single_page: frozenset[str]
+    ) -> FetchOutcome:
         if not plan.to_fetch and not plan.next_pages:
             return FetchOutcome()
-        server = request.fhirServer
-        if server is None:
-            reason = "not prefetched, and the request names no fhirServer to fetch it from"
-            return FetchOutcome(failed=dict.fromkeys([*plan.to_fetch, *plan.next_pages], reason))
-        allowed = self.config.fhir_server_allowlist
-        if allowed and not any(server.startswith(prefix) for prefix in allowed):
-            reason = "not prefetched, and the request's fhirServer is not on this service's allow-list"
+        refusal = self._fetch_refusal(request)
+        if refusal is not None or request.fhirServer is None:
+            reason = refusal or "not prefetched"
             return FetchOutcome(failed=dict.fromkeys([*plan.to_fetch, *plan.next_pages], reason))
         token = request.fhirAuthorization.access_token if request.fhirAuthorization else None
-        return await self.fetcher.fetch(server, token, plan.to_fetch, plan.next_pages)
+        return await self.fetcher.fetch(request.fhirServer, token, plan.to_fetch, plan.next_pages, single_page)
+
+    def _fetch_refusal(self, request: HookRequest) -> str | None:
+        """Why this call's missing prefetch cannot be fetched (no query will go out), or None when it can."""
+        server = request.fhirServer
+        if server is None:
+            return "not prefetched, and the request names no fhirServer to fetch it from"
+        allowed = self.config.fhir_server_allowlist
+        if allowed and not any(server.startswith(prefix) for prefix in allowed):
+            return "not prefetched, and the request's fhirServer is not on this service's allow-list"
+        return None
 
     def _evaluate(self, request: HookRequest, resources: Sequence[dict[str, Any]], now: datetime) -> dict[str, Any]:
         try:
