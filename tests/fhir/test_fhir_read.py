@@ -9,6 +9,7 @@ import pytest
 
 from spasticity_cds.api import read_patient
 from spasticity_cds.errors import InputError
+from spasticity_cds.fhir.model import Resource, from_json
 from spasticity_cds.fhir.parse import parse_bytes
 from spasticity_cds.fhir.record import PatientRecord
 
@@ -41,7 +42,7 @@ def read(document: Any) -> PatientRecord:
 def test_bundles_with_and_without_a_type(kind: str | None) -> None:
     rec = read(bundle(PATIENT, condition("c1"), kind=kind))
     assert rec.patient_reference == "Patient/p1"
-    assert [r["id"] for r in rec.of_type("Condition")] == ["c1"]
+    assert [r.id for r in rec.of_type("Condition")] == ["c1"]
 
 
 def test_a_searchset_page_holding_a_nested_bundle() -> None:
@@ -49,7 +50,7 @@ def test_a_searchset_page_holding_a_nested_bundle() -> None:
     outer = bundle(PATIENT, condition("c1"), kind="searchset")
     outer["entry"].append({"resource": inner})
     rec = read(outer)
-    assert sorted(r["id"] for r in rec.of_type("Condition")) == ["c1", "c2", "c3"]
+    assert sorted(r.id for r in rec.of_type("Condition")) == ["c1", "c2", "c3"]
 
 
 def test_a_prefetch_map_with_null_and_operation_outcome() -> None:
@@ -60,10 +61,10 @@ def test_a_prefetch_map_with_null_and_operation_outcome() -> None:
         "observations": {"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "timeout"}]},
     }
     rec = read(prefetch)
-    assert [r["id"] for r in rec.of_type("Condition")] == ["c1"]
+    assert [r.id for r in rec.of_type("Condition")] == ["c1"]
     assert rec.of_type("OperationOutcome") == []
     hook_request = {"hook": "patient-view", "hookInstance": "x", "context": {}, "prefetch": prefetch}
-    assert [r["id"] for r in read(hook_request).of_type("Condition")] == ["c1"]
+    assert [r.id for r in read(hook_request).of_type("Condition")] == ["c1"]
 
 
 def test_a_prefetch_key_that_is_not_fhir_is_an_input_error() -> None:
@@ -126,10 +127,10 @@ def test_urn_uuid_references_link_resources_to_the_patient() -> None:
         bundle(patient, medication, request, condition("c1", subject=f"urn:uuid:{pid}"), kind="transaction", urn=True)
     )
     assert rec.other_patient_resources == 0
-    assert [r["id"] for r in rec.of_type("MedicationRequest")] == ["r1"]
+    assert [r.id for r in rec.of_type("MedicationRequest")] == ["r1"]
     assert rec.normalise("urn:uuid:m-uuid") == "Medication/m-uuid"
-    assert rec.resolve("urn:uuid:m-uuid") == medication
-    assert rec.resolve("https://fhir.example.org/r4/Medication/m-uuid") == medication
+    assert rec.resolve("urn:uuid:m-uuid") == from_json(medication, Resource)
+    assert rec.resolve("https://fhir.example.org/r4/Medication/m-uuid") == from_json(medication, Resource)
 
 
 def test_an_entry_without_resource_id_takes_it_from_the_full_url() -> None:
@@ -160,7 +161,7 @@ def test_absolute_references_to_the_patient() -> None:
 
 def test_resources_of_another_patient_are_ignored_and_counted() -> None:
     rec = read(bundle(PATIENT, condition("c1"), condition("c2", subject="Patient/someone-else")))
-    assert [r["id"] for r in rec.of_type("Condition")] == ["c1"]
+    assert [r.id for r in rec.of_type("Condition")] == ["c1"]
     assert rec.other_patient_resources == 1
 
 
@@ -169,7 +170,7 @@ def test_duplicates_keep_the_latest_version() -> None:
     new = {**condition("c1"), "meta": {"lastUpdated": "2026-06-01T00:00:00Z"}, "code": {"text": "new"}}
     rec = read(bundle(PATIENT, new, old))
     assert rec.duplicates_dropped == 1
-    assert [r["code"]["text"] for r in rec.of_type("Condition")] == ["new"]
+    assert [r.code.text if r.code else None for r in rec.of_type("Condition")] == ["new"]
     same = read(bundle(PATIENT, condition("c1"), condition("c1"), kind="searchset"))
     assert same.duplicates_dropped == 1 and len(same.of_type("Condition")) == 1
 

@@ -6,6 +6,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from functools import lru_cache
 from typing import Any
 
 from spasticity_cds.engine.dosing import dose_facts, dose_plan
@@ -14,6 +15,7 @@ from spasticity_cds.engine.facts import Fact, Value
 from spasticity_cds.engine.logic import CompiledNode, Compiler, Env, Truth
 from spasticity_cds.engine.vocabulary import Vocabulary
 from spasticity_cds.errors import EvaluationError, KnowledgeBaseError
+from spasticity_cds.fhir.model import Resource
 from spasticity_cds.fhir.parse import ParsedInput
 from spasticity_cds.fhir.record import PatientRecord, build_record
 from spasticity_cds.knowledge.loader import KnowledgeBase, suggest
@@ -81,6 +83,7 @@ class Engine:
         ]
         self.rule_by_id = {compiled.rule.id: compiled for compiled in self.rules}
         self.ladder = sorted(kb.ladder.steps, key=lambda step: step.position)
+        self.step_by_agent = {step.agent: step for step in self.ladder}
         self.monograph_by_agent: dict[str, Monograph] = dict(kb.monographs)
         self._check_texts_and_ladder()
 
@@ -88,8 +91,9 @@ class Engine:
 
     def _catalogue(self) -> set[str]:
         """Fact names are exactly those the extractor produces for an empty record (so they cannot drift)."""
-        empty = build_record(ParsedInput([{"resourceType": "Patient", "id": "catalogue"}]))
-        facts, _ = self._facts(empty, datetime(2000, 1, 1), self.defaults)
+        only_patient = ParsedInput()
+        only_patient.add_resource(Resource(resource_type="Patient", id="catalogue"))
+        facts, _ = self._facts(build_record(only_patient), datetime(2000, 1, 1), self.defaults)
         return set(facts) | {f"setting.{name}" for name in self.defaults}
 
     def _check_texts_and_ladder(self) -> None:
@@ -168,13 +172,14 @@ class Engine:
                 continue
             if value is False:
                 continue
-            finding = self._finding(compiled, env, gap=value is None)
+            involved = self._involved(rule, env)
+            finding = self._finding(compiled, env, gap=value is None, involved=involved)
             if value is None:
                 if rule.on_unknown == "data-gap":
                     findings.append(finding)
                 self._record_effects(effects, rule.effects_if_unknown, finding)
                 continue
-            if self._reported(rule, env):
+            if self._reported(rule, involved):
                 findings.append(finding)
             self._record_effects(effects, rule.effects, finding)
         findings.sort(key=lambda f: (SEVERITY_ORDER[f["severity"]], KIND_ORDER[f["kind"]], f["rule_id"]))
@@ -191,19 +196,19 @@ class Engine:
         for agent, status in statuses.items():
             effects.setdefault(agent, []).append((status, reason))
 
-    def _reported(self, rule: Rule, env: Env) -> bool:
+    @staticmethod
+    def _reported(rule: Rule, involved: bool) -> bool:
         """Whether a rule that fired is shown as a finding, or only as the reason on its options."""
         if rule.finding_when == "always":
             return True
-        return self._involved(rule, env) == (rule.finding_when == "agent-involved")
+        return involved == (rule.finding_when == "agent-involved")
 
     def _involved(self, rule: Rule, env: Env) -> bool:
         return any(self._agent_state(agent, env.facts)[1] for agent in rule.agents)
 
-    def _finding(self, compiled: CompiledRule, env: Env, *, gap: bool) -> dict[str, Any]:
+    def _finding(self, compiled: CompiledRule, env: Env, *, gap: bool, involved: bool) -> dict[str, Any]:
         rule = compiled.rule
         facts = [env.facts[name] for name in compiled.facts_read if name in env.facts]
-        involved = self._involved(rule, env)
         severity = rule.escalate_if_current if (rule.escalate_if_current and involved) else rule.severity
         if gap:
             unknown = [n.fact for n in compiled.tree.deciding(env) if n.fact]
@@ -272,16 +277,20 @@ class Engine:
 
     def _render(self, template: str, facts: Mapping[str, Fact], settings: Mapping[str, Value] | None = None) -> str:
         """Fill ``{fact.name}`` and ``{setting.name}`` placeholders (the compiler accepts both)."""
-
-        def fill(match: re.Match[str]) -> str:
-            name = match.group(1)
+        parts = _template_parts(template)
+        if len(parts) == 1:
+            return template
+        out = [parts[0]]
+        for index in range(1, len(parts), 2):
+            name = parts[index]
             if name in facts:
-                return facts[name].display()
-            if settings is not None and name.startswith("setting.") and name[8:] in settings:
-                return str(settings[name[8:]])
-            return match.group(0)
-
-        return PLACEHOLDER.sub(fill, template)
+                out.append(facts[name].display())
+            elif settings is not None and name.startswith("setting.") and name[8:] in settings:
+                out.append(str(settings[name[8:]]))
+            else:
+                out.append(f"{{{name}}}")
+            out.append(parts[index + 1])
+        return "".join(out)
 
     def cite(self, refs: list[CitationRef]) -> list[dict[str, Any]]:
         """Citation references expanded with title and evidence status, as every output carries them.
@@ -323,7 +332,7 @@ class Engine:
         return out
 
     def _agent_state(self, agent: str, facts: Mapping[str, Fact]) -> tuple[bool, bool]:
-        step = next((s for s in self.ladder if s.agent == agent), None)
+        step = self.step_by_agent.get(agent)
         if step is None:
             return False, False
         current = any(facts[name].value is True for name in step.current_when)
@@ -458,6 +467,12 @@ class Engine:
                 for node in compiled.tree.deciding(env)
             ],
         }
+
+
+@lru_cache(maxsize=4096)
+def _template_parts(template: str) -> list[str]:
+    """A text split into literal text and placeholder names, alternating (literal first and last)."""
+    return PLACEHOLDER.split(template)
 
 
 def _status(

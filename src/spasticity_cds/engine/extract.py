@@ -6,11 +6,12 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import date, datetime
-from typing import Any, NamedTuple
+from functools import lru_cache
 
 from spasticity_cds.engine.facts import Fact, days_between, missing, parse_date
 from spasticity_cds.engine.vocabulary import Match, Vocabulary
-from spasticity_cds.fhir.record import PatientRecord, reference_of
+from spasticity_cds.fhir.model import CodeableConcept, Component, Dosage, Quantity, Resource
+from spasticity_cds.fhir.record import PatientRecord
 from spasticity_cds.knowledge.schema import Concept, EgfrEquation, StopReasons, UnitConversion
 
 SKIPPED_STATUSES = frozenset({"entered-in-error", "cancelled", "not-done", "refuted"})
@@ -29,7 +30,7 @@ TEXT_FREQUENCY = (
 TEXT_DOSE = re.compile(r"(\d+(?:\.\d+)?)\s*(mg|mcg|microgram|µg|ug|g)\b", re.I)
 
 
-@dataclass
+@dataclass(slots=True)
 class Observed:
     """One observation value in canonical units, with its date and source."""
 
@@ -41,23 +42,19 @@ class Observed:
     body_site: str | None = None
 
 
-class RawObservation(NamedTuple):
-    """An observation matched to a concept, kept unread until its value is needed (usually only the latest is).
+#: An observation matched to a concept, kept unread until its value is needed (usually only the latest is):
+#: (stamp, holder, resource). ``stamp`` is the effective date as sent (ISO 8601 sorts as text), parsed only for the
+#: values used; ``holder`` carries the value (the resource, or one of its components). A plain tuple, because a
+#: record holds hundreds and a NamedTuple costs a Python-level call to build each.
+RawObservation = tuple[str, Component, Resource]
 
-    ``stamp`` is the effective date as sent (ISO 8601 sorts as text); it is parsed only for the values used.
-    """
 
-    stamp: str
-    holder: dict[str, Any]
-    resource: dict[str, Any]
+def _raw_when(raw: RawObservation) -> date | None:
+    return parse_date(raw[0])
 
-    @property
-    def when(self) -> date | None:
-        return parse_date(self.stamp)
 
-    @property
-    def source(self) -> str:
-        return reference_of(self.resource)
+def _raw_source(raw: RawObservation) -> str:
+    return raw[2].reference
 
 
 @dataclass
@@ -141,58 +138,72 @@ class FactExtractor:
 
     def _collect_conditions(self, record: PatientRecord, out: _Collected) -> None:
         for resource in record.of_type("Condition"):
-            if _verification(resource) in SKIPPED_STATUSES:
+            if _first_code(resource.verification_status) in SKIPPED_STATUSES:
                 continue
-            found = self.vocabulary.match(resource.get("code"), "condition")
+            found = self.vocabulary.match(resource.code, "condition")
             if found is None:
                 continue
-            inactive = _clinical_status(resource) in INACTIVE_CONDITION
+            inactive = _first_code(resource.clinical_status) in INACTIVE_CONDITION
             if inactive and not found.concept.history_counts:
                 continue
-            out.conditions.setdefault(found.concept.id, []).append(reference_of(resource))
+            out.conditions.setdefault(found.concept.id, []).append(resource.reference)
             self._note_text_match(found, resource, out)
 
     def _collect_procedures(self, record: PatientRecord, out: _Collected) -> None:
         for resource in record.of_type("Procedure"):
-            if resource.get("status") in SKIPPED_STATUSES:
+            if resource.status in SKIPPED_STATUSES:
                 continue
-            found = self.vocabulary.match(resource.get("code"), "procedure")
+            found = self.vocabulary.match(resource.code, "procedure")
             if found is not None:
-                out.procedures.setdefault(found.concept.id, []).append(reference_of(resource))
+                out.procedures.setdefault(found.concept.id, []).append(resource.reference)
                 self._note_text_match(found, resource, out)
         for resource in record.of_type("Device"):
-            if resource.get("status") in SKIPPED_STATUSES | {"inactive"}:
+            if resource.status in SKIPPED_STATUSES | {"inactive"}:
                 continue
-            found = self.vocabulary.match(resource.get("type"), "procedure")
+            found = self.vocabulary.match(resource.type, "procedure")
             if found is not None:
-                out.procedures.setdefault(found.concept.id, []).append(reference_of(resource))
+                out.procedures.setdefault(found.concept.id, []).append(resource.reference)
 
     def _collect_observations(self, record: PatientRecord, out: _Collected) -> None:
+        """Observations grouped by their code first, so each distinct code is matched once, not once per value."""
+        by_code: dict[CodeableConcept | None, list[Resource]] = {}
+        with_components: list[Resource] = []
         for resource in record.of_type("Observation"):
-            if resource.get("status") in SKIPPED_STATUSES:
+            if resource.status in SKIPPED_STATUSES:
                 continue
-            found = self.vocabulary.match(resource.get("code"), "observation")
-            parts = (
-                [
-                    (part.concept, component)
-                    for component in resource["component"]
-                    if isinstance(component, dict)
-                    and (part := self.vocabulary.match(component.get("code"), "observation")) is not None
-                ]
-                if "component" in resource
-                else ()
-            )
-            if found is None and not parts:
+            group = by_code.get(resource.code)
+            if group is None:
+                by_code[resource.code] = [resource]
+            else:
+                group.append(resource)
+            if resource.component:
+                with_components.append(resource)
+        found: dict[str, list[list[RawObservation]]] = {}
+        for code, resources in by_code.items():
+            match = self.vocabulary.match(code, "observation")
+            if match is not None:
+                raws: list[RawObservation] = [(r.effective_date_time or _effective_text(r), r, r) for r in resources]
+                found.setdefault(match.concept.id, []).append(raws)
+        for code, pairs in _components_by_code(with_components).items():
+            match = self.vocabulary.match(code, "observation")
+            if match is not None:
+                raws = [(r.effective_date_time or _effective_text(r), component, r) for component, r in pairs]
+                found.setdefault(match.concept.id, []).append(raws)
+        position: dict[int, int] = {}
+        for concept_id, groups in found.items():
+            if len(groups) == 1:
+                out.observations[concept_id] = groups[0]
                 continue
-            when = _effective_text(resource)
-            if found is not None:
-                out.observations.setdefault(found.concept.id, []).append(RawObservation(when, resource, resource))
-            for concept, component in parts:
-                out.observations.setdefault(concept.id, []).append(RawObservation(when, component, resource))
+            # Several codes (or components) for one concept: back into document order, which breaks date ties.
+            if not position:
+                position = {id(r): i for i, r in enumerate(record.of_type("Observation"))}
+            merged = [raw for group in groups for raw in group]
+            out.observations[concept_id] = sorted(merged, key=lambda raw: position[id(raw[2])])
 
     def _read(self, concept: Concept, raw: RawObservation, notes: list[str]) -> Observed | None:
         """The observation's value in canonical units, or None (with a note when the unit is unknown)."""
-        holder, when, source = raw.holder, raw.when, raw.source
+        _, holder, resource = raw
+        when, source = _raw_when(raw), resource.reference
         value, unit = _observation_value(holder, concept.id)
         if value is None:
             return None
@@ -207,7 +218,7 @@ class FactExtractor:
             value, unit = converted, self.canonical_units[concept.id]
         elif concept.unit:
             unit = concept.unit
-        site = _text_of(holder.get("bodySite"))
+        site = _text_of(resource.body_site) if holder is resource else None
         return Observed(value, when, source, unit, high, site)
 
     def _latest(self, collected: _Collected, concept_id: str) -> Observed | None:
@@ -241,9 +252,9 @@ class FactExtractor:
                     out.medications.setdefault(concept.id, []).append(medication_order)
 
     def _read_medication(
-        self, record: PatientRecord, resource: dict[str, Any], out: _Collected
+        self, record: PatientRecord, resource: Resource, out: _Collected
     ) -> tuple[Concept, MedicationOrder] | None:
-        status = resource.get("status")
+        status = resource.status
         if status in SKIPPED_STATUSES:
             return None
         codeable = _medication_codeable(record, resource)
@@ -255,44 +266,42 @@ class FactExtractor:
         state = "proposed" if status == "draft" else "past" if status in PAST_MED_STATUSES else "current"
         daily, unit, note = _daily_dose(resource, found)
         return concept, MedicationOrder(
-            source=reference_of(resource),
+            source=resource.reference,
             state=state,
             start=_medication_start(resource),
             daily_dose=daily,
             dose_unit=unit,
             dose_note=note,
-            stop_reason=_text_of(resource.get("statusReason")) or _first_text(resource.get("reasonCode")),
+            stop_reason=_text_of(resource.status_reason) or _text_of(resource.reason_code),
             how=found.how,
         )
 
-    def _route_override(self, concept: Concept, resource: dict[str, Any]) -> Concept:
+    def _route_override(self, concept: Concept, resource: Resource) -> Concept:
         if not concept.route_overrides:
             return concept
-        routes = " ".join(
-            _text_of(dosage.get("route")) or "" for dosage in resource.get("dosageInstruction") or ()
-        ).lower()
+        routes = " ".join(_text_of(dosage.route) or "" for dosage in resource.dosage_instruction or ()).lower()
         for route, target in concept.route_overrides.items():
             if route in routes:
                 return self.concepts[target]
         return concept
 
     @staticmethod
-    def _note_text_match(found: Match, resource: dict[str, Any], out: _Collected) -> None:
+    def _note_text_match(found: Match, resource: Resource, out: _Collected) -> None:
         if found.how == "text":
-            out.text_matches.setdefault((found.concept.display, found.text or ""), []).append(reference_of(resource))
+            out.text_matches.setdefault((found.concept.display, found.text or ""), []).append(resource.reference)
 
     # -- facts ------------------------------------------------------------------------------------------
 
     def _patient_facts(self, record: PatientRecord, now: datetime, facts: dict[str, Fact]) -> None:
-        patient = record.patient
+        patient = record.patient_resource
         ref = record.patient_reference
-        born = parse_date(patient.get("birthDate"))
+        born = parse_date(patient.birth_date)
         if born is None:
             facts["patient.age"] = missing("patient.age", "no birthDate")
         else:
             age = now.date().year - born.year - ((now.date().month, now.date().day) < (born.month, born.day))
             facts["patient.age"] = Fact("patient.age", age, "years", sources=(ref,))
-        gender = patient.get("gender")
+        gender = patient.gender
         facts["patient.sex"] = (
             Fact("patient.sex", gender, sources=(ref,))
             if gender in ("male", "female")
@@ -365,9 +374,9 @@ class FactExtractor:
             reverse=True,
         )
         facts["obs.liver_tested"] = Fact(
-            "obs.liver_tested", bool(tests), sources=tuple(dict.fromkeys(t.source for t in tests[:3]))
+            "obs.liver_tested", bool(tests), sources=tuple(dict.fromkeys(_raw_source(t) for t in tests[:3]))
         )
-        last = next((day for t in tests if (day := t.when) is not None), None)
+        last = next((day for t in tests if (day := _raw_when(t)) is not None), None)
         if last is not None:
             facts["obs.liver_days_since"] = Fact(
                 "obs.liver_days_since", days_between(last, now), "days", last.isoformat()
@@ -409,8 +418,8 @@ class FactExtractor:
     def _ashworth_facts(self, collected: _Collected, now: datetime, facts: dict[str, Fact]) -> None:
         concept = self.concepts["modified-ashworth"]
         raws = collected.observations.get("modified-ashworth", [])
-        last_day = max((_raw_day(raw) for raw in raws if raw.stamp), default=None)
-        read = (self._read(concept, raw, collected.notes) for raw in raws if raw.stamp and _raw_day(raw) == last_day)
+        last_day = max((_raw_day(raw) for raw in raws if raw[0]), default=None)
+        read = (self._read(concept, raw, collected.notes) for raw in raws if raw[0] and _raw_day(raw) == last_day)
         scores = [o for o in read if o is not None and isinstance(o.value, float)]
         dated = [o.when for o in scores if o.when is not None]
         if not dated:
@@ -541,82 +550,77 @@ def _count_refs(refs: list[str]) -> str:
     return refs[0] if len(refs) == 1 else f"{len(refs)} resources (e.g. {refs[0]})"
 
 
+def _components_by_code(resources: list[Resource]) -> dict[CodeableConcept | None, list[tuple[Component, Resource]]]:
+    grouped: dict[CodeableConcept | None, list[tuple[Component, Resource]]] = {}
+    for resource in resources:
+        for component in resource.component or ():
+            grouped.setdefault(component.code, []).append((component, resource))
+    return grouped
+
+
 def _raw_date(raw: RawObservation) -> str:
-    return raw.stamp
+    return raw[0]
 
 
 def _raw_day(raw: RawObservation) -> str:
-    return raw.stamp[:10]
+    return raw[0][:10]
 
 
+@lru_cache(maxsize=1024)
 def _unit_key(unit: str) -> str:
     return unit.replace("µ", "u").replace("μ", "u").replace(" ", "").lower()
 
 
-def _verification(resource: dict[str, Any]) -> str | None:
-    return _first_code(resource.get("verificationStatus"))
-
-
-def _clinical_status(resource: dict[str, Any]) -> str | None:
-    return _first_code(resource.get("clinicalStatus"))
-
-
-def _first_code(codeable: Any) -> str | None:
-    if isinstance(codeable, dict):
-        for coding in codeable.get("coding") or ():
-            if isinstance(coding, dict) and isinstance(coding.get("code"), str):
-                return str(coding["code"])
+def _first_code(codeable: CodeableConcept | None) -> str | None:
+    if codeable is not None:
+        for coding in codeable.coding or ():
+            if coding.code is not None:
+                return coding.code
     return None
 
 
-def _text_of(codeable: Any) -> str | None:
+def _text_of(codeable: str | CodeableConcept | list[CodeableConcept] | None) -> str | None:
+    """The text of a CodeableConcept (the first of a list), else its first coding's display or code."""
     if isinstance(codeable, list):
         codeable = codeable[0] if codeable else None
-    if not isinstance(codeable, dict):
+    if not isinstance(codeable, CodeableConcept):
         return None
-    if isinstance(codeable.get("text"), str):
-        return str(codeable["text"])
-    for coding in codeable.get("coding") or ():
-        if isinstance(coding, dict):
-            label = coding.get("display") or coding.get("code")
-            if isinstance(label, str):
-                return label
+    if codeable.text is not None:
+        return codeable.text
+    for coding in codeable.coding or ():
+        label = coding.display or coding.code
+        if label is not None:
+            return label
     return None
 
 
-def _first_text(codeables: Any) -> str | None:
-    return _text_of(codeables) if isinstance(codeables, list) else None
-
-
-def _effective_text(resource: dict[str, Any]) -> str:
+def _effective_text(resource: Resource) -> str:
     """The effective date-time string the resource carries, or "" (which sorts before every date)."""
-    for value in (resource.get("effectiveDateTime"), resource.get("effectiveInstant")):
-        if isinstance(value, str):
-            return value
-    period = resource.get("effectivePeriod")
-    if isinstance(period, dict) and isinstance(period.get("start"), str):
-        return str(period["start"])
-    issued = resource.get("issued")
-    return issued if isinstance(issued, str) else ""
+    stamp = resource.effective_date_time or resource.effective_instant
+    if stamp is not None:
+        return stamp
+    period = resource.effective_period
+    if period is not None and period.start is not None:
+        return period.start
+    return resource.issued or ""
 
 
-def _observation_value(holder: dict[str, Any], concept_id: str) -> tuple[float | bool | str | None, str | None]:
+def _observation_value(holder: Component, concept_id: str) -> tuple[float | bool | str | None, str | None]:
     if concept_id == "modified-ashworth":
         return _ashworth_grade(holder), "MAS"
-    quantity = holder.get("valueQuantity")
-    if isinstance(quantity, dict) and isinstance(quantity.get("value"), int | float):
-        unit = quantity.get("code") or quantity.get("unit")
-        return float(quantity["value"]), unit if isinstance(unit, str) else None
-    for key in ("valueInteger", "valueDecimal"):
-        if isinstance(holder.get(key), int | float) and not isinstance(holder.get(key), bool):
-            return float(holder[key]), None
-    if isinstance(holder.get("valueBoolean"), bool):
-        return bool(holder["valueBoolean"]), None
-    text = holder.get("valueString")
-    if isinstance(text, str):
+    quantity = holder.value_quantity
+    if quantity is not None and quantity.value is not None:
+        return quantity.value, quantity.code or quantity.unit
+    for number in (holder.value_integer, holder.value_decimal):
+        if number is not None:
+            return number, None
+    if holder.value_boolean is not None:
+        return holder.value_boolean, None
+    text = holder.value_string
+    if text is not None:
         match = NUMBER.match(text)
         return (float(match.group(1).replace(",", ".")), None) if match else (None, None)
-    coded = _text_of(holder.get("valueCodeableConcept"))
+    coded = _text_of(holder.value_codeable_concept)
     if coded is not None:
         lowered = coded.strip().lower()
         if lowered in ("yes", "true", "y"):
@@ -626,71 +630,72 @@ def _observation_value(holder: dict[str, Any], concept_id: str) -> tuple[float |
     return None, None
 
 
-def _ashworth_grade(holder: dict[str, Any]) -> float | None:
-    raw: Any = None
-    for key in ("valueInteger", "valueDecimal"):
-        if isinstance(holder.get(key), int | float):
-            raw = holder[key]
-    if raw is None and isinstance(holder.get("valueQuantity"), dict):
-        raw = holder["valueQuantity"].get("value")
-    if raw is None:
-        raw = holder.get("valueString")
-    if raw is None:
-        coded = holder.get("valueCodeableConcept")
-        raw = (_first_code(coded) or _text_of(coded)) if isinstance(coded, dict) else None
-    if isinstance(raw, int | float) and not isinstance(raw, bool):
-        return float(raw) if 0 <= raw <= 4 else None
-    if isinstance(raw, str):
-        return MAS_GRADES.get(raw.strip().replace(" ", ""))
+def _ashworth_grade(holder: Component) -> float | None:
+    number = holder.value_decimal if holder.value_decimal is not None else holder.value_integer
+    if number is None and holder.value_quantity is not None:
+        number = holder.value_quantity.value
+    if number is not None:
+        return number if 0 <= number <= 4 else None
+    text = holder.value_string
+    if text is None and holder.value_codeable_concept is not None:
+        text = _first_code(holder.value_codeable_concept) or _text_of(holder.value_codeable_concept)
+    return MAS_GRADES.get(text.strip().replace(" ", "")) if text is not None else None
+
+
+def _reference_high(holder: Component) -> float | None:
+    for reference_range in holder.reference_range or ():
+        high = reference_range.high
+        if high is not None and high.value is not None and high.value > 0:
+            return high.value
     return None
 
 
-def _reference_high(holder: dict[str, Any]) -> float | None:
-    for reference_range in holder.get("referenceRange") or ():
-        high = reference_range.get("high") if isinstance(reference_range, dict) else None
-        if isinstance(high, dict) and isinstance(high.get("value"), int | float) and high["value"] > 0:
-            return float(high["value"])
-    return None
-
-
-def _medication_codeable(record: PatientRecord, resource: dict[str, Any]) -> Any:
-    if "medicationCodeableConcept" in resource:
-        return resource["medicationCodeableConcept"]
-    reference = resource.get("medicationReference")
-    if not isinstance(reference, dict) or not isinstance(reference.get("reference"), str):
+def _medication_codeable(record: PatientRecord, resource: Resource) -> CodeableConcept | None:
+    if resource.medication_codeable_concept is not None:
+        return resource.medication_codeable_concept
+    reference = resource.medication_reference
+    if reference is None or reference.reference is None:
         return None
-    target: str = reference["reference"]
+    target = reference.reference
     if target.startswith("#"):
-        for contained in resource.get("contained") or ():
-            if contained.get("id") == target[1:]:
-                return contained.get("code")
+        for contained in resource.contained or ():
+            if contained.id == target[1:]:
+                return contained.code
         return None
     medication = record.resolve(target)
     if medication is not None:
-        return medication.get("code")
-    return {"text": reference.get("display")} if reference.get("display") else None
+        return medication.code
+    return CodeableConcept(text=reference.display) if reference.display else None
 
 
-def _medication_start(resource: dict[str, Any]) -> date | None:
-    for dosage in resource.get("dosageInstruction") or resource.get("dosage") or ():
-        bounds = ((dosage.get("timing") or {}).get("repeat") or {}).get("boundsPeriod")
-        if isinstance(bounds, dict) and parse_date(bounds.get("start")):
-            return parse_date(bounds.get("start"))
-    period = resource.get("effectivePeriod")
-    if isinstance(period, dict) and parse_date(period.get("start")):
-        return parse_date(period.get("start"))
-    return parse_date(resource.get("authoredOn")) or parse_date(resource.get("effectiveDateTime"))
+def _dosages(resource: Resource) -> list[Dosage]:
+    """MedicationRequest.dosageInstruction, else MedicationStatement.dosage."""
+    dosages = resource.dosage_instruction or resource.dosage
+    if isinstance(dosages, Dosage):
+        return [dosages]
+    return dosages or []
 
 
-def _daily_dose(resource: dict[str, Any], found: Match) -> tuple[float | None, str | None, str | None]:
+def _medication_start(resource: Resource) -> date | None:
+    for dosage in _dosages(resource):
+        repeat = dosage.timing.repeat if dosage.timing is not None else None
+        bounds = repeat.bounds_period if repeat is not None else None
+        start = parse_date(bounds.start) if bounds is not None else None
+        if start is not None:
+            return start
+    period = resource.effective_period
+    start = parse_date(period.start) if period is not None else None
+    if start is not None:
+        return start
+    return parse_date(resource.authored_on) or parse_date(resource.effective_date_time)
+
+
+def _daily_dose(resource: Resource, found: Match) -> tuple[float | None, str | None, str | None]:
     """Daily dose from structured dosage, else from its text; None when neither can be read."""
-    dosages = resource.get("dosageInstruction") or resource.get("dosage") or ()
     total: float | None = None
     unit: str | None = None
     notes: list[str] = []
-    for dosage in dosages:
-        if not isinstance(dosage, dict):
-            continue
+    for dosage in _dosages(resource):
         single = _structured_dose(dosage, found) or _text_dose(dosage)
         if single is None:
             continue
@@ -702,7 +707,7 @@ def _daily_dose(resource: dict[str, Any], found: Match) -> tuple[float | None, s
     return total, unit, "; ".join(notes) or None
 
 
-def _structured_dose(dosage: dict[str, Any], found: Match) -> tuple[float, str, str | None] | None:
+def _structured_dose(dosage: Dosage, found: Match) -> tuple[float, str, str | None] | None:
     per_day = _times_per_day(dosage)
     dose = _dose_quantity(dosage)
     if per_day is None or dose is None:
@@ -715,14 +720,13 @@ def _structured_dose(dosage: dict[str, Any], found: Match) -> tuple[float, str, 
     return amount * per_day, amount_unit, note
 
 
-def _dose_quantity(dosage: dict[str, Any]) -> tuple[float, str] | None:
-    for dose_and_rate in dosage.get("doseAndRate") or ():
-        quantity = dose_and_rate.get("doseQuantity")
-        if quantity is None and isinstance(dose_and_rate.get("doseRange"), dict):
-            quantity = dose_and_rate["doseRange"].get("high")
-        if isinstance(quantity, dict) and isinstance(quantity.get("value"), int | float):
-            unit = quantity.get("code") or quantity.get("unit") or ""
-            return float(quantity["value"]), str(unit)
+def _dose_quantity(dosage: Dosage) -> tuple[float, str] | None:
+    for dose_and_rate in dosage.dose_and_rate or ():
+        quantity: Quantity | None = dose_and_rate.dose_quantity
+        if quantity is None and dose_and_rate.dose_range is not None:
+            quantity = dose_and_rate.dose_range.high
+        if quantity is not None and quantity.value is not None:
+            return quantity.value, quantity.code or quantity.unit or ""
     return None
 
 
@@ -740,17 +744,19 @@ def _normal_amount(value: float, unit: str, found: Match) -> tuple[tuple[float, 
     return None, None
 
 
-def _times_per_day(dosage: dict[str, Any]) -> float | None:
-    timing = dosage.get("timing") or {}
-    repeat = timing.get("repeat") or {}
-    frequency = repeat.get("frequencyMax") or repeat.get("frequency")
-    period = repeat.get("period")
-    period_unit = repeat.get("periodUnit")
-    if isinstance(frequency, int | float) and isinstance(period, int | float) and period_unit in PERIOD_DAYS:
-        return float(frequency) / (float(period) * PERIOD_DAYS[period_unit])
-    if isinstance(frequency, int | float) and period is None:
-        return float(frequency)
-    code_text = _text_of(timing.get("code"))
+def _times_per_day(dosage: Dosage) -> float | None:
+    timing = dosage.timing
+    if timing is None:
+        return None
+    repeat = timing.repeat
+    if repeat is not None:
+        frequency = repeat.frequency_max or repeat.frequency
+        period, period_unit = repeat.period, repeat.period_unit
+        if frequency is not None and period is not None and period_unit in PERIOD_DAYS:
+            return frequency / (period * PERIOD_DAYS[period_unit])
+        if frequency is not None and period is None:
+            return frequency
+    code_text = _text_of(timing.code)
     if code_text:
         return _frequency_from_text(code_text)
     return None
@@ -763,9 +769,9 @@ def _frequency_from_text(text: str) -> float | None:
     return None
 
 
-def _text_dose(dosage: dict[str, Any]) -> tuple[float, str, str | None] | None:
-    text = dosage.get("text")
-    if not isinstance(text, str):
+def _text_dose(dosage: Dosage) -> tuple[float, str, str | None] | None:
+    text = dosage.text
+    if text is None:
         return None
     amount = TEXT_DOSE.search(text)
     per_day = _frequency_from_text(text)

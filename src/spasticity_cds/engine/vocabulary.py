@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any
 
+from spasticity_cds.fhir import model as fhir
 from spasticity_cds.knowledge.schema import Coding, Concept, ConceptKind, ValueSets
 
 ICD_SYSTEMS = frozenset({"http://hl7.org/fhir/sid/icd-10-cm", "http://hl7.org/fhir/sid/icd-10"})
@@ -17,26 +17,8 @@ SYSTEM_ALIASES = {
 }
 
 
+#: Distinct CodeableConcepts remembered per concept kind before the memo starts afresh (bounds memory in long runs).
 CACHE_LIMIT = 50_000
-
-
-def _cache_key(codeable: dict[str, Any], kind: ConceptKind) -> tuple[Any, ...] | None:
-    """A key for a CodeableConcept (its codings and text), or None when it has odd shapes."""
-    codings = codeable.get("coding")
-    text = codeable.get("text")
-    if not codings:
-        return (kind, text)
-    if len(codings) == 1:
-        coding = codings[0]
-        if isinstance(coding, dict):
-            return (kind, text, coding.get("system"), coding.get("code"), coding.get("display"))
-        return None
-    parts: list[Any] = [kind, text]
-    for coding in codings:
-        if not isinstance(coding, dict):
-            return None
-        parts.extend((coding.get("system"), coding.get("code"), coding.get("display")))
-    return tuple(parts)
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,15 +43,10 @@ class Vocabulary:
         self._codes: dict[tuple[str, str], tuple[Concept, Coding]] = {}
         self._prefixes: dict[str, list[tuple[str, Concept, Coding]]] = {}
         self._patterns: dict[ConceptKind, list[tuple[re.Pattern[str], re.Pattern[str] | None, Concept]]] = {}
-        self._cache: dict[tuple[Any, ...], Match | None] = {}
-        # Exact codes as systems send them (dotted and undotted ICD forms), answered without building a cache key.
-        self._exact: dict[tuple[str, str, str], Match] = {}
+        self._cache: dict[ConceptKind, dict[fhir.CodeableConcept, Match | None]] = {}
         for concept in valuesets.concepts:
             for coding in concept.codings:
                 self._codes[(coding.system, _normal_code(coding.system, coding.code))] = (concept, coding)
-                match = Match(concept, "code", coding)
-                for variant in {coding.code, _normal_code(coding.system, coding.code)}:
-                    self._exact[(concept.kind, coding.system, variant)] = match
             for coding in concept.code_prefixes:
                 prefix = _normal_code(coding.system, coding.code)
                 self._prefixes.setdefault(coding.system, []).append((prefix, concept, coding))
@@ -82,51 +59,42 @@ class Vocabulary:
                 )
                 self._patterns.setdefault(concept.kind, []).append((pattern, exclude, concept))
 
-    def match(self, codeable: Any, kind: ConceptKind) -> Match | None:
-        """The first concept of ``kind`` a CodeableConcept matches; codes win over text. Answers are memoised."""
-        if not isinstance(codeable, dict):
-            return None
-        for coding in codeable.get("coding") or ():
-            if isinstance(coding, dict):
-                try:
-                    exact = self._exact.get((kind, coding.get("system"), coding.get("code")))  # type: ignore[arg-type]
-                except TypeError:  # an unhashable value where a string belongs
-                    break
-                if exact is not None:
-                    return exact
-        key = _cache_key(codeable, kind)
+    def match(self, codeable: fhir.CodeableConcept | object, kind: ConceptKind) -> Match | None:
+        """The first concept of ``kind`` a CodeableConcept (decoded, or as JSON) matches; codes win over text.
+
+        Answers are memoised per distinct CodeableConcept: a record repeats a few codes many times.
+        """
+        key = codeable if isinstance(codeable, fhir.CodeableConcept) else fhir.from_json(codeable, fhir.CodeableConcept)
         if key is None:
-            return self._match_uncached(codeable, kind)
+            return None
+        cache = self._cache.get(kind)
+        if cache is None:
+            cache = self._cache[kind] = {}
         try:
-            return self._cache[key]
+            return cache[key]
         except KeyError:
             pass
-        except TypeError:  # an unhashable value where a string belongs
-            return self._match_uncached(codeable, kind)
-        if len(self._cache) >= CACHE_LIMIT:
-            self._cache.clear()
-        found = self._cache[key] = self._match_uncached(codeable, kind)
+        if len(cache) >= CACHE_LIMIT:
+            cache.clear()
+        found = cache[key] = self._match_uncached(key, kind)
         return found
 
-    def _match_uncached(self, codeable: dict[str, Any], kind: ConceptKind) -> Match | None:
-        codings = codeable.get("coding") or ()
+    def _match_uncached(self, codeable: fhir.CodeableConcept, kind: ConceptKind) -> Match | None:
+        codings = codeable.coding or ()
         for coding in codings:
             found = self._match_coding(coding, kind)
             if found is not None:
                 return found
-        texts = [codeable.get("text")] + [c.get("display") for c in codings if isinstance(c, dict)]
-        for text in texts:
-            if isinstance(text, str) and text:
+        for text in (codeable.text, *(coding.display for coding in codings)):
+            if text:
                 found = self.match_text(text, kind)
                 if found is not None:
                     return found
         return None
 
-    def _match_coding(self, coding: Any, kind: ConceptKind) -> Match | None:
-        if not isinstance(coding, dict):
-            return None
-        system, code = coding.get("system"), coding.get("code")
-        if not isinstance(system, str) or not isinstance(code, str):
+    def _match_coding(self, coding: fhir.Coding, kind: ConceptKind) -> Match | None:
+        system, code = coding.system, coding.code
+        if system is None or code is None:
             return None
         system = SYSTEM_ALIASES.get(system, system)
         normal = _normal_code(system, code)

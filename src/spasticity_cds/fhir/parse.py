@@ -6,24 +6,69 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
 import orjson
 
 from spasticity_cds.errors import InputError
-
-Resource = dict[str, Any]
+from spasticity_cds.fhir.model import RESOURCE_DECODER, Resource, from_json
 
 
 @dataclass
 class ParsedInput:
-    """Resources in document order plus the Bundle fullUrl aliases (``urn:uuid:...`` -> ``Type/id``)."""
+    """Resources by ``Type/id`` in first-seen order, duplicates collapsed as they arrive, plus fullUrl aliases.
 
-    resources: list[Resource] = field(default_factory=list)
+    Of two copies of one ``Type/id`` the one with the later meta.lastUpdated is kept (the later one on a tie);
+    resources without an id cannot be duplicates. ``aliases`` maps Bundle fullUrls such as ``urn:uuid:...``
+    to ``Type/id``.
+    """
+
+    resources: dict[str, Resource] = field(default_factory=dict)
     aliases: dict[str, str] = field(default_factory=dict)
+    duplicates: int = 0
 
     def add(self, document: object, *, source: str = "<input>") -> None:
-        """Add every resource held by one parsed JSON document."""
-        for resource in flatten(document, source=source, aliases=self.aliases):
-            self.resources.append(resource)
+        """Add every resource held by one parsed JSON document (a resource, Bundle, prefetch map or list)."""
+        for found in _fhir_documents(document, source=source):
+            resource = from_json(found, Resource)
+            if resource is not None:
+                self.add_resource(resource)
+
+    def add_resource(self, resource: Resource, full_url: str | None = None) -> None:
+        """Add one decoded resource; a Bundle adds its entries (nested Bundles included) instead."""
+        resource_type = resource.resource_type
+        if resource_type == "Bundle":
+            for entry in resource.entry or ():
+                if entry.resource is not None:
+                    self.add_resource(entry.resource, entry.full_url)
+            return
+        if resource_type is None:
+            return
+        resource_id = resource.id
+        if full_url is not None:
+            if not resource_id:
+                resource_id = full_url.rsplit(":", 1)[-1].rsplit("/", 1)[-1]
+                resource = msgspec.structs.replace(resource, id=resource_id)
+            key = f"{resource_type}/{resource_id}"
+            # Absolute URLs ending in Type/id resolve by their tail (PatientRecord.normalise); only other forms,
+            # such as urn:uuid, need an alias.
+            if not full_url.endswith(key):
+                self.aliases[full_url] = key
+        elif resource_id is None:
+            key = f"{resource_type}/#{len(self.resources)}"
+        else:
+            key = f"{resource_type}/{resource_id}"
+        previous = self.resources.get(key)
+        if previous is None:
+            self.resources[key] = resource
+        else:
+            self.duplicates += 1
+            if _last_updated(previous) <= _last_updated(resource):
+                self.resources[key] = resource
+
+
+def _last_updated(resource: Resource) -> str:
+    meta = resource.meta
+    return (meta.last_updated or "") if meta is not None else ""
 
 
 def parse_bytes(data: bytes, *, source: str = "<input>") -> ParsedInput:
@@ -31,13 +76,21 @@ def parse_bytes(data: bytes, *, source: str = "<input>") -> ParsedInput:
     stripped = data.strip()
     if not stripped:
         raise InputError("the input is empty", where=source)
+    parsed = ParsedInput()
+    try:
+        # The common case, one Bundle or resource of the expected shapes, decodes straight into structs.
+        resource = RESOURCE_DECODER.decode(stripped)
+    except msgspec.MsgspecError:
+        resource = None
+    if resource is not None and resource.resource_type is not None:
+        parsed.add_resource(resource)
+        return parsed
     try:
         document = orjson.loads(stripped)
     except orjson.JSONDecodeError as first_error:
         if b"\n" not in stripped:
             raise InputError(f"not valid JSON ({first_error})", where=source) from None
         return _parse_ndjson(stripped, source)
-    parsed = ParsedInput()
     parsed.add(document, source=source)
     return parsed
 
@@ -55,28 +108,28 @@ def _parse_ndjson(data: bytes, source: str) -> ParsedInput:
     return parsed
 
 
-def flatten(document: object, *, source: str, aliases: dict[str, str]) -> Iterator[Resource]:
-    """Yield every resource in a Bundle, prefetch map, CDS Hooks request, list or single resource."""
+def _fhir_documents(document: object, *, source: str) -> Iterator[dict[str, Any] | Resource]:
+    """Every FHIR resource or Bundle in a resource, Bundle, prefetch map, CDS Hooks request or list."""
+    if isinstance(document, Resource):
+        yield document
+        return
     if isinstance(document, list):
         for item in document:
-            yield from flatten(item, source=source, aliases=aliases)
+            yield from _fhir_documents(item, source=source)
         return
     if not isinstance(document, dict):
         raise InputError("expected a FHIR resource, Bundle or prefetch object", where=source)
-    resource_type = document.get("resourceType")
-    if resource_type == "Bundle":
-        yield from _bundle_resources(document, source, aliases)
-    elif isinstance(resource_type, str):
+    if isinstance(document.get("resourceType"), str):
         yield document
     elif "prefetch" in document and isinstance(document["prefetch"], dict):
-        yield from _prefetch_resources(document["prefetch"], source, aliases)
+        yield from _prefetch_documents(document["prefetch"], source)
     elif document and all(value is None or isinstance(value, dict) for value in document.values()):
-        yield from _prefetch_resources(document, source, aliases)
+        yield from _prefetch_documents(document, source)
     else:
         raise InputError("not FHIR: the JSON has no resourceType", where=source)
 
 
-def _prefetch_resources(prefetch: dict[str, Any], source: str, aliases: dict[str, str]) -> Iterator[Resource]:
+def _prefetch_documents(prefetch: dict[str, Any], source: str) -> Iterator[dict[str, Any] | Resource]:
     for key, value in prefetch.items():
         if value is None:
             continue
@@ -84,27 +137,4 @@ def _prefetch_resources(prefetch: dict[str, Any], source: str, aliases: dict[str
             raise InputError(f"prefetch key {key!r} does not hold a FHIR resource", where=source)
         if value["resourceType"] == "OperationOutcome":
             continue
-        yield from flatten(value, source=f"{source}#prefetch.{key}", aliases=aliases)
-
-
-def _bundle_resources(bundle: dict[str, Any], source: str, aliases: dict[str, str]) -> Iterator[Resource]:
-    for entry in bundle.get("entry") or ():
-        resource = entry.get("resource") if isinstance(entry, dict) else None
-        if not isinstance(resource, dict):
-            continue
-        resource_type = resource.get("resourceType")
-        if resource_type == "Bundle":
-            yield from _bundle_resources(resource, source, aliases)
-            continue
-        full_url = entry.get("fullUrl")
-        if isinstance(full_url, str) and isinstance(resource_type, str):
-            resource_id = resource.get("id")
-            if not resource_id:
-                resource_id = full_url.rsplit(":", 1)[-1].rsplit("/", 1)[-1]
-                resource = {**resource, "id": resource_id}
-            # Absolute URLs ending in Type/id resolve by their tail (PatientRecord.normalise); only other forms,
-            # such as urn:uuid, need an alias.
-            relative = f"{resource_type}/{resource_id}"
-            if not full_url.endswith(relative):
-                aliases[full_url] = relative
-        yield resource
+        yield from _fhir_documents(value, source=f"{source}#prefetch.{key}")

@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from spasticity_cds.errors import InputError
-from spasticity_cds.fhir.parse import ParsedInput, Resource
-
-PATIENT_LINK_FIELDS = ("subject", "patient", "beneficiary")
+from spasticity_cds.fhir.model import Reference, Resource, to_json
+from spasticity_cds.fhir.parse import ParsedInput
 
 
 @dataclass(frozen=True)
 class PatientRecord:
     """The resources of exactly one patient, with duplicates collapsed and references normalised."""
 
-    patient: Resource
+    patient_resource: Resource
     by_type: dict[str, list[Resource]]
     by_reference: dict[str, Resource]
     aliases: dict[str, str] = field(default_factory=dict)
@@ -25,7 +24,12 @@ class PatientRecord:
 
     @property
     def patient_reference(self) -> str:
-        return f"Patient/{self.patient.get('id', 'unknown')}"
+        return f"Patient/{self.patient_resource.id or 'unknown'}"
+
+    @cached_property
+    def patient(self) -> dict[str, Any]:
+        """The Patient resource as FHIR JSON (the fields read: id, name, identifier, gender, birthDate)."""
+        return to_json(self.patient_resource)
 
     def of_type(self, resource_type: str) -> list[Resource]:
         """Every resource of one type, in input order."""
@@ -46,16 +50,10 @@ class PatientRecord:
         return self.by_reference.get(self.normalise(reference))
 
 
-def reference_of(resource: Resource) -> str:
-    """The relative reference ``Type/id`` of a resource."""
-    return f"{resource.get('resourceType')}/{resource.get('id')}"
-
-
 def build_record(parsed: ParsedInput, *, source: str = "<input>") -> PatientRecord:
     """Index the parsed resources of one patient; several patients or none is an input error."""
-    unique, anonymous, dropped = _deduplicate(parsed.resources)
-    patients = [r for key, r in unique.items() if key.startswith("Patient/")]
-    patients += [r for r in anonymous if r["resourceType"] == "Patient"]
+    unique = parsed.resources
+    patients = [resource for resource in unique.values() if resource.resource_type == "Patient"]
     if not patients:
         raise InputError("no Patient resource in the input", where=source)
     if len(patients) > 1:
@@ -65,64 +63,54 @@ def build_record(parsed: ParsedInput, *, source: str = "<input>") -> PatientReco
             where=source,
         )
     patient = patients[0]
-    patient_refs = {reference_of(patient)}
-    patient_refs.update(alias for alias, target in parsed.aliases.items() if target in patient_refs)
+    owner = _OwnerCheck(patient.reference, parsed.aliases)
     by_type: dict[str, list[Resource]] = {}
-    by_reference: dict[str, Resource] = {}
-    foreign = 0
-    for key, resource in [*unique.items(), *((reference_of(r), r) for r in anonymous)]:
-        owner = _owner_reference(resource)
-        if owner is not None and owner not in patient_refs and parsed.aliases.get(owner) not in patient_refs:
-            foreign += 1
+    foreign: list[str] = []
+    for key, resource in unique.items():
+        if not owner.is_ours(resource):
+            foreign.append(key)
             continue
-        by_type.setdefault(resource["resourceType"], []).append(resource)
-        by_reference[key] = resource
+        resource_type: str = resource.resource_type  # type: ignore[assignment]  # ParsedInput keeps typed ones
+        same_type = by_type.get(resource_type)
+        if same_type is None:
+            by_type[resource_type] = [resource]
+        else:
+            same_type.append(resource)
+    by_reference = {key: r for key, r in unique.items() if key not in foreign} if foreign else unique
     return PatientRecord(
-        patient=patient,
+        patient_resource=patient,
         by_type=by_type,
         by_reference=by_reference,
         aliases=parsed.aliases,
-        duplicates_dropped=dropped,
-        other_patient_resources=foreign,
+        duplicates_dropped=parsed.duplicates,
+        other_patient_resources=len(foreign),
     )
 
 
-def _deduplicate(resources: Iterable[Resource]) -> tuple[dict[str, Resource], list[Resource], int]:
-    """One copy per Type/id (the latest meta.lastUpdated, else the last seen), resources without id, drops."""
-    chosen: dict[str, Resource] = {}
-    anonymous: list[Resource] = []
-    dropped = 0
-    for resource in resources:
-        resource_type = resource.get("resourceType")
-        if not isinstance(resource_type, str):
-            continue
-        resource_id = resource.get("id")
-        if resource_id is None:
-            anonymous.append(resource)
-            continue
-        key = f"{resource_type}/{resource_id}"
-        previous = chosen.get(key)
-        if previous is not None:
-            dropped += 1
-            if _last_updated(previous) > _last_updated(resource):
-                continue
-        chosen[key] = resource
-    return chosen, anonymous, dropped
+class _OwnerCheck:
+    """Whether a resource belongs to the patient, by its subject, patient or beneficiary link (memoised per link)."""
+
+    def __init__(self, patient_reference: str, aliases: dict[str, str]) -> None:
+        self.ours = {patient_reference, *(alias for alias, target in aliases.items() if target == patient_reference)}
+        self.aliases = aliases
+        self.verdicts: dict[str, bool] = {}
+
+    def is_ours(self, resource: Resource) -> bool:
+        link = resource.subject
+        reference = link.reference if link is not None else None
+        if reference is None:
+            reference = _link(resource.patient) or _link(resource.beneficiary)
+            if reference is None:
+                return True
+        verdict = self.verdicts.get(reference)
+        if verdict is None:
+            owner = reference if reference.startswith("urn:") else _relative(reference)
+            verdict = self.verdicts[reference] = owner in self.ours or self.aliases.get(owner) in self.ours
+        return verdict
 
 
-def _last_updated(resource: Resource) -> str:
-    meta = resource.get("meta")
-    value = meta.get("lastUpdated") if isinstance(meta, dict) else None
-    return value if isinstance(value, str) else ""
-
-
-def _owner_reference(resource: Resource) -> str | None:
-    for field_name in PATIENT_LINK_FIELDS:
-        link: Any = resource.get(field_name)
-        if isinstance(link, dict) and isinstance(link.get("reference"), str):
-            reference: str = link["reference"]
-            return reference if reference.startswith("urn:") else _relative(reference)
-    return None
+def _link(link: Reference | None) -> str | None:
+    return link.reference if link is not None else None
 
 
 def _relative(reference: str) -> str:

@@ -9,7 +9,8 @@ from typing import Any
 
 from spasticity_cds.engine.evaluator import Engine
 from spasticity_cds.engine.facts import parse_date
-from spasticity_cds.fhir.record import PatientRecord, reference_of
+from spasticity_cds.fhir.model import Component, Resource
+from spasticity_cds.fhir.record import PatientRecord
 from spasticity_cds.knowledge.schema import Node
 
 WIDTH, HEIGHT = 560, 240
@@ -99,15 +100,15 @@ def collect_series(record: PatientRecord, engine: Engine) -> dict[str, list[Poin
     """Numeric observation values over time for the charted concepts, oldest first."""
     out: dict[str, list[Point]] = {}
     for resource in record.of_type("Observation"):
-        if resource.get("status") in ("entered-in-error", "cancelled"):
+        if resource.status in ("entered-in-error", "cancelled"):
             continue
         when = _when(resource)
         if when is None:
             continue
-        source = reference_of(resource)
-        holders = [resource, *[c for c in resource.get("component") or () if isinstance(c, dict)]]
+        source = resource.reference
+        holders: list[Component] = [resource, *(resource.component or ())]
         for holder in holders:
-            found = engine.vocabulary.match(holder.get("code"), "observation")
+            found = engine.vocabulary.match(holder.code, "observation")
             if found is None or found.concept.id not in CONCEPTS:
                 continue
             value = _quantity(holder)
@@ -167,13 +168,13 @@ def _checks(node: Node) -> Iterator[Any]:
         yield from _checks(node.not_)
 
 
-def _when(resource: dict[str, Any]) -> date | None:
-    period = resource.get("effectivePeriod")
+def _when(resource: Resource) -> date | None:
+    period = resource.effective_period
     for candidate in (
-        resource.get("effectiveDateTime"),
-        resource.get("effectiveInstant"),
-        period.get("start") if isinstance(period, dict) else None,
-        resource.get("issued"),
+        resource.effective_date_time,
+        resource.effective_instant,
+        period.start if period is not None else None,
+        resource.issued,
     ):
         parsed = parse_date(candidate)
         if parsed is not None:
@@ -181,16 +182,13 @@ def _when(resource: dict[str, Any]) -> date | None:
     return None
 
 
-def _quantity(holder: dict[str, Any]) -> float | None:
-    quantity = holder.get("valueQuantity")
-    if isinstance(quantity, dict):
-        value = quantity.get("value")
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-    for key in ("valueInteger", "valueDecimal"):
-        value = holder.get(key)
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
+def _quantity(holder: Component) -> float | None:
+    quantity = holder.value_quantity
+    if quantity is not None and quantity.value is not None:
+        return quantity.value
+    for value in (holder.value_integer, holder.value_decimal):
+        if value is not None:
+            return value
     return None
 
 
