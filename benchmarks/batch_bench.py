@@ -120,18 +120,16 @@ def child(mode: str, folder: Path, workers: int) -> dict[str, Any]:
                     lines += 1
         extra["lines"] = lines
     elif mode == "group":
-        from spasticity_cds.batch.group import DuckGrouper
         from spasticity_cds.batch.inputs import discover
+        from spasticity_cds.batch.local import grouped
 
         spill = WORK / f"spill-{os.getpid()}"
+        spill.mkdir(parents=True, exist_ok=True)
         patients = 0
-        with DuckGrouper(discover(folder).files, spill, memory_limit="512MB", threads=os.cpu_count() or 1) as grouper:
-            grouper.load()
-            extra["load_s"] = round(time.perf_counter() - started, 2)
-            for _, lines_of in grouper.patients():
-                for _, _, text in lines_of:
-                    orjson.loads(text.encode("latin-1") if isinstance(text, str) else text)
-                patients += 1
+        for _, lines_of in grouped(discover(folder).files, spill):
+            for _, _, text in lines_of:
+                orjson.loads(text.encode("latin-1") if isinstance(text, str) else text)
+            patients += 1
         shutil.rmtree(spill, ignore_errors=True)
         extra["patients"] = patients
     elif mode in ("local", "spark"):

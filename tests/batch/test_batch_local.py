@@ -56,10 +56,24 @@ def test_batch_equals_the_evaluator_patient_by_patient(clean_cohort: Path, tmp_p
 
 
 def test_two_workers_write_the_same_bytes_as_one(bad_cohort: Path, tmp_path: Path) -> None:
-    run(bad_cohort, tmp_path / "one")
-    run(bad_cohort, tmp_path / "two", workers=2, chunk_size=4)
+    one = run(bad_cohort, tmp_path / "one")
+    two = run(bad_cohort, tmp_path / "two", workers=2, block_bytes=4096)  # many ranges, blocks and partitions
     for name in ("Task.ndjson", "open.ndjson", "OperationOutcome.ndjson", "worklist.csv", "rule_counts.json"):
         assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes(), name
+    assert one.manifest["input"] == two.manifest["input"]
+    assert one.counts == two.counts
+
+
+def test_crlf_line_ends_give_the_same_run(bad_cohort: Path, tmp_path: Path) -> None:
+    crlf = tmp_path / "crlf"
+    crlf.mkdir()
+    for source in bad_cohort.iterdir():
+        (crlf / source.name).write_bytes(source.read_bytes().replace(b"\n", b"\r\n"))
+    lf = run(bad_cohort, tmp_path / "lf")
+    other = run(crlf, tmp_path / "other", block_bytes=4096)
+    for name in ("Task.ndjson", "OperationOutcome.ndjson", "rule_counts.json"):
+        assert (tmp_path / "lf" / name).read_bytes() == (tmp_path / "other" / name).read_bytes(), name
+    assert lf.counts == other.counts
 
 
 def test_bad_input_is_counted_and_located_and_never_stops_the_run(bad_cohort: Path, tmp_path: Path) -> None:
@@ -96,13 +110,12 @@ def test_bad_input_is_counted_and_located_and_never_stops_the_run(bad_cohort: Pa
 
 
 def test_shared_medication_reaches_the_patient_that_references_it(bad_cohort: Path, tmp_path: Path) -> None:
-    from spasticity_cds.batch.group import DuckGrouper
     from spasticity_cds.batch.inputs import discover
+    from spasticity_cds.batch.local import grouped
 
     inputs = discover(bad_cohort)
-    with DuckGrouper(inputs.files, tmp_path / "spill", memory_limit="256MB", threads=1) as grouper:
-        grouper.load()
-        groups = dict(grouper.patients())
+    (tmp_path / "spill").mkdir()
+    groups = dict(grouped(inputs.files, tmp_path / "spill", block_bytes=4096))
     names = [inputs.files[line[0]].name for line in groups["Patient/p-3-2"]]
     assert names.count("Medication.ndjson") == 1
     assert all("Medication.ndjson" not in [inputs.files[line[0]].name for line in lines]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import csv
 import html
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -12,6 +12,7 @@ from urllib.parse import quote
 
 import orjson
 
+from spasticity_cds.batch import problems
 from spasticity_cds.batch.patient import PatientOutcome
 from spasticity_cds.batch.tasks import close_task
 from spasticity_cds.errors import BatchError
@@ -39,6 +40,8 @@ HTML_COLUMNS = (
     ("action", "Action"), ("summary", "Summary"), ("values", "Key values"), ("missing", "Missing data"),
     ("new", "New"),
 )  # fmt: skip
+#: A problem line kept for the report: (line number, resource type, raw text).
+KeptLine = tuple[int, str | None, bytes | str]
 SEVERITY_RANKS = (0, 1, 2)
 SEVERITY_TITLES = {"critical": "Critical", "warning": "Warning", "info": "Information"}
 _LINES = (
@@ -139,6 +142,24 @@ class RunWriter:
         """Write one problem found while reading the input (line problems are counted from the file stats)."""
         self._outcomes.write(orjson.dumps(record) + b"\n")
         self.outcome_count += 1
+
+    def line_problems(
+        self, names: Sequence[str], collected: Iterable[tuple[tuple[int, str], tuple[int, Sequence[KeptLine]]]]
+    ) -> None:
+        """Write line problems in a fixed order: by file and line, then one overflow record per file and category.
+
+        ``collected`` holds per (file index, category) the number of lines and the first of them (any order)."""
+        detailed: list[tuple[int, int, str, str | None, bytes | str]] = []
+        overflow: list[tuple[int, str, int]] = []
+        for (file_id, status), (total, first) in collected:
+            detailed.extend((file_id, line_no, status, rtype, raw) for line_no, rtype, raw in first)
+            if total > problems.DETAIL_CAP:
+                overflow.append((file_id, status, total - problems.DETAIL_CAP))
+        for file_id, line_no, status, rtype, raw in sorted(detailed, key=lambda entry: (entry[0], entry[1])):
+            diagnostics = problems.describe(status, rtype, raw if isinstance(raw, bytes) else raw.encode())
+            self.problem(problems.operation_outcome(status, diagnostics, f"{names[file_id]}:{line_no}"))
+        for file_id, status, more in sorted(overflow):
+            self.problem(problems.overflow(status, names[file_id], more))
 
     def finish(self, *, previous: Path | None, now: str, app_url: str, memory_limit: str) -> dict[str, int]:
         """Write Task, open, closed, CSV, HTML; returns counts of new, open, closed and carried Tasks."""

@@ -138,17 +138,11 @@ def _dump(value: Mapping[str, Any]) -> bytes:
     return orjson.dumps(value)
 
 
-_WORKER: PatientEvaluator | None = None
+_EVALUATORS: dict[EvaluationSpec, PatientEvaluator] = {}
 
 
-def init_worker(spec: EvaluationSpec) -> None:
-    """Process-pool initializer: load the knowledge base once for this worker process."""
-    global _WORKER  # noqa: PLW0603 - one evaluator per worker process is the point
-    _WORKER = PatientEvaluator(spec)
-
-
-def evaluate_chunk(chunk: Sequence[tuple[str, Sequence[Line]]]) -> list[PatientOutcome]:
-    """Evaluate a chunk of patients in a pool worker (after ``init_worker``)."""
-    if _WORKER is None:
-        raise RuntimeError("init_worker was not called in this process")
-    return [_WORKER.evaluate(key, lines) for key, lines in chunk]
+def cached_evaluator(spec: EvaluationSpec) -> PatientEvaluator:
+    """One evaluator (one knowledge-base load) per process and spec, reused by every task the process runs."""
+    if spec not in _EVALUATORS:
+        _EVALUATORS[spec] = PatientEvaluator(spec)
+    return _EVALUATORS[spec]

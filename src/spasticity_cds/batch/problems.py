@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -199,7 +200,7 @@ class Classified:
     medication_ref: str | None = None
 
 
-def _reference(resource: dict[str, Any], field: str) -> str | None:
+def _reference(resource: Mapping[str, Any], field: str) -> str | None:
     link = resource.get(field)
     if isinstance(link, dict) and isinstance(link.get("reference"), str):
         return str(link["reference"])
@@ -225,6 +226,11 @@ def classify(raw: bytes) -> Classified:
         return Classified(MALFORMED)
     if not isinstance(document, dict):
         return Classified(MALFORMED)
+    return classify_document(document)
+
+
+def classify_document(document: Mapping[str, Any]) -> Classified:
+    """Classify a parsed JSON object (only its resourceType, id, patient links and medicationReference are read)."""
     resource_type = _scalar(document.get("resourceType"))
     if resource_type is None:
         return Classified(MALFORMED)

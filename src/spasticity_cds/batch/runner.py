@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import shutil
 import time
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -16,14 +13,8 @@ from typing import Any, TypeVar
 
 from spasticity_cds.batch import output, problems
 from spasticity_cds.batch.inputs import InputSet, discover
-from spasticity_cds.batch.patient import (
-    EvaluationSpec,
-    Line,
-    PatientEvaluator,
-    PatientOutcome,
-    evaluate_chunk,
-    init_worker,
-)
+from spasticity_cds.batch.patient import EvaluationSpec, cached_evaluator
+from spasticity_cds.batch.scan import BLOCK_BYTES
 from spasticity_cds.errors import BatchError
 
 ENGINES = ("local", "spark")
@@ -46,7 +37,7 @@ class BatchOptions:
     kb_path: Path | None = None
     app_url: str = ""
     memory_limit: str = "512MB"
-    chunk_size: int = 50
+    block_bytes: int = BLOCK_BYTES
     spark_master: str | None = None
 
 
@@ -111,7 +102,9 @@ def _run_into(
 
             report = run_spark(inputs, spec, writer, options, progress)
         else:
-            report = _run_local(inputs, spec, writer, options, progress)
+            from spasticity_cds.batch.local import run_local
+
+            report = run_local(inputs, spec, writer, options, progress)
         for stats in report.file_stats:
             for category in LINE_PROBLEMS:
                 if stats.get(category):
@@ -124,78 +117,12 @@ def _run_into(
         )
     finally:
         writer.close()
-    knowledge_base = PatientEvaluator(spec).knowledge_base
+    knowledge_base = cached_evaluator(spec).knowledge_base
     output.write_json(partial / output.RULE_COUNTS, writer.counts.rule_counts(knowledge_base))
     manifest = _manifest(inputs, previous, options, knowledge_base, report, writer, tasks)
     output.write_json(partial / output.MANIFEST, manifest)
     shutil.rmtree(writer.work)
     return manifest
-
-
-def _run_local(
-    inputs: InputSet, spec: EvaluationSpec, writer: output.RunWriter, options: BatchOptions, progress: Progress | None
-) -> EngineReport:
-    from spasticity_cds.batch.group import DuckGrouper  # DuckDB loads only when a run starts
-
-    with DuckGrouper(
-        inputs.files, writer.work / "spill", memory_limit=options.memory_limit, threads=os.cpu_count() or 1
-    ) as grouper:
-        grouper.load()
-        total = grouper.patient_count()
-        stats = grouper.file_stats()
-        for record in grouper.problems():
-            writer.problem(record)
-        if progress is not None:
-            progress(0, total)
-        for done, outcome in enumerate(_evaluate_local(grouper.patients(), spec, options), start=1):
-            writer.add(outcome)
-            if progress is not None:
-                progress(done, total)
-    return EngineReport(patients=total, file_stats=stats, engine={"name": "local", "workers": options.workers})
-
-
-def _evaluate_local(
-    patients: Iterator[tuple[str, list[Line]]], spec: EvaluationSpec, options: BatchOptions
-) -> Iterator[PatientOutcome]:
-    if options.workers == 1:
-        evaluator = PatientEvaluator(spec)
-        for key, lines in patients:
-            yield evaluator.evaluate(key, lines)
-        return
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(
-        max_workers=options.workers, mp_context=context, initializer=init_worker, initargs=(spec,)
-    ) as executor:
-        try:
-            for outcomes in _bounded_map(executor, _chunks(patients, options.chunk_size), 2 * options.workers + 1):
-                yield from outcomes
-        except BaseException:
-            executor.shutdown(wait=True, cancel_futures=True)
-            raise
-
-
-def _chunks(items: Iterable[T], size: int) -> Iterator[list[T]]:
-    chunk: list[T] = []
-    for item in items:
-        chunk.append(item)
-        if len(chunk) >= size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
-
-
-def _bounded_map(
-    executor: ProcessPoolExecutor, chunks: Iterator[list[tuple[str, list[Line]]]], in_flight: int
-) -> Iterator[list[PatientOutcome]]:
-    """Like ``executor.map`` in order, but with at most ``in_flight`` chunks submitted (flat memory)."""
-    pending: deque[Future[list[PatientOutcome]]] = deque()
-    for chunk in chunks:
-        pending.append(executor.submit(evaluate_chunk, chunk))
-        if len(pending) >= in_flight:
-            yield pending.popleft().result()
-    while pending:
-        yield pending.popleft().result()
 
 
 def _manifest(

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING
 
 from spasticity_cds.batch import problems
-from spasticity_cds.batch.patient import EvaluationSpec, Line, PatientEvaluator, PatientOutcome
+from spasticity_cds.batch.patient import EvaluationSpec, Line, PatientOutcome, cached_evaluator
 from spasticity_cds.errors import BatchError
 
 if TYPE_CHECKING:
@@ -20,16 +20,8 @@ if TYPE_CHECKING:
 
 #: A classified line: ((file index, line number, raw bytes), classification).
 Row = tuple[Line, problems.Classified]
-_EVALUATORS: dict[EvaluationSpec, PatientEvaluator] = {}
 #: The master when neither ``--spark-master`` nor spark-submit names one.
 LOCAL_MASTER = "local[2]"
-
-
-def _evaluator(spec: EvaluationSpec) -> PatientEvaluator:
-    """One evaluator (compiled knowledge base) per Python worker process, reused across partitions."""
-    if spec not in _EVALUATORS:
-        _EVALUATORS[spec] = PatientEvaluator(spec)
-    return _EVALUATORS[spec]
 
 
 def evaluate_partition(
@@ -39,7 +31,7 @@ def evaluate_partition(
     (a range partition never splits a key), put them in file and line order, run the local engine's step."""
 
     def run(pairs: Iterable[tuple[str, Line]]) -> Iterator[PatientOutcome]:
-        evaluator = _evaluator(spec)
+        evaluator = cached_evaluator(spec)
         for key, group in itertools.groupby(pairs, key=lambda pair: pair[0]):
             lines = sorted((pair[1] for pair in group), key=lambda line: (line[0], line[1]))
             yield evaluator.evaluate(key, lines)
@@ -168,7 +160,7 @@ def run_spark(
         stats: list[dict[str, int]] = [{} for _ in inputs.files]
         for (file_id, status), (count, _) in tallies:
             stats[file_id][status] = count
-        _report_problems(writer, [item.name for item in inputs.files], [t for t in tallies if t[1][1]])
+        writer.line_problems([item.name for item in inputs.files], [t for t in tallies if t[1][1]])
 
         patient_lines = every_row.filter(lambda row: row[1].status == problems.OK and row[1].key is not None)
         medication_lines = medications.join(references.map(lambda pair: (pair[0], pair[1]))).map(
@@ -190,25 +182,3 @@ def run_spark(
         if created:
             session.stop()
     return EngineReport(patients=total, file_stats=stats, engine={"name": "spark", "master": master})
-
-
-def _report_problems(
-    writer: RunWriter, names: list[str], collected: list[tuple[tuple[int, str], tuple[int, list[Kept]]]]
-) -> None:
-    """Write line problems in the local engine's order: by file and line, then one overflow per category."""
-    detailed: list[tuple[int, int, str, str | None, bytes | str]] = []
-    overflow: list[tuple[int, str, int]] = []
-    for (file_id, status), (total, first) in collected:
-        detailed.extend((file_id, line_no, status, rtype, raw) for line_no, rtype, raw in first)
-        if total > problems.DETAIL_CAP:
-            overflow.append((file_id, status, total - problems.DETAIL_CAP))
-    for file_id, line_no, status, rtype, raw in sorted(detailed, key=lambda entry: (entry[0], entry[1])):
-        writer.problem(
-            problems.operation_outcome(
-                status,
-                problems.describe(status, rtype, raw if isinstance(raw, bytes) else raw.encode()),
-                f"{names[file_id]}:{line_no}",
-            )
-        )
-    for file_id, status, more in sorted(overflow):
-        writer.problem(problems.overflow(status, names[file_id], more))

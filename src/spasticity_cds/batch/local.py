@@ -1,0 +1,186 @@
+"""The local engine: scan blocks into hash partitions, evaluate partitions in parallel, merge outcomes in key order."""
+
+from __future__ import annotations
+
+import heapq
+import multiprocessing
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
+
+import orjson
+
+from spasticity_cds.batch import partition, problems, scan
+from spasticity_cds.batch.inputs import InputFile
+from spasticity_cds.batch.output import KeptLine
+from spasticity_cds.batch.patient import EvaluationSpec
+from spasticity_cds.errors import BatchError
+
+if TYPE_CHECKING:
+    from spasticity_cds.batch.inputs import InputSet
+    from spasticity_cds.batch.output import RunWriter
+    from spasticity_cds.batch.runner import BatchOptions, EngineReport
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+@dataclass(slots=True)
+class Layout:
+    """The scan put together: each partition's slices, per-file counts, problem lines, references, shared lines."""
+
+    partitions: int
+    slices: list[list[partition.Slice]]
+    stats: list[dict[str, int]]
+    kept: dict[tuple[int, str], list[KeptLine]] = field(default_factory=dict)
+    medication_refs: set[str] = field(default_factory=set)
+    shared: list[partition.Slice] = field(default_factory=list)
+    patient_lines: int = 0
+
+
+class _Pool:
+    """``map`` in order: in this process (one worker) or in a pool of spawned processes."""
+
+    def __init__(self, executor: ProcessPoolExecutor | None) -> None:
+        self.executor = executor
+
+    def map(self, function: Callable[[T], R], items: Sequence[T]) -> Iterator[R]:
+        """``function`` over ``items``, results in order."""
+        if self.executor is None:
+            return map(function, items)
+        return self.executor.map(function, items)
+
+
+@contextmanager
+def _pool(workers: int) -> Iterator[_Pool]:
+    if workers == 1:
+        yield _Pool(None)
+        return
+    context = multiprocessing.get_context("spawn")  # no inherited state or threads: the same start on every OS
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as executor:
+        try:
+            yield _Pool(executor)
+        except BaseException:
+            executor.shutdown(wait=True, cancel_futures=True)
+            raise
+
+
+def run_local(
+    inputs: InputSet,
+    spec: EvaluationSpec,
+    writer: RunWriter,
+    options: BatchOptions,
+    progress: Callable[[int, int], None] | None,
+) -> EngineReport:
+    """Scan, report line problems, evaluate each partition, then stream every outcome to the writer in key order."""
+    from spasticity_cds.batch.runner import EngineReport
+
+    work = writer.work / "local"
+    work.mkdir(parents=True, exist_ok=True)
+    count = scan.partition_count(inputs.files, options.block_bytes, options.workers)
+    tasks = scan.plan(inputs.files, work, count, options.block_bytes)
+    with _pool(options.workers) as pool:
+        layout = _layout(inputs.files, tasks, pool.map(scan.scan, tasks), count)
+        medications = _split_shared(layout, work / "medications.bin")
+        writer.line_problems([item.name for item in inputs.files], _collected(layout))
+        jobs = [
+            partition.PartitionTask(
+                index, tuple(layout.slices[index]), medications, str(work / f"part-{index:04d}.bin"), spec
+            )
+            for index in range(count)
+        ]
+        total = layout.patient_lines  # patients are counted exactly only once grouped; those without one come on top
+        done = 0
+        if progress is not None:
+            progress(0, total)
+        for patients in pool.map(partition.evaluate, jobs):
+            done += patients
+            if progress is not None:
+                progress(done, max(total, done))
+    for outcome in partition.merged(job.out for job in jobs):
+        writer.add(outcome)
+    return EngineReport(patients=done, file_stats=layout.stats, engine={"name": "local", "workers": options.workers})
+
+
+def grouped(
+    files: Sequence[InputFile], work: Path, block_bytes: int = scan.BLOCK_BYTES
+) -> Iterator[tuple[str, list[partition.RawLine]]]:
+    """Every patient's lines without evaluating them (tests, the benchmark), one partition after the other."""
+    count = scan.partition_count(files, block_bytes, 1)
+    tasks = scan.plan(files, work, count, block_bytes)
+    layout = _layout(files, tasks, map(scan.scan, tasks), count)
+    medications = _split_shared(layout, work / "medications.bin")
+    for slices in layout.slices:
+        yield from partition.group(slices, medications)
+
+
+def _layout(
+    files: Sequence[InputFile], tasks: Sequence[scan.ScanTask], results: Iterable[scan.ScanResult], count: int
+) -> Layout:
+    layout = Layout(partitions=count, slices=[[] for _ in range(count)], stats=[{} for _ in files])
+    next_line = [1] * len(files)
+    for task, result in zip(tasks, results, strict=True):
+        if result.error is not None:
+            raise BatchError(result.error, where=files[task.file_id].name)
+        base = next_line[task.file_id]
+        next_line[task.file_id] += result.lines
+        _add_result(layout, result, base)
+    return layout
+
+
+def _add_result(layout: Layout, result: scan.ScanResult, base: int) -> None:
+    file_id = result.file_id
+    stats = layout.stats[file_id]
+    for status, number in result.stats.items():
+        stats[status] = stats.get(status, 0) + number
+    for status, kept in result.kept.items():
+        _keep(layout, (file_id, status), [(base + index, rtype, raw) for index, rtype, raw in kept])
+    layout.medication_refs |= result.medication_refs
+    layout.patient_lines += result.patient_lines
+    for segment in result.segments:
+        offsets = segment.offsets
+        for index in range(layout.partitions):
+            if offsets[index + 1] > offsets[index]:
+                layout.slices[index].append(
+                    partition.Slice(segment.path, offsets[index], offsets[index + 1], file_id, base)
+                )
+        if offsets[-1] > offsets[-2]:
+            layout.shared.append(partition.Slice(segment.path, offsets[-2], offsets[-1], file_id, base))
+
+
+def _keep(layout: Layout, where: tuple[int, str], lines: list[KeptLine]) -> None:
+    kept = layout.kept.setdefault(where, [])
+    kept.extend(lines)
+    if len(kept) > 2 * problems.DETAIL_CAP:
+        kept[:] = _first(kept)
+
+
+def _first(kept: list[KeptLine]) -> list[KeptLine]:
+    return heapq.nsmallest(problems.DETAIL_CAP, kept, key=lambda entry: entry[0])
+
+
+def _split_shared(layout: Layout, path: Path) -> str:
+    """Keep the shared Medications some patient references (in ``path``); report the rest as ``no-patient``."""
+    if not layout.shared:
+        return ""
+    with path.open("wb") as out:
+        for piece in layout.shared:
+            for reference, _, lines in partition.runs(piece):
+                if str(orjson.loads(reference)) in layout.medication_refs:
+                    out.write(b"".join(b"%d\t%d\t%b\t%b\n" % (*line[:2], reference, line[2]) for line in lines))
+                    continue
+                stats = layout.stats[piece.file_id]
+                stats[problems.OK] -= len(lines)
+                stats[problems.NO_PATIENT] = stats.get(problems.NO_PATIENT, 0) + len(lines)
+                _keep(layout, (piece.file_id, problems.NO_PATIENT), [(line[1], "Medication", b"") for line in lines])
+    return str(path)
+
+
+def _collected(layout: Layout) -> list[tuple[tuple[int, str], tuple[int, list[KeptLine]]]]:
+    return [
+        ((file_id, status), (layout.stats[file_id].get(status, 0), _first(kept)))
+        for (file_id, status), kept in sorted(layout.kept.items())
+    ]

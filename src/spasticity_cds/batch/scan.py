@@ -1,0 +1,269 @@
+"""Scan NDJSON files in line-aligned blocks: classify each line once and spill it to its patient's hash partition."""
+
+from __future__ import annotations
+
+import gzip
+import itertools
+import zlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, cast
+
+import msgspec
+import orjson
+
+from spasticity_cds.batch import problems
+from spasticity_cds.batch.inputs import InputFile
+
+#: Input bytes per scan block (one segment of spilled partitions) and per patient partition.
+BLOCK_BYTES = 32 * 1024 * 1024
+#: Estimated expansion of a gzip file, to size the partitions before it is read.
+GZIP_RATIO = 8
+#: At most this many partitions (open outcome files in the final merge); past it partitions grow instead.
+MAX_PARTITIONS = 512
+LINE_PROBLEMS = (problems.MALFORMED, problems.UNKNOWN_TYPE, problems.NO_PATIENT)
+#: A problem line kept for the report: (line number, resource type, raw text; raw only when malformed).
+Kept = tuple[int, str | None, bytes]
+
+
+class _Reference(msgspec.Struct):
+    """A Reference; only its ``reference`` string is read."""
+
+    reference: str | None = None
+
+
+class _Fields(msgspec.Struct):
+    """The only fields classification reads, typed as in valid FHIR; msgspec skips (but checks) the rest."""
+
+    resourceType: str | None = None  # noqa: N815 - FHIR's field names
+    id: str | None = None
+    subject: _Reference | None = None
+    patient: _Reference | None = None
+    beneficiary: _Reference | None = None
+    medicationReference: _Reference | None = None  # noqa: N815
+
+
+_DECODER = msgspec.json.Decoder(_Fields)
+_R4_TYPES = problems.R4_TYPES
+_UNUSUAL = (msgspec.DecodeError, ValueError, RecursionError)  # invalid UTF-8 raises UnicodeDecodeError
+
+
+def fast_key(raw: bytes) -> str | None:
+    """The patient key of the usual line (a known R4 type with a plain relative ``Patient/{id}`` link and no
+    ``medicationReference``), exactly as ``problems.classify`` finds it; ``None``: ask ``problems.classify``.
+    A Patient's key ends in a tab (stripped by the caller) so that Patient resources can be counted."""
+    try:
+        fields = _DECODER.decode(raw)
+    except _UNUSUAL:
+        return None
+    resource_type = fields.resourceType
+    if fields.medicationReference is not None or resource_type not in _R4_TYPES:
+        return None
+    if resource_type == "Patient":
+        return f"Patient/{fields.id}\t" if fields.id else None
+    link = fields.subject or fields.patient or fields.beneficiary  # the first present; an empty one -> slow path
+    reference = link.reference if link is not None else None
+    if reference and reference.startswith("Patient/") and len(reference) > 8 and reference.find("/", 8) < 0:
+        return reference
+    return None
+
+
+def partition_of(key: bytes, partitions: int) -> int:
+    """The partition of a patient key (its JSON text): the same in every process, unlike ``hash``."""
+    return zlib.crc32(key) % partitions
+
+
+@dataclass(frozen=True, slots=True)
+class ScanTask:
+    """One byte range of one file (a whole file when gzipped), spilled to ``out``."""
+
+    file_id: int
+    path: str
+    start: int
+    end: int
+    gzipped: bool
+    partitions: int
+    out: str
+    block_bytes: int = BLOCK_BYTES
+
+
+@dataclass(slots=True)
+class Segment:
+    """One scanned block in a spill file: partition ``p`` lies at ``offsets[p]:offsets[p + 1]``; the last
+    partition (index ``partitions``) holds shared ``Medication`` lines. ``first_line`` counts from the task start."""
+
+    path: str
+    first_line: int
+    offsets: list[int]
+
+
+@dataclass(slots=True)
+class ScanResult:
+    """What scanning one task found: its segments, line counts by status, first problem lines, references."""
+
+    file_id: int
+    lines: int = 0
+    segments: list[Segment] = field(default_factory=list)
+    stats: dict[str, int] = field(default_factory=dict)
+    kept: dict[str, list[Kept]] = field(default_factory=dict)
+    medication_refs: set[str] = field(default_factory=set)
+    patient_lines: int = 0
+    error: str | None = None
+
+
+def partition_count(files: Sequence[InputFile], block_bytes: int, workers: int) -> int:
+    """Enough partitions for each to hold about one block of input, and a few per worker to balance them."""
+    size = 0
+    for item in files:
+        stat = item.path.stat().st_size
+        size += stat * GZIP_RATIO if item.path.name.endswith(".gz") else stat
+    return max(4 * workers, min(MAX_PARTITIONS, -(-size // block_bytes)))
+
+
+def plan(files: Sequence[InputFile], work: Path, partitions: int, block_bytes: int = BLOCK_BYTES) -> list[ScanTask]:
+    """Cut plain files into ranges of about ``block_bytes`` ending at a newline; a gzip file is one task."""
+    tasks: list[ScanTask] = []
+    for file_id, item in enumerate(files):
+        gzipped = item.path.name.endswith(".gz")
+        cuts = [0, -1] if gzipped else _cuts(item.path, block_bytes)
+        for start, end in itertools.pairwise(cuts):
+            out = work / f"scan-{len(tasks):05d}.bin"
+            tasks.append(ScanTask(file_id, str(item.path), start, end, gzipped, partitions, str(out), block_bytes))
+    return tasks
+
+
+def _cuts(path: Path, block_bytes: int) -> list[int]:
+    size = path.stat().st_size
+    cuts = [0]
+    with path.open("rb") as handle:
+        while cuts[-1] + block_bytes < size:
+            handle.seek(cuts[-1] + block_bytes)
+            handle.readline()
+            position = handle.tell()
+            if position >= size:
+                break
+            cuts.append(position)
+    return [*cuts, size]
+
+
+def scan(task: ScanTask) -> ScanResult:
+    """Classify every line of the task's range and spill the usable ones by partition; never raises on content."""
+    result = ScanResult(file_id=task.file_id)
+    try:
+        with Path(task.out).open("wb") as out:
+            for block in _blocks(task):
+                _scan_block(task, block, result, out)
+    except (OSError, EOFError, zlib.error) as error:
+        result.error = f"cannot read the file: {error}"
+    return result
+
+
+def _open(task: ScanTask) -> IO[bytes]:
+    if task.gzipped:
+        return cast("IO[bytes]", gzip.open(task.path, "rb"))
+    handle = Path(task.path).open("rb")  # noqa: SIM115 - closed by the caller's with
+    handle.seek(task.start)
+    return handle
+
+
+def _blocks(task: ScanTask) -> Iterator[bytes]:
+    """The range as blocks of whole lines. A plain range ends at a newline and is read at once; a gzip stream is
+    cut after the last ``\\n`` of each block (so a ``\\r\\n`` is never split)."""
+    with _open(task) as handle:
+        if not task.gzipped:
+            yield handle.read(task.end - task.start)
+            return
+        carry = b""
+        while chunk := handle.read(task.block_bytes):
+            cut = chunk.rfind(b"\n") + 1
+            if cut == 0:
+                carry += chunk
+                continue
+            yield carry + chunk[:cut]
+            carry = chunk[cut:]
+        if carry:
+            yield carry
+
+
+class _Spill:
+    """The partitions of one block: runs of consecutive lines of one patient, each behind a header line
+    ``first index, count, key, medication reference`` (JSON strings)."""
+
+    def __init__(self, partitions: int) -> None:
+        self.partitions = partitions
+        self.buckets: list[list[bytes]] = [[] for _ in range(partitions + 1)]
+
+    def run(self, first: int, key: str, medication: bytes, lines: list[bytes], *, shared: bool = False) -> None:
+        """Spill ``lines`` (numbered from ``first``) of ``key``; ``shared``: unowned Medications, joined later."""
+        text = orjson.dumps(key)
+        bucket = self.buckets[self.partitions if shared else partition_of(text, self.partitions)]
+        bucket.append(b"%d\t%d\t%b\t%b\n" % (first, len(lines), text, medication))
+        bucket.append(b"\n".join(lines) + b"\n")
+
+    def write(self, out: IO[bytes]) -> list[int]:
+        """Append the partitions to ``out``; their offsets."""
+        offsets = [out.tell()]
+        for bucket in self.buckets:
+            out.write(b"".join(bucket))
+            offsets.append(out.tell())
+        return offsets
+
+
+def _scan_block(task: ScanTask, block: bytes, result: ScanResult, out: IO[bytes]) -> None:
+    spill = _Spill(task.partitions)
+    first_line = result.lines
+    lines = block.splitlines()
+    run_key: str | None = None
+    run_first = 0
+    run: list[bytes] = []
+    fast = 0
+    for index, raw in enumerate(lines, start=first_line):
+        key = fast_key(raw)
+        if key is not None and key == run_key:
+            run.append(raw)
+            fast += 1
+            continue
+        if run_key is not None:
+            spill.run(run_first, run_key, b"", run)
+            run_key = None
+        if key is not None:
+            if key.endswith("\t"):
+                key = key[:-1]
+                result.patient_lines += 1
+            run_key, run_first, run = key, index, [raw]
+            fast += 1
+            continue
+        _slow(result, spill, index, raw)
+    if run_key is not None:
+        spill.run(run_first, run_key, b"", run)
+    result.stats[problems.OK] = result.stats.get(problems.OK, 0) + fast
+    result.lines += len(lines)
+    result.segments.append(Segment(task.out, first_line, spill.write(out)))
+
+
+def _slow(result: ScanResult, spill: _Spill, index: int, raw: bytes) -> None:
+    """A line the fast path left: classify it exactly, count it, keep it as a problem or spill it alone."""
+    line = problems.classify(raw)
+    status = line.status
+    result.stats[status] = result.stats.get(status, 0) + 1
+    if status in LINE_PROBLEMS:
+        _keep(result, status, index, line.resource_type, raw)
+    if status != problems.OK:
+        return
+    medication = b""
+    if line.medication_ref is not None:
+        result.medication_refs.add(line.medication_ref)
+        medication = orjson.dumps(line.medication_ref)
+    if line.key is None:  # a Medication no patient owns: joined to the patients that reference it
+        spill.run(index, f"Medication/{line.resource_id}" if line.resource_id else "", b"", [raw], shared=True)
+        return
+    if line.resource_type == "Patient":
+        result.patient_lines += 1
+    spill.run(index, line.key, medication, [raw])
+
+
+def _keep(result: ScanResult, status: str, index: int, resource_type: str | None, raw: bytes) -> None:
+    kept = result.kept.setdefault(status, [])
+    if len(kept) < problems.DETAIL_CAP:
+        kept.append((index, resource_type, raw if status == problems.MALFORMED else b""))
