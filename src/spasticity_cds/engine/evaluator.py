@@ -38,6 +38,8 @@ KIND_ORDER = {
     "info": 6,
 }
 Effects = dict[str, list[tuple[str, dict[str, Any]]]]
+#: Per ladder agent: (taking it now, taking or being ordered it now).
+AgentStates = dict[str, tuple[bool, bool]]
 PLACEHOLDER = re.compile(r"\{([a-z][a-z0-9_\-]*(?:\.[a-z0-9_\-]+)+)\}")
 
 
@@ -56,7 +58,7 @@ class Engine:
 
     def __init__(self, kb: KnowledgeBase) -> None:
         self.kb = kb
-        self._citations_cache: dict[tuple[CitationRef, ...], list[dict[str, Any]]] = {}
+        self._citations_cache: dict[int, tuple[list[CitationRef], list[dict[str, Any]]]] = {}
         self._monograph_cache: dict[str, dict[str, Any]] = {}
         self.defaults: dict[str, Value] = {name: setting.value for name, setting in kb.settings.items()}
         self.vocabulary = Vocabulary(kb.valuesets)
@@ -146,8 +148,9 @@ class Engine:
         env = Env(facts, active_settings, self.definitions)
         scope = self.kb.rules[self.kb.manifest.scope_rule]
         in_scope = not self._fires(scope.id, env)
-        findings, effects = self._findings(env, in_scope)
-        options = self._options(env, effects, now) if in_scope else []
+        states = self._agent_states(env.facts)
+        findings, effects = self._findings(env, in_scope, states)
+        options = self._options(env, effects, now, states) if in_scope else []
         findings = _without_overruled_recommendations(findings, options)
         return self._assemble(record, now, active_settings, in_scope, findings, options, notes)
 
@@ -155,7 +158,7 @@ class Engine:
         compiled = self.rule_by_id[rule_id]
         return compiled.tree.evaluate(env)
 
-    def _findings(self, env: Env, in_scope: bool) -> tuple[list[dict[str, Any]], Effects]:
+    def _findings(self, env: Env, in_scope: bool, states: AgentStates) -> tuple[list[dict[str, Any]], Effects]:
         """Findings of every rule that fired or could not decide, and the option-status effects they carry."""
         findings: list[dict[str, Any]] = []
         effects: Effects = {}
@@ -172,7 +175,7 @@ class Engine:
                 continue
             if value is False:
                 continue
-            involved = self._involved(rule, env)
+            involved = any(states[agent][1] for agent in rule.agents if agent in states)
             finding = self._finding(compiled, env, gap=value is None, involved=involved)
             if value is None:
                 if rule.on_unknown == "data-gap":
@@ -202,9 +205,6 @@ class Engine:
         if rule.finding_when == "always":
             return True
         return involved == (rule.finding_when == "agent-involved")
-
-    def _involved(self, rule: Rule, env: Env) -> bool:
-        return any(self._agent_state(agent, env.facts)[1] for agent in rule.agents)
 
     def _finding(self, compiled: CompiledRule, env: Env, *, gap: bool, involved: bool) -> dict[str, Any]:
         rule = compiled.rule
@@ -298,11 +298,12 @@ class Engine:
         The expansion depends only on the knowledge base, so it is built once per list and shared between
         results; results are read-only by contract.
         """
-        key = tuple(refs)
-        cached = self._citations_cache.get(key)
-        if cached is None:
-            cached = self._citations_cache[key] = self._expand_citations(refs)
-        return cached
+        # Keyed by the identity of the knowledge base's list (hashing its items costs more than expanding them
+        # for a typical record); the list is kept in the entry, so an id is never reused while it is cached.
+        cached = self._citations_cache.get(id(refs))
+        if cached is None or cached[0] is not refs:
+            cached = self._citations_cache[id(refs)] = (refs, self._expand_citations(refs))
+        return cached[1]
 
     def _expand_citations(self, refs: list[CitationRef]) -> list[dict[str, Any]]:
         out = []
@@ -331,25 +332,32 @@ class Engine:
             out.append(entry)
         return out
 
-    def _agent_state(self, agent: str, facts: Mapping[str, Fact]) -> tuple[bool, bool]:
-        step = self.step_by_agent.get(agent)
-        if step is None:
-            return False, False
-        current = any(facts[name].value is True for name in step.current_when)
-        proposed = any(facts[name].value is True for name in step.proposed_when)
-        return current, current or proposed
+    def _agent_states(self, facts: Mapping[str, Fact]) -> AgentStates:
+        """(current, current or proposed) of every ladder agent in this record."""
+        states: AgentStates = {}
+        for step in self.ladder:
+            current = any(facts[name].value is True for name in step.current_when)
+            states[step.agent] = (current, current or any(facts[name].value is True for name in step.proposed_when))
+        return states
 
-    def _options(self, env: Env, effects: Effects, now: datetime) -> list[dict[str, Any]]:
-        options = [self._option(step, env, effects.get(step.agent, []), now) for step in self.ladder]
+    def _options(self, env: Env, effects: Effects, now: datetime, states: AgentStates) -> list[dict[str, Any]]:
+        options = [
+            self._option(step, env, effects.get(step.agent, []), now, states[step.agent]) for step in self.ladder
+        ]
         options.sort(key=lambda o: (RANK_GROUP[o["status"]], o["position"]))
         for rank, option in enumerate(options, start=1):
             option["rank"] = rank
         return options
 
     def _option(
-        self, step: LadderStep, env: Env, effects: list[tuple[str, dict[str, Any]]], now: datetime
+        self,
+        step: LadderStep,
+        env: Env,
+        effects: list[tuple[str, dict[str, Any]]],
+        now: datetime,
+        state: tuple[bool, bool],
     ) -> dict[str, Any]:
-        current, involved = self._agent_state(step.agent, env.facts)
+        current, involved = state
         status, reasons = _status(step, effects, current)
         option: dict[str, Any] = {
             "agent": step.agent,

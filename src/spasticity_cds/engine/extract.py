@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from functools import lru_cache
+from operator import itemgetter
 
 from spasticity_cds.engine.facts import Fact, days_between, missing, parse_date
 from spasticity_cds.engine.vocabulary import Match, Vocabulary
@@ -49,6 +49,9 @@ class Observed:
 RawObservation = tuple[str, Component, Resource]
 
 
+_stamp = itemgetter(0)
+
+
 def _raw_when(raw: RawObservation) -> date | None:
     return parse_date(raw[0])
 
@@ -79,6 +82,7 @@ class _Collected:
     medications: dict[str, list[MedicationOrder]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     text_matches: dict[tuple[str, str], list[str]] = field(default_factory=dict)
+    latest: dict[str, Observed | None] = field(default_factory=dict)
 
     def all_notes(self) -> list[str]:
         """Notes on how the record was read, with text matches grouped by concept and text."""
@@ -109,6 +113,7 @@ class FactExtractor:
         self.validity_days = validity_days
         self.concepts = vocabulary.concepts
         self.medication_concepts = [c for c in self.concepts.values() if c.kind == "medication"]
+        self.medication_classes = list(dict.fromkeys(k for c in self.medication_concepts for k in c.classes))
         # Facts of concepts absent from a record never change, so they are built once and shared.
         self._absent_presence = {
             f"{c.kind}.{c.id}": Fact(f"{c.kind}.{c.id}", False)
@@ -222,15 +227,21 @@ class FactExtractor:
         return Observed(value, when, source, unit, high, site)
 
     def _latest(self, collected: _Collected, concept_id: str) -> Observed | None:
-        """The most recent readable value of a concept."""
+        """The most recent readable value of a concept (read once; several facts derive from some concepts)."""
+        if concept_id in collected.latest:
+            return collected.latest[concept_id]
+        latest = collected.latest[concept_id] = self._newest_readable(collected, concept_id)
+        return latest
+
+    def _newest_readable(self, collected: _Collected, concept_id: str) -> Observed | None:
         raws = collected.observations.get(concept_id)
         if not raws:
             return None
         concept = self.concepts[concept_id]
-        newest = self._read(concept, max(raws, key=_raw_date), collected.notes)
+        newest = self._read(concept, max(raws, key=_stamp), collected.notes)
         if newest is not None:
             return newest
-        for raw in sorted(raws, key=_raw_date, reverse=True)[1:]:
+        for raw in sorted(raws, key=_stamp, reverse=True)[1:]:
             observed = self._read(concept, raw, collected.notes)
             if observed is not None:
                 return observed
@@ -456,20 +467,12 @@ class FactExtractor:
                     class_members.setdefault(klass, []).extend(facts[f"med.{concept.id}.current_or_proposed"].sources)
             if "oral-antispastic" in concept.classes and facts[f"med.{concept.id}.failed"].value:
                 failed_oral.append(concept.id)
-        for klass in self._all_classes():
+        for klass in self.medication_classes:
             sources = class_members.get(klass, [])
             facts[f"medclass.{klass}"] = Fact(f"medclass.{klass}", bool(sources), sources=tuple(sources))
         facts["antispastic.oral_failed_count"] = Fact(
             "antispastic.oral_failed_count", len(failed_oral), "agents", note=", ".join(failed_oral) or None
         )
-
-    def _all_classes(self) -> Iterator[str]:
-        seen: set[str] = set()
-        for concept in self.medication_concepts:
-            for klass in concept.classes:
-                if klass not in seen:
-                    seen.add(klass)
-                    yield klass
 
     def _one_medication(
         self, concept: Concept, orders: list[MedicationOrder], now: datetime, facts: dict[str, Fact]
@@ -556,10 +559,6 @@ def _components_by_code(resources: list[Resource]) -> dict[CodeableConcept | Non
         for component in resource.component or ():
             grouped.setdefault(component.code, []).append((component, resource))
     return grouped
-
-
-def _raw_date(raw: RawObservation) -> str:
-    return raw[0]
 
 
 def _raw_day(raw: RawObservation) -> str:

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
+
+import msgspec
 
 Value = float | int | str | bool
 
 
-@dataclass(frozen=True, slots=True)
-class Fact:
-    """One named value about the patient; ``value is None`` means missing, ``stale`` means too old to use."""
+class Fact(msgspec.Struct, gc=False):
+    """One named value about the patient; ``value is None`` means missing, ``stale`` means too old to use.
+
+    Read-only by contract: facts of absent concepts are shared between patients. Not declared frozen only so that
+    ``to_dict`` can memoise; a msgspec struct because a patient's evaluation builds dozens of them.
+    """
 
     name: str
     value: Value | None
@@ -20,7 +24,7 @@ class Fact:
     stale: bool = False
     sources: tuple[str, ...] = ()
     note: str | None = None
-    _as_dict: dict[str, Any] | None = field(default=None, compare=False, repr=False)
+    dict_memo: dict[str, Any] | None = None
 
     @property
     def usable(self) -> bool:
@@ -46,10 +50,9 @@ class Fact:
 
     def to_dict(self) -> dict[str, Any]:
         """The fact as it appears in the result contract (built once per fact; results are read-only)."""
-        if self._as_dict is None:
-            object.__setattr__(self, "_as_dict", self._build_dict())
-        assert self._as_dict is not None
-        return self._as_dict
+        if self.dict_memo is None:
+            self.dict_memo = self._build_dict()
+        return self.dict_memo
 
     def _build_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"name": self.name, "value": self.value}

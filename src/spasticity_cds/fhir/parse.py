@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -10,7 +10,7 @@ import msgspec
 import orjson
 
 from spasticity_cds.errors import InputError
-from spasticity_cds.fhir.model import RESOURCE_DECODER, Resource, from_json
+from spasticity_cds.fhir.model import RESOURCE_DECODER, Entry, Resource, from_json
 
 
 @dataclass
@@ -33,37 +33,47 @@ class ParsedInput:
             if resource is not None:
                 self.add_resource(resource)
 
-    def add_resource(self, resource: Resource, full_url: str | None = None) -> None:
+    def add_resource(self, resource: Resource) -> None:
         """Add one decoded resource; a Bundle adds its entries (nested Bundles included) instead."""
-        resource_type = resource.resource_type
-        if resource_type == "Bundle":
-            for entry in resource.entry or ():
-                if entry.resource is not None:
-                    self.add_resource(entry.resource, entry.full_url)
-            return
-        if resource_type is None:
-            return
-        resource_id = resource.id
-        if full_url is not None:
-            if not resource_id:
-                resource_id = full_url.rsplit(":", 1)[-1].rsplit("/", 1)[-1]
-                resource = msgspec.structs.replace(resource, id=resource_id)
-            key = f"{resource_type}/{resource_id}"
-            # Absolute URLs ending in Type/id resolve by their tail (PatientRecord.normalise); only other forms,
-            # such as urn:uuid, need an alias.
-            if not full_url.endswith(key):
-                self.aliases[full_url] = key
-        elif resource_id is None:
-            key = f"{resource_type}/#{len(self.resources)}"
+        if resource.resource_type == "Bundle":
+            self._add_entries(resource.entry or ())
         else:
-            key = f"{resource_type}/{resource_id}"
-        previous = self.resources.get(key)
-        if previous is None:
-            self.resources[key] = resource
-        else:
-            self.duplicates += 1
-            if _last_updated(previous) <= _last_updated(resource):
-                self.resources[key] = resource
+            self._add_entries((Entry(resource=resource),))
+
+    def _add_entries(self, entries: Iterable[Entry]) -> None:
+        # One loop with no call per resource: a record holds hundreds of them.
+        resources, aliases = self.resources, self.aliases
+        for entry in entries:
+            resource = entry.resource
+            if resource is None:
+                continue
+            resource_type = resource.resource_type
+            if resource_type is None:
+                continue
+            if resource_type == "Bundle":
+                self._add_entries(resource.entry or ())
+                continue
+            resource_id, full_url = resource.id, entry.full_url
+            if full_url is not None:
+                if not resource_id:
+                    resource_id = full_url.rsplit(":", 1)[-1].rsplit("/", 1)[-1]
+                    resource = msgspec.structs.replace(resource, id=resource_id)
+                key = f"{resource_type}/{resource_id}"
+                # Absolute URLs ending in Type/id resolve by their tail (PatientRecord.normalise); only other
+                # forms, such as urn:uuid, need an alias.
+                if not full_url.endswith(key):
+                    aliases[full_url] = key
+            elif resource_id is None:
+                key = f"{resource_type}/#{len(resources)}"
+            else:
+                key = f"{resource_type}/{resource_id}"
+            previous = resources.get(key)
+            if previous is None:
+                resources[key] = resource
+            else:
+                self.duplicates += 1
+                if _last_updated(previous) <= _last_updated(resource):
+                    resources[key] = resource
 
 
 def _last_updated(resource: Resource) -> str:

@@ -64,10 +64,17 @@ def build_record(parsed: ParsedInput, *, source: str = "<input>") -> PatientReco
         )
     patient = patients[0]
     owner = _OwnerCheck(patient.reference, parsed.aliases)
+    verdicts = owner.verdicts
     by_type: dict[str, list[Resource]] = {}
     foreign: list[str] = []
+    # One loop with no call per resource in the common case (a subject seen before): records hold hundreds.
     for key, resource in unique.items():
-        if not owner.is_ours(resource):
+        link = resource.subject
+        reference = link.reference if link is not None else None
+        ours = verdicts.get(reference) if reference is not None else None
+        if ours is None:
+            ours = owner.is_ours(resource)
+        if not ours:
             foreign.append(key)
             continue
         resource_type: str = resource.resource_type  # type: ignore[assignment]  # ParsedInput keeps typed ones
