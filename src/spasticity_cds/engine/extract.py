@@ -120,7 +120,12 @@ class FactExtractor:
             for c in self.concepts.values()
             if c.kind in ("condition", "procedure")
         }
-        self._absent_medication = {c.id: _absent_medication_facts(c.id) for c in self.medication_concepts}
+        self._absent_medications = {
+            name: fact for c in self.medication_concepts for name, fact in _absent_medication_facts(c.id).items()
+        }
+        self._absent_medications.update(
+            {f"medclass.{klass}": Fact(f"medclass.{klass}", False) for klass in self.medication_classes}
+        )
         self._missing_observation = {
             f"obs.{c.id}": missing(f"obs.{c.id}") for c in self.concepts.values() if c.kind == "observation"
         }
@@ -457,19 +462,22 @@ class FactExtractor:
         )
 
     def _medication_facts(self, collected: _Collected, now: datetime, facts: dict[str, Fact]) -> None:
+        facts.update(self._absent_medications)
         class_members: dict[str, list[str]] = {}
         failed_oral: list[str] = []
         for concept in self.medication_concepts:
-            orders = collected.medications.get(concept.id, [])
+            orders = collected.medications.get(concept.id)
+            if not orders:
+                continue
             self._one_medication(concept, orders, now, facts)
-            if facts[f"med.{concept.id}.current_or_proposed"].value:
+            taking = facts[f"med.{concept.id}.current_or_proposed"]
+            if taking.value:
                 for klass in concept.classes:
-                    class_members.setdefault(klass, []).extend(facts[f"med.{concept.id}.current_or_proposed"].sources)
+                    class_members.setdefault(klass, []).extend(taking.sources)
             if "oral-antispastic" in concept.classes and facts[f"med.{concept.id}.failed"].value:
                 failed_oral.append(concept.id)
-        for klass in self.medication_classes:
-            sources = class_members.get(klass, [])
-            facts[f"medclass.{klass}"] = Fact(f"medclass.{klass}", bool(sources), sources=tuple(sources))
+        for klass, sources in class_members.items():
+            facts[f"medclass.{klass}"] = Fact(f"medclass.{klass}", True, sources=tuple(sources))
         facts["antispastic.oral_failed_count"] = Fact(
             "antispastic.oral_failed_count", len(failed_oral), "agents", note=", ".join(failed_oral) or None
         )
@@ -477,9 +485,6 @@ class FactExtractor:
     def _one_medication(
         self, concept: Concept, orders: list[MedicationOrder], now: datetime, facts: dict[str, Fact]
     ) -> None:
-        if not orders:
-            facts.update(self._absent_medication[concept.id])
-            return
         prefix = f"med.{concept.id}"
         current = [o for o in orders if o.state == "current"]
         proposed = [o for o in orders if o.state == "proposed"]
