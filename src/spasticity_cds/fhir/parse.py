@@ -19,10 +19,14 @@ class ParsedInput:
 
     Of two copies of one ``Type/id`` the one with the later meta.lastUpdated is kept (the later one on a tie);
     resources without an id cannot be duplicates. ``aliases`` maps Bundle fullUrls such as ``urn:uuid:...``
-    to ``Type/id``.
+    to ``Type/id``. ``by_type`` indexes the same resources by type, and ``owners`` holds every patient link
+    (subject, patient or beneficiary reference; None for none) the resources carry, so that a record whose links
+    all point at its patient needs no check per resource.
     """
 
     resources: dict[str, Resource] = field(default_factory=dict)
+    by_type: dict[str, list[Resource]] = field(default_factory=dict)
+    owners: set[str | None] = field(default_factory=set)
     aliases: dict[str, str] = field(default_factory=dict)
     duplicates: int = 0
 
@@ -42,7 +46,7 @@ class ParsedInput:
 
     def _add_entries(self, entries: Iterable[Entry]) -> None:
         # One loop with no call per resource: a record holds hundreds of them.
-        resources, aliases = self.resources, self.aliases
+        resources, by_type, owners, aliases = self.resources, self.by_type, self.owners, self.aliases
         for entry in entries:
             resource = entry.resource
             if resource is None:
@@ -68,12 +72,35 @@ class ParsedInput:
             else:
                 key = f"{resource_type}/{resource_id}"
             previous = resources.get(key)
-            if previous is None:
-                resources[key] = resource
+            if previous is not None:
+                self._collapse(key, previous, resource)
+                continue
+            resources[key] = resource
+            same_type = by_type.get(resource_type)
+            if same_type is None:
+                by_type[resource_type] = [resource]
             else:
-                self.duplicates += 1
-                if _last_updated(previous) <= _last_updated(resource):
-                    resources[key] = resource
+                same_type.append(resource)
+            link = resource.subject
+            owners.add(link.reference if link is not None and link.reference is not None else owner_reference(resource))
+
+    def _collapse(self, key: str, previous: Resource, resource: Resource) -> None:
+        """Keep one of two copies of a ``Type/id``: the later lastUpdated, else the later seen."""
+        self.duplicates += 1
+        if _last_updated(previous) > _last_updated(resource):
+            return
+        self.resources[key] = resource
+        same_type = self.by_type[resource.resource_type or ""]
+        same_type[next(i for i, kept in enumerate(same_type) if kept is previous)] = resource
+        self.owners.add(owner_reference(resource))
+
+
+def owner_reference(resource: Resource) -> str | None:
+    """The reference of the first patient link (subject, patient, beneficiary) that has one."""
+    for link in (resource.subject, resource.patient, resource.beneficiary):
+        if link is not None and link.reference is not None:
+            return link.reference
+    return None
 
 
 def _last_updated(resource: Resource) -> str:

@@ -7,8 +7,8 @@ from functools import cached_property
 from typing import Any
 
 from spasticity_cds.errors import InputError
-from spasticity_cds.fhir.model import Reference, Resource, to_json
-from spasticity_cds.fhir.parse import ParsedInput
+from spasticity_cds.fhir.model import Resource, to_json
+from spasticity_cds.fhir.parse import ParsedInput, owner_reference
 
 
 @dataclass(frozen=True)
@@ -52,8 +52,7 @@ class PatientRecord:
 
 def build_record(parsed: ParsedInput, *, source: str = "<input>") -> PatientRecord:
     """Index the parsed resources of one patient; several patients or none is an input error."""
-    unique = parsed.resources
-    patients = [resource for resource in unique.values() if resource.resource_type == "Patient"]
+    patients = parsed.by_type.get("Patient", [])
     if not patients:
         raise InputError("no Patient resource in the input", where=source)
     if len(patients) > 1:
@@ -64,60 +63,47 @@ def build_record(parsed: ParsedInput, *, source: str = "<input>") -> PatientReco
         )
     patient = patients[0]
     owner = _OwnerCheck(patient.reference, parsed.aliases)
-    verdicts = owner.verdicts
-    by_type: dict[str, list[Resource]] = {}
-    foreign: list[str] = []
-    # One loop with no call per resource in the common case (a subject seen before): records hold hundreds.
-    for key, resource in unique.items():
-        link = resource.subject
-        reference = link.reference if link is not None else None
-        ours = verdicts.get(reference) if reference is not None else None
-        if ours is None:
-            ours = owner.is_ours(resource)
-        if not ours:
-            foreign.append(key)
-            continue
-        resource_type: str = resource.resource_type  # type: ignore[assignment]  # ParsedInput keeps typed ones
-        same_type = by_type.get(resource_type)
-        if same_type is None:
-            by_type[resource_type] = [resource]
-        else:
-            same_type.append(resource)
-    by_reference = {key: r for key, r in unique.items() if key not in foreign} if foreign else unique
+    if all(owner.is_ours(reference) for reference in parsed.owners):
+        by_type, by_reference, foreign = parsed.by_type, parsed.resources, 0
+    else:
+        by_type, by_reference, foreign = _without_other_patients(parsed, owner)
     return PatientRecord(
         patient_resource=patient,
         by_type=by_type,
         by_reference=by_reference,
         aliases=parsed.aliases,
         duplicates_dropped=parsed.duplicates,
-        other_patient_resources=len(foreign),
+        other_patient_resources=foreign,
     )
 
 
+def _without_other_patients(
+    parsed: ParsedInput, owner: _OwnerCheck
+) -> tuple[dict[str, list[Resource]], dict[str, Resource], int]:
+    by_type: dict[str, list[Resource]] = {}
+    by_reference: dict[str, Resource] = {}
+    for key, resource in parsed.resources.items():
+        if owner.is_ours(owner_reference(resource)):
+            by_type.setdefault(resource.resource_type or "", []).append(resource)
+            by_reference[key] = resource
+    return by_type, by_reference, len(parsed.resources) - len(by_reference)
+
+
 class _OwnerCheck:
-    """Whether a resource belongs to the patient, by its subject, patient or beneficiary link (memoised per link)."""
+    """Whether a patient link points at the patient (by Type/id or a Bundle alias of it); None means no link."""
 
     def __init__(self, patient_reference: str, aliases: dict[str, str]) -> None:
         self.ours = {patient_reference, *(alias for alias, target in aliases.items() if target == patient_reference)}
         self.aliases = aliases
-        self.verdicts: dict[str, bool] = {}
+        self.verdicts: dict[str | None, bool] = {None: True}
 
-    def is_ours(self, resource: Resource) -> bool:
-        link = resource.subject
-        reference = link.reference if link is not None else None
-        if reference is None:
-            reference = _link(resource.patient) or _link(resource.beneficiary)
-            if reference is None:
-                return True
+    def is_ours(self, reference: str | None) -> bool:
         verdict = self.verdicts.get(reference)
         if verdict is None:
+            assert reference is not None
             owner = reference if reference.startswith("urn:") else _relative(reference)
             verdict = self.verdicts[reference] = owner in self.ours or self.aliases.get(owner) in self.ours
         return verdict
-
-
-def _link(link: Reference | None) -> str | None:
-    return link.reference if link is not None else None
 
 
 def _relative(reference: str) -> str:
