@@ -155,6 +155,7 @@ def child(mode: str, folder: Path, workers: int) -> dict[str, Any]:
         def progress(done: int, total: int) -> None:
             if done == 0:
                 marks["grouped_s"] = round(time.perf_counter() - started, 2)
+            marks["evaluated_s"] = round(time.perf_counter() - started, 2)
 
         summary = run_batch(
             BatchOptions(
@@ -177,6 +178,9 @@ def child(mode: str, folder: Path, workers: int) -> dict[str, Any]:
     else:
         raise SystemExit(f"unknown mode {mode}")
     seconds = time.perf_counter() - started
+    cpu = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    extra["cpu_s"] = round(cpu.ru_utime + cpu.ru_stime + children.ru_utime + children.ru_stime, 2)
     return {"mode": mode, "workers": workers, "seconds": round(seconds, 2), **_peak(), **sampler.stop(), **extra}
 
 

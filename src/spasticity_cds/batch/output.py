@@ -125,12 +125,10 @@ class RunWriter:
     def add(self, outcome: PatientOutcome) -> None:
         """Record one patient's outcome."""
         self.counts.add(outcome)
-        for item in outcome.items:
-            parsed = orjson.loads(item)
-            self._keys.write(orjson.dumps({k: parsed[k] for k in ("id", "patient", "rule_id")}) + b"\n")
-            self._tasks.write(orjson.dumps(parsed["task"]) + b"\n")
-            rank = min(int(parsed["sev"]), SEVERITY_RANKS[-1])
-            self._rows[rank].write(orjson.dumps({"id": parsed["id"], "row": parsed["row"]}) + b"\n")
+        for key, task, severity, row in outcome.items:
+            self._keys.write(key + b"\n")
+            self._tasks.write(task + b"\n")
+            self._rows[min(severity, SEVERITY_RANKS[-1])].write(row + b"\n")
         self._patients.write(orjson.dumps({"key": outcome.key, "status": outcome.status}) + b"\n")
         for problem in outcome.problems:
             self._outcomes.write(problem + b"\n")

@@ -21,6 +21,9 @@ from spasticity_cds.errors import InputError
 Line = tuple[int, int, bytes | str]
 #: One fired finding for the rule counts: (rule id, rule version, kind, severity, actionable).
 Fired = tuple[str, int, str, str, bool]
+#: One worklist item, serialised where it was evaluated (the writer only appends the bytes): the key line
+#: ``{"id", "patient", "rule_id"}``, the Task, the severity rank, the row line ``{"id", "row"}``.
+Item = tuple[bytes, bytes, int, bytes]
 
 
 @dataclass(slots=True)
@@ -30,7 +33,7 @@ class PatientOutcome:
     key: str
     status: str
     in_scope: bool | None = None
-    items: list[bytes] = field(default_factory=list)
+    items: list[Item] = field(default_factory=list)
     fired: list[Fired] = field(default_factory=list)
     problems: list[bytes] = field(default_factory=list)
 
@@ -105,7 +108,7 @@ class PatientEvaluator:
                 outcome.items.append(self._item(finding, patient_ref, record.patient))
         return outcome
 
-    def _item(self, finding: Mapping[str, Any], patient_ref: str, patient: Mapping[str, Any]) -> bytes:
+    def _item(self, finding: Mapping[str, Any], patient_ref: str, patient: Mapping[str, Any]) -> Item:
         task = build_task(
             finding,
             patient_ref=patient_ref,
@@ -114,15 +117,11 @@ class PatientEvaluator:
             authored_on=self.authored_on,
         )
         row = worklist_row(task, finding)
-        return _dump(
-            {
-                "id": task["id"],
-                "patient": patient_ref,
-                "rule_id": finding["rule_id"],
-                "sev": policy.SEVERITY_RANK.get(str(finding["severity"]), 9),
-                "row": row,
-                "task": task,
-            }
+        return (
+            _dump({"id": task["id"], "patient": patient_ref, "rule_id": finding["rule_id"]}),
+            _dump(task),
+            policy.SEVERITY_RANK.get(str(finding["severity"]), 9),
+            _dump({"id": task["id"], "row": row}),
         )
 
 
