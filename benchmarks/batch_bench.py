@@ -46,6 +46,13 @@ def cohort(n: int) -> Path:
     return folder
 
 
+def _cpu() -> dict[str, float]:
+    """CPU seconds of this process and its finished children (pool workers), user + system."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return {"cpu_s": round(own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime, 2)}
+
+
 def _peak() -> dict[str, float]:
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {"peak_mib": round(own, 1)}
@@ -178,10 +185,15 @@ def child(mode: str, folder: Path, workers: int) -> dict[str, Any]:
     else:
         raise SystemExit(f"unknown mode {mode}")
     seconds = time.perf_counter() - started
-    cpu = resource.getrusage(resource.RUSAGE_SELF)
-    children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    extra["cpu_s"] = round(cpu.ru_utime + cpu.ru_stime + children.ru_utime + children.ru_stime, 2)
-    return {"mode": mode, "workers": workers, "seconds": round(seconds, 2), **_peak(), **sampler.stop(), **extra}
+    return {
+        "mode": mode,
+        "workers": workers,
+        "seconds": round(seconds, 2),
+        **_peak(),
+        **_cpu(),
+        **sampler.stop(),
+        **extra,
+    }
 
 
 def _digest(path: Path) -> str:

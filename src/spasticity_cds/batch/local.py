@@ -96,12 +96,13 @@ def run_local(
         done = 0
         if progress is not None:
             progress(0, total)
-        for patients in pool.map(partition.evaluate, jobs):
-            done += patients
+        for counts in pool.map(partition.evaluate, jobs):
+            writer.counts.merge(counts)
+            done += counts.patients
             if progress is not None:
                 progress(done, max(total, done))
     for outcome in partition.merged(job.out for job in jobs):
-        writer.add(outcome)
+        writer.write(outcome)
     return EngineReport(patients=done, file_stats=layout.stats, engine={"name": "local", "workers": options.workers})
 
 

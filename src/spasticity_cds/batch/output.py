@@ -82,6 +82,30 @@ class Counts:
             per_kind = self.kinds.setdefault(kind, {"findings": 0, "actionable": 0})
             per_kind["findings"] += 1
             per_kind["actionable"] += 1 if actionable else 0
+        for problem in outcome.problems:
+            self.problem(orjson.loads(problem)["issue"][0]["details"]["coding"][0]["code"])
+
+    def merge(self, other: Counts) -> None:
+        """Add totals counted elsewhere (a worker's partition); the result does not depend on the order."""
+        self.patients += other.patients
+        self.evaluated += other.evaluated
+        self.failed += other.failed
+        self.in_scope += other.in_scope
+        self.tasks += other.tasks
+        for category, number in other.problems.items():
+            self.problem(category, number)
+        for rule_id, theirs in other.rules.items():
+            rule = self.rules.setdefault(
+                rule_id, {**theirs, "fired": 0, "dataGaps": 0, "actionable": 0, "bySeverity": {}}
+            )
+            for name in ("fired", "dataGaps", "actionable"):
+                rule[name] += theirs[name]
+            for severity, number in theirs["bySeverity"].items():
+                rule["bySeverity"][severity] = rule["bySeverity"].get(severity, 0) + number
+        for kind, theirs_kind in other.kinds.items():
+            per_kind = self.kinds.setdefault(kind, {"findings": 0, "actionable": 0})
+            per_kind["findings"] += theirs_kind["findings"]
+            per_kind["actionable"] += theirs_kind["actionable"]
 
     def problem(self, category: str, count: int = 1) -> None:
         """Count reported problems by category."""
@@ -123,8 +147,12 @@ class RunWriter:
             handle.close()
 
     def add(self, outcome: PatientOutcome) -> None:
-        """Record one patient's outcome."""
+        """Record and count one patient's outcome."""
         self.counts.add(outcome)
+        self.write(outcome)
+
+    def write(self, outcome: PatientOutcome) -> None:
+        """Record one patient's outcome counted elsewhere (``counts.merge``)."""
         for key, task, severity, row in outcome.items:
             self._keys.write(key + b"\n")
             self._tasks.write(task + b"\n")
@@ -133,8 +161,6 @@ class RunWriter:
         for problem in outcome.problems:
             self._outcomes.write(problem + b"\n")
             self.outcome_count += 1
-            category = orjson.loads(problem)["issue"][0]["details"]["coding"][0]["code"]
-            self.counts.problem(category)
 
     def problem(self, record: Mapping[str, Any]) -> None:
         """Write one problem found while reading the input (line problems are counted from the file stats)."""

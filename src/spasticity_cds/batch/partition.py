@@ -11,6 +11,7 @@ from pathlib import Path
 
 import orjson
 
+from spasticity_cds.batch.output import Counts
 from spasticity_cds.batch.patient import EvaluationSpec, PatientOutcome, cached_evaluator
 
 #: A line read back from a spill file: (file index, 1-based line number, raw bytes).
@@ -91,14 +92,16 @@ def _medications(path: str) -> dict[bytes, list[RawLine]]:
     return _MEDICATIONS[path]
 
 
-def evaluate(task: PartitionTask) -> int:
-    """Evaluate the partition's patients in key order and spill their outcomes to ``task.out``; the count."""
+def evaluate(task: PartitionTask) -> Counts:
+    """Evaluate the partition's patients in key order and spill their outcomes to ``task.out``; their totals."""
     evaluator = cached_evaluator(task.spec)
-    patients = group(task.slices, task.medications)
+    counts = Counts()
     with Path(task.out).open("wb") as out:
-        for key, lines in patients:
-            pickle.dump(evaluator.evaluate(key, lines), out, protocol=pickle.HIGHEST_PROTOCOL)
-    return len(patients)
+        for key, lines in group(task.slices, task.medications):
+            outcome = evaluator.evaluate(key, lines)
+            counts.add(outcome)
+            pickle.dump(outcome, out, protocol=pickle.HIGHEST_PROTOCOL)
+    return counts
 
 
 def outcomes(path: str) -> Iterator[PatientOutcome]:
