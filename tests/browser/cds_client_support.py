@@ -155,6 +155,20 @@ def cds_app(folder: Path, base: str, issuers: Path) -> FastAPI:
     return create_app(settings, store=open_store(settings.store_url))
 
 
+class Recorder:
+    """An ASGI wrapper that notes the method, path and Origin of every HTTP request before the app answers it."""
+
+    def __init__(self, app: FastAPI) -> None:
+        self.app = app
+        self.seen: list[tuple[str, str, str | None]] = []
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            origin = dict(scope["headers"]).get(b"origin")
+            self.seen.append((scope["method"], scope["path"], origin.decode() if origin else None))
+        await self.app(scope, receive, send)
+
+
 @dataclass
 class Stack:
     """The service under test, the FHIR server it and the client read, and the client's static files."""
@@ -164,6 +178,7 @@ class Stack:
     client: str
     cds_app: FastAPI
     fhir_app: FastAPI
+    cds_seen: list[tuple[str, str, str | None]]
 
 
 @contextmanager
@@ -177,8 +192,9 @@ def running_stack(folder: Path, issuers: Path, client_files: Path, resources: li
     fhir_app = open_fhir(resources)
     static = FastAPI()
     static.mount("/", StaticFiles(directory=client_files, html=True))
+    recorder = Recorder(service)
     with ExitStack() as stack:
-        cds = stack.enter_context(support.serve(service, cds_sock))
+        cds = stack.enter_context(support.serve(recorder, cds_sock))  # type: ignore[arg-type]  # any ASGI app
         fhir = stack.enter_context(support.serve(fhir_app))
         client = stack.enter_context(support.serve(static))
-        yield Stack(cds, fhir, client, service, fhir_app)
+        yield Stack(cds, fhir, client, service, fhir_app, recorder.seen)
