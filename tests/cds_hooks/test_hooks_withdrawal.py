@@ -199,3 +199,21 @@ def test_on_current_baclofen_the_taper_card_stays_beside_the_delete(app: FastAPI
     assert [_findings(c) for c in cards] == [["BACLOFEN-KIDNEY-FAILURE-AVOID"], ["BACLOFEN-NO-ABRUPT-STOP"]]
     (remove,) = cards[0]["suggestions"]
     assert [a["resourceId"] for a in remove["actions"]] == [["MedicationRequest/draft-baclofen"]]
+
+
+def test_liver_tests_stay_beside_the_delete_without_naming_the_removed_draft(app: FastAPI, client: Client) -> None:
+    """ALT at 10x the upper limit rules tizanidine out and asks for liver tests: both can be taken (``any``)."""
+    tizanidine = baclofen_order("tiz", value=2)
+    tizanidine["medicationCodeableConcept"] = {"coding": [{"system": RXNORM, "code": "57258"}], "text": "tizanidine"}
+    body = _sign(tizanidine, egfr=90.0)
+    for key in ("observations", "recentObservations"):
+        for entry in body["prefetch"][key]["entry"]:
+            if entry["resource"]["id"] in ("alt", "ast"):
+                entry["resource"]["valueQuantity"]["value"] = 400
+    cards = _cards(app, client, body, SIGN)
+    (card,) = [c for c in cards if "TIZ-LIVER-3X" in _findings(c)]
+    remove, liver = card["suggestions"]
+    assert card["selectionBehavior"] == "any" and remove["actions"][0]["type"] == "delete"
+    (create,) = liver["actions"]
+    assert create["type"] == "create" and create["resource"]["resourceType"] == "ServiceRequest"
+    assert "reasonReference" not in create["resource"]

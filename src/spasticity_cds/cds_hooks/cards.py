@@ -265,18 +265,21 @@ class CardBuilder:
     ) -> tuple[list[dict[str, Any]], str]:
         """The card's suggestions: removing a draft the findings rule out comes first, the other actions follow.
 
-        Several ways of acting on the same draft exclude each other (``at-most-one``) and only the first is
-        recommended; liver tests alone may be ordered alongside anything (``any``).
+        Removing the draft and changing its dose exclude each other (``at-most-one``; the dose change is then an
+        unrecommended alternative). Liver tests go with anything (``any``); beside a removal they no longer name
+        the removed draft as their reason.
         """
         withdrawals = self._withdrawal_suggestions(group, ctx)
-        actions = {finding.get("action") for finding in group}
-        renal = self._renal_suggestions(group, result, ctx) if "renal-dose" in actions else []
-        liver = [self._liver_suggestion(group[0], ctx)] if "liver-test" in actions and not withdrawals else []
-        if withdrawals:
+        renal = self._renal_suggestions(group, result, ctx)
+        liver_finding = next((f for f in group if f.get("action") == "liver-test"), None)
+        liver = [self._liver_suggestion(liver_finding, ctx, cite_drafts=not withdrawals)] if liver_finding else []
+        if not withdrawals:
+            return (liver, "any") if liver else (renal, "at-most-one")
+        if renal:
             for alternative in renal:
                 alternative.pop("isRecommended", None)
             return [*withdrawals, *renal], "at-most-one"
-        return (liver, "any") if liver else (renal, "at-most-one")
+        return [*withdrawals, *liver], ("any" if liver else "at-most-one")
 
     def _withdrawal_suggestions(self, group: list[Mapping[str, Any]], ctx: CardContext) -> list[dict[str, Any]]:
         """A ``delete`` of the named drafts of every agent the findings set to avoid or contraindicated."""
@@ -350,11 +353,12 @@ class CardBuilder:
             )
         return out[:1]
 
-    def _liver_suggestion(self, finding: Mapping[str, Any], ctx: CardContext) -> dict[str, Any]:
+    def _liver_suggestion(self, finding: Mapping[str, Any], ctx: CardContext, *, cite_drafts: bool) -> dict[str, Any]:
         requester = (
             ctx.user_id if ctx.user_id and ctx.user_id.startswith(("Practitioner/", "PractitionerRole/")) else None
         )
-        reasons = [{"reference": o.reference} for o in ctx.orders if o.agent in finding["agents"]]
+        drafts = ctx.orders if cite_drafts else ()
+        reasons = [{"reference": o.reference} for o in drafts if o.agent in finding["agents"]]
         resource = {
             "resourceType": "ServiceRequest",
             "status": "draft",
