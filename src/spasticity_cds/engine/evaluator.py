@@ -60,6 +60,7 @@ class Engine:
         self.kb = kb
         self._citations_cache: dict[int, tuple[list[CitationRef], list[dict[str, Any]]]] = {}
         self._monograph_cache: dict[str, dict[str, Any]] = {}
+        self._rule_parts_cache: dict[tuple[str, bool], dict[str, Any]] = {}
         self.defaults: dict[str, Value] = {name: setting.value for name, setting in kb.settings.items()}
         self.vocabulary = Vocabulary(kb.valuesets)
         self.extractor = FactExtractor(
@@ -234,28 +235,35 @@ class Engine:
                 "summary": self._render(rule.summary, env.facts, env.settings),
                 "detail": self._render(rule.detail, env.facts, env.settings),
             }
-        finding.update(
-            {
-                "rule_id": rule.id,
-                "rule_version": rule.version,
-                "agents": list(rule.agents),
-                "citations": self.cite(rule.citations),
-                "facts": [fact.to_dict() for fact in facts],
-                "evidence": sorted({source for fact in facts for source in fact.sources}),
-            }
-        )
+        finding.update(self._rule_parts(rule, gap))
+        finding["facts"] = [fact.to_dict() for fact in facts]
+        finding["evidence"] = sorted({source for fact in facts for source in fact.sources})
+        return finding
+
+    def _rule_parts(self, rule: Rule, gap: bool) -> dict[str, Any]:
+        """The parts of a finding that depend only on the rule, built once and shared (results are read-only)."""
+        cached = self._rule_parts_cache.get((rule.id, gap))
+        if cached is not None:
+            return cached
+        parts: dict[str, Any] = {
+            "rule_id": rule.id,
+            "rule_version": rule.version,
+            "agents": list(rule.agents),
+            "citations": self.cite(rule.citations),
+        }
         if rule.effects and not gap:
-            finding["effects"] = dict(rule.effects)
+            parts["effects"] = dict(rule.effects)
         if rule.action != "none" and not gap:
-            finding["action"] = rule.action
+            parts["action"] = rule.action
         if rule.conflict is not None:
-            finding["conflict"] = {
+            parts["conflict"] = {
                 "topic": rule.conflict.topic,
                 "chosen": rule.conflict.chosen,
                 "why": rule.conflict.why,
                 **({"setting": rule.conflict.setting} if rule.conflict.setting else {}),
             }
-        return finding
+        self._rule_parts_cache[(rule.id, gap)] = parts
+        return parts
 
     def _expand(self, names: list[str]) -> list[str]:
         """Fact names with every ``def.X`` replaced by the facts its definition reads, in order, once each."""
