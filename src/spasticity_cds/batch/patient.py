@@ -8,6 +8,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import orjson
 
 from spasticity_cds import api
@@ -15,6 +16,7 @@ from spasticity_cds.batch import policy, problems
 from spasticity_cds.batch.tasks import build_task, worklist_row
 from spasticity_cds.engine.evaluator import Engine
 from spasticity_cds.errors import InputError
+from spasticity_cds.fhir.model import RESOURCE_DECODER, Resource
 
 #: One input line of a patient: (file index, 1-based line number, raw text). Text comes as bytes from Spark and
 #: as a latin-1 decoded str from DuckDB (which then round-trips to the exact bytes on disk).
@@ -64,11 +66,11 @@ class PatientEvaluator:
     def evaluate(self, key: str, lines: Sequence[Line]) -> PatientOutcome:
         """Evaluate one patient from its input lines; bad lines and bad records are reported, never raised."""
         outcome = PatientOutcome(key=key, status="ok")
-        resources: list[dict[str, Any]] = []
+        resources: list[Resource | dict[str, Any]] = []
         for line in lines:
             raw = line[2] if isinstance(line[2], bytes) else line[2].encode("latin-1")
             try:
-                document = _loads(raw)
+                document = _read(raw)
             except orjson.JSONDecodeError as error:
                 outcome.problems.append(
                     _dump(
@@ -76,7 +78,7 @@ class PatientEvaluator:
                     )
                 )
                 continue
-            if isinstance(document, dict):
+            if isinstance(document, Resource | dict):
                 resources.append(document)
         where = f"{key} ({self.location(lines[0])})" if lines else key
         try:
@@ -123,6 +125,15 @@ class PatientEvaluator:
             policy.SEVERITY_RANK.get(str(finding["severity"]), 9),
             _dump({"id": task["id"], "row": row}),
         )
+
+
+def _read(raw: bytes) -> Any:
+    """One line straight into the FHIR layer's typed view when it has the usual shapes (``fhir.parse`` does the
+    same for one resource), else parsed JSON, which ``read_patient`` fits field by field."""
+    try:
+        return RESOURCE_DECODER.decode(raw)
+    except (msgspec.MsgspecError, ValueError, RecursionError):  # odd shapes; invalid UTF-8 is a ValueError
+        return _loads(raw)
 
 
 def _loads(raw: bytes) -> Any:
