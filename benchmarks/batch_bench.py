@@ -126,16 +126,17 @@ def child(mode: str, folder: Path, workers: int) -> dict[str, Any]:
                     orjson.loads(line)
                     lines += 1
         extra["lines"] = lines
-    elif mode == "group":
+    elif mode == "group":  # the batch machinery without the evaluator: scan, group, decode each line
         from spasticity_cds.batch.inputs import discover
         from spasticity_cds.batch.local import grouped
+        from spasticity_cds.batch.patient import decode_line
 
         spill = WORK / f"spill-{os.getpid()}"
         spill.mkdir(parents=True, exist_ok=True)
         patients = 0
         for _, lines_of in grouped(discover(folder).files, spill):
-            for _, _, text in lines_of:
-                orjson.loads(text.encode("latin-1") if isinstance(text, str) else text)
+            for _, _, raw in lines_of:
+                decode_line(raw)
             patients += 1
         shutil.rmtree(spill, ignore_errors=True)
         extra["patients"] = patients

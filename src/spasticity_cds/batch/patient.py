@@ -70,7 +70,7 @@ class PatientEvaluator:
         for line in lines:
             raw = line[2] if isinstance(line[2], bytes) else line[2].encode("latin-1")
             try:
-                document = _read(raw)
+                document = decode_line(raw)
             except orjson.JSONDecodeError as error:
                 outcome.problems.append(
                     _dump(
@@ -127,7 +127,7 @@ class PatientEvaluator:
         )
 
 
-def _read(raw: bytes) -> Any:
+def decode_line(raw: bytes) -> Any:
     """One line straight into the FHIR layer's typed view when it has the usual shapes (``fhir.parse`` does the
     same for one resource), else parsed JSON, which ``read_patient`` fits field by field."""
     try:
