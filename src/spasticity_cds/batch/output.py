@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import csv
 import html
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+import itertools
+import shutil
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -187,9 +189,11 @@ class RunWriter:
 
     def finish(self, *, previous: Path | None, now: str, app_url: str, memory_limit: str) -> dict[str, int]:
         """Write Task, open, closed, CSV, HTML; returns counts of new, open, closed and carried Tasks."""
+        self.close()
+        if previous is None:
+            return _finish_first(self.root, self.work, app_url)
         import duckdb  # here, so that registering the command does not load DuckDB
 
-        self.close()
         connection = duckdb.connect(
             ":memory:",
             config={
@@ -206,10 +210,22 @@ class RunWriter:
             connection.close()
 
 
+def _finish_first(root: Path, work: Path, app_url: str) -> dict[str, int]:
+    """Without ``--since`` every item is new and open and nothing closes: no join, the work files are the output."""
+    shutil.copyfile(work / "tasks.ndjson", root / TASKS)
+    shutil.copyfile(work / "tasks.ndjson", root / OPEN)
+    (root / CLOSED).write_bytes(b"")
+    with (root / TASKS).open("rb") as tasks:
+        count = sum(block.count(b"\n") for block in iter(lambda: tasks.read(1 << 20), b""))
+    _write_worklists(root, _rows(work, app_url, None), count)
+    return {"new": count, "open": count, "closed": 0, "carried": 0}
+
+
 def _finish(
-    connection: duckdb.DuckDBPyConnection, root: Path, work: Path, previous: Path | None, now: str, app_url: str
+    connection: duckdb.DuckDBPyConnection, root: Path, work: Path, previous: Path, now: str, app_url: str
 ) -> dict[str, int]:
-    """Only ids and keys go into DuckDB; Task and row text is streamed from the work files in step with it."""
+    """With ``--since``: only ids and keys go into DuckDB; Task and row text is streamed from the work files in
+    step with it."""
     connection.execute(
         f"CREATE TABLE cur AS SELECT ordinality AS ord, v[1] AS id, v[2] AS patient, v[3] AS rule_id FROM "
         f"(SELECT ordinality, json_extract_string(line, ['$.id', '$.patient', '$.rule_id']) AS v FROM {_LINES})",
@@ -220,10 +236,7 @@ def _finish(
         f"json_extract_string(line, ['$.key', '$.status']) AS v FROM {_LINES})",
         [str(work / "patients.ndjson")],
     )
-    prev_file = work / "empty.ndjson"
-    prev_file.write_bytes(b"")
-    if previous is not None:
-        prev_file = previous / OPEN
+    prev_file = previous / OPEN
     connection.execute(
         f"CREATE TABLE prev AS SELECT ordinality AS ord, v[1] AS id, v[2] AS patient, v[3] AS rule_id FROM "
         f"(SELECT ordinality, line, json_extract_string(line, ['$.id', '$.for.reference', "
@@ -232,8 +245,7 @@ def _finish(
     )
     connection.execute("CREATE TABLE prev_ids AS SELECT DISTINCT id FROM prev")
     counts = {"new": 0, "open": 0, "closed": 0, "carried": 0}
-    new_flag = "p.id IS NULL" if previous is not None else "true"
-    flags = _stream(connection, f"SELECT {new_flag} FROM cur AS c LEFT JOIN prev_ids AS p USING (id) ORDER BY c.ord")
+    flags = _stream(connection, "SELECT p.id IS NULL FROM cur AS c LEFT JOIN prev_ids AS p USING (id) ORDER BY c.ord")
     with (
         (work / "tasks.ndjson").open("rb") as source,
         (root / TASKS).open("wb") as tasks,
@@ -270,7 +282,16 @@ def _finish(
                 closed_task = close_task(orjson.loads(line), status=new_status, reason=reason, when=now)
                 closed.write(orjson.dumps(closed_task) + b"\n")
                 counts["closed"] += 1
-    rows = _rows(connection, work, new_flag, previous is not None, app_url)
+
+    def row_flags(path: Path) -> Iterator[tuple[Any, ...]]:
+        return _stream(
+            connection,
+            "SELECT p.id IS NULL FROM (SELECT ordinality AS ord, json_extract_string(line, '$.id') AS id "
+            f"FROM {_LINES}) AS c LEFT JOIN prev_ids AS p USING (id) ORDER BY c.ord",
+            [str(path)],
+        )
+
+    rows = _rows(work, app_url, row_flags)
     _write_worklists(root, rows, counts["open"] - counts["carried"])
     return counts
 
@@ -287,21 +308,17 @@ def _stream(
 
 
 def _rows(
-    connection: duckdb.DuckDBPyConnection, work: Path, new_flag: str, since: bool, app_url: str
+    work: Path, app_url: str, flags: Callable[[Path], Iterator[tuple[Any, ...]]] | None
 ) -> Iterator[dict[str, Any]]:
-    """Worklist rows, most severe first, each with its ``new`` flag and patient link."""
+    """Worklist rows, most severe first, each with its patient link and, with ``--since`` (``flags`` says which
+    rows are new), its ``new`` flag."""
     for rank in SEVERITY_RANKS:
         path = work / f"rows-{rank}.ndjson"
-        flags = _stream(
-            connection,
-            f"SELECT {new_flag} FROM (SELECT ordinality AS ord, json_extract_string(line, '$.id') AS id "
-            f"FROM {_LINES}) AS c LEFT JOIN prev_ids AS p USING (id) ORDER BY c.ord",
-            [str(path)],
-        )
+        marks = flags(path) if flags is not None else itertools.repeat((True,))
         with path.open("rb") as source:
-            for line, (is_new,) in zip(source, flags, strict=True):
+            for line, (is_new,) in zip(source, marks, strict=flags is not None):
                 row: dict[str, Any] = orjson.loads(line)["row"]
-                row["new"] = ("yes" if is_new else "no") if since else ""
+                row["new"] = ("yes" if is_new else "no") if flags is not None else ""
                 row["link"] = f"{app_url.rstrip('/')}/patients/{quote(str(row['patient']), safe='')}"
                 yield row
 
