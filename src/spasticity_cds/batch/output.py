@@ -17,6 +17,7 @@ import orjson
 from spasticity_cds.batch import problems
 from spasticity_cds.batch.patient import PatientOutcome
 from spasticity_cds.batch.tasks import close_task
+from spasticity_cds.batch.worklist import CSV_COLUMNS, HTML_COLUMNS, LATE_CSV_COLUMNS, csv_cell, html_row
 from spasticity_cds.errors import BatchError
 
 if TYPE_CHECKING:
@@ -33,15 +34,6 @@ MANIFEST = "manifest.json"
 WORK = "_work"
 #: The HTML page lists at most this many rows (most severe first); the CSV always has every row.
 HTML_ROW_LIMIT = 10_000
-CSV_COLUMNS = (
-    "severity", "priority", "patient", "name", "mrn", "rule", "version", "kind", "action",
-    "summary", "values", "missing", "focus", "task", "new", "link",
-)  # fmt: skip
-HTML_COLUMNS = (
-    ("patient", "Patient"), ("name", "Name"), ("mrn", "MRN"), ("rule", "Rule"), ("kind", "Kind"),
-    ("action", "Action"), ("summary", "Summary"), ("values", "Key values"), ("missing", "Missing data"),
-    ("new", "New"),
-)  # fmt: skip
 #: A problem line kept for the report: (line number, resource type, raw text).
 KeptLine = tuple[int, str | None, bytes | str]
 SEVERITY_RANKS = (0, 1, 2)
@@ -323,12 +315,6 @@ def _rows(
                 yield row
 
 
-def _csv_cell(value: Any) -> str:
-    """A CSV cell that spreadsheets will not run as a formula."""
-    text = "" if value is None else str(value)
-    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
-
-
 def _write_worklists(root: Path, rows: Iterator[dict[str, Any]], total: int) -> None:
     with (
         (root / CSV_NAME).open("w", encoding="utf-8", newline="") as csv_file,
@@ -340,7 +326,8 @@ def _write_worklists(root: Path, rows: Iterator[dict[str, Any]], total: int) -> 
         severity: str | None = None
         shown = 0
         for row in rows:
-            writer.writerow([_csv_cell(row.get(column, "")) for column in CSV_COLUMNS])
+            csv_file.write(row["csv"] + ",")
+            writer.writerow([csv_cell(row[column]) for column in LATE_CSV_COLUMNS])
             if shown >= HTML_ROW_LIMIT:
                 continue
             if row["severity"] != severity:
@@ -348,7 +335,7 @@ def _write_worklists(root: Path, rows: Iterator[dict[str, Any]], total: int) -> 
                     page.write("</tbody></table></section>\n")
                 severity = str(row["severity"])
                 _html_section(page, severity)
-            _html_row(page, row)
+            page.write(html_row(row, row["new"], row["link"]))
             shown += 1
         if severity is not None:
             page.write("</tbody></table></section>\n")
@@ -383,16 +370,6 @@ def _html_section(page: IO[str], severity: str) -> None:
         f'<section class="severity-{slug}"><h2>{title}</h2>\n'
         f'<table class="worklist"><thead><tr>{header}</tr></thead><tbody>\n'
     )
-
-
-def _html_row(page: IO[str], row: Mapping[str, Any]) -> None:
-    cells = []
-    for column, _ in HTML_COLUMNS:
-        text = html.escape(str(row.get(column, "")), quote=True)
-        if column == "patient":
-            text = f'<a href="{html.escape(str(row["link"]), quote=True)}">{text}</a>'
-        cells.append(f"<td>{text}</td>")
-    page.write(f"<tr>{''.join(cells)}</tr>\n")
 
 
 _STYLE = (

@@ -12,7 +12,7 @@ import msgspec
 import orjson
 
 from spasticity_cds import api
-from spasticity_cds.batch import policy, problems
+from spasticity_cds.batch import policy, problems, worklist
 from spasticity_cds.batch.tasks import build_task, worklist_row
 from spasticity_cds.engine.evaluator import Engine
 from spasticity_cds.errors import InputError
@@ -118,7 +118,7 @@ class PatientEvaluator:
             knowledge_base=self.knowledge_base,
             authored_on=self.authored_on,
         )
-        row = worklist_row(task, finding)
+        row = worklist.render(worklist_row(task, finding))
         return (
             _dump({"id": task["id"], "patient": patient_ref, "rule_id": finding["rule_id"]}),
             _dump(task),
