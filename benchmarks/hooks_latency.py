@@ -5,9 +5,10 @@
 
 Each server runs in its own uvicorn process (one worker); rounds alternate between the servers so that all see the
 same background load. A closed-loop load generator with a fixed number of requests per client sends an order-sign
-call (prefetch of a patient record, one draft baclofen order above the kidney ceiling, so one card with a dose
-suggestion comes back). Targets (issue 5): p50 at 1 client within floor + 2 ms; p99 at 16 concurrent clients
-within 2x the floor's p99; no errors. Not a test: numbers depend on the machine; run it on an otherwise idle one.
+call (prefetch of a patient record, including the category search `recentObservations` that every service asks for;
+one draft baclofen order above the kidney ceiling, so three cards come back, one with a dose suggestion); the floor
+parses the same body. Targets (issue 5): p50 at 1 client within floor + 2 ms; p99 at 16 concurrent clients within 2x the
+floor's p99; no errors. Not a test: numbers depend on the machine; run it on an otherwise idle one.
 """
 
 from __future__ import annotations
@@ -39,6 +40,11 @@ FLOOR = "floor (parse, no cards)"
 ISS = "https://ehr.bench.example"
 PATIENT = "bench-1"
 RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
+CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
+#: eGFR, ALT, AST, blood pressure, FVC: what the rules read, with a value each (monthly for a year).
+CODED = (("98979-8", 45), ("1742-6", 20), ("1920-8", 22), ("8480-6", 128), ("8462-4", 78), ("19872-1", 85))
+CATEGORIES = {"98979-8": "laboratory", "1742-6": "laboratory", "1920-8": "laboratory", "19872-1": "procedure"}
+RECENT_COUNT = 100
 
 
 def _order(status: str = "draft", order_id: str = "draft-1", dose: float = 20) -> dict[str, Any]:
@@ -55,18 +61,40 @@ def _observation(index: int, code: str, value: float, days: int) -> dict[str, An
     when = (datetime.now(UTC) - timedelta(days=days)).date().isoformat()
     return {
         "resourceType": "Observation", "id": f"obs-{index}", "status": "final",
+        "category": [{"coding": [{"system": CATEGORY, "code": CATEGORIES.get(code, "vital-signs")}]}],
         "code": {"coding": [{"system": "http://loinc.org", "code": code}]},
         "subject": {"reference": f"Patient/{PATIENT}"}, "effectiveDateTime": when,
         "valueQuantity": {"value": value, "unit": "x"},
     }  # fmt: skip
 
 
-def request_body() -> bytes:
-    """An order-sign call with a year of monthly labs and vital signs prefetched (about 100 resources)."""
-    codes = [("98979-8", 45), ("1742-6", 20), ("1920-8", 22), ("8480-6", 128), ("8462-4", 78), ("19872-1", 85)]
-    observations = [
-        _observation(i * 12 + m, code, value, 30 * m + 3) for i, (code, value) in enumerate(codes) for m in range(12)
+def _text_only(index: int, value: int, days: int) -> dict[str, Any]:
+    """An examination finding entered as text, without coding: only the category search finds it."""
+    observation = _observation(index, "", 0, days)
+    del observation["valueQuantity"]
+    observation["category"][0]["coding"][0]["code"] = "exam"
+    return observation | {"code": {"text": "Modified Ashworth, elbow flexors"}, "valueInteger": value}
+
+
+def _monthly(start: int, codes: list[tuple[str, float]], offset: int) -> list[dict[str, Any]]:
+    return [
+        _observation(start + i * 12 + m, code, value, 30 * m + offset)
+        for i, (code, value) in enumerate(codes)
+        for m in range(12)
     ]
+
+
+def _newest(observations: list[dict[str, Any]], count: int) -> list[dict[str, Any]]:
+    return sorted(observations, key=lambda o: o["effectiveDateTime"], reverse=True)[:count]
+
+
+def request_body() -> bytes:
+    """An order-sign call with a year of monthly labs and vital signs prefetched by code, and the newest 100
+    observations by category (recentObservations): the same coded ones, other vital signs the rules do not
+    read, and text-only examination findings (about 180 resources, overlapping by id as a real EHR's would)."""
+    coded = _monthly(0, list(CODED), 3)
+    others = _monthly(len(coded), [("8867-4", 72), ("29463-7", 61), ("8310-5", 36.8)], 5)
+    text_only = [_text_only(200 + m, 2, 30 * m + 7) for m in range(12)]
     condition = {
         "resourceType": "Condition", "id": "als", "subject": {"reference": f"Patient/{PATIENT}"},
         "code": {"coding": [{"system": "http://snomed.info/sct", "code": "86044005"}]},
@@ -88,7 +116,8 @@ def request_body() -> bytes:
             "conditions": bundle([condition]),
             "medications": bundle([_order("active", "current-1", 10)]),
             "statements": bundle([]),
-            "observations": bundle(observations),
+            "observations": bundle(coded),
+            "recentObservations": bundle(_newest(coded + others + text_only, RECENT_COUNT)),
             "procedures": bundle([]),
             "devices": bundle([]),
         },
