@@ -190,3 +190,27 @@ def test_replayed_token_never_reaches_the_fhir_server(app: FastAPI, client: Clie
         body = hook_request("patient-view", fhirServer=server)
         response = call(app, "POST", SERVICE, json=body, headers={"Authorization": f"Bearer {token}"})
     assert response.status_code == 401 and behaviour.requests == []
+
+
+def test_a_token_that_fails_verification_writes_nothing(
+    app: FastAPI, client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writes: list[str] = []
+    monkeypatch.setattr(app.state.cds.store, "remember_jti", lambda iss, jti, until: writes.append(jti) or True)
+    assert _post(app, _stranger_token(client)).status_code == 401
+    assert _post(app, client.token(BASE + DISCOVERY)).status_code == 401  # signed, but for another endpoint
+    assert writes == []
+    assert _post(app, client.token(BASE + SERVICE)).status_code == 200 and len(writes) == 1
+
+
+def test_replay_cache_failure_is_503_without_cards(
+    app: FastAPI, client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from spasticity_cds.errors import StoreError
+
+    def broken(issuer: str, jti: str, until: object) -> bool:
+        raise StoreError("cannot write", where="postgresql://user:***@db/x")
+
+    monkeypatch.setattr(app.state.cds.store, "remember_jti", broken)
+    response = _post(app, client.token(BASE + SERVICE))
+    assert response.status_code == 503 and "cards" not in response.json() and "postgresql" not in response.text

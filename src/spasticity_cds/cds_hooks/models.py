@@ -8,6 +8,7 @@ from typing import Any, Literal, TypeVar
 import msgspec
 
 from spasticity_cds.errors import HookRequestError
+from spasticity_cds.fhir.model import FhirElement, Resource
 
 MAX_ID_CHARS = 256
 T = TypeVar("T")
@@ -47,6 +48,25 @@ class HookRequest(msgspec.Struct, frozen=True):
     def patient_id(self) -> str:
         value: str = self.context["patientId"]
         return value
+
+
+class BundleLink(FhirElement):
+    """Bundle.link: the ``next`` page of a prefetched searchset."""
+
+    relation: str | None = None
+    url: str | None = None
+
+
+class PrefetchResource(Resource):
+    """A prefetch value decoded straight into the reader's typed view, plus Bundle.link for paging."""
+
+    link: list[BundleLink] | None = None
+
+
+class TypedHookRequest(HookRequest, frozen=True):
+    """A service call whose prefetch values decoded into typed resources (the common case, and the fast one)."""
+
+    prefetch: dict[str, PrefetchResource | None] | None = None
 
 
 class Coding(msgspec.Struct, frozen=True):
@@ -95,9 +115,20 @@ def _decode(body: bytes, kind: type[T], what: str) -> T:
         raise HookRequestError(f"{what} is not valid JSON: {exc}") from None
 
 
+_TYPED_REQUEST = msgspec.json.Decoder(TypedHookRequest)
+
+
 def decode_hook_request(body: bytes) -> HookRequest:
-    """Parse and check a service-call body; HookRequestError (HTTP 400) names what is wrong."""
-    request = _decode(body, HookRequest, "the hook request")
+    """Parse and check a service-call body; HookRequestError (HTTP 400) names what is wrong.
+
+    Prefetch values decode straight into typed resources; a body that does not fit that view (an odd field shape
+    anywhere, a value that is not a resource, or an invalid request) is decoded again as plain JSON, which keeps
+    the lenient reading of odd resources and names what is wrong with an invalid request.
+    """
+    try:
+        request: HookRequest = _TYPED_REQUEST.decode(body)
+    except msgspec.MsgspecError:
+        request = _decode(body, HookRequest, "the hook request")
     _check_text("hookInstance", request.hookInstance)
     if request.fhirAuthorization is not None and not request.fhirServer:
         raise HookRequestError("fhirAuthorization is present but fhirServer is not (cds-r-1)")

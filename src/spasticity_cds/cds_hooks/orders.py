@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from typing import Any
 
@@ -139,10 +138,17 @@ def mg_per_unit(dose: StructuredDose, strength_mg: float | None) -> float | None
 
 
 def adjusted_order(resource: dict[str, Any], new_value: float, per_day: float) -> dict[str, Any]:
-    """The whole draft with its single dose quantity replaced (and its now-stale dosage text rewritten)."""
-    updated = copy.deepcopy(resource)
-    dosage = updated["dosageInstruction"][0]
-    quantity = dosage["doseAndRate"][0]["doseQuantity"]
+    """The whole draft with its single dose quantity replaced (and its now-stale dosage text rewritten).
+
+    Only the objects on the path to the dose quantity are copied; the rest is shared with the draft, which
+    nothing changes (a deep copy of the whole order cost more than the rest of the suggestion).
+    """
+    updated = dict(resource)
+    dosage = dict(updated["dosageInstruction"][0])
+    updated["dosageInstruction"] = [dosage, *updated["dosageInstruction"][1:]]
+    rate = dict(dosage["doseAndRate"][0])
+    dosage["doseAndRate"] = [rate, *dosage["doseAndRate"][1:]]
+    quantity = rate["doseQuantity"] = dict(rate["doseQuantity"])
     quantity["value"] = int(new_value) if float(new_value).is_integer() else new_value
     if "text" in dosage:
         unit = quantity.get("unit") or quantity.get("code")

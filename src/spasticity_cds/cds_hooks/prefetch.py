@@ -12,7 +12,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from spasticity_cds.cds_hooks.models import PrefetchResource
 from spasticity_cds.engine.evaluator import Engine
+from spasticity_cds.fhir.model import Resource
 
 PATIENT_TOKEN = "{{context.patientId}}"
 TOKEN = re.compile(r"\{\{\s*([A-Za-z.]+)\s*\}\}")
@@ -42,9 +44,10 @@ class Template:
 
 @dataclass
 class PrefetchPlan:
-    """What the client sent, sorted: resources in hand, queries still to run, and inputs that failed."""
+    """What the client sent, sorted: resources in hand (typed, or plain JSON when the body did not fit the typed
+    view), queries still to run, and inputs that failed."""
 
-    resources: list[dict[str, Any]] = field(default_factory=list)
+    resources: list[dict[str, Any] | Resource] = field(default_factory=list)
     to_fetch: dict[str, str] = field(default_factory=dict)
     next_pages: dict[str, str] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)
@@ -180,10 +183,11 @@ def _sort_value(template: Template, query: str, value: Any, plan: PrefetchPlan) 
     if value is None:
         plan.absent_data.append(key)
         return
-    if not isinstance(value, dict) or not isinstance(value.get("resourceType"), str):
+    resource_type = _resource_type(value)
+    if resource_type is None:
         plan.failed[key] = "the prefetched value is not a FHIR resource"
         return
-    if value["resourceType"] == "OperationOutcome":
+    if resource_type == "OperationOutcome":
         plan.to_fetch[key] = query
         plan.failed[key] = "the client reported an error (OperationOutcome) for this prefetch"
         return
@@ -193,8 +197,18 @@ def _sort_value(template: Template, query: str, value: Any, plan: PrefetchPlan) 
         plan.next_pages[key] = following
 
 
-def next_link(resource: Mapping[str, Any]) -> str | None:
+def _resource_type(value: object) -> str | None:
+    """The resourceType of a typed or plain-JSON prefetch value; None when it is not a FHIR resource."""
+    if isinstance(value, Resource):
+        return value.resource_type
+    found = value.get("resourceType") if isinstance(value, dict) else None
+    return found if isinstance(found, str) else None
+
+
+def next_link(resource: Mapping[str, Any] | Resource) -> str | None:
     """The ``next`` page URL of a searchset Bundle, if any."""
+    if isinstance(resource, Resource):
+        return _typed_next_link(resource)
     if resource.get("resourceType") != "Bundle":
         return None
     for link in resource.get("link") or ():
@@ -202,6 +216,12 @@ def next_link(resource: Mapping[str, Any]) -> str | None:
             url: str = link["url"]
             return url
     return None
+
+
+def _typed_next_link(resource: Resource) -> str | None:
+    if resource.resource_type != "Bundle" or not isinstance(resource, PrefetchResource):
+        return None
+    return next((link.url for link in resource.link or () if link.relation == "next" and link.url), None)
 
 
 def bundle_resources(bundle: Mapping[str, Any]) -> list[dict[str, Any]]:

@@ -17,6 +17,7 @@ from spasticity_cds.cds_hooks.prefetch import PrefetchPlan, Template, plan_prefe
 from spasticity_cds.cds_hooks.services import ServiceCatalogue, ServiceSpec
 from spasticity_cds.engine.facts import Value
 from spasticity_cds.errors import HookRequestError, InputError, PrefetchUnavailableError
+from spasticity_cds.fhir.model import Resource
 
 
 class Fetcher(Protocol):
@@ -135,7 +136,9 @@ class HookRunner:
             return "not prefetched, and the request's fhirServer is not on this service's allow-list"
         return None
 
-    def _evaluate(self, request: HookRequest, resources: Sequence[dict[str, Any]], now: datetime) -> dict[str, Any]:
+    def _evaluate(
+        self, request: HookRequest, resources: Sequence[dict[str, Any] | Resource], now: datetime
+    ) -> dict[str, Any]:
         try:
             record = read_patient(list(resources), source=f"hook {request.hookInstance}")
         except InputError as exc:
@@ -147,7 +150,7 @@ class HookRunner:
 
 def _gather(
     templates: Sequence[Template], plan: PrefetchPlan, fetched: FetchOutcome
-) -> tuple[list[dict[str, Any]], dict[str, str]]:
+) -> tuple[list[dict[str, Any] | Resource], dict[str, str]]:
     """All resources in hand; 412 when a required key is unobtainable, else optional gaps by description."""
     resources = list(plan.resources)
     for found in fetched.resources.values():

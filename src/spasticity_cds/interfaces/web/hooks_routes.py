@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime
@@ -32,6 +34,8 @@ logger = logging.getLogger("spasticity_cds.cds_hooks")
 router = APIRouter()
 JWKS_TIMEOUT_S = 2.0
 JOIN_RETRY_S = 0.2
+JTI_HANDOFF_S = 0.002
+REPLAY_WRITE_THREADS = 32
 
 
 @dataclass
@@ -131,7 +135,39 @@ async def _authenticate(request: Request, state: AppState, hooks: HooksState, au
     finally:
         _PENDING_JTI.reset(reset)
     ((issuer, jti, keep_until),) = pending
-    return Admission(asyncio.ensure_future(run_in_threadpool(state.store.remember_jti, issuer, jti, keep_until)))
+    return Admission(_remember_jti(state, issuer, jti, keep_until))
+
+
+def _remember_jti(state: AppState, issuer: str, jti: str, keep_until: datetime) -> asyncio.Future[bool]:
+    """The replay write, started in a worker thread before the evaluation begins.
+
+    A task would start only when the handler first waits, which an evaluation of prefetched data never does, so
+    the write would follow the evaluation instead of overlapping it. Even a thread needs the GIL to start: the
+    handler waits (at most JTI_HANDOFF_S) until it has, so that the write reaches its I/O (a commit, a round trip)
+    while the evaluation runs.
+    """
+    started = threading.Event()
+
+    def write() -> bool:
+        started.set()
+        new: bool = state.store.remember_jti(issuer, jti, keep_until)
+        return new
+
+    future = asyncio.get_running_loop().run_in_executor(_replay_writers(), write)
+    started.wait(JTI_HANDOFF_S)
+    return future
+
+
+_REPLAY_WRITERS: list[ThreadPoolExecutor] = []
+_REPLAY_WRITERS_LOCK = threading.Lock()
+
+
+def _replay_writers() -> ThreadPoolExecutor:
+    """The threads for replay writes: enough for every call in flight, so a write never queues behind others."""
+    with _REPLAY_WRITERS_LOCK:
+        if not _REPLAY_WRITERS:
+            _REPLAY_WRITERS.append(ThreadPoolExecutor(REPLAY_WRITE_THREADS, thread_name_prefix="jti-replay-write"))
+        return _REPLAY_WRITERS[0]
 
 
 def _service(hooks: HooksState, service_id: str) -> ServiceSpec:
