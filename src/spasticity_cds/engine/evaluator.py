@@ -62,6 +62,7 @@ class Engine:
         self._monograph_cache: dict[str, dict[str, Any]] = {}
         self._rule_parts_cache: dict[tuple[str, bool], dict[str, Any]] = {}
         self.defaults: dict[str, Value] = {name: setting.value for name, setting in kb.settings.items()}
+        self.choice_settings = sorted(name for name, setting in kb.settings.items() if setting.choices)
         self.vocabulary = Vocabulary(kb.valuesets)
         self.extractor = FactExtractor(
             self.vocabulary,
@@ -115,8 +116,10 @@ class Engine:
                 if name not in self.fact_names:
                     raise KnowledgeBaseError(f"unknown fact {name!r}", where=f"ladder.yaml: {step.agent}")
 
-    def settings_for(self, overrides: Mapping[str, Value] | None) -> dict[str, Value]:
-        """Defaults with the caller's overrides, each checked against its declared choices."""
+    def settings_for(self, overrides: Mapping[str, Value] | None) -> Mapping[str, Value]:
+        """Defaults with the caller's overrides, each checked against its declared choices (read-only)."""
+        if not overrides:
+            return self.defaults
         merged = dict(self.defaults)
         for name, value in (overrides or {}).items():
             setting = self.kb.settings.get(name)
@@ -445,7 +448,7 @@ class Engine:
             "patient": record.patient_reference,
             "evaluated_at": now.isoformat(),
             "knowledge_base": {"name": manifest.name, "version": manifest.version, "digest": self.kb.digest},
-            "settings": {name: settings[name] for name in sorted(settings) if self.kb.settings[name].choices},
+            "settings": {name: settings[name] for name in self.choice_settings},
             "in_scope": in_scope,
             "confidence": "high" if gaps == 0 else "reduced",
             "data_gaps": gaps,
