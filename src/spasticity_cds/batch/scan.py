@@ -64,7 +64,13 @@ def fast_key(raw: bytes) -> str | None:
         return f"Patient/{fields.id}\t" if fields.id else None
     link = fields.subject or fields.patient or fields.beneficiary  # the first present; an empty one -> slow path
     reference = link.reference if link is not None else None
-    if reference and reference.startswith("Patient/") and len(reference) > 8 and reference.find("/", 8) < 0:
+    if (
+        reference
+        and len(reference) > len("Patient/")
+        and reference.startswith("Patient/")
+        and reference.find("/", 8) < 0
+        and not reference.endswith("\t")  # the Patient mark: such a rare key takes the slow path
+    ):
         return reference
     return None
 

@@ -1,0 +1,86 @@
+"""The scan's fast path agrees with ``problems.classify`` (the Spark engine's function) on every line it takes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from spasticity_cds.batch import problems
+from spasticity_cds.batch.scan import fast_key
+
+from .batch_helpers import BAD_OBSERVATION_LINES
+
+ODD_LINES = [
+    *BAD_OBSERVATION_LINES,
+    b'{"resourceType": "Observation", "subject": {"reference": "https://ehr.example/fhir/Patient/p1"}}',
+    b'{"resourceType": "Observation", "subject": {"reference": "Patient/p1/_history/2"}}',
+    b'{"resourceType": "Observation", "subject": {"reference": "Patient/"}}',
+    b'{"resourceType": "Observation", "subject": {"reference": "Patient/p1\\t"}}',
+    b'{"resourceType": "Patient", "id": "p1\\t"}',
+    b'{"resourceType": "Observation", "subject": {"reference": ""}, "patient": {"reference": "Patient/p2"}}',
+    b'{"resourceType": "Observation", "subject": {"display": "x"}, "patient": {"reference": "Patient/p2"}}',
+    b'{"resourceType": "Observation", "subject": {"reference": "Group/g1"}}',
+    b'{"resourceType": "Observation", "subject": "Patient/p1"}',
+    b'{"resourceType": "Observation", "subject": {"reference": 5}}',
+    b'{"resourceType": "Observation", "subject": null, "beneficiary": {"reference": "Patient/p3"}}',
+    b'{"resourceType": "Coverage", "beneficiary": {"reference": "Patient/p3"}}',
+    b'{"resourceType": "Patient", "id": "p1"}',
+    b'{"resourceType": "Patient", "id": ""}',
+    b'{"resourceType": "Patient", "id": 7}',
+    b'{"resourceType": "Patient"}',
+    b'{"resourceType": "MedicationRequest", "subject": {"reference": "Patient/p1"}, '
+    b'"medicationReference": {"reference": "Medication/m1"}}',
+    b'{"resourceType": "Medication", "id": "m1"}',
+    b'{"resourceType": "Observation", "resourceType": "Foo", "subject": {"reference": "Patient/p1"}}',
+    b'{"resourceType": "Observation", "subject": {"reference": "Patient/\xc3\xa9"}}',
+    b'{"resourceType": "Observation", "subject": {"reference": "Patient/\\u00e9"}}',
+    b'{"resourceType": "Observation", "subject": {"reference": "Patient/p1"}, "note": "\xff"}',
+    b'{"resourceType": "Observation", "subject": {"reference": "Patient/p1"}} trailing',
+    b'  {"resourceType": "Observation", "subject": {"reference": "Patient/p1"}}  ',
+    b"\t",
+    b"",
+]
+
+
+def _agrees(raw: bytes) -> None:
+    key = fast_key(raw)
+    if key is None:
+        return  # the scan asks problems.classify itself
+    expected = problems.classify(raw)
+    assert expected.status == problems.OK, raw
+    assert expected.medication_ref is None, raw
+    if expected.resource_type == "Patient":
+        assert key == f"{expected.key}\t", raw  # a Patient's key carries the mark the scan counts them by
+    else:
+        assert key == expected.key, raw
+
+
+@pytest.mark.parametrize("raw", ODD_LINES)
+def test_fast_path_agrees_on_odd_lines(raw: bytes) -> None:
+    _agrees(raw)
+
+
+def test_fast_path_agrees_on_a_whole_cohort_and_takes_most_lines(clean_cohort: Path) -> None:
+    lines = [line for path in sorted(clean_cohort.glob("*.ndjson")) for line in path.read_bytes().splitlines()]
+    for raw in lines:
+        _agrees(raw)
+    assert sum(fast_key(raw) is not None for raw in lines) > 0.9 * len(lines)
+
+
+def test_keys_ending_in_a_tab_keep_their_resources_together(tmp_path: Path) -> None:
+    from spasticity_cds.batch.inputs import discover
+    from spasticity_cds.batch.local import grouped
+
+    source = tmp_path / "export"
+    source.mkdir()
+    (source / "Observation.ndjson").write_bytes(
+        b'{"resourceType": "Observation", "id": "o1", "subject": {"reference": "Patient/p1\\t"}}\n'
+        b'{"resourceType": "Observation", "id": "o2", "subject": {"reference": "Patient/p2"}}\n'
+    )
+    (source / "Patient.ndjson").write_bytes(
+        b'{"resourceType": "Patient", "id": "p1\\t"}\n{"resourceType": "Patient", "id": "p2"}\n'
+    )
+    (tmp_path / "work").mkdir()
+    groups = {key: len(lines) for key, lines in grouped(discover(source).files, tmp_path / "work")}
+    assert groups == {"Patient/p1\t": 2, "Patient/p2": 2}
