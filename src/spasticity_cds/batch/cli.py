@@ -46,13 +46,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Declare the options of ``spasticity-cds batch``."""
     parser.add_argument("input", type=Path, metavar="INPUT", help="folder of .ndjson/.ndjson.gz files or manifest.json")
     parser.add_argument("--out", type=Path, required=True, help="output folder (written whole at the end)")
-    parser.add_argument("--engine", choices=ENGINES, default="local", help="local (DuckDB + processes) or spark")
-    parser.add_argument("--workers", type=_workers, default=1, help="evaluator processes for the local engine")
+    parser.add_argument("--engine", choices=ENGINES, default="local", help="local (partitions + processes) or spark")
+    parser.add_argument("--workers", type=_workers, default=1, help="worker processes of the local engine (1: none)")
     parser.add_argument("--since", type=Path, metavar="PREVIOUS_RUN", help="previous run: write only changes")
     parser.add_argument("--now", type=_instant, help="evaluation instant, ISO 8601 with offset (default: now)")
     parser.add_argument("--kb", type=Path, dest="kb_path", help="knowledge-base folder (default: the shipped one)")
     parser.add_argument("--app-url", default="", help="base URL of the web app for patient links (default: /)")
-    parser.add_argument("--memory-limit", default="512MB", help="DuckDB memory before spilling to disk")
+    parser.add_argument("--memory-limit", default="512MB", help="DuckDB memory for the --since join before spilling")
     parser.add_argument(
         "--spark-master", help="Spark master for --engine spark (default: spark-submit's, else local[2])"
     )
