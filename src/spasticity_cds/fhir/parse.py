@@ -31,11 +31,20 @@ class ParsedInput:
     duplicates: int = 0
 
     def add(self, document: object, *, source: str = "<input>") -> None:
-        """Add every resource held by one parsed JSON document (a resource, Bundle, prefetch map or list)."""
-        for found in _fhir_documents(document, source=source):
-            resource = from_json(found, Resource)
-            if resource is not None:
-                self.add_resource(resource)
+        """Add every resource held by one parsed JSON document (a resource, Bundle, prefetch map or list).
+
+        Items of a list may already be decoded Resources (the batch engine decodes each line straight into one).
+        """
+        entries: list[Entry] = []
+        for item in document if isinstance(document, list) else (document,):
+            if isinstance(item, Resource):
+                entries.append(Entry(resource=item))
+                continue
+            for found in _fhir_documents(item, source=source):
+                resource = from_json(found, Resource)
+                if resource is not None:
+                    entries.append(Entry(resource=resource))
+        self._add_entries(entries)
 
     def add_resource(self, resource: Resource) -> None:
         """Add one decoded resource; a Bundle adds its entries (nested Bundles included) instead."""
