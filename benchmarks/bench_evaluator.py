@@ -21,7 +21,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import msgspec
 import orjson
 
 REPO = Path(__file__).resolve().parent.parent
@@ -47,161 +46,6 @@ LIBRARIES = (
 )
 MIB = 1024 * 1024
 BANNER = "!" * 100
-
-# -- msgspec structs: only the fields engine/extract.py and fhir/record.py read --------------------------
-
-
-class _Fhir(msgspec.Struct, rename="camel"):
-    """Base: FHIR's camelCase names map to snake_case attributes; unknown fields are skipped."""
-
-
-class Coding(_Fhir):
-    """Coding."""
-
-    system: str | None = None
-    code: str | None = None
-    display: str | None = None
-
-
-class CodeableConcept(_Fhir):
-    """CodeableConcept."""
-
-    coding: list[Coding] | None = None
-    text: str | None = None
-
-
-class Reference(_Fhir):
-    """Reference."""
-
-    reference: str | None = None
-    display: str | None = None
-
-
-class Quantity(_Fhir):
-    """Quantity (value, unit, UCUM code)."""
-
-    value: float | None = None
-    unit: str | None = None
-    code: str | None = None
-
-
-class Range(_Fhir):
-    """Range, also used for Observation.referenceRange (low/high)."""
-
-    low: Quantity | None = None
-    high: Quantity | None = None
-
-
-class Period(_Fhir):
-    """Period."""
-
-    start: str | None = None
-    end: str | None = None
-
-
-class Repeat(_Fhir):
-    """Timing.repeat."""
-
-    frequency: int | None = None
-    frequency_max: int | None = None
-    period: float | None = None
-    period_unit: str | None = None
-    bounds_period: Period | None = None
-
-
-class Timing(_Fhir):
-    """Timing."""
-
-    repeat: Repeat | None = None
-    code: CodeableConcept | None = None
-
-
-class DoseAndRate(_Fhir):
-    """Dosage.doseAndRate."""
-
-    dose_quantity: Quantity | None = None
-    dose_range: Range | None = None
-
-
-class Dosage(_Fhir):
-    """Dosage."""
-
-    text: str | None = None
-    timing: Timing | None = None
-    route: CodeableConcept | None = None
-    dose_and_rate: list[DoseAndRate] | None = None
-
-
-class Component(_Fhir):
-    """Observation.component."""
-
-    code: CodeableConcept | None = None
-    value_quantity: Quantity | None = None
-    value_string: str | None = None
-    value_integer: int | None = None
-    value_decimal: float | None = None
-    value_boolean: bool | None = None
-    value_codeable_concept: CodeableConcept | None = None
-    reference_range: list[Range] | None = None
-
-
-class Meta(_Fhir):
-    """Meta (record de-duplication reads lastUpdated)."""
-
-    last_updated: str | None = None
-
-
-class Resource(_Fhir):
-    """Any resource, flattened: the union of the fields the rules read over every resource type."""
-
-    resource_type: str
-    id: str | None = None
-    meta: Meta | None = None
-    subject: Reference | None = None
-    patient: Reference | None = None
-    code: CodeableConcept | None = None
-    status: str | None = None
-    clinical_status: CodeableConcept | None = None
-    verification_status: CodeableConcept | None = None
-    effective_date_time: str | None = None
-    effective_instant: str | None = None
-    effective_period: Period | None = None
-    issued: str | None = None
-    value_quantity: Quantity | None = None
-    value_string: str | None = None
-    value_integer: int | None = None
-    value_decimal: float | None = None
-    value_boolean: bool | None = None
-    value_codeable_concept: CodeableConcept | None = None
-    component: list[Component] | None = None
-    reference_range: list[Range] | None = None
-    body_site: CodeableConcept | list[CodeableConcept] | None = None
-    medication_codeable_concept: CodeableConcept | None = None
-    medication_reference: Reference | None = None
-    dosage_instruction: list[Dosage] | None = None
-    dosage: list[Dosage] | None = None
-    authored_on: str | None = None
-    status_reason: CodeableConcept | list[CodeableConcept] | None = None
-    reason_code: list[CodeableConcept] | None = None
-    birth_date: str | None = None
-    gender: str | None = None
-    type: CodeableConcept | list[CodeableConcept] | None = None
-    contained: list[Resource] | None = None
-
-
-class Entry(_Fhir):
-    """Bundle.entry."""
-
-    full_url: str | None = None
-    resource: Resource | None = None
-
-
-class Bundle(_Fhir):
-    """Bundle with only its entries."""
-
-    resource_type: str
-    entry: list[Entry] | None = None
-
 
 # -- configuration and data ------------------------------------------------------------------------------
 
@@ -323,11 +167,12 @@ def run_cell(profile: str, n: int, config: Config, evaluator: Callable[[bytes], 
     data = bundles(profile, n, config.seed)
     fhir_n = min(n, config.fhir_max_heavy if profile == "heavy" else config.fhir_max)
     cell = Cell(profile, n, fhir_n)
-    decoder = msgspec.json.Decoder(Bundle)
+    from spasticity_cds.fhir.model import RESOURCE_DECODER
+
     errors: list[str] = []
     functions: dict[str, Callable[[bytes], object]] = {
         "orjson": orjson.loads,
-        "msgspec": decoder.decode,
+        "msgspec": RESOURCE_DECODER.decode,
         "evaluator": evaluator,
         "fhir": fhir_fn(errors),
     }
@@ -852,7 +697,8 @@ def render_markdown(document: dict[str, Any]) -> str:
         "- Bundles are generated with `spasticity_cds.synth.generate_patient` and serialised with orjson once, up",
         "  front; every method reads the same bytes in memory.",
         "- orjson.loads is the floor for a dict-based engine; msgspec decodes only the fields the rules read",
-        "  (structs in `benchmarks/bench_evaluator.py`); the evaluator is bytes in -> "
+        "  (the engine's own decoder, `spasticity_cds.fhir.model.RESOURCE_DECODER`, so eval/msgspec is the engine's",
+        "  Python work beyond its decode); the evaluator is bytes in -> "
         "`to_json(engine.evaluate(read_patient(bytes), now))` bytes out; fhir.resources is R4B "
         "`Bundle.model_validate_json(bytes)`.",
         "- Warm: the engine is loaded and every patient of the cell has been evaluated once (its answers are counted",
