@@ -67,16 +67,3 @@ def test_compare_counts_reports_each_difference() -> None:
     assert compared == ["typical/N=2"]
     assert changes == ["typical/N=2 rules B: 2 -> 3", "typical/N=2 rules C: 0 -> 1"]
     assert harness.compare_counts({**old, "seed": 2}, new) == ([], [])
-
-
-def test_field_structs_decode_a_synthetic_bundle() -> None:
-    harness = load_harness()
-    import msgspec
-
-    [data] = harness.bundles("typical", 1, 7)
-    bundle = msgspec.json.Decoder(harness.Bundle).decode(data)
-    resources = [entry.resource for entry in bundle.entry]
-    assert {"Patient", "Observation", "Condition"} <= {r.resource_type for r in resources}
-    [patient] = [r for r in resources if r.resource_type == "Patient"]
-    assert patient.birth_date and patient.gender
-    assert all(r.code is not None for r in resources if r.resource_type == "Observation")
