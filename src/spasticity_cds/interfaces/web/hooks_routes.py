@@ -34,7 +34,6 @@ logger = logging.getLogger("spasticity_cds.cds_hooks")
 router = APIRouter()
 JWKS_TIMEOUT_S = 2.0
 JOIN_RETRY_S = 0.2
-JTI_HANDOFF_S = 0.002
 REPLAY_WRITE_THREADS = 32
 
 
@@ -139,23 +138,13 @@ async def _authenticate(request: Request, state: AppState, hooks: HooksState, au
 
 
 def _remember_jti(state: AppState, issuer: str, jti: str, keep_until: datetime) -> asyncio.Future[bool]:
-    """The replay write, started in a worker thread before the evaluation begins.
+    """The replay write, handed to a thread of the replay pool at once (it then runs beside the evaluation).
 
-    A task would start only when the handler first waits, which an evaluation of prefetched data never does, so
-    the write would follow the evaluation instead of overlapping it. Even a thread needs the GIL to start: the
-    handler waits (at most JTI_HANDOFF_S) until it has, so that the write reaches its I/O (a commit, a round trip)
-    while the evaluation runs.
+    A task (``ensure_future``) starts only when the handler first waits; measured with 16 clients on PostgreSQL,
+    that gave about 20 % fewer calls per second (same latency at one client).
     """
-    started = threading.Event()
-
-    def write() -> bool:
-        started.set()
-        new: bool = state.store.remember_jti(issuer, jti, keep_until)
-        return new
-
-    future = asyncio.get_running_loop().run_in_executor(_replay_writers(), write)
-    started.wait(JTI_HANDOFF_S)
-    return future
+    loop = asyncio.get_running_loop()
+    return loop.run_in_executor(_replay_writers(), state.store.remember_jti, issuer, jti, keep_until)
 
 
 _REPLAY_WRITERS: list[ThreadPoolExecutor] = []
