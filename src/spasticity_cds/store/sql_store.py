@@ -58,17 +58,17 @@ class SqlFeedbackStore:
     def record_issued_cards(self, cards: Iterable[IssuedCard]) -> int:
         """Store cards a hook call returned (idempotent on card_uuid); return how many were new."""
         with self._writing("record issued cards") as connection:
-            return sum(_insert_if_new(connection, schema.issued_cards, _issued_card_row(c)) for c in cards)
+            return _insert_new(connection, schema.issued_cards, [_issued_card_row(c) for c in cards])
 
     def record_hook_feedback(self, items: Iterable[HookFeedback]) -> int:
         """Store CDS Hooks feedback (idempotent on card, outcome, timestamp); return how many were new."""
         with self._writing("record hook feedback") as connection:
-            return sum(_insert_if_new(connection, schema.hook_feedback, _hook_feedback_row(i)) for i in items)
+            return _insert_new(connection, schema.hook_feedback, [_hook_feedback_row(i) for i in items])
 
     def record_page_feedback(self, item: PageFeedback) -> bool:
         """Store one page feedback answer (idempotent on its id); return whether it was new."""
         with self._writing("record page feedback") as connection:
-            return _insert_if_new(connection, schema.page_feedback, _page_feedback_row(item))
+            return _insert_new(connection, schema.page_feedback, [_page_feedback_row(item)]) == 1
 
     def remember_jti(self, issuer: str, jti: str, expires_at: datetime) -> bool:
         """Record a JWT id until `expires_at`; return False if (issuer, jti) was already recorded.
@@ -82,7 +82,7 @@ class SqlFeedbackStore:
             if self._next_jti_purge is None or now >= self._next_jti_purge:
                 connection.execute(_purge_expired_jtis(now))
                 self._next_jti_purge = now + JTI_PURGE_INTERVAL
-            return _insert_if_new(connection, schema.jwt_replay, row)
+            return _insert_new(connection, schema.jwt_replay, [row]) == 1
 
     def find_issued_card(self, card_uuid: str) -> IssuedCard | None:
         """Return the issued card with this uuid, if the store has it."""
@@ -144,14 +144,19 @@ def _positive(limit: int) -> int:
     return limit
 
 
-def _insert_if_new(connection: Connection, table: Table, row: Mapping[str, Any]) -> bool:
-    """INSERT .. ON CONFLICT DO NOTHING; True if the row was inserted, False if its key already existed."""
+#: Rows per multi-row INSERT: well under SQLite's limit on bound parameters for any of the tables.
+INSERT_CHUNK_ROWS = 200
+
+
+def _insert_new(connection: Connection, table: Table, rows: list[Mapping[str, Any]]) -> int:
+    """Multi-row INSERT .. ON CONFLICT DO NOTHING (one statement per chunk, not per row); rows actually inserted."""
     keep_rowcount = {"preserve_rowcount": True}
-    if connection.dialect.name == "postgresql":
-        statement = postgresql.insert(table).values(row).on_conflict_do_nothing()
-        return connection.execute(statement, execution_options=keep_rowcount).rowcount == 1
-    sqlite_statement = sqlite.insert(table).values(row).on_conflict_do_nothing()
-    return connection.execute(sqlite_statement, execution_options=keep_rowcount).rowcount == 1
+    dialect = postgresql if connection.dialect.name == "postgresql" else sqlite
+    inserted = 0
+    for start in range(0, len(rows), INSERT_CHUNK_ROWS):
+        statement = dialect.insert(table).values(rows[start : start + INSERT_CHUNK_ROWS]).on_conflict_do_nothing()
+        inserted += connection.execute(statement, execution_options=keep_rowcount).rowcount
+    return inserted
 
 
 def _purge_expired_jtis(now: datetime) -> Delete:
