@@ -104,3 +104,10 @@ def test_typed_values_are_sorted_like_plain_ones() -> None:
         assert plan.absent_data == ["medications"]
         assert set(plan.failed) == {"statements", "observations"} and "observations" in plan.to_fetch
     assert typed_plan.failed == plain_plan.failed and len(typed_plan.resources) == len(plain_plan.resources) == 2
+
+
+def test_a_body_nested_too_deeply_is_a_400_not_a_crash() -> None:
+    resource = b'{"resourceType":"Patient","id":"p","code":' + b'{"coding":[' * 3000 + b"]}" * 3000 + b"}"
+    body = b'{"hook":"patient-view","hookInstance":"x","context":{},"prefetch":{"patient":' + resource + b"}}"
+    with pytest.raises(HookRequestError, match="nested too deeply"):
+        decode_hook_request(body)

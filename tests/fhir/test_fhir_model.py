@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import orjson
+import pytest
 
 from spasticity_cds.api import read_patient
+from spasticity_cds.errors import InputError
 from spasticity_cds.fhir.model import RESOURCE_DECODER, CodeableConcept, Coding, Resource, from_json, to_json
 from spasticity_cds.fhir.parse import parse_bytes
 
@@ -78,3 +80,9 @@ def test_ndjson_bytes_take_the_line_by_line_path() -> None:
     lines = orjson.dumps(PATIENT) + b"\n" + orjson.dumps({"resourceType": "Condition", "id": "c1"})
     parsed = parse_bytes(lines)
     assert sorted(parsed.resources) == ["Condition/c1", "Patient/p1"]
+
+
+def test_json_nested_too_deeply_is_an_input_error_not_a_crash() -> None:
+    deep = b'{"resourceType":"Patient","id":"p","code":' + b'{"coding":[' * 3000 + b"]}" * 3000 + b"}"
+    with pytest.raises(InputError, match="not valid JSON"):
+        parse_bytes(deep)

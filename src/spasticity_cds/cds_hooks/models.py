@@ -113,6 +113,8 @@ def _decode(body: bytes, kind: type[T], what: str) -> T:
         raise HookRequestError(f"{what} does not follow CDS Hooks 2.0: {exc}") from None
     except msgspec.DecodeError as exc:
         raise HookRequestError(f"{what} is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise HookRequestError(f"{what} is nested too deeply") from None
 
 
 _TYPED_REQUEST = msgspec.json.Decoder(TypedHookRequest)
@@ -127,7 +129,7 @@ def decode_hook_request(body: bytes) -> HookRequest:
     """
     try:
         request: HookRequest = _TYPED_REQUEST.decode(body)
-    except msgspec.MsgspecError:
+    except (msgspec.MsgspecError, RecursionError):
         request = _decode(body, HookRequest, "the hook request")
     _check_text("hookInstance", request.hookInstance)
     if request.fhirAuthorization is not None and not request.fhirServer:
