@@ -7,7 +7,7 @@ import pytest
 
 from spasticity_cds.api import read_patient
 from spasticity_cds.errors import InputError
-from spasticity_cds.fhir.model import RESOURCE_DECODER, CodeableConcept, Coding, Resource, from_json, to_json
+from spasticity_cds.fhir.model import RESOURCE_DECODER, CodeableConcept, Coding, Resource, as_json, from_json
 from spasticity_cds.fhir.parse import parse_bytes
 
 PATIENT = {"resourceType": "Patient", "id": "p1", "birthDate": "1960-01-01", "gender": "female"}
@@ -73,7 +73,7 @@ def test_the_patient_reads_back_as_json_with_only_the_fields_decoded() -> None:
     patient = {**PATIENT, "name": [{"given": ["Ada"], "family": "Lovelace"}], "telecom": [{"value": "555"}]}
     record = read_patient([patient])
     assert record.patient == {**PATIENT, "name": [{"given": ["Ada"], "family": "Lovelace"}]}
-    assert to_json(record.patient_resource) == record.patient
+    assert as_json(record.patient_resource) == record.patient
 
 
 def test_ndjson_bytes_take_the_line_by_line_path() -> None:

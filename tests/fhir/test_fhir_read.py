@@ -180,3 +180,9 @@ def test_a_parsed_mapping_or_list_is_accepted_without_bytes() -> None:
     assert read_patient([PATIENT, condition("c1")]).of_type("Condition")
     with pytest.raises(InputError, match="cannot read a patient from int"):
         read_patient(42)  # type: ignore[arg-type]
+
+
+def test_a_bare_scheme_as_a_patient_link_is_another_patient_not_a_crash() -> None:
+    rec = read_patient([PATIENT, condition("c1", subject="https://")])
+    assert rec.other_patient_resources == 1
+    assert rec.normalise("https://") == "https://"

@@ -144,17 +144,5 @@ def _build_steps(monograph: Monograph, cap: float | None, start: date) -> list[d
     return steps
 
 
-_STATEMENT_CACHE: dict[int, tuple[Statement, dict[str, Any]]] = {}
-
-
 def _statement(statement: Statement, cite: Cite) -> dict[str, Any]:
-    """A monograph statement with its citations; the same for every patient, so built once and shared."""
-    cached = _STATEMENT_CACHE.get(id(statement))
-    if cached is None or cached[0] is not statement:
-        if len(_STATEMENT_CACHE) > 4096:
-            _STATEMENT_CACHE.clear()
-        cached = _STATEMENT_CACHE[id(statement)] = (
-            statement,
-            {"text": statement.text, "citations": cite(statement.citations)},
-        )
-    return cached[1]
+    return {"text": statement.text, "citations": cite(statement.citations)}

@@ -184,7 +184,7 @@ Element = TypeVar("Element", bound=msgspec.Struct)
 RESOURCE_DECODER = msgspec.json.Decoder(Resource)
 
 
-def to_json(element: msgspec.Struct) -> dict[str, Any]:
+def as_json(element: msgspec.Struct) -> dict[str, Any]:
     """The decoded fields as FHIR JSON (camelCase names, absent fields left out)."""
     encoded: dict[str, Any] = msgspec.to_builtins(element)
     return encoded

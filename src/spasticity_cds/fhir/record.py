@@ -7,7 +7,7 @@ from functools import cached_property
 from typing import Any
 
 from spasticity_cds.errors import InputError
-from spasticity_cds.fhir.model import Resource, to_json
+from spasticity_cds.fhir.model import Resource, as_json
 from spasticity_cds.fhir.parse import ParsedInput, owner_reference
 
 
@@ -29,7 +29,7 @@ class PatientRecord:
     @cached_property
     def patient(self) -> dict[str, Any]:
         """The Patient resource as FHIR JSON (the fields read: id, name, identifier, gender, birthDate)."""
-        return to_json(self.patient_resource)
+        return as_json(self.patient_resource)
 
     def of_type(self, resource_type: str) -> list[Resource]:
         """Every resource of one type, in input order."""
@@ -39,11 +39,7 @@ class PatientRecord:
         """Map a ``urn:uuid:`` or absolute reference to ``Type/id``."""
         if reference in self.aliases:
             return self.aliases[reference]
-        if reference.startswith(("http://", "https://")):
-            parts = reference.rstrip("/").split("/")
-            if len(parts) >= 2:
-                return f"{parts[-2]}/{parts[-1]}"
-        return reference
+        return _relative(reference)
 
     def resolve(self, reference: str) -> Resource | None:
         """The resource a reference points at, if it is in the record."""
@@ -107,7 +103,9 @@ class _OwnerCheck:
 
 
 def _relative(reference: str) -> str:
+    """``Type/id`` from an absolute URL ending in it; any other reference as it is."""
     if reference.startswith(("http://", "https://")):
         parts = reference.rstrip("/").split("/")
-        return f"{parts[-2]}/{parts[-1]}"
+        if len(parts) >= 2:
+            return f"{parts[-2]}/{parts[-1]}"
     return reference
