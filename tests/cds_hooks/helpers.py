@@ -281,6 +281,22 @@ def assert_no_empty(value: Any, path: str = "$") -> None:
             assert_no_empty(inner, f"{path}[{index}]")
 
 
+def post_hook(app: FastAPI, client: Client, service: str, body: Any) -> httpx.Response:
+    """A service call signed by ``client`` for that exact endpoint."""
+    path = f"/cds-services/{service}"
+    return call(app, "POST", path, json=body, headers=client.headers(path))
+
+
+def valid_cards(app: FastAPI, client: Client, body: dict[str, Any], service: str) -> list[dict[str, Any]]:
+    """The cards of a successful service call, each checked with ``assert_valid_card``."""
+    response = post_hook(app, client, service, body)
+    assert response.status_code == 200, response.text
+    cards: list[dict[str, Any]] = response.json()["cards"]
+    for card in cards:
+        assert_valid_card(card)
+    return cards
+
+
 def assert_valid_card(card: dict[str, Any], base: str = BASE) -> None:
     """The card invariants of CDS Hooks 2.0 (cds-resp-1..7) plus our own conventions."""
     assert_no_empty(card)

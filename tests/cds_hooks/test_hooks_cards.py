@@ -17,24 +17,14 @@ from .helpers import (
     SELECT,
     SIGN,
     Client,
-    assert_valid_card,
     baclofen_order,
     call,
     hook_request,
     observations,
     prefetch,
     searchset,
+    valid_cards,
 )
-
-
-def _cards(app: FastAPI, client: Client, body: dict[str, Any], service: str) -> list[dict[str, Any]]:
-    path = f"/cds-services/{service}"
-    response = call(app, "POST", path, json=body, headers=client.headers(path))
-    assert response.status_code == 200, response.text
-    cards: list[dict[str, Any]] = response.json()["cards"]
-    for card in cards:
-        assert_valid_card(card)
-    return cards
 
 
 def _rule(card: dict[str, Any]) -> str:
@@ -50,7 +40,7 @@ def _drug(order_id: str, code: str, text: str, status: str = "draft") -> dict[st
 
 def test_order_over_the_kidney_ceiling_gets_one_card_with_a_whole_resource_update(app: FastAPI, client: Client) -> None:
     draft = baclofen_order()
-    cards = _cards(app, client, hook_request("order-sign", prefetch_data=prefetch(), drafts=[draft]), SIGN)
+    cards = valid_cards(app, client, hook_request("order-sign", prefetch_data=prefetch(), drafts=[draft]), SIGN)
     (card,) = cards
     assert card["indicator"] == "critical" and card["selectionBehavior"] == "at-most-one"
     assert card["extension"]["org.spasticity-cds.findings"] == ["BACLOFEN-DOSE-ABOVE-CEILING", "BACLOFEN-RENAL-BAND"]
@@ -66,7 +56,7 @@ def test_order_over_the_kidney_ceiling_gets_one_card_with_a_whole_resource_updat
 
 def test_order_that_already_fits_gets_no_card(app: FastAPI, client: Client) -> None:
     body = hook_request("order-sign", prefetch_data=prefetch(), drafts=[baclofen_order(value=5)])
-    assert _cards(app, client, body, SIGN) == []
+    assert valid_cards(app, client, body, SIGN) == []
 
 
 def test_order_select_checks_only_the_selection(app: FastAPI, client: Client) -> None:
@@ -75,9 +65,9 @@ def test_order_select_checks_only_the_selection(app: FastAPI, client: Client) ->
     body = hook_request(
         "order-select", prefetch_data=prefetch(), drafts=[over, fine], selections=["MedicationRequest/fine"]
     )
-    assert _cards(app, client, body, SELECT) == []
+    assert valid_cards(app, client, body, SELECT) == []
     body["context"]["selections"] = ["MedicationRequest/over"]
-    assert [_rule(c) for c in _cards(app, client, body, SELECT)] == ["BACLOFEN-DOSE-ABOVE-CEILING"]
+    assert [_rule(c) for c in valid_cards(app, client, body, SELECT)] == ["BACLOFEN-DOSE-ABOVE-CEILING"]
 
 
 def test_tizanidine_without_liver_tests_suggests_creating_a_liver_test_order(app: FastAPI, client: Client) -> None:
@@ -86,7 +76,7 @@ def test_tizanidine_without_liver_tests_suggests_creating_a_liver_test_order(app
         [o for o in observations() if o["id"] not in ("alt", "ast", "bili")]
     )
     draft = _drug("tiz", "57258", "tizanidine 2 mg")
-    cards = _cards(app, client, hook_request("order-sign", prefetch_data=data, drafts=[draft]), SIGN)
+    cards = valid_cards(app, client, hook_request("order-sign", prefetch_data=data, drafts=[draft]), SIGN)
     liver = next(c for c in cards if _rule(c) == "TIZ-LFT-BASELINE")
     assert liver["selectionBehavior"] == "any"
     (action,) = liver["suggestions"][0]["actions"]
@@ -103,14 +93,14 @@ def test_interacting_order_is_caught_through_the_evidence(app: FastAPI, client: 
     tizanidine = _drug("tiz-current", "57258", "tizanidine 2 mg", status="active")
     ciprofloxacin = _drug("cipro", "2551", "ciprofloxacin 500 mg")
     body = hook_request("order-sign", prefetch_data=prefetch(meds=[tizanidine]), drafts=[ciprofloxacin])
-    cards = _cards(app, client, body, SIGN)
+    cards = valid_cards(app, client, body, SIGN)
     assert cards and cards[0]["indicator"] == "critical"
     assert "MedicationRequest/cipro" in cards[0]["detail"]
 
 
 def test_patient_view_reviews_the_current_regimen(app: FastAPI, client: Client) -> None:
     body = hook_request("patient-view", prefetch_data=prefetch(meds=[baclofen_order(status="active")]))
-    cards = _cards(app, client, body, REVIEW)
+    cards = valid_cards(app, client, body, REVIEW)
     rules = [_rule(c) for c in cards]
     assert rules[0] == "BACLOFEN-DOSE-ABOVE-CEILING"
     assert len(rules) == len(set(rules))
@@ -120,14 +110,14 @@ def test_patient_view_reviews_the_current_regimen(app: FastAPI, client: Client) 
 def test_patient_without_als_gets_no_cards(app: FastAPI, client: Client) -> None:
     data = prefetch(meds=[baclofen_order(status="active")])
     data["conditions"] = searchset([])
-    assert _cards(app, client, hook_request("patient-view", prefetch_data=data), REVIEW) == []
+    assert valid_cards(app, client, hook_request("patient-view", prefetch_data=data), REVIEW) == []
 
 
 def test_detail_shows_the_basis_data_used_and_missing(app: FastAPI, client: Client) -> None:
     data = prefetch()
     del data["statements"]
     body = hook_request("order-sign", prefetch_data=data, drafts=[baclofen_order()])
-    (card,) = _cards(app, client, body, SIGN)
+    (card,) = valid_cards(app, client, body, SIGN)
     detail = card["detail"]
     assert "**Patient data used:**" in detail and "eGFR: 45" in detail and "Observation/egfr" in detail
     assert "**Missing or out of date:**" in detail and "medication statements: not obtained" in detail
@@ -138,7 +128,7 @@ def test_detail_shows_the_basis_data_used_and_missing(app: FastAPI, client: Clie
 def test_data_gaps_share_one_card_and_name_what_is_missing(app: FastAPI, client: Client) -> None:
     data = prefetch(meds=[baclofen_order(status="active")])
     data["observations"] = data["recentObservations"] = searchset([])
-    cards = _cards(app, client, hook_request("patient-view", prefetch_data=data), REVIEW)
+    cards = valid_cards(app, client, hook_request("patient-view", prefetch_data=data), REVIEW)
     gaps = [c for c in cards if any(f.endswith(":gap") for f in c["extension"]["org.spasticity-cds.findings"])]
     assert len(gaps) == 1
     assert "eGFR" in gaps[0]["detail"]
@@ -148,7 +138,7 @@ def test_issued_cards_are_stored_and_feedback_joins_back(
     app: FastAPI, client: Client, hook_store: SqlFeedbackStore
 ) -> None:
     body = hook_request("order-sign", prefetch_data=prefetch(), drafts=[baclofen_order()])
-    (card,) = _cards(app, client, body, SIGN)
+    (card,) = valid_cards(app, client, body, SIGN)
     assert app.state.hooks.cards.flush()
     issued = hook_store.find_issued_card(card["uuid"])
     assert issued is not None and issued.hook_instance == body["hookInstance"] and issued.service_id == SIGN
@@ -175,7 +165,7 @@ def test_issued_cards_are_stored_and_feedback_joins_back(
 
 def test_every_card_and_suggestion_has_its_own_uuid(app: FastAPI, client: Client) -> None:
     body = hook_request("patient-view", prefetch_data=prefetch(meds=[baclofen_order(status="active")]))
-    first, second = (_cards(app, client, body | {"hookInstance": h}, REVIEW) for h in ("a-1", "a-2"))
+    first, second = (valid_cards(app, client, body | {"hookInstance": h}, REVIEW) for h in ("a-1", "a-2"))
     uuids = [c["uuid"] for c in first + second] + [s["uuid"] for c in first + second for s in c.get("suggestions", [])]
     assert len(uuids) == len(set(uuids))
 
@@ -195,7 +185,7 @@ def test_compact_drops_every_empty_value() -> None:
 def test_draft_without_id_gets_a_card_but_no_update(app: FastAPI, client: Client) -> None:
     draft = baclofen_order()
     del draft["id"]
-    (card,) = _cards(app, client, hook_request("order-sign", prefetch_data=prefetch(), drafts=[draft]), SIGN)
+    (card,) = valid_cards(app, client, hook_request("order-sign", prefetch_data=prefetch(), drafts=[draft]), SIGN)
     assert _rule(card) == "BACLOFEN-DOSE-ABOVE-CEILING" and "suggestions" not in card
 
 
@@ -220,6 +210,9 @@ def test_order_without_a_dose_yet(app: FastAPI, client: Client) -> None:
     select = hook_request(
         "order-select", prefetch_data=prefetch(), drafts=[draft], selections=[f"MedicationRequest/{draft['id']}"]
     )
-    assert [_rule(c) for c in _cards(app, client, select, SELECT)] == ["BACLOFEN-RENAL-BAND"]
+    assert [_rule(c) for c in valid_cards(app, client, select, SELECT)] == ["BACLOFEN-RENAL-BAND"]
     sign = hook_request("order-sign", prefetch_data=prefetch(), drafts=[draft])
-    assert [_rule(c) for c in _cards(app, client, sign, SIGN)] == ["BACLOFEN-RENAL-BAND", "BACLOFEN-DOSE-ABOVE-MAX"]
+    assert [_rule(c) for c in valid_cards(app, client, sign, SIGN)] == [
+        "BACLOFEN-RENAL-BAND",
+        "BACLOFEN-DOSE-ABOVE-MAX",
+    ]

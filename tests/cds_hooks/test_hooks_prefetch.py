@@ -28,6 +28,7 @@ from .helpers import (
     hook_request,
     observations,
     patient,
+    post_hook,
     prefetch,
     searchset,
 )
@@ -115,13 +116,7 @@ def test_absent_keys_are_fetched_with_the_bearer_token(
 ) -> None:
     behaviour = Behaviour(resources=_record([baclofen_order(status="active")]))
     with fhir_server(behaviour) as server:
-        response = call(
-            app,
-            "POST",
-            f"/cds-services/{REVIEW}",
-            json=_fallback_request(server),
-            headers=client.headers(f"/cds-services/{REVIEW}"),
-        )
+        response = post_hook(app, client, REVIEW, _fallback_request(server))
     assert response.status_code == 200
     assert any("BACLOFEN-DOSE-ABOVE-CEILING" in card["source"]["url"] for card in response.json()["cards"])
     paths = [path for path, _ in behaviour.requests]
@@ -133,13 +128,7 @@ def test_absent_keys_are_fetched_with_the_bearer_token(
 def test_searchset_pages_are_followed(app: FastAPI, client: Client) -> None:
     behaviour = Behaviour(resources=_record([baclofen_order(status="active")]), page_size=3)
     with fhir_server(behaviour) as server:
-        response = call(
-            app,
-            "POST",
-            f"/cds-services/{REVIEW}",
-            json=_fallback_request(server),
-            headers=client.headers(f"/cds-services/{REVIEW}"),
-        )
+        response = post_hook(app, client, REVIEW, _fallback_request(server))
     assert response.status_code == 200
     assert any("_offset=3" in path for path, _ in behaviour.requests)
     assert any("BACLOFEN-DOSE-ABOVE-CEILING" in card["source"]["url"] for card in response.json()["cards"])
@@ -153,13 +142,7 @@ def test_prefetched_page_with_next_link_is_completed_from_the_server(app: FastAP
         data["observations"] = searchset(record["Observation"][:5]) | {
             "link": [{"relation": "next", "url": f"{server}/Observation?_offset=5"}]
         }
-        response = call(
-            app,
-            "POST",
-            f"/cds-services/{REVIEW}",
-            json=_fallback_request(server, prefetch=data),
-            headers=client.headers(f"/cds-services/{REVIEW}"),
-        )
+        response = post_hook(app, client, REVIEW, _fallback_request(server, prefetch=data))
     assert response.status_code == 200
     assert [path for path, _ in behaviour.requests] == ["/fhir/Observation?_offset=5", "/fhir/Observation?_offset=10"]
 
@@ -168,13 +151,7 @@ def test_null_means_no_data_and_is_not_queried_again(app: FastAPI, client: Clien
     behaviour = Behaviour(resources=_record())
     data = prefetch() | {"medications": None, "procedures": None}
     with fhir_server(behaviour) as server:
-        response = call(
-            app,
-            "POST",
-            f"/cds-services/{REVIEW}",
-            json=_fallback_request(server, prefetch=data),
-            headers=client.headers(f"/cds-services/{REVIEW}"),
-        )
+        response = post_hook(app, client, REVIEW, _fallback_request(server, prefetch=data))
     assert response.status_code == 200
     assert behaviour.requests == []
 
@@ -185,13 +162,7 @@ def test_operation_outcome_in_place_of_data_is_an_error_then_fetched(app: FastAP
         "medications": {"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "timeout"}]}
     }
     with fhir_server(behaviour) as server:
-        response = call(
-            app,
-            "POST",
-            f"/cds-services/{REVIEW}",
-            json=_fallback_request(server, prefetch=data),
-            headers=client.headers(f"/cds-services/{REVIEW}"),
-        )
+        response = post_hook(app, client, REVIEW, _fallback_request(server, prefetch=data))
     assert response.status_code == 200
     assert [path for path, _ in behaviour.requests] == [f"/fhir/MedicationRequest?patient={PATIENT_ID}"]
     assert any("BACLOFEN" in card["source"]["url"] for card in response.json()["cards"])
@@ -201,39 +172,21 @@ def test_operation_outcome_without_a_server_is_412(app: FastAPI, client: Client)
     data = prefetch() | {
         "medications": {"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "timeout"}]}
     }
-    response = call(
-        app,
-        "POST",
-        f"/cds-services/{REVIEW}",
-        json=hook_request("patient-view", prefetch_data=data),
-        headers=client.headers(f"/cds-services/{REVIEW}"),
-    )
+    response = post_hook(app, client, REVIEW, hook_request("patient-view", prefetch_data=data))
     assert response.status_code == 412
     body = response.json()
     assert body["resourceType"] == "OperationOutcome" and "medications" in body["issue"][0]["diagnostics"]
 
 
 def test_required_data_unobtainable_is_412(app: FastAPI, client: Client) -> None:
-    response = call(
-        app,
-        "POST",
-        f"/cds-services/{REVIEW}",
-        json=hook_request("patient-view"),
-        headers=client.headers(f"/cds-services/{REVIEW}"),
-    )
+    response = post_hook(app, client, REVIEW, hook_request("patient-view"))
     assert response.status_code == 412
     assert response.json()["issue"][0]["code"] == "processing"
 
 
 def test_failing_server_is_412(app: FastAPI, client: Client) -> None:
     with fhir_server(Behaviour(resources=_record(), fail_status=500)) as server:
-        response = call(
-            app,
-            "POST",
-            f"/cds-services/{REVIEW}",
-            json=_fallback_request(server),
-            headers=client.headers(f"/cds-services/{REVIEW}"),
-        )
+        response = post_hook(app, client, REVIEW, _fallback_request(server))
     assert response.status_code == 412
     assert "HTTP 500" in response.json()["issue"][0]["diagnostics"]
 
@@ -243,13 +196,7 @@ def test_slow_server_is_cut_off_by_the_time_budget(
 ) -> None:
     app = _app(settings, hook_store, hook_clock, fhir_timeout_s=0.3)
     with fhir_server(Behaviour(resources=_record(), delay_s=1.5)) as server:
-        response = call(
-            app,
-            "POST",
-            f"/cds-services/{REVIEW}",
-            json=_fallback_request(server),
-            headers=client.headers(f"/cds-services/{REVIEW}"),
-        )
+        response = post_hook(app, client, REVIEW, _fallback_request(server))
     assert response.status_code == 412
     assert "0.3 s" in response.json()["issue"][0]["diagnostics"]
 
@@ -257,13 +204,7 @@ def test_slow_server_is_cut_off_by_the_time_budget(
 def test_missing_optional_data_degrades_and_is_named_in_the_card(app: FastAPI, client: Client) -> None:
     data = prefetch(meds=[baclofen_order(status="active")])
     del data["procedures"], data["devices"]
-    response = call(
-        app,
-        "POST",
-        f"/cds-services/{REVIEW}",
-        json=hook_request("patient-view", prefetch_data=data),
-        headers=client.headers(f"/cds-services/{REVIEW}"),
-    )
+    response = post_hook(app, client, REVIEW, hook_request("patient-view", prefetch_data=data))
     assert response.status_code == 200
     cards = response.json()["cards"]
     assert cards and all("procedures: not obtained" in card["detail"] for card in cards)
@@ -275,13 +216,7 @@ def test_fhir_server_outside_the_allow_list_is_never_called(
     app = _app(settings, hook_store, hook_clock, fhir_server_allowlist=("https://fhir.example.org/",))
     behaviour = Behaviour(resources=_record())
     with fhir_server(behaviour) as server:
-        response = call(
-            app,
-            "POST",
-            f"/cds-services/{REVIEW}",
-            json=_fallback_request(server),
-            headers=client.headers(f"/cds-services/{REVIEW}"),
-        )
+        response = post_hook(app, client, REVIEW, _fallback_request(server))
     assert response.status_code == 412 and behaviour.requests == []
 
 
@@ -290,13 +225,7 @@ def test_next_link_to_another_host_is_not_followed(app: FastAPI, client: Client)
     with fhir_server(behaviour) as server:
         data = prefetch()
         data["medications"] = searchset([]) | {"link": [{"relation": "next", "url": "http://169.254.169.254/latest"}]}
-        response = call(
-            app,
-            "POST",
-            f"/cds-services/{REVIEW}",
-            json=_fallback_request(server, prefetch=data),
-            headers=client.headers(f"/cds-services/{REVIEW}"),
-        )
+        response = post_hook(app, client, REVIEW, _fallback_request(server, prefetch=data))
     assert response.status_code == 412
     assert "outside the FHIR server" in response.json()["issue"][0]["diagnostics"]
 

@@ -20,25 +20,14 @@ from .helpers import (
     SIGN,
     Client,
     FrozenClock,
-    assert_valid_card,
     baclofen_order,
-    call,
     hook_request,
     prefetch,
     serve,
+    valid_cards,
 )
 
 SEVERE_EGFR = 20.0
-
-
-def _cards(app: FastAPI, client: Client, body: dict[str, Any], service: str) -> list[dict[str, Any]]:
-    path = f"/cds-services/{service}"
-    response = call(app, "POST", path, json=body, headers=client.headers(path))
-    assert response.status_code == 200, response.text
-    cards: list[dict[str, Any]] = response.json()["cards"]
-    for card in cards:
-        assert_valid_card(card)
-    return cards
 
 
 def _findings(card: dict[str, Any]) -> list[str]:
@@ -51,7 +40,7 @@ def _sign(*drafts: dict[str, Any], egfr: float = SEVERE_EGFR, meds: list[dict[st
 
 
 def test_baclofen_at_severe_kidney_disease_suggests_deleting_the_draft(app: FastAPI, client: Client) -> None:
-    (card,) = _cards(app, client, _sign(baclofen_order(value=5)), SIGN)
+    (card,) = valid_cards(app, client, _sign(baclofen_order(value=5)), SIGN)
     assert _findings(card) == ["BACLOFEN-KIDNEY-FAILURE-AVOID"]
     assert card["indicator"] == "critical" and card["selectionBehavior"] == "at-most-one"
     (suggestion,) = card["suggestions"]
@@ -67,7 +56,7 @@ def test_baclofen_at_severe_kidney_disease_suggests_deleting_the_draft(app: Fast
 
 def test_the_kidney_dose_alternative_joins_the_same_card_unrecommended(app: FastAPI, client: Client) -> None:
     """Avoiding baclofen and its kidney-adjusted dose are one decision: one card, delete first, reduce second."""
-    (card,) = _cards(app, client, _sign(baclofen_order(value=10)), SIGN)
+    (card,) = valid_cards(app, client, _sign(baclofen_order(value=10)), SIGN)
     assert _findings(card) == ["BACLOFEN-KIDNEY-FAILURE-AVOID", "BACLOFEN-DOSE-ABOVE-CEILING"]
     assert card["source"]["topic"]["code"] == "BACLOFEN-KIDNEY-FAILURE-AVOID"
     remove, reduce = card["suggestions"]
@@ -94,7 +83,7 @@ def test_dialysis_rules_baclofen_out_at_any_egfr(app: FastAPI, client: Client) -
         }
     ]
     body["prefetch"]["procedures"]["total"] = 1
-    cards = _cards(app, client, body, SIGN)
+    cards = valid_cards(app, client, body, SIGN)
     (card,) = [c for c in cards if "BACLOFEN-KIDNEY-FAILURE-AVOID" in _findings(c)]
     assert card["suggestions"][0]["actions"][0]["resourceId"] == ["MedicationRequest/draft-baclofen"]
 
@@ -107,13 +96,13 @@ def test_order_select_deletes_only_the_selected_draft(app: FastAPI, client: Clie
         drafts=[first, second],
         selections=["MedicationRequest/bac-2"],
     )
-    (card,) = _cards(app, client, body, SELECT)
+    (card,) = valid_cards(app, client, body, SELECT)
     (suggestion,) = card["suggestions"]
     assert [a["resourceId"] for a in suggestion["actions"]] == [["MedicationRequest/bac-2"]]
 
 
 def test_two_drafts_of_the_agent_are_removed_together(app: FastAPI, client: Client) -> None:
-    (card,) = _cards(app, client, _sign(baclofen_order("bac-1", value=5), baclofen_order("bac-2", value=5)), SIGN)
+    (card,) = valid_cards(app, client, _sign(baclofen_order("bac-1", value=5), baclofen_order("bac-2", value=5)), SIGN)
     (suggestion,) = card["suggestions"]
     assert suggestion["label"] == "Remove the Baclofen orders"
     assert [a["resourceId"] for a in suggestion["actions"]] == [
@@ -125,7 +114,7 @@ def test_two_drafts_of_the_agent_are_removed_together(app: FastAPI, client: Clie
 def test_a_draft_without_id_cannot_be_named_so_it_gets_no_delete(app: FastAPI, client: Client) -> None:
     draft = baclofen_order(value=5)
     del draft["id"]
-    (card,) = _cards(app, client, _sign(draft), SIGN)
+    (card,) = valid_cards(app, client, _sign(draft), SIGN)
     assert _findings(card) == ["BACLOFEN-KIDNEY-FAILURE-AVOID"] and "suggestions" not in card
     assert "selectionBehavior" not in card
 
@@ -139,7 +128,7 @@ def test_reduce_policy_keeps_the_order_and_offers_only_the_dose(
         kb_settings={"baclofen_severe_ckd_policy": "reduce"},
     )
     app = create_app(settings, store=hook_store, clock=hook_clock)
-    cards = _cards(app, client, _sign(baclofen_order(value=10)), SIGN)
+    cards = valid_cards(app, client, _sign(baclofen_order(value=10)), SIGN)
     assert "BACLOFEN-KIDNEY-FAILURE-AVOID" not in {f for c in cards for f in _findings(c)}
     actions = [a["type"] for c in cards for s in c.get("suggestions", ()) for a in s["actions"]]
     assert actions == ["update"]
@@ -147,7 +136,7 @@ def test_reduce_policy_keeps_the_order_and_offers_only_the_dose(
 
 def test_patient_view_has_no_draft_to_delete(app: FastAPI, client: Client) -> None:
     body = hook_request("patient-view", prefetch_data=prefetch(meds=[baclofen_order(status="active")], egfr=20.0))
-    cards = _cards(app, client, body, REVIEW)
+    cards = valid_cards(app, client, body, REVIEW)
     avoid = next(c for c in cards if "BACLOFEN-KIDNEY-FAILURE-AVOID" in _findings(c))
     assert "suggestions" not in avoid
 
@@ -158,7 +147,7 @@ def test_any_ruled_out_agent_being_ordered_can_be_deleted(app: FastAPI, client: 
     fluvoxamine["medicationCodeableConcept"] = {"coding": [{"system": RXNORM, "code": "42355"}], "text": "fluvoxamine"}
     tizanidine = baclofen_order("tiz", value=2)
     tizanidine["medicationCodeableConcept"] = {"coding": [{"system": RXNORM, "code": "57258"}], "text": "tizanidine"}
-    cards = _cards(app, client, _sign(tizanidine, egfr=90.0, meds=[fluvoxamine]), SIGN)
+    cards = valid_cards(app, client, _sign(tizanidine, egfr=90.0, meds=[fluvoxamine]), SIGN)
     (card,) = [c for c in cards if "TIZ-CYP1A2-STRONG" in _findings(c)]
     assert card["suggestions"][0]["actions"] == [
         {
@@ -195,7 +184,7 @@ def test_accepting_the_delete_over_http_is_stored_as_feedback(
 def test_on_current_baclofen_the_taper_card_stays_beside_the_delete(app: FastAPI, client: Client) -> None:
     """Removing the new draft leaves the active prescription alone; stopping it is the taper card's business."""
     current = baclofen_order("bac-current", value=5, status="active")
-    cards = _cards(app, client, _sign(baclofen_order(value=5), meds=[current]), SIGN)
+    cards = valid_cards(app, client, _sign(baclofen_order(value=5), meds=[current]), SIGN)
     assert [_findings(c) for c in cards] == [["BACLOFEN-KIDNEY-FAILURE-AVOID"], ["BACLOFEN-NO-ABRUPT-STOP"]]
     (remove,) = cards[0]["suggestions"]
     assert [a["resourceId"] for a in remove["actions"]] == [["MedicationRequest/draft-baclofen"]]
@@ -210,7 +199,7 @@ def test_liver_tests_stay_beside_the_delete_without_naming_the_removed_draft(app
         for entry in body["prefetch"][key]["entry"]:
             if entry["resource"]["id"] in ("alt", "ast"):
                 entry["resource"]["valueQuantity"]["value"] = 400
-    cards = _cards(app, client, body, SIGN)
+    cards = valid_cards(app, client, body, SIGN)
     (card,) = [c for c in cards if "TIZ-LIVER-3X" in _findings(c)]
     remove, liver = card["suggestions"]
     assert card["selectionBehavior"] == "any" and remove["actions"][0]["type"] == "delete"
