@@ -87,7 +87,6 @@ class Engine:
         ]
         self.rule_by_id = {compiled.rule.id: compiled for compiled in self.rules}
         self.ladder = sorted(kb.ladder.steps, key=lambda step: step.position)
-        self.step_by_agent = {step.agent: step for step in self.ladder}
         self.monograph_by_agent: dict[str, Monograph] = dict(kb.monographs)
         self._check_texts_and_ladder()
 
