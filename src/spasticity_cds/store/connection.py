@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,6 +20,7 @@ from spasticity_cds.errors import StoreError
 APP_DIR_NAME = "spasticity-cds"
 DEFAULT_DB_FILE_NAME = "feedback.sqlite3"
 SQLITE_BUSY_TIMEOUT_MS = 15_000
+SQLITE_WAL_RETRY_S = 0.01
 POSTGRES_CONNECT_TIMEOUT_S = 10
 READ_ONLY_OPTION = "spasticity_cds_read_only"
 _URL_HELP = "expected sqlite:///PATH or postgresql+psycopg://USER:PASSWORD@HOST:PORT/DATABASE"
@@ -101,7 +104,7 @@ def _configure_sqlite(engine: Engine) -> None:
         cursor = dbapi_connection.cursor()
         try:
             cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
-            cursor.execute("PRAGMA journal_mode = WAL")
+            _switch_to_wal(cursor)
             cursor.execute("PRAGMA synchronous = FULL")
             cursor.execute("PRAGMA foreign_keys = ON")
         finally:
@@ -113,6 +116,23 @@ def _configure_sqlite(engine: Engine) -> None:
 
     event.listen(engine, "connect", on_connect)
     event.listen(engine, "begin", on_begin)
+
+
+def _switch_to_wal(cursor: Any) -> None:
+    """Put the file in WAL mode, retrying within the busy timeout.
+
+    Switching a new file needs its exclusive lock, and when other processes open the same new file at that moment
+    SQLite can answer "database is locked" at once instead of waiting for busy_timeout.
+    """
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or time.monotonic() > deadline:
+                raise
+            time.sleep(SQLITE_WAL_RETRY_S)
 
 
 @contextmanager
