@@ -15,6 +15,7 @@ from spasticity_cds.cds_hooks.models import HookRequest, PrefetchResource, decod
 from spasticity_cds.cds_hooks.prefetch import plan_prefetch, templates_for
 from spasticity_cds.cds_hooks.runner import HookRunner
 from spasticity_cds.errors import HookRequestError
+from spasticity_cds.fhir.model import from_json
 
 from .helpers import NOW, PATIENT_ID, SIGN, Client, als, baclofen_order, call, hook_request, prefetch, searchset
 
@@ -96,7 +97,7 @@ def test_typed_values_are_sorted_like_plain_ones() -> None:
         "statements": {"id": "no-type"},
         "observations": {"resourceType": "OperationOutcome"},
     }
-    typed = {key: msgspec.convert(v, PrefetchResource) if v else v for key, v in given.items()}
+    typed = {key: from_json(v, PrefetchResource) if v else v for key, v in given.items()}
     context = {"patientId": PATIENT_ID}
     plain_plan, typed_plan = plan_prefetch(templates, given, context), plan_prefetch(templates, typed, context)
     for plan in (plain_plan, typed_plan):

@@ -7,7 +7,17 @@ import pytest
 
 from spasticity_cds.api import read_patient
 from spasticity_cds.errors import InputError
-from spasticity_cds.fhir.model import RESOURCE_DECODER, CodeableConcept, Coding, Resource, as_json, from_json
+from spasticity_cds.fhir.model import (
+    RESOURCE_DECODER,
+    CodeableConcept,
+    Coding,
+    Quantity,
+    Resource,
+    as_json,
+    concept_of,
+    from_json,
+    quantity_of,
+)
 from spasticity_cds.fhir.parse import parse_bytes
 
 PATIENT = {"resourceType": "Patient", "id": "p1", "birthDate": "1960-01-01", "gender": "female"}
@@ -48,9 +58,12 @@ def test_a_field_of_the_wrong_shape_is_dropped_alone() -> None:
     resource = from_json(odd, Resource)
     assert resource is not None
     assert resource.id == "o1" and resource.status == "final"
-    assert resource.code == CodeableConcept(coding=(Coding(code="x"), Coding(system="http://loinc.org", code="1")))
-    assert resource.value_quantity is not None and resource.value_quantity.value is None
-    assert resource.value_quantity.unit == "%"
+    assert concept_of(resource.code) == CodeableConcept(
+        coding=(Coding(code="x"), Coding(system="http://loinc.org", code="1"))
+    )
+    quantity = quantity_of(resource.value_quantity)
+    assert quantity is not None and quantity.value is None
+    assert quantity.unit == "%"
     assert resource.component is None
 
 
@@ -66,7 +79,7 @@ def test_bytes_with_odd_shapes_fall_back_and_still_read_the_rest() -> None:
     bundle = {"resourceType": "Bundle", "entry": [{"resource": PATIENT}, {"resource": condition}]}
     record = read_patient(orjson.dumps(bundle))
     [read] = record.of_type("Condition")
-    assert read.code == CodeableConcept(text="ALS") and read.clinical_status is None
+    assert concept_of(read.code) == CodeableConcept(text="ALS") and read.clinical_status is None
 
 
 def test_the_patient_reads_back_as_json_with_only_the_fields_decoded() -> None:
@@ -86,3 +99,20 @@ def test_json_nested_too_deeply_is_an_input_error_not_a_crash() -> None:
     deep = b'{"resourceType":"Patient","id":"p","code":' + b'{"coding":[' * 3000 + b"]}" * 3000 + b"}"
     with pytest.raises(InputError, match="not valid JSON"):
         parse_bytes(deep)
+
+
+def test_code_and_value_quantity_are_kept_as_json_text_and_decoded_on_demand() -> None:
+    def code_of(text: bytes) -> CodeableConcept | None:
+        return concept_of(RESOURCE_DECODER.decode(b'{"resourceType":"Observation"' + text + b"}").code)
+
+    kept = RESOURCE_DECODER.decode(b'{"resourceType":"Observation","code":{"text":"FVC"}}')
+    assert bytes(kept.code) == b'{"text":"FVC"}'
+    assert code_of(b',"code":{"text":"FVC"}') == CodeableConcept(text="FVC")
+    assert code_of(b',"code":{"coding":[7,{"code":"1"}]}') == CodeableConcept(coding=(Coding(code="1"),))
+    assert code_of(b',"code":"FVC"') is None
+    assert code_of(b',"code":null') is None
+    assert code_of(b"") is None
+    assert quantity_of(RESOURCE_DECODER.decode(b'{"valueQuantity":{"value":"x","unit":"%"}}').value_quantity) == (
+        Quantity(unit="%")
+    )
+    assert quantity_of(RESOURCE_DECODER.decode(b'{"valueQuantity":[1]}').value_quantity) is None

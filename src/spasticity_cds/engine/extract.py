@@ -8,9 +8,11 @@ from datetime import date, datetime
 from functools import lru_cache
 from operator import itemgetter
 
+import msgspec
+
 from spasticity_cds.engine.facts import Fact, days_between, missing, parse_date
 from spasticity_cds.engine.vocabulary import Match, Vocabulary
-from spasticity_cds.fhir.model import CodeableConcept, Component, Dosage, Quantity, Resource
+from spasticity_cds.fhir.model import CodeableConcept, Component, Dosage, Quantity, Resource, quantity_of
 from spasticity_cds.fhir.record import PatientRecord
 from spasticity_cds.knowledge.schema import Concept, EgfrEquation, StopReasons, UnitConversion
 
@@ -176,26 +178,27 @@ class FactExtractor:
 
     def _collect_observations(self, record: PatientRecord, out: _Collected) -> None:
         """Observations grouped by their code first, so each distinct code is matched once, not once per value."""
-        by_code: dict[CodeableConcept | None, list[Resource]] = {}
+        by_code: dict[bytes, list[Resource]] = {}
         with_components: list[Resource] = []
         for resource in record.of_type("Observation"):
             if resource.status in SKIPPED_STATUSES:
                 continue
-            group = by_code.get(resource.code)
+            code = bytes(resource.code)
+            group = by_code.get(code)
             if group is None:
-                by_code[resource.code] = [resource]
+                by_code[code] = [resource]
             else:
                 group.append(resource)
             if resource.component:
                 with_components.append(resource)
         found: dict[str, list[list[RawObservation]]] = {}
-        for code, resources in by_code.items():
-            match = self.vocabulary.match(code, "observation")
+        for resources in by_code.values():
+            match = self.vocabulary.match(resources[0].code, "observation")
             if match is not None:
                 raws: list[RawObservation] = [(r.effective_date_time or _effective_text(r), r, r) for r in resources]
                 found.setdefault(match.concept.id, []).append(raws)
-        for code, pairs in _components_by_code(with_components).items():
-            match = self.vocabulary.match(code, "observation")
+        for pairs in _components_by_code(with_components).values():
+            match = self.vocabulary.match(pairs[0][0].code, "observation")
             if match is not None:
                 raws = [(r.effective_date_time or _effective_text(r), component, r) for component, r in pairs]
                 found.setdefault(match.concept.id, []).append(raws)
@@ -558,11 +561,11 @@ def _count_refs(refs: list[str]) -> str:
     return refs[0] if len(refs) == 1 else f"{len(refs)} resources (e.g. {refs[0]})"
 
 
-def _components_by_code(resources: list[Resource]) -> dict[CodeableConcept | None, list[tuple[Component, Resource]]]:
-    grouped: dict[CodeableConcept | None, list[tuple[Component, Resource]]] = {}
+def _components_by_code(resources: list[Resource]) -> dict[bytes, list[tuple[Component, Resource]]]:
+    grouped: dict[bytes, list[tuple[Component, Resource]]] = {}
     for resource in resources:
         for component in resource.component or ():
-            grouped.setdefault(component.code, []).append((component, resource))
+            grouped.setdefault(bytes(component.code), []).append((component, resource))
     return grouped
 
 
@@ -612,7 +615,7 @@ def _effective_text(resource: Resource) -> str:
 def _observation_value(holder: Component, concept_id: str) -> tuple[float | bool | str | None, str | None]:
     if concept_id == "modified-ashworth":
         return _ashworth_grade(holder), "MAS"
-    quantity = holder.value_quantity
+    quantity = quantity_of(holder.value_quantity)
     if quantity is not None and quantity.value is not None:
         return quantity.value, quantity.code or quantity.unit
     for number in (holder.value_integer, holder.value_decimal):
@@ -636,8 +639,8 @@ def _observation_value(holder: Component, concept_id: str) -> tuple[float | bool
 
 def _ashworth_grade(holder: Component) -> float | None:
     number = holder.value_decimal if holder.value_decimal is not None else holder.value_integer
-    if number is None and holder.value_quantity is not None:
-        number = holder.value_quantity.value
+    if number is None and (quantity := quantity_of(holder.value_quantity)) is not None:
+        number = quantity.value
     if number is not None:
         return number if 0 <= number <= 4 else None
     text = holder.value_string
@@ -654,7 +657,7 @@ def _reference_high(holder: Component) -> float | None:
     return None
 
 
-def _medication_codeable(record: PatientRecord, resource: Resource) -> CodeableConcept | None:
+def _medication_codeable(record: PatientRecord, resource: Resource) -> CodeableConcept | msgspec.Raw | None:
     if resource.medication_codeable_concept is not None:
         return resource.medication_codeable_concept
     reference = resource.medication_reference

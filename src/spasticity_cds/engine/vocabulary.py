@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+import msgspec
+
 from spasticity_cds.fhir import model as fhir
 from spasticity_cds.knowledge.schema import Coding, Concept, ConceptKind, ValueSets
 
@@ -43,7 +45,7 @@ class Vocabulary:
         self._codes: dict[tuple[str, str], tuple[Concept, Coding]] = {}
         self._prefixes: dict[str, list[tuple[str, Concept, Coding]]] = {}
         self._patterns: dict[ConceptKind, list[tuple[re.Pattern[str], re.Pattern[str] | None, Concept]]] = {}
-        self._cache: dict[ConceptKind, dict[fhir.CodeableConcept, Match | None]] = {}
+        self._cache: dict[ConceptKind, dict[fhir.CodeableConcept | bytes, Match | None]] = {}
         for concept in valuesets.concepts:
             for coding in concept.codings:
                 self._codes[(coding.system, _normal_code(coding.system, coding.code))] = (concept, coding)
@@ -59,12 +61,19 @@ class Vocabulary:
                 )
                 self._patterns.setdefault(concept.kind, []).append((pattern, exclude, concept))
 
-    def match(self, codeable: fhir.CodeableConcept | object, kind: ConceptKind) -> Match | None:
-        """The first concept of ``kind`` a CodeableConcept (decoded, or as JSON) matches; codes win over text.
+    def match(self, codeable: fhir.CodeableConcept | msgspec.Raw | object, kind: ConceptKind) -> Match | None:
+        """The first concept of ``kind`` a CodeableConcept (decoded, as JSON text, or parsed JSON) matches.
 
-        Answers are memoised per distinct CodeableConcept: a record repeats a few codes many times.
+        Codes win over text. Answers are memoised per distinct CodeableConcept (by its JSON text when it comes as
+        text): a record repeats a few codes many times.
         """
-        key = codeable if isinstance(codeable, fhir.CodeableConcept) else fhir.from_json(codeable, fhir.CodeableConcept)
+        key: fhir.CodeableConcept | bytes | None
+        if isinstance(codeable, msgspec.Raw):
+            key = bytes(codeable) if codeable else None
+        elif isinstance(codeable, fhir.CodeableConcept):
+            key = codeable
+        else:
+            key = fhir.from_json(codeable, fhir.CodeableConcept)
         if key is None:
             return None
         cache = self._cache.get(kind)
@@ -76,7 +85,8 @@ class Vocabulary:
             pass
         if len(cache) >= CACHE_LIMIT:
             cache.clear()
-        found = cache[key] = self._match_uncached(key, kind)
+        decoded = fhir.concept_of(codeable) if isinstance(codeable, msgspec.Raw) else key
+        found = cache[key] = self._match_uncached(decoded, kind) if isinstance(decoded, fhir.CodeableConcept) else None
         return found
 
     def _match_uncached(self, codeable: fhir.CodeableConcept, kind: ConceptKind) -> Match | None:

@@ -115,11 +115,17 @@ class Identifier(FhirElement):
     type: CodeableConcept | None = None
 
 
+#: An element kept as its JSON text, decoded on demand; absent is this empty value. A record repeats a few codes
+#: hundreds of times, so the reader decodes each distinct code once (``concept_of``, ``Vocabulary.match``), and of
+#: a concept's many values it reads only the latest (``quantity_of``), instead of building objects for all of them.
+ABSENT = msgspec.Raw()
+
+
 class Component(FhirElement):
     """Observation.component: a code and a value, read like an Observation of its own."""
 
-    code: CodeableConcept | None = None
-    value_quantity: Quantity | None = None
+    code: msgspec.Raw = ABSENT
+    value_quantity: msgspec.Raw = ABSENT
     value_string: str | None = None
     value_integer: float | None = None
     value_decimal: float | None = None
@@ -182,11 +188,32 @@ class Entry(FhirElement):
 Element = TypeVar("Element", bound=msgspec.Struct)
 
 RESOURCE_DECODER = msgspec.json.Decoder(Resource)
+_CONCEPT_DECODER = msgspec.json.Decoder(CodeableConcept | None)
+_QUANTITY_DECODER = msgspec.json.Decoder(Quantity | None)
+
+
+def concept_of(code: msgspec.Raw) -> CodeableConcept | None:
+    """A ``code`` kept as JSON text, decoded; None when absent, null or not an object."""
+    return _decoded(code, _CONCEPT_DECODER, CodeableConcept)
+
+
+def quantity_of(value: msgspec.Raw) -> Quantity | None:
+    """A ``valueQuantity`` kept as JSON text, decoded; None when absent, null or not an object."""
+    return _decoded(value, _QUANTITY_DECODER, Quantity)
+
+
+def _decoded(text: msgspec.Raw, decoder: msgspec.json.Decoder[Element | None], kind: type[Element]) -> Element | None:
+    if not text:
+        return None
+    try:
+        return decoder.decode(text)
+    except msgspec.ValidationError:
+        return from_json(msgspec.json.decode(text), kind)
 
 
 def as_json(element: msgspec.Struct) -> dict[str, Any]:
     """The decoded fields as FHIR JSON (camelCase names, absent fields left out)."""
-    encoded: dict[str, Any] = msgspec.to_builtins(element)
+    encoded: dict[str, Any] = msgspec.json.decode(msgspec.json.encode(element))
     return encoded
 
 
@@ -197,9 +224,14 @@ def from_json(value: object, kind: type[Element]) -> Element | None:
     if not isinstance(value, dict):
         return None
     try:
-        return msgspec.convert(value, kind)
+        return _typed(value, kind)
     except msgspec.ValidationError:
-        return msgspec.convert(_pruned(value, kind), kind)
+        return _typed(_pruned(value, kind), kind)
+
+
+def _typed(value: dict[str, Any], kind: type[Element]) -> Element:
+    # Through JSON text rather than msgspec.convert, which cannot fill a field kept as JSON text (ABSENT's kind).
+    return msgspec.json.decode(msgspec.json.encode(value), type=kind)
 
 
 def _pruned(document: dict[str, Any], kind: type[msgspec.Struct]) -> dict[str, Any]:
@@ -220,6 +252,8 @@ _UNFIT = object()
 
 def _fitted(value: Any, annotation: Any) -> Any:
     """``value`` made to fit ``annotation`` by pruning, or _UNFIT."""
+    if annotation is msgspec.Raw:
+        return value
     try:
         msgspec.convert(value, annotation)
     except msgspec.ValidationError:

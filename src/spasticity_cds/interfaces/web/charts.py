@@ -9,7 +9,7 @@ from typing import Any
 
 from spasticity_cds.engine.evaluator import Engine
 from spasticity_cds.engine.facts import parse_date
-from spasticity_cds.fhir.model import Component, Resource
+from spasticity_cds.fhir.model import Component, Resource, quantity_of
 from spasticity_cds.fhir.record import PatientRecord
 from spasticity_cds.knowledge.schema import Node
 
@@ -183,7 +183,7 @@ def _when(resource: Resource) -> date | None:
 
 
 def _quantity(holder: Component) -> float | None:
-    quantity = holder.value_quantity
+    quantity = quantity_of(holder.value_quantity)
     if quantity is not None and quantity.value is not None:
         return quantity.value
     for value in (holder.value_integer, holder.value_decimal):
