@@ -57,3 +57,9 @@ def store(store_url: str, clock: FrozenClock) -> Iterator[SqlFeedbackStore]:
     """An opened (migrated) store on an empty database, closed after the test."""
     with open_store(store_url, clock=clock) as opened:
         yield opened
+
+
+@pytest.fixture
+def postgres_store_url() -> Iterator[str]:
+    """A URL to an empty schema on the test PostgreSQL server, for PostgreSQL-only behaviour."""
+    yield from _fresh_postgres_schema(_postgres_base_url())

@@ -187,6 +187,24 @@ def test_expired_jwt_ids_are_purged(store: SqlFeedbackStore, clock: FrozenClock)
     assert store.counts().replay_entries == 1
 
 
+@pytest.mark.postgres
+def test_a_replay_write_on_a_connection_the_server_closed_is_retried_on_a_new_one(postgres_store_url: str) -> None:
+    with open_store(postgres_store_url) as store:
+        expires = FROZEN_NOW + timedelta(minutes=5)
+        assert store.remember_jti("https://ehr.example", "before", expires) is True
+        with store.engine.begin() as connection:
+            closed = connection.execute(
+                text(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                    "WHERE pid <> pg_backend_pid() AND state = 'idle' AND query ILIKE '%jwt_replay%'"
+                )
+            ).scalar_one()
+        assert closed == 1
+
+        assert store.remember_jti("https://ehr.example", "after", expires) is True
+        assert store.remember_jti("https://ehr.example", "before", expires) is False
+
+
 def test_concurrent_replays_of_one_jwt_id_are_accepted_once(store: SqlFeedbackStore, clock: FrozenClock) -> None:
     for stale in range(20):
         store.remember_jti("https://ehr.example", f"stale-{stale}", FROZEN_NOW + timedelta(minutes=5))

@@ -17,6 +17,7 @@ from alembic.util.exc import CommandError
 from spasticity_cds.errors import StoreError
 from spasticity_cds.store.base import FeedbackStore
 from spasticity_cds.store.connection import (
+    create_replay_engine,
     create_store_engine,
     default_data_dir,
     default_store_url,
@@ -76,4 +77,4 @@ def open_store(url: str | None = None, *, clock: Callable[[], datetime] | None =
     except BaseException:
         engine.dispose()
         raise
-    return SqlFeedbackStore(engine, clock=clock or _utc_now)
+    return SqlFeedbackStore(engine, clock=clock or _utc_now, replay_engine=create_replay_engine(store_url))

@@ -96,6 +96,23 @@ def create_store_engine(url: URL) -> Engine:
     )
 
 
+def create_replay_engine(url: URL) -> Engine | None:
+    """PostgreSQL: a second, small engine for the JWT replay cache, or None (SQLite uses the store's engine).
+
+    Each replay write is a single INSERT, so it runs in autocommit (one round trip instead of BEGIN, INSERT and
+    COMMIT), and without the pre-ping's extra round trip: `SqlFeedbackStore` retries once on a connection that
+    turns out to be dead instead. Every call signed with a JWT waits for this write.
+    """
+    if url.get_backend_name() == "sqlite":
+        return None
+    return create_engine(
+        url,
+        hide_parameters=True,
+        isolation_level="AUTOCOMMIT",
+        connect_args={"connect_timeout": POSTGRES_CONNECT_TIMEOUT_S},
+    )
+
+
 def _configure_sqlite(engine: Engine) -> None:
     """Let SQLAlchemy, not the sqlite3 module, issue BEGIN, so that writes take the write lock up front."""
 

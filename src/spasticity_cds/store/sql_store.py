@@ -12,6 +12,7 @@ from typing import Any
 from sqlalchemy import Delete, Engine, Select, Table, delete, func, select, tuple_
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, RowMapping
+from sqlalchemy.exc import DBAPIError
 
 from spasticity_cds.store import schema
 from spasticity_cds.store.connection import READ_ONLY_OPTION, store_errors
@@ -33,9 +34,12 @@ JTI_PURGE_INTERVAL = timedelta(seconds=60)
 class SqlFeedbackStore:
     """`FeedbackStore` over one SQLAlchemy engine; open it with `spasticity_cds.store.open_store`."""
 
-    def __init__(self, engine: Engine, *, clock: Callable[[], datetime]) -> None:
+    def __init__(self, engine: Engine, *, clock: Callable[[], datetime], replay_engine: Engine | None = None) -> None:
         self._engine = engine
         self._clock = clock
+        self._replay_engine = replay_engine
+        dialect = postgresql if engine.dialect.name == "postgresql" else sqlite
+        self._remember_jti = dialect.insert(schema.jwt_replay).on_conflict_do_nothing()
         self._next_jti_purge: datetime | None = None
 
     @property
@@ -54,6 +58,8 @@ class SqlFeedbackStore:
     def close(self) -> None:
         """Release the store's connections."""
         self._engine.dispose()
+        if self._replay_engine is not None:
+            self._replay_engine.dispose()
 
     def record_issued_cards(self, cards: Iterable[IssuedCard]) -> int:
         """Store cards a hook call returned (idempotent on card_uuid); return how many were new."""
@@ -73,16 +79,35 @@ class SqlFeedbackStore:
     def remember_jti(self, issuer: str, jti: str, expires_at: datetime) -> bool:
         """Record a JWT id until `expires_at`; return False if (issuer, jti) was already recorded.
 
-        Expired entries are purged in the same transaction, at most once per JTI_PURGE_INTERVAL per process
-        (a purge on every call cost more than the insert). The unique key makes this atomic across processes.
+        Expired entries are purged first, at most once per JTI_PURGE_INTERVAL per process (a purge on every call
+        cost more than the insert). The unique key makes the insert atomic across processes. On PostgreSQL the
+        insert is one autocommitted statement on the replay engine (`create_replay_engine`).
         """
         row = {"issuer": issuer, "jti": jti, "expires_at": expires_at}
         now = self._clock()
-        with self._writing("remember a JWT id") as connection:
-            if self._next_jti_purge is None or now >= self._next_jti_purge:
-                connection.execute(_purge_expired_jtis(now))
-                self._next_jti_purge = now + JTI_PURGE_INTERVAL
-            return _insert_new(connection, schema.jwt_replay, [row]) == 1
+        purge = self._next_jti_purge is None or now >= self._next_jti_purge
+        if purge:
+            self._next_jti_purge = now + JTI_PURGE_INTERVAL
+        if self._replay_engine is None:
+            with self._writing("remember a JWT id") as connection:
+                return self._insert_jti(connection, row, now if purge else None)
+        with store_errors("remember a JWT id", self._engine.url):
+            try:
+                with self._replay_engine.connect() as connection:
+                    return self._insert_jti(connection, row, now if purge else None)
+            except DBAPIError as error:
+                if not error.connection_invalidated:
+                    raise
+            # A pooled connection the server had closed (no pre-ping on this engine): once more on a new one. Had
+            # the lost insert been committed, the retry finds the jti and the call is refused (the safe side).
+            with self._replay_engine.connect() as connection:
+                return self._insert_jti(connection, row, None)
+
+    def _insert_jti(self, connection: Connection, row: Mapping[str, Any], purge_before: datetime | None) -> bool:
+        if purge_before is not None:
+            connection.execute(_purge_expired_jtis(purge_before))
+        inserted = connection.execute(self._remember_jti, row, execution_options={"preserve_rowcount": True})
+        return inserted.rowcount == 1
 
     def find_issued_card(self, card_uuid: str) -> IssuedCard | None:
         """Return the issued card with this uuid, if the store has it."""
