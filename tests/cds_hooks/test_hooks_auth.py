@@ -192,6 +192,24 @@ def test_replayed_token_never_reaches_the_fhir_server(app: FastAPI, client: Clie
     assert response.status_code == 401 and behaviour.requests == []
 
 
+@pytest.mark.parametrize("case", ["signed by another key", "expired", "wrong audience"])
+def test_a_token_failing_the_checks_beside_the_evaluation_gets_401_and_reaches_nothing(
+    app: FastAPI, client: Client, case: str
+) -> None:
+    from .fhir_server import Behaviour, fhir_server
+
+    headers = {"Authorization": f"Bearer {FAILURES[case](client)}", "Content-Type": "application/json"}
+    assert call(app, "POST", SERVICE, content=b"{broken", headers=headers).status_code == 401
+    assert _post(app, FAILURES[case](client)).status_code == 401
+    behaviour = Behaviour()
+    with fhir_server(behaviour) as server:
+        body = hook_request("patient-view", fhirServer=server)
+        assert call(app, "POST", SERVICE, json=body, headers=headers).status_code == 401
+    assert behaviour.requests == []
+    app.state.hooks.cards.flush()
+    assert app.state.cds.store.counts().issued_cards == 0
+
+
 def test_a_token_that_fails_verification_writes_nothing(
     app: FastAPI, client: Client, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
@@ -65,18 +65,8 @@ class HookRunner:
         self.config = config
         self.cards = CardBuilder(self.engine)
 
-    async def run(
-        self,
-        service: ServiceSpec,
-        request: HookRequest,
-        now: datetime,
-        *,
-        before_fetch: Callable[[], Awaitable[None]] | None = None,
-    ) -> HookResult:
-        """Cards for this call; HookRequestError (400) or PrefetchUnavailableError (412) when it cannot run.
-
-        ``before_fetch`` is awaited before any outbound FHIR query (the caller's last authentication step).
-        """
+    async def run(self, service: ServiceSpec, request: HookRequest, now: datetime) -> HookResult:
+        """Cards for this call; HookRequestError (400) or PrefetchUnavailableError (412) when it cannot run."""
         started = time.perf_counter()
         if request.hook != service.hook:
             raise HookRequestError(f"service {service.id} answers the {service.hook} hook, not {request.hook!r}")
@@ -86,8 +76,6 @@ class HookRunner:
             return HookResult([], [], timings_ms={"total": _ms(started)})
         templates = self.catalogue.templates[service.id]
         plan = plan_prefetch(templates, request.prefetch, request.context)
-        if before_fetch is not None and (plan.to_fetch or plan.next_pages) and self._fetch_refusal(request) is None:
-            await before_fetch()
         fetched = await self._fetch_missing(plan, request, frozenset(t.key for t in templates if not t.follow_next))
         resources, unavailable = _gather(templates, plan, fetched)
         gathered = time.perf_counter()

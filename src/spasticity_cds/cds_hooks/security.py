@@ -218,10 +218,7 @@ class JwtVerifier:
         The jti is remembered (through `replay`) until the token can no longer pass the `exp` check.
         An error raised by `replay` (such as `StoreError`) propagates: it is not an authentication failure.
         """
-        header = _read_header(token)
-        issuer = self._trusted_issuer(_read_unverified_claims(token))
-        alg = _checked_algorithm(header, issuer)
-        kid = _checked_header_fields(header)
+        header, issuer, alg, kid = self._screened(token)
         key = self._find_key(issuer, header.get("jku"), kid)
         claims = _verified_claims(token, key, alg)
         issued_at, expires_at = self._checked_times(claims)
@@ -242,6 +239,18 @@ class JwtVerifier:
             tenant=tenant,
             subject=subject if isinstance(subject, str) else None,
         )
+
+    def screen(self, token: str) -> None:
+        """The checks that need no key or signature (form, issuer, algorithm, typ, kid); raise if one fails.
+
+        Cheap: run first, so that a token that cannot pass costs nothing more. `verify` repeats them.
+        """
+        self._screened(token)
+
+    def _screened(self, token: str) -> tuple[JsonObject, TrustedIssuer, str, str]:
+        header = _read_header(token)
+        issuer = self._trusted_issuer(_read_unverified_claims(token))
+        return header, issuer, _checked_algorithm(header, issuer), _checked_header_fields(header)
 
     def _trusted_issuer(self, claims: JsonObject) -> TrustedIssuer:
         iss = claims.get("iss")
