@@ -175,6 +175,33 @@ def test_duplicates_keep_the_latest_version() -> None:
     assert same.duplicates_dropped == 1 and len(same.of_type("Condition")) == 1
 
 
+def test_a_later_copy_takes_the_first_copys_place_however_copies_and_new_resources_interleave() -> None:
+    def version(cid: str, month: int) -> dict[str, Any]:
+        return {
+            **condition(cid),
+            "meta": {"lastUpdated": f"2026-{month:02d}-01T00:00:00Z"},
+            "code": {"text": f"{month}"},
+        }
+
+    rec = read(
+        bundle(
+            PATIENT,
+            version("a", 1),
+            version("b", 1),
+            version("a", 2),
+            version("c", 1),
+            version("b", 3),
+            version("a", 4),
+            version("d", 1),
+            version("a", 3),
+            version("c", 5),
+        )
+    )
+    kept = [(r.id, getattr(concept_of(r.code), "text", None)) for r in rec.of_type("Condition")]
+    assert kept == [("a", "4"), ("b", "3"), ("c", "5"), ("d", "1")]
+    assert rec.duplicates_dropped == 5
+
+
 def test_a_parsed_mapping_or_list_is_accepted_without_bytes() -> None:
     assert read_patient(bundle(PATIENT)).patient_reference == "Patient/p1"
     assert read_patient([PATIENT, condition("c1")]).of_type("Condition")

@@ -29,6 +29,7 @@ class ParsedInput:
     owners: set[str | None] = field(default_factory=set)
     aliases: dict[str, str] = field(default_factory=dict)
     duplicates: int = 0
+    _positions: dict[str, dict[int, int]] = field(default_factory=dict, repr=False)
 
     def add(self, document: object, *, source: str = "<input>") -> None:
         """Add every resource held by one parsed JSON document (a resource, Bundle, prefetch map or list).
@@ -99,8 +100,16 @@ class ParsedInput:
         if _last_updated(previous) > _last_updated(resource):
             return
         self.resources[key] = resource
-        same_type = self.by_type[resource.resource_type or ""]
-        same_type[next(i for i, kept in enumerate(same_type) if kept is previous)] = resource
+        resource_type = resource.resource_type or ""
+        same_type = self.by_type[resource_type]
+        # The kept copy takes the first one's place. Positions are indexed once per run of new resources, not
+        # searched per copy: a prefetch can repeat a whole search (hundreds of copies).
+        positions = self._positions.get(resource_type)
+        if positions is None or len(positions) != len(same_type):
+            positions = self._positions[resource_type] = {id(kept): i for i, kept in enumerate(same_type)}
+        index = positions.pop(id(previous))
+        same_type[index] = resource
+        positions[id(resource)] = index
         self.owners.add(owner_reference(resource))
 
 
