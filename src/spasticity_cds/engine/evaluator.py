@@ -51,6 +51,7 @@ class CompiledRule:
     tree: CompiledNode
     source_file: str
     facts_read: tuple[str, ...] = ()
+    ladder_agents: tuple[str, ...] = ()
 
 
 class Engine:
@@ -79,14 +80,21 @@ class Engine:
             for name, definition in kb.definitions.items()
         }
         _check_definition_cycles(kb)
+        self.ladder = sorted(kb.ladder.steps, key=lambda step: step.position)
+        on_ladder = {step.agent for step in self.ladder}
         self.rules = [
-            CompiledRule(rule, tree, kb.rule_files[rule.id], tuple(self._expand(tree.facts_used())))
+            CompiledRule(
+                rule,
+                tree,
+                kb.rule_files[rule.id],
+                tuple(self._expand(tree.facts_used())),
+                tuple(agent for agent in rule.agents if agent in on_ladder),
+            )
             for rule in kb.rules.values()
             if rule.active
             for tree in [compiler.compile(rule.when, f"{kb.rule_files[rule.id]}: rule {rule.id}.when")]
         ]
         self.rule_by_id = {compiled.rule.id: compiled for compiled in self.rules}
-        self.ladder = sorted(kb.ladder.steps, key=lambda step: step.position)
         self.monograph_by_agent: dict[str, Monograph] = dict(kb.monographs)
         self._check_texts_and_ladder()
 
@@ -178,7 +186,11 @@ class Engine:
                 continue
             if value is False:
                 continue
-            involved = any(states[agent][1] for agent in rule.agents if agent in states)
+            involved = False
+            for agent in compiled.ladder_agents:
+                if states[agent][1]:
+                    involved = True
+                    break
             finding = self._finding(compiled, env, gap=value is None, involved=involved)
             if value is None:
                 if rule.on_unknown == "data-gap":
