@@ -22,6 +22,9 @@ DEFAULT_DB_FILE_NAME = "feedback.sqlite3"
 SQLITE_BUSY_TIMEOUT_MS = 15_000
 SQLITE_WAL_RETRY_S = 0.01
 POSTGRES_CONNECT_TIMEOUT_S = 10
+#: Connections the replay pool keeps (and may open again as many beyond): a write holds one for a round trip, so a
+#: few serve a worker's calls in flight without adding much to the server's connection count.
+REPLAY_POOL_SIZE = 4
 READ_ONLY_OPTION = "spasticity_cds_read_only"
 _URL_HELP = "expected sqlite:///PATH or postgresql+psycopg://USER:PASSWORD@HOST:PORT/DATABASE"
 
@@ -109,6 +112,8 @@ def create_replay_engine(url: URL) -> Engine | None:
         url,
         hide_parameters=True,
         isolation_level="AUTOCOMMIT",
+        pool_size=REPLAY_POOL_SIZE,
+        max_overflow=REPLAY_POOL_SIZE,
         connect_args={"connect_timeout": POSTGRES_CONNECT_TIMEOUT_S},
     )
 
