@@ -399,6 +399,23 @@ def test_unknown_kid_refetches_the_jwks_at_most_once_a_minute(
     assert fetcher.calls == [ALLOWED_JKU, ALLOWED_JKU]
 
 
+def test_a_key_replaced_under_the_same_kid_is_the_new_key(
+    make_verifier: Callable[..., JwtVerifier], keys: Keys, clock: Clock
+) -> None:
+    replacement = ec.generate_private_key(ec.SECP384R1())
+    fetcher = Fetcher({ALLOWED_JKU: {"keys": [_public_jwk(keys.ec_key, EC_KID, "ES384")]}})
+    verifier = make_verifier(TrustedIssuer(iss=ISS, jku_allowlist=(ALLOWED_JKU,)), fetch_jwks=fetcher, jwks_ttl_s=600)
+    verifier.verify(sign(keys.ec_key, claims(), jku=ALLOWED_JKU), SERVICE_URL)
+    fetcher.documents[ALLOWED_JKU] = {"keys": [_public_jwk(replacement, EC_KID, "ES384")]}
+
+    clock.now += timedelta(seconds=601)
+    now = int(clock.now.timestamp())
+    verifier.verify(sign(replacement, claims(iat=now, exp=now + 300), jku=ALLOWED_JKU), SERVICE_URL)
+    assert_rejected(
+        verifier, sign(keys.ec_key, claims(iat=now, exp=now + 300), jku=ALLOWED_JKU), "signature does not verify"
+    )
+
+
 def test_failing_jwks_fetch_is_an_authentication_error(make_verifier: Callable[..., JwtVerifier], keys: Keys) -> None:
     def unreachable(url: str) -> dict[str, Any]:
         raise OSError(f"cannot connect to {url}")

@@ -15,10 +15,12 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import jwt
+import orjson
 from jwt.types import Options
 
 from spasticity_cds.errors import AuthenticationError
@@ -218,7 +220,10 @@ class JwtVerifier:
         The jti is remembered (through `replay`) until the token can no longer pass the `exp` check.
         An error raised by `replay` (such as `StoreError`) propagates: it is not an authentication failure.
         """
-        header, issuer, alg, kid = self._screened(token)
+        header = _read_header(token)
+        issuer = self._trusted_issuer(_read_unverified_claims(token))
+        alg = _checked_algorithm(header, issuer)
+        kid = _checked_header_fields(header)
         key = self._find_key(issuer, header.get("jku"), kid)
         claims = _verified_claims(token, key, alg)
         issued_at, expires_at = self._checked_times(claims)
@@ -239,18 +244,6 @@ class JwtVerifier:
             tenant=tenant,
             subject=subject if isinstance(subject, str) else None,
         )
-
-    def screen(self, token: str) -> None:
-        """The checks that need no key or signature (form, issuer, algorithm, typ, kid); raise if one fails.
-
-        Cheap: run first, so that a token that cannot pass costs nothing more. `verify` repeats them.
-        """
-        self._screened(token)
-
-    def _screened(self, token: str) -> tuple[JsonObject, TrustedIssuer, str, str]:
-        header = _read_header(token)
-        issuer = self._trusted_issuer(_read_unverified_claims(token))
-        return header, issuer, _checked_algorithm(header, issuer), _checked_header_fields(header)
 
     def _trusted_issuer(self, claims: JsonObject) -> TrustedIssuer:
         iss = claims.get("iss")
@@ -337,13 +330,20 @@ def _verified_claims(token: str, key: JsonObject, alg: str) -> JsonObject:
         "enforce_minimum_key_length": True,
     }
     try:
-        signing_key = jwt.PyJWK(dict(key), algorithm=alg)
+        signing_key = _signing_key(orjson.dumps(key, option=orjson.OPT_SORT_KEYS), alg)
         claims: dict[str, Any] = jwt.decode(token, key=signing_key, algorithms=[alg], options=options)
     except jwt.InvalidSignatureError:
         raise _rejected("signature does not verify") from None
     except (jwt.PyJWTError, ValueError, TypeError) as exc:
         raise _rejected(f"token cannot be verified ({type(exc).__name__})") from None
     return claims
+
+
+@lru_cache(maxsize=256)
+def _signing_key(jwk: bytes, alg: str) -> jwt.PyJWK:
+    """The key object for a JWK (by its canonical JSON, so a changed JWKS entry is a new key); building one checks
+    the curve point, which cost as much per call as the rest of the claims handling."""
+    return jwt.PyJWK(orjson.loads(jwk), algorithm=alg)
 
 
 def _numeric_claim(claims: JsonObject, name: str) -> float:

@@ -98,12 +98,11 @@ def _json(body: Any) -> Response:
 async def _authenticate(request: Request, hooks: HooksState, audience: str) -> None:
     """Verify the client JWT and remember its jti before anything else is done; AuthenticationError if it fails.
 
-    The checks that need no key (form, trusted issuer, algorithm, kid) run here and refuse a hopeless token at once.
-    The signature, claims and replay write run in a thread of a pool kept for them while the event loop serves
-    other calls: the ES384 check (about 0.5 ms) releases the GIL and the write waits on the store. Running them
-    beside this call's own decoding and evaluation was measured slower, not faster: both need the GIL, and the
-    contention cost more than the overlap saved (in-process, PostgreSQL store: 5.4 ms a call against 3.6 ms).
-    A JWKS refresh from an allowed jku (at most once a minute per URL) also runs in that thread.
+    The checks run in a thread of a pool kept for them while the event loop serves other calls: the ES384 check
+    (about 0.5 ms) releases the GIL and the replay write waits on the store. Running them beside this call's own
+    decoding and evaluation was measured slower, not faster: both need the GIL, and the contention cost more than
+    the overlap saved (in-process, PostgreSQL store: 5.4 ms a call against 3.6 ms). A JWKS refresh from an
+    allowed jku (at most once a minute per URL) also runs in that thread.
     """
     if hooks.verifier is None:
         return
@@ -111,7 +110,6 @@ async def _authenticate(request: Request, hooks: HooksState, audience: str) -> N
     token = token.strip()
     if scheme.lower() != "bearer" or not token:
         raise AuthenticationError("no bearer token in the Authorization header")
-    hooks.verifier.screen(token)
     await asyncio.get_running_loop().run_in_executor(_token_checkers(), hooks.verifier.verify, token, audience)
 
 
