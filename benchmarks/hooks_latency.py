@@ -146,12 +146,12 @@ def serve(kind: str, port: int, workdir: Path, store_url: str | None, auth: bool
 
     import uvicorn
 
+    from spasticity_cds.interfaces.web.app import create_app, for_serving
+    from spasticity_cds.interfaces.web.config import WebSettings
+
     if kind == "floor":
         app = floor_app()
     else:
-        from spasticity_cds.interfaces.web.app import create_app
-        from spasticity_cds.interfaces.web.config import WebSettings
-
         logging.getLogger("spasticity_cds").setLevel(logging.WARNING)
         settings = WebSettings(
             public_base_url=f"http://127.0.0.1:{port}",
@@ -160,6 +160,7 @@ def serve(kind: str, port: int, workdir: Path, store_url: str | None, auth: bool
             trusted_issuers_file=workdir / "issuers.toml" if auth else None,
         )
         app = create_app(settings)
+    app = for_serving(app)  # both as `spasticity-cds serve` builds each worker's app
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="error", access_log=False)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -53,4 +54,17 @@ def create_app(
 
 def app_from_environment() -> FastAPI:
     """The app as each server worker builds it: settings from $SPASTICITY_CDS_CONFIG (uvicorn --factory)."""
-    return create_app(settings_from_environment())
+    return for_serving(create_app(settings_from_environment()))
+
+
+def for_serving(app: FastAPI) -> FastAPI:
+    """The app, with everything loaded so far taken out of the garbage collector's sight, for a server process.
+
+    The knowledge base and the app are about 100 000 objects that live as long as the process; every full
+    collection walked them all, 50 ms during which every call in flight waited (in-process, 2000 hook calls: one
+    such pause and a 108 ms one). Frozen (`gc.freeze`), they are not walked again; the same calls then saw no pause
+    over 1.5 ms. Only for a process that serves until it stops: objects frozen here are never collected as cycles.
+    """
+    gc.collect()
+    gc.freeze()
+    return app
