@@ -102,6 +102,14 @@ def test_issued_cards_are_idempotent_on_card_uuid(store: SqlFeedbackStore) -> No
     assert store.counts().issued_cards == 3
 
 
+def test_a_large_batch_in_one_call_counts_only_the_new_rows(store: SqlFeedbackStore) -> None:
+    # More rows than SQLite accepts bound parameters in one statement (32 766 / 8 columns).
+    assert store.record_issued_cards([issued_card(f"card-{n}") for n in range(0, 6000, 2)]) == 3000
+    assert store.record_issued_cards([issued_card(f"card-{n}") for n in range(6000)]) == 3000
+    assert store.record_issued_cards([]) == 0
+    assert store.counts().issued_cards == 6000
+
+
 def test_issued_card_round_trips(store: SqlFeedbackStore) -> None:
     card = issued_card("card-1")
     store.record_issued_cards([card])
