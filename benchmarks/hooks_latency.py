@@ -25,7 +25,8 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -346,6 +347,28 @@ def verdict(floor: dict[int, Run], ours: dict[int, Run], name: str) -> list[str]
     ]
 
 
+@contextmanager
+def empty_store(url: str | None) -> Iterator[str | None]:
+    """The PostgreSQL store URL pointed at a new, empty schema for this run (dropped afterwards), so that runs do not
+    slow down as earlier runs' cards and replay rows pile up; None (SQLite in the temporary folder) as it is."""
+    if url is None:
+        yield None
+        return
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    schema = f"latency_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(url)
+    try:
+        with admin.begin() as connection:
+            connection.execute(text(f'CREATE SCHEMA "{schema}"'))
+        yield make_url(url).update_query_dict({"options": f"-csearch_path={schema}"}).render_as_string(False)
+        with admin.begin() as connection:
+            connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+    finally:
+        admin.dispose()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=1000, help="requests at 1 client (16 clients send 2x)")
@@ -362,9 +385,9 @@ def main() -> int:
         serve(args.serve, args.port, args.workdir, args.store_url, not args.no_auth)
         return 0
     body = request_body()
-    with tempfile.TemporaryDirectory() as folder:
+    with tempfile.TemporaryDirectory() as folder, empty_store(args.store_url) as store_url:
         workdir = Path(folder)
-        servers = targets(workdir, args)
+        servers = targets(workdir, argparse.Namespace(**{**vars(args), "store_url": store_url}))
         try:
             results = measure(servers, body, args)
         finally:
