@@ -102,11 +102,11 @@ class ParsedInput:
         self.resources[key] = resource
         resource_type = resource.resource_type or ""
         same_type = self.by_type[resource_type]
-        # The kept copy takes the first one's place. Positions are indexed once per run of new resources, not
-        # searched per copy: a prefetch can repeat a whole search (hundreds of copies).
-        positions = self._positions.get(resource_type)
-        if positions is None or len(positions) != len(same_type):
-            positions = self._positions[resource_type] = {id(kept): i for i, kept in enumerate(same_type)}
+        # The kept copy takes the first one's place. Positions are indexed as resources arrive (only those since the
+        # last copy), not searched per copy: a prefetch can repeat a whole search, copies among new resources.
+        positions = self._positions.setdefault(resource_type, {})
+        for index in range(len(positions), len(same_type)):
+            positions[id(same_type[index])] = index
         index = positions.pop(id(previous))
         same_type[index] = resource
         positions[id(resource)] = index
