@@ -220,8 +220,8 @@ class JwtVerifier:
         The jti is remembered (through `replay`) until the token can no longer pass the `exp` check.
         An error raised by `replay` (such as `StoreError`) propagates: it is not an authentication failure.
         """
-        header = _read_header(token)
-        issuer = self._trusted_issuer(_read_unverified_claims(token))
+        header, unverified_claims = _read_unverified(token)
+        issuer = self._trusted_issuer(unverified_claims)
         alg = _checked_algorithm(header, issuer)
         kid = _checked_header_fields(header)
         key = self._find_key(issuer, header.get("jku"), kid)
@@ -276,22 +276,15 @@ class JwtVerifier:
         return datetime.fromtimestamp(issued, UTC), datetime.fromtimestamp(expires, UTC)
 
 
-def _read_header(token: str) -> JsonObject:
+def _read_unverified(token: str) -> tuple[JsonObject, JsonObject]:
+    """Header and claims, read only to pick the issuer's keys; nothing here is trusted before the signature check."""
     if not isinstance(token, str) or len(token) > MAX_TOKEN_CHARS:
         raise _rejected("token is not a string of acceptable length")
     try:
-        return jwt.get_unverified_header(token)
+        unverified: dict[str, Any] = jwt.decode_complete(token, options={"verify_signature": False})
     except jwt.PyJWTError:
-        raise _rejected("token is not a well-formed JWS") from None
-
-
-def _read_unverified_claims(token: str) -> JsonObject:
-    """Read the claims only to pick the issuer's keys; nothing here is trusted before the signature check."""
-    try:
-        claims: dict[str, Any] = jwt.decode(token, options={"verify_signature": False})
-    except jwt.PyJWTError:
-        raise _rejected("token payload cannot be read") from None
-    return claims
+        raise _rejected("token is not a well-formed JWS with readable claims") from None
+    return unverified["header"], unverified["payload"]
 
 
 def _checked_algorithm(header: JsonObject, issuer: TrustedIssuer) -> str:
