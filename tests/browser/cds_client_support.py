@@ -14,6 +14,7 @@ from browser_support import support
 from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
+from tests.cds_hooks.fhir_server import matches_token_search
 
 from spasticity_cds.interfaces.web.app import create_app
 from spasticity_cds.interfaces.web.config import WebSettings
@@ -86,20 +87,11 @@ def kidney_patient(egfr: float = 20.0) -> list[dict[str, Any]]:
 
 
 def _matches(resource: dict[str, Any], params: dict[str, str]) -> bool:
-    """Search on ``patient``, and token search on ``code`` and ``category`` (comma = OR; ``system|code`` or code)."""
+    """Search on ``patient``, and token search on ``code`` and ``category``."""
     patient = params.get("patient")
     if patient and resource.get("subject", {}).get("reference") not in (f"Patient/{patient}", patient):
         return False
-    for name in ("code", "category"):
-        if name not in params:
-            continue
-        wanted = set(params[name].split(","))
-        concepts = resource.get(name)
-        concepts = concepts if isinstance(concepts, list) else [concepts or {}]
-        codings = [c for concept in concepts for c in concept.get("coding", ())]
-        if not any({c.get("code"), f"{c.get('system')}|{c.get('code')}"} & wanted for c in codings):
-            return False
-    return True
+    return matches_token_search(resource, params)
 
 
 def open_fhir(resources: list[dict[str, Any]]) -> FastAPI:

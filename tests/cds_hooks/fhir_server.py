@@ -50,7 +50,11 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(200, self._page(path, parse_qs(parts.query)))
 
     def _page(self, kind: str, query: dict[str, list[str]]) -> dict[str, Any]:
-        everything = [r for r in self.behaviour.resources.get(kind, []) if _matches(r, query)]
+        everything = [
+            r
+            for r in self.behaviour.resources.get(kind, [])
+            if matches_token_search(r, {k: v[0] for k, v in query.items()})
+        ]
         offset = int(query.get("_offset", ["0"])[0])
         size = min(self.behaviour.page_size, int(query.get("_count", ["1000"])[0]))
         page = everything[offset : offset + size]
@@ -81,12 +85,12 @@ class _Handler(BaseHTTPRequestHandler):
         return
 
 
-def _matches(resource: dict[str, Any], query: dict[str, list[str]]) -> bool:
-    """FHIR token search on ``code`` and ``category``: any listed ``[system|]code`` matches any coding."""
+def matches_token_search(resource: dict[str, Any], params: dict[str, str]) -> bool:
+    """FHIR token search on ``code`` and ``category``: any listed ``[system|]code`` (comma = OR) matches any coding."""
     for name in ("code", "category"):
-        if name not in query:
+        if name not in params:
             continue
-        wanted = set(query[name][0].split(","))
+        wanted = set(params[name].split(","))
         concepts = resource.get(name)
         concepts = concepts if isinstance(concepts, list) else [concepts or {}]
         codings = [c for concept in concepts for c in concept.get("coding", ())]

@@ -35,18 +35,13 @@ ODD_VALUES: list[Any] = [
 
 def _mutate(node: Any, rng: random.Random, depth: int = 0) -> None:
     """Replace one value somewhere under ``node`` with an odd one."""
-    if isinstance(node, dict) and node:
-        key = rng.choice(list(node))
-        if rng.random() < 0.3 or depth > 6:
-            node[key] = copy.deepcopy(rng.choice(ODD_VALUES))
-        else:
-            _mutate(node[key], rng, depth + 1)
-    elif isinstance(node, list) and node:
-        index = rng.randrange(len(node))
-        if rng.random() < 0.3 or depth > 6:
-            node[index] = copy.deepcopy(rng.choice(ODD_VALUES))
-        else:
-            _mutate(node[index], rng, depth + 1)
+    if not isinstance(node, dict | list) or not node:
+        return
+    slot = rng.choice(list(node) if isinstance(node, dict) else range(len(node)))
+    if rng.random() < 0.3 or depth > 6:
+        node[slot] = copy.deepcopy(rng.choice(ODD_VALUES))
+    else:
+        _mutate(node[slot], rng, depth + 1)
 
 
 @pytest.mark.parametrize("seed", range(4))
