@@ -128,7 +128,7 @@ class Engine:
         if not overrides:
             return self.defaults
         merged = dict(self.defaults)
-        for name, value in (overrides or {}).items():
+        for name, value in overrides.items():
             setting = self.kb.settings.get(name)
             if setting is None:
                 hint = suggest(name, self.kb.settings)
@@ -186,11 +186,7 @@ class Engine:
                 continue
             if value is False:
                 continue
-            involved = False
-            for agent in compiled.ladder_agents:
-                if states[agent][1]:
-                    involved = True
-                    break
+            involved = any(states[agent][1] for agent in compiled.ladder_agents)
             finding = self._finding(compiled, env, gap=value is None, involved=involved)
             if value is None:
                 if rule.on_unknown == "data-gap":

@@ -17,6 +17,7 @@ from spasticity_cds.fhir.record import PatientRecord
 from spasticity_cds.knowledge.schema import Concept, EgfrEquation, StopReasons, UnitConversion
 
 SKIPPED_STATUSES = frozenset({"entered-in-error", "cancelled", "not-done", "refuted"})
+SKIPPED_DEVICE_STATUSES = SKIPPED_STATUSES | {"inactive"}
 CURRENT_MED_STATUSES = frozenset({"active", "on-hold", "intended"})
 PAST_MED_STATUSES = frozenset({"completed", "stopped", "not-taken"})
 INACTIVE_CONDITION = frozenset({"inactive", "resolved", "remission"})
@@ -170,7 +171,7 @@ class FactExtractor:
                 out.procedures.setdefault(found.concept.id, []).append(resource.reference)
                 self._note_text_match(found, resource, out)
         for resource in record.of_type("Device"):
-            if resource.status in SKIPPED_STATUSES | {"inactive"}:
+            if resource.status in SKIPPED_DEVICE_STATUSES:
                 continue
             found = self.vocabulary.match(resource.type, "procedure")
             if found is not None:
