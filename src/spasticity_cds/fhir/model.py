@@ -10,19 +10,23 @@ import msgspec
 
 
 class FhirElement(msgspec.Struct, rename="camel", omit_defaults=True, gc=False):
-    """Base: FHIR's camelCase names map to snake_case attributes; unknown fields are skipped, absent ones are None."""
+    """Base: FHIR's camelCase names map to snake_case attributes; unknown fields are skipped, absent ones are None.
+
+    Coding and CodeableConcept repeat these options and are frozen (so hashable) instead of inheriting them: type
+    checkers refuse a frozen struct on a non-frozen base.
+    """
 
 
-class Coding(FhirElement, frozen=True):
-    """Coding (frozen, so hashable: a CodeableConcept can key the vocabulary's memo)."""
+class Coding(msgspec.Struct, rename="camel", omit_defaults=True, frozen=True, gc=False):
+    """Coding (hashable, so a CodeableConcept can key the vocabulary's memo)."""
 
     system: str | None = None
     code: str | None = None
     display: str | None = None
 
 
-class CodeableConcept(FhirElement, frozen=True):
-    """CodeableConcept (frozen, so hashable)."""
+class CodeableConcept(msgspec.Struct, rename="camel", omit_defaults=True, frozen=True, gc=False):
+    """CodeableConcept (hashable)."""
 
     coding: tuple[Coding, ...] | None = None
     text: str | None = None
