@@ -286,7 +286,7 @@ class Target:
     tokens: Callable[[int], list[str]] | None
 
 
-def targets(workdir: Path, args: argparse.Namespace) -> list[Target]:
+def targets(workdir: Path, store_url: str | None) -> list[Target]:
     """The floor and our service (authentication off, then on), all started before any measurement."""
     signer = Signer(workdir)
     out = []
@@ -295,7 +295,7 @@ def targets(workdir: Path, args: argparse.Namespace) -> list[Target]:
         ("order-sign, auth off", "app", False),
         ("order-sign, JWT ES384 + replay cache", "app", True),
     ):
-        server = start(kind, workdir, args.store_url, auth)
+        server = start(kind, workdir, store_url, auth)
         audience = f"http://127.0.0.1:{server.port}/cds-services/{SERVICE}"
         make = (lambda n, audience=audience: signer.tokens(audience, n)) if auth else None
         out.append(Target(name, server, make))
@@ -357,15 +357,17 @@ def empty_store(url: str | None) -> Iterator[str | None]:
     from sqlalchemy import create_engine, text
     from sqlalchemy.engine import make_url
 
+    from spasticity_cds.store.connection import resolve_store_url
+
     schema = f"latency_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(url)
+    admin = create_engine(resolve_store_url(url))
     try:
         with admin.begin() as connection:
             connection.execute(text(f'CREATE SCHEMA "{schema}"'))
         yield make_url(url).update_query_dict({"options": f"-csearch_path={schema}"}).render_as_string(False)
-        with admin.begin() as connection:
-            connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
     finally:
+        with admin.begin() as connection:
+            connection.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
         admin.dispose()
 
 
@@ -387,7 +389,7 @@ def main() -> int:
     body = request_body()
     with tempfile.TemporaryDirectory() as folder, empty_store(args.store_url) as store_url:
         workdir = Path(folder)
-        servers = targets(workdir, argparse.Namespace(**{**vars(args), "store_url": store_url}))
+        servers = targets(workdir, store_url)
         try:
             results = measure(servers, body, args)
         finally:

@@ -58,7 +58,7 @@ class FhirFetcher:
         jobs.update({f"{key}#next": url for key, url in next_pages.items()})
         async with httpx.AsyncClient(headers=headers, transport=self.transport, follow_redirects=False) as client:
             tasks = {
-                key: asyncio.ensure_future(self._pages(client, base, url, 1 if key in single_page else self.max_pages))
+                key: asyncio.ensure_future(self._pages(client, base, url, bounded=key in single_page))
                 for key, url in jobs.items()
             }
             done, pending = await asyncio.wait(tasks.values(), timeout=self.budget_s) if tasks else (set(), set())
@@ -79,10 +79,11 @@ class FhirFetcher:
         else:
             outcome.resources.setdefault(name, []).extend(task.result())
 
-    async def _pages(self, client: httpx.AsyncClient, base: str, url: str, max_pages: int) -> list[dict[str, Any]]:
+    async def _pages(self, client: httpx.AsyncClient, base: str, url: str, *, bounded: bool) -> list[dict[str, Any]]:
+        """The resources of a search's pages (only the first page of a ``bounded`` one)."""
         resources: list[dict[str, Any]] = []
         next_url: str | None = url
-        for _ in range(max_pages):
+        for _ in range(1 if bounded else self.max_pages):
             if next_url is None:
                 return resources
             if not next_url.startswith(base):
@@ -94,7 +95,7 @@ class FhirFetcher:
             else:
                 resources.append(document)
                 next_url = None
-        if next_url is None or max_pages < self.max_pages:  # done, or a bounded search that has read its pages
+        if next_url is None or bounded:
             return resources
         raise FhirFetchError(f"more than {self.max_pages} pages")
 

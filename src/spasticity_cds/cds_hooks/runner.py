@@ -107,22 +107,14 @@ class HookRunner:
     ) -> FetchOutcome:
         if not plan.to_fetch and not plan.next_pages:
             return FetchOutcome()
-        refusal = self._fetch_refusal(request)
-        if refusal is not None or request.fhirServer is None:
-            reason = refusal or "not prefetched"
-            return FetchOutcome(failed=dict.fromkeys([*plan.to_fetch, *plan.next_pages], reason))
-        token = request.fhirAuthorization.access_token if request.fhirAuthorization else None
-        return await self.fetcher.fetch(request.fhirServer, token, plan.to_fetch, plan.next_pages, single_page)
-
-    def _fetch_refusal(self, request: HookRequest) -> str | None:
-        """Why this call's missing prefetch cannot be fetched (no query will go out), or None when it can."""
         server = request.fhirServer
         if server is None:
-            return "not prefetched, and the request names no fhirServer to fetch it from"
+            return _unfetched(plan, "not prefetched, and the request names no fhirServer to fetch it from")
         allowed = self.config.fhir_server_allowlist
         if allowed and not any(server.startswith(prefix) for prefix in allowed):
-            return "not prefetched, and the request's fhirServer is not on this service's allow-list"
-        return None
+            return _unfetched(plan, "not prefetched, and the request's fhirServer is not on this service's allow-list")
+        token = request.fhirAuthorization.access_token if request.fhirAuthorization else None
+        return await self.fetcher.fetch(server, token, plan.to_fetch, plan.next_pages, single_page)
 
     def _evaluate(
         self, request: HookRequest, resources: Sequence[dict[str, Any] | Resource], now: datetime
@@ -154,6 +146,11 @@ def _gather(
             raise PrefetchUnavailableError(f"prefetch key {template.key!r} ({template.what}) is unobtainable: {reason}")
         unavailable[template.what] = f"not obtained ({reason})"
     return resources, unavailable
+
+
+def _unfetched(plan: PrefetchPlan, reason: str) -> FetchOutcome:
+    """Every key the plan would fetch, failed for one reason."""
+    return FetchOutcome(failed=dict.fromkeys([*plan.to_fetch, *plan.next_pages], reason))
 
 
 def _ms(start: float, end: float | None = None) -> float:

@@ -91,12 +91,7 @@ def create_store_engine(url: URL) -> Engine:
         engine = create_engine(url, hide_parameters=True)
         _configure_sqlite(engine)
         return engine
-    return create_engine(
-        url,
-        hide_parameters=True,
-        pool_pre_ping=True,
-        connect_args={"connect_timeout": POSTGRES_CONNECT_TIMEOUT_S},
-    )
+    return _postgres_engine(url, pool_pre_ping=True)
 
 
 def create_replay_engine(url: URL) -> Engine | None:
@@ -108,13 +103,14 @@ def create_replay_engine(url: URL) -> Engine | None:
     """
     if url.get_backend_name() == "sqlite":
         return None
+    return _postgres_engine(
+        url, isolation_level="AUTOCOMMIT", pool_size=REPLAY_POOL_SIZE, max_overflow=REPLAY_POOL_SIZE
+    )
+
+
+def _postgres_engine(url: URL, **options: Any) -> Engine:
     return create_engine(
-        url,
-        hide_parameters=True,
-        isolation_level="AUTOCOMMIT",
-        pool_size=REPLAY_POOL_SIZE,
-        max_overflow=REPLAY_POOL_SIZE,
-        connect_args={"connect_timeout": POSTGRES_CONNECT_TIMEOUT_S},
+        url, hide_parameters=True, connect_args={"connect_timeout": POSTGRES_CONNECT_TIMEOUT_S}, **options
     )
 
 

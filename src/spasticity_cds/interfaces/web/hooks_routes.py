@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -34,6 +33,9 @@ router = APIRouter()
 JWKS_TIMEOUT_S = 2.0
 JOIN_RETRY_S = 0.2
 TOKEN_CHECK_THREADS = 32
+#: The threads for token checks: enough for every call in flight, so a check never queues behind others (threads
+#: start on first use).
+_TOKEN_CHECKERS = ThreadPoolExecutor(TOKEN_CHECK_THREADS, thread_name_prefix="jwt-check")
 
 
 @dataclass
@@ -110,19 +112,7 @@ async def _authenticate(request: Request, hooks: HooksState, audience: str) -> N
     token = token.strip()
     if scheme.lower() != "bearer" or not token:
         raise AuthenticationError("no bearer token in the Authorization header")
-    await asyncio.get_running_loop().run_in_executor(_token_checkers(), hooks.verifier.verify, token, audience)
-
-
-_TOKEN_CHECKERS: list[ThreadPoolExecutor] = []
-_TOKEN_CHECKERS_LOCK = threading.Lock()
-
-
-def _token_checkers() -> ThreadPoolExecutor:
-    """The threads for token checks: enough for every call in flight, so a check never queues behind others."""
-    with _TOKEN_CHECKERS_LOCK:
-        if not _TOKEN_CHECKERS:
-            _TOKEN_CHECKERS.append(ThreadPoolExecutor(TOKEN_CHECK_THREADS, thread_name_prefix="jwt-check"))
-        return _TOKEN_CHECKERS[0]
+    await asyncio.get_running_loop().run_in_executor(_TOKEN_CHECKERS, hooks.verifier.verify, token, audience)
 
 
 def _service(hooks: HooksState, service_id: str) -> ServiceSpec:
