@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import re
 from typing import Any
@@ -10,6 +11,7 @@ import pytest
 from fastapi import FastAPI
 
 from spasticity_cds.api import load_knowledge_base
+from spasticity_cds.cds_hooks.fhir_client import FhirFetcher
 from spasticity_cds.cds_hooks.prefetch import plan_prefetch, render, templates_for
 from spasticity_cds.interfaces.web.app import create_app
 from spasticity_cds.interfaces.web.config import WebSettings
@@ -324,3 +326,14 @@ def test_the_category_search_reads_one_page_only(app: FastAPI, client: Client) -
     assert len(category_pages) == 1 and "_offset" not in category_pages[0]
     assert len(code_pages) > 2 and any("_offset=4" in p for p in code_pages)  # the code search is followed
     assert not any(p == "/fhir/Observation?_offset=4" for p, _ in behaviour.requests)
+
+
+def test_a_bounded_search_reads_its_first_page_whatever_the_page_limit() -> None:
+    observations = [{"resourceType": "Observation", "id": f"o{n}", "status": "final"} for n in range(3)]
+    behaviour = Behaviour(resources={"Observation": observations}, page_size=1)
+    with fhir_server(behaviour) as server:
+        fetcher = FhirFetcher(budget_s=5.0, max_pages=1)
+        queries = {"recent": "Observation?patient=p", "all": "Observation?patient=p"}
+        outcome = asyncio.run(fetcher.fetch(server, None, queries, {}, frozenset({"recent"})))
+    assert [r["id"] for r in outcome.resources["recent"]] == ["o0"]
+    assert "more than 1 pages" in outcome.failed["all"]
