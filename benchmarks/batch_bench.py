@@ -202,11 +202,8 @@ def _digest(path: Path) -> str:
     """SHA-256 of a file, read in blocks (reading a 600 MB Task.ndjson whole would count in the peak RSS)."""
     import hashlib
 
-    digest = hashlib.sha256()
     with path.open("rb") as source:
-        for block in iter(lambda: source.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:16]
+        return hashlib.file_digest(source, "sha256").hexdigest()[:16]
 
 
 def measure(mode: str, folder: Path, workers: int = 1) -> dict[str, Any]:

@@ -15,8 +15,7 @@ import orjson
 
 from spasticity_cds.batch import partition, problems, scan
 from spasticity_cds.batch.inputs import InputFile
-from spasticity_cds.batch.output import KeptLine
-from spasticity_cds.batch.patient import EvaluationSpec
+from spasticity_cds.batch.patient import EvaluationSpec, Line
 from spasticity_cds.errors import BatchError
 
 if TYPE_CHECKING:
@@ -35,7 +34,7 @@ class Layout:
     partitions: int
     slices: list[list[partition.Slice]]
     stats: list[dict[str, int]]
-    kept: dict[tuple[int, str], list[KeptLine]] = field(default_factory=dict)
+    kept: dict[tuple[int, str], list[problems.KeptLine]] = field(default_factory=dict)
     medication_refs: set[str] = field(default_factory=set)
     shared: list[partition.Slice] = field(default_factory=list)
     patient_lines: int = 0
@@ -108,7 +107,7 @@ def run_local(
 
 def grouped(
     files: Sequence[InputFile], work: Path, block_bytes: int = scan.BLOCK_BYTES
-) -> Iterator[tuple[str, list[partition.RawLine]]]:
+) -> Iterator[tuple[str, list[Line]]]:
     """Every patient's lines without evaluating them (tests, the benchmark), one partition after the other."""
     count = scan.partition_count(files, block_bytes, 1)
     tasks = scan.plan(files, work, count, block_bytes)
@@ -152,14 +151,14 @@ def _add_result(layout: Layout, result: scan.ScanResult, base: int) -> None:
             layout.shared.append(partition.Slice(segment.path, offsets[-2], offsets[-1], file_id, base))
 
 
-def _keep(layout: Layout, where: tuple[int, str], lines: list[KeptLine]) -> None:
+def _keep(layout: Layout, where: tuple[int, str], lines: list[problems.KeptLine]) -> None:
     kept = layout.kept.setdefault(where, [])
     kept.extend(lines)
     if len(kept) > 2 * problems.DETAIL_CAP:
         kept[:] = _first(kept)
 
 
-def _first(kept: list[KeptLine]) -> list[KeptLine]:
+def _first(kept: list[problems.KeptLine]) -> list[problems.KeptLine]:
     return heapq.nsmallest(problems.DETAIL_CAP, kept, key=lambda entry: entry[0])
 
 
@@ -180,7 +179,7 @@ def _split_shared(layout: Layout, path: Path) -> str:
     return str(path)
 
 
-def _collected(layout: Layout) -> list[tuple[tuple[int, str], tuple[int, list[KeptLine]]]]:
+def _collected(layout: Layout) -> list[tuple[tuple[int, str], tuple[int, list[problems.KeptLine]]]]:
     return [
         ((file_id, status), (layout.stats[file_id].get(status, 0), _first(kept)))
         for (file_id, status), kept in sorted(layout.kept.items())

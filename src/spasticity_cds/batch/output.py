@@ -34,8 +34,6 @@ MANIFEST = "manifest.json"
 WORK = "_work"
 #: The HTML page lists at most this many rows (most severe first); the CSV always has every row.
 HTML_ROW_LIMIT = 10_000
-#: A problem line kept for the report: (line number, resource type, raw text).
-KeptLine = tuple[int, str | None, bytes | str]
 SEVERITY_RANKS = (0, 1, 2)
 SEVERITY_TITLES = {"critical": "Critical", "warning": "Warning", "info": "Information"}
 _LINES = (
@@ -162,19 +160,19 @@ class RunWriter:
         self.outcome_count += 1
 
     def line_problems(
-        self, names: Sequence[str], collected: Iterable[tuple[tuple[int, str], tuple[int, Sequence[KeptLine]]]]
+        self, names: Sequence[str], collected: Iterable[tuple[tuple[int, str], tuple[int, Sequence[problems.KeptLine]]]]
     ) -> None:
         """Write line problems in a fixed order: by file and line, then one overflow record per file and category.
 
         ``collected`` holds per (file index, category) the number of lines and the first of them (any order)."""
-        detailed: list[tuple[int, int, str, str | None, bytes | str]] = []
+        detailed: list[tuple[int, int, str, str | None, bytes]] = []
         overflow: list[tuple[int, str, int]] = []
         for (file_id, status), (total, first) in collected:
             detailed.extend((file_id, line_no, status, rtype, raw) for line_no, rtype, raw in first)
             if total > problems.DETAIL_CAP:
                 overflow.append((file_id, status, total - problems.DETAIL_CAP))
         for file_id, line_no, status, rtype, raw in sorted(detailed, key=lambda entry: (entry[0], entry[1])):
-            diagnostics = problems.describe(status, rtype, raw if isinstance(raw, bytes) else raw.encode())
+            diagnostics = problems.describe(status, rtype, raw)
             self.problem(problems.operation_outcome(status, diagnostics, f"{names[file_id]}:{line_no}"))
         for file_id, status, more in sorted(overflow):
             self.problem(problems.overflow(status, names[file_id], more))
@@ -183,7 +181,7 @@ class RunWriter:
         """Write Task, open, closed, CSV, HTML; returns counts of new, open, closed and carried Tasks."""
         self.close()
         if previous is None:
-            return _finish_first(self.root, self.work, app_url)
+            return _finish_first(self.root, self.work, app_url, self.counts.tasks)
         import duckdb  # here, so that registering the command does not load DuckDB
 
         connection = duckdb.connect(
@@ -202,13 +200,12 @@ class RunWriter:
             connection.close()
 
 
-def _finish_first(root: Path, work: Path, app_url: str) -> dict[str, int]:
-    """Without ``--since`` every item is new and open and nothing closes: no join, the work files are the output."""
-    shutil.copyfile(work / "tasks.ndjson", root / TASKS)
-    shutil.copyfile(work / "tasks.ndjson", root / OPEN)
+def _finish_first(root: Path, work: Path, app_url: str, count: int) -> dict[str, int]:
+    """Without ``--since`` every item (``count`` of them) is new and open and nothing closes: no join, the work
+    files are the output."""
+    (work / "tasks.ndjson").replace(root / TASKS)
+    shutil.copyfile(root / TASKS, root / OPEN)
     (root / CLOSED).write_bytes(b"")
-    with (root / TASKS).open("rb") as tasks:
-        count = sum(block.count(b"\n") for block in iter(lambda: tasks.read(1 << 20), b""))
     _write_worklists(root, _rows(work, app_url, None), count)
     return {"new": count, "open": count, "closed": 0, "carried": 0}
 

@@ -12,12 +12,10 @@ from pathlib import Path
 import orjson
 
 from spasticity_cds.batch.output import Counts
-from spasticity_cds.batch.patient import EvaluationSpec, PatientOutcome, cached_evaluator
+from spasticity_cds.batch.patient import EvaluationSpec, Line, PatientOutcome, cached_evaluator
 
-#: A line read back from a spill file: (file index, 1-based line number, raw bytes).
-RawLine = tuple[int, int, bytes]
 #: Shared Medication lines per ``Medication/{id}`` (JSON text), loaded once per process and path.
-_MEDICATIONS: dict[str, dict[bytes, list[RawLine]]] = {}
+_MEDICATIONS: dict[str, dict[bytes, list[Line]]] = {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,7 +40,7 @@ class PartitionTask:
     spec: EvaluationSpec
 
 
-def runs(piece: Slice) -> Iterator[tuple[bytes, bytes, list[RawLine]]]:
+def runs(piece: Slice) -> Iterator[tuple[bytes, bytes, list[Line]]]:
     """The runs spilled in one slice: (key, medication reference, numbered lines), keys and references as JSON."""
     with Path(piece.path).open("rb") as handle:
         handle.seek(piece.start)
@@ -56,9 +54,9 @@ def runs(piece: Slice) -> Iterator[tuple[bytes, bytes, list[RawLine]]]:
         position = stop
 
 
-def group(slices: Iterable[Slice], medications: str) -> list[tuple[str, list[RawLine]]]:
+def group(slices: Iterable[Slice], medications: str) -> list[tuple[str, list[Line]]]:
     """Each patient of a partition with its lines in file and line order (shared Medications joined), by key."""
-    groups: dict[bytes, list[RawLine]] = {}
+    groups: dict[bytes, list[Line]] = {}
     references: dict[bytes, set[bytes]] = {}
     for piece in slices:
         for key, medication, lines in runs(piece):
@@ -70,7 +68,7 @@ def group(slices: Iterable[Slice], medications: str) -> list[tuple[str, list[Raw
             if medication:
                 references.setdefault(key, set()).add(medication)
     shared = _medications(medications)
-    patients: list[tuple[str, list[RawLine]]] = []
+    patients: list[tuple[str, list[Line]]] = []
     for key, lines in groups.items():
         joined = [line for reference in references.get(key, ()) for line in shared.get(reference, ())]
         ordered = sorted([*lines, *joined], key=lambda line: (line[0], line[1])) if joined else lines
@@ -79,11 +77,11 @@ def group(slices: Iterable[Slice], medications: str) -> list[tuple[str, list[Raw
     return patients
 
 
-def _medications(path: str) -> dict[bytes, list[RawLine]]:
+def _medications(path: str) -> dict[bytes, list[Line]]:
     if not path:
         return {}
     if path not in _MEDICATIONS:
-        table: dict[bytes, list[RawLine]] = {}
+        table: dict[bytes, list[Line]] = {}
         for record in Path(path).read_bytes().split(b"\n")[:-1]:
             file_id, line_no, reference, raw = record.split(b"\t", 3)
             table.setdefault(reference, []).append((int(file_id), int(line_no), raw))

@@ -18,9 +18,8 @@ from spasticity_cds.engine.evaluator import Engine
 from spasticity_cds.errors import InputError
 from spasticity_cds.fhir.model import RESOURCE_DECODER, Resource
 
-#: One input line of a patient: (file index, 1-based line number, raw text). Text comes as bytes from Spark and
-#: as a latin-1 decoded str from DuckDB (which then round-trips to the exact bytes on disk).
-Line = tuple[int, int, bytes | str]
+#: One input line of a patient: (file index, 1-based line number, raw bytes).
+Line = tuple[int, int, bytes]
 #: One fired finding for the rule counts: (rule id, rule version, kind, severity, actionable).
 Fired = tuple[str, int, str, str, bool]
 #: One worklist item, serialised where it was evaluated (the writer only appends the bytes): the key line
@@ -68,7 +67,7 @@ class PatientEvaluator:
         outcome = PatientOutcome(key=key, status="ok")
         resources: list[Resource | dict[str, Any]] = []
         for line in lines:
-            raw = line[2] if isinstance(line[2], bytes) else line[2].encode("latin-1")
+            raw = line[2]
             try:
                 document = decode_line(raw)
             except orjson.JSONDecodeError as error:

@@ -177,6 +177,10 @@ UNKNOWN_TYPE: Final = "unknown-type"
 NO_PATIENT: Final = "no-patient"
 PATIENT_INPUT: Final = "patient-input"
 EVALUATION: Final = "evaluation"
+#: The categories of a single input line (counted per file, reported with file and line).
+LINE_PROBLEMS: Final = (MALFORMED, UNKNOWN_TYPE, NO_PATIENT)
+#: A problem line kept for the report: (line number, resource type, raw text).
+KeptLine = tuple[int, str | None, bytes]
 #: Problem categories: (OperationOutcome issue severity, issue code).
 CATEGORIES: Final = {
     MALFORMED: ("error", "structure"),
@@ -217,7 +221,8 @@ def _scalar(value: Any) -> str | None:
 
 
 def classify(raw: bytes) -> Classified:
-    """Classify one NDJSON line exactly as the DuckDB engine's SQL does."""
+    """Classify one NDJSON line, the same way in every engine (only its resourceType, id, patient links and
+    medicationReference are read)."""
     if not raw.strip():
         return Classified(BLANK)
     try:
@@ -226,11 +231,6 @@ def classify(raw: bytes) -> Classified:
         return Classified(MALFORMED)
     if not isinstance(document, dict):
         return Classified(MALFORMED)
-    return classify_document(document)
-
-
-def classify_document(document: Mapping[str, Any]) -> Classified:
-    """Classify a parsed JSON object (only its resourceType, id, patient links and medicationReference are read)."""
     resource_type = _scalar(document.get("resourceType"))
     if resource_type is None:
         return Classified(MALFORMED)

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from spasticity_cds.batch import output, problems
 from spasticity_cds.batch.inputs import InputSet, discover
@@ -18,10 +18,8 @@ from spasticity_cds.batch.scan import BLOCK_BYTES
 from spasticity_cds.errors import BatchError
 
 ENGINES = ("local", "spark")
-LINE_PROBLEMS = (problems.MALFORMED, problems.UNKNOWN_TYPE, problems.NO_PATIENT)
 #: Called with (patients done, patients in total) as the run advances.
 Progress = Callable[[int, int], None]
-T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,7 +104,7 @@ def _run_into(
 
             report = run_local(inputs, spec, writer, options, progress)
         for stats in report.file_stats:
-            for category in LINE_PROBLEMS:
+            for category in problems.LINE_PROBLEMS:
                 if stats.get(category):
                     writer.counts.problem(category, stats[category])
         tasks = writer.finish(
@@ -141,7 +139,7 @@ def _manifest(
             "url": item.name,
             "lines": sum(stats.values()),
             "resources": stats.get(problems.OK, 0),
-            "problems": {category: stats[category] for category in LINE_PROBLEMS if stats.get(category)},
+            "problems": {category: stats[category] for category in problems.LINE_PROBLEMS if stats.get(category)},
         }
         if item.declared_type:
             entry["type"] = item.declared_type

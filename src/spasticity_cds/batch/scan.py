@@ -22,9 +22,6 @@ BLOCK_BYTES = 32 * 1024 * 1024
 GZIP_RATIO = 8
 #: At most this many partitions (open outcome files in the final merge); past it partitions grow instead.
 MAX_PARTITIONS = 512
-LINE_PROBLEMS = (problems.MALFORMED, problems.UNKNOWN_TYPE, problems.NO_PATIENT)
-#: A problem line kept for the report: (line number, resource type, raw text; raw only when malformed).
-Kept = tuple[int, str | None, bytes]
 
 
 class _Reference(msgspec.Struct):
@@ -97,10 +94,9 @@ class ScanTask:
 @dataclass(slots=True)
 class Segment:
     """One scanned block in a spill file: partition ``p`` lies at ``offsets[p]:offsets[p + 1]``; the last
-    partition (index ``partitions``) holds shared ``Medication`` lines. ``first_line`` counts from the task start."""
+    partition (index ``partitions``) holds shared ``Medication`` lines."""
 
     path: str
-    first_line: int
     offsets: list[int]
 
 
@@ -112,7 +108,7 @@ class ScanResult:
     lines: int = 0
     segments: list[Segment] = field(default_factory=list)
     stats: dict[str, int] = field(default_factory=dict)
-    kept: dict[str, list[Kept]] = field(default_factory=dict)
+    kept: dict[str, list[problems.KeptLine]] = field(default_factory=dict)
     medication_refs: set[str] = field(default_factory=set)
     patient_lines: int = 0
     error: str | None = None
@@ -245,7 +241,7 @@ def _scan_block(task: ScanTask, block: bytes, result: ScanResult, out: IO[bytes]
         spill.run(run_first, run_key, b"", run)
     result.stats[problems.OK] = result.stats.get(problems.OK, 0) + fast
     result.lines += len(lines)
-    result.segments.append(Segment(task.out, first_line, spill.write(out)))
+    result.segments.append(Segment(task.out, spill.write(out)))
 
 
 def _slow(result: ScanResult, spill: _Spill, index: int, raw: bytes) -> None:
@@ -253,7 +249,7 @@ def _slow(result: ScanResult, spill: _Spill, index: int, raw: bytes) -> None:
     line = problems.classify(raw)
     status = line.status
     result.stats[status] = result.stats.get(status, 0) + 1
-    if status in LINE_PROBLEMS:
+    if status in problems.LINE_PROBLEMS:
         _keep(result, status, index, line.resource_type, raw)
     if status != problems.OK:
         return

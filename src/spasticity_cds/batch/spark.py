@@ -7,10 +7,11 @@ import itertools
 import os
 import sys
 from collections.abc import Callable, Iterable, Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from spasticity_cds.batch import problems
 from spasticity_cds.batch.patient import EvaluationSpec, Line, PatientOutcome, cached_evaluator
+from spasticity_cds.batch.problems import KeptLine as Kept
 from spasticity_cds.errors import BatchError
 
 if TYPE_CHECKING:
@@ -40,19 +41,17 @@ def evaluate_partition(
 
 
 def _classify(line: Line) -> Row:
-    raw = line[2] if isinstance(line[2], bytes) else line[2].encode("utf-8")
-    return line, problems.classify(raw)
+    return line, problems.classify(line[2])
 
 
-#: A problem line kept for the report: (line number, resource type, raw text).
-Kept = tuple[int, str | None, bytes | str]
 #: Per (file, status): the number of lines and the first problem lines.
 Tally = tuple[int, list[Kept]]
 
 
-def _numbered(index: int) -> Callable[[tuple[bytes | str, int]], Line]:
-    def number(pair: tuple[bytes | str, int]) -> Line:
-        return index, pair[1] + 1, pair[0]
+def _numbered(index: int) -> Callable[[tuple[str, int]], Line]:
+    # pyspark's stubs type textFile as text even with use_unicode=False; the lines are bytes.
+    def number(pair: tuple[str, int]) -> Line:
+        return index, pair[1] + 1, cast(bytes, pair[0])
 
     return number
 
@@ -83,14 +82,18 @@ def _mark_unreferenced(pair: tuple[str, tuple[Row, bool | None]]) -> Row:
 def _tally_key(row: Row) -> tuple[tuple[int, str], Kept | None]:
     """Key (file, status); problem lines carry (line number, type, text) for the report, usable lines nothing."""
     line, classified = row
-    if classified.status in (problems.MALFORMED, problems.UNKNOWN_TYPE, problems.NO_PATIENT):
+    if classified.status in problems.LINE_PROBLEMS:
         return (line[0], classified.status), (line[1], classified.resource_type, line[2])
     return (line[0], classified.status), None
 
 
 def _keep_first(
     cap: int,
-) -> tuple[Callable[[Kept | None], Tally], Callable[[Tally, Kept | None], Tally], Callable[[Tally, Tally], Tally]]:
+) -> tuple[
+    Callable[[Kept | None], Tally],
+    Callable[[Tally, Kept | None], Tally],
+    Callable[[Tally, Tally], Tally],
+]:
     """combineByKey functions keeping a count and the ``cap`` first problem lines of each (file, status)."""
 
     def create(item: Kept | None) -> Tally:
