@@ -67,33 +67,38 @@ def _batch(source: Path, out: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [sys.executable, "-c", SCRIPT, str(source), "--out", str(out), "--now", NOW.isoformat()],
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
+
+
+def _run_to_the_end(source: Path, out: Path) -> None:
+    with _batch(source, out) as run:
+        _, errors = run.communicate(timeout=300)
+    assert run.returncode == 0, errors.decode()
 
 
 def test_a_killed_run_leaves_the_previous_output_and_a_rerun_succeeds(clean_cohort: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    with _batch(clean_cohort, out) as first:
-        assert first.wait(timeout=120) == 0
+    _run_to_the_end(clean_cohort, out)
     before = (out / "manifest.json").read_bytes()
     bigger = tmp_path / "bigger"
     write_cohort(bigger, n=400, profile="lean", seed=11, fmt="bulk")
     with _batch(bigger, out) as victim:
         deadline = time.monotonic() + 120
-        items = None
+        work = None
         while time.monotonic() < deadline and victim.poll() is None:
-            partials = list(tmp_path.glob(".out.partial-*/_work/tasks.ndjson"))
-            if partials and partials[0].stat().st_size > 0:
-                items = partials[0]
+            # The work folder exists from the start of the run to its final rename. The size of a work file is no
+            # signal: write buffers follow the file system's block size and may hold the whole run.
+            work = next(tmp_path.glob(".out.partial-*/_work"), None)
+            if work is not None:
                 break
-            time.sleep(0.01)
-        assert items is not None, "the run should be killed while it evaluates patients"
+            time.sleep(0.005)
+        assert work is not None, f"the run should be killed part-way; it ended: {victim.communicate()[1].decode()}"
         os.kill(victim.pid, signal.SIGKILL)
         victim.wait(timeout=30)
     assert (out / "manifest.json").read_bytes() == before, "the previous output is untouched"
     assert list(tmp_path.glob(".out.partial-*")), "the killed run left only its hidden partial folder"
-    with _batch(bigger, out) as rerun:
-        assert rerun.wait(timeout=300) == 0
+    _run_to_the_end(bigger, out)
     manifest = orjson.loads((out / "manifest.json").read_bytes())
     assert manifest["counts"]["patients"] == 400
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bigger", "out"], "stale partial folders are cleaned"
