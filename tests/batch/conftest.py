@@ -11,6 +11,7 @@ import pytest
 from spasticity_cds.synth import write_cohort
 
 from .batch_helpers import BAD_OBSERVATION_LINES, SEED, N
+from .synthea_export import write_synthea_export
 
 
 @pytest.fixture(scope="session")
@@ -53,3 +54,9 @@ def bad_cohort(clean_cohort: Path, tmp_path_factory: pytest.TempPathFactory) -> 
         handle.write(orjson.dumps(request) + b"\n")
     (out / "manifest.json").unlink()
     return out
+
+
+@pytest.fixture(scope="session")
+def synthea_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The vendored Synthea export of 13 patients, each given ALS and two in three an antispastic order."""
+    return write_synthea_export(tmp_path_factory.mktemp("synthea") / "export")

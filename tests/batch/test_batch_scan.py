@@ -84,3 +84,22 @@ def test_keys_ending_in_a_tab_keep_their_resources_together(tmp_path: Path) -> N
     (tmp_path / "work").mkdir()
     groups = {key: len(lines) for key, lines in grouped(discover(source).files, tmp_path / "work")}
     assert groups == {"Patient/p1\t": 2, "Patient/p2": 2}
+
+
+@pytest.mark.parametrize(
+    ("raw", "status"),
+    [
+        (b'{"resourceType": "Practitioner", "id": "dr-1"}', problems.CONTEXT),
+        (
+            b'{"resourceType": "Location", "id": "l-1", "managingOrganization": {"reference": "Organization/o"}}',
+            "context",
+        ),
+        (b'{"resourceType": "Observation", "id": "o-1"}', problems.NO_PATIENT),
+        (b'{"resourceType": "Group", "id": "g-1"}', problems.NO_PATIENT),
+        (b'{"resourceType": "Medication", "id": "m-1"}', problems.OK),
+    ],
+)
+def test_resources_no_patient_owns_are_context_only_for_the_who_and_where_types(raw: bytes, status: str) -> None:
+    classified = problems.classify(raw)
+    assert (classified.status, classified.key) == (status, None)
+    assert fast_key(raw) is None

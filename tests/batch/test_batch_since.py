@@ -87,6 +87,35 @@ def test_since_writes_new_items_closes_gone_ones_and_carries_failed_patients(
     assert again.counts["tasks"]["new"] == again.counts["tasks"]["closed"] == 0
 
 
+def test_a_patient_recorded_as_deceased_gets_no_tasks_and_the_open_ones_are_cancelled(
+    clean_cohort: Path, tmp_path: Path
+) -> None:
+    first = tmp_path / "first"
+    run(clean_cohort, first)
+    patient = _patients_with_tasks(first)[0]
+    export = tmp_path / "export"
+    shutil.copytree(clean_cohort, export)
+    patient_file = export / "Patient.ndjson"
+    marker = f'"id":"{patient.removeprefix("Patient/")}"'.encode()
+    patient_file.write_bytes(
+        b"".join(
+            line.replace(b"{", b'{"deceasedDateTime":"2026-10-20",', 1) + b"\n" if marker in line else line + b"\n"
+            for line in patient_file.read_bytes().splitlines()
+        )
+    )
+    second = tmp_path / "second"
+    summary = run(export, second, since=first)
+    assert summary.counts["patientsDeceased"] == 1
+    assert patient not in _patients_with_tasks(second)
+    assert all(task["for"]["reference"] != patient for task in read_ndjson(second / "open.ndjson"))
+    closed = [task for task in read_ndjson(second / "closed.ndjson") if task["for"]["reference"] == patient]
+    assert closed
+    assert {(t["status"], t["statusReason"]["text"]) for t in closed} == {
+        ("cancelled", "the patient is recorded as deceased")
+    }
+    assert summary.counts["tasks"]["closed"] == len(closed)
+
+
 def test_worklist_marks_new_rows_only_with_since(clean_cohort: Path, tmp_path: Path) -> None:
     run(clean_cohort, tmp_path / "a")
     assert ",yes," not in (tmp_path / "a" / "worklist.csv").read_text()

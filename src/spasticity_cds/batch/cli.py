@@ -101,8 +101,10 @@ def run(args: argparse.Namespace, console: Console) -> int:
     tasks = counts["tasks"]
     problem_count = sum(counts["problems"].values())
     rate = counts["patients"] / summary.seconds if summary.seconds > 0 else 0.0
+    deceased = f" ({counts['patientsDeceased']:,} recorded as deceased)" if counts["patientsDeceased"] else ""
     console.print(
-        f"Evaluated {counts['patientsEvaluated']:,} of {counts['patients']:,} patients in {summary.seconds:.1f} s "
+        f"Evaluated {counts['patientsEvaluated']:,} of {counts['patients']:,} patients{deceased} in "
+        f"{summary.seconds:.1f} s "
         f"({rate:,.0f} patients/s): {tasks['new']:,} new tasks, {tasks['open']:,} open, {tasks['closed']:,} closed; "
         f"{problem_count:,} problems reported. Output: {summary.out}",
         highlight=False,

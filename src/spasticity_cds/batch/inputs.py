@@ -12,6 +12,8 @@ import orjson
 from spasticity_cds.errors import BatchError
 
 SUFFIXES = (".ndjson", ".ndjson.gz")
+#: The export log the SMART Bulk Data client writes beside the files it downloads (events, not resources).
+CLIENT_LOG = "log.ndjson"
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,13 +35,15 @@ class InputSet:
     files: tuple[InputFile, ...]
     transaction_time: str | None
     request: str | None
+    skipped: tuple[str, ...] = ()
 
 
 def discover(source: Path) -> InputSet:
     """The input files named by ``source`` (a folder or a manifest); raises ``BatchError`` when unusable."""
     if source.is_dir():
         manifest = source / "manifest.json"
-        files = sorted(p for p in source.iterdir() if p.is_file() and p.name.endswith(SUFFIXES))
+        found = sorted(p for p in source.iterdir() if p.is_file() and p.name.endswith(SUFFIXES))
+        files = [path for path in found if path.name != CLIENT_LOG]
         if not files:
             raise BatchError("no .ndjson or .ndjson.gz files in the folder", where=str(source))
         info = _read_manifest(manifest) if manifest.is_file() else {}
@@ -49,6 +53,7 @@ def discover(source: Path) -> InputSet:
             files=tuple(InputFile(path, path.name) for path in files),
             transaction_time=_text(info.get("transactionTime")),
             request=_text(info.get("request")),
+            skipped=tuple(path.name for path in found if path.name == CLIENT_LOG),
         )
     if source.is_file():
         info = _read_manifest(source)

@@ -15,7 +15,7 @@ from urllib.parse import quote
 import orjson
 
 from spasticity_cds.batch import problems
-from spasticity_cds.batch.patient import PatientOutcome
+from spasticity_cds.batch.patient import DECEASED, PatientOutcome
 from spasticity_cds.batch.tasks import close_task
 from spasticity_cds.batch.worklist import CSV_COLUMNS, HTML_COLUMNS, LATE_CSV_COLUMNS, csv_cell, html_row
 from spasticity_cds.errors import BatchError
@@ -49,6 +49,7 @@ class Counts:
     patients: int = 0
     evaluated: int = 0
     failed: int = 0
+    deceased: int = 0
     in_scope: int = 0
     tasks: int = 0
     problems: dict[str, int] = field(default_factory=dict)
@@ -61,6 +62,8 @@ class Counts:
         if outcome.status == "ok":
             self.evaluated += 1
             self.in_scope += 1 if outcome.in_scope else 0
+        elif outcome.status == DECEASED:
+            self.deceased += 1
         else:
             self.failed += 1
         self.tasks += len(outcome.items)
@@ -82,6 +85,7 @@ class Counts:
         self.patients += other.patients
         self.evaluated += other.evaluated
         self.failed += other.failed
+        self.deceased += other.deceased
         self.in_scope += other.in_scope
         self.tasks += other.tasks
         for category, number in other.problems.items():
@@ -111,6 +115,7 @@ class Counts:
                 "total": self.patients,
                 "evaluated": self.evaluated,
                 "failed": self.failed,
+                "deceased": self.deceased,
                 "inScope": self.in_scope,
             },
             "rules": {rule_id: self.rules[rule_id] for rule_id in sorted(self.rules)},
@@ -264,6 +269,8 @@ def _finish(
                     continue
                 if status is None:
                     new_status, reason = "cancelled", "the patient is not in this run's input"
+                elif status == DECEASED:
+                    new_status, reason = "cancelled", "the patient is recorded as deceased"
                 elif superseded:
                     new_status, reason = "cancelled", "superseded: the rule now fires on other data or version"
                 else:

@@ -18,6 +18,8 @@ from spasticity_cds.engine.evaluator import Engine
 from spasticity_cds.errors import InputError
 from spasticity_cds.fhir.model import RESOURCE_DECODER, Resource
 
+#: The outcome status of a patient recorded as deceased: counted, not evaluated, no Tasks.
+DECEASED = "deceased"
 #: One input line of a patient: (file index, 1-based line number, raw bytes).
 Line = tuple[int, int, bytes]
 #: One fired finding for the rule counts: (rule id, rule version, kind, severity, actionable).
@@ -82,6 +84,9 @@ class PatientEvaluator:
         where = f"{key} ({self.location(lines[0])})" if lines else key
         try:
             record = api.read_patient(resources, source=where)
+            if policy.is_deceased(record.patient):
+                outcome.status = DECEASED
+                return outcome
             result = self.engine.evaluate(record, self.spec.now)
         except InputError as error:
             outcome.status = "failed"

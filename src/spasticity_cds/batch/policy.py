@@ -44,6 +44,12 @@ def is_actionable(finding: Mapping[str, Any]) -> bool:
     return kind == "recommendation" and finding.get("action") in ACTIONABLE_RECOMMENDATION_ACTIONS
 
 
+def is_deceased(patient: Mapping[str, Any]) -> bool:
+    """True when the Patient resource records a death (``deceasedBoolean`` true or any ``deceasedDateTime``): such
+    a patient gets no worklist Tasks, and the next ``--since`` run closes the ones still open."""
+    return patient.get("deceasedBoolean") is True or bool(patient.get("deceasedDateTime"))
+
+
 def action_code(finding: Mapping[str, Any]) -> str:
     """The worklist action code of an actionable finding."""
     action = finding.get("action")

@@ -162,6 +162,21 @@ R4_TYPES: Final = frozenset(
     }
 )
 
+#: Resource types outside FHIR R4's Patient compartment that exports ship as context (who and where): no patient
+#: owns them and the evaluator reads none of them, so they are counted, not reported line by line.
+CONTEXT_TYPES: Final = frozenset(
+    {
+        "Endpoint",
+        "HealthcareService",
+        "Location",
+        "Organization",
+        "OrganizationAffiliation",
+        "Practitioner",
+        "PractitionerRole",
+        "Substance",
+    }
+)
+
 #: Fields that tie a resource to its patient, in the order the record builder reads them.
 PATIENT_LINK_FIELDS: Final = ("subject", "patient", "beneficiary")
 #: A reference to a patient: relative, absolute or versionless; group 2 is the id.
@@ -175,6 +190,7 @@ BLANK: Final = "blank"
 MALFORMED: Final = "malformed"
 UNKNOWN_TYPE: Final = "unknown-type"
 NO_PATIENT: Final = "no-patient"
+CONTEXT: Final = "context"
 PATIENT_INPUT: Final = "patient-input"
 EVALUATION: Final = "evaluation"
 #: The categories of a single input line (counted per file, reported with file and line).
@@ -246,6 +262,8 @@ def classify(raw: bytes) -> Classified:
     medication = _reference(document, "medicationReference")
     med_match = _MEDICATION_RE.search(medication) if medication is not None else None
     medication_ref = f"Medication/{med_match.group(2)}" if med_match else None
+    if key is None and resource_type in CONTEXT_TYPES:
+        return Classified(CONTEXT, resource_type, None, resource_id)
     if key is None and resource_type != "Medication":
         return Classified(NO_PATIENT, resource_type, None, resource_id)
     return Classified(OK, resource_type, key, resource_id, medication_ref)

@@ -139,6 +139,7 @@ def _manifest(
             "url": item.name,
             "lines": sum(stats.values()),
             "resources": stats.get(problems.OK, 0),
+            "context": stats.get(problems.CONTEXT, 0),
             "problems": {category: stats[category] for category in problems.LINE_PROBLEMS if stats.get(category)},
         }
         if item.declared_type:
@@ -160,15 +161,18 @@ def _manifest(
             "transactionTime": inputs.transaction_time,
             "request": inputs.request,
             "files": files,
+            "skipped": [{"url": name, "reason": "the Bulk Data client's export log"} for name in inputs.skipped],
         },
         "since": {"run": str(previous)} if previous is not None else None,
         "counts": {
             "lines": sum(sum(stats.values()) for stats in report.file_stats),
             "resources": sum(stats.get(problems.OK, 0) for stats in report.file_stats),
+            "context": sum(stats.get(problems.CONTEXT, 0) for stats in report.file_stats),
             "blankLines": sum(stats.get(problems.BLANK, 0) for stats in report.file_stats),
             "patients": report.patients,
             "patientsEvaluated": counts.evaluated,
             "patientsFailed": counts.failed,
+            "patientsDeceased": counts.deceased,
             "patientsInScope": counts.in_scope,
             "tasks": tasks,
             "problems": dict(sorted(counts.problems.items())),

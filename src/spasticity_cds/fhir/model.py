@@ -168,6 +168,8 @@ class Resource(Component):
     type: str | CodeableConcept | list[CodeableConcept] | None = None
     birth_date: str | None = None
     gender: str | None = None
+    deceased_boolean: bool | None = None
+    deceased_date_time: str | None = None
     name: str | list[HumanName] | None = None
     identifier: list[Identifier] | Identifier | None = None
     contained: list[Resource] | None = None

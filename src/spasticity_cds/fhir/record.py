@@ -28,7 +28,7 @@ class PatientRecord:
 
     @cached_property
     def patient(self) -> dict[str, Any]:
-        """The Patient resource as FHIR JSON (the fields read: id, name, identifier, gender, birthDate)."""
+        """The Patient resource as FHIR JSON (the fields read: id, name, identifier, gender, birthDate, deceased[x])."""
         return as_json(self.patient_resource)
 
     def of_type(self, resource_type: str) -> list[Resource]:
