@@ -11,7 +11,7 @@ import pytest
 from spasticity_cds.synth import write_cohort
 
 from .batch_helpers import BAD_OBSERVATION_LINES, SEED, N
-from .synthea_export import write_synthea_export
+from .synthea_export import write_synthea_bundles, write_synthea_export
 
 
 @pytest.fixture(scope="session")
@@ -60,3 +60,9 @@ def bad_cohort(clean_cohort: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 def synthea_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The vendored Synthea export of 13 patients, each given ALS and two in three an antispastic order."""
     return write_synthea_export(tmp_path_factory.mktemp("synthea") / "export")
+
+
+@pytest.fixture(scope="session")
+def bundle_folder(synthea_export: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same patients as Synthea's default exporter writes them: one transaction Bundle per patient."""
+    return write_synthea_bundles(synthea_export, tmp_path_factory.mktemp("bundles") / "in")

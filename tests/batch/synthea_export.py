@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import shutil
+from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -67,4 +68,71 @@ def write_synthea_export(folder: Path) -> Path:
     shutil.copytree(EXPORT, folder)
     added = _added_resources(_patient_ids())
     (folder / "Added.ndjson").write_bytes(b"".join(orjson.dumps(resource) + b"\n" for resource in added))
+    return folder
+
+
+def resources_of(folder: Path) -> list[dict[str, Any]]:
+    """Every resource of an export folder, file by file."""
+    resources: list[dict[str, Any]] = []
+    for path in sorted(folder.glob("*.ndjson*")):
+        if path.name != "log.ndjson":
+            opener = gzip.open if path.suffix == ".gz" else open
+            with opener(path, "rb") as handle:
+                resources.extend(orjson.loads(line) for line in handle)
+    return resources
+
+
+def _as_urn(value: Any, ids: set[str]) -> Any:
+    """``value`` with every ``Type/id`` reference to a resource of the Bundle turned into ``urn:uuid:id``."""
+    if isinstance(value, dict):
+        return {
+            key: f"urn:uuid:{item.split('/', 1)[1]}"
+            if key == "reference" and isinstance(item, str) and item.split("/", 1)[-1] in ids
+            else _as_urn(item, ids)
+            for key, item in value.items()
+        }
+    if isinstance(value, list):
+        return [_as_urn(item, ids) for item in value]
+    return value
+
+
+def _transaction(resources: list[dict[str, Any]]) -> dict[str, Any]:
+    """A Bundle as Synthea writes one: urn:uuid fullUrls and links, a Provenance targeting every entry."""
+    ids = {resource["id"] for resource in resources}
+    provenance = {
+        "resourceType": "Provenance",
+        "id": f"provenance-{resources[0]['id']}",
+        "target": [{"reference": f"{resource['resourceType']}/{resource['id']}"} for resource in resources],
+        "recorded": "2026-10-01T00:00:00Z",
+    }
+    ids.add(provenance["id"])
+    entries = [
+        {
+            "fullUrl": f"urn:uuid:{resource['id']}",
+            "resource": _as_urn(resource, ids),
+            "request": {"method": "POST", "url": resource["resourceType"]},
+        }
+        for resource in [*resources, provenance]
+    ]
+    return {"resourceType": "Bundle", "type": "transaction", "entry": entries}
+
+
+def write_synthea_bundles(export: Path, folder: Path) -> Path:
+    """The export re-bundled per patient in ``folder``, plus one batch Bundle of practitioners and places, as
+    Synthea's default exporter lays them out."""
+    folder.mkdir(parents=True)
+    per_patient: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    context: list[dict[str, Any]] = []
+    for resource in resources_of(export):
+        if resource["resourceType"] in CONTEXT_FILES:
+            context.append(resource)
+            continue
+        link = resource.get("subject") or resource.get("patient")
+        key = f"Patient/{resource['id']}" if resource["resourceType"] == "Patient" else link["reference"]
+        per_patient[key].append(resource)
+    for key, resources in per_patient.items():
+        resources.sort(key=lambda resource: resource["resourceType"] != "Patient")
+        (folder / f"{key.removeprefix('Patient/')}.json").write_bytes(orjson.dumps(_transaction(resources)))
+    batch = {"resourceType": "Bundle", "type": "batch", "entry": [{"resource": item} for item in context]}
+    (folder / "hospitalInformation.json").write_bytes(orjson.dumps(batch))
     return folder

@@ -65,11 +65,13 @@ def test_spark_since_matches_local_since(spark_session: Any, clean_cohort: Path,
         assert (tmp_path / "spark" / name).read_bytes() == (tmp_path / "local" / name).read_bytes(), name
 
 
-def test_spark_and_local_engines_agree_on_a_synthea_export(
-    spark_session: Any, synthea_export: Path, tmp_path: Path
+@pytest.mark.parametrize("layout", ["synthea_export", "bundle_folder"])
+def test_spark_and_local_engines_agree_on_synthea_data(
+    spark_session: Any, layout: str, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
-    local = run(synthea_export, tmp_path / "local")
-    spark = run(synthea_export, tmp_path / "spark", engine="spark")
+    source: Path = request.getfixturevalue(layout)
+    local = run(source, tmp_path / "local")
+    spark = run(source, tmp_path / "spark", engine="spark")
     for name in ("Task.ndjson", "OperationOutcome.ndjson", "rule_counts.json"):
         assert (tmp_path / "spark" / name).read_bytes() == (tmp_path / "local" / name).read_bytes(), name
     assert spark.counts == local.counts

@@ -44,7 +44,12 @@ def _workers(text: str) -> int:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Declare the options of ``spasticity-cds batch``."""
-    parser.add_argument("input", type=Path, metavar="INPUT", help="folder of .ndjson/.ndjson.gz files or manifest.json")
+    parser.add_argument(
+        "input",
+        type=Path,
+        metavar="INPUT",
+        help="folder of .ndjson/.ndjson.gz files or of Bundle .json files (Synthea's), or a Bulk Data manifest.json",
+    )
     parser.add_argument("--out", type=Path, required=True, help="output folder (written whole at the end)")
     parser.add_argument("--engine", choices=ENGINES, default="local", help="local (partitions + processes) or spark")
     parser.add_argument("--workers", type=_workers, default=1, help="worker processes of the local engine (1: none)")

@@ -12,6 +12,8 @@ import orjson
 from spasticity_cds.errors import BatchError
 
 SUFFIXES = (".ndjson", ".ndjson.gz")
+#: A file of one JSON document in a folder: a Bundle (Synthea writes one per patient) or a single resource.
+BUNDLE_SUFFIX = ".json"
 #: The export log the SMART Bulk Data client writes beside the files it downloads (events, not resources).
 CLIENT_LOG = "log.ndjson"
 
@@ -24,6 +26,7 @@ class InputFile:
     name: str
     declared_type: str | None = None
     declared_count: int | None = None
+    bundle: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,15 +45,15 @@ def discover(source: Path) -> InputSet:
     """The input files named by ``source`` (a folder or a manifest); raises ``BatchError`` when unusable."""
     if source.is_dir():
         manifest = source / "manifest.json"
-        found = sorted(p for p in source.iterdir() if p.is_file() and p.name.endswith(SUFFIXES))
+        found = sorted(p for p in source.iterdir() if p.is_file() and _readable(p.name))
         files = [path for path in found if path.name != CLIENT_LOG]
         if not files:
-            raise BatchError("no .ndjson or .ndjson.gz files in the folder", where=str(source))
+            raise BatchError("no .ndjson, .ndjson.gz or Bundle .json files in the folder", where=str(source))
         info = _read_manifest(manifest) if manifest.is_file() else {}
         return InputSet(
             source=source,
             kind="folder",
-            files=tuple(InputFile(path, path.name) for path in files),
+            files=tuple(InputFile(path, path.name, bundle=path.name.endswith(BUNDLE_SUFFIX)) for path in files),
             transaction_time=_text(info.get("transactionTime")),
             request=_text(info.get("request")),
             skipped=tuple(path.name for path in found if path.name == CLIENT_LOG),
@@ -65,6 +68,10 @@ def discover(source: Path) -> InputSet:
             request=_text(info.get("request")),
         )
     raise BatchError("no such file or folder", where=str(source))
+
+
+def _readable(name: str) -> bool:
+    return name.endswith(SUFFIXES) or (name.endswith(BUNDLE_SUFFIX) and name != "manifest.json")
 
 
 def _text(value: Any) -> str | None:

@@ -236,6 +236,17 @@ def _scalar(value: Any) -> str | None:
     return str(value)
 
 
+def _provenance_patient(document: Mapping[str, Any], resource_type: str) -> str | None:
+    """A Provenance belongs to the first Patient among its targets (its way into the Patient compartment)."""
+    targets = document.get("target") if resource_type == "Provenance" else None
+    for target in targets if isinstance(targets, list) else ():
+        reference = target.get("reference") if isinstance(target, dict) else None
+        match = _PATIENT_RE.search(reference) if isinstance(reference, str) else None
+        if match:
+            return f"Patient/{match.group(2)}"
+    return None
+
+
 def classify(raw: bytes) -> Classified:
     """Classify one NDJSON line, the same way in every engine (only its resourceType, id, patient links and
     medicationReference are read)."""
@@ -258,7 +269,7 @@ def classify(raw: bytes) -> Classified:
     else:
         link = next((ref for ref in (_reference(document, name) for name in PATIENT_LINK_FIELDS) if ref), None)
         match = _PATIENT_RE.search(link) if link is not None else None
-        key = f"Patient/{match.group(2)}" if match else None
+        key = f"Patient/{match.group(2)}" if match else _provenance_patient(document, resource_type)
     medication = _reference(document, "medicationReference")
     med_match = _MEDICATION_RE.search(medication) if medication is not None else None
     medication_ref = f"Medication/{med_match.group(2)}" if med_match else None

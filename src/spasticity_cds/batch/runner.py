@@ -11,7 +11,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from spasticity_cds.batch import output, problems
+from spasticity_cds.batch import bundles, output, problems
 from spasticity_cds.batch.inputs import InputSet, discover
 from spasticity_cds.batch.patient import EvaluationSpec, cached_evaluator
 from spasticity_cds.batch.scan import BLOCK_BYTES
@@ -95,6 +95,7 @@ def _run_into(
     )
     writer = output.RunWriter(partial)
     try:
+        inputs = bundles.converted(inputs, writer.work / "bundles")
         if options.engine == "spark":
             from spasticity_cds.batch.spark import run_spark
 

@@ -1,0 +1,84 @@
+"""Bundle files (Synthea's default output, one transaction Bundle per patient) turned into NDJSON lines."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from spasticity_cds.batch.inputs import InputFile, InputSet
+from spasticity_cds.errors import BatchError
+
+#: A reference as orjson writes it whose target may be another entry's ``fullUrl`` (a ``urn:uuid:``/``urn:oid:``).
+_URN_REFERENCE = re.compile(rb'"reference":"(urn:(?:uuid|oid):[^"\\]*)"')
+
+
+def converted(inputs: InputSet, work: Path) -> InputSet:
+    """``inputs`` with every Bundle file replaced by its NDJSON lines in ``work`` (the reported name is kept)."""
+    if not any(item.bundle for item in inputs.files):
+        return inputs
+    work.mkdir(parents=True, exist_ok=True)
+    files = tuple(_converted(item, work / f"{index:05d}.ndjson") for index, item in enumerate(inputs.files))
+    return replace(inputs, files=files)
+
+
+def _converted(item: InputFile, out: Path) -> InputFile:
+    if not item.bundle:
+        return item
+    try:
+        raw = item.path.read_bytes()
+    except OSError as error:
+        raise BatchError(f"cannot read the file: {error.strerror or error}", where=item.name) from None
+    with out.open("wb") as handle:
+        for line in bundle_lines(raw):
+            handle.write(line + b"\n")
+    return replace(item, path=out)
+
+
+def bundle_lines(raw: bytes) -> Iterator[bytes]:
+    """One line per entry of a Bundle (line ``n`` is entry ``n``; an entry without a resource is a blank line),
+    references to another entry's ``urn:`` fullUrl rewritten to ``Type/id``; a file that is not a Bundle is one
+    line: the resource it holds, or its text for the line classifier to report."""
+    try:
+        document = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        yield b" ".join(raw.splitlines())
+        return
+    entries = document.get("entry") if isinstance(document, dict) else None
+    if not (document.get("resourceType") == "Bundle" and isinstance(entries, list)):
+        yield orjson.dumps(document)
+        return
+    targets = _targets(entries)
+    for entry in entries:
+        resource = entry.get("resource") if isinstance(entry, dict) else None
+        yield b"" if resource is None else _rewritten(orjson.dumps(resource), targets)
+
+
+def _targets(entries: Sequence[Any]) -> dict[bytes, bytes]:
+    """``urn:`` fullUrl -> ``Type/id`` of the entries that have both."""
+    targets: dict[bytes, bytes] = {}
+    for entry in entries:
+        if not isinstance(entry, dict):
+            continue
+        full_url, resource = entry.get("fullUrl"), entry.get("resource")
+        if not (isinstance(full_url, str) and full_url.startswith("urn:") and isinstance(resource, dict)):
+            continue
+        resource_type, resource_id = resource.get("resourceType"), resource.get("id")
+        if isinstance(resource_type, str) and isinstance(resource_id, str) and resource_id:
+            targets[full_url.encode()] = f"{resource_type}/{resource_id}".encode()
+    return targets
+
+
+def _rewritten(line: bytes, targets: dict[bytes, bytes]) -> bytes:
+    if not targets or b'"reference":"urn:' not in line:
+        return line
+
+    def target(match: re.Match[bytes]) -> bytes:
+        found = targets.get(match.group(1))
+        return match.group(0) if found is None else b'"reference":"' + found + b'"'
+
+    return _URN_REFERENCE.sub(target, line)

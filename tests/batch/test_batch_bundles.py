@@ -1,0 +1,106 @@
+"""A folder of Bundle files (Synthea's default output: one transaction Bundle per patient, ``urn:uuid:`` links)
+gives the Tasks of the evaluator run on each Bundle file, and the same run as the export they were made from."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from spasticity_cds import api
+from spasticity_cds.batch import is_actionable
+from spasticity_cds.batch.bundles import bundle_lines
+from spasticity_cds.batch.tasks import build_task
+
+from .batch_helpers import NOW, read_ndjson, run
+from .synthea_export import CONTEXT_FILES, resources_of
+
+
+def _tasks_of_each_bundle(folder: Path) -> dict[str, dict[str, Any]]:
+    """The evaluator run on each patient's Bundle file as the one-patient CLI reads it (no batch code path)."""
+    engine = api.load_knowledge_base()
+    manifest = engine.kb.manifest
+    knowledge_base = {"name": manifest.name, "version": manifest.version, "digest": engine.kb.digest}
+    tasks: dict[str, dict[str, Any]] = {}
+    for path in sorted(folder.glob("*.json")):
+        if path.name == "hospitalInformation.json":
+            continue
+        record = api.read_patient(path.read_bytes(), source=path.name)
+        if record.patient.get("deceasedDateTime"):
+            continue
+        result = api.evaluate(record, now=NOW, engine=engine)
+        for finding in filter(is_actionable, result["findings"]):
+            task = build_task(
+                finding,
+                patient_ref=result["patient"],
+                patient=record.patient,
+                knowledge_base=knowledge_base,
+                authored_on=NOW.isoformat(),
+            )
+            tasks[task["id"]] = task
+    return tasks
+
+
+def test_a_folder_of_patient_bundles_gives_the_evaluators_tasks_bundle_by_bundle(
+    bundle_folder: Path, synthea_export: Path, tmp_path: Path
+) -> None:
+    summary = run(bundle_folder, tmp_path / "bundles", workers=2)
+    tasks = {task["id"]: task for task in read_ndjson(tmp_path / "bundles" / "Task.ndjson")}
+    expected = _tasks_of_each_bundle(bundle_folder)
+    assert expected
+    assert tasks == expected
+    counts = summary.counts
+    assert (counts["patients"], counts["patientsDeceased"], counts["patientsInScope"]) == (13, 3, 10)
+    assert counts["problems"] == {}, "Provenance reaches its patient through its targets; places are context"
+    assert counts["context"] == sum(
+        1 for resource in resources_of(synthea_export) if resource["resourceType"] in CONTEXT_FILES
+    )
+    run(synthea_export, tmp_path / "export")
+    exported = (tmp_path / "export" / "Task.ndjson").read_bytes()
+    assert (tmp_path / "bundles" / "Task.ndjson").read_bytes() == exported, "same Tasks as from the export"
+
+
+def test_bundle_lines_number_entries_rewrite_links_and_pass_on_what_is_not_a_bundle() -> None:
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "collection",
+        "entry": [
+            {"fullUrl": "urn:uuid:p1", "resource": {"resourceType": "Patient", "id": "p1"}},
+            {"request": {"method": "DELETE", "url": "Observation/x"}},
+            {
+                "fullUrl": "urn:uuid:o1",
+                "resource": {
+                    "resourceType": "Observation",
+                    "id": "o1",
+                    "subject": {"reference": "urn:uuid:p1"},
+                    "hasMember": [{"reference": "urn:uuid:elsewhere"}],
+                    "derivedFrom": [{"reference": "urn:uuid:p1", "display": 'not "reference":"urn:uuid:p1"'}],
+                },
+            },
+        ],
+    }
+    lines = list(bundle_lines(orjson.dumps(bundle, option=orjson.OPT_INDENT_2)))
+    assert lines[0] == b'{"resourceType":"Patient","id":"p1"}'
+    assert lines[1] == b"", "an entry without a resource keeps its line number as a blank line"
+    observation = orjson.loads(lines[2])
+    assert observation["subject"] == {"reference": "Patient/p1"}
+    assert observation["hasMember"] == [{"reference": "urn:uuid:elsewhere"}], "a link outside the Bundle is kept"
+    assert observation["derivedFrom"][0] == {"reference": "Patient/p1", "display": 'not "reference":"urn:uuid:p1"'}
+    assert list(bundle_lines(b'{"resourceType": "Patient",\n "id": "solo"}')) == [
+        b'{"resourceType":"Patient","id":"solo"}'
+    ]
+    assert list(bundle_lines(b"{not json\n at all")) == [b"{not json  at all"]
+
+
+def test_a_broken_json_file_is_reported_where_it_is_and_the_run_goes_on(bundle_folder: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for path in sorted(bundle_folder.glob("*.json"))[:3]:
+        (folder / path.name).write_bytes(path.read_bytes())
+    (folder / "broken.json").write_bytes(b'{"resourceType": "Bundle", "entry": [')
+    summary = run(folder, tmp_path / "out")
+    assert summary.counts["problems"] == {"malformed": 1}
+    outcome = read_ndjson(tmp_path / "out" / "OperationOutcome.ndjson")[0]
+    assert outcome["issue"][0]["location"] == ["broken.json:1"]
+    assert summary.counts["patientsEvaluated"] + summary.counts["patientsDeceased"] >= 2
