@@ -79,17 +79,14 @@ def run_local(
 
     work = writer.work / "local"
     work.mkdir(parents=True, exist_ok=True)
-    count = scan.partition_count(inputs.files, options.block_bytes, options.workers)
-    tasks = scan.plan(inputs.files, work, count, options.block_bytes)
     with _pool(options.workers) as pool:
-        layout = _layout(inputs.files, tasks, pool.map(scan.scan, tasks), count)
-        medications = _split_shared(layout, work / "medications.bin")
+        layout, medications = _scanned(inputs.files, work, options.block_bytes, options.workers, pool.map)
         writer.line_problems([item.name for item in inputs.files], _collected(layout))
         jobs = [
             partition.PartitionTask(
                 index, tuple(layout.slices[index]), medications, str(work / f"part-{index:04d}.bin"), spec
             )
-            for index in range(count)
+            for index in range(layout.partitions)
         ]
         total = layout.patient_lines  # patients are counted exactly only once grouped; those without one come on top
         done = 0
@@ -109,12 +106,24 @@ def grouped(
     files: Sequence[InputFile], work: Path, block_bytes: int = scan.BLOCK_BYTES
 ) -> Iterator[tuple[str, list[Line]]]:
     """Every patient's lines without evaluating them (tests, the benchmark), one partition after the other."""
-    count = scan.partition_count(files, block_bytes, 1)
-    tasks = scan.plan(files, work, count, block_bytes)
-    layout = _layout(files, tasks, map(scan.scan, tasks), count)
-    medications = _split_shared(layout, work / "medications.bin")
+    layout, medications = _scanned(files, work, block_bytes, 1, map)
     for slices in layout.slices:
         yield from partition.group(slices, medications)
+
+
+def _scanned(
+    files: Sequence[InputFile],
+    work: Path,
+    block_bytes: int,
+    workers: int,
+    mapper: Callable[[Callable[[scan.ScanTask], scan.ScanResult], Sequence[scan.ScanTask]], Iterable[scan.ScanResult]],
+) -> tuple[Layout, str]:
+    """Scan every file into partitions under ``work`` (``mapper`` runs the scan tasks); the layout and the path
+    of the shared Medications some patient references."""
+    count = scan.partition_count(files, block_bytes, workers)
+    tasks = scan.plan(files, work, count, block_bytes)
+    layout = _layout(files, tasks, mapper(scan.scan, tasks), count)
+    return layout, _split_shared(layout, work / "medications.bin")
 
 
 def _layout(

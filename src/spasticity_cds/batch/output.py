@@ -126,22 +126,25 @@ class Counts:
 class RunWriter:
     """Streams per-patient outcomes to work files in ``root``, then writes the final outputs in ``finish``."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, previous: Path | None) -> None:
+        """``previous``: the run to compare with (``--since``), for which item keys and patient statuses are kept."""
         self.root = root
+        self.previous = previous
         self.work = root / WORK
         self.work.mkdir(parents=True, exist_ok=True)
         self.counts = Counts()
-        self._keys = (self.work / "keys.ndjson").open("wb")
+        self._keys = (self.work / "keys.ndjson").open("wb") if previous else None
         self._tasks = (self.work / "tasks.ndjson").open("wb")
         self._rows = [(self.work / f"rows-{rank}.ndjson").open("wb") for rank in SEVERITY_RANKS]
-        self._patients = (self.work / "patients.ndjson").open("wb")
+        self._patients = (self.work / "patients.ndjson").open("wb") if previous else None
         self._outcomes = (root / OUTCOMES).open("wb")
         self.outcome_count = 0
 
     def close(self) -> None:
         """Close the open files (idempotent)."""
         for handle in (self._keys, self._tasks, *self._rows, self._patients, self._outcomes):
-            handle.close()
+            if handle is not None:
+                handle.close()
 
     def add(self, outcome: PatientOutcome) -> None:
         """Record and count one patient's outcome."""
@@ -151,10 +154,12 @@ class RunWriter:
     def write(self, outcome: PatientOutcome) -> None:
         """Record one patient's outcome counted elsewhere (``counts.merge``)."""
         for key, task, severity, row in outcome.items:
-            self._keys.write(key + b"\n")
+            if self._keys is not None:
+                self._keys.write(key + b"\n")
             self._tasks.write(task + b"\n")
             self._rows[min(severity, SEVERITY_RANKS[-1])].write(row + b"\n")
-        self._patients.write(orjson.dumps({"key": outcome.key, "status": outcome.status}) + b"\n")
+        if self._patients is not None:
+            self._patients.write(orjson.dumps({"key": outcome.key, "status": outcome.status}) + b"\n")
         for problem in outcome.problems:
             self._outcomes.write(problem + b"\n")
             self.outcome_count += 1
@@ -182,9 +187,10 @@ class RunWriter:
         for file_id, status, more in sorted(overflow):
             self.problem(problems.overflow(status, names[file_id], more))
 
-    def finish(self, *, previous: Path | None, now: str, app_url: str, memory_limit: str) -> dict[str, int]:
+    def finish(self, *, now: str, app_url: str, memory_limit: str) -> dict[str, int]:
         """Write Task, open, closed, CSV, HTML; returns counts of new, open, closed and carried Tasks."""
         self.close()
+        previous = self.previous
         if previous is None:
             return _finish_first(self.root, self.work, app_url, self.counts.tasks)
         import duckdb  # here, so that registering the command does not load DuckDB

@@ -93,7 +93,7 @@ def _run_into(
         files=tuple(item.name for item in inputs.files),
         kb_path=str(options.kb_path) if options.kb_path else None,
     )
-    writer = output.RunWriter(partial)
+    writer = output.RunWriter(partial, previous)
     try:
         inputs = bundles.converted(inputs, writer.work / "bundles")
         if options.engine == "spark":
@@ -109,7 +109,6 @@ def _run_into(
                 if stats.get(category):
                     writer.counts.problem(category, stats[category])
         tasks = writer.finish(
-            previous=previous,
             now=options.now.isoformat(),
             app_url=options.app_url,
             memory_limit=options.memory_limit,
