@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from spasticity_cds.batch import BatchOptions, BatchSummary, run_batch
+from spasticity_cds import api
+from spasticity_cds.api import PatientInput
+from spasticity_cds.batch import BatchOptions, BatchSummary, is_actionable, run_batch
+from spasticity_cds.batch.tasks import build_task
 
 NOW = datetime(2026, 11, 1, 9, 30, tzinfo=timezone(timedelta(hours=-5)))
 SEED = 3
@@ -43,3 +47,27 @@ def read_ndjson(path: Path) -> list[dict[str, Any]]:
 def run(source: Path, out: Path, **options: Any) -> BatchSummary:
     """Run the batch with the fixed clock."""
     return run_batch(BatchOptions(source=source, out=out, now=NOW, **options))
+
+
+def evaluator_tasks(patients: Iterable[PatientInput]) -> dict[str, dict[str, Any]]:
+    """The Tasks of running the evaluator on each patient's data directly (no batch code path), by id; a patient
+    whose record carries a death is left out, as the batch policy says."""
+    engine = api.load_knowledge_base()
+    manifest = engine.kb.manifest
+    knowledge_base = {"name": manifest.name, "version": manifest.version, "digest": engine.kb.digest}
+    tasks: dict[str, dict[str, Any]] = {}
+    for data in patients:
+        record = api.read_patient(data)
+        if record.patient.get("deceasedDateTime") or record.patient.get("deceasedBoolean"):
+            continue
+        result = api.evaluate(record, now=NOW, engine=engine)
+        for finding in filter(is_actionable, result["findings"]):
+            task = build_task(
+                finding,
+                patient_ref=result["patient"],
+                patient=record.patient,
+                knowledge_base=knowledge_base,
+                authored_on=NOW.isoformat(),
+            )
+            tasks[task["id"]] = task
+    return tasks

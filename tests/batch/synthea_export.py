@@ -117,10 +117,8 @@ def _transaction(resources: list[dict[str, Any]]) -> dict[str, Any]:
     return {"resourceType": "Bundle", "type": "transaction", "entry": entries}
 
 
-def write_synthea_bundles(export: Path, folder: Path) -> Path:
-    """The export re-bundled per patient in ``folder``, plus one batch Bundle of practitioners and places, as
-    Synthea's default exporter lays them out."""
-    folder.mkdir(parents=True)
+def by_patient(export: Path) -> tuple[dict[str, list[dict[str, Any]]], list[dict[str, Any]]]:
+    """The export's resources grouped per patient here, without any batch code, and its context resources."""
     per_patient: dict[str, list[dict[str, Any]]] = defaultdict(list)
     context: list[dict[str, Any]] = []
     for resource in resources_of(export):
@@ -130,6 +128,14 @@ def write_synthea_bundles(export: Path, folder: Path) -> Path:
         link = resource.get("subject") or resource.get("patient")
         key = f"Patient/{resource['id']}" if resource["resourceType"] == "Patient" else link["reference"]
         per_patient[key].append(resource)
+    return per_patient, context
+
+
+def write_synthea_bundles(export: Path, folder: Path) -> Path:
+    """The export re-bundled per patient in ``folder`` (urn:uuid links, a Provenance each), plus one batch Bundle
+    of practitioners and places: the layout of Synthea's default exporter, rebuilt from the export."""
+    folder.mkdir(parents=True)
+    per_patient, context = by_patient(export)
     for key, resources in per_patient.items():
         resources.sort(key=lambda resource: resource["resourceType"] != "Patient")
         (folder / f"{key.removeprefix('Patient/')}.json").write_bytes(orjson.dumps(_transaction(resources)))

@@ -4,42 +4,13 @@ gives the Tasks of the evaluator run on each Bundle file, and the same run as th
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import orjson
 
-from spasticity_cds import api
-from spasticity_cds.batch import is_actionable
 from spasticity_cds.batch.bundles import bundle_lines
-from spasticity_cds.batch.tasks import build_task
 
-from .batch_helpers import NOW, read_ndjson, run
+from .batch_helpers import evaluator_tasks, read_ndjson, run
 from .synthea_export import CONTEXT_FILES, resources_of
-
-
-def _tasks_of_each_bundle(folder: Path) -> dict[str, dict[str, Any]]:
-    """The evaluator run on each patient's Bundle file as the one-patient CLI reads it (no batch code path)."""
-    engine = api.load_knowledge_base()
-    manifest = engine.kb.manifest
-    knowledge_base = {"name": manifest.name, "version": manifest.version, "digest": engine.kb.digest}
-    tasks: dict[str, dict[str, Any]] = {}
-    for path in sorted(folder.glob("*.json")):
-        if path.name == "hospitalInformation.json":
-            continue
-        record = api.read_patient(path.read_bytes(), source=path.name)
-        if record.patient.get("deceasedDateTime"):
-            continue
-        result = api.evaluate(record, now=NOW, engine=engine)
-        for finding in filter(is_actionable, result["findings"]):
-            task = build_task(
-                finding,
-                patient_ref=result["patient"],
-                patient=record.patient,
-                knowledge_base=knowledge_base,
-                authored_on=NOW.isoformat(),
-            )
-            tasks[task["id"]] = task
-    return tasks
 
 
 def test_a_folder_of_patient_bundles_gives_the_evaluators_tasks_bundle_by_bundle(
@@ -47,7 +18,8 @@ def test_a_folder_of_patient_bundles_gives_the_evaluators_tasks_bundle_by_bundle
 ) -> None:
     summary = run(bundle_folder, tmp_path / "bundles", workers=2)
     tasks = {task["id"]: task for task in read_ndjson(tmp_path / "bundles" / "Task.ndjson")}
-    expected = _tasks_of_each_bundle(bundle_folder)
+    patient_files = sorted(set(bundle_folder.glob("*.json")) - {bundle_folder / "hospitalInformation.json"})
+    expected = evaluator_tasks(path.read_bytes() for path in patient_files)  # as the one-patient CLI reads them
     assert expected
     assert tasks == expected
     counts = summary.counts
@@ -90,7 +62,10 @@ def test_bundle_lines_number_entries_rewrite_links_and_pass_on_what_is_not_a_bun
     assert list(bundle_lines(b'{"resourceType": "Patient",\n "id": "solo"}')) == [
         b'{"resourceType":"Patient","id":"solo"}'
     ]
-    assert list(bundle_lines(b"{not json\n at all")) == [b"{not json  at all"]
+    assert list(bundle_lines(b"{not json\n at all")) == [b"{not json at all"]
+    assert list(bundle_lines(b"[1,\n 2]")) == [b"[1,2]"], "a JSON list is one line, reported as not an object"
+    assert list(bundle_lines(b'{"resourceType": "Bundle", "entry": [7, {"resource": null}]}')) == [b"7", b""]
+    assert list(bundle_lines(b'{"resourceType": "Bundle", "type": "searchset", "total": 0}')) == []
 
 
 def test_a_broken_json_file_is_reported_where_it_is_and_the_run_goes_on(bundle_folder: Path, tmp_path: Path) -> None:
@@ -104,3 +79,24 @@ def test_a_broken_json_file_is_reported_where_it_is_and_the_run_goes_on(bundle_f
     outcome = read_ndjson(tmp_path / "out" / "OperationOutcome.ndjson")[0]
     assert outcome["issue"][0]["location"] == ["broken.json:1"]
     assert summary.counts["patientsEvaluated"] + summary.counts["patientsDeceased"] >= 2
+
+
+def test_a_transaction_without_ids_takes_them_from_the_urns_and_odd_bytes_are_read_as_on_a_line() -> None:
+    posted = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            {"fullUrl": "urn:uuid:61ebe359", "resource": {"resourceType": "Patient"}},
+            {
+                "fullUrl": "urn:uuid:88f151c0",
+                "resource": {"resourceType": "Condition", "subject": {"reference": "urn:uuid:61ebe359"}},
+            },
+        ],
+    }
+    patient, condition = (orjson.loads(line) for line in bundle_lines(orjson.dumps(posted)))
+    assert patient == {"resourceType": "Patient", "id": "61ebe359"}
+    assert condition["id"] == "88f151c0"
+    assert condition["subject"] == {"reference": "Patient/61ebe359"}
+    assert list(bundle_lines(b"\xef\xbb\xbf" + orjson.dumps(posted))) == list(bundle_lines(orjson.dumps(posted)))
+    (line,) = bundle_lines(b'{"resourceType": "Patient", "id": "p", "name": [{"text": "\xff"}]}')
+    assert orjson.loads(line)["name"] == [{"text": "\ufffd"}]

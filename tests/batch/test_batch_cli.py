@@ -85,15 +85,17 @@ def test_a_killed_run_leaves_the_previous_output_and_a_rerun_succeeds(clean_coho
     write_cohort(bigger, n=400, profile="lean", seed=11, fmt="bulk")
     with _batch(bigger, out) as victim:
         deadline = time.monotonic() + 120
-        work = None
+        evaluating = None
         while time.monotonic() < deadline and victim.poll() is None:
-            # The work folder exists from the start of the run to its final rename. The size of a work file is no
-            # signal: write buffers follow the file system's block size and may hold the whole run.
-            work = next(tmp_path.glob(".out.partial-*/_work"), None)
-            if work is not None:
+            # A partition's outcome file is created when its patients start being evaluated. Its size is no
+            # signal: write buffers follow the file system's block size and may hold the whole partition.
+            evaluating = next(tmp_path.glob(".out.partial-*/_work/local/part-*.bin"), None)
+            if evaluating is not None:
                 break
             time.sleep(0.005)
-        assert work is not None, f"the run should be killed part-way; it ended: {victim.communicate()[1].decode()}"
+        if evaluating is None:
+            victim.kill()
+            pytest.fail(f"the run should be killed while it evaluates; it said: {victim.communicate(timeout=30)[1]!r}")
         os.kill(victim.pid, signal.SIGKILL)
         victim.wait(timeout=30)
     assert (out / "manifest.json").read_bytes() == before, "the previous output is untouched"

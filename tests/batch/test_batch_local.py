@@ -10,42 +10,16 @@ from typing import Any
 import orjson
 import pytest
 
-from spasticity_cds import api
-from spasticity_cds.batch import is_actionable
-from spasticity_cds.batch.tasks import build_task
 from spasticity_cds.errors import BatchError
 from spasticity_cds.synth import generate_patient
 
-from .batch_helpers import NOW, SEED, N, line_of, read_ndjson, run
-
-
-def expected_tasks() -> dict[str, dict[str, Any]]:
-    """Tasks from running the evaluator on each synthetic patient's resources directly (no batch code path)."""
-    engine = api.load_knowledge_base()
-    manifest = engine.kb.manifest
-    knowledge_base = {"name": manifest.name, "version": manifest.version, "digest": engine.kb.digest}
-    tasks: dict[str, dict[str, Any]] = {}
-    for index in range(N):
-        resources = generate_patient(SEED, index, "lean")
-        result = api.evaluate(resources, now=NOW, engine=engine)
-        patient = next(r for r in resources if r["resourceType"] == "Patient")
-        for finding in result["findings"]:
-            if is_actionable(finding):
-                task = build_task(
-                    finding,
-                    patient_ref=result["patient"],
-                    patient=patient,
-                    knowledge_base=knowledge_base,
-                    authored_on=NOW.isoformat(),
-                )
-                tasks[task["id"]] = task
-    return tasks
+from .batch_helpers import NOW, SEED, N, evaluator_tasks, line_of, read_ndjson, run
 
 
 def test_batch_equals_the_evaluator_patient_by_patient(clean_cohort: Path, tmp_path: Path) -> None:
     summary = run(clean_cohort, tmp_path / "run")
     tasks = {task["id"]: task for task in read_ndjson(tmp_path / "run" / "Task.ndjson")}
-    expected = expected_tasks()
+    expected = evaluator_tasks(generate_patient(SEED, index, "lean") for index in range(N))
     assert expected, "the cohort should produce some actionable findings"
     assert tasks == expected
     counts = summary.counts

@@ -6,12 +6,14 @@ import csv
 import re
 import shutil
 from pathlib import Path
+from typing import Any
 
 import orjson
+import pytest
 
 from spasticity_cds.batch import policy
 
-from .batch_helpers import read_ndjson, run
+from .batch_helpers import NOW, read_ndjson, run
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:
@@ -105,3 +107,22 @@ def test_policy_table() -> None:
     assert not policy.is_actionable(finding("info", "critical"))
     assert policy.action_code(finding("dose", "warning", "renal-dose")) == "renal-dose"
     assert policy.action_code(finding("warning", "warning")) == "review"
+
+
+@pytest.mark.parametrize(
+    ("patient", "deceased"),
+    [
+        ({"deceasedBoolean": True}, True),
+        ({"deceasedBoolean": False}, False),
+        ({}, False),
+        ({"deceasedDateTime": "2026-10-31T23:00:00-05:00"}, True),
+        ({"deceasedDateTime": "2026-11-01"}, True),
+        ({"deceasedDateTime": "2026-11-02"}, False),
+        ({"deceasedDateTime": "2026-11"}, True),
+        ({"deceasedDateTime": "2026-12"}, False),
+        ({"deceasedDateTime": "2027"}, False),
+        ({"deceasedDateTime": ""}, False),
+    ],
+)
+def test_deceased_means_a_death_recorded_by_the_evaluation_day(patient: dict[str, Any], deceased: bool) -> None:
+    assert policy.is_deceased(patient, NOW) is deceased  # NOW is 2026-11-01

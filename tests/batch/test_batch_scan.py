@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
+import orjson
 import pytest
 
 from spasticity_cds.batch import problems
@@ -102,4 +104,22 @@ def test_keys_ending_in_a_tab_keep_their_resources_together(tmp_path: Path) -> N
 def test_resources_no_patient_owns_are_context_only_for_the_who_and_where_types(raw: bytes, status: str) -> None:
     classified = problems.classify(raw)
     assert (classified.status, classified.key) == (status, None)
+    assert fast_key(raw) is None
+
+
+@pytest.mark.parametrize(
+    ("targets", "key"),
+    [
+        ([{"reference": "Encounter/e1"}, {"reference": "Patient/p1"}], "Patient/p1"),
+        ([{"reference": "Patient/p1/_history/3"}], "Patient/p1"),
+        ([{"reference": "https://ehr.example/fhir/Patient/p1/_history/3"}], "Patient/p1"),
+        (["Patient/p1", {"display": "no reference"}, {"reference": "Patient/p2"}], "Patient/p2"),
+        ([{"reference": "Group/g1"}], None),
+        ({"reference": "Patient/p1"}, None),
+    ],
+)
+def test_a_provenance_belongs_to_the_first_patient_among_its_targets(targets: Any, key: str | None) -> None:
+    raw = orjson.dumps({"resourceType": "Provenance", "id": "pv", "target": targets})
+    classified = problems.classify(raw)
+    assert (classified.status, classified.key) == (problems.NO_PATIENT if key is None else problems.OK, key)
     assert fast_key(raw) is None

@@ -40,26 +40,37 @@ def _converted(item: InputFile, out: Path) -> InputFile:
 
 
 def bundle_lines(raw: bytes) -> Iterator[bytes]:
-    """One line per entry of a Bundle (line ``n`` is entry ``n``; an entry without a resource is a blank line),
-    references to another entry's ``urn:`` fullUrl rewritten to ``Type/id``; a file that is not a Bundle is one
-    line: the resource it holds, or its text for the line classifier to report."""
+    """One line per entry of a Bundle (line ``n`` is entry ``n``; an entry without a resource is a blank line, one
+    that is not an object its JSON), references to another entry's ``urn:`` fullUrl rewritten to ``Type/id``; a
+    file that is not a Bundle is one line: the resource it holds, or its text for the line classifier to report."""
+    text = raw.removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte-order mark, which some exporters write
     try:
-        document = orjson.loads(raw)
+        document = orjson.loads(text)
     except orjson.JSONDecodeError:
-        yield b" ".join(raw.splitlines())
+        try:  # invalid UTF-8 becomes U+FFFD, as on an NDJSON line
+            document = orjson.loads(text.decode("utf-8", "replace"))
+        except orjson.JSONDecodeError:
+            yield b" ".join(text.split())
+            return
+    if not (isinstance(document, dict) and document.get("resourceType") == "Bundle"):
+        yield orjson.dumps(document)
         return
-    entries = document.get("entry") if isinstance(document, dict) else None
-    if not (document.get("resourceType") == "Bundle" and isinstance(entries, list)):
+    entries = document.get("entry", [])
+    if not isinstance(entries, list):
         yield orjson.dumps(document)
         return
     targets = _targets(entries)
     for entry in entries:
-        resource = entry.get("resource") if isinstance(entry, dict) else None
+        if not isinstance(entry, dict):
+            yield orjson.dumps(entry)  # reported by the line classifier as not a JSON object
+            continue
+        resource = entry.get("resource")
         yield b"" if resource is None else _rewritten(orjson.dumps(resource), targets)
 
 
 def _targets(entries: Sequence[Any]) -> dict[bytes, bytes]:
-    """``urn:`` fullUrl -> ``Type/id`` of the entries that have both."""
+    """``urn:`` fullUrl -> ``Type/id`` of the entries that have one. A resource without an ``id`` (usual in a
+    transaction Bundle that POSTs) takes the urn's last part, as a server would give it one."""
     targets: dict[bytes, bytes] = {}
     for entry in entries:
         if not isinstance(entry, dict):
@@ -67,9 +78,13 @@ def _targets(entries: Sequence[Any]) -> dict[bytes, bytes]:
         full_url, resource = entry.get("fullUrl"), entry.get("resource")
         if not (isinstance(full_url, str) and full_url.startswith("urn:") and isinstance(resource, dict)):
             continue
-        resource_type, resource_id = resource.get("resourceType"), resource.get("id")
-        if isinstance(resource_type, str) and isinstance(resource_id, str) and resource_id:
-            targets[full_url.encode()] = f"{resource_type}/{resource_id}".encode()
+        resource_type = resource.get("resourceType")
+        if not isinstance(resource_type, str):
+            continue
+        if not resource.get("id"):
+            resource["id"] = full_url.rsplit(":", 1)[-1]
+        if isinstance(resource["id"], str):
+            targets[full_url.encode()] = f"{resource_type}/{resource['id']}".encode()
     return targets
 
 

@@ -16,6 +16,7 @@ SUFFIXES = (".ndjson", ".ndjson.gz")
 BUNDLE_SUFFIX = ".json"
 #: The export log the SMART Bulk Data client writes beside the files it downloads (events, not resources).
 CLIENT_LOG = "log.ndjson"
+CLIENT_LOG_REASON = "the Bulk Data client's export log"
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,7 +46,7 @@ def discover(source: Path) -> InputSet:
     """The input files named by ``source`` (a folder or a manifest); raises ``BatchError`` when unusable."""
     if source.is_dir():
         manifest = source / "manifest.json"
-        found = sorted(p for p in source.iterdir() if p.is_file() and _readable(p.name))
+        found = sorted(p for p in source.iterdir() if p.is_file() and _is_input_name(p.name))
         files = [path for path in found if path.name != CLIENT_LOG]
         if not files:
             raise BatchError("no .ndjson, .ndjson.gz or Bundle .json files in the folder", where=str(source))
@@ -70,7 +71,7 @@ def discover(source: Path) -> InputSet:
     raise BatchError("no such file or folder", where=str(source))
 
 
-def _readable(name: str) -> bool:
+def _is_input_name(name: str) -> bool:
     return name.endswith(SUFFIXES) or (name.endswith(BUNDLE_SUFFIX) and name != "manifest.json")
 
 

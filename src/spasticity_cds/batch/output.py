@@ -15,7 +15,7 @@ from urllib.parse import quote
 import orjson
 
 from spasticity_cds.batch import problems
-from spasticity_cds.batch.patient import DECEASED, PatientOutcome
+from spasticity_cds.batch.patient import DECEASED, EVALUATED, FAILED, PatientOutcome
 from spasticity_cds.batch.tasks import close_task
 from spasticity_cds.batch.worklist import CSV_COLUMNS, HTML_COLUMNS, LATE_CSV_COLUMNS, csv_cell, html_row
 from spasticity_cds.errors import BatchError
@@ -59,7 +59,7 @@ class Counts:
     def add(self, outcome: PatientOutcome) -> None:
         """Fold one patient's outcome into the totals."""
         self.patients += 1
-        if outcome.status == "ok":
+        if outcome.status == EVALUATED:
             self.evaluated += 1
             self.in_scope += 1 if outcome.in_scope else 0
         elif outcome.status == DECEASED:
@@ -133,10 +133,10 @@ class RunWriter:
         self.work = root / WORK
         self.work.mkdir(parents=True, exist_ok=True)
         self.counts = Counts()
-        self._keys = (self.work / "keys.ndjson").open("wb") if previous else None
+        self._keys = (self.work / "keys.ndjson").open("wb") if previous is not None else None
         self._tasks = (self.work / "tasks.ndjson").open("wb")
         self._rows = [(self.work / f"rows-{rank}.ndjson").open("wb") for rank in SEVERITY_RANKS]
-        self._patients = (self.work / "patients.ndjson").open("wb") if previous else None
+        self._patients = (self.work / "patients.ndjson").open("wb") if previous is not None else None
         self._outcomes = (root / OUTCOMES).open("wb")
         self.outcome_count = 0
 
@@ -268,7 +268,7 @@ def _finish(
             numbered = enumerate(old, start=1)
             for ord_, status, superseded in gone:
                 line = next(text for number, text in numbered if number == ord_)
-                if status == "failed":
+                if status == FAILED:
                     open_tasks.write(line)
                     counts["carried"] += 1
                     counts["open"] += 1

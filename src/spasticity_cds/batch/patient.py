@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import msgspec
 import orjson
@@ -18,8 +18,11 @@ from spasticity_cds.engine.evaluator import Engine
 from spasticity_cds.errors import InputError
 from spasticity_cds.fhir.model import RESOURCE_DECODER, Resource
 
-#: The outcome status of a patient recorded as deceased: counted, not evaluated, no Tasks.
-DECEASED = "deceased"
+#: A patient's outcome status: evaluated; its record could not be read or evaluated (its open Tasks are carried);
+#: recorded as deceased (counted, not evaluated, no Tasks).
+EVALUATED: Final = "ok"
+FAILED: Final = "failed"
+DECEASED: Final = "deceased"
 #: One input line of a patient: (file index, 1-based line number, raw bytes).
 Line = tuple[int, int, bytes]
 #: One fired finding for the rule counts: (rule id, rule version, kind, severity, actionable).
@@ -66,7 +69,7 @@ class PatientEvaluator:
 
     def evaluate(self, key: str, lines: Sequence[Line]) -> PatientOutcome:
         """Evaluate one patient from its input lines; bad lines and bad records are reported, never raised."""
-        outcome = PatientOutcome(key=key, status="ok")
+        outcome = PatientOutcome(key=key, status=EVALUATED)
         resources: list[Resource | dict[str, Any]] = []
         for line in lines:
             raw = line[2]
@@ -84,16 +87,16 @@ class PatientEvaluator:
         where = f"{key} ({self.location(lines[0])})" if lines else key
         try:
             record = api.read_patient(resources, source=where)
-            if policy.is_deceased(record.patient):
+            if policy.is_deceased(record.patient, self.spec.now):
                 outcome.status = DECEASED
                 return outcome
             result = self.engine.evaluate(record, self.spec.now)
         except InputError as error:
-            outcome.status = "failed"
+            outcome.status = FAILED
             outcome.problems.append(_dump(problems.operation_outcome(problems.PATIENT_INPUT, error.message, where)))
             return outcome
         except Exception as error:  # an evaluator bug must not stop the population run; it is reported
-            outcome.status = "failed"
+            outcome.status = FAILED
             message = f"evaluation failed: {type(error).__name__}: {error}"
             outcome.problems.append(_dump(problems.operation_outcome(problems.EVALUATION, message, where)))
             return outcome

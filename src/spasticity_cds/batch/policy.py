@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Any, Final
 
 #: Finding kinds that put a patient on the worklist when their severity is warning or critical.
@@ -44,10 +45,17 @@ def is_actionable(finding: Mapping[str, Any]) -> bool:
     return kind == "recommendation" and finding.get("action") in ACTIONABLE_RECOMMENDATION_ACTIONS
 
 
-def is_deceased(patient: Mapping[str, Any]) -> bool:
-    """True when the Patient resource records a death (``deceasedBoolean`` true or any ``deceasedDateTime``): such
-    a patient gets no worklist Tasks, and the next ``--since`` run closes the ones still open."""
-    return patient.get("deceasedBoolean") is True or bool(patient.get("deceasedDateTime"))
+def is_deceased(patient: Mapping[str, Any], now: datetime) -> bool:
+    """True when the Patient resource records a death by ``now`` (``deceasedBoolean`` true, or a
+    ``deceasedDateTime`` whose day, month or year is not after ``now``'s): such a patient gets no worklist Tasks,
+    and the next ``--since`` run cancels the ones still open."""
+    if patient.get("deceasedBoolean") is True:
+        return True
+    when = patient.get("deceasedDateTime")
+    if not isinstance(when, str) or not when:
+        return False
+    day = when[:10]  # FHIR dateTime: YYYY, YYYY-MM or YYYY-MM-DD first, so ISO text compares in time order
+    return day <= now.date().isoformat()[: len(day)]
 
 
 def action_code(finding: Mapping[str, Any]) -> str:

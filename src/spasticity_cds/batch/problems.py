@@ -237,11 +237,14 @@ def _scalar(value: Any) -> str | None:
 
 
 def _provenance_patient(document: Mapping[str, Any], resource_type: str) -> str | None:
-    """A Provenance belongs to the first Patient among its targets (its way into the Patient compartment)."""
+    """A Provenance belongs to the first Patient among its targets (its way into the Patient compartment), which
+    FHIR asks to be version-specific (``Patient/x/_history/2``)."""
     targets = document.get("target") if resource_type == "Provenance" else None
     for target in targets if isinstance(targets, list) else ():
         reference = target.get("reference") if isinstance(target, dict) else None
-        match = _PATIENT_RE.search(reference) if isinstance(reference, str) else None
+        if not isinstance(reference, str):
+            continue
+        match = _PATIENT_RE.search(reference.split("/_history/", 1)[0])
         if match:
             return f"Patient/{match.group(2)}"
     return None

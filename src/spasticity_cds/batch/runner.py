@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from spasticity_cds.batch import bundles, output, problems
-from spasticity_cds.batch.inputs import InputSet, discover
+from spasticity_cds.batch.inputs import CLIENT_LOG_REASON, InputSet, discover
 from spasticity_cds.batch.patient import EvaluationSpec, cached_evaluator
 from spasticity_cds.batch.scan import BLOCK_BYTES
 from spasticity_cds.errors import BatchError
@@ -161,7 +161,7 @@ def _manifest(
             "transactionTime": inputs.transaction_time,
             "request": inputs.request,
             "files": files,
-            "skipped": [{"url": name, "reason": "the Bulk Data client's export log"} for name in inputs.skipped],
+            "skipped": [{"url": name, "reason": CLIENT_LOG_REASON} for name in inputs.skipped],
         },
         "since": {"run": str(previous)} if previous is not None else None,
         "counts": {
