@@ -6,6 +6,8 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, Final
 
+from spasticity_cds.fhir.record import death_recorded
+
 #: Finding kinds that put a patient on the worklist when their severity is warning or critical.
 SAFETY_KINDS: Final = frozenset({"contraindication", "warning", "dose", "monitoring"})
 #: Severities that make a safety finding actionable (``info`` never does).
@@ -46,16 +48,9 @@ def is_actionable(finding: Mapping[str, Any]) -> bool:
 
 
 def is_deceased(patient: Mapping[str, Any], now: datetime) -> bool:
-    """True when the Patient resource records a death by ``now`` (``deceasedBoolean`` true, or a
-    ``deceasedDateTime`` whose day, month or year is not after ``now``'s): such a patient gets no worklist Tasks,
-    and the next ``--since`` run cancels the ones still open."""
-    if patient.get("deceasedBoolean") is True:
-        return True
-    when = patient.get("deceasedDateTime")
-    if not isinstance(when, str) or not when:
-        return False
-    day = when[:10]  # FHIR dateTime: YYYY, YYYY-MM or YYYY-MM-DD first, so ISO text compares in time order
-    return day <= now.date().isoformat()[: len(day)]
+    """True when the Patient resource records a death by ``now``'s day (``fhir.record.death_recorded``): such a
+    patient gets no worklist Tasks, and the next ``--since`` run cancels the ones still open."""
+    return death_recorded(patient, now.date()) is not None
 
 
 def action_code(finding: Mapping[str, Any]) -> str:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import date
 from functools import cached_property
 from typing import Any
 
@@ -31,6 +33,10 @@ class PatientRecord:
         """The Patient resource as FHIR JSON (the fields read: id, name, identifier, gender, birthDate, deceased[x])."""
         return as_json(self.patient_resource)
 
+    def death_recorded(self, today: date) -> str | None:
+        """How the Patient resource records a death by ``today`` (see ``death_recorded``), or None."""
+        return death_recorded(self.patient, today)
+
     def of_type(self, resource_type: str) -> list[Resource]:
         """Every resource of one type, in input order."""
         return self.by_type.get(resource_type, [])
@@ -44,6 +50,18 @@ class PatientRecord:
     def resolve(self, reference: str) -> Resource | None:
         """The resource a reference points at, if it is in the record."""
         return self.by_reference.get(self.normalise(reference))
+
+
+def death_recorded(patient: Mapping[str, Any], today: date) -> str | None:
+    """The element by which a Patient resource records a death by ``today``: ``deceasedBoolean true``, or
+    ``deceasedDateTime <value>`` when its day, month or year is not after ``today``; None otherwise."""
+    if patient.get("deceasedBoolean") is True:
+        return "deceasedBoolean true"
+    when = patient.get("deceasedDateTime")
+    if not isinstance(when, str) or not when:
+        return None
+    day = when[:10]  # FHIR dateTime: YYYY, YYYY-MM or YYYY-MM-DD first, so ISO text compares in time order
+    return f"deceasedDateTime {when}" if day <= today.isoformat()[: len(day)] else None
 
 
 def build_record(parsed: ParsedInput, *, source: str = "<input>") -> PatientRecord:

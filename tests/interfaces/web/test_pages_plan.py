@@ -157,6 +157,19 @@ def test_upload_json_bundle_and_ndjson_give_the_same_plan(client: support.PageCl
     assert "Uploaded file" in as_json.text  # type: ignore[attr-defined]
 
 
+def test_a_recorded_death_is_said_on_the_page_and_among_the_input_notes(client: support.PageClient) -> None:
+    bundle = support.trend_bundle()
+    patient = next(entry["resource"] for entry in bundle["entry"] if entry["resource"]["resourceType"] == "Patient")
+    patient["deceasedDateTime"] = "2026-10-30"
+    page = _upload(client, json.dumps(bundle).encode())
+    assert page.status_code == 200  # type: ignore[attr-defined]
+    assert "The record says this patient has died (deceasedDateTime 2026-10-30)." in page.text  # type: ignore[attr-defined]
+    assert "the Patient resource records a death (deceasedDateTime 2026-10-30)" in page.text  # type: ignore[attr-defined]
+    patient["deceasedDateTime"] = "2099-01-01"  # after the evaluation day: not a recorded death yet
+    later = _upload(client, json.dumps(bundle).encode())
+    assert "has died" not in later.text  # type: ignore[attr-defined]
+
+
 @pytest.mark.parametrize(
     ("content", "message"),
     [

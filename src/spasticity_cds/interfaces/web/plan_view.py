@@ -113,7 +113,8 @@ def fact_text(fact: Mapping[str, Any]) -> str:
 
 
 def patient_banner(record: PatientRecord, now: datetime) -> dict[str, str]:
-    """Name, sex, birth date and age from the Patient resource (strings; the template escapes them)."""
+    """Name, sex, birth date, age and a recorded death from the Patient resource (strings; the template escapes
+    them)."""
     patient = record.patient
     names = patient.get("name") or []
     name = ""
@@ -137,6 +138,7 @@ def patient_banner(record: PatientRecord, now: datetime) -> dict[str, str]:
         "birth_date": born or "not recorded",
         "age": age,
         "reference": record.patient_reference,
+        "death": record.death_recorded(now.date()) or "",
     }
 
 
