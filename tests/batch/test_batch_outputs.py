@@ -11,6 +11,7 @@ from typing import Any
 import orjson
 import pytest
 
+from spasticity_cds import api
 from spasticity_cds.batch import policy
 
 from .batch_helpers import NOW, read_ndjson, run
@@ -125,4 +126,5 @@ def test_policy_table() -> None:
     ],
 )
 def test_deceased_means_a_death_recorded_by_the_evaluation_day(patient: dict[str, Any], deceased: bool) -> None:
-    assert policy.is_deceased(patient, NOW) is deceased  # NOW is 2026-11-01
+    record = api.read_patient([{"resourceType": "Patient", "id": "p", **patient}])
+    assert policy.is_deceased(record, NOW) is deceased  # NOW is 2026-11-01

@@ -87,7 +87,7 @@ class PatientEvaluator:
         where = f"{key} ({self.location(lines[0])})" if lines else key
         try:
             record = api.read_patient(resources, source=where)
-            if policy.is_deceased(record.patient, self.spec.now):
+            if policy.is_deceased(record, self.spec.now):
                 outcome.status = DECEASED
                 return outcome
             result = self.engine.evaluate(record, self.spec.now)

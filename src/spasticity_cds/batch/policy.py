@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, Final
 
-from spasticity_cds.fhir.record import death_recorded
+from spasticity_cds.fhir.record import PatientRecord
 
 #: Finding kinds that put a patient on the worklist when their severity is warning or critical.
 SAFETY_KINDS: Final = frozenset({"contraindication", "warning", "dose", "monitoring"})
@@ -47,10 +47,10 @@ def is_actionable(finding: Mapping[str, Any]) -> bool:
     return kind == "recommendation" and finding.get("action") in ACTIONABLE_RECOMMENDATION_ACTIONS
 
 
-def is_deceased(patient: Mapping[str, Any], now: datetime) -> bool:
-    """True when the Patient resource records a death by ``now``'s day (``fhir.record.death_recorded``): such a
+def is_deceased(record: PatientRecord, now: datetime) -> bool:
+    """True when the record's Patient records a death by ``now``'s day (``fhir.record.death_recorded``): such a
     patient gets no worklist Tasks, and the next ``--since`` run cancels the ones still open."""
-    return death_recorded(patient, now.date()) is not None
+    return record.death_recorded(now.date()) is not None
 
 
 def action_code(finding: Mapping[str, Any]) -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date
 from functools import cached_property
@@ -35,7 +34,8 @@ class PatientRecord:
 
     def death_recorded(self, today: date) -> str | None:
         """How the Patient resource records a death by ``today`` (see ``death_recorded``), or None."""
-        return death_recorded(self.patient, today)
+        patient = self.patient_resource
+        return death_recorded(patient.deceased_boolean, patient.deceased_date_time, today)
 
     def of_type(self, resource_type: str) -> list[Resource]:
         """Every resource of one type, in input order."""
@@ -52,16 +52,15 @@ class PatientRecord:
         return self.by_reference.get(self.normalise(reference))
 
 
-def death_recorded(patient: Mapping[str, Any], today: date) -> str | None:
-    """The element by which a Patient resource records a death by ``today``: ``deceasedBoolean true``, or
+def death_recorded(deceased: bool | None, deceased_at: str | None, today: date) -> str | None:
+    """The element by which a Patient records a death by ``today``: ``deceasedBoolean true``, or
     ``deceasedDateTime <value>`` when its day, month or year is not after ``today``; None otherwise."""
-    if patient.get("deceasedBoolean") is True:
+    if deceased is True:
         return "deceasedBoolean true"
-    when = patient.get("deceasedDateTime")
-    if not isinstance(when, str) or not when:
+    if not deceased_at:
         return None
-    day = when[:10]  # FHIR dateTime: YYYY, YYYY-MM or YYYY-MM-DD first, so ISO text compares in time order
-    return f"deceasedDateTime {when}" if day <= today.isoformat()[: len(day)] else None
+    day = deceased_at[:10]  # FHIR dateTime: YYYY, YYYY-MM or YYYY-MM-DD first, so ISO text compares in time order
+    return f"deceasedDateTime {deceased_at}" if day <= today.isoformat()[: len(day)] else None
 
 
 def build_record(parsed: ParsedInput, *, source: str = "<input>") -> PatientRecord:
