@@ -1,4 +1,5 @@
-"""Bundle files (Synthea's default output, one transaction Bundle per patient) turned into NDJSON lines."""
+"""Bundle files (Synthea's default output, one transaction Bundle per patient) turned into NDJSON lines: read by
+the local scan directly, written out as NDJSON files for the Spark engine."""
 
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ _URN_REFERENCE = re.compile(rb'"reference":"(urn:(?:uuid|oid):[^"\\]*)"')
 
 
 def converted(inputs: InputSet, work: Path) -> InputSet:
-    """``inputs`` with every Bundle file replaced by its NDJSON lines in ``work`` (the reported name is kept)."""
+    """``inputs`` with every Bundle file replaced by an NDJSON file of its lines in ``work`` (the reported name is
+    kept), one file after the other."""
     if not any(item.bundle for item in inputs.files):
         return inputs
     work.mkdir(parents=True, exist_ok=True)
@@ -36,7 +38,7 @@ def _converted(item: InputFile, out: Path) -> InputFile:
     with out.open("wb") as handle:
         for line in bundle_lines(raw):
             handle.write(line + b"\n")
-    return replace(item, path=out)
+    return replace(item, path=out, bundle=False)
 
 
 def bundle_lines(raw: bytes) -> Iterator[bytes]:

@@ -95,11 +95,11 @@ def _run_into(
     )
     writer = output.RunWriter(partial, previous)
     try:
-        inputs = bundles.converted(inputs, writer.work / "bundles")
         if options.engine == "spark":
             from spasticity_cds.batch.spark import run_spark
 
-            report = run_spark(inputs, spec, writer, options, progress)
+            # Spark reads files as text lines: Bundles are written out as NDJSON first (the local scan reads them).
+            report = run_spark(bundles.converted(inputs, writer.work / "bundles"), spec, writer, options, progress)
         else:
             from spasticity_cds.batch.local import run_local
 

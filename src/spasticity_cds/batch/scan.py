@@ -14,6 +14,7 @@ import msgspec
 import orjson
 
 from spasticity_cds.batch import problems
+from spasticity_cds.batch.bundles import bundle_lines
 from spasticity_cds.batch.inputs import InputFile
 
 #: Input bytes per scan block (one segment of spilled partitions) and per patient partition.
@@ -79,7 +80,7 @@ def partition_of(key: bytes, partitions: int) -> int:
 
 @dataclass(frozen=True, slots=True)
 class ScanTask:
-    """One byte range of one file (a whole file when gzipped), spilled to ``out``."""
+    """One byte range of one file (a whole file when gzipped or a Bundle), spilled to ``out``."""
 
     file_id: int
     path: str
@@ -89,6 +90,7 @@ class ScanTask:
     partitions: int
     out: str
     block_bytes: int = BLOCK_BYTES
+    bundle: bool = False
 
 
 @dataclass(slots=True)
@@ -124,14 +126,16 @@ def partition_count(files: Sequence[InputFile], block_bytes: int, workers: int) 
 
 
 def plan(files: Sequence[InputFile], work: Path, partitions: int, block_bytes: int = BLOCK_BYTES) -> list[ScanTask]:
-    """Cut plain files into ranges of about ``block_bytes`` ending at a newline; a gzip file is one task."""
+    """Cut plain NDJSON files into ranges of about ``block_bytes`` ending at a newline; a gzip file or a Bundle is
+    one task."""
     tasks: list[ScanTask] = []
     for file_id, item in enumerate(files):
         gzipped = item.path.name.endswith(".gz")
-        cuts = [0, -1] if gzipped else _cuts(item.path, block_bytes)
+        cuts = [0, -1] if gzipped or item.bundle else _cuts(item.path, block_bytes)
         for start, end in itertools.pairwise(cuts):
-            out = work / f"scan-{len(tasks):05d}.bin"
-            tasks.append(ScanTask(file_id, str(item.path), start, end, gzipped, partitions, str(out), block_bytes))
+            out = str(work / f"scan-{len(tasks):05d}.bin")
+            path = str(item.path)
+            tasks.append(ScanTask(file_id, path, start, end, gzipped, partitions, out, block_bytes, item.bundle))
     return tasks
 
 
@@ -171,7 +175,10 @@ def _open(task: ScanTask) -> IO[bytes]:
 
 def _blocks(task: ScanTask) -> Iterator[bytes]:
     """The range as blocks of whole lines. A plain range ends at a newline and is read at once; a gzip stream is
-    cut after the last ``\\n`` of each block (so a ``\\r\\n`` is never split)."""
+    cut after the last ``\\n`` of each block (so a ``\\r\\n`` is never split); a Bundle is its entries' lines."""
+    if task.bundle:
+        yield b"".join(line + b"\n" for line in bundle_lines(Path(task.path).read_bytes()))
+        return
     with _open(task) as handle:
         if not task.gzipped:
             yield handle.read(task.end - task.start)
