@@ -76,7 +76,7 @@ class HookRunner:
             return HookResult([], [], timings_ms={"total": _ms(started)})
         templates = self.catalogue.templates[service.id]
         plan = plan_prefetch(templates, request.prefetch, request.context)
-        fetched = await self._fetch_missing(plan, request, frozenset(t.key for t in templates if not t.follow_next))
+        fetched = await self._fetch_missing(plan, request, templates)
         resources, unavailable = _gather(templates, plan, fetched)
         gathered = time.perf_counter()
         result = self._evaluate(request, [*resources, *drafts], now)
@@ -103,7 +103,7 @@ class HookRunner:
         )
 
     async def _fetch_missing(
-        self, plan: PrefetchPlan, request: HookRequest, single_page: frozenset[str]
+        self, plan: PrefetchPlan, request: HookRequest, templates: Sequence[Template]
     ) -> FetchOutcome:
         if not plan.to_fetch and not plan.next_pages:
             return FetchOutcome()
@@ -114,6 +114,7 @@ class HookRunner:
         if allowed and not any(server.startswith(prefix) for prefix in allowed):
             return _unfetched(plan, "not prefetched, and the request's fhirServer is not on this service's allow-list")
         token = request.fhirAuthorization.access_token if request.fhirAuthorization else None
+        single_page = frozenset(template.key for template in templates if not template.follow_next)
         return await self.fetcher.fetch(server, token, plan.to_fetch, plan.next_pages, single_page)
 
     def _evaluate(
