@@ -1,16 +1,20 @@
 """A folder of Bundle files (Synthea's default output: one transaction Bundle per patient, ``urn:uuid:`` links)
-gives the Tasks of the evaluator run on each Bundle file, and the same run as the export they were made from."""
+gives the Tasks of the evaluator run on each Bundle file: real Synthea Bundles, and the vendored export rebuilt in
+that layout, which gives the same run as the export itself."""
 
 from __future__ import annotations
 
+import gzip
+import shutil
 from pathlib import Path
 
 import orjson
 
+from spasticity_cds import api
 from spasticity_cds.batch.bundles import bundle_lines
 
-from .batch_helpers import evaluator_tasks, read_ndjson, run
-from .synthea_export import CONTEXT_FILES, resources_of
+from .batch_helpers import NOW, evaluator_tasks, read_ndjson, run
+from .synthea_export import ALS, CONTEXT_FILES, ORDERS, resources_of
 
 
 def test_a_folder_of_patient_bundles_gives_the_evaluators_tasks_bundle_by_bundle(
@@ -100,3 +104,67 @@ def test_a_transaction_without_ids_takes_them_from_the_urns_and_odd_bytes_are_re
     assert list(bundle_lines(b"\xef\xbb\xbf" + orjson.dumps(posted))) == list(bundle_lines(orjson.dumps(posted)))
     (line,) = bundle_lines(b'{"resourceType": "Patient", "id": "p", "name": [{"text": "\xff"}]}')
     assert orjson.loads(line)["name"] == [{"text": "\ufffd"}]
+
+
+REAL_BUNDLES = Path(__file__).parent / "data" / "synthea-bundles"
+
+
+def _copy_bundles(name: str, folder: Path) -> Path:
+    shutil.copytree(REAL_BUNDLES / name, folder, ignore=shutil.ignore_patterns("LICENSE"))
+    return folder
+
+
+def test_real_synthea_bundles_run_clean_and_the_deceased_patient_gets_no_tasks(tmp_path: Path) -> None:
+    folder = _copy_bundles("vger", tmp_path / "in")
+    summary = run(folder, tmp_path / "out")
+    counts = summary.counts
+    assert (counts["patients"], counts["patientsDeceased"], counts["patientsEvaluated"]) == (1, 1, 0)
+    assert counts["problems"] == {}, "claims, provenance, supply deliveries and the rest all reach the patient"
+    assert counts["context"] == 9 + 10 + 9 + 9, "the companion Bundles' organisations, places and practitioners"
+    assert (tmp_path / "out" / "Task.ndjson").read_bytes() == b""
+    (patient_file,) = folder.glob("Laquanda*.json.gz")
+    result = api.evaluate(gzip.decompress(patient_file.read_bytes()), now=NOW)
+    assert "the Patient resource records a death (deceasedDateTime 2016-01-06T20:23:17+00:00)" in result["input_notes"]
+
+
+def test_a_real_synthea_bundle_with_als_added_gives_the_evaluators_tasks(tmp_path: Path) -> None:
+    folder = _copy_bundles("iris", tmp_path / "in")
+    (patient_file,) = folder.glob("Carroll*.json.gz")
+    bundle = orjson.loads(gzip.decompress(patient_file.read_bytes()))
+    patient_id = next(e["resource"]["id"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Patient")
+    subject = {"reference": f"Patient/{patient_id}"}
+    added = [
+        {
+            "resourceType": "Condition",
+            "id": "als-carroll",
+            "clinicalStatus": {"coding": [{"code": "active"}]},
+            "code": {"coding": [ALS], "text": "ALS"},
+            "subject": subject,
+        },
+        {
+            "resourceType": "MedicationRequest",
+            "id": "tizanidine-carroll",
+            "status": "active",
+            "intent": "order",
+            "medicationCodeableConcept": ORDERS[1][0],
+            "subject": subject,
+            "authoredOn": "2026-06-01",
+            "dosageInstruction": [
+                {
+                    "timing": {"repeat": {"frequency": 3, "period": 1, "periodUnit": "d"}},
+                    "doseAndRate": [{"doseQuantity": {"value": 4, "unit": "mg"}}],
+                }
+            ],
+        },
+    ]
+    (folder / "added.json").write_bytes(
+        orjson.dumps({"resourceType": "Bundle", "type": "collection", "entry": [{"resource": r} for r in added]})
+    )
+    summary = run(folder, tmp_path / "out")
+    tasks = {task["id"]: task for task in read_ndjson(tmp_path / "out" / "Task.ndjson")}
+    expected = evaluator_tasks([[bundle, *added]])
+    assert expected, "tizanidine without liver tests should put this patient on the worklist"
+    assert tasks == expected
+    counts = summary.counts
+    assert (counts["patients"], counts["patientsInScope"], counts["problems"]) == (1, 1, {})
+    assert counts["context"] == 18 + 18 + 2 + 2, "the companion Bundles, and the patient Bundle's own two of each"

@@ -3,7 +3,9 @@ the local scan directly, written out as NDJSON files for the Spark engine."""
 
 from __future__ import annotations
 
+import gzip
 import re
+import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -32,13 +34,18 @@ def _converted(item: InputFile, out: Path) -> InputFile:
     if not item.bundle:
         return item
     try:
-        raw = item.path.read_bytes()
-    except OSError as error:
-        raise BatchError(f"cannot read the file: {error.strerror or error}", where=item.name) from None
+        raw = read_bundle(item.path)
+    except (OSError, EOFError, zlib.error) as error:
+        raise BatchError(f"cannot read the file: {error}", where=item.name) from None
     with out.open("wb") as handle:
         for line in bundle_lines(raw):
             handle.write(line + b"\n")
     return replace(item, path=out, bundle=False)
+
+
+def read_bundle(path: Path) -> bytes:
+    """The bytes of a Bundle file, gunzipped when its name ends in ``.gz``."""
+    return gzip.decompress(path.read_bytes()) if path.name.endswith(".gz") else path.read_bytes()
 
 
 def bundle_lines(raw: bytes) -> Iterator[bytes]:

@@ -48,7 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "input",
         type=Path,
         metavar="INPUT",
-        help="folder of .ndjson/.ndjson.gz files or of Bundle .json files (Synthea's), or a Bulk Data manifest.json",
+        help="folder of .ndjson(.gz) files or of Bundle .json(.gz) files (Synthea's), or a Bulk Data manifest.json",
     )
     parser.add_argument("--out", type=Path, required=True, help="output folder (written whole at the end)")
     parser.add_argument("--engine", choices=ENGINES, default="local", help="local (partitions + processes) or spark")

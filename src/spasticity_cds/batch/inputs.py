@@ -12,8 +12,9 @@ import orjson
 from spasticity_cds.errors import BatchError
 
 SUFFIXES = (".ndjson", ".ndjson.gz")
-#: A file of one JSON document in a folder: a Bundle (Synthea writes one per patient) or a single resource.
-BUNDLE_SUFFIX = ".json"
+#: A file of one JSON document in a folder, plain or gzipped: a Bundle (Synthea writes one per patient) or a single
+#: resource.
+BUNDLE_SUFFIXES = (".json", ".json.gz")
 #: The export log the SMART Bulk Data client writes beside the files it downloads (events, not resources).
 CLIENT_LOG = "log.ndjson"
 CLIENT_LOG_REASON = "the Bulk Data client's export log"
@@ -49,12 +50,12 @@ def discover(source: Path) -> InputSet:
         found = sorted(p for p in source.iterdir() if p.is_file() and _is_input_name(p.name))
         files = [path for path in found if path.name != CLIENT_LOG]
         if not files:
-            raise BatchError("no .ndjson, .ndjson.gz or Bundle .json files in the folder", where=str(source))
+            raise BatchError("no .ndjson(.gz) or Bundle .json(.gz) files in the folder", where=str(source))
         info = _read_manifest(manifest) if manifest.is_file() else {}
         return InputSet(
             source=source,
             kind="folder",
-            files=tuple(InputFile(path, path.name, bundle=path.name.endswith(BUNDLE_SUFFIX)) for path in files),
+            files=tuple(InputFile(path, path.name, bundle=path.name.endswith(BUNDLE_SUFFIXES)) for path in files),
             transaction_time=_text(info.get("transactionTime")),
             request=_text(info.get("request")),
             skipped=tuple(path.name for path in found if path.name == CLIENT_LOG),
@@ -72,7 +73,7 @@ def discover(source: Path) -> InputSet:
 
 
 def _is_input_name(name: str) -> bool:
-    return name.endswith(SUFFIXES) or (name.endswith(BUNDLE_SUFFIX) and name != "manifest.json")
+    return name.endswith(SUFFIXES) or (name.endswith(BUNDLE_SUFFIXES) and name != "manifest.json")
 
 
 def _text(value: Any) -> str | None:
