@@ -26,47 +26,55 @@ def _patient_ids() -> list[str]:
         return [orjson.loads(line)["id"] for line in handle]
 
 
-def _added_resources(patient_ids: list[str]) -> list[dict[str, Any]]:
-    """An ALS diagnosis for every patient; a baclofen or tizanidine order for two in three of them."""
-    added: list[dict[str, Any]] = []
-    for index, patient_id in enumerate(patient_ids):
-        subject = {"reference": f"Patient/{patient_id}"}
+def als_with(patient_id: str, tag: str, order: int | None = None) -> list[dict[str, Any]]:
+    """An ALS diagnosis for the patient and, for ``order`` 0 or 1, a baclofen or tizanidine order (``ORDERS``),
+    three times a day; ``tag`` makes the resource ids unique."""
+    subject = {"reference": f"Patient/{patient_id}"}
+    added: list[dict[str, Any]] = [
+        {
+            "resourceType": "Condition",
+            "id": f"als-{tag}",
+            "clinicalStatus": {"coding": [{"code": "active"}]},
+            "code": {"coding": [ALS], "text": "ALS"},
+            "subject": subject,
+            "onsetDateTime": "2025-03-01",
+        }
+    ]
+    if order is not None:
+        medication, milligrams = ORDERS[order]
         added.append(
             {
-                "resourceType": "Condition",
-                "id": f"als-{index}",
-                "clinicalStatus": {"coding": [{"code": "active"}]},
-                "code": {"coding": [ALS], "text": "ALS"},
+                "resourceType": "MedicationRequest",
+                "id": f"antispastic-{tag}",
+                "status": "active",
+                "intent": "order",
+                "medicationCodeableConcept": medication,
                 "subject": subject,
-                "onsetDateTime": "2025-03-01",
+                "authoredOn": "2026-06-01",
+                "dosageInstruction": [
+                    {
+                        "timing": {"repeat": {"frequency": 3, "period": 1, "periodUnit": "d"}},
+                        "doseAndRate": [{"doseQuantity": {"value": milligrams, "unit": "mg"}}],
+                    }
+                ],
             }
         )
-        if index % 3 in ORDERS:
-            medication, milligrams = ORDERS[index % 3]
-            added.append(
-                {
-                    "resourceType": "MedicationRequest",
-                    "id": f"antispastic-{index}",
-                    "status": "active",
-                    "intent": "order",
-                    "medicationCodeableConcept": medication,
-                    "subject": subject,
-                    "authoredOn": "2026-06-01",
-                    "dosageInstruction": [
-                        {
-                            "timing": {"repeat": {"frequency": 3, "period": 1, "periodUnit": "d"}},
-                            "doseAndRate": [{"doseQuantity": {"value": milligrams, "unit": "mg"}}],
-                        }
-                    ],
-                }
-            )
     return added
+
+
+def added_resources(patient_ids: list[str]) -> list[dict[str, Any]]:
+    """An ALS diagnosis for every patient; a baclofen or tizanidine order for two in three of them."""
+    return [
+        resource
+        for index, patient_id in enumerate(patient_ids)
+        for resource in als_with(patient_id, str(index), index % 3 if index % 3 in ORDERS else None)
+    ]
 
 
 def write_synthea_export(folder: Path) -> Path:
     """The vendored export plus one file of added ALS diagnoses and antispastic orders, in ``folder``."""
     shutil.copytree(EXPORT, folder)
-    added = _added_resources(_patient_ids())
+    added = added_resources(_patient_ids())
     (folder / "Added.ndjson").write_bytes(b"".join(orjson.dumps(resource) + b"\n" for resource in added))
     return folder
 
@@ -118,27 +126,28 @@ def _transaction(resources: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def by_patient(export: Path) -> tuple[dict[str, list[dict[str, Any]]], list[dict[str, Any]]]:
-    """The export's resources grouped per patient here, without any batch code, and its context resources."""
+    """The export's resources grouped per patient here, without any batch code, and those no patient owns."""
     per_patient: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    context: list[dict[str, Any]] = []
+    unowned: list[dict[str, Any]] = []
     for resource in resources_of(export):
-        if resource["resourceType"] in CONTEXT_FILES:
-            context.append(resource)
-            continue
         link = resource.get("subject") or resource.get("patient")
-        key = f"Patient/{resource['id']}" if resource["resourceType"] == "Patient" else link["reference"]
-        per_patient[key].append(resource)
-    return per_patient, context
+        if resource["resourceType"] == "Patient":
+            per_patient[f"Patient/{resource['id']}"].append(resource)
+        elif link is None:
+            unowned.append(resource)
+        else:
+            per_patient[link["reference"]].append(resource)
+    return per_patient, unowned
 
 
 def write_synthea_bundles(export: Path, folder: Path) -> Path:
     """The export re-bundled per patient in ``folder`` (urn:uuid links, a Provenance each), plus one batch Bundle
     of practitioners and places: the layout of Synthea's default exporter, rebuilt from the export."""
     folder.mkdir(parents=True)
-    per_patient, context = by_patient(export)
+    per_patient, unowned = by_patient(export)
     for key, resources in per_patient.items():
         resources.sort(key=lambda resource: resource["resourceType"] != "Patient")
         (folder / f"{key.removeprefix('Patient/')}.json").write_bytes(orjson.dumps(_transaction(resources)))
-    batch = {"resourceType": "Bundle", "type": "batch", "entry": [{"resource": item} for item in context]}
+    batch = {"resourceType": "Bundle", "type": "batch", "entry": [{"resource": item} for item in unowned]}
     (folder / "hospitalInformation.json").write_bytes(orjson.dumps(batch))
     return folder

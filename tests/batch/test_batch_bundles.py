@@ -14,7 +14,7 @@ from spasticity_cds import api
 from spasticity_cds.batch.bundles import bundle_lines
 
 from .batch_helpers import NOW, evaluator_tasks, read_ndjson, run
-from .synthea_export import ALS, CONTEXT_FILES, ORDERS, resources_of
+from .synthea_export import CONTEXT_FILES, als_with, resources_of
 
 
 def test_a_folder_of_patient_bundles_gives_the_evaluators_tasks_bundle_by_bundle(
@@ -132,31 +132,7 @@ def test_a_real_synthea_bundle_with_als_added_gives_the_evaluators_tasks(tmp_pat
     (patient_file,) = folder.glob("Carroll*.json.gz")
     bundle = orjson.loads(gzip.decompress(patient_file.read_bytes()))
     patient_id = next(e["resource"]["id"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Patient")
-    subject = {"reference": f"Patient/{patient_id}"}
-    added = [
-        {
-            "resourceType": "Condition",
-            "id": "als-carroll",
-            "clinicalStatus": {"coding": [{"code": "active"}]},
-            "code": {"coding": [ALS], "text": "ALS"},
-            "subject": subject,
-        },
-        {
-            "resourceType": "MedicationRequest",
-            "id": "tizanidine-carroll",
-            "status": "active",
-            "intent": "order",
-            "medicationCodeableConcept": ORDERS[1][0],
-            "subject": subject,
-            "authoredOn": "2026-06-01",
-            "dosageInstruction": [
-                {
-                    "timing": {"repeat": {"frequency": 3, "period": 1, "periodUnit": "d"}},
-                    "doseAndRate": [{"doseQuantity": {"value": 4, "unit": "mg"}}],
-                }
-            ],
-        },
-    ]
+    added = als_with(patient_id, "carroll", order=1)
     (folder / "added.json").write_bytes(
         orjson.dumps({"resourceType": "Bundle", "type": "collection", "entry": [{"resource": r} for r in added]})
     )

@@ -1,15 +1,17 @@
-"""The batch on a third-party export (Synthea, via the SMART sample datasets) equals the evaluator patient by
-patient, with the export's practitioners, organisations, locations and client log counted, not reported."""
+"""The batch on third-party Bulk exports (Synthea's, via the SMART sample datasets; the ONC (g)(10) test kit's)
+equals the evaluator patient by patient, with practitioners, organisations, locations and the client log counted,
+not reported."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import orjson
 import pytest
 
 from .batch_helpers import evaluator_tasks, read_ndjson, run
-from .synthea_export import CONTEXT_FILES, by_patient
+from .synthea_export import CONTEXT_FILES, als_with, by_patient, resources_of
 
 
 @pytest.mark.parametrize("workers", [1, 2])
@@ -42,3 +44,24 @@ def test_practitioners_organisations_locations_are_context_and_the_client_log_is
     assert summary.counts["context"] == sum(by_file[f"{name}.000.ndjson.gz"]["lines"] for name in CONTEXT_FILES)
     assert "log.ndjson" not in by_file
     assert manifest["input"]["skipped"] == [{"url": "log.ndjson", "reason": "the Bulk Data client's export log"}]
+
+
+def test_the_onc_g10_bulk_fixtures_give_the_evaluators_tasks(tmp_path: Path) -> None:
+    export = tmp_path / "export"
+    shutil.copytree(Path(__file__).parent / "data" / "onc-g10-bulk", export, ignore=shutil.ignore_patterns("LICENSE"))
+    living = next(
+        resource["id"]
+        for resource in resources_of(export)
+        if resource["resourceType"] == "Patient" and "deceasedDateTime" not in resource
+    )
+    added = als_with(living, "onc", order=1)
+    (export / "Added.ndjson").write_bytes(b"".join(orjson.dumps(resource) + b"\n" for resource in added))
+    summary = run(export, tmp_path / "run")
+    tasks = {task["id"]: task for task in read_ndjson(tmp_path / "run" / "Task.ndjson")}
+    expected = evaluator_tasks(by_patient(export)[0].values())
+    assert expected, "tizanidine without liver tests should put the living patient on the worklist"
+    assert tasks == expected
+    counts = summary.counts
+    assert (counts["patients"], counts["patientsDeceased"], counts["patientsInScope"]) == (2, 1, 1)
+    assert counts["context"] == 5, "the Locations"
+    assert counts["problems"] == {"no-patient": 1}, "the one Medication no order references"
