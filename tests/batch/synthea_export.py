@@ -1,4 +1,5 @@
-"""The vendored Synthea Bulk export (``data/synthea-bulk-10``, see its PROVENANCE.md) with ALS added to it."""
+"""Third-party test data: the vendored Synthea Bulk export with ALS added, Synthea-style Bundles of it, and
+helpers that add an ALS diagnosis and an antispastic order and group an export per patient."""
 
 from __future__ import annotations
 
