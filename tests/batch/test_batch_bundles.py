@@ -5,13 +5,17 @@ that layout, which gives the same run as the export itself."""
 from __future__ import annotations
 
 import gzip
+import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import orjson
+import pytest
 
 from spasticity_cds import api
 from spasticity_cds.batch.bundles import bundle_lines
+from spasticity_cds.errors import BatchError
 
 from .batch_helpers import NOW, evaluator_tasks, read_ndjson, run
 from .synthea_export import CONTEXT_FILES, als_with, resources_of
@@ -144,3 +148,31 @@ def test_a_real_synthea_bundle_with_als_added_gives_the_evaluators_tasks(tmp_pat
     counts = summary.counts
     assert (counts["patients"], counts["patientsInScope"], counts["problems"]) == (1, 1, {})
     assert counts["context"] == 18 + 18 + 2 + 2, "the companion Bundles, and the patient Bundle's own two of each"
+
+
+def test_a_deeply_nested_entry_or_a_broken_gzip_never_crashes_a_run(tmp_path: Path) -> None:
+    deep: Any = "bottom"
+    for _ in range(300):  # deeper than orjson writes (254), shallower than it reads (1024)
+        deep = {"valueString": deep} if isinstance(deep, str) else {"extension": [deep]}
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "collection",
+        "entry": [
+            {"fullUrl": "urn:uuid:p1", "resource": {"resourceType": "Patient", "id": "p1"}},
+            {
+                "fullUrl": "urn:uuid:o1",
+                "resource": {"resourceType": "Observation", "id": "o1", "subject": {"reference": "urn:uuid:p1"}} | deep,
+            },
+        ],
+    }
+    lines = list(bundle_lines(json.dumps(bundle).encode()))
+    assert orjson.loads(lines[1].replace(b"urn:uuid:p1", b"x"))["resourceType"] == "Observation"
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "deep.json").write_text(json.dumps(bundle))
+    summary = run(folder, tmp_path / "out", workers=2)
+    assert (summary.counts["patients"], summary.counts["problems"]) == (1, {})
+    (folder / "broken.json.gz").write_bytes(gzip.compress(b'{"resourceType": "Bundle"}')[:-9])
+    with pytest.raises(BatchError, match="cannot read the file") as raised:
+        run(folder, tmp_path / "again")
+    assert raised.value.where == "broken.json.gz"

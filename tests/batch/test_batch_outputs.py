@@ -123,8 +123,16 @@ def test_policy_table() -> None:
         ({"deceasedDateTime": "2026-12"}, False),
         ({"deceasedDateTime": "2027"}, False),
         ({"deceasedDateTime": ""}, False),
+        ({"deceasedDateTime": "2026-11-01T14:00:00Z"}, True),  # half an hour before NOW (14:30 UTC)
+        ({"deceasedDateTime": "2026-11-01T15:00:00Z"}, False),  # the same day, but after NOW
+        ({"deceasedDateTime": "2026-11-01T09:00:00"}, True),  # no offset: its day counts
+        ({"deceasedDateTime": "06/01/2016"}, False),  # not a FHIR dateTime: ignored, never a silent exclusion
+        ({"deceasedDateTime": " 2016"}, False),
+        ({"deceasedDateTime": "2016-1"}, False),
+        ({"deceasedDateTime": "2016-01-0"}, False),
+        ({"deceasedDateTime": "2016-01-06Tnoon"}, False),
     ],
 )
-def test_deceased_means_a_death_recorded_by_the_evaluation_day(patient: dict[str, Any], deceased: bool) -> None:
+def test_deceased_means_a_death_recorded_by_the_evaluation_instant(patient: dict[str, Any], deceased: bool) -> None:
     record = api.read_patient([{"resourceType": "Patient", "id": "p", **patient}])
-    assert policy.is_deceased(record, NOW) is deceased  # NOW is 2026-11-01
+    assert policy.is_deceased(record, NOW) is deceased  # NOW is 2026-11-01T09:30-05:00

@@ -4,6 +4,7 @@ the local scan directly, written out as NDJSON files for the Spark engine."""
 from __future__ import annotations
 
 import gzip
+import json
 import re
 import zlib
 from collections.abc import Iterator, Sequence
@@ -34,18 +35,16 @@ def _converted(item: InputFile, out: Path) -> InputFile:
     if not item.bundle:
         return item
     try:
-        raw = read_bundle(item.path)
+        out.write_bytes(bundle_block(item.path))
     except (OSError, EOFError, zlib.error) as error:
-        raise BatchError(f"cannot read the file: {error}", where=item.name) from None
-    with out.open("wb") as handle:
-        for line in bundle_lines(raw):
-            handle.write(line + b"\n")
+        raise BatchError(f"cannot read or convert the file: {error}", where=item.name) from None
     return replace(item, path=out, bundle=False)
 
 
-def read_bundle(path: Path) -> bytes:
-    """The bytes of a Bundle file, gunzipped when its name ends in ``.gz``."""
-    return gzip.decompress(path.read_bytes()) if path.name.endswith(".gz") else path.read_bytes()
+def bundle_block(path: Path) -> bytes:
+    """A Bundle file (gunzipped when its name ends in ``.gz``) as NDJSON text: its lines, each ending in ``\\n``."""
+    raw = gzip.decompress(path.read_bytes()) if path.name.endswith(".gz") else path.read_bytes()
+    return b"".join(line + b"\n" for line in bundle_lines(raw))
 
 
 def bundle_lines(raw: bytes) -> Iterator[bytes]:
@@ -62,19 +61,32 @@ def bundle_lines(raw: bytes) -> Iterator[bytes]:
             yield b" ".join(text.split())
             return
     if not (isinstance(document, dict) and document.get("resourceType") == "Bundle"):
-        yield orjson.dumps(document)
+        yield _dumps(document)
         return
     entries = document.get("entry", [])
     if not isinstance(entries, list):
-        yield orjson.dumps(document)
+        yield _dumps(document)
         return
     targets = _targets(entries)
     for entry in entries:
         if not isinstance(entry, dict):
-            yield orjson.dumps(entry)  # reported by the line classifier as not a JSON object
+            yield _dumps(entry)  # reported by the line classifier as not a JSON object
             continue
         resource = entry.get("resource")
-        yield b"" if resource is None else _rewritten(orjson.dumps(resource), targets)
+        yield b"" if resource is None else _rewritten(_dumps(resource), targets)
+
+
+def _dumps(value: Any) -> bytes:
+    """One JSON line. orjson writes at most 254 levels of nesting (it reads 1024): deeper values are written by
+    the standard library, as an NDJSON line of that depth would be read; past its recursion limit, a JSON string
+    the classifier reports as not a JSON object."""
+    try:
+        return orjson.dumps(value)
+    except orjson.JSONEncodeError:
+        try:
+            return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+        except RecursionError:
+            return b'"nested too deeply to read"'
 
 
 def _targets(entries: Sequence[Any]) -> dict[bytes, bytes]:

@@ -22,7 +22,8 @@ CLIENT_LOG_REASON = "the Bulk Data client's export log"
 
 @dataclass(frozen=True, slots=True)
 class InputFile:
-    """One NDJSON file: its path on disk and the name reports use (manifest url or name in the folder)."""
+    """One input file (NDJSON, or a Bundle when ``bundle``): its path on disk and the name reports use (manifest url
+    or name in the folder)."""
 
     path: Path
     name: str

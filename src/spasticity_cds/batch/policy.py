@@ -48,9 +48,9 @@ def is_actionable(finding: Mapping[str, Any]) -> bool:
 
 
 def is_deceased(record: PatientRecord, now: datetime) -> bool:
-    """True when the record's Patient records a death by ``now``'s day (``fhir.record.death_recorded``): such a
-    patient gets no worklist Tasks, and the next ``--since`` run cancels the ones still open."""
-    return record.death_recorded(now.date()) is not None
+    """True when the record's Patient records a death by ``now`` (``fhir.record.recorded_death``): such a patient
+    gets no worklist Tasks, and the next ``--since`` run cancels the ones still open."""
+    return record.death_recorded(now) is not None
 
 
 def action_code(finding: Mapping[str, Any]) -> str:

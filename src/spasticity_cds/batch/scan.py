@@ -14,7 +14,7 @@ import msgspec
 import orjson
 
 from spasticity_cds.batch import problems
-from spasticity_cds.batch.bundles import bundle_lines, read_bundle
+from spasticity_cds.batch.bundles import bundle_block
 from spasticity_cds.batch.inputs import InputFile
 
 #: Input bytes per scan block (one segment of spilled partitions) and per patient partition.
@@ -177,7 +177,7 @@ def _blocks(task: ScanTask) -> Iterator[bytes]:
     """The range as blocks of whole lines. A plain range ends at a newline and is read at once; a gzip stream is
     cut after the last ``\\n`` of each block (so a ``\\r\\n`` is never split); a Bundle is its entries' lines."""
     if task.bundle:
-        yield b"".join(line + b"\n" for line in bundle_lines(read_bundle(Path(task.path))))
+        yield bundle_block(Path(task.path))
         return
     with _open(task) as handle:
         if not task.gzipped:

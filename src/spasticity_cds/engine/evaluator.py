@@ -449,7 +449,7 @@ class Engine:
             input_notes.append(f"{record.duplicates_dropped} duplicate resources collapsed")
         if record.other_patient_resources:
             input_notes.append(f"{record.other_patient_resources} resources of other patients ignored")
-        death = record.death_recorded(now.date())
+        death = record.death_recorded(now)
         if death is not None:
             input_notes.append(f"the Patient resource records a death ({death})")
         manifest = self.kb.manifest

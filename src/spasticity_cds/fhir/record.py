@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import datetime
 from functools import cached_property
 from typing import Any
 
@@ -32,10 +33,10 @@ class PatientRecord:
         """The Patient resource as FHIR JSON (the fields read: id, name, identifier, gender, birthDate, deceased[x])."""
         return as_json(self.patient_resource)
 
-    def death_recorded(self, today: date) -> str | None:
-        """How the Patient resource records a death by ``today`` (see ``death_recorded``), or None."""
+    def death_recorded(self, now: datetime) -> str | None:
+        """How the Patient resource records a death by ``now`` (see ``recorded_death``), or None."""
         patient = self.patient_resource
-        return death_recorded(patient.deceased_boolean, patient.deceased_date_time, today)
+        return recorded_death(patient.deceased_boolean, patient.deceased_date_time, now)
 
     def of_type(self, resource_type: str) -> list[Resource]:
         """Every resource of one type, in input order."""
@@ -52,15 +53,30 @@ class PatientRecord:
         return self.by_reference.get(self.normalise(reference))
 
 
-def death_recorded(deceased: bool | None, deceased_at: str | None, today: date) -> str | None:
-    """The element by which a Patient records a death by ``today``: ``deceasedBoolean true``, or
-    ``deceasedDateTime <value>`` when its day, month or year is not after ``today``; None otherwise."""
+#: A FHIR dateTime: a year, optionally month and day, optionally a time (with an offset when a time is given).
+_DATE_TIME = re.compile(r"\d{4}(-(0[1-9]|1[0-2])(-(0[1-9]|[12]\d|3[01]))?)?")
+
+
+def recorded_death(deceased: bool | None, deceased_at: str | None, now: datetime) -> str | None:
+    """The element by which a Patient records a death by ``now``: ``deceasedBoolean true``, or ``deceasedDateTime
+    <value>`` when that instant (a full dateTime with its offset) or that day, month or year (a partial date) is not
+    after ``now``; None otherwise, and for a value that is not a FHIR dateTime."""
     if deceased is True:
         return "deceasedBoolean true"
     if not deceased_at:
         return None
-    day = deceased_at[:10]  # FHIR dateTime: YYYY, YYYY-MM or YYYY-MM-DD first, so ISO text compares in time order
-    return f"deceasedDateTime {deceased_at}" if day <= today.isoformat()[: len(day)] else None
+    date_part = _DATE_TIME.fullmatch(deceased_at[:10])
+    if date_part is None:
+        return None
+    if len(deceased_at) > 10:
+        try:
+            instant = datetime.fromisoformat(deceased_at)
+        except ValueError:
+            return None
+        if instant.tzinfo is not None:
+            return f"deceasedDateTime {deceased_at}" if instant <= now else None
+    day = deceased_at[:10]  # YYYY, YYYY-MM or YYYY-MM-DD: ISO text compares in time order
+    return f"deceasedDateTime {deceased_at}" if day <= now.date().isoformat()[: len(day)] else None
 
 
 def build_record(parsed: ParsedInput, *, source: str = "<input>") -> PatientRecord:

@@ -138,7 +138,7 @@ def patient_banner(record: PatientRecord, now: datetime) -> dict[str, str]:
         "birth_date": born or "not recorded",
         "age": age,
         "reference": record.patient_reference,
-        "death": record.death_recorded(now.date()) or "",
+        "death": record.death_recorded(now) or "",
     }
 
 
