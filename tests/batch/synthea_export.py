@@ -131,7 +131,7 @@ def by_patient(export: Path) -> tuple[dict[str, list[dict[str, Any]]], list[dict
     per_patient: dict[str, list[dict[str, Any]]] = defaultdict(list)
     unowned: list[dict[str, Any]] = []
     for resource in resources_of(export):
-        link = resource.get("subject") or resource.get("patient")
+        link = resource.get("subject") or resource.get("patient") or resource.get("beneficiary")
         if resource["resourceType"] == "Patient":
             per_patient[f"Patient/{resource['id']}"].append(resource)
         elif link is None:
