@@ -11,7 +11,8 @@ from typing import Any
 
 import orjson
 
-EXPORT = Path(__file__).parent / "data" / "synthea-bulk-10"
+DATA = Path(__file__).parent / "data"
+EXPORT = DATA / "synthea-bulk-10"
 ALS = {"system": "http://snomed.info/sct", "code": "86044005", "display": "Amyotrophic lateral sclerosis"}
 RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
 #: The added orders, by patient index modulo 3: baclofen 10 mg three times a day, tizanidine 4 mg three times a day.
@@ -70,6 +71,12 @@ def added_resources(patient_ids: list[str]) -> list[dict[str, Any]]:
         for index, patient_id in enumerate(patient_ids)
         for resource in als_with(patient_id, str(index), index % 3 if index % 3 in ORDERS else None)
     ]
+
+
+def vendored(name: str, folder: Path) -> Path:
+    """A copy of the vendored data set ``data/{name}`` in ``folder``, without its licence file (not an input)."""
+    shutil.copytree(DATA / name, folder, ignore=shutil.ignore_patterns("LICENSE"))
+    return folder
 
 
 def write_synthea_export(folder: Path) -> Path:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,7 @@ from spasticity_cds.batch.bundles import bundle_lines
 from spasticity_cds.errors import BatchError
 
 from .batch_helpers import NOW, evaluator_tasks, read_ndjson, run
-from .synthea_export import CONTEXT_FILES, als_with, resources_of
+from .synthea_export import CONTEXT_FILES, als_with, resources_of, vendored
 
 
 def test_a_folder_of_patient_bundles_gives_the_evaluators_tasks_bundle_by_bundle(
@@ -110,16 +109,8 @@ def test_a_transaction_without_ids_takes_them_from_the_urns_and_odd_bytes_are_re
     assert orjson.loads(line)["name"] == [{"text": "\ufffd"}]
 
 
-REAL_BUNDLES = Path(__file__).parent / "data" / "synthea-bundles"
-
-
-def _copy_bundles(name: str, folder: Path) -> Path:
-    shutil.copytree(REAL_BUNDLES / name, folder, ignore=shutil.ignore_patterns("LICENSE"))
-    return folder
-
-
 def test_real_synthea_bundles_run_clean_and_the_deceased_patient_gets_no_tasks(tmp_path: Path) -> None:
-    folder = _copy_bundles("vger", tmp_path / "in")
+    folder = vendored("synthea-bundles/vger", tmp_path / "in")
     summary = run(folder, tmp_path / "out")
     counts = summary.counts
     assert (counts["patients"], counts["patientsDeceased"], counts["patientsEvaluated"]) == (1, 1, 0)
@@ -132,7 +123,7 @@ def test_real_synthea_bundles_run_clean_and_the_deceased_patient_gets_no_tasks(t
 
 
 def test_a_real_synthea_bundle_with_als_added_gives_the_evaluators_tasks(tmp_path: Path) -> None:
-    folder = _copy_bundles("iris", tmp_path / "in")
+    folder = vendored("synthea-bundles/iris", tmp_path / "in")
     (patient_file,) = folder.glob("Carroll*.json.gz")
     bundle = orjson.loads(gzip.decompress(patient_file.read_bytes()))
     patient_id = next(e["resource"]["id"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Patient")

@@ -4,14 +4,13 @@ not reported."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import orjson
 import pytest
 
 from .batch_helpers import evaluator_tasks, read_ndjson, run
-from .synthea_export import CONTEXT_FILES, als_with, by_patient, resources_of
+from .synthea_export import CONTEXT_FILES, als_with, by_patient, resources_of, vendored
 
 
 @pytest.mark.parametrize("workers", [1, 2])
@@ -47,8 +46,7 @@ def test_practitioners_organisations_locations_are_context_and_the_client_log_is
 
 
 def test_the_onc_g10_bulk_fixtures_give_the_evaluators_tasks(tmp_path: Path) -> None:
-    export = tmp_path / "export"
-    shutil.copytree(Path(__file__).parent / "data" / "onc-g10-bulk", export, ignore=shutil.ignore_patterns("LICENSE"))
+    export = vendored("onc-g10-bulk", tmp_path / "export")
     living = next(
         resource["id"]
         for resource in resources_of(export)

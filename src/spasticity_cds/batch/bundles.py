@@ -16,6 +16,7 @@ import orjson
 
 from spasticity_cds.batch.inputs import InputFile, InputSet
 from spasticity_cds.errors import BatchError
+from spasticity_cds.fhir.parse import id_from_full_url
 
 #: A reference as orjson writes it whose target may be another entry's ``fullUrl`` (a ``urn:uuid:``/``urn:oid:``).
 _URN_REFERENCE = re.compile(rb'"reference":"(urn:(?:uuid|oid):[^"\\]*)"')
@@ -91,7 +92,7 @@ def _dumps(value: Any) -> bytes:
 
 def _targets(entries: Sequence[Any]) -> dict[bytes, bytes]:
     """``urn:`` fullUrl -> ``Type/id`` of the entries that have one. A resource without an ``id`` (usual in a
-    transaction Bundle that POSTs) takes the urn's last part, as a server would give it one."""
+    transaction Bundle that POSTs) takes the one the FHIR reader gives it (``id_from_full_url``)."""
     targets: dict[bytes, bytes] = {}
     for entry in entries:
         if not isinstance(entry, dict):
@@ -103,7 +104,7 @@ def _targets(entries: Sequence[Any]) -> dict[bytes, bytes]:
         if not isinstance(resource_type, str):
             continue
         if not resource.get("id"):
-            resource["id"] = full_url.rsplit(":", 1)[-1]
+            resource["id"] = id_from_full_url(full_url)
         if isinstance(resource["id"], str):
             targets[full_url.encode()] = f"{resource_type}/{resource['id']}".encode()
     return targets

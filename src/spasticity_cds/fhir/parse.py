@@ -70,7 +70,7 @@ class ParsedInput:
             resource_id, full_url = resource.id, entry.full_url
             if full_url is not None:
                 if not resource_id:
-                    resource_id = full_url.rsplit(":", 1)[-1].rsplit("/", 1)[-1]
+                    resource_id = id_from_full_url(full_url)
                     resource = msgspec.structs.replace(resource, id=resource_id)
                 key = f"{resource_type}/{resource_id}"
                 # Absolute URLs ending in Type/id resolve by their tail (PatientRecord.normalise); only other
@@ -111,6 +111,12 @@ class ParsedInput:
         same_type[index] = resource
         positions[id(resource)] = index
         self.owners.add(owner_reference(resource))
+
+
+def id_from_full_url(full_url: str) -> str:
+    """The id a server would give an entry without one: the last part of its fullUrl (``urn:uuid:{id}``,
+    ``urn:oid:{id}`` or ``.../Type/{id}``)."""
+    return full_url.rsplit(":", 1)[-1].rsplit("/", 1)[-1]
 
 
 def owner_reference(resource: Resource) -> str | None:

@@ -63,20 +63,17 @@ def recorded_death(deceased: bool | None, deceased_at: str | None, now: datetime
     after ``now``; None otherwise, and for a value that is not a FHIR dateTime."""
     if deceased is True:
         return "deceasedBoolean true"
-    if not deceased_at:
-        return None
-    date_part = _DATE_TIME.fullmatch(deceased_at[:10])
-    if date_part is None:
+    if not deceased_at or _DATE_TIME.fullmatch(deceased_at[:10]) is None:
         return None
     if len(deceased_at) > 10:
         try:
             instant = datetime.fromisoformat(deceased_at)
         except ValueError:
             return None
-        if instant.tzinfo is not None:
-            return f"deceasedDateTime {deceased_at}" if instant <= now else None
-    day = deceased_at[:10]  # YYYY, YYYY-MM or YYYY-MM-DD: ISO text compares in time order
-    return f"deceasedDateTime {deceased_at}" if day <= now.date().isoformat()[: len(day)] else None
+        died = instant <= now if instant.tzinfo is not None else deceased_at[:10] <= now.date().isoformat()
+    else:  # YYYY, YYYY-MM or YYYY-MM-DD: ISO text compares in time order
+        died = deceased_at <= now.date().isoformat()[: len(deceased_at)]
+    return f"deceasedDateTime {deceased_at}" if died else None
 
 
 def build_record(parsed: ParsedInput, *, source: str = "<input>") -> PatientRecord:
