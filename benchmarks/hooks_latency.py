@@ -147,7 +147,7 @@ def serve(kind: str, port: int, workdir: Path, store_url: str | None, auth: bool
 
     import uvicorn
 
-    from spasticity_cds.interfaces.web.app import create_app, for_serving
+    from spasticity_cds.interfaces.web.app import SERVER_HTTP, SERVER_LOOP, create_app, for_serving
     from spasticity_cds.interfaces.web.config import WebSettings
 
     if kind == "floor":
@@ -162,7 +162,9 @@ def serve(kind: str, port: int, workdir: Path, store_url: str | None, auth: bool
         )
         app = create_app(settings)
     app = for_serving(app)  # both as `spasticity-cds serve` builds each worker's app
-    uvicorn.run(app, host="127.0.0.1", port=port, log_level="error", access_log=False)
+    uvicorn.run(
+        app, host="127.0.0.1", port=port, log_level="error", access_log=False, http=SERVER_HTTP, loop=SERVER_LOOP
+    )
 
 
 @dataclass

@@ -25,13 +25,13 @@ GZIP_RATIO = 8
 MAX_PARTITIONS = 512
 
 
-class _Reference(msgspec.Struct):
+class _Reference(msgspec.Struct, gc=False):
     """A Reference; only its ``reference`` string is read."""
 
     reference: str | None = None
 
 
-class _Fields(msgspec.Struct):
+class _Fields(msgspec.Struct, gc=False):
     """The only fields classification reads, typed as in valid FHIR; msgspec skips (but checks) the rest."""
 
     resourceType: str | None = None  # noqa: N815 - FHIR's field names

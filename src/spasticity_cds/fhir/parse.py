@@ -97,7 +97,8 @@ class ParsedInput:
     def _collapse(self, key: str, previous: Resource, resource: Resource) -> None:
         """Keep one of two copies of a ``Type/id``: the later lastUpdated, else the later seen."""
         self.duplicates += 1
-        if _last_updated(previous) > _last_updated(resource):
+        # An equal copy changes nothing; our own prefetch sends the newest observations twice (two searches).
+        if previous == resource or _last_updated(previous) > _last_updated(resource):
             return
         self.resources[key] = resource
         resource_type = resource.resource_type or ""

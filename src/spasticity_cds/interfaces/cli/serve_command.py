@@ -26,6 +26,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
     """Check the configuration once (store migrated, trusted clients readable), then serve until stopped."""
     import uvicorn
 
+    from spasticity_cds.interfaces.web.app import SERVER_HTTP, SERVER_LOOP
     from spasticity_cds.interfaces.web.config import (
         BASE_URL_ENV,
         CONFIG_ENV,
@@ -67,5 +68,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
         workers=workers,
         log_level=args.log_level,
         server_header=False,
+        http=SERVER_HTTP,
+        loop=SERVER_LOOP,
     )
     return 0
