@@ -118,7 +118,7 @@ def test_manifest_input_with_gzip_files_gives_the_same_tasks(clean_cohort: Path,
     [
         (b"{", "not valid JSON"),
         (b"[]", "not a JSON object"),
-        (b'{"output": [{"url": "https://server/x.ndjson"}]}', "remote URL"),
+        (b'{"output": [{"url": "http://127.0.0.1:9/x.ndjson"}]}', "download of http://127.0.0.1:9/x.ndjson failed"),
         (b'{"output": [{"url": "missing.ndjson"}]}', "is missing"),
         (b'{"output": []}', "lists no output files"),
     ],

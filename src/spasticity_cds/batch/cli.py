@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from datetime import datetime
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from rich.progress import (
 from rich.text import Text
 
 from spasticity_cds.api import parse_instant
-from spasticity_cds.errors import EvaluationError, InputError
+from spasticity_cds.errors import BatchError, EvaluationError, InputError
 
 ENGINES = ("local", "spark")
 
@@ -61,6 +62,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--spark-master", help="Spark master for --engine spark (default: spark-submit's, else local[2])"
     )
+    parser.add_argument(
+        "--access-token-env",
+        metavar="VARIABLE",
+        help="environment variable holding the bearer token for a manifest's remote files (requiresAccessToken)",
+    )
+
+
+def _access_token(variable: str | None) -> str | None:
+    """The token in the environment variable ``variable`` (read from there so that it never shows in a process
+    list or a shell history)."""
+    if variable is None:
+        return None
+    token = os.environ.get(variable, "").strip()
+    if not token:
+        raise BatchError(f"--access-token-env names {variable!r}, which is not set or empty")
+    return token
 
 
 class _RateColumn(ProgressColumn):
@@ -76,6 +93,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
     from spasticity_cds.batch.runner import BatchOptions, run_batch
 
     options = BatchOptions(
+        access_token=_access_token(args.access_token_env),
         source=args.input,
         out=args.out,
         now=args.now or datetime.now().astimezone(),

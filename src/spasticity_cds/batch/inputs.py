@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlparse
 
 import orjson
 
+from spasticity_cds.batch.download import is_remote
 from spasticity_cds.errors import BatchError
+
+if TYPE_CHECKING:
+    from spasticity_cds.batch.download import Downloader
 
 SUFFIXES = (".ndjson", ".ndjson.gz")
 #: A file of one JSON document in a folder, plain or gzipped: a Bundle (Synthea writes one per patient) or a single
@@ -44,8 +48,9 @@ class InputSet:
     skipped: tuple[str, ...] = ()
 
 
-def discover(source: Path) -> InputSet:
-    """The input files named by ``source`` (a folder or a manifest); raises ``BatchError`` when unusable."""
+def discover(source: Path, downloader: Downloader | None = None) -> InputSet:
+    """The input files named by ``source`` (a folder or a manifest, whose remote files ``downloader`` fetches);
+    raises ``BatchError`` when unusable."""
     if source.is_dir():
         manifest = source / "manifest.json"
         found = sorted(p for p in source.iterdir() if p.is_file() and _is_input_name(p.name))
@@ -66,7 +71,7 @@ def discover(source: Path) -> InputSet:
         return InputSet(
             source=source,
             kind="manifest",
-            files=tuple(_manifest_files(source, info)),
+            files=tuple(_manifest_files(source, info, downloader)),
             transaction_time=_text(info.get("transactionTime")),
             request=_text(info.get("request")),
         )
@@ -93,17 +98,26 @@ def _read_manifest(path: Path) -> dict[str, Any]:
     return data
 
 
-def _manifest_files(manifest: Path, info: dict[str, Any]) -> list[InputFile]:
+def _manifest_files(manifest: Path, info: dict[str, Any], downloader: Downloader | None) -> list[InputFile]:
     output = info.get("output")
     if not isinstance(output, list):
         raise BatchError("the manifest has no output list", where=str(manifest))
+    for index, entry in enumerate(output):
+        if not isinstance(entry, dict) or not isinstance(entry.get("url"), str):
+            raise BatchError("an output entry has no url", where=f"{manifest}: output[{index}]")
+    if not output:
+        raise BatchError("the manifest lists no output files", where=str(manifest))
+    requires_token = info.get("requiresAccessToken") is True
     files: list[InputFile] = []
     for index, entry in enumerate(output):
         where = f"{manifest}: output[{index}]"
-        if not isinstance(entry, dict) or not isinstance(entry.get("url"), str):
-            raise BatchError("an output entry has no url", where=where)
         url: str = entry["url"]
-        path = _local_path(manifest.parent, url, where)
+        if not is_remote(url):
+            path = _local_path(manifest.parent, url, where)
+        elif downloader is None:
+            raise BatchError(f"{url!r} is a remote URL; download the export first", where=where)
+        else:
+            path = downloader.fetch(url, requires_token, where)
         if not path.is_file():
             raise BatchError(f"file {url!r} is missing", where=where)
         count = entry.get("count")
@@ -115,17 +129,11 @@ def _manifest_files(manifest: Path, info: dict[str, Any]) -> list[InputFile]:
                 declared_count=count if isinstance(count, int) else None,
             )
         )
-    if not files:
-        raise BatchError("the manifest lists no output files", where=str(manifest))
     return files
 
 
 def _local_path(base: Path, url: str, where: str) -> Path:
     parsed = urlparse(url)
-    if parsed.scheme in ("http", "https"):
-        raise BatchError(
-            f"{url!r} is a remote URL; download the export first (the batch reads local files only)", where=where
-        )
     if parsed.scheme == "file":
         return Path(unquote(parsed.path))
     if parsed.scheme and len(parsed.scheme) > 1:

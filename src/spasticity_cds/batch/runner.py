@@ -12,12 +12,15 @@ from pathlib import Path
 from typing import Any
 
 from spasticity_cds.batch import bundles, output, problems
+from spasticity_cds.batch.download import Downloader
 from spasticity_cds.batch.inputs import CLIENT_LOG_REASON, InputSet, discover
 from spasticity_cds.batch.patient import EvaluationSpec, cached_evaluator
 from spasticity_cds.batch.scan import BLOCK_BYTES
 from spasticity_cds.errors import BatchError
 
 ENGINES = ("local", "spark")
+#: The folder, inside the run's work folder, of files downloaded from a manifest's remote URLs.
+DOWNLOADS = "download"
 #: Called with (patients done, patients in total) as the run advances.
 Progress = Callable[[int, int], None]
 
@@ -37,6 +40,8 @@ class BatchOptions:
     memory_limit: str = "512MB"
     block_bytes: int = BLOCK_BYTES
     spark_master: str | None = None
+    #: Bearer token for a manifest's remote files when it says they need one; kept out of every repr and log.
+    access_token: str | None = field(default=None, repr=False)
 
 
 @dataclass(slots=True)
@@ -72,11 +77,12 @@ def run_batch(options: BatchOptions, progress: Progress | None = None) -> BatchS
     if options.now.tzinfo is None:
         raise BatchError("--now must carry a UTC offset")
     started = time.perf_counter()
-    inputs = discover(options.source)
     previous = _previous_run(options.since) if options.since is not None else None
     out = options.out.absolute()
     partial = _prepare(out)
     try:
+        # A manifest's remote files are downloaded into the run's work folder, removed with it at the end.
+        inputs = discover(options.source, Downloader(partial / output.WORK / DOWNLOADS, options.access_token))
         manifest = _run_into(partial, inputs, previous, options, progress)
         _swap(partial, out)
     except BaseException:

@@ -1,0 +1,80 @@
+"""Download the files of a Bulk Data manifest that lists ``http(s)://`` URLs, streamed into the run's work folder."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlparse
+
+import httpx
+
+from spasticity_cds.errors import BatchError
+
+#: Seconds to connect, and at most between two received chunks (a file of gigabytes may take long in total).
+CONNECT_TIMEOUT_S = 10.0
+READ_TIMEOUT_S = 60.0
+CHUNK_BYTES = 1024 * 1024
+GZIP_MAGIC = b"\x1f\x8b"
+#: What the Bulk Data specification says a client asks for.
+ACCEPT = "application/fhir+ndjson"
+
+
+def is_remote(url: str) -> bool:
+    """Whether a manifest ``output[].url`` is on a server rather than on this machine."""
+    return urlparse(url).scheme in ("http", "https")
+
+
+@dataclass(slots=True)
+class Downloader:
+    """Fetches remote export files one after the other into ``folder``; ``token`` is sent as a bearer token when the
+    manifest says the files need one (``requiresAccessToken``), never logged or written anywhere."""
+
+    folder: Path
+    token: str | None = None
+    transport: httpx.BaseTransport | None = None
+    fetched: list[Path] = field(default_factory=list)
+
+    def fetch(self, url: str, requires_token: bool, where: str) -> Path:
+        """The downloaded file of ``url``; a ``BatchError`` naming the URL when it cannot be had whole."""
+        if requires_token and not self.token:
+            raise BatchError(
+                "the manifest says its files require an access token (requiresAccessToken): put the token in an "
+                "environment variable and name it with --access-token-env",
+                where=where,
+            )
+        self.folder.mkdir(parents=True, exist_ok=True)
+        target = self.folder / f"{len(self.fetched):05d}.ndjson"
+        headers = {"Accept": ACCEPT}
+        if requires_token and self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        timeout = httpx.Timeout(READ_TIMEOUT_S, connect=CONNECT_TIMEOUT_S)
+        try:
+            # httpx drops the Authorization header on a redirect to another host (servers often redirect file
+            # downloads to object storage with a signed URL of its own).
+            with (
+                httpx.Client(timeout=timeout, follow_redirects=True, transport=self.transport) as client,
+                client.stream("GET", url, headers=headers) as response,
+            ):
+                if response.status_code != httpx.codes.OK:
+                    raise BatchError(f"download of {url} failed: HTTP {response.status_code}", where=where)
+                target = _written(response, target)
+        except httpx.HTTPError as error:
+            raise BatchError(f"download of {url} failed: {type(error).__name__}", where=where) from None
+        except OSError as error:
+            raise BatchError(f"cannot write the download of {url}: {error.strerror or error}", where=where) from None
+        self.fetched.append(target)
+        return target
+
+
+def _written(response: httpx.Response, target: Path) -> Path:
+    """Stream the body to ``target``; a gzip body (sent as a file, not as a transfer encoding) is kept as
+    ``.ndjson.gz`` so that the scan unpacks it."""
+    chunks = response.iter_bytes(CHUNK_BYTES)
+    first = next(chunks, b"")
+    if first.startswith(GZIP_MAGIC):
+        target = target.with_suffix(".ndjson.gz")
+    with target.open("wb") as out:
+        out.write(first)
+        for chunk in chunks:
+            out.write(chunk)
+    return target
