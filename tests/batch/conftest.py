@@ -29,6 +29,8 @@ def bad_cohort(clean_cohort: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     shutil.copytree(clean_cohort, out)
     with (out / "Observation.ndjson").open("ab") as handle:
         handle.write(b"\n".join(BAD_OBSERVATION_LINES) + b"\n")
+    patients = out / "Patient.ndjson"  # a byte-order mark, which some exporters write, is dropped by both engines
+    patients.write_bytes(b"\xef\xbb\xbf" + patients.read_bytes())
     medications = [
         {
             "resourceType": "Medication",

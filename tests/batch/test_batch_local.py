@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -139,6 +140,48 @@ def test_an_empty_folder_or_a_foreign_output_folder_is_a_batch_error(clean_cohor
     with pytest.raises(BatchError, match="not empty"):
         run(clean_cohort, tmp_path / "mine")
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+
+
+def test_a_byte_order_mark_at_the_start_of_a_file_is_dropped(clean_cohort: Path, tmp_path: Path) -> None:
+    export = tmp_path / "export"
+    shutil.copytree(clean_cohort, export)
+    for name in ("Patient.ndjson", "Condition.ndjson"):
+        (export / name).write_bytes(b"\xef\xbb\xbf" + (export / name).read_bytes())
+    summary = run(export, tmp_path / "bom")
+    run(clean_cohort, tmp_path / "plain")
+    assert (tmp_path / "bom" / "Task.ndjson").read_bytes() == (tmp_path / "plain" / "Task.ndjson").read_bytes()
+    assert summary.counts["problems"] == {}
+
+
+def test_a_number_beyond_a_double_is_an_unreadable_value_not_a_lost_patient(clean_cohort: Path, tmp_path: Path) -> None:
+    export = tmp_path / "export"
+    shutil.copytree(clean_cohort, export)
+    lines = (export / "Observation.ndjson").read_bytes().splitlines(keepends=True)
+    for index, line in enumerate(lines):  # every value of one patient, so that the newest ones are read
+        if b'"Patient/p-3-0"' in line:
+            lines[index] = re.sub(rb'("valueQuantity":\{"value":)[-0-9.]+', rb"\g<1>1e999", line)
+    (export / "Observation.ndjson").write_bytes(b"".join(lines))
+    summary = run(export, tmp_path / "run")
+    assert summary.counts["problems"] == {}
+    assert summary.counts["patientsEvaluated"] == N
+    assert summary.counts["resources"] == run(clean_cohort, tmp_path / "plain").counts["resources"]
+
+
+def test_an_export_folder_or_the_input_itself_is_never_an_output_folder(clean_cohort: Path, tmp_path: Path) -> None:
+    export = tmp_path / "export"
+    shutil.copytree(clean_cohort, export)  # a Bulk Data export: its manifest.json does not make it a batch run
+    before = sorted((path.name, path.read_bytes()) for path in export.iterdir())
+    with pytest.raises(BatchError, match="not empty"):
+        run(clean_cohort, export)
+    with pytest.raises(BatchError, match="not empty"):
+        run(export, export)
+    run(export, tmp_path / "run")
+    for name in ("Patient.ndjson", "manifest.json"):  # a finished run that also holds the input
+        shutil.copy(export / name, tmp_path / "run" / name)
+    with pytest.raises(BatchError, match="inside the output folder"):
+        run(tmp_path / "run", tmp_path / "run")
+    assert sorted((path.name, path.read_bytes()) for path in export.iterdir()) == before
+    assert (tmp_path / "run" / "Patient.ndjson").read_bytes() == (export / "Patient.ndjson").read_bytes()
 
 
 def test_a_rerun_replaces_a_previous_output_whole(clean_cohort: Path, tmp_path: Path) -> None:

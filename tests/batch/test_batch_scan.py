@@ -40,6 +40,8 @@ ODD_LINES = [
     b'{"resourceType": "Observation", "subject": {"reference": "Patient/p1"}, "note": "\xff"}',
     b'{"resourceType": "Observation", "subject": {"reference": "Patient/p1"}} trailing',
     b'  {"resourceType": "Observation", "subject": {"reference": "Patient/p1"}}  ',
+    b'{"resourceType": "Observation", "subject": {"reference": "Patient/p1"}, "valueQuantity": {"value": 1e999}}',
+    b'\xef\xbb\xbf{"resourceType": "Observation", "subject": {"reference": "Patient/p1"}}',
     b"\t",
     b"",
 ]

@@ -326,3 +326,17 @@ def test_dose_facts_are_missing_not_false_when_the_dose_is_unknown() -> None:
     out = dose_facts(monograph, facts, ENGINE.defaults)
     assert out["dose.baclofen.above_max"].value is None
     assert out["dose.baclofen.max"].value == 80
+
+
+def test_an_observation_value_beyond_a_double_is_unreadable_not_an_error() -> None:
+    from spasticity_cds.api import read_patient
+
+    bundle = (
+        b'{"resourceType":"Bundle","entry":['
+        b'{"resource":{"resourceType":"Patient","id":"p1","birthDate":"1960-01-01","gender":"female"}},'
+        b'{"resource":{"resourceType":"Observation","id":"o1","status":"final","subject":{"reference":"Patient/p1"},'
+        b'"code":{"coding":[{"system":"http://loinc.org","code":"2160-0"}]},"effectiveDateTime":"2026-10-01",'
+        b'"valueQuantity":{"value":1e999,"unit":"mg/dL"}}}]}'
+    )
+    facts, _ = ENGINE.extractor.extract(read_patient(bundle), NOW)
+    assert facts["obs.creatinine"].value is None

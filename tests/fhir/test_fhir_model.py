@@ -116,3 +116,6 @@ def test_code_and_value_quantity_are_kept_as_json_text_and_decoded_on_demand() -
         Quantity(unit="%")
     )
     assert quantity_of(RESOURCE_DECODER.decode(b'{"valueQuantity":[1]}').value_quantity) is None
+    # A number beyond a double passes the resource's decode unchecked (the field is kept as text); read, it is no
+    # value at all rather than an error that would stop the whole evaluation.
+    assert quantity_of(RESOURCE_DECODER.decode(b'{"valueQuantity":{"value":1e999,"unit":"%"}}').value_quantity) is None

@@ -14,6 +14,7 @@ from typing import Any
 
 import orjson
 
+from spasticity_cds.batch import problems
 from spasticity_cds.batch.inputs import InputFile, InputSet
 from spasticity_cds.errors import BatchError
 from spasticity_cds.fhir.parse import id_from_full_url
@@ -52,7 +53,7 @@ def bundle_lines(raw: bytes) -> Iterator[bytes]:
     """One line per entry of a Bundle (line ``n`` is entry ``n``; an entry without a resource is a blank line, one
     that is not an object its JSON), references to another entry's ``urn:`` fullUrl rewritten to ``Type/id``; a
     file that is not a Bundle is one line: the resource it holds, or its text for the line classifier to report."""
-    text = raw.removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte-order mark, which some exporters write
+    text = raw.removeprefix(problems.BOM)
     try:
         document = orjson.loads(text)
     except orjson.JSONDecodeError:

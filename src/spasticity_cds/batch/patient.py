@@ -144,7 +144,9 @@ def decode_line(raw: bytes) -> Any:
 
 
 def _loads(raw: bytes) -> Any:
-    """Parse one line; invalid UTF-8 becomes U+FFFD, as Hadoop's text reader (the Spark engine) does."""
+    """Parse one line; invalid UTF-8 becomes U+FFFD, as Hadoop's text reader (the Spark engine) does; a leading
+    byte-order mark is dropped, as ``problems.classify`` drops it."""
+    raw = raw.removeprefix(problems.BOM)
     try:
         return orjson.loads(raw)
     except orjson.JSONDecodeError:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
+import msgspec
 import orjson
 
 #: The resource types of FHIR R4 (4.0.1); anything else in a ``resourceType`` is reported as unknown.
@@ -184,6 +186,10 @@ PATIENT_REFERENCE: Final = r"(^|/)Patient/([^/]+)$"
 MEDICATION_REFERENCE: Final = r"(^|/)Medication/([^/]+)$"
 _PATIENT_RE = re.compile(PATIENT_REFERENCE)
 _MEDICATION_RE = re.compile(MEDICATION_REFERENCE)
+#: Checks JSON syntax only (every field skipped), as the engines' typed line decoders do.
+_SYNTAX_ONLY = msgspec.json.Decoder(msgspec.Struct)
+#: A UTF-8 byte-order mark, which some exporters write at the start of a file; dropped from the start of any line.
+BOM: Final = b"\xef\xbb\xbf"
 
 OK: Final = "ok"
 BLANK: Final = "blank"
@@ -253,12 +259,10 @@ def _provenance_patient(document: Mapping[str, Any], resource_type: str) -> str 
 def classify(raw: bytes) -> Classified:
     """Classify one NDJSON line, the same way in every engine (only its resourceType, id, patient links and
     medicationReference are read)."""
+    raw = raw.removeprefix(BOM)
     if not raw.strip():
         return Classified(BLANK)
-    try:
-        document = orjson.loads(raw.decode("utf-8", "replace"))
-    except orjson.JSONDecodeError:
-        return Classified(MALFORMED)
+    document = _parsed(raw)
     if not isinstance(document, dict):
         return Classified(MALFORMED)
     resource_type = _scalar(document.get("resourceType"))
@@ -281,6 +285,21 @@ def classify(raw: bytes) -> Classified:
     if key is None and resource_type != "Medication":
         return Classified(NO_PATIENT, resource_type, None, resource_id)
     return Classified(OK, resource_type, key, resource_id, medication_ref)
+
+
+def _parsed(raw: bytes) -> Any:
+    """The line as JSON, or None. A number beyond a double (``1e999``), which orjson refuses, is read as infinity:
+    the typed decoders the engines read lines with skip it unchecked, so the line counts as a resource in both."""
+    text = raw.decode("utf-8", "replace")
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        pass
+    try:
+        _SYNTAX_ONLY.decode(text)
+    except (msgspec.MsgspecError, RecursionError):
+        return None
+    return json.loads(text)
 
 
 def describe(status: str, resource_type: str | None, raw: bytes) -> str:

@@ -83,6 +83,7 @@ def run_batch(options: BatchOptions, progress: Progress | None = None) -> BatchS
     try:
         # A manifest's remote files are downloaded into the run's work folder, removed with it at the end.
         inputs = discover(options.source, Downloader(partial / output.WORK / DOWNLOADS, options.access_token))
+        _check_outside(out, inputs)
         manifest = _run_into(partial, inputs, previous, options, progress)
         _swap(partial, out)
     except BaseException:
@@ -200,8 +201,13 @@ def _manifest(
 # -- output folder: write beside it, rename at the end ------------------------------------------------------
 
 
+def _is_batch_run(path: Path) -> bool:
+    """A finished run's folder; a Bulk Data export has a manifest.json too, but never an open.ndjson."""
+    return (path / output.MANIFEST).is_file() and (path / output.OPEN).is_file()
+
+
 def _previous_run(path: Path) -> Path:
-    if not (path / output.MANIFEST).is_file() or not (path / output.OPEN).is_file():
+    if not _is_batch_run(path):
         raise BatchError("not a finished batch run (manifest.json and open.ndjson are missing)", where=str(path))
     return path.absolute()
 
@@ -209,7 +215,7 @@ def _previous_run(path: Path) -> Path:
 def _prepare(out: Path) -> Path:
     if out.exists() and not out.is_dir():
         raise BatchError("the output path exists and is not a folder", where=str(out))
-    if out.is_dir() and any(out.iterdir()) and not (out / output.MANIFEST).is_file():
+    if out.is_dir() and any(out.iterdir()) and not _is_batch_run(out):
         raise BatchError("the output folder is not empty and does not hold a batch run", where=str(out))
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -220,6 +226,14 @@ def _prepare(out: Path) -> Path:
     except OSError as error:
         raise BatchError(f"cannot create the output folder: {error.strerror or error}", where=str(out)) from None
     return partial
+
+
+def _check_outside(out: Path, inputs: InputSet) -> None:
+    """The run replaces ``out`` whole at its end: no input may live inside it."""
+    folder = out.resolve()
+    for path in (inputs.source, *(item.path for item in inputs.files)):
+        if path.resolve().is_relative_to(folder):
+            raise BatchError(f"the input {path} is inside the output folder, which the run replaces", where=str(out))
 
 
 def _clean_stale(out: Path) -> None:

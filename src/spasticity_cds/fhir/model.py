@@ -211,7 +211,12 @@ def _decoded(text: msgspec.Raw, decoder: msgspec.json.Decoder[Element | None], k
     try:
         return decoder.decode(text)
     except msgspec.ValidationError:
-        return from_json(msgspec.json.decode(text), kind)
+        pass
+    try:
+        document = msgspec.json.decode(text)
+    except msgspec.MsgspecError:  # a number beyond a double, skipped unchecked when the resource was decoded
+        return None
+    return from_json(document, kind)
 
 
 def as_json(element: msgspec.Struct) -> dict[str, Any]:
