@@ -145,6 +145,37 @@ def test_sandbox_quirks_are_tolerated(app: FastAPI, client: Client) -> None:
     assert "intent" not in updated
 
 
+@pytest.mark.parametrize(
+    "dosage",
+    [
+        {"doseAndRate": {"doseQuantity": {"value": 2, "unit": "mg"}}, "timing": {"repeat": {"frequency": 3}}},
+        {"doseAndRate": [{"doseQuantity": {"value": 2, "unit": "mg"}}], "timing": [{"repeat": {"frequency": 3}}]},
+        {"doseAndRate": [{"doseQuantity": {"value": 2, "unit": "mg"}}], "timing": "three times a day"},
+        {"doseAndRate": [{"doseQuantity": {"value": 2, "unit": "mg"}}], "timing": {"repeat": [{"frequency": 3}]}},
+        {
+            "doseAndRate": [{"doseQuantity": {"value": 2, "unit": "mg"}}],
+            "timing": {"repeat": {"frequency": 3, "period": 0, "periodUnit": "d"}},
+        },
+        {
+            "doseAndRate": [{"doseQuantity": {"value": 2, "unit": "mg"}}],
+            "timing": {"repeat": {"frequency": 3, "period": 1e-320, "periodUnit": "h"}},
+        },
+        {
+            "doseAndRate": [{"doseQuantity": {"value": 2, "unit": "mg"}}],
+            "timing": {"repeat": {"frequency": 3, "period": 1, "periodUnit": ["d"]}},
+        },
+    ],
+)
+def test_a_draft_dose_of_an_odd_shape_is_read_as_no_structured_dose(
+    app: FastAPI, client: Client, dosage: dict[str, Any]
+) -> None:
+    body = _quirky_request()
+    body["context"]["draftOrders"]["entry"][0]["resource"]["dosageInstruction"] = [dosage]
+    response = _post(app, client, body)
+    assert response.status_code == 200, response.text
+    assert_no_empty(response.json())
+
+
 def test_sandbox_feedback_without_display_is_stored(app: FastAPI, client: Client, hook_store: SqlFeedbackStore) -> None:
     card = _post(app, client, _quirky_request()).json()["cards"][0]
     path = f"/cds-services/{SELECT}/feedback"
@@ -193,6 +224,8 @@ def test_spec_feedback_examples_are_accepted_once(
         ({"overrideReason": {}}, "cds-fb-3"),
         ({"outcomeTimestamp": "yesterday"}, "RFC 3339"),
         ({"outcomeTimestamp": "2026-11-24T10:00:00"}, "UTC offset"),
+        ({"outcomeTimestamp": "9999-12-31T23:59:59-05:00"}, "years 1 to 9999"),
+        ({"outcomeTimestamp": "0001-01-01T00:00:00+05:00"}, "years 1 to 9999"),
     ],
 )
 def test_invalid_feedback_is_400(app: FastAPI, client: Client, change: dict[str, Any], fragment: str) -> None:

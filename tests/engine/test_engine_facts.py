@@ -146,6 +146,23 @@ def test_product_level_code_times_pill_count_gives_the_daily_dose() -> None:
     assert dose.note is not None and "10 mg product strength" in dose.note
 
 
+@pytest.mark.parametrize(
+    "repeat",
+    [
+        {"frequency": 3, "period": 0, "periodUnit": "d"},
+        {"frequency": 3, "period": 1e-320, "periodUnit": "h"},
+        {"frequency": -3, "period": 1, "periodUnit": "d"},
+        {"frequency": 0},
+        {"frequency": 3, "period": 1, "periodUnit": "fortnight"},
+    ],
+)
+def test_a_timing_that_gives_no_usable_frequency_leaves_the_daily_dose_unknown(repeat: dict[str, Any]) -> None:
+    order = med("baclofen", dose=10, per_day=3)
+    order["dosageInstruction"][0]["timing"] = {"repeat": repeat}
+    facts, _ = facts_of(order)
+    assert facts["med.baclofen.daily_dose"].value is None
+
+
 def test_a_unitless_dose_on_an_ingredient_code_is_not_guessed() -> None:
     order = med("baclofen", dose=1, unit="", per_day=3)
     facts, _ = facts_of(order)

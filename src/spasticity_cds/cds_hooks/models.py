@@ -191,4 +191,7 @@ def parse_timestamp(value: str, where: str) -> datetime:
         raise HookRequestError(f"{where} is not an RFC 3339 date-time") from None
     if parsed.tzinfo is None:
         raise HookRequestError(f"{where} must carry a UTC offset")
-    return parsed.astimezone(UTC)
+    try:
+        return parsed.astimezone(UTC)
+    except OverflowError:  # 9999-12-31T23:59-05:00 is past the last instant a datetime holds
+        raise HookRequestError(f"{where} is outside the years 1 to 9999 in UTC") from None

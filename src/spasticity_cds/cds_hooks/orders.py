@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
 from spasticity_cds.engine.evaluator import Engine
+from spasticity_cds.engine.extract import times_per_day
 
-PERIOD_DAYS = {"s": 1 / 86400, "min": 1 / 1440, "h": 1 / 24, "d": 1.0, "wk": 7.0, "mo": 30.0, "a": 365.0}
 MASS_UNITS = {"mg": 1.0, "g": 1000.0}
 UNNAMED_DRAFT = "unnamed-draft-"
 UNIT_DOSE_UNITS = frozenset({"{pill}", "{tbl}", "{tablet}", "tablet", "tablets", "tab", "{capsule}", "capsule", "1"})
@@ -100,31 +101,33 @@ def _codeable(resource: dict[str, Any]) -> Any:
 
 
 def structured_dose(resource: dict[str, Any]) -> StructuredDose | None:
-    """The one structured dose of an order (a single instruction with quantity and frequency), if any."""
-    dosages: list[Any] = resource.get("dosageInstruction") or []
-    if len(dosages) != 1 or not isinstance(dosages[0], dict):
+    """The one structured dose of an order (a single instruction with quantity and frequency), if any; None for
+    anything of another shape."""
+    dosage = _only_object(resource.get("dosageInstruction"))
+    rate = _only_object(dosage.get("doseAndRate")) if dosage is not None else None
+    quantity = rate.get("doseQuantity") if rate is not None else None
+    if dosage is None or not isinstance(quantity, dict) or not _finite(quantity.get("value")):
         return None
-    dosage = dosages[0]
-    rates: list[Any] = dosage.get("doseAndRate") or []
-    quantity = rates[0].get("doseQuantity") if len(rates) == 1 and isinstance(rates[0], dict) else None
-    if not isinstance(quantity, dict) or not isinstance(quantity.get("value"), int | float):
+    timing = dosage.get("timing")
+    repeat = timing.get("repeat") if isinstance(timing, dict) else None
+    if not isinstance(repeat, dict):
         return None
-    per_day = _per_day((dosage.get("timing") or {}).get("repeat") or {})
+    per_day = times_per_day(repeat.get("frequency"), repeat.get("period"), repeat.get("periodUnit"))
     unit = quantity.get("code") or quantity.get("unit")
     if per_day is None or not isinstance(unit, str):
         return None
     return StructuredDose(float(quantity["value"]), unit, per_day)
 
 
-def _per_day(repeat: dict[str, Any]) -> float | None:
-    frequency, period, unit = repeat.get("frequency"), repeat.get("period"), repeat.get("periodUnit")
-    if not isinstance(frequency, int | float) or frequency <= 0:
-        return None
-    if period is None:
-        return float(frequency)
-    if isinstance(period, int | float) and period > 0 and unit in PERIOD_DAYS:
-        return float(frequency) / (float(period) * PERIOD_DAYS[unit])
+def _only_object(value: object) -> dict[str, Any] | None:
+    """The single object of a one-item array."""
+    if isinstance(value, list) and len(value) == 1 and isinstance(value[0], dict):
+        return value[0]
     return None
+
+
+def _finite(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def mg_per_unit(dose: StructuredDose, strength_mg: float | None) -> float | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from datetime import date, datetime
@@ -758,15 +759,31 @@ def _times_per_day(dosage: Dosage) -> float | None:
         return None
     repeat = timing.repeat
     if repeat is not None:
-        frequency = repeat.frequency_max or repeat.frequency
-        period, period_unit = repeat.period, repeat.period_unit
-        if frequency is not None and period is not None and period_unit in PERIOD_DAYS:
-            return frequency / (period * PERIOD_DAYS[period_unit])
-        if frequency is not None and period is None:
-            return frequency
+        per_day = times_per_day(repeat.frequency_max or repeat.frequency, repeat.period, repeat.period_unit)
+        if per_day is not None:
+            return per_day
     code_text = _text_of(timing.code)
     if code_text:
         return _frequency_from_text(code_text)
+    return None
+
+
+def times_per_day(frequency: object, period: object, period_unit: object) -> float | None:
+    """Doses a day from a Timing.repeat's frequency, period and periodUnit (no period: per day); None unless each
+    is usable: a positive finite number, a known unit."""
+    count = _positive_number(frequency)
+    if count is None or period is None:
+        return count
+    length = _positive_number(period)
+    if length is None or not isinstance(period_unit, str) or period_unit not in PERIOD_DAYS:
+        return None
+    rate = count / (length * PERIOD_DAYS[period_unit])
+    return rate if 0 < rate < math.inf else None
+
+
+def _positive_number(value: object) -> float | None:
+    if isinstance(value, int | float) and not isinstance(value, bool) and 0 < value < math.inf:
+        return float(value)
     return None
 
 
