@@ -311,8 +311,8 @@ def assert_valid_card(card: dict[str, Any], base: str = BASE) -> None:
         for action in suggestion.get("actions", ()):
             assert action["description"] and action["type"] in ("create", "update", "delete")
             if action["type"] == "delete":  # cds-resp-2: a delete names its targets and carries no resource
-                assert action["resourceId"] and "resource" not in action
-                assert all(ref.startswith(("MedicationRequest/", "ServiceRequest/")) for ref in action["resourceId"])
+                assert isinstance(action["resourceId"], str) and "resource" not in action  # a string in 2.0.1
+                assert action["resourceId"].startswith(("MedicationRequest/", "ServiceRequest/"))
             else:
                 assert action["resource"]["resourceType"] and "resourceId" not in action
     if card.get("selectionBehavior") == "at-most-one":

@@ -89,6 +89,20 @@ def test_tizanidine_without_liver_tests_suggests_creating_a_liver_test_order(app
     assert "aminotransferases" in liver["detail"] and "MedicationRequest/tiz" in liver["detail"]
 
 
+def test_a_draft_without_an_id_is_never_named_by_a_made_up_reference(app: FastAPI, client: Client) -> None:
+    data = prefetch()
+    data["observations"] = data["recentObservations"] = searchset(
+        [o for o in observations() if o["id"] not in ("alt", "ast", "bili")]
+    )
+    draft = _drug("tiz", "57258", "tizanidine 2 mg")
+    del draft["id"]
+    cards = valid_cards(app, client, hook_request("order-sign", prefetch_data=data, drafts=[draft]), SIGN)
+    liver = next(c for c in cards if _rule(c) == "TIZ-LFT-BASELINE")
+    assert "reasonReference" not in liver["suggestions"][0]["actions"][0]["resource"]
+    assert "unnamed-draft" not in json.dumps(cards)
+    assert "the draft order (sent without an id)" in liver["detail"]
+
+
 def test_interacting_order_is_caught_through_the_evidence(app: FastAPI, client: Client) -> None:
     tizanidine = _drug("tiz-current", "57258", "tizanidine 2 mg", status="active")
     ciprofloxacin = _drug("cipro", "2551", "ciprofloxacin 500 mg")

@@ -49,7 +49,7 @@ def test_baclofen_at_severe_kidney_disease_suggests_deleting_the_draft(app: Fast
         {
             "type": "delete",
             "description": "Remove the draft order MedicationRequest/draft-baclofen",
-            "resourceId": ["MedicationRequest/draft-baclofen"],
+            "resourceId": "MedicationRequest/draft-baclofen",
         }
     ]
 
@@ -85,7 +85,7 @@ def test_dialysis_rules_baclofen_out_at_any_egfr(app: FastAPI, client: Client) -
     body["prefetch"]["procedures"]["total"] = 1
     cards = valid_cards(app, client, body, SIGN)
     (card,) = [c for c in cards if "BACLOFEN-KIDNEY-FAILURE-AVOID" in _findings(c)]
-    assert card["suggestions"][0]["actions"][0]["resourceId"] == ["MedicationRequest/draft-baclofen"]
+    assert card["suggestions"][0]["actions"][0]["resourceId"] == "MedicationRequest/draft-baclofen"
 
 
 def test_order_select_deletes_only_the_selected_draft(app: FastAPI, client: Client) -> None:
@@ -98,17 +98,14 @@ def test_order_select_deletes_only_the_selected_draft(app: FastAPI, client: Clie
     )
     (card,) = valid_cards(app, client, body, SELECT)
     (suggestion,) = card["suggestions"]
-    assert [a["resourceId"] for a in suggestion["actions"]] == [["MedicationRequest/bac-2"]]
+    assert [a["resourceId"] for a in suggestion["actions"]] == ["MedicationRequest/bac-2"]
 
 
 def test_two_drafts_of_the_agent_are_removed_together(app: FastAPI, client: Client) -> None:
     (card,) = valid_cards(app, client, _sign(baclofen_order("bac-1", value=5), baclofen_order("bac-2", value=5)), SIGN)
     (suggestion,) = card["suggestions"]
     assert suggestion["label"] == "Remove the Baclofen orders"
-    assert [a["resourceId"] for a in suggestion["actions"]] == [
-        ["MedicationRequest/bac-1"],
-        ["MedicationRequest/bac-2"],
-    ]
+    assert [a["resourceId"] for a in suggestion["actions"]] == ["MedicationRequest/bac-1", "MedicationRequest/bac-2"]
 
 
 def test_a_draft_without_id_cannot_be_named_so_it_gets_no_delete(app: FastAPI, client: Client) -> None:
@@ -153,7 +150,7 @@ def test_any_ruled_out_agent_being_ordered_can_be_deleted(app: FastAPI, client: 
         {
             "type": "delete",
             "description": "Remove the draft order MedicationRequest/tiz",
-            "resourceId": ["MedicationRequest/tiz"],
+            "resourceId": "MedicationRequest/tiz",
         }
     ]
 
@@ -187,7 +184,7 @@ def test_on_current_baclofen_the_taper_card_stays_beside_the_delete(app: FastAPI
     cards = valid_cards(app, client, _sign(baclofen_order(value=5), meds=[current]), SIGN)
     assert [_findings(c) for c in cards] == [["BACLOFEN-KIDNEY-FAILURE-AVOID"], ["BACLOFEN-NO-ABRUPT-STOP"]]
     (remove,) = cards[0]["suggestions"]
-    assert [a["resourceId"] for a in remove["actions"]] == [["MedicationRequest/draft-baclofen"]]
+    assert [a["resourceId"] for a in remove["actions"]] == ["MedicationRequest/draft-baclofen"]
 
 
 def test_liver_tests_stay_beside_the_delete_without_naming_the_removed_draft(app: FastAPI, client: Client) -> None:

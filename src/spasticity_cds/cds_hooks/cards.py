@@ -40,6 +40,8 @@ ORDER_KINDS = frozenset({"contraindication", "warning", "dose", "monitoring", "i
 DOSE_STEP = {"mg": 0.5, "g": 0.0005}
 HALF = 0.5
 UNNAMED = f"MedicationRequest/{UNNAMED_DRAFT}"
+#: How a card names a draft order sent without an id.
+UNNAMED_TEXT = "the draft order (sent without an id)"
 RULED_OUT = frozenset({"avoid", "contraindicated"})
 
 
@@ -234,7 +236,7 @@ class CardBuilder:
             if fact.get("value") is None or fact.get("stale"):
                 continue
             value = _fact_value(fact)
-            sources = ", ".join(fact.get("sources", ()))
+            sources = ", ".join(ref if _named(ref) else UNNAMED_TEXT for ref in fact.get("sources", ()))
             note = f"; {fact['note']}" if fact.get("note") else ""
             lines.append(f"- {self._label(fact['name'])}: {value}{note}" + (f" ({sources})" if sources else ""))
         return lines
@@ -284,7 +286,7 @@ class CardBuilder:
     def _withdrawal_suggestions(self, group: list[Mapping[str, Any]], ctx: CardContext) -> list[dict[str, Any]]:
         """A ``delete`` of the named drafts of every agent the findings set to avoid or contraindicated."""
         ruled_out = {agent for finding in group for agent in _ruled_out(finding)}
-        drafts = [o for o in ctx.orders if o.agent in ruled_out and not o.reference.startswith(UNNAMED)]
+        drafts = [o for o in ctx.orders if o.agent in ruled_out and _named(o.reference)]
         if not drafts:
             return []
         names = " and ".join(dict.fromkeys(_order_name(order) for order in drafts))
@@ -292,7 +294,7 @@ class CardBuilder:
             {
                 "type": "delete",
                 "description": f"Remove the draft order {order.reference}",
-                "resourceId": [order.reference],
+                "resourceId": order.reference,
             }
             for order in drafts
         ]
@@ -330,7 +332,7 @@ class CardBuilder:
                 continue
             ceiling, dose = self._ceiling(order.agent, result), structured_dose(order.resource)
             per_unit = mg_per_unit(dose, order.strength_mg) if dose else None
-            if ceiling is None or dose is None or per_unit is None or order.reference.startswith(UNNAMED):
+            if ceiling is None or dose is None or per_unit is None or not _named(order.reference):
                 continue
             new_value = _within(ceiling / dose.per_day / per_unit, dose.unit)
             if new_value <= 0 or new_value >= dose.value:
@@ -358,7 +360,7 @@ class CardBuilder:
             ctx.user_id if ctx.user_id and ctx.user_id.startswith(("Practitioner/", "PractitionerRole/")) else None
         )
         drafts = ctx.orders if cite_drafts else ()
-        reasons = [{"reference": o.reference} for o in drafts if o.agent in finding["agents"]]
+        reasons = [{"reference": o.reference} for o in drafts if o.agent in finding["agents"] and _named(o.reference)]
         resource = {
             "resourceType": "ServiceRequest",
             "status": "draft",
@@ -385,6 +387,11 @@ class CardBuilder:
             "isRecommended": True,
             "actions": [{"type": "create", "description": "Create a liver-test order", "resource": compact(resource)}],
         }
+
+
+def _named(reference: str) -> bool:
+    """Whether a reference names a resource the client knows (a draft sent without an id has only our stand-in)."""
+    return not reference.startswith(UNNAMED)
 
 
 def _dose_not_entered_yet(finding: Mapping[str, Any], ctx: CardContext) -> bool:

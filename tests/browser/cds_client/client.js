@@ -56,7 +56,7 @@ function renderCard(cfg, serviceId, card) {
   for (const suggestion of card.suggestions || []) {
     const button = element("button", suggestion.label);
     button.type = "button";
-    button.dataset.actions = (suggestion.actions || []).map((a) => `${a.type} ${(a.resourceId || []).join(" ")}`).join(";");
+    button.dataset.actions = (suggestion.actions || []).map((a) => `${a.type} ${a.resourceId || ""}`).join(";");
     button.addEventListener("click", () => sendFeedback(cfg, serviceId, card, suggestion));
     article.append(button);
   }
