@@ -200,6 +200,16 @@ def test_sandbox_feedback_without_display_is_stored(app: FastAPI, client: Client
     )
 
 
+def test_feedback_on_another_service_s_card_is_400(app: FastAPI, client: Client, hook_store: SqlFeedbackStore) -> None:
+    card = _post(app, client, _quirky_request()).json()["cards"][0]  # issued by order-select
+    path = f"/cds-services/{REVIEW}/feedback"
+    item = {"card": card["uuid"], "outcome": "overridden", "outcomeTimestamp": "2026-11-24T14:31:00Z"}
+    response = call(app, "POST", path, json={"feedback": [item]}, headers=client.headers(path))
+    assert response.status_code == 400
+    assert f"/cds-services/{SELECT}/feedback" in response.json()["issue"][0]["diagnostics"]
+    assert hook_store.counts().hook_feedback == 0
+
+
 @pytest.mark.parametrize(
     "name", ["feedback-accepted.json", "feedback-overridden.json", "feedback-overridden-with-reason.json"]
 )

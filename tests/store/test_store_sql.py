@@ -7,9 +7,11 @@ import uuid
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import text
+from sqlalchemy.exc import IntegrityError
 
 from spasticity_cds.errors import StoreError
 from spasticity_cds.store import (
@@ -22,8 +24,11 @@ from spasticity_cds.store import (
     SqlFeedbackStore,
     hash_patient_ref,
     open_store,
+    schema,
+    sql_store,
 )
-from spasticity_cds.store.migrate import current_revision, head_revision
+from spasticity_cds.store.connection import create_store_engine, resolve_store_url
+from spasticity_cds.store.migrate import alembic_config, current_revision, head_revision
 from spasticity_cds.store.schema import metadata
 
 from .helpers import FROZEN_NOW, FrozenClock
@@ -145,6 +150,39 @@ def test_the_same_feedback_twice_is_stored_once(store: SqlFeedbackStore) -> None
     assert store.record_hook_feedback([hook_feedback("card-1", at=same_instant_other_offset)]) == 0
     assert store.record_hook_feedback([hook_feedback("card-1"), hook_feedback("card-1")]) == 0
     assert store.counts().hook_feedback == 1
+
+
+def test_a_report_that_adds_a_reason_or_a_comment_is_a_new_row(store: SqlFeedbackStore) -> None:
+    reason = {"override_reason_code": "patient-declined", "override_reason_system": "http://example.org/cs"}
+    assert store.record_hook_feedback([hook_feedback("card-1")]) == 1
+    assert store.record_hook_feedback([hook_feedback("card-1", **reason)]) == 1
+    assert store.record_hook_feedback([hook_feedback("card-1", **reason, user_comment="Declined today")]) == 1
+    assert store.record_hook_feedback([hook_feedback("card-1", **reason, user_comment="Declined today")]) == 0
+    assert store.record_hook_feedback([hook_feedback("card-1", accepted_suggestions=("b", "a"))]) == 1
+    assert store.record_hook_feedback([hook_feedback("card-1", accepted_suggestions=("a", "b"))]) == 0
+    assert store.counts().hook_feedback == 4
+
+
+def test_migration_0002_keys_existing_feedback_by_its_content(store_url: str) -> None:
+    """A store at revision 0001 with feedback in it: after the upgrade every row is kept, an old report sent again
+    is still recognised, and the outcome check survived SQLite's copy of the table."""
+    engine = create_store_engine(resolve_store_url(store_url))
+    config = alembic_config()
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "0001")
+    old = hook_feedback("card-1", override_reason_code="patient-declined", user_comment="ünïcode")
+    with engine.begin() as connection:
+        row = {key: value for key, value in sql_store._hook_feedback_row(old).items() if key != "report_digest"}
+        connection.execute(schema.hook_feedback.insert().values(row))
+    engine.dispose()
+    with open_store(store_url) as upgraded:
+        assert upgraded.list_hook_feedback() == [old]
+        assert upgraded.record_hook_feedback([old]) == 0
+        assert upgraded.record_hook_feedback([hook_feedback("card-1")]) == 1
+        bad = sql_store._hook_feedback_row(hook_feedback("card-2")) | {"outcome": "ignored"}
+        with pytest.raises(IntegrityError), upgraded.engine.begin() as connection:
+            connection.execute(schema.hook_feedback.insert().values(bad))
 
 
 def test_a_new_outcome_or_timestamp_for_a_card_is_a_new_row(store: SqlFeedbackStore) -> None:

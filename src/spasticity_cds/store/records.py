@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
 
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
@@ -58,7 +60,8 @@ class IssuedCard:
 
 @dataclass(frozen=True, slots=True)
 class HookFeedback:
-    """One CDS Hooks feedback item; unique by (card_uuid, outcome, outcome_timestamp).
+    """One CDS Hooks feedback item; unique by (card_uuid, report_digest): a report sent again is one row, a report
+    of the same outcome that adds a reason or a comment is another.
 
     Rule fields and hook_instance come from the matching `IssuedCard` and are None when the card is unknown.
     """
@@ -83,6 +86,24 @@ class HookFeedback:
         object.__setattr__(self, "accepted_suggestions", tuple(self.accepted_suggestions))
         _require_aware("outcome_timestamp", self.outcome_timestamp)
         _require_aware("received_at", self.received_at)
+
+    @property
+    def report_digest(self) -> str:
+        """What tells two reports about a card apart: a digest of everything the client said in it."""
+        return report_digest(
+            self.outcome.value,
+            self.outcome_timestamp,
+            self.accepted_suggestions,
+            (self.override_reason_code, self.override_reason_system, self.override_reason_display, self.user_comment),
+        )
+
+
+def report_digest(
+    outcome: str, outcome_timestamp: datetime, accepted: Iterable[str], reason: tuple[str | None, ...]
+) -> str:
+    """SHA-256 (hex) of a feedback report's content, the instant in UTC; migration 0002 fills old rows with it."""
+    content = [outcome, outcome_timestamp.astimezone(UTC).isoformat(), sorted(accepted), list(reason)]
+    return hashlib.sha256(json.dumps(content, ensure_ascii=False).encode()).hexdigest()
 
 
 @dataclass(frozen=True, slots=True)

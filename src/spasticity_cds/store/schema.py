@@ -96,7 +96,8 @@ hook_feedback = Table(
     Column("user_comment", Text(), nullable=True),
     Column("outcome_timestamp", UtcDateTime(), nullable=False),
     Column("received_at", UtcDateTime(), nullable=False),
-    UniqueConstraint("card_uuid", "outcome", "outcome_timestamp"),
+    Column("report_digest", String(64), nullable=False),
+    UniqueConstraint("card_uuid", "report_digest"),
     CheckConstraint("outcome IN ('accepted', 'overridden')", name="outcome"),
     Index(None, "received_at"),
 )

@@ -78,7 +78,7 @@ class SqlFeedbackStore:
             return self._insert(connection, schema.issued_cards, [_issued_card_row(c) for c in cards])
 
     def record_hook_feedback(self, items: Iterable[HookFeedback]) -> int:
-        """Store CDS Hooks feedback (idempotent on card, outcome, timestamp); return how many were new."""
+        """Store CDS Hooks feedback (idempotent on the card and the report's content); return how many were new."""
         with self._writing("record hook feedback") as connection:
             return self._insert(connection, schema.hook_feedback, [_hook_feedback_row(i) for i in items])
 
@@ -298,6 +298,7 @@ def _hook_feedback_row(item: HookFeedback) -> dict[str, Any]:
         "user_comment": item.user_comment,
         "outcome_timestamp": item.outcome_timestamp,
         "received_at": item.received_at,
+        "report_digest": item.report_digest,
     }
 
 

@@ -23,7 +23,7 @@ from spasticity_cds.cds_hooks.runner import Fetcher, HookRunner, RunnerConfig
 from spasticity_cds.cds_hooks.security import JsonObject, JwtVerifier
 from spasticity_cds.cds_hooks.services import ServiceCatalogue, ServiceSpec
 from spasticity_cds.cds_hooks.writer import BatchWriter
-from spasticity_cds.errors import AuthenticationError
+from spasticity_cds.errors import AuthenticationError, HookRequestError
 from spasticity_cds.interfaces.web.config import WebSettings, load_trusted_issuers
 from spasticity_cds.interfaces.web.deps import AppState, app_state
 from spasticity_cds.store import FeedbackOutcome, HookFeedback, IssuedCard, hash_patient_ref
@@ -211,6 +211,11 @@ def _find_card(state: AppState, card_uuid: str) -> IssuedCard | None:
 
 def _feedback_record(state: AppState, service_id: str, item: FeedbackItem, now: datetime) -> HookFeedback:
     issued = _find_card(state, item.card)
+    if issued is not None and issued.service_id != service_id:
+        raise HookRequestError(
+            f"card {item.card} was issued by the service {issued.service_id}: "
+            f"send its feedback to /cds-services/{issued.service_id}/feedback"
+        )
     reason = item.overrideReason.reason if item.overrideReason else None
     return HookFeedback(
         service_id=service_id,
