@@ -114,6 +114,18 @@ def test_manifest_input_with_gzip_files_gives_the_same_tasks(clean_cohort: Path,
     assert all(f["url"].startswith("files/") for f in summary.manifest["input"]["files"])
 
 
+def test_a_percent_encoded_relative_manifest_url_names_its_file(clean_cohort: Path, tmp_path: Path) -> None:
+    export = tmp_path / "export"
+    shutil.copytree(clean_cohort, export / "sub dir")
+    manifest = orjson.loads((clean_cohort / "manifest.json").read_bytes())
+    for entry in manifest["output"]:
+        entry["url"] = f"sub%20dir/{entry['url']}"
+    (export / "manifest.json").write_bytes(orjson.dumps(manifest))
+    run(export / "manifest.json", tmp_path / "run")
+    run(clean_cohort, tmp_path / "plain")
+    assert (tmp_path / "run" / "Task.ndjson").read_bytes() == (tmp_path / "plain" / "Task.ndjson").read_bytes()
+
+
 @pytest.mark.parametrize(
     ("content", "message"),
     [

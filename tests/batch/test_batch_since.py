@@ -6,8 +6,10 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+import orjson
 import pytest
 
+from spasticity_cds.batch.tasks import LABEL_LIMIT
 from spasticity_cds.errors import BatchError
 
 from .batch_helpers import read_ndjson, run
@@ -129,3 +131,23 @@ def test_since_needs_a_finished_run(clean_cohort: Path, tmp_path: Path) -> None:
     (tmp_path / "half").mkdir()
     with pytest.raises(BatchError, match="not a finished batch run"):
         run(clean_cohort, tmp_path / "out", since=tmp_path / "half")
+
+
+def test_a_memory_limit_duckdb_cannot_read_stops_the_run_before_it_starts(clean_cohort: Path, tmp_path: Path) -> None:
+    run(clean_cohort, tmp_path / "first")
+    with pytest.raises(BatchError, match="--memory-limit 'banana'"):
+        run(clean_cohort, tmp_path / "second", since=tmp_path / "first", memory_limit="banana")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["first"]
+
+
+def test_a_name_of_megabytes_is_cut_and_the_next_run_still_compares(clean_cohort: Path, tmp_path: Path) -> None:
+    export = tmp_path / "export"
+    shutil.copytree(clean_cohort, export)
+    patients = read_ndjson(export / "Patient.ndjson")
+    patients[0]["name"] = [{"family": "x" * (17 * 1024 * 1024)}]
+    (export / "Patient.ndjson").write_bytes(b"".join(orjson.dumps(p) + b"\n" for p in patients))
+    run(export, tmp_path / "first")
+    summary = run(export, tmp_path / "second", since=tmp_path / "first")
+    assert summary.counts["tasks"]["new"] == 0
+    names = {task["for"].get("display", "") for task in read_ndjson(tmp_path / "first" / "open.ndjson")}
+    assert max(len(name) for name in names) == LABEL_LIMIT

@@ -138,5 +138,5 @@ def _local_path(base: Path, url: str, where: str) -> Path:
         return Path(unquote(parsed.path))
     if parsed.scheme and len(parsed.scheme) > 1:
         raise BatchError(f"unsupported URL scheme in {url!r}", where=where)
-    path = Path(url)
+    path = Path(unquote(url))  # a relative URL: "sub%20dir/Patient.ndjson" names "sub dir/Patient.ndjson"
     return path if path.is_absolute() else base / path

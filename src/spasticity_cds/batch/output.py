@@ -193,22 +193,41 @@ class RunWriter:
         previous = self.previous
         if previous is None:
             return _finish_first(self.root, self.work, app_url, self.counts.tasks)
-        import duckdb  # here, so that registering the command does not load DuckDB
+        import duckdb
 
-        connection = duckdb.connect(
-            ":memory:",
-            config={
-                "memory_limit": memory_limit,
-                "temp_directory": str(self.work / "spill"),
-            },
-        )
+        connection = _duckdb(memory_limit, self.work / "spill")
         try:
             connection.execute("SET enable_progress_bar = false")
             return _finish(connection, self.root, self.work, previous, now, app_url)
         except duckdb.Error as error:
-            raise BatchError(f"cannot compare with the previous run: {error}", where=str(previous)) from None
+            raise BatchError(
+                f"cannot compare with the previous run: {_first_line(error)}", where=str(previous)
+            ) from None
         finally:
             connection.close()
+
+
+def check_memory_limit(memory_limit: str) -> None:
+    """Refuse a ``--memory-limit`` DuckDB cannot read before the run starts, not after the evaluation."""
+    _duckdb(memory_limit, None).close()
+
+
+def _duckdb(memory_limit: str, spill: Path | None) -> duckdb.DuckDBPyConnection:
+    import duckdb  # here, so that registering the command does not load DuckDB
+
+    config: dict[str, str | bool | int | float | list[str]] = {"memory_limit": memory_limit}
+    if spill is not None:
+        config["temp_directory"] = str(spill)
+    try:
+        return duckdb.connect(":memory:", config=config)
+    except duckdb.Error as error:
+        raise BatchError(f"--memory-limit {memory_limit!r}: {_first_line(error)}") from None
+
+
+def _first_line(error: Exception, limit: int = 500) -> str:
+    """An error's first line, cut: DuckDB quotes the offending input line, which may be megabytes long."""
+    text = str(error).strip().split("\n", 1)[0]
+    return text if len(text) <= limit else f"{text[:limit]}…"
 
 
 def _finish_first(root: Path, work: Path, app_url: str, count: int) -> dict[str, int]:

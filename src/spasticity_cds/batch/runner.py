@@ -78,6 +78,8 @@ def run_batch(options: BatchOptions, progress: Progress | None = None) -> BatchS
         raise BatchError("--now must carry a UTC offset")
     started = time.perf_counter()
     previous = _previous_run(options.since) if options.since is not None else None
+    if previous is not None:
+        output.check_memory_limit(options.memory_limit)
     out = options.out.absolute()
     partial = _prepare(out)
     try:

@@ -11,6 +11,10 @@ import orjson
 from spasticity_cds.batch import policy
 from spasticity_cds.engine.facts import Fact
 
+#: At most this many characters of a patient's name or record number in a Task and a worklist row (no name is
+#: that long; an export that carries megabytes there must not make a line too long to read back).
+LABEL_LIMIT = 200
+
 INT32_MAX = 2**31 - 1
 
 
@@ -25,7 +29,17 @@ def task_key(patient: str, finding: Mapping[str, Any]) -> str:
 
 
 def patient_label(patient: Mapping[str, Any]) -> tuple[str, str]:
-    """(display name, medical record number) of a Patient resource; empty strings when absent."""
+    """(display name, medical record number) of a Patient resource, each cut to ``LABEL_LIMIT`` characters; empty
+    strings when absent."""
+    name, mrn = _label_parts(patient)
+    return _cut(name), _cut(mrn)
+
+
+def _cut(text: str) -> str:
+    return text if len(text) <= LABEL_LIMIT else f"{text[: LABEL_LIMIT - 1]}…"
+
+
+def _label_parts(patient: Mapping[str, Any]) -> tuple[str, str]:
     name = ""
     for entry in patient.get("name") or ():
         if not isinstance(entry, dict):
