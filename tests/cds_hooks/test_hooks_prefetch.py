@@ -178,6 +178,11 @@ def test_operation_outcome_without_a_server_is_412(app: FastAPI, client: Client)
     assert response.status_code == 412
     body = response.json()
     assert body["resourceType"] == "OperationOutcome" and "medications" in body["issue"][0]["diagnostics"]
+    assert (
+        "reported an error (OperationOutcome) for this prefetch, and the request names no fhirServer"
+        in (body["issue"][0]["diagnostics"])
+    )
+    assert "not prefetched" not in body["issue"][0]["diagnostics"]
 
 
 def test_required_data_unobtainable_is_412(app: FastAPI, client: Client) -> None:

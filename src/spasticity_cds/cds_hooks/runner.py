@@ -109,10 +109,10 @@ class HookRunner:
             return FetchOutcome()
         server = request.fhirServer
         if server is None:
-            return _unfetched(plan, "not prefetched, and the request names no fhirServer to fetch it from")
+            return _unfetched(plan, "the request names no fhirServer to fetch it from")
         allowed = self.config.fhir_server_allowlist
         if allowed and not any(server.startswith(prefix) for prefix in allowed):
-            return _unfetched(plan, "not prefetched, and the request's fhirServer is not on this service's allow-list")
+            return _unfetched(plan, "the request's fhirServer is not on this service's allow-list")
         token = request.fhirAuthorization.access_token if request.fhirAuthorization else None
         single_page = frozenset(template.key for template in templates if not template.follow_next)
         return await self.fetcher.fetch(server, token, plan.to_fetch, plan.next_pages, single_page)
@@ -137,7 +137,8 @@ def _gather(
     for found in fetched.resources.values():
         resources.extend(found)
     failed = {key: reason for key, reason in plan.failed.items() if key not in fetched.resources}
-    failed.update(fetched.failed)
+    for key, reason in fetched.failed.items():  # why it was to be fetched, then why that failed
+        failed[key] = f"{_why_fetched(plan, key)}, and {reason}"
     unavailable: dict[str, str] = {}
     for template in templates:
         reason = failed.get(template.key)
@@ -147,6 +148,12 @@ def _gather(
             raise PrefetchUnavailableError(f"prefetch key {template.key!r} ({template.what}) is unobtainable: {reason}")
         unavailable[template.what] = f"not obtained ({reason})"
     return resources, unavailable
+
+
+def _why_fetched(plan: PrefetchPlan, key: str) -> str:
+    if key in plan.failed:
+        return plan.failed[key]
+    return "its next page was not prefetched" if key in plan.next_pages else "not prefetched"
 
 
 def _unfetched(plan: PrefetchPlan, reason: str) -> FetchOutcome:
