@@ -137,8 +137,8 @@ def _gather(
     for found in fetched.resources.values():
         resources.extend(found)
     failed = {key: reason for key, reason in plan.failed.items() if key not in fetched.resources}
-    for key, reason in fetched.failed.items():  # why it was to be fetched, then why that failed
-        failed[key] = f"{_why_fetched(plan, key)}, and {reason}"
+    for key, fetch_error in fetched.failed.items():  # why it was to be fetched, then why that failed
+        failed[key] = f"{_why_fetched(plan, key)}, and {fetch_error}"
     unavailable: dict[str, str] = {}
     for template in templates:
         reason = failed.get(template.key)
