@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -32,7 +32,7 @@ class Downloader:
     folder: Path
     token: str | None = None
     transport: httpx.BaseTransport | None = None
-    fetched: list[Path] = field(default_factory=list)
+    downloaded: int = 0
 
     def fetch(self, url: str, requires_token: bool, where: str) -> Path:
         """The downloaded file of ``url``; a ``BatchError`` naming the URL when it cannot be had whole."""
@@ -43,7 +43,7 @@ class Downloader:
                 where=where,
             )
         self.folder.mkdir(parents=True, exist_ok=True)
-        target = self.folder / f"{len(self.fetched):05d}.ndjson"
+        target = self.folder / f"{self.downloaded:05d}.ndjson"
         headers = {"Accept": ACCEPT}
         if requires_token and self.token:
             headers["Authorization"] = f"Bearer {self.token}"
@@ -62,7 +62,7 @@ class Downloader:
             raise BatchError(f"download of {url} failed: {type(error).__name__}", where=where) from None
         except OSError as error:
             raise BatchError(f"cannot write the download of {url}: {error.strerror or error}", where=where) from None
-        self.fetched.append(target)
+        self.downloaded += 1
         return target
 
 

@@ -717,7 +717,7 @@ def _daily_dose(resource: Resource, found: Match) -> tuple[float | None, str | N
 
 
 def _structured_dose(dosage: Dosage, found: Match) -> tuple[float, str, str | None] | None:
-    per_day = _times_per_day(dosage)
+    per_day = _dosage_times_per_day(dosage)
     dose = _dose_quantity(dosage)
     if per_day is None or dose is None:
         return None
@@ -753,7 +753,7 @@ def _normal_amount(value: float, unit: str, found: Match) -> tuple[tuple[float, 
     return None, None
 
 
-def _times_per_day(dosage: Dosage) -> float | None:
+def _dosage_times_per_day(dosage: Dosage) -> float | None:
     timing = dosage.timing
     if timing is None:
         return None

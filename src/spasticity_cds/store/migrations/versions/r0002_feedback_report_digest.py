@@ -28,40 +28,11 @@ OLD_KEY = "uq_hook_feedback_card_uuid_outcome_outcome_timestamp"
 NEW_KEY = "uq_hook_feedback_card_uuid_report_digest"
 
 
-def _table_at_0001() -> sa.Table:
-    """hook_feedback as revision 0001 made it, so that SQLite's table copy keeps the CHECK constraint."""
-    return sa.Table(
-        "hook_feedback",
-        sa.MetaData(),
-        sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), autoincrement=True, nullable=False),
-        sa.Column("service_id", sa.String(255), nullable=False),
-        sa.Column("hook_instance", sa.String(128), nullable=True),
-        sa.Column("card_uuid", sa.String(128), nullable=False),
-        sa.Column("rule_id", sa.String(255), nullable=True),
-        sa.Column("rule_version", sa.Integer(), nullable=True),
-        sa.Column("kb_version", sa.String(255), nullable=True),
-        sa.Column("outcome", sa.String(16), nullable=False),
-        sa.Column("accepted_suggestions", sa.JSON(), nullable=False),
-        sa.Column("override_reason_code", sa.String(255), nullable=True),
-        sa.Column("override_reason_system", sa.String(2048), nullable=True),
-        sa.Column("override_reason_display", sa.Text(), nullable=True),
-        sa.Column("user_comment", sa.Text(), nullable=True),
-        sa.Column("outcome_timestamp", sa.DateTime(timezone=True), nullable=False),
-        sa.Column("received_at", sa.DateTime(timezone=True), nullable=False),
-        sa.PrimaryKeyConstraint("id", name="pk_hook_feedback"),
-        sa.UniqueConstraint("card_uuid", "outcome", "outcome_timestamp", name=OLD_KEY),
-        sa.CheckConstraint("outcome IN ('accepted', 'overridden')", name="ck_hook_feedback_outcome"),
-        sa.Index("ix_hook_feedback_received_at", "received_at"),
-    )
-
-
 def upgrade() -> None:
-    with op.batch_alter_table("hook_feedback", copy_from=_table_at_0001()) as batch:
+    with op.batch_alter_table("hook_feedback") as batch:
         batch.add_column(sa.Column("report_digest", sa.String(64), nullable=True))
     _fill_digests()
-    with_digest = _table_at_0001()
-    with_digest.append_column(sa.Column("report_digest", sa.String(64), nullable=True))
-    with op.batch_alter_table("hook_feedback", copy_from=with_digest) as batch:
+    with op.batch_alter_table("hook_feedback") as batch:
         batch.alter_column("report_digest", existing_type=sa.String(64), nullable=False)
         batch.drop_constraint(OLD_KEY, type_="unique")
         batch.create_unique_constraint(NEW_KEY, ["card_uuid", "report_digest"])
