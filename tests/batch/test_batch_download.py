@@ -15,9 +15,10 @@ from typing import Any
 import orjson
 import pytest
 
+from spasticity_cds.batch import BatchOptions, run_batch
 from spasticity_cds.errors import BatchError
 
-from .batch_helpers import run
+from .batch_helpers import NOW, run
 
 TOKEN = "secret-token-for-tests"
 
@@ -178,3 +179,38 @@ def test_the_cli_reads_the_token_from_the_variable_it_names(
         args = parse(str(manifest), "--out", str(tmp_path / "b"), "--access-token-env", "EXPORT_TOKEN")
         assert cli.run(args, console) == 0
     assert files.seen and all(authorization == f"Bearer {TOKEN}" for _, authorization in files.seen)
+
+
+def test_progress_is_told_each_file_s_bytes_on_the_wire(clean_cohort: Path, tmp_path: Path) -> None:
+    told: dict[int, list[tuple[str, int, int | None]]] = {}
+
+    def downloads(number: int, name: str, received: int, announced: int | None) -> None:
+        told.setdefault(number, []).append((name, received, announced))
+
+    with export_server(Files(clean_cohort)) as base:
+        manifest = remote_manifest(clean_cohort, tmp_path / "m", f"{base}/gzip")
+        summary = run_batch(BatchOptions(source=manifest, out=tmp_path / "out", now=NOW), downloads=downloads)
+    names = [url.rsplit("/", 1)[-1] for url in (entry["url"] for entry in summary.manifest["input"]["files"])]
+    assert sorted(told) == list(range(len(names)))
+    for number, calls in told.items():
+        sent = len(gzip.compress((clean_cohort / names[number]).read_bytes()))
+        received = [count for _, count, _ in calls]
+        assert {name for name, _, _ in calls} == {names[number]}
+        assert received == sorted(received) and received[-1] == sent  # the gzip file as sent, not unpacked
+        assert {announced for _, _, announced in calls} == {sent}
+
+
+def test_the_progress_columns_count_bytes_for_a_download_and_patients_otherwise() -> None:
+    from rich.progress import Progress
+
+    from spasticity_cds.batch import cli
+
+    progress = Progress()
+    progress.add_task("patients", total=30, completed=12)
+    progress.add_task("download", total=2_500_000, completed=1_200_000, bytes=True)
+    patients, download = progress.tasks
+    count, rate = cli._CountColumn(), cli._RateColumn()
+    assert count.render(patients).plain == "12/30"
+    assert count.render(download).plain == "1.2 MB/2.5 MB"
+    assert rate.render(patients).plain == "-- patients/s"
+    assert rate.render(download).plain == "-- B/s"

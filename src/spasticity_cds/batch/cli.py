@@ -7,13 +7,14 @@ import os
 from datetime import datetime
 from pathlib import Path
 
+from rich import filesize
 from rich.console import Console
 from rich.progress import (
     BarColumn,
-    MofNCompleteColumn,
     Progress,
     ProgressColumn,
     Task,
+    TaskID,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
@@ -80,12 +81,31 @@ def _access_token(variable: str | None) -> str | None:
     return token
 
 
+#: The task field that marks a download (counted in bytes) rather than the evaluation (counted in patients).
+_BYTES = "bytes"
+
+
+class _CountColumn(ProgressColumn):
+    """Patients done of all, or bytes received of those announced."""
+
+    def render(self, task: Task) -> Text:
+        if not task.fields.get(_BYTES):
+            total = "?" if task.total is None else f"{task.total:,.0f}"
+            return Text(f"{task.completed:,.0f}/{total}", style="progress.download")
+        total = "?" if task.total is None else filesize.decimal(int(task.total))
+        return Text(f"{filesize.decimal(int(task.completed))}/{total}", style="progress.download")
+
+
 class _RateColumn(ProgressColumn):
-    """Patients per second."""
+    """Patients per second, or bytes per second for a download."""
 
     def render(self, task: Task) -> Text:
         speed = task.finished_speed or task.speed
-        return Text("-- patients/s" if speed is None else f"{speed:,.0f} patients/s", style="progress.data.speed")
+        if task.fields.get(_BYTES):
+            text = "-- B/s" if speed is None else f"{filesize.decimal(int(speed))}/s"
+        else:
+            text = "-- patients/s" if speed is None else f"{speed:,.0f} patients/s"
+        return Text(text, style="progress.data.speed")
 
 
 def run(args: argparse.Namespace, console: Console) -> int:
@@ -108,18 +128,24 @@ def run(args: argparse.Namespace, console: Console) -> int:
     columns = (
         TextColumn("[bold]batch[/bold] {task.description}"),
         BarColumn(),
-        MofNCompleteColumn(),
+        _CountColumn(),
         _RateColumn(),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
     )
     with Progress(*columns, console=console, transient=True, disable=not console.is_terminal) as progress:
         task = progress.add_task("grouping", total=None)
+        downloading: dict[int, TaskID] = {}
 
         def advance(done: int, total: int) -> None:
             progress.update(task, description="patients", completed=done, total=total)
 
-        summary = run_batch(options, advance)
+        def download(number: int, name: str, received: int, announced: int | None) -> None:
+            if number not in downloading:
+                downloading[number] = progress.add_task(f"download {name}", total=announced, **{_BYTES: True})
+            progress.update(downloading[number], completed=received)
+
+        summary = run_batch(options, advance, download)
     counts = summary.counts
     tasks = counts["tasks"]
     problem_count = sum(counts["problems"].values())

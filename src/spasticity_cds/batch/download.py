@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
@@ -18,6 +19,9 @@ GZIP_MAGIC = b"\x1f\x8b"
 #: What the Bulk Data specification says a client asks for.
 ACCEPT = "application/fhir+ndjson"
 
+#: Told after every chunk: (file number, file name, bytes received, bytes announced by Content-Length or None).
+DownloadProgress = Callable[[int, str, int, int | None], None]
+
 
 def is_remote(url: str) -> bool:
     """Whether a manifest ``output[].url`` is on a server rather than on this machine."""
@@ -27,11 +31,13 @@ def is_remote(url: str) -> bool:
 @dataclass(slots=True)
 class Downloader:
     """Fetches remote export files one after the other into ``folder``; ``token`` is sent as a bearer token when the
-    manifest says the files need one (``requiresAccessToken``), never logged or written anywhere."""
+    manifest says the files need one (``requiresAccessToken``), never logged or written anywhere; ``progress`` is
+    told how far each file has come."""
 
     folder: Path
     token: str | None = None
     transport: httpx.BaseTransport | None = None
+    progress: DownloadProgress | None = None
     downloaded: int = 0
 
     def fetch(self, url: str, requires_token: bool, where: str) -> Path:
@@ -57,7 +63,7 @@ class Downloader:
             ):
                 if response.status_code != httpx.codes.OK:
                     raise BatchError(f"download of {url} failed: HTTP {response.status_code}", where=where)
-                target = _written(response, target)
+                target = _written(response, target, _announcer(self.downloaded, url, response, self.progress))
         except httpx.HTTPError as error:
             raise BatchError(f"download of {url} failed: {type(error).__name__}", where=where) from None
         except OSError as error:
@@ -66,7 +72,20 @@ class Downloader:
         return target
 
 
-def _written(response: httpx.Response, target: Path) -> Path:
+def _announcer(
+    number: int, url: str, response: httpx.Response, progress: DownloadProgress | None
+) -> Callable[[], None]:
+    """A call that tells ``progress`` the bytes received so far on the wire, which is what Content-Length counts
+    (a body sent with a Content-Encoding is longer once decoded)."""
+    if progress is None:
+        return lambda: None
+    name = urlparse(url).path.rsplit("/", 1)[-1] or url
+    announced = response.headers.get("content-length", "")
+    total = int(announced) if announced.isdigit() else None
+    return lambda: progress(number, name, response.num_bytes_downloaded, total)
+
+
+def _written(response: httpx.Response, target: Path, announce: Callable[[], None]) -> Path:
     """Stream the body to ``target``; a gzip body (sent as a file, not as a transfer encoding) is kept as
     ``.ndjson.gz`` so that the scan unpacks it."""
     chunks = response.iter_bytes(CHUNK_BYTES)
@@ -75,6 +94,8 @@ def _written(response: httpx.Response, target: Path) -> Path:
         target = target.with_suffix(".ndjson.gz")
     with target.open("wb") as out:
         out.write(first)
+        announce()
         for chunk in chunks:
             out.write(chunk)
+            announce()
     return target

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from spasticity_cds.batch import bundles, output, problems
-from spasticity_cds.batch.download import Downloader
+from spasticity_cds.batch.download import Downloader, DownloadProgress
 from spasticity_cds.batch.inputs import CLIENT_LOG_REASON, InputSet, discover
 from spasticity_cds.batch.patient import EvaluationSpec, cached_evaluator
 from spasticity_cds.batch.scan import BLOCK_BYTES
@@ -68,8 +68,11 @@ class EngineReport:
     engine: dict[str, Any] = field(default_factory=dict)
 
 
-def run_batch(options: BatchOptions, progress: Progress | None = None) -> BatchSummary:
-    """Run the whole batch; raises ``BatchError`` when it cannot start. Bad input lines and patients are reported."""
+def run_batch(
+    options: BatchOptions, progress: Progress | None = None, downloads: DownloadProgress | None = None
+) -> BatchSummary:
+    """Run the whole batch; raises ``BatchError`` when it cannot start. Bad input lines and patients are reported.
+    ``progress`` is told (patients done, patients in all) and ``downloads`` how far each remote file has come."""
     if options.engine not in ENGINES:
         raise BatchError(f"unknown engine {options.engine!r}; choose local or spark")
     if options.workers < 1:
@@ -84,7 +87,8 @@ def run_batch(options: BatchOptions, progress: Progress | None = None) -> BatchS
     partial = _prepare(out)
     try:
         # A manifest's remote files are downloaded into the run's work folder, removed with it at the end.
-        inputs = discover(options.source, Downloader(partial / output.WORK / DOWNLOADS, options.access_token))
+        downloader = Downloader(partial / output.WORK / DOWNLOADS, options.access_token, progress=downloads)
+        inputs = discover(options.source, downloader)
         _check_outside(out, inputs)
         manifest = _run_into(partial, inputs, previous, options, progress)
         _swap(partial, out)
