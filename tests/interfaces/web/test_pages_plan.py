@@ -16,6 +16,7 @@ import pages_support as support
 
 from spasticity_cds import api
 from spasticity_cds.interfaces.web import manual_form, pages
+from spasticity_cds.interfaces.web.plan_view import instant_text
 from spasticity_cds.store import PageContext
 
 
@@ -373,3 +374,16 @@ def test_evaluation_failure_is_an_error_page_without_details(
     assert response.status_code == 500
     assert "The plan could not be computed" in response.text and "secret-name" not in response.text
     assert "secret-name" not in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [
+        ("2026-11-25T06:15:39.190825+00:00", "2026-11-25 06:15 UTC"),
+        ("2026-11-01T09:30:00-05:00", "2026-11-01 09:30 UTC-05:00"),
+        ("2026-11-01T09:30:00", "2026-11-01 09:30"),
+        ("not a time", "not a time"),
+    ],
+)
+def test_instants_read_to_the_minute_with_their_offset(value: str, text: str) -> None:
+    assert instant_text(value) == text

@@ -112,6 +112,20 @@ def fact_text(fact: Mapping[str, Any]) -> str:
     return text
 
 
+def instant_text(value: str) -> str:
+    """An ISO 8601 instant to the minute as a clinician reads it (``2026-11-25 06:15 UTC``, ``... UTC-05:00``);
+    text that is not one is shown as it is."""
+    try:
+        instant = datetime.fromisoformat(value)
+    except ValueError:
+        return value
+    offset = instant.utcoffset()
+    if offset is None:
+        return f"{instant:%Y-%m-%d %H:%M}"
+    zone = "" if not offset else instant.replace(second=0, microsecond=0).isoformat()[-6:]
+    return f"{instant:%Y-%m-%d %H:%M} UTC{zone}"
+
+
 def patient_banner(record: PatientRecord, now: datetime) -> dict[str, str]:
     """Name, sex, birth date, age and a recorded death from the Patient resource (strings; the template escapes
     them)."""

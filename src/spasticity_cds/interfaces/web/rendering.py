@@ -14,7 +14,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from spasticity_cds.engine.evaluator import PLACEHOLDER
 from spasticity_cds.interfaces.web.csrf import CSRF_COOKIE, CSRF_FIELD, csrf_token_for
 from spasticity_cds.interfaces.web.deps import AppState
-from spasticity_cds.interfaces.web.plan_view import STATUS_WORDS, fact_label, fact_text
+from spasticity_cds.interfaces.web.plan_view import STATUS_WORDS, fact_label, fact_text, instant_text
 
 HERE = Path(__file__).resolve().parent
 TEMPLATE_DIR = HERE / "templates"
@@ -52,6 +52,7 @@ def _environment() -> Environment:
         lstrip_blocks=True,
     )
     env.filters["fact_text"] = fact_text
+    env.filters["instant_text"] = instant_text
     env.filters["status_word"] = lambda status: STATUS_WORDS.get(str(status), str(status))
     env.globals["new_id"] = lambda: str(uuid.uuid4())
     env.globals["override_reasons"] = OVERRIDE_REASONS
