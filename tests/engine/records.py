@@ -23,7 +23,7 @@ RXNORM = {
     "baclofen": "1292",
     "tizanidine": "57258",
     "clonidine": "2599",
-    "dantrolene": "3228",
+    "dantrolene": "3105",
     "diazepam": "3322",
     "clonazepam": "2598",
     "gabapentin": "25480",

@@ -10,6 +10,7 @@ from spasticity_cds.api import load_knowledge_base
 from spasticity_cds.engine.dosing import dose_facts, dose_plan, renal_band
 from spasticity_cds.engine.facts import Fact
 from spasticity_cds.fhir.record import PatientRecord
+from spasticity_cds.knowledge.schema import ConceptKind
 
 from .records import (
     ICD,
@@ -357,3 +358,22 @@ def test_an_observation_value_beyond_a_double_is_unreadable_not_an_error() -> No
     )
     facts, _ = ENGINE.extractor.extract(read_patient(bundle), NOW)
     assert facts["obs.creatinine"].value is None
+
+
+@pytest.mark.parametrize(
+    ("system", "code", "kind", "concept"),
+    [
+        (RXN, "3105", "medication", "dantrolene"),
+        (RXN, "3228", "medication", None),  # no source pairs 3228 with dantrolene (docs/knowledge-base.md)
+        (SCT, "235159007", "procedure", "gastrostomy"),
+        (SCT, "303703008", "procedure", None),
+        (RXN, "52175", "medication", "antihypertensive"),
+    ],
+)
+def test_verified_codes_match_and_dropped_ones_do_not(
+    system: str, code: str, kind: ConceptKind, concept: str | None
+) -> None:
+    from spasticity_cds.fhir.model import CodeableConcept, Coding
+
+    found = ENGINE.vocabulary.match(CodeableConcept(coding=(Coding(system=system, code=code),)), kind)
+    assert (found.concept.id if found else None) == concept

@@ -250,6 +250,9 @@ def _citation_refs(kb: KnowledgeBase) -> Iterator[tuple[str, CitationRef]]:
     yield from (("valuesets.yaml: egfr_equation", ref) for ref in kb.valuesets.egfr_equation.citations)
     for unit in kb.valuesets.units:
         yield from ((f"valuesets.yaml: units.{unit.quantity}", ref) for ref in unit.citations)
+    for concept in kb.valuesets.concepts:
+        for coding in concept.codings:
+            yield from ((f"valuesets.yaml: {concept.id} {coding.code}", ref) for ref in coding.citations)
     for monograph in kb.monographs.values():
         yield from ((f"drugs/{monograph.id}.yaml", ref) for ref in _monograph_refs(monograph))
 

@@ -51,6 +51,8 @@ class Coding(Strict, kw_only=True, frozen=True):
     level: Literal["ingredient", "scd", "sbd", "concept"] = "concept"
     strength_mg: float | None = None
     status: EvidenceStatus = "C-secondary"
+    #: Where the code was confirmed, when clinical reference section 4 does not say.
+    citations: tuple[CitationRef, ...] = ()
 
 
 class Concept(Strict, kw_only=True, frozen=True):

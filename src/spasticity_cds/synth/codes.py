@@ -104,7 +104,7 @@ RX_INGREDIENTS: Final[dict[str, Coding]] = {
     "baclofen": (RXNORM, "1292", "baclofen"),
     "tizanidine": (RXNORM, "57258", "tizanidine"),
     "clonidine": (RXNORM, "2599", "clonidine"),
-    "dantrolene": (RXNORM, "3228", "dantrolene"),
+    "dantrolene": (RXNORM, "3105", "dantrolene"),
     "diazepam": (RXNORM, "3322", "diazepam"),
     "clonazepam": (RXNORM, "2598", "clonazepam"),
     "gabapentin": (RXNORM, "25480", "gabapentin"),
