@@ -72,6 +72,10 @@ FAILURES: dict[str, Callable[[Client], str | None]] = {
         headers={"kid": "ec-1"},
     ),
     "lifetime too long": lambda c: c.token(BASE + SERVICE, exp=int(c.clock().timestamp()) + 7200),
+    "exp NaN": lambda c: c.token(BASE + SERVICE, exp=float("nan")),
+    "exp beyond any date": lambda c: c.token(BASE + SERVICE, exp=10**400),
+    "nbf NaN": lambda c: c.token(BASE + SERVICE, nbf=float("nan")),
+    "NUL in jti": lambda c: c.token(BASE + SERVICE, jti="a\x00b"),
 }
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
 from fastapi import FastAPI
 
 from spasticity_cds.cds_hooks.cards import compact, short_summary
@@ -17,6 +18,7 @@ from .helpers import (
     SELECT,
     SIGN,
     Client,
+    assert_no_empty,
     baclofen_order,
     call,
     hook_request,
@@ -101,6 +103,42 @@ def test_a_draft_without_an_id_is_never_named_by_a_made_up_reference(app: FastAP
     assert "reasonReference" not in liver["suggestions"][0]["actions"][0]["resource"]
     assert "unnamed-draft" not in json.dumps(cards)
     assert "the draft order (sent without an id)" in liver["detail"]
+
+
+@pytest.mark.parametrize("bad_id", [None, "", 12, {"a": 1}, "has space", "x" * 65])
+def test_a_draft_whose_id_is_not_a_fhir_id_is_never_named(app: FastAPI, client: Client, bad_id: object) -> None:
+    draft = baclofen_order(value=20) | {"id": bad_id}
+    cards = valid_cards(app, client, hook_request("order-sign", prefetch_data=prefetch(egfr=20), drafts=[draft]), SIGN)
+    assert cards
+    text = json.dumps(cards)
+    assert "MedicationRequest/None" not in text and '"MedicationRequest/"' not in text
+    for card in cards:
+        for suggestion in card.get("suggestions", ()):
+            assert all(action["type"] != "delete" for action in suggestion["actions"])
+
+
+def test_a_draft_for_another_patient_is_not_checked_against_this_one(app: FastAPI, client: Client) -> None:
+    draft = baclofen_order(value=30) | {"subject": {"reference": "Patient/someone-else"}}
+    body = hook_request("order-sign", prefetch_data=prefetch(egfr=45), drafts=[draft])
+    assert valid_cards(app, client, body, SIGN) == []
+    assert valid_cards(app, client, body | {"context": body["context"] | {"draftOrders": {
+        "resourceType": "Bundle", "type": "collection", "entry": [{"resource": baclofen_order(value=30)}]
+    }}}, SIGN)  # fmt: skip
+
+
+def test_an_update_suggestion_carries_no_empty_value_from_the_draft(app: FastAPI, client: Client) -> None:
+    draft = baclofen_order(value=20) | {"note": [], "reasonCode": [{}], "category": None}
+    cards = valid_cards(app, client, hook_request("order-sign", prefetch_data=prefetch(egfr=45), drafts=[draft]), SIGN)
+    update = cards[0]["suggestions"][0]["actions"][0]
+    assert update["type"] == "update"
+    assert_no_empty(update["resource"])
+
+
+@pytest.mark.parametrize("value", [1e308, 0, -20])
+def test_a_dose_that_cannot_be_a_dose_is_never_shown_as_one(app: FastAPI, client: Client, value: float) -> None:
+    body = hook_request("order-sign", prefetch_data=prefetch(egfr=45), drafts=[baclofen_order(value=value)])
+    text = json.dumps(valid_cards(app, client, body, SIGN))
+    assert "inf mg" not in text and "-20 mg/day" not in text and " 0 mg/day" not in text
 
 
 def test_interacting_order_is_caught_through_the_evidence(app: FastAPI, client: Client) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -35,11 +36,19 @@ from .helpers import (
 SERVICE_PATHS = {"patient-view": REVIEW, "order-select": SELECT, "order-sign": SIGN}
 
 
+LoopbackApp = Callable[[str], FastAPI]
+
+
 @pytest.fixture
-def loopback_app(settings: WebSettings, hook_store: SqlFeedbackStore, hook_clock: FrozenClock) -> FastAPI:
-    """The app allowed to query only loopback FHIR servers (the examples name public hosts)."""
-    allow = dataclasses.replace(settings, fhir_server_allowlist=("http://127.0.0.1:",))
-    return create_app(allow, store=hook_store, clock=hook_clock)
+def loopback_app(settings: WebSettings, hook_store: SqlFeedbackStore, hook_clock: FrozenClock) -> LoopbackApp:
+    """An app allowed to query only the loopback FHIR server at the base it is given (the examples name public
+    hosts)."""
+
+    def app_for(base: str) -> FastAPI:
+        allow = dataclasses.replace(settings, fhir_server_allowlist=(base,))
+        return create_app(allow, store=hook_store, clock=hook_clock)
+
+    return app_for
 
 
 def _post(app: FastAPI, client: Client, body: dict[str, Any]) -> Any:
@@ -71,18 +80,18 @@ def test_discovery_has_the_shape_of_the_spec_example(app: FastAPI, client: Clien
         assert all(isinstance(query, str) for query in service["prefetch"].values())
 
 
-def test_spec_patient_view_example_with_an_unreachable_server_is_412(loopback_app: FastAPI, client: Client) -> None:
-    response = _post(loopback_app, client, load_fixture("hl7/patient-view-request.json"))
+def test_spec_patient_view_example_with_an_unreachable_server_is_412(loopback_app: LoopbackApp, client: Client) -> None:
+    response = _post(loopback_app("http://127.0.0.1:9/fhir"), client, load_fixture("hl7/patient-view-request.json"))
     assert response.status_code == 412
     assert response.json()["resourceType"] == "OperationOutcome"
 
 
-def test_spec_patient_view_example_against_a_real_fhir_server(loopback_app: FastAPI, client: Client) -> None:
+def test_spec_patient_view_example_against_a_real_fhir_server(loopback_app: LoopbackApp, client: Client) -> None:
     body = load_fixture("hl7/patient-view-request.json")
     meds = [baclofen_order(status="active") | {"subject": {"reference": f"Patient/{body['context']['patientId']}"}}]
     behaviour = Behaviour(resources=_record_for(body["context"]["patientId"]) | {"MedicationRequest": meds})
     with fhir_server(behaviour) as server:
-        response = _post(loopback_app, client, body | {"fhirServer": server})
+        response = _post(loopback_app(server), client, body | {"fhirServer": server})
     assert response.status_code == 200
     cards = response.json()["cards"]
     assert cards
@@ -105,14 +114,14 @@ def test_inferno_order_examples_are_silent_for_non_antispastics(app: FastAPI, cl
 
 
 @pytest.mark.parametrize("name", ["order_select_hook_request.json", "order_sign_hook_request.json"])
-def test_inferno_order_examples_with_an_antispastic_draft(loopback_app: FastAPI, client: Client, name: str) -> None:
+def test_inferno_order_examples_with_an_antispastic_draft(loopback_app: LoopbackApp, client: Client, name: str) -> None:
     body = load_fixture(f"inferno/{name}")
     entries = body["context"]["draftOrders"]["entry"]
     medication = next(e["resource"] for e in entries if e["resource"]["resourceType"] == "MedicationRequest")
     draft = baclofen_order(medication["id"]) | {"subject": {"reference": "Patient/example"}}
     entries[entries.index(next(e for e in entries if e["resource"] is medication))] = {"resource": draft}
     with fhir_server(Behaviour(resources=_record_for("example"))) as server:
-        response = _post(loopback_app, client, body | {"fhirServer": server})
+        response = _post(loopback_app(server), client, body | {"fhirServer": server})
     assert response.status_code == 200
     cards = response.json()["cards"]
     assert [c["extension"]["org.spasticity-cds.rule"]["id"] for c in cards] == ["BACLOFEN-DOSE-ABOVE-CEILING"]
@@ -236,6 +245,14 @@ def test_spec_feedback_examples_are_accepted_once(
         ({"outcomeTimestamp": "2026-11-24T10:00:00"}, "UTC offset"),
         ({"outcomeTimestamp": "9999-12-31T23:59:59-05:00"}, "years 1 to 9999"),
         ({"outcomeTimestamp": "0001-01-01T00:00:00+05:00"}, "years 1 to 9999"),
+        ({"outcomeTimestamp": "2026-11-25T06:00Z"}, "RFC 3339"),
+        ({"outcomeTimestamp": "2026-W48-3T06:00:00Z"}, "RFC 3339"),
+        ({"outcomeTimestamp": "20261125T060000Z"}, "RFC 3339"),
+        ({"card": "c" * 129}, "at most 128"),
+        ({"card": "c\x00d"}, "NUL"),
+        ({"overrideReason": {"reason": {"code": "x" * 256}}}, "at most 255"),
+        ({"overrideReason": {"reason": {"code": "x", "system": "http://" + "s" * 2048}}}, "at most 2048"),
+        ({"overrideReason": {"userComment": "a\x00b"}}, "NUL"),
     ],
 )
 def test_invalid_feedback_is_400(app: FastAPI, client: Client, change: dict[str, Any], fragment: str) -> None:
@@ -245,6 +262,28 @@ def test_invalid_feedback_is_400(app: FastAPI, client: Client, change: dict[str,
     response = call(app, "POST", path, json={"feedback": [item]}, headers=client.headers(path))
     assert response.status_code == 400
     assert fragment in response.json()["issue"][0]["diagnostics"]
+
+
+def test_a_report_of_more_than_100_items_is_400(app: FastAPI, client: Client) -> None:
+    item = load_fixture("hl7/feedback-overridden.json")["feedback"][0]
+    path = f"/cds-services/{REVIEW}/feedback"
+    response = call(app, "POST", path, json={"feedback": [item] * 101}, headers=client.headers(path))
+    assert response.status_code == 400
+    assert "1 to 100 items" in response.json()["issue"][0]["diagnostics"]
+
+
+def test_unknown_cards_wait_once_per_report_not_once_per_card(
+    app: FastAPI, client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from spasticity_cds.interfaces.web import hooks_routes
+
+    pauses: list[float] = []
+    monkeypatch.setattr(hooks_routes.time, "sleep", pauses.append)
+    item = load_fixture("hl7/feedback-overridden.json")["feedback"][0]
+    items = [item | {"card": f"unknown-{n}"} for n in range(20)]
+    path = f"/cds-services/{REVIEW}/feedback"
+    assert call(app, "POST", path, json={"feedback": items}, headers=client.headers(path)).status_code == 200
+    assert pauses == [hooks_routes.JOIN_RETRY_S]
 
 
 def test_override_reasons_come_from_the_hl7_code_system(app: FastAPI, client: Client) -> None:

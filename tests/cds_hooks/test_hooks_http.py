@@ -147,3 +147,54 @@ def test_store_failure_on_feedback_is_503(app: FastAPI, client: Client, monkeypa
     response = call(app, "POST", path, json=body, headers=client.headers(path))
     assert response.status_code == 503
     assert "postgresql" not in response.text
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        (SERVICE, b'{"hook": "patient-view\xff", "hookInstance": "x", "context": {}}'),
+        (f"{SERVICE}/feedback", b'{"feedback": [{"card": "c\xff", "outcome": "overridden"}]}'),
+    ],
+)
+def test_invalid_utf8_in_a_body_is_400(app: FastAPI, client: Client, path: str, body: bytes) -> None:
+    response = call(
+        app, "POST", path, content=body, headers=client.headers(path) | {"Content-Type": "application/json"}
+    )
+    assert response.status_code == 400
+    assert "UTF-8" in response.json()["issue"][0]["diagnostics"]
+
+
+def test_a_trailing_slash_is_a_404_outcome_not_a_redirect_built_from_the_host(app: FastAPI, client: Client) -> None:
+    path = f"{SERVICE}/"
+    response = call(app, "POST", path, json={}, headers=client.headers(path) | {"Host": "evil.example.com"})
+    assert response.status_code == 404
+    assert response.json()["resourceType"] == "OperationOutcome"
+    assert "location" not in response.headers
+
+
+def test_head_on_discovery_and_a_preflight_with_other_headers(app: FastAPI, client: Client) -> None:
+    assert call(app, "HEAD", "/cds-services", headers=client.headers("/cds-services")).status_code == 200
+    headers = {
+        "Origin": ORIGIN,
+        "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "authorization,content-type,x-requested-with,cache-control",
+    }
+    response = call(app, "OPTIONS", SERVICE, headers=headers)
+    assert response.status_code == 200
+    assert "x-requested-with" in response.headers["access-control-allow-headers"].lower()
+    assert "access-control-allow-credentials" not in response.headers
+
+
+@pytest.mark.parametrize("patient_id", ["../../other/x", "pt-1?_format=xml&", "x" * 65, ""])
+def test_a_patient_id_that_is_not_a_fhir_id_is_400(app: FastAPI, client: Client, patient_id: str) -> None:
+    body = hook_request("patient-view", prefetch_data=prefetch())
+    body["context"]["patientId"] = patient_id
+    response = call(app, "POST", SERVICE, json=body, headers=client.headers(SERVICE))
+    assert response.status_code == 400
+    assert "patientId" in response.json()["issue"][0]["diagnostics"]
+
+
+def test_the_json_api_answers_invalid_utf8_with_400(app: FastAPI) -> None:
+    body = b'{"resourceType": "Patient", "id": "p\xff"}'
+    response = call(app, "POST", "/api/evaluate", content=body, headers={"Content-Type": "application/fhir+json"})
+    assert response.status_code == 400

@@ -11,7 +11,7 @@ import pytest
 from fastapi import FastAPI
 
 from spasticity_cds.api import load_knowledge_base
-from spasticity_cds.cds_hooks.fhir_client import FhirFetcher
+from spasticity_cds.cds_hooks.fhir_client import FhirFetcher, url_within
 from spasticity_cds.cds_hooks.prefetch import plan_prefetch, render, templates_for
 from spasticity_cds.interfaces.web.app import create_app
 from spasticity_cds.interfaces.web.config import WebSettings
@@ -342,3 +342,22 @@ def test_a_bounded_search_reads_its_first_page_whatever_the_page_limit() -> None
         outcome = asyncio.run(fetcher.fetch(server, None, queries, {}, frozenset({"recent"})))
     assert [r["id"] for r in outcome.resources["recent"]] == ["o0"]
     assert "more than 1 pages" in outcome.failed["all"]
+
+
+@pytest.mark.parametrize(
+    ("url", "inside"),
+    [
+        ("https://fhir.example.org/r4/Patient/1", True),
+        ("https://fhir.example.org/r4", True),
+        ("https://FHIR.example.org:443/r4/Observation?patient=1", True),
+        ("https://fhir.example.org/r4/../admin/x", False),
+        ("https://fhir.example.org/r4/%2e%2e/admin/x", False),
+        ("https://fhir.example.org/r42/Patient/1", False),
+        ("https://fhir.example.org.evil.example/r4/Patient/1", False),
+        ("http://fhir.example.org/r4/Patient/1", False),
+        ("https://fhir.example.org:8443/r4/Patient/1", False),
+        ("not a url", False),
+    ],
+)
+def test_a_url_is_within_a_base_only_under_its_path_on_the_same_origin(url: str, inside: bool) -> None:
+    assert url_within(url, "https://fhir.example.org/r4/") is inside

@@ -348,7 +348,7 @@ class CardBuilder:
                         {
                             "type": "update",
                             "description": f"Update {order.reference} to the kidney-adjusted dose",
-                            "resource": adjusted_order(order.resource, new_value, dose.per_day),
+                            "resource": compact(adjusted_order(order.resource, new_value, dose.per_day)),
                         }
                     ],
                 }

@@ -86,7 +86,7 @@ class FhirFetcher:
         for _ in range(1 if bounded else self.max_pages):
             if next_url is None:
                 return resources
-            if not next_url.startswith(base):
+            if not url_within(next_url, base):
                 raise FhirFetchError("a next link points outside the FHIR server")
             document = await self._get(client, next_url)
             if document.get("resourceType") == "Bundle":
@@ -122,3 +122,19 @@ class FhirFetcher:
 
 class FhirFetchError(Exception):
     """One query failed; the message is safe to show (no token, no patient data)."""
+
+
+def url_within(url: str, base: str) -> bool:
+    """Whether ``url`` lies under ``base``: the same scheme, host and port, and a path at or below base's path on
+    a segment boundary, with no dot segments left once decoded (``{base}/../x``, ``{base}%2e%2e``,
+    ``{host}.evil.example`` and ``{base}2`` all fail). Tokens are only ever sent under a base."""
+    try:
+        target, root = httpx.URL(url), httpx.URL(base)
+    except (httpx.InvalidURL, TypeError):
+        return False
+    if (target.scheme, target.host, target.port) != (root.scheme, root.host, root.port) or not target.host:
+        return False
+    if {".", ".."} & set(target.path.split("/")):
+        return False
+    root_path = root.path.rstrip("/")
+    return target.path == root_path or target.path.startswith(f"{root_path}/")

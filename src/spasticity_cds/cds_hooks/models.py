@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from typing import Any, Literal, TypeVar
 
@@ -10,7 +11,17 @@ import msgspec
 from spasticity_cds.errors import HookRequestError
 from spasticity_cds.fhir.model import FhirElement, Resource
 
-MAX_ID_CHARS = 256
+#: Longest hookInstance or card uuid (both are uuids on the wire): the feedback store's column width.
+MAX_ID_CHARS = 128
+#: Longest override reason code and code system URL: the feedback store's column widths.
+MAX_CODE_CHARS = 255
+MAX_URL_CHARS = 2048
+#: Most card outcomes in one feedback report (an EHR reports one card at a time).
+MAX_FEEDBACK_ITEMS = 100
+#: FHIR's id datatype (context.patientId and encounterId are ids: they go into the FHIR server's URL paths).
+FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
+#: RFC 3339 section 5.6 date-time (``datetime.fromisoformat`` alone also takes week dates and missing seconds).
+RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})")
 T = TypeVar("T")
 CONTEXT_REQUIRED: dict[str, tuple[str, ...]] = {
     "patient-view": ("userId", "patientId"),
@@ -113,6 +124,8 @@ def _decode(body: bytes, kind: type[T], what: str) -> T:
         raise HookRequestError(f"{what} does not follow CDS Hooks 2.0: {exc}") from None
     except msgspec.DecodeError as exc:
         raise HookRequestError(f"{what} is not valid JSON: {exc}") from None
+    except UnicodeDecodeError:
+        raise HookRequestError(f"{what} is not valid UTF-8") from None
     except RecursionError:
         raise HookRequestError(f"{what} is nested too deeply") from None
 
@@ -129,7 +142,7 @@ def decode_hook_request(body: bytes) -> HookRequest:
     """
     try:
         request: HookRequest = _TYPED_REQUEST.decode(body)
-    except (msgspec.MsgspecError, RecursionError):
+    except (msgspec.MsgspecError, RecursionError, UnicodeDecodeError):
         request = _decode(body, HookRequest, "the hook request")
     _check_text("hookInstance", request.hookInstance)
     if request.fhirAuthorization is not None and not request.fhirServer:
@@ -142,18 +155,26 @@ def decode_hook_request(body: bytes) -> HookRequest:
     return request
 
 
-def _check_text(name: str, value: str) -> None:
-    if not value.strip() or len(value) > MAX_ID_CHARS:
-        raise HookRequestError(f"{name} must be a non-empty string of at most {MAX_ID_CHARS} characters")
+def _check_text(name: str, value: str, limit: int = MAX_ID_CHARS) -> None:
+    if not value.strip() or len(value) > limit:
+        raise HookRequestError(f"{name} must be a non-empty string of at most {limit} characters")
+    _check_no_nul(name, value)
+
+
+def _check_no_nul(name: str, value: str | None) -> None:
+    if value is not None and "\x00" in value:
+        raise HookRequestError(f"{name} holds a NUL character")
 
 
 def _check_context(hook: str, context: dict[str, Any]) -> None:
     for name in CONTEXT_REQUIRED.get(hook, ("patientId",)):
         if name not in context:
             raise HookRequestError(f"context.{name} is required for {hook}")
-    for name in ("userId", "patientId", "encounterId"):
-        if name in context and (not isinstance(context[name], str) or not context[name].strip()):
-            raise HookRequestError(f"context.{name} must be a non-empty string")
+    if "userId" in context and (not isinstance(context["userId"], str) or not context["userId"].strip()):
+        raise HookRequestError("context.userId must be a non-empty string")
+    for name in ("patientId", "encounterId"):
+        if name in context and (not isinstance(context[name], str) or not FHIR_ID.fullmatch(context[name])):
+            raise HookRequestError(f"context.{name} must be a FHIR id (1 to 64 letters, digits, '-' or '.')")
     if "draftOrders" in context:
         orders = context["draftOrders"]
         if not isinstance(orders, dict) or orders.get("resourceType") != "Bundle":
@@ -169,28 +190,41 @@ def _check_context(hook: str, context: dict[str, Any]) -> None:
 def decode_feedback(body: bytes) -> FeedbackRequest:
     """Parse and check a feedback body (cds-fb-1/2/3); HookRequestError (HTTP 400) names what is wrong."""
     request = _decode(body, FeedbackRequest, "the feedback")
-    if not request.feedback:
-        raise HookRequestError("feedback must hold at least one item")
+    if not request.feedback or len(request.feedback) > MAX_FEEDBACK_ITEMS:
+        raise HookRequestError(f"feedback must hold 1 to {MAX_FEEDBACK_ITEMS} items")
     for index, item in enumerate(request.feedback):
         where = f"feedback[{index}]"
         _check_text(f"{where}.card", item.card)
         parse_timestamp(item.outcomeTimestamp, f"{where}.outcomeTimestamp")
         if item.outcome == "accepted" and not item.acceptedSuggestions:
             raise HookRequestError(f"{where}: an accepted outcome needs acceptedSuggestions (cds-fb-2)")
+        for at, suggestion in enumerate(item.acceptedSuggestions or ()):
+            _check_text(f"{where}.acceptedSuggestions[{at}].id", suggestion.id)
         reason = item.overrideReason
-        if reason is not None and reason.reason is None and not reason.userComment:
-            raise HookRequestError(f"{where}.overrideReason needs a reason or a userComment (cds-fb-3)")
+        if reason is not None:
+            _check_override_reason(f"{where}.overrideReason", reason)
     return request
+
+
+def _check_override_reason(where: str, reason: OverrideReason) -> None:
+    if reason.reason is None and not reason.userComment:
+        raise HookRequestError(f"{where} needs a reason or a userComment (cds-fb-3)")
+    _check_no_nul(f"{where}.userComment", reason.userComment)
+    if reason.reason is not None:
+        _check_text(f"{where}.reason.code", reason.reason.code, MAX_CODE_CHARS)
+        if reason.reason.system is not None:
+            _check_text(f"{where}.reason.system", reason.reason.system, MAX_URL_CHARS)
+        _check_no_nul(f"{where}.reason.display", reason.reason.display)
 
 
 def parse_timestamp(value: str, where: str) -> datetime:
     """An RFC 3339 instant with an offset, as a timezone-aware datetime."""
+    if not RFC3339.fullmatch(value):
+        raise HookRequestError(f"{where} is not an RFC 3339 date-time with a UTC offset (such as 2026-11-25T06:00:00Z)")
     try:
         parsed = datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
     except ValueError:
         raise HookRequestError(f"{where} is not an RFC 3339 date-time") from None
-    if parsed.tzinfo is None:
-        raise HookRequestError(f"{where} must carry a UTC offset")
     try:
         return parsed.astimezone(UTC)
     except OverflowError:  # 9999-12-31T23:59-05:00 is past the last instant a datetime holds

@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from spasticity_cds.cds_hooks.models import FHIR_ID
 from spasticity_cds.engine.evaluator import Engine
 from spasticity_cds.engine.extract import times_per_day
 
@@ -34,19 +35,28 @@ class StructuredDose:
 
 
 def draft_resources(context: dict[str, Any]) -> list[dict[str, Any]]:
-    """The draft order resources, copied; one without id gets ``unnamed-draft-<n>``, without subject the patient."""
+    """The draft order resources of this patient, copied; one without a valid FHIR id gets ``unnamed-draft-<n>``,
+    one without a subject the patient. A draft whose subject names another patient is left out: checking it
+    against this patient's record would be wrong."""
     bundle = context.get("draftOrders")
     if not isinstance(bundle, dict):
         return []
+    patient = f"Patient/{context['patientId']}"
     out = []
     for index, entry in enumerate(bundle.get("entry") or (), start=1):
         resource = entry.get("resource") if isinstance(entry, dict) else None
         if not isinstance(resource, dict) or not isinstance(resource.get("resourceType"), str):
             continue
         copied = dict(resource)  # only top-level keys are set below; nested parts stay shared, never changed
-        copied.setdefault("id", f"{UNNAMED_DRAFT}{index}")
-        if "subject" not in copied and copied["resourceType"] != "NutritionOrder":
-            copied["subject"] = {"reference": f"Patient/{context['patientId']}"}
+        draft_id = copied.get("id")  # without a FHIR id a draft cannot be named in a suggestion or citation
+        if not isinstance(draft_id, str) or not FHIR_ID.fullmatch(draft_id):
+            copied["id"] = f"{UNNAMED_DRAFT}{index}"
+        subject = copied.get("subject")
+        reference = subject.get("reference") if isinstance(subject, dict) else None
+        if isinstance(reference, str) and reference.startswith("Patient/") and reference != patient:
+            continue
+        if not reference and copied["resourceType"] != "NutritionOrder":
+            copied["subject"] = {"reference": patient}
         out.append(copied)
     return out
 

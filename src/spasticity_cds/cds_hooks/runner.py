@@ -10,7 +10,7 @@ from typing import Any, Protocol
 
 from spasticity_cds.api import read_patient
 from spasticity_cds.cds_hooks.cards import CardBuilder, CardContext, IssuedCardInfo
-from spasticity_cds.cds_hooks.fhir_client import FetchOutcome
+from spasticity_cds.cds_hooks.fhir_client import FetchOutcome, url_within
 from spasticity_cds.cds_hooks.models import HookRequest
 from spasticity_cds.cds_hooks.orders import checked_orders, draft_resources
 from spasticity_cds.cds_hooks.prefetch import PrefetchPlan, Template, plan_prefetch
@@ -111,7 +111,7 @@ class HookRunner:
         if server is None:
             return _unfetched(plan, "the request names no fhirServer to fetch it from")
         allowed = self.config.fhir_server_allowlist
-        if allowed and not any(server.startswith(prefix) for prefix in allowed):
+        if allowed and not any(url_within(server, prefix) for prefix in allowed):
             return _unfetched(plan, "the request's fhirServer is not on this service's allow-list")
         token = request.fhirAuthorization.access_token if request.fhirAuthorization else None
         single_page = frozenset(template.key for template in templates if not template.follow_next)

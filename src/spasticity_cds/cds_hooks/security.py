@@ -340,10 +340,16 @@ def _signing_key(jwk: bytes, alg: str) -> jwt.PyJWK:
 
 
 def _numeric_claim(claims: JsonObject, name: str) -> float:
+    """A NumericDate claim: a finite number of seconds within the years a datetime holds."""
     value = claims.get(name)
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise _rejected(f"claim {name} is missing or not a number")
-    return float(value)
+    try:
+        seconds = float(value)
+        datetime.fromtimestamp(seconds, UTC)
+    except (OverflowError, ValueError, OSError):  # NaN, infinity, 1e400 or past the year 9999
+        raise _rejected(f"claim {name} is not a usable time") from None
+    return seconds
 
 
 def _check_audience(claims: JsonObject, audience: str) -> None:
@@ -363,6 +369,6 @@ def _checked_tenant(claims: JsonObject, issuer: TrustedIssuer) -> str | None:
 
 def _checked_jti(claims: JsonObject) -> str:
     jti = claims.get("jti")
-    if not isinstance(jti, str) or not jti or len(jti) > MAX_JTI_CHARS:
-        raise _rejected(f"claim jti is missing or longer than {MAX_JTI_CHARS} characters")
+    if not isinstance(jti, str) or not jti or len(jti) > MAX_JTI_CHARS or "\x00" in jti:
+        raise _rejected(f"claim jti is missing, longer than {MAX_JTI_CHARS} characters or holds a NUL")
     return jti

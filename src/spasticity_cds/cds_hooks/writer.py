@@ -20,7 +20,9 @@ class BatchWriter(Generic[T]):
     (and spends the GIL on SQL) a few times a second rather than once per call.
 
     ``flush`` waits until everything handed over so far is written (feedback calls it before looking a card up).
-    A failed write is logged and dropped: the hook answer has already gone, and a retry could repeat it forever.
+    A failed batch is written again record by record, so that one bad record cannot take the others with it; a
+    record that still fails is logged and dropped: the hook answer has already gone, and a retry could repeat it
+    forever.
     """
 
     def __init__(self, write: Callable[[list[T]], object], *, max_batch: int = 500, linger_s: float = 0.05) -> None:
@@ -62,10 +64,17 @@ class BatchWriter(Generic[T]):
                     parts.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
-            try:
-                self._write([record for part in parts for record in part])
-            except Exception:
-                logger.exception("could not store %d issued-card batches; feedback on them will not join", len(parts))
+            self._write_all([record for part in parts for record in part])
             with self._idle:
                 self._pending -= len(parts)
                 self._idle.notify_all()
+
+    def _write_all(self, records: list[T]) -> None:
+        try:
+            self._write(records)
+        except Exception:
+            if len(records) == 1:
+                logger.exception("could not store an issued card; feedback on it will not join")
+                return
+            for record in records:  # the batch's transaction rolled back: nothing of it is stored yet
+                self._write_all([record])

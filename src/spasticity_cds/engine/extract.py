@@ -713,6 +713,8 @@ def _daily_dose(resource: Resource, found: Match) -> tuple[float | None, str | N
         unit = amount_unit
         if note:
             notes.append(note)
+    if total is not None and not 0 < total < math.inf:  # a dose so large it overflows cannot be read
+        return None, None, None
     return total, unit, "; ".join(notes) or None
 
 
@@ -734,8 +736,9 @@ def _dose_quantity(dosage: Dosage) -> tuple[float, str] | None:
         quantity: Quantity | None = dose_and_rate.dose_quantity
         if quantity is None and dose_and_rate.dose_range is not None:
             quantity = dose_and_rate.dose_range.high
-        if quantity is not None and quantity.value is not None:
-            return quantity.value, quantity.code or quantity.unit or ""
+        value = _positive_number(quantity.value) if quantity is not None else None
+        if quantity is not None and value is not None:  # a zero or negative amount is not a dose
+            return value, quantity.code or quantity.unit or ""
     return None
 
 

@@ -142,7 +142,7 @@ def parse_bytes(data: bytes, *, source: str = "<input>") -> ParsedInput:
     try:
         # The common case, one Bundle or resource of the expected shapes, decodes straight into structs.
         resource = RESOURCE_DECODER.decode(stripped)
-    except (msgspec.MsgspecError, RecursionError):  # orjson below names the problem (nesting too deep included)
+    except (msgspec.MsgspecError, RecursionError, UnicodeDecodeError):  # orjson below names the problem
         resource = None
     if resource is not None and resource.resource_type is not None:
         parsed.add_resource(resource)

@@ -122,6 +122,28 @@ def test_finding_feedback_is_stored_with_rule_id_version_and_override_reason(cli
     assert report[(finding["rule_id"], finding["rule_version"])].page_useful_no == 1
 
 
+@pytest.mark.parametrize(
+    ("change", "status"),
+    [
+        ({"rule_version": "1" * 20}, 303),  # not a version: the rule's own is kept
+        ({"rule_version": "\u00b2"}, 303),
+        ({"card_uuid": "c" * 129}, 400),
+        ({"comment": "a\x00b"}, 400),
+    ],
+)
+def test_odd_feedback_fields_never_fail_the_store(
+    client: support.PageClient, change: dict[str, str], status: int
+) -> None:
+    page = client.get("/patients/demo/ada").text
+    token = support.CSRF_INPUT.search(page).group(1)  # type: ignore[union-attr]
+    rule = next(iter(client.app.state.cds.engine.kb.rules.values()))
+    data = {"csrf_token": token, "feedback_id": str(uuid.uuid4()), "context": "finding", "rule_id": rule.id}
+    response = client.post("/feedback", data=data | {"useful": "no", "return_to": "/patients/demo/ada"} | change)
+    assert response.status_code == status
+    stored = client.app.state.cds.store.list_page_feedback()
+    assert [item.rule_version for item in stored] == ([rule.version] if status == 303 else [])
+
+
 def test_feedback_return_to_only_accepts_our_own_paths(client: support.PageClient) -> None:
     token = client.csrf("/")
     data = {

@@ -46,6 +46,8 @@ def create_app(
 
         store = open_store(settings.store_url)
     app = FastAPI(title="spasticity-cds", docs_url="/api/docs", redoc_url=None, lifespan=_lifespan)
+    # A path with an extra slash is a 404 OperationOutcome: a redirect would build its Location from the Host header.
+    app.router.redirect_slashes = False
     app.state.cds = AppState(
         engine=engine or load_knowledge_base(),
         store=store,

@@ -52,7 +52,7 @@ class Signer:
         value, stamp, mac = parts
         if not hmac.compare_digest(mac, self._mac(f"{value}.{stamp}")):
             raise BadSignatureError("bad signature")
-        age = self._clock() - int(stamp) if stamp.isdigit() else float("inf")
+        age = self._clock() - int(stamp) if stamp.isascii() and stamp.isdigit() else float("inf")
         if age > max_age_s:
             raise BadSignatureError("expired")
         return value, age

@@ -90,7 +90,7 @@ class BodySizeLimitMiddleware:
             await self.app(scope, receive, send)
             return
         declared = dict(scope.get("headers") or ()).get(b"content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
+        if declared is not None and (not (declared.isascii() and declared.isdigit()) or int(declared) > self.max_bytes):
             await self._too_large(scope, receive, send)
             return
         seen = 0
@@ -132,6 +132,6 @@ def install_error_handling(app: FastAPI, *, max_body_bytes: int, cors_origins: t
         CORSMiddleware,
         allow_origins=list(cors_origins),
         allow_methods=["GET", "POST", "OPTIONS"],
-        allow_headers=["Content-Type", "Authorization"],
+        allow_headers=["*"],  # an EHR's browser may add its own headers; credentials (cookies) are never allowed
         max_age=600,
     )

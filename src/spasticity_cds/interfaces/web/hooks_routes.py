@@ -126,7 +126,7 @@ StateDep = Annotated[AppState, Depends(app_state)]
 HooksDep = Annotated[HooksState, Depends(hooks_state)]
 
 
-@router.get("/cds-services")
+@router.api_route("/cds-services", methods=["GET", "HEAD"])
 async def discovery(request: Request, state: StateDep, hooks: HooksDep) -> Response:
     """The services, their hooks and prefetch templates."""
     await _authenticate(request, hooks, f"{state.settings.base_url}/cds-services")
@@ -196,21 +196,27 @@ def _store_feedback(
 ) -> tuple[int, list[HookFeedback]]:
     """Join each item to its issued card and store them all (one transaction); returns (new, items)."""
     hooks.cards.flush()
-    items = [_feedback_record(state, service_id, item, now) for item in feedback]
+    issued = _find_cards(state, {item.card for item in feedback})
+    items = [_feedback_record(service_id, item, issued.get(item.card), now) for item in feedback]
     return state.store.record_hook_feedback(items), items
 
 
-def _find_card(state: AppState, card_uuid: str) -> IssuedCard | None:
-    """The issued card; looked up twice, since another worker may still be committing a card it just issued."""
-    issued: IssuedCard | None = state.store.find_issued_card(card_uuid)
-    if issued is None:
+def _find_cards(state: AppState, card_uuids: set[str]) -> dict[str, IssuedCard]:
+    """The issued cards found; those missing are looked up once more after a pause (one per report, not per
+    card), since another worker may still be committing a card it just issued."""
+    found = _issued(state, card_uuids)
+    if len(found) < len(card_uuids):
         time.sleep(JOIN_RETRY_S)
-        issued = state.store.find_issued_card(card_uuid)
-    return issued
+        found |= _issued(state, card_uuids - found.keys())
+    return found
 
 
-def _feedback_record(state: AppState, service_id: str, item: FeedbackItem, now: datetime) -> HookFeedback:
-    issued = _find_card(state, item.card)
+def _issued(state: AppState, card_uuids: set[str]) -> dict[str, IssuedCard]:
+    cards = {card_uuid: state.store.find_issued_card(card_uuid) for card_uuid in card_uuids}
+    return {card_uuid: card for card_uuid, card in cards.items() if card is not None}
+
+
+def _feedback_record(service_id: str, item: FeedbackItem, issued: IssuedCard | None, now: datetime) -> HookFeedback:
     if issued is not None and issued.service_id != service_id:
         raise HookRequestError(
             f"card {item.card} was issued by the service {issued.service_id}: "

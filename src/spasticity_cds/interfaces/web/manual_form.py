@@ -76,7 +76,7 @@ def read_form(form: Mapping[str, str], kb: KnowledgeBase, today: date) -> Manual
     age = values.get("age", "")
     if not age:
         errors["age"] = "Enter the age in years."
-    elif not age.isdigit() or not 1 <= int(age) <= 120:
+    elif not (age.isascii() and age.isdigit()) or not 1 <= int(age) <= 120:
         errors["age"] = "Age must be a whole number of years between 1 and 120."
     if values.get("sex", "") not in SEXES:
         errors["sex"] = "Choose a sex."
@@ -108,7 +108,7 @@ def read_form(form: Mapping[str, str], kb: KnowledgeBase, today: date) -> Manual
             errors[f"med{row}_drug"] = "Choose a medication from the list."
         if dose and _number(dose, 0.001, 5000) is None:
             errors[f"med{row}_dose"] = "The dose must be a number of mg from 0.001 to 5000."
-        if times and (not times.isdigit() or not 1 <= int(times) <= 12):
+        if times and (not (times.isascii() and times.isdigit()) or not 1 <= int(times) <= 12):
             errors[f"med{row}_times"] = "Times per day must be a whole number from 1 to 12."
     for row in range(MAS_ROWS):
         grade = values.get(f"mas{row}_grade", "")

@@ -17,6 +17,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData, UploadFile
 
 from spasticity_cds import api
+from spasticity_cds.cds_hooks.models import MAX_ID_CHARS
 from spasticity_cds.errors import InputError, SpasticityCdsError
 from spasticity_cds.fhir.record import PatientRecord
 from spasticity_cds.interfaces.web import manual_form, smart
@@ -264,12 +265,16 @@ def _feedback_from_form(form: FormData, state: AppState) -> PageFeedback:
         if rule is None:
             raise ValueError("Unknown rule.")
         version_text = _text(form, "rule_version")
-        rule_version = int(version_text) if version_text.isdigit() else rule.version
+        rule_version = int(version_text) if _is_small_number(version_text) else rule.version
     reason = _text(form, "override_reason") or None
     if reason is not None and reason not in {code for code, _ in OVERRIDE_REASONS}:
         raise ValueError("Unknown override reason.")
     comment = _text(form, "comment").strip()[:MAX_COMMENT] or None
     card = _text(form, "card_uuid") or None
+    if card is not None and (len(card) > MAX_ID_CHARS or "\x00" in card):
+        raise ValueError("Unknown card.")
+    if comment is not None and "\x00" in comment:
+        raise ValueError("The comment holds a character that cannot be stored (NUL).")
     answered, useful = yes_no("answered"), yes_no("useful")
     if answered is None and useful is None and comment is None and reason is None:
         raise ValueError("Choose yes or no, or write a comment.")
@@ -580,3 +585,8 @@ def static_file(name: str) -> Response:
     response.headers["Cache-Control"] = "public, max-age=3600"
     response.headers["X-Content-Type-Options"] = "nosniff"
     return response
+
+
+def _is_small_number(text: str) -> bool:
+    """ASCII digits that fit the store's integer column (``"²".isdigit()`` is true, and 20 digits overflow)."""
+    return text.isascii() and text.isdigit() and len(text) <= 9

@@ -22,6 +22,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from spasticity_cds import api
+from spasticity_cds.cds_hooks.fhir_client import url_within
 from spasticity_cds.errors import SpasticityCdsError
 from spasticity_cds.interfaces.web.csrf import SESSION_COOKIE, BadSignatureError, session_signer
 from spasticity_cds.interfaces.web.deps import AppState, app_state
@@ -356,7 +357,7 @@ def _next_link(bundle: dict[str, Any], base: str) -> str | None:
     for link in bundle.get("link") or ():
         if isinstance(link, dict) and link.get("relation") == "next" and isinstance(link.get("url"), str):
             # Never send the token to another host: follow only links under the same FHIR base.
-            return link["url"] if link["url"].startswith(base + "/") else None
+            return link["url"] if url_within(link["url"], base) and link["url"] != base else None
     return None
 
 
