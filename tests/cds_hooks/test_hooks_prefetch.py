@@ -198,6 +198,18 @@ def test_failing_server_is_412(app: FastAPI, client: Client) -> None:
     assert "HTTP 500" in response.json()["issue"][0]["diagnostics"]
 
 
+def test_an_answer_over_the_size_limit_is_refused_while_it_arrives(
+    app: FastAPI, client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from spasticity_cds.cds_hooks import fhir_client
+
+    monkeypatch.setattr(fhir_client, "MAX_RESPONSE_BYTES", 200)
+    with fhir_server(Behaviour(resources=_record())) as server:
+        response = post_hook(app, client, REVIEW, _fallback_request(server))
+    assert response.status_code == 412
+    assert "more than 200 bytes" in response.json()["issue"][0]["diagnostics"]
+
+
 def test_slow_server_is_cut_off_by_the_time_budget(
     settings: WebSettings, hook_store: SqlFeedbackStore, hook_clock: FrozenClock, client: Client
 ) -> None:

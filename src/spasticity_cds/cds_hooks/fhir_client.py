@@ -12,11 +12,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+import orjson
 
 from spasticity_cds.cds_hooks.prefetch import bundle_resources, next_link
 
 FHIR_JSON = "application/fhir+json"
 MAX_PAGES = 20
+#: Most bytes of one FHIR answer, once decoded (a gzip body is unpacked as it arrives): a page of a search the
+#: service asks for is far smaller, and a larger one (or a compression bomb) would hold the worker and its memory.
+MAX_RESPONSE_BYTES = 8 * 1024 * 1024
 
 
 @dataclass
@@ -102,22 +106,34 @@ class FhirFetcher:
     @staticmethod
     async def _get(client: httpx.AsyncClient, url: str) -> dict[str, Any]:
         try:
-            response = await client.get(url)
+            async with client.stream("GET", url) as response:
+                if response.status_code == 404 and "?" not in url:
+                    return {"resourceType": "Bundle", "type": "searchset"}
+                if response.status_code != 200:
+                    raise FhirFetchError(f"the FHIR server answered HTTP {response.status_code}")
+                body = await _bounded_body(response)
         except httpx.HTTPError as exc:
             raise FhirFetchError(f"the FHIR server could not be reached ({type(exc).__name__})") from None
-        if response.status_code == 404 and "?" not in url:
-            return {"resourceType": "Bundle", "type": "searchset"}
-        if response.status_code != 200:
-            raise FhirFetchError(f"the FHIR server answered HTTP {response.status_code}")
         try:
-            document = response.json()
-        except ValueError:
+            document = orjson.loads(body)
+        except orjson.JSONDecodeError:
             raise FhirFetchError("the FHIR server answered with something that is not JSON") from None
         if not isinstance(document, dict) or not isinstance(document.get("resourceType"), str):
             raise FhirFetchError("the FHIR server answered with something that is not a FHIR resource")
         if document["resourceType"] == "OperationOutcome":
             raise FhirFetchError("the FHIR server answered with an OperationOutcome")
         return document
+
+
+async def _bounded_body(response: httpx.Response) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.aiter_bytes():
+        size += len(chunk)
+        if size > MAX_RESPONSE_BYTES:
+            raise FhirFetchError(f"the FHIR server answered with more than {MAX_RESPONSE_BYTES:,} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 class FhirFetchError(Exception):
