@@ -185,6 +185,21 @@ def test_operation_outcome_without_a_server_is_412(app: FastAPI, client: Client)
     assert "not prefetched" not in body["issue"][0]["diagnostics"]
 
 
+def test_a_prefetched_bundle_whose_entry_is_not_an_array_is_never_read_as_empty(app: FastAPI, client: Client) -> None:
+    data = prefetch()
+    data["conditions"] = {"resourceType": "Bundle", "type": "searchset", "entry": data["conditions"]["entry"][0]}
+    response = post_hook(app, client, REVIEW, hook_request("patient-view", prefetch_data=data))
+    assert response.status_code == 412
+    assert "entry is not an array" in response.json()["issue"][0]["diagnostics"]
+
+
+def test_a_fhir_server_url_that_cannot_be_used_is_a_plain_412(app: FastAPI, client: Client) -> None:
+    response = post_hook(app, client, REVIEW, _fallback_request("http://127.0.0.1:99999/fhir"))
+    assert response.status_code == 412
+    diagnostics = response.json()["issue"][0]["diagnostics"]
+    assert "the query failed (" in diagnostics and "TaskGroup" not in diagnostics
+
+
 def test_required_data_unobtainable_is_412(app: FastAPI, client: Client) -> None:
     response = post_hook(app, client, REVIEW, hook_request("patient-view"))
     assert response.status_code == 412

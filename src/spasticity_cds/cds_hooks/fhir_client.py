@@ -78,8 +78,10 @@ class FhirFetcher:
         name = key.removesuffix("#next")
         if task not in done:
             outcome.failed[name] = f"the FHIR server did not answer within {self.budget_s:g} s"
-        elif task.exception() is not None:
-            outcome.failed[name] = str(task.exception())
+        elif (error := task.exception()) is not None:
+            # Only our own messages are shown: others can carry URL parts or library internals.
+            reason = str(error) if isinstance(error, FhirFetchError) else f"the query failed ({type(error).__name__})"
+            outcome.failed[name] = reason
         else:
             outcome.resources.setdefault(name, []).extend(task.result())
 

@@ -191,6 +191,11 @@ def _sort_value(template: Template, query: str, value: Any, plan: PrefetchPlan) 
         plan.to_fetch[key] = query
         plan.failed[key] = "the client reported an error (OperationOutcome) for this prefetch"
         return
+    if isinstance(value, dict) and "entry" in value and not isinstance(value["entry"], list):
+        # Read as empty, a Bundle of another shape would hide the patient's data (no ALS: no cards at all).
+        plan.to_fetch[key] = query
+        plan.failed[key] = "the prefetched Bundle's entry is not an array"
+        return
     plan.resources.append(value)
     following = next_link(value) if template.follow_next else None
     if following is not None:
