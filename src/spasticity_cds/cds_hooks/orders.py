@@ -116,7 +116,7 @@ def structured_dose(resource: dict[str, Any]) -> StructuredDose | None:
     dosage = _only_object(resource.get("dosageInstruction"))
     rate = _only_object(dosage.get("doseAndRate")) if dosage is not None else None
     quantity = rate.get("doseQuantity") if rate is not None else None
-    if dosage is None or not isinstance(quantity, dict) or not _finite(quantity.get("value")):
+    if dosage is None or not isinstance(quantity, dict) or not _positive(quantity.get("value")):
         return None
     timing = dosage.get("timing")
     repeat = timing.get("repeat") if isinstance(timing, dict) else None
@@ -136,8 +136,9 @@ def _only_object(value: object) -> dict[str, Any] | None:
     return None
 
 
-def _finite(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+def _positive(value: object) -> bool:
+    """A usable amount: a finite number above zero (a zero or negative dose is not a dose)."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and 0 < value < math.inf
 
 
 def mg_per_unit(dose: StructuredDose, strength_mg: float | None) -> float | None:
