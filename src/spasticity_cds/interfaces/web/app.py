@@ -56,6 +56,7 @@ def create_app(
     )
     app.state.hooks = hooks_routes.build_hooks_state(app.state.cds)
     install_error_handling(app, max_body_bytes=settings.max_body_bytes, cors_origins=settings.cors_origins)
+    app.router.routes.append(hooks_routes.service_route)
     app.include_router(hooks_routes.router)
     app.include_router(pages.router)
     return app
