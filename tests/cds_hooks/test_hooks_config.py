@@ -126,6 +126,7 @@ def test_serve_command_checks_config_then_starts_uvicorn(tmp_path: Path, monkeyp
     assert app == serve_command.APP_FACTORY and kwargs["factory"] is True
     assert (kwargs["workers"], kwargs["port"], kwargs["host"]) == (3, 8123, "127.0.0.1")
     assert "authentication is OFF" in output.getvalue() and "PostgreSQL" in output.getvalue()
+    assert "SMART launch is open to any FHIR server" in " ".join(output.getvalue().split())
     import os
 
     assert os.environ[CONFIG_ENV] == str(config.resolve())

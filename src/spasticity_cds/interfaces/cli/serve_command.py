@@ -43,6 +43,11 @@ def run(args: argparse.Namespace, console: Console) -> int:
     if not settings.auth_required:
         console.print("[bold red]WARNING: CDS Hooks authentication is OFF (auth_required = false).[/]")
         console.print("[bold red]Any caller can use the service. Never run like this with real patient data.[/]")
+    if settings.smart_clients_file is None and not settings.fhir_server_allowlist:
+        console.print(
+            "[yellow]SMART launch is open to any FHIR server (no smart_clients_file, no fhir_server_allowlist): "
+            "this service will contact whatever server a launch names. Register the EHRs for real use.[/]"
+        )
     workers = args.workers or settings.workers
     if workers > 1 and not (settings.store_url or "").startswith("postgresql"):
         console.print("[yellow]Several workers on SQLite: use a PostgreSQL store_url for real deployments.[/]")
