@@ -45,8 +45,8 @@ def read_ndjson(path: Path) -> list[dict[str, Any]]:
 
 
 def run(source: Path, out: Path, **options: Any) -> BatchSummary:
-    """Run the batch with the fixed clock."""
-    return run_batch(BatchOptions(source=source, out=out, now=NOW, **options))
+    """Run the batch with the fixed clock (unless ``now`` is given)."""
+    return run_batch(BatchOptions(source=source, out=out, **({"now": NOW} | options)))
 
 
 def evaluator_tasks(patients: Iterable[PatientInput]) -> dict[str, dict[str, Any]]:

@@ -167,3 +167,19 @@ def test_a_deeply_nested_entry_or_a_broken_gzip_never_crashes_a_run(tmp_path: Pa
     with pytest.raises(BatchError, match="cannot read the file") as raised:
         run(folder, tmp_path / "again")
     assert raised.value.where == "broken.json.gz"
+
+
+def test_ndjson_of_whole_bundles_reads_as_the_bulk_export_of_the_same_patients(
+    clean_cohort: Path, tmp_path: Path
+) -> None:
+    from spasticity_cds.synth import write_cohort
+
+    from .batch_helpers import SEED, N, run
+
+    source = tmp_path / "bundles"
+    write_cohort(source, n=N, profile="lean", seed=SEED, fmt="bundles")  # synth's default: one Bundle per line
+    lines = run(source, tmp_path / "lines")
+    bulk = run(clean_cohort, tmp_path / "bulk")
+    assert lines.counts["patients"] == bulk.counts["patients"] == N
+    assert lines.counts["problems"] == {}
+    assert (tmp_path / "lines" / "Task.ndjson").read_bytes() == (tmp_path / "bulk" / "Task.ndjson").read_bytes()

@@ -106,6 +106,72 @@ def test_a_killed_run_leaves_the_previous_output_and_a_rerun_succeeds(clean_coho
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bigger", "out"], "stale partial folders are cleaned"
 
 
+def _children(pid: int) -> set[int]:
+    """The processes whose parent is ``pid`` (from /proc)."""
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.add(int(stat.parent.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_pool_processes_exit_when_the_main_process_is_killed_outright(tmp_path: Path) -> None:
+    cohort = tmp_path / "cohort"
+    write_cohort(cohort, n=400, profile="lean", seed=12, fmt="bulk")
+    command = [sys.executable, "-c", SCRIPT, str(cohort), "--out", str(tmp_path / "out"), "--workers", "2"]
+    with subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as victim:
+        deadline = time.monotonic() + 120
+        workers: set[int] = set()
+        while time.monotonic() < deadline and victim.poll() is None and len(workers) < 2:
+            workers = {pid for pid in _children(victim.pid) if "spawn_main" in _command_line(pid)}
+            time.sleep(0.01)
+        assert len(workers) == 2, "the run should be killed while its pool is up"
+        victim.kill()
+        victim.wait(timeout=30)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(_alive(pid) for pid in workers):
+        time.sleep(0.1)
+    assert not any(_alive(pid) for pid in workers), "orphaned pool processes would hold the caller's pipes open"
+
+
+def _command_line(pid: int) -> str:
+    try:
+        return (Path("/proc") / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def test_sigterm_is_an_interrupt_partial_output_removed_exit_130(clean_cohort: Path, tmp_path: Path) -> None:
+    cohort = tmp_path / "cohort"
+    write_cohort(cohort, n=400, profile="lean", seed=13, fmt="bulk")
+    entry = Path(sys.executable).with_name("spasticity-cds")
+    command = [str(entry), "batch", str(cohort), "--out", str(tmp_path / "out"), "--workers", "2"]
+    with subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) as victim:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and victim.poll() is None:
+            if next(tmp_path.glob(".out.partial-*/_work"), None) is not None:
+                break
+            time.sleep(0.005)
+        victim.send_signal(signal.SIGTERM)
+        _, errors = victim.communicate(timeout=120)
+    assert victim.returncode == 130, errors.decode()
+    assert errors.decode().strip() == "interrupted"
+    assert not list(tmp_path.glob(".out.partial-*")) and not (tmp_path / "out").exists()
+
+
 def test_an_evaluator_error_is_reported_the_run_finishes_and_exits_4(
     clean_cohort: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -134,6 +134,8 @@ def test_a_percent_encoded_relative_manifest_url_names_its_file(clean_cohort: Pa
         (b'{"output": [{"url": "http://127.0.0.1:9/x.ndjson"}]}', "download of http://127.0.0.1:9/x.ndjson failed"),
         (b'{"output": [{"url": "missing.ndjson"}]}', "is missing"),
         (b'{"output": []}', "lists no output files"),
+        (b'{"request": "https://ehr/fhir/$export?_since=2026-11-01T00:00:00Z", "output": []}', "incremental export"),
+        (b'{"output": [], "deleted": [{"type": "Bundle", "url": "d.ndjson"}]}', "incremental export"),
     ],
 )
 def test_an_unusable_manifest_is_a_batch_error(tmp_path: Path, content: bytes, message: str) -> None:

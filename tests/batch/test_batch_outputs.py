@@ -136,3 +136,10 @@ def test_policy_table() -> None:
 def test_deceased_means_a_death_recorded_by_the_evaluation_instant(patient: dict[str, Any], deceased: bool) -> None:
     record = api.read_patient([{"resourceType": "Patient", "id": "p", **patient}])
     assert policy.is_deceased(record, NOW) is deceased  # NOW is 2026-11-01T09:30-05:00
+
+
+def test_a_nul_in_a_name_or_record_number_never_reaches_the_worklists() -> None:
+    from spasticity_cds.batch.tasks import patient_label
+
+    patient = {"name": [{"text": "Ann\x00 Lee"}], "identifier": [{"value": "MR\x0012"}]}
+    assert patient_label(patient) == ("Ann Lee", "MR12")

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import csv
 import shutil
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 
 import orjson
@@ -11,8 +13,9 @@ import pytest
 
 from spasticity_cds.batch.tasks import LABEL_LIMIT
 from spasticity_cds.errors import BatchError
+from spasticity_cds.synth import write_cohort
 
-from .batch_helpers import read_ndjson, run
+from .batch_helpers import NOW, read_ndjson, run
 
 
 def _patients_with_tasks(run_dir: Path) -> list[str]:
@@ -80,6 +83,11 @@ def test_since_writes_new_items_closes_gone_ones_and_carries_failed_patients(
     assert tasks == {"new": len(new), "open": len(second_open), "closed": len(closed), "carried": tasks["carried"]}
     assert tasks["carried"] == sum(1 for t in first_open.values() if t["for"]["reference"] == broken)
     assert summary.manifest["since"] == {"run": str(first.absolute())}
+    rows = list(csv.DictReader((second / "worklist.csv").read_text(encoding="utf-8").splitlines()))
+    assert {row["task"] for row in rows} == set(second_open), "every open item is on the worklist, carried ones too"
+    carried = [row for row in rows if row["patient"] == broken.removeprefix("Patient/")]
+    assert carried and all(row["new"] == "no" and row["rule"] and row["severity"] for row in carried)
+    assert f"{len(second_open):,} open items" in (second / "worklist.html").read_text(encoding="utf-8")
 
     third = tmp_path / "third"
     again = run(changed_export, third, since=second)
@@ -87,6 +95,38 @@ def test_since_writes_new_items_closes_gone_ones_and_carries_failed_patients(
     assert (third / "closed.ndjson").read_bytes() == b""
     assert {task["id"] for task in read_ndjson(third / "open.ndjson")} == set(second_open)
     assert again.counts["tasks"]["new"] == again.counts["tasks"]["closed"] == 0
+
+
+def test_a_day_later_unchanged_input_keeps_every_item(tmp_path: Path) -> None:
+    cohort = tmp_path / "cohort"
+    write_cohort(cohort, n=60, profile="typical", seed=5, fmt="bulk")
+    first = tmp_path / "first"
+    run(cohort, first)
+    counted = [
+        task for task in read_ndjson(first / "open.ndjson")
+        if any(item.get("valueQuantity", {}).get("unit") == "days" for item in task["input"])
+    ]  # fmt: skip
+    assert counted, "the cohort should have an item that counts days (days on dantrolene, since a liver test)"
+    later = run(cohort, tmp_path / "later", since=first, now=NOW + timedelta(days=1))
+    assert later.counts["tasks"]["new"] == later.counts["tasks"]["closed"] == 0
+    assert (tmp_path / "later" / "Task.ndjson").read_bytes() == b""
+
+
+def test_an_interrupted_comparison_is_an_interrupt(
+    clean_cohort: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from spasticity_cds.batch import output
+
+    first = tmp_path / "first"
+    run(clean_cohort, first)
+
+    def interrupted(*args: object) -> dict[str, int]:
+        raise RuntimeError("Query interrupted")
+
+    monkeypatch.setattr(output, "_finish", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run(clean_cohort, tmp_path / "second", since=first)
+    assert not (tmp_path / "second").exists()
 
 
 def test_a_patient_recorded_as_deceased_gets_no_tasks_and_the_open_ones_are_cancelled(

@@ -76,3 +76,38 @@ def test_spark_and_local_engines_agree_on_synthea_data(
         assert (tmp_path / "spark" / name).read_bytes() == (tmp_path / "local" / name).read_bytes(), name
     assert spark.counts == local.counts
     assert spark.manifest["input"] == local.manifest["input"]
+
+
+def test_spark_reads_one_bundle_per_line_as_the_local_engine_does(
+    spark_session: Any, clean_cohort: Path, tmp_path: Path
+) -> None:
+    from spasticity_cds.synth import write_cohort
+
+    from .batch_helpers import SEED, N
+
+    source = tmp_path / "bundles"
+    write_cohort(source, n=N, profile="lean", seed=SEED, fmt="bundles")
+    run(source, tmp_path / "local")
+    run(source, tmp_path / "spark", engine="spark")
+    run(clean_cohort, tmp_path / "bulk")
+    for name in ("Task.ndjson", "OperationOutcome.ndjson", "rule_counts.json"):
+        assert (tmp_path / "spark" / name).read_bytes() == (tmp_path / "local" / name).read_bytes(), name
+    assert (tmp_path / "local" / "Task.ndjson").read_bytes() == (tmp_path / "bulk" / "Task.ndjson").read_bytes()
+
+
+def test_a_spark_master_that_cannot_be_used_is_a_batch_error(
+    clean_cohort: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from spasticity_cds.errors import BatchError
+
+    pyspark_sql = pytest.importorskip("pyspark.sql")
+
+    def refuse(self: object) -> None:
+        raise ValueError("Could not parse Master URL: 'bogus://nowhere'\n\tat org.apache.spark...")
+
+    # With no session active Spark would start a JVM to refuse the master; its refusal is what is checked.
+    monkeypatch.setattr(pyspark_sql.SparkSession.Builder, "getOrCreate", refuse)
+    with pytest.raises(BatchError, match="cannot start Spark: Could not parse Master URL") as refused:
+        run(clean_cohort, tmp_path / "out", engine="spark", spark_master="bogus://nowhere")
+    assert "org.apache" not in str(refused.value)
+    assert not (tmp_path / "out").exists()

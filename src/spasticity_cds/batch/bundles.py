@@ -49,6 +49,18 @@ def bundle_block(path: Path) -> bytes:
     return b"".join(line + b"\n" for line in bundle_lines(raw))
 
 
+def entry_lines(raw: bytes) -> list[bytes] | None:
+    """The lines of an NDJSON line that holds a whole Bundle (one per line, as ``synth --format bundles`` writes
+    them): its entries, read as a Bundle file's are; None when the line is no Bundle with an array of entries."""
+    try:
+        document = orjson.loads(raw.removeprefix(problems.BOM))
+    except orjson.JSONDecodeError:
+        return None
+    if not (isinstance(document, dict) and document.get("resourceType") == "Bundle"):
+        return None
+    return list(bundle_lines(raw)) if isinstance(document.get("entry"), list) else None
+
+
 def bundle_lines(raw: bytes) -> Iterator[bytes]:
     """One line per entry of a Bundle (line ``n`` is entry ``n``; an entry without a resource is a blank line, one
     that is not an object its JSON), references to another entry's ``urn:`` fullUrl rewritten to ``Type/id``; a

@@ -68,6 +68,7 @@ def discover(source: Path, downloader: Downloader | None = None) -> InputSet:
         )
     if source.is_file():
         info = _read_manifest(source)
+        _refuse_incremental(source, info)
         return InputSet(
             source=source,
             kind="manifest",
@@ -76,6 +77,19 @@ def discover(source: Path, downloader: Downloader | None = None) -> InputSet:
             request=_text(info.get("request")),
         )
     raise BatchError("no such file or folder", where=str(source))
+
+
+def _refuse_incremental(manifest: Path, info: dict[str, Any]) -> None:
+    """An export made with ``_since`` holds only what changed since then (and a ``deleted`` list): read as a
+    population, every patient it leaves out would look gone and their open items would be cancelled."""
+    request = info.get("request")
+    incremental = isinstance(request, str) and "_since=" in request
+    if incremental or info.get("deleted"):
+        raise BatchError(
+            "this is an incremental export (made with _since, or with a deleted list): it holds only what changed, "
+            "not the population; run the batch on a full export",
+            where=str(manifest),
+        )
 
 
 def _is_input_name(name: str) -> bool:

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import heapq
 import multiprocessing
+import os
+import signal
+import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
@@ -25,6 +29,10 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 R = TypeVar("R")
+#: Seconds between a pool process's checks that the run's main process is still alive.
+PARENT_POLL_S = 0.5
+#: A pool process's exit status on Ctrl-C, as a shell reports a process that SIGINT ended.
+INTERRUPTED_STATUS = 130
 
 
 @dataclass(slots=True)
@@ -59,12 +67,28 @@ def _pool(workers: int) -> Iterator[_Pool]:
         yield _Pool(None)
         return
     context = multiprocessing.get_context("spawn")  # no inherited state or threads: the same start on every OS
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as executor:
+    with ProcessPoolExecutor(
+        max_workers=workers, mp_context=context, initializer=_pool_process_start, initargs=(os.getpid(),)
+    ) as executor:
         try:
             yield _Pool(executor)
         except BaseException:
             executor.shutdown(wait=True, cancel_futures=True)
             raise
+
+
+def _pool_process_start(parent: int) -> None:
+    """In each pool process: leave Ctrl-C to the main process (which reports it and removes the partial output)
+    and exit without a traceback; exit too when the main process is gone (killed outright, it cannot shut the
+    pool down, and an orphaned process would hold the caller's output pipes open)."""
+    signal.signal(signal.SIGINT, lambda *_: os._exit(INTERRUPTED_STATUS))
+    threading.Thread(target=_exit_with_parent, args=(parent,), name="parent-watch", daemon=True).start()
+
+
+def _exit_with_parent(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(PARENT_POLL_S)
+    os._exit(1)
 
 
 def run_local(

@@ -14,9 +14,9 @@ from urllib.parse import quote
 
 import orjson
 
-from spasticity_cds.batch import problems
+from spasticity_cds.batch import policy, problems, worklist
 from spasticity_cds.batch.patient import DECEASED, EVALUATED, FAILED, PatientOutcome
-from spasticity_cds.batch.tasks import close_task
+from spasticity_cds.batch.tasks import close_task, finding_of_task, worklist_row
 from spasticity_cds.batch.worklist import CSV_COLUMNS, HTML_COLUMNS, LATE_CSV_COLUMNS, csv_cell, html_row
 from spasticity_cds.errors import BatchError
 
@@ -203,6 +203,10 @@ class RunWriter:
             raise BatchError(
                 f"cannot compare with the previous run: {_first_line(error)}", where=str(previous)
             ) from None
+        except RuntimeError as error:  # DuckDB turns a Ctrl-C during a query into "Query interrupted"
+            if "interrupted" in str(error).lower():
+                raise KeyboardInterrupt from None
+            raise
         finally:
             connection.close()
 
@@ -289,6 +293,7 @@ def _finish(
                 line = next(text for number, text in numbered if number == ord_)
                 if status == FAILED:
                     open_tasks.write(line)
+                    _append_carried_row(work, orjson.loads(line))
                     counts["carried"] += 1
                     counts["open"] += 1
                     continue
@@ -313,8 +318,18 @@ def _finish(
         )
 
     rows = _rows(work, app_url, row_flags)
-    _write_worklists(root, rows, counts["open"] - counts["carried"])
+    _write_worklists(root, rows, counts["open"])
     return counts
+
+
+def _append_carried_row(work: Path, task: Mapping[str, Any]) -> None:
+    """The worklist row of an item carried over (its patient could not be evaluated this run), rebuilt from its
+    Task: it is still open, so the clinicians' list shows it."""
+    finding = finding_of_task(task)
+    rank = min(policy.SEVERITY_RANK.get(str(finding["severity"]), SEVERITY_RANKS[-1]), SEVERITY_RANKS[-1])
+    row = worklist.render(worklist_row(task, finding))
+    with (work / f"rows-{rank}.ndjson").open("ab") as rows:
+        rows.write(orjson.dumps({"id": task["id"], "row": row}) + b"\n")
 
 
 def _stream(

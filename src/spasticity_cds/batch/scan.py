@@ -14,7 +14,7 @@ import msgspec
 import orjson
 
 from spasticity_cds.batch import problems
-from spasticity_cds.batch.bundles import bundle_block
+from spasticity_cds.batch.bundles import bundle_block, entry_lines
 from spasticity_cds.batch.inputs import InputFile
 
 #: Input bytes per scan block (one segment of spilled partitions) and per patient partition.
@@ -252,8 +252,14 @@ def _scan_block(task: ScanTask, block: bytes, result: ScanResult, out: IO[bytes]
 
 
 def _slow(result: ScanResult, spill: _Spill, index: int, raw: bytes) -> None:
-    """A line the fast path left: classify it exactly, count it, keep it as a problem or spill it alone."""
+    """A line the fast path left: classify it exactly, count it, keep it as a problem or spill it alone; a line
+    that holds a whole Bundle stands for its entries, each read as a line of its own with the Bundle's number."""
     line = problems.classify(raw)
+    entries = entry_lines(raw) if line.resource_type == "Bundle" else None
+    if entries is not None:
+        for entry in entries:
+            _slow(result, spill, index, entry)
+        return
     status = line.status
     result.stats[status] = result.stats.get(status, 0) + 1
     if status in problems.LINE_PROBLEMS:

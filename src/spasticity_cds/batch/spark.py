@@ -10,11 +10,14 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, cast
 
 from spasticity_cds.batch import problems
+from spasticity_cds.batch.bundles import entry_lines
 from spasticity_cds.batch.patient import EvaluationSpec, Line, PatientOutcome, cached_evaluator
 from spasticity_cds.batch.problems import KeptLine as Kept
 from spasticity_cds.errors import BatchError
 
 if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
     from spasticity_cds.batch.inputs import InputSet
     from spasticity_cds.batch.output import RunWriter
     from spasticity_cds.batch.runner import BatchOptions, EngineReport
@@ -40,8 +43,13 @@ def evaluate_partition(
     return run
 
 
-def _classify(line: Line) -> Row:
-    return line, problems.classify(line[2])
+def _classify(line: Line) -> list[Row]:
+    """The line classified; a line that holds a whole Bundle, its entries (as the local scan reads them)."""
+    found = problems.classify(line[2])
+    entries = entry_lines(line[2]) if found.resource_type == "Bundle" else None
+    if entries is None:
+        return [(line, found)]
+    return [row for entry in entries for row in _classify((line[0], line[1], entry))]
 
 
 #: Per (file, status): the number of lines and the first problem lines.
@@ -110,21 +118,10 @@ def _keep_first(
     return create, merge, combine
 
 
-def run_spark(
-    inputs: InputSet,
-    spec: EvaluationSpec,
-    writer: RunWriter,
-    options: BatchOptions,
-    progress: Callable[[int, int], None] | None,
-) -> EngineReport:
-    """Group and evaluate with PySpark; outcomes stream back to the driver in patient-key order."""
-    from spasticity_cds.batch.runner import EngineReport
+def _session(options: BatchOptions) -> tuple[SparkSession, bool]:
+    """The Spark session (a local one by default, spark-submit's when under it) and whether this run created it."""
+    from pyspark.sql import SparkSession
 
-    try:
-        from pyspark import StorageLevel
-        from pyspark.sql import SparkSession
-    except ImportError:
-        raise BatchError("--engine spark needs PySpark: pip install 'spasticity-cds[spark]'") from None
     created = SparkSession.getActiveSession() is None
     builder = (
         SparkSession.builder.appName("spasticity-cds batch")
@@ -141,7 +138,28 @@ def run_spark(
         # SparkContext reads PYSPARK_PYTHON when it starts, else it runs whatever "python3" is on PATH.
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
         builder = builder.config("spark.pyspark.python", os.environ["PYSPARK_PYTHON"])
-    session = builder.getOrCreate()
+    try:
+        return builder.getOrCreate(), created
+    except Exception as error:  # a master Spark cannot reach or parse, no Java: a setup problem, not a bug
+        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise BatchError(f"cannot start Spark: {message}", where=options.spark_master or LOCAL_MASTER) from None
+
+
+def run_spark(
+    inputs: InputSet,
+    spec: EvaluationSpec,
+    writer: RunWriter,
+    options: BatchOptions,
+    progress: Callable[[int, int], None] | None,
+) -> EngineReport:
+    """Group and evaluate with PySpark; outcomes stream back to the driver in patient-key order."""
+    from spasticity_cds.batch.runner import EngineReport
+
+    try:
+        from pyspark import StorageLevel
+    except ImportError:
+        raise BatchError("--engine spark needs PySpark: pip install 'spasticity-cds[spark]'") from None
+    session, created = _session(options)
     try:
         context = session.sparkContext
         master = str(context.master)
@@ -149,7 +167,7 @@ def run_spark(
             context.textFile(str(item.path), minPartitions=1, use_unicode=False).zipWithIndex().map(_numbered(index))
             for index, item in enumerate(inputs.files)
         ]
-        rows = context.union(parts).map(_classify).persist(StorageLevel.MEMORY_AND_DISK)
+        rows = context.union(parts).flatMap(_classify).persist(StorageLevel.MEMORY_AND_DISK)
         # Medications without a patient go to every patient whose orders reference them; unreferenced ones are
         # reported as resources without a patient, exactly as the DuckDB engine does.
         medications = rows.filter(_shared).map(lambda row: (f"Medication/{row[1].resource_id or ''}", row))

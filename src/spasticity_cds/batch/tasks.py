@@ -19,13 +19,22 @@ INT32_MAX = 2**31 - 1
 
 
 def task_key(patient: str, finding: Mapping[str, Any]) -> str:
-    """Stable id of a worklist item: a hash of (patient, rule id + version, the inputs the rule used)."""
-    inputs = {"facts": finding.get("facts", []), "evidence": finding.get("evidence", [])}
+    """Stable id of a worklist item: a hash of (patient, rule id + version, the inputs the rule used). A count of
+    days since a date (days on a drug, since the last liver test) is keyed by that date: the count grows every day
+    while nothing about the patient changed."""
+    facts = [_dated_count_as_date(fact) for fact in finding.get("facts", [])]
+    inputs = {"facts": facts, "evidence": finding.get("evidence", [])}
     material = orjson.dumps(
         [patient, finding["rule_id"], finding["rule_version"], inputs],
         option=orjson.OPT_SORT_KEYS,
     )
     return hashlib.sha256(material).hexdigest()[:32]
+
+
+def _dated_count_as_date(fact: Mapping[str, Any]) -> Mapping[str, Any]:
+    if fact.get("unit") == "days" and fact.get("date"):
+        return {name: value for name, value in fact.items() if name != "value"}
+    return fact
 
 
 def patient_label(patient: Mapping[str, Any]) -> tuple[str, str]:
@@ -36,6 +45,7 @@ def patient_label(patient: Mapping[str, Any]) -> tuple[str, str]:
 
 
 def _cut(text: str) -> str:
+    text = text.replace("\x00", "")  # a NUL would reach the CSV and HTML worklists raw
     return text if len(text) <= LABEL_LIMIT else f"{text[: LABEL_LIMIT - 1]}…"
 
 
@@ -189,6 +199,43 @@ def worklist_row(task: Mapping[str, Any], finding: Mapping[str, Any]) -> dict[st
         "focus": (task.get("focus") or {}).get("reference", ""),
         "task": task["id"],
     }
+
+
+def finding_of_task(task: Mapping[str, Any]) -> dict[str, Any]:
+    """What a worklist row needs of a finding, read back from the Task built for it (an item carried over from the
+    previous run has only its Task)."""
+    codes: dict[str, str] = {}
+    facts: list[dict[str, Any]] = []
+    for item in task.get("input") or ():
+        coding = item["type"]["coding"][0]
+        if coding["system"] == policy.TASK_INPUT_SYSTEM and "valueCode" in item:  # evidence holds references
+            codes[coding["code"]] = item["valueCode"]
+        elif coding["system"] == policy.FACT_SYSTEM:
+            facts.append(_fact_of_input(coding["code"], item))
+    reason = task["reasonCode"]["coding"][0]
+    return {
+        "severity": codes.get("severity", "info"),
+        "kind": codes.get("finding-kind", ""),
+        "rule_id": reason["code"],
+        "rule_version": int(reason["version"]),
+        "facts": facts,
+    }
+
+
+def _fact_of_input(name: str, item: Mapping[str, Any]) -> dict[str, Any]:
+    """The inverse of ``_fact_input``."""
+    fact: dict[str, Any] = {"name": name, "value": None}
+    if "valueQuantity" in item:
+        fact["value"], fact["unit"] = item["valueQuantity"]["value"], item["valueQuantity"]["unit"]
+    elif item.get("valueString") != "missing":
+        kind = next(key for key in item if key.startswith("value"))
+        fact["value"] = item[kind]
+    for extension in item.get("extension") or ():
+        if extension["url"].endswith("/fact-date"):
+            fact["date"] = extension["valueString"]
+        elif extension["url"].endswith("/fact-stale"):
+            fact["stale"] = True
+    return fact
 
 
 def close_task(task: Mapping[str, Any], *, status: str, reason: str, when: str) -> dict[str, Any]:

@@ -45,7 +45,8 @@ PLACEHOLDER = re.compile(r"\{([a-z][a-z0-9_\-]*(?:\.[a-z0-9_\-]+)+)\}")
 
 @dataclass(frozen=True)
 class CompiledRule:
-    """A rule with its compiled tree and every fact its tree reads (definitions expanded)."""
+    """A rule with its compiled tree and every fact it reads: its tree's (definitions expanded), then those its texts
+    show (a summary's dose is part of what the clinician is told, so it is part of the finding's basis)."""
 
     rule: Rule
     tree: CompiledNode
@@ -87,7 +88,7 @@ class Engine:
                 rule,
                 tree,
                 kb.rule_files[rule.id],
-                tuple(self._expand(tree.facts_used())),
+                tuple(self._expand([*tree.facts_used(), *_text_facts(rule)])),
                 tuple(agent for agent in rule.agents if agent in on_ladder),
             )
             for rule in kb.rules.values()
@@ -496,6 +497,17 @@ class Engine:
                 for node in compiled.tree.deciding(env)
             ],
         }
+
+
+def _text_facts(rule: Rule) -> list[str]:
+    """The facts a rule's texts name as placeholders, in order (settings are not facts)."""
+    names = [
+        name
+        for text in (rule.summary, rule.detail, rule.gap_summary or "")
+        for name in _template_parts(text)[1::2]
+        if not name.startswith("setting.")
+    ]
+    return list(dict.fromkeys(names))
 
 
 @lru_cache(maxsize=4096)

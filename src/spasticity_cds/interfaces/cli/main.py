@@ -7,6 +7,7 @@ Exit codes: 0 success; 1 unexpected internal error; 2 bad input or usage; 3 know
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -283,9 +284,14 @@ def main(argv: Sequence[str] | None = None, *, console: Console | None = None) -
     return handler(args, console)
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def console_entry() -> None:
     """Console script: run main() and turn every error into one clear line and an exit code."""
     errors = Console(stderr=True, soft_wrap=True)
+    signal.signal(signal.SIGTERM, _interrupt)  # `kill` is Ctrl-C: partial output removed, "interrupted", 130
     try:
         code = main()
     except SpasticityCdsError as error:
