@@ -10,6 +10,7 @@ whose message is safe to log: it never contains the token.
 
 from __future__ import annotations
 
+import base64
 import json
 import threading
 from collections.abc import Callable, Mapping, Sequence
@@ -277,14 +278,23 @@ class JwtVerifier:
 
 
 def _read_unverified(token: str) -> tuple[JsonObject, JsonObject]:
-    """Header and claims, read only to pick the issuer's keys; nothing here is trusted before the signature check."""
+    """Header and claims, read only to pick the issuer's keys; nothing here is trusted before the signature check.
+
+    Read here rather than by PyJWT, whose strict reading (every character checked in Python) then runs once, in the
+    verified decode, instead of twice per call.
+    """
     if not isinstance(token, str) or len(token) > MAX_TOKEN_CHARS:
         raise _rejected("token is not a string of acceptable length")
+    parts = token.split(".")
     try:
-        unverified: dict[str, Any] = jwt.decode_complete(token, options={"verify_signature": False})
-    except jwt.PyJWTError:
+        if len(parts) != 3:
+            raise ValueError
+        header, claims = (orjson.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))) for part in parts[:2])
+    except (ValueError, TypeError):  # binascii.Error and orjson.JSONDecodeError are ValueErrors
         raise _rejected("token is not a well-formed JWS with readable claims") from None
-    return unverified["header"], unverified["payload"]
+    if not isinstance(header, dict) or not isinstance(claims, dict):
+        raise _rejected("token is not a well-formed JWS with readable claims")
+    return header, claims
 
 
 def _checked_algorithm(header: JsonObject, issuer: TrustedIssuer) -> str:
