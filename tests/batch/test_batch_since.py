@@ -191,3 +191,14 @@ def test_a_name_of_megabytes_is_cut_and_the_next_run_still_compares(clean_cohort
     assert summary.counts["tasks"]["new"] == 0
     names = {task["for"].get("display", "") for task in read_ndjson(tmp_path / "first" / "open.ndjson")}
     assert max(len(name) for name in names) == LABEL_LIMIT
+
+
+def test_since_its_own_output_after_a_crash_between_the_two_renames(clean_cohort: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    run(clean_cohort, out)
+    before = (out / "open.ndjson").read_bytes()
+    out.rename(tmp_path / ".out.old-999999999")  # a run killed after moving the previous output aside
+    summary = run(clean_cohort, out, since=out)
+    assert summary.counts["tasks"]["new"] == summary.counts["tasks"]["closed"] == 0
+    assert (out / "open.ndjson").read_bytes() == before
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["out"]

@@ -80,12 +80,12 @@ def run_batch(
     if options.now.tzinfo is None:
         raise BatchError("--now must carry a UTC offset")
     started = time.perf_counter()
-    previous = _previous_run(options.since) if options.since is not None else None
-    if previous is not None:
-        output.check_memory_limit(options.memory_limit)
     out = options.out.absolute()
-    partial = _prepare(out)
+    partial = _prepare(out)  # first: it restores an output a killed run left between its two renames
     try:
+        previous = _previous_run(options.since) if options.since is not None else None
+        if previous is not None:
+            output.check_memory_limit(options.memory_limit)
         # A manifest's remote files are downloaded into the run's work folder, removed with it at the end.
         downloader = Downloader(partial / output.WORK / DOWNLOADS, options.access_token, progress=downloads)
         inputs = discover(options.source, downloader)
