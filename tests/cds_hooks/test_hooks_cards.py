@@ -268,3 +268,13 @@ def test_order_without_a_dose_yet(app: FastAPI, client: Client) -> None:
         "BACLOFEN-RENAL-BAND",
         "BACLOFEN-DOSE-ABOVE-MAX",
     ]
+
+
+def test_card_uuids_are_random_version_4_and_never_repeat() -> None:
+    import uuid
+
+    from spasticity_cds.cds_hooks.cards import random_uuid
+
+    drawn = [random_uuid() for _ in range(1000)]  # more than one 4 KiB pool
+    assert len(set(drawn)) == len(drawn)
+    assert all(uuid.UUID(text).version == 4 and uuid.UUID(text).variant == uuid.RFC_4122 for text in drawn)

@@ -105,7 +105,8 @@ class _UuidSource:
         self._lock = threading.Lock()
         self._pool = b""
         self._at = 0
-        os.register_at_fork(after_in_child=self._forget)  # a forked worker must never repeat its parent's uuids
+        if hasattr(os, "register_at_fork"):  # POSIX: a forked worker must never repeat its parent's uuids
+            os.register_at_fork(after_in_child=self._forget)
 
     def __call__(self) -> str:
         with self._lock:
