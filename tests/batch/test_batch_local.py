@@ -145,6 +145,16 @@ def test_an_unusable_manifest_is_a_batch_error(tmp_path: Path, content: bytes, m
     assert not (tmp_path / "out").exists()
 
 
+def test_an_incremental_export_folder_is_refused_too(clean_cohort: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "export"
+    shutil.copytree(clean_cohort, folder)
+    manifest = orjson.loads((folder / "manifest.json").read_bytes())
+    manifest["request"] = "https://ehr.example.org/fhir/$export?_since=2026-11-01T00:00:00Z"
+    (folder / "manifest.json").write_bytes(orjson.dumps(manifest))
+    with pytest.raises(BatchError, match="incremental export"):
+        run(folder, tmp_path / "out")
+
+
 def test_an_empty_folder_or_a_foreign_output_folder_is_a_batch_error(clean_cohort: Path, tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(BatchError, match=r"no \.ndjson"):

@@ -202,3 +202,11 @@ def test_since_its_own_output_after_a_crash_between_the_two_renames(clean_cohort
     assert summary.counts["tasks"]["new"] == summary.counts["tasks"]["closed"] == 0
     assert (out / "open.ndjson").read_bytes() == before
     assert sorted(path.name for path in tmp_path.iterdir()) == ["out"]
+
+
+def test_since_a_run_caught_between_its_two_renames_is_restored_and_read(clean_cohort: Path, tmp_path: Path) -> None:
+    previous = tmp_path / "previous"
+    run(clean_cohort, previous)
+    previous.rename(tmp_path / ".previous.old-999999999")
+    summary = run(clean_cohort, tmp_path / "next", since=previous)
+    assert summary.counts["tasks"]["new"] == 0 and (previous / "open.ndjson").is_file()

@@ -105,8 +105,8 @@ def test_a_draft_without_an_id_is_never_named_by_a_made_up_reference(app: FastAP
     assert "the draft order (sent without an id)" in liver["detail"]
 
 
-@pytest.mark.parametrize("bad_id", [None, "", 12, {"a": 1}, "has space", "x" * 65])
-def test_a_draft_whose_id_is_not_a_fhir_id_is_never_named(app: FastAPI, client: Client, bad_id: object) -> None:
+@pytest.mark.parametrize("bad_id", [None, "", 12, {"a": 1}, "has space", "a/b", "x" * 257])
+def test_a_draft_whose_id_cannot_name_it_is_never_named(app: FastAPI, client: Client, bad_id: object) -> None:
     draft = baclofen_order(value=20) | {"id": bad_id}
     cards = valid_cards(app, client, hook_request("order-sign", prefetch_data=prefetch(egfr=20), drafts=[draft]), SIGN)
     assert cards
@@ -115,6 +115,29 @@ def test_a_draft_whose_id_is_not_a_fhir_id_is_never_named(app: FastAPI, client: 
     for card in cards:
         for suggestion in card.get("suggestions", ()):
             assert all(action["type"] != "delete" for action in suggestion["actions"])
+
+
+@pytest.mark.parametrize("draft_id", ["draft_baclofen", "d" * 65])
+def test_order_select_finds_a_selected_draft_whose_id_fhir_would_refuse(
+    app: FastAPI, client: Client, draft_id: str
+) -> None:
+    draft = baclofen_order(draft_id, value=20)
+    body = hook_request(
+        "order-select", prefetch_data=prefetch(egfr=45), drafts=[draft], selections=[f"MedicationRequest/{draft_id}"]
+    )
+    cards = valid_cards(app, client, body, SELECT)
+    assert [_rule(card) for card in cards] == ["BACLOFEN-DOSE-ABOVE-CEILING"]
+
+
+def test_a_draft_whose_subject_is_this_patient_s_versioned_or_absolute_reference_is_checked(
+    app: FastAPI, client: Client
+) -> None:
+    for subject in (f"Patient/{PATIENT_ID}/_history/2", f"https://ehr.example.org/fhir/Patient/{PATIENT_ID}"):
+        draft = baclofen_order(value=20) | {"subject": {"reference": subject}}
+        cards = valid_cards(
+            app, client, hook_request("order-sign", prefetch_data=prefetch(egfr=45), drafts=[draft]), SIGN
+        )
+        assert [_rule(card) for card in cards] == ["BACLOFEN-DOSE-ABOVE-CEILING"], subject
 
 
 def test_a_draft_for_another_patient_is_not_checked_against_this_one(app: FastAPI, client: Client) -> None:

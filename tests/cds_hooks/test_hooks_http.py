@@ -198,3 +198,9 @@ def test_the_json_api_answers_invalid_utf8_with_400(app: FastAPI) -> None:
     body = b'{"resourceType": "Patient", "id": "p\xff"}'
     response = call(app, "POST", "/api/evaluate", content=body, headers={"Content-Type": "application/fhir+json"})
     assert response.status_code == 400
+
+
+def test_the_openapi_document_builds_without_warnings(app: FastAPI) -> None:
+    response = call(app, "GET", "/openapi.json")
+    assert response.status_code == 200
+    assert "/cds-services" in response.json()["paths"]

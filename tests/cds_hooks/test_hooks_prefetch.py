@@ -371,6 +371,17 @@ def test_a_bounded_search_reads_its_first_page_whatever_the_page_limit() -> None
     assert "more than 1 pages" in outcome.failed["all"]
 
 
+def test_an_answer_with_a_byte_order_mark_is_read() -> None:
+    import httpx
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=b'\xef\xbb\xbf{"resourceType": "Patient", "id": "p"}')
+
+    fetcher = FhirFetcher(budget_s=5.0, transport=httpx.MockTransport(answer))
+    outcome = asyncio.run(fetcher.fetch("https://fhir.example.org/r4", None, {"patient": "Patient/p"}, {}))
+    assert outcome.failed == {} and outcome.resources["patient"][0]["id"] == "p"
+
+
 @pytest.mark.parametrize(
     ("url", "inside"),
     [
@@ -384,6 +395,12 @@ def test_a_bounded_search_reads_its_first_page_whatever_the_page_limit() -> None
         ("http://fhir.example.org/r4/Patient/1", False),
         ("https://fhir.example.org:8443/r4/Patient/1", False),
         ("not a url", False),
+        ("https://fhir.example.org/r4/..;/admin", False),
+        ("https://fhir.example.org/r4/%2e%2e%3b/admin", False),
+        ("https://fhir.example.org/r4%2Fadmin", False),
+        ("https://fhir.example.org/r4/..%5Cadmin", False),
+        ("https://user@fhir.example.org/r4/Patient/1", False),
+        ("https://fhir.example.org/r4/Observation?code=a%2Fb", True),
     ],
 )
 def test_a_url_is_within_a_base_only_under_its_path_on_the_same_origin(url: str, inside: bool) -> None:

@@ -58,6 +58,7 @@ def discover(source: Path, downloader: Downloader | None = None) -> InputSet:
         if not files:
             raise BatchError("no .ndjson(.gz) or Bundle .json(.gz) files in the folder", where=str(source))
         info = _read_manifest(manifest) if manifest.is_file() else {}
+        _refuse_incremental(manifest, info)
         return InputSet(
             source=source,
             kind="folder",

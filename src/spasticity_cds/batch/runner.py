@@ -213,6 +213,8 @@ def _is_batch_run(path: Path) -> bool:
 
 
 def _previous_run(path: Path) -> Path:
+    if not _is_batch_run(path) and path.parent.is_dir():
+        _clean_stale(path)  # a previous run killed between its two renames left its output aside: restore it
     if not _is_batch_run(path):
         raise BatchError("not a finished batch run (manifest.json and open.ndjson are missing)", where=str(path))
     return path.absolute()

@@ -21,6 +21,8 @@ MAX_PAGES = 20
 #: Most bytes of one FHIR answer, once decoded (a gzip body is unpacked as it arrives): a page of a search the
 #: service asks for is far smaller, and a larger one (or a compression bomb) would hold the worker and its memory.
 MAX_RESPONSE_BYTES = 8 * 1024 * 1024
+#: A byte-order mark some servers put before their UTF-8 JSON (JSON itself forbids it; the answer is still read).
+UTF8_BOM = b"\xef\xbb\xbf"
 
 
 @dataclass
@@ -117,7 +119,7 @@ class FhirFetcher:
         except httpx.HTTPError as exc:
             raise FhirFetchError(f"the FHIR server could not be reached ({type(exc).__name__})") from None
         try:
-            document = orjson.loads(body)
+            document = orjson.loads(body.removeprefix(UTF8_BOM))
         except orjson.JSONDecodeError:
             raise FhirFetchError("the FHIR server answered with something that is not JSON") from None
         if not isinstance(document, dict) or not isinstance(document.get("resourceType"), str):
@@ -144,15 +146,19 @@ class FhirFetchError(Exception):
 
 def url_within(url: str, base: str) -> bool:
     """Whether ``url`` lies under ``base``: the same scheme, host and port, and a path at or below base's path on
-    a segment boundary, with no dot segments left once decoded (``{base}/../x``, ``{base}%2e%2e``,
-    ``{host}.evil.example`` and ``{base}2`` all fail). Tokens are only ever sent under a base."""
+    a segment boundary, with no dot segments left once decoded, no encoded or back slash and no credentials
+    (``{base}/../x``, ``{base}/..;/x``, ``{base}%2e%2e``, ``{base}%2Fx``, ``{host}.evil.example`` and ``{base}2`` all
+    fail). Tokens are only ever sent under a base."""
     try:
         target, root = httpx.URL(url), httpx.URL(base)
     except (httpx.InvalidURL, TypeError):
         return False
     if (target.scheme, target.host, target.port) != (root.scheme, root.host, root.port) or not target.host:
         return False
-    if {".", ".."} & set(target.path.split("/")):
-        return False
+    raw_path = target.raw_path.split(b"?", 1)[0].lower()
+    if target.userinfo or b"\\" in raw_path or b"%2f" in raw_path or b"%5c" in raw_path:
+        return False  # credentials in the URL, or a slash some servers decode or read as one
+    if {".", ".."} & {segment.split(";", 1)[0] for segment in target.path.split("/")}:
+        return False  # ".." and "..;" (a path parameter Tomcat and Jetty drop) climb out of the base
     root_path = root.path.rstrip("/")
     return target.path == root_path or target.path.startswith(f"{root_path}/")

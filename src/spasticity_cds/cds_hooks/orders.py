@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
-from spasticity_cds.cds_hooks.models import FHIR_ID
 from spasticity_cds.engine.evaluator import Engine
 from spasticity_cds.engine.extract import times_per_day
 
 MASS_UNITS = {"mg": 1.0, "g": 1000.0}
 UNNAMED_DRAFT = "unnamed-draft-"
+#: An id a draft can be named by in a reference (``MedicationRequest/{id}``) and in the client's selections: any
+#: text without a space or slash (sandboxes send ids such as ``draft_baclofen``, which FHIR's id type forbids).
+NAMEABLE_ID = re.compile(r"[^\s/]{1,256}")
 UNIT_DOSE_UNITS = frozenset({"{pill}", "{tbl}", "{tablet}", "tablet", "tablets", "tab", "{capsule}", "capsule", "1"})
 
 
@@ -35,30 +38,38 @@ class StructuredDose:
 
 
 def draft_resources(context: dict[str, Any]) -> list[dict[str, Any]]:
-    """The draft order resources of this patient, copied; one without a valid FHIR id gets ``unnamed-draft-<n>``,
-    one without a subject the patient. A draft whose subject names another patient is left out: checking it
-    against this patient's record would be wrong."""
+    """The draft order resources of this patient, copied; one without a usable id gets ``unnamed-draft-<n>``, one
+    without a subject (or naming the patient in another form) the patient's plain reference. A draft whose subject
+    names another patient is left out: checking it against this patient's record would be wrong."""
     bundle = context.get("draftOrders")
     if not isinstance(bundle, dict):
         return []
-    patient = f"Patient/{context['patientId']}"
+    patient_id = context["patientId"]
     out = []
     for index, entry in enumerate(bundle.get("entry") or (), start=1):
         resource = entry.get("resource") if isinstance(entry, dict) else None
         if not isinstance(resource, dict) or not isinstance(resource.get("resourceType"), str):
             continue
         copied = dict(resource)  # only top-level keys are set below; nested parts stay shared, never changed
-        draft_id = copied.get("id")  # without a FHIR id a draft cannot be named in a suggestion or citation
-        if not isinstance(draft_id, str) or not FHIR_ID.fullmatch(draft_id):
+        draft_id = copied.get("id")  # without a usable id a draft cannot be named in a suggestion or citation
+        if not isinstance(draft_id, str) or not NAMEABLE_ID.fullmatch(draft_id):
             copied["id"] = f"{UNNAMED_DRAFT}{index}"
         subject = copied.get("subject")
         reference = subject.get("reference") if isinstance(subject, dict) else None
-        if isinstance(reference, str) and reference.startswith("Patient/") and reference != patient:
+        named = patient_of(reference) if isinstance(reference, str) else None
+        if named is not None and named != patient_id:
             continue
-        if not reference and copied["resourceType"] != "NutritionOrder":
-            copied["subject"] = {"reference": patient}
+        if named is not None or (not reference and copied["resourceType"] != "NutritionOrder"):
+            copied["subject"] = {"reference": f"Patient/{patient_id}"}  # versioned or absolute: read as this patient's
         out.append(copied)
     return out
+
+
+def patient_of(reference: str) -> str | None:
+    """The patient id a reference names (``Patient/1``, ``Patient/1/_history/2``, ``https://ehr/fhir/Patient/1``);
+    None when it names no Patient."""
+    _, found, rest = reference.rpartition("Patient/")
+    return rest.split("/", 1)[0] or None if found else None
 
 
 def checked_orders(

@@ -127,7 +127,8 @@ StateDep = Annotated[AppState, Depends(app_state)]
 HooksDep = Annotated[HooksState, Depends(hooks_state)]
 
 
-@router.api_route("/cds-services", methods=["GET", "HEAD"])
+@router.get("/cds-services")
+@router.head("/cds-services", include_in_schema=False)
 async def discovery(request: Request, state: StateDep, hooks: HooksDep) -> Response:
     """The services, their hooks and prefetch templates."""
     await _authenticate(request, hooks, f"{state.settings.base_url}/cds-services")

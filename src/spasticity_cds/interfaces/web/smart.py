@@ -151,8 +151,8 @@ def client_for(iss: str, state: AppState) -> SmartClient:
         raise SmartLaunchRefusedError("the launch did not name a valid FHIR server (iss)")
     clients = load_clients(state.settings.smart_clients_file)
     if clients is None:
-        allowed = [url.rstrip("/") for url in getattr(state.settings, "fhir_server_allowlist", ())]
-        if allowed and iss.rstrip("/") not in allowed:
+        allowed = getattr(state.settings, "fhir_server_allowlist", ())
+        if allowed and not any(url_within(iss, entry) for entry in allowed):  # as the hooks' fhirServer
             raise SmartLaunchRefusedError("this FHIR server is not registered for SMART launch")
         return SmartClient(iss=iss.rstrip("/"), client_id=DEFAULT_CLIENT_ID)
     for client in clients:
