@@ -76,11 +76,22 @@ class IssuedCardInfo:
 def compact(value: Any) -> Any:
     """The value without null or empty strings, arrays and objects anywhere (CDS Hooks JSON rules)."""
     if isinstance(value, dict):
-        items = ((key, compact(inner)) for key, inner in value.items())
-        return {key: inner for key, inner in items if inner not in (None, "", [], {})}
+        pairs = ((key, _compacted(inner)) for key, inner in value.items())
+        return {key: inner for key, inner in pairs if inner is not _DROP}
     if isinstance(value, list):
-        return [inner for inner in (compact(item) for item in value) if inner not in (None, "", [], {})]
+        return [inner for inner in map(_compacted, value) if inner is not _DROP]
     return value
+
+
+#: What ``_compacted`` returns for a value to leave out.
+_DROP = object()
+
+
+def _compacted(value: Any) -> Any:
+    if isinstance(value, dict | list):
+        value = compact(value)
+        return value if value else _DROP
+    return _DROP if value is None or value == "" else value
 
 
 def rule_url(base_url: str, rule_id: str) -> str:
