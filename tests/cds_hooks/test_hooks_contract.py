@@ -278,7 +278,7 @@ def test_unknown_cards_wait_once_per_report_not_once_per_card(
     from spasticity_cds.interfaces.web import hooks_routes
 
     pauses: list[float] = []
-    monkeypatch.setattr(hooks_routes.time, "sleep", pauses.append)
+    monkeypatch.setattr(hooks_routes, "sleep", pauses.append)  # this module's pause only, not other threads'
     item = load_fixture("hl7/feedback-overridden.json")["feedback"][0]
     items = [item | {"card": f"unknown-{n}"} for n in range(20)]
     path = f"/cds-services/{REVIEW}/feedback"

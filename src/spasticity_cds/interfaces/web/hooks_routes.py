@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
+from time import sleep
 from typing import Annotated, Any
 
 import httpx
@@ -213,7 +213,7 @@ def _find_cards(state: AppState, card_uuids: set[str]) -> dict[str, IssuedCard]:
     card), since another worker may still be committing a card it just issued."""
     found = _issued(state, card_uuids)
     if len(found) < len(card_uuids):
-        time.sleep(JOIN_RETRY_S)
+        sleep(JOIN_RETRY_S)
         found |= _issued(state, card_uuids - found.keys())
     return found
 
