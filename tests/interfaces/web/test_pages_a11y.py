@@ -24,6 +24,7 @@ PAGES = [
     "/kb/drugs/baclofen",
     "/kb/citations",
     "/kb/versions",
+    "/kb/codes",
     "/reports/feedback",
     "/smart/launch",
     "/patients/demo/nobody",

@@ -169,3 +169,16 @@ def test_feedback_report_shows_hook_and_page_rates_per_rule(client: support.Page
     assert cells[:6] == ["1", "4", "3", "1", "75%", "25%"]
     assert cells[6].strip() == "0 / 1" and cells[8].strip() == "1"
     assert "1 yes, 0 no" in page
+
+
+def test_the_code_page_lists_every_concept_s_codes_with_status_and_source(client: support.PageClient) -> None:
+    page = client.get("/kb/codes")
+    assert page.status_code == 200
+    text = page.text
+    engine = client.app.state.cds.engine
+    for concept in engine.kb.valuesets.concepts:
+        assert f'id="concept-{concept.id}"' in text
+    assert "<code>3105</code>" in text and "<code>3228</code>" not in text
+    assert '<a href="/kb/citations#rxnav-ingredient-names">' in text
+    assert '<span class="ev ev-UNCONFIRMED">UNCONFIRMED</span>' in text  # ALSFRS-R total, SNIP, MIP
+    assert 'href="/kb/codes"' in client.get("/kb").text

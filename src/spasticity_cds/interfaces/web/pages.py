@@ -7,7 +7,7 @@ import re
 import uuid
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, get_args
 
 import msgspec
 import orjson
@@ -25,7 +25,7 @@ from spasticity_cds.interfaces.web.csrf import CSRF_FIELD, csrf_valid
 from spasticity_cds.interfaces.web.deps import AppState, app_state
 from spasticity_cds.interfaces.web.plan_view import build_plan, patient_banner
 from spasticity_cds.interfaces.web.rendering import OVERRIDE_REASONS, STATIC_DIR, render
-from spasticity_cds.knowledge.schema import Node
+from spasticity_cds.knowledge.schema import ConceptKind, Node
 from spasticity_cds.store import PageContext, PageFeedback
 
 logger = logging.getLogger(__name__)
@@ -44,6 +44,8 @@ FHIR_JSON_TYPES = (
 )
 MULTIPART_OVERHEAD = 64 * 1024
 MAX_COMMENT = 2000
+#: The sections of the code page, in the schema's order.
+CONCEPT_KINDS: tuple[str, ...] = get_args(ConceptKind)
 RETURN_PATHS = re.compile(r"^/(?:|patients/demo/[A-Za-z0-9_.-]+|smart/plan)$")
 
 
@@ -478,6 +480,15 @@ def kb_drug(drug_id: str, request: Request, state: StateDep) -> HTMLResponse:
     rules = [r for r in state.engine.kb.rules.values() if drug_id in r.agents]
     context = {"title": monograph.name, "m": monograph, "cite": cite, "rules": sorted(rules, key=lambda r: r.id)}
     return render(request, state, "kb_drug.html", context)
+
+
+@router.get("/kb/codes", response_class=HTMLResponse)
+def kb_codes(request: Request, state: StateDep) -> HTMLResponse:
+    """Every concept the engine reads and the codes, code prefixes and text it recognises it by, each code with its
+    evidence status and where it was confirmed: what an EHR team maps its data to."""
+    concepts = sorted(state.engine.kb.valuesets.concepts, key=lambda c: (CONCEPT_KINDS.index(c.kind), c.display))
+    context = {"title": "Codes", "concepts": concepts, "kinds": CONCEPT_KINDS}
+    return render(request, state, "kb_codes.html", context)
 
 
 @router.get("/kb/citations", response_class=HTMLResponse)
