@@ -70,6 +70,10 @@ def explain(
     return active.explain(read_patient(patient), now, rule_id, settings)
 
 
+#: The last year an evaluation instant may fall in: titration and monitoring dates run up to years after it.
+LATEST_INSTANT_YEAR = 9000
+
+
 def parse_instant(text: str, *, name: str = "now") -> datetime:
     """An evaluation instant from ISO 8601 text; the UTC offset is required (InputError otherwise)."""
     try:
@@ -78,6 +82,8 @@ def parse_instant(text: str, *, name: str = "now") -> datetime:
         raise InputError(f"{name} {text!r} is not an ISO 8601 date-time") from None
     if moment.tzinfo is None:
         raise InputError(f"{name} {text!r} needs a UTC offset, e.g. 2026-11-24T09:30:00-05:00")
+    if moment.year > LATEST_INSTANT_YEAR:  # dose plans and monitoring dates are counted forward from it
+        raise InputError(f"{name} {text!r} is past the year {LATEST_INSTANT_YEAR}")
     return moment
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -377,3 +378,50 @@ def test_verified_codes_match_and_dropped_ones_do_not(
 
     found = ENGINE.vocabulary.match(CodeableConcept(coding=(Coding(system=system, code=code),)), kind)
     assert (found.concept.id if found else None) == concept
+
+
+@pytest.mark.parametrize(
+    ("code", "value", "unit", "expected"),
+    [
+        ("1742-6", 3.0, "ukat/L", 180.0),  # ALT: 1 ukat = 60 U
+        ("1742-6", 45.0, "IU/L", 45.0),
+        ("1742-6", 45.0, None, 45.0),  # no unit: read in the only unit in common use
+        ("1742-6", 3.0, "mmol/L", None),  # another unit: never read as if it were U/L
+        ("98979-8", 0.4, "mL/s/1.73m2", 24.0),
+        ("98979-8", 45.0, "mL/min/{1.73_m2}", 45.0),
+        ("19872-1", 2.1, "L", None),
+        ("19872-1", 64.0, "%", 64.0),
+    ],
+)
+def test_lab_units_are_converted_or_the_value_is_left_out_with_a_note(
+    code: str, value: float, unit: str | None, expected: float | None
+) -> None:
+    concept = {"1742-6": "alt", "98979-8": "egfr", "19872-1": "fvc-percent"}[code]
+    facts, notes = facts_of(obs(LOINC, code, value, unit=unit))
+    raw = {"alt": "obs.alt_x_uln", "egfr": "obs.egfr", "fvc-percent": "obs.fvc-percent"}[concept]
+    if expected is None:
+        assert facts[raw].value is None
+        assert any(f"unit {unit!r}" in note and "not recognised" in note for note in notes)
+    elif concept == "alt":
+        assert facts[raw].value is not None
+    else:
+        assert facts[raw].value == pytest.approx(expected)
+
+
+def test_a_result_dated_after_the_evaluation_day_is_left_out_with_a_note() -> None:
+    later = (NOW + timedelta(days=200)).date().isoformat()
+    facts, notes = facts_of(obs(LOINC, "19872-1", 40.0, unit="%"), obs(LOINC, "19872-1", 85.0, unit="%", when=later))
+    assert facts["obs.fvc-percent"].value == pytest.approx(40.0)
+    assert any("dated after the evaluation day" in note for note in notes)
+
+
+def test_a_birth_date_after_the_evaluation_day_gives_no_age() -> None:
+    facts, _ = facts_of(person=patient(birth="2030-01-01"))
+    assert facts["patient.age"].value is None and "after the evaluation day" in (facts["patient.age"].note or "")
+
+
+@pytest.mark.parametrize(("value", "text"), [(29.999, "29.999"), (54.83721, "54.84"), (45.0, "45"), (80.001, "80.001")])
+def test_numbers_never_read_as_a_round_number_they_are_not(value: float, text: str) -> None:
+    from spasticity_cds.engine.facts import number_text
+
+    assert number_text(value) == text

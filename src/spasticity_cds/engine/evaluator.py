@@ -228,7 +228,8 @@ class Engine:
             missing_names += [
                 d for name in unknown if name.startswith("def.") for d in self._unknown_in_definition(name[4:], env)
             ]
-            template = rule.gap_summary or f"Not enough data to check: {rule.summary}"
+            # Without a gap text of its own a rule's summary is quoted as what could not be checked, not asserted.
+            template = rule.gap_summary or f"Not enough data to check whether this applies: {rule.summary}"
             summary = self._render(template, env.facts, env.settings)
             finding: dict[str, Any] = {
                 "id": f"{rule.id}:gap",

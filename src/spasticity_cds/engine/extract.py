@@ -111,6 +111,7 @@ class FactExtractor:
         self.vocabulary = vocabulary
         self.units = {u.quantity: {_unit_key(k): f for k, f in u.factors.items()} for u in units}
         self.canonical_units = {u.quantity: u.canonical_unit for u in units}
+        self.unitless_canonical = {u.quantity for u in units if u.unitless_is_canonical}
         self.equation = equation
         self.ineffective = re.compile("|".join(stop_reasons.ineffective), re.I)
         self.adverse = re.compile("|".join(stop_reasons.adverse), re.I)
@@ -140,6 +141,7 @@ class FactExtractor:
         self._collect_conditions(record, collected)
         self._collect_procedures(record, collected)
         self._collect_observations(record, collected)
+        self._drop_future_observations(collected, now)
         self._collect_medications(record, collected)
         facts: dict[str, Fact] = {}
         self._patient_facts(record, now, facts)
@@ -215,6 +217,19 @@ class FactExtractor:
             merged = [raw for group in groups for raw in group]
             out.observations[concept_id] = sorted(merged, key=lambda raw: position[id(raw[2])])
 
+    def _drop_future_observations(self, out: _Collected, now: datetime) -> None:
+        """Results dated after the evaluation day are left out, with a note: as the newest they would outrank what
+        is true today."""
+        today = now.date()
+        for concept_id, raws in out.observations.items():
+            later_raws = [raw for raw in raws if (when := _raw_when(raw)) is not None and when > today]
+            if later_raws:
+                kept = [raw for raw in raws if (when := _raw_when(raw)) is None or when <= today]
+                later = [_raw_source(raw) for raw in later_raws]
+                display = self.concepts[concept_id].display
+                out.notes.append(f"{display}: {_count_refs(later)} dated after the evaluation day; left out")
+                out.observations[concept_id] = kept
+
     def _read(self, concept: Concept, raw: RawObservation, notes: list[str]) -> Observed | None:
         """The observation's value in canonical units, or None (with a note when the unit is unknown)."""
         _, holder, resource = raw
@@ -259,6 +274,8 @@ class FactExtractor:
 
     def _to_canonical(self, quantity: str, value: float, unit: str | None) -> float | None:
         factors = self.units[quantity]
+        if not unit and quantity in self.unitless_canonical:
+            return value
         key = _unit_key(unit or "")
         if key in factors:
             return value * factors[key]
@@ -319,6 +336,8 @@ class FactExtractor:
         born = parse_date(patient.birth_date)
         if born is None:
             facts["patient.age"] = missing("patient.age", "no birthDate")
+        elif born > now.date():
+            facts["patient.age"] = missing("patient.age", f"birthDate {born.isoformat()} is after the evaluation day")
         else:
             age = now.date().year - born.year - ((now.date().month, now.date().day) < (born.month, born.day))
             facts["patient.age"] = Fact("patient.age", age, "years", sources=(ref,))

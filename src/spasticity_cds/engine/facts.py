@@ -39,7 +39,7 @@ class Fact(msgspec.Struct, gc=False):
         elif self.unit == "MAS" and self.value == 1.5:
             text = "1+"
         elif isinstance(self.value, float):
-            text = f"{self.value:.2f}".rstrip("0").rstrip(".")
+            text = number_text(self.value)
         else:
             text = str(self.value)
         if self.unit and self.unit != "MAS":  # a Modified Ashworth grade reads as the grade alone
@@ -91,3 +91,12 @@ def parse_date(value: Any) -> date | None:
 def days_between(earlier: date, now: datetime) -> int:
     """Whole days from ``earlier`` to the evaluation instant (its local calendar date)."""
     return (now.date() - earlier).days
+
+
+def number_text(value: float) -> str:
+    """A measured number to two decimals, unless that rounds it onto a round number it is not (an eGFR of 29.999
+    must not read as 30 beside a rule about "below 30"): then to six significant digits."""
+    text = f"{value:.2f}".rstrip("0").rstrip(".")
+    if float(text) != value and float(text) == round(value, 1):
+        return f"{value:.6g}"
+    return text

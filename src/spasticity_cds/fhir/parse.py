@@ -135,7 +135,7 @@ def _last_updated(resource: Resource) -> str:
 
 def parse_bytes(data: bytes, *, source: str = "<input>") -> ParsedInput:
     """Parse JSON or NDJSON bytes into the resources they hold, in document order."""
-    stripped = data.strip()
+    stripped = data.removeprefix(b"\xef\xbb\xbf").strip()  # a byte-order mark, as Windows editors write one
     if not stripped:
         raise InputError("the input is empty", where=source)
     parsed = ParsedInput()

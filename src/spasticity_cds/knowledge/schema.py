@@ -76,6 +76,8 @@ class UnitConversion(Strict, kw_only=True, frozen=True):
     canonical_unit: str
     factors: dict[str, float]
     citations: list[CitationRef]
+    #: A value sent without a unit is read in the canonical one (where no other unit is in common use).
+    unitless_is_canonical: bool = False
 
 
 class EgfrEquation(Strict, kw_only=True, frozen=True):

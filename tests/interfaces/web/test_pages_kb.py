@@ -104,6 +104,7 @@ def test_api_evaluate_ndjson_and_now(client: support.PageClient) -> None:
         (b"{}", "text/plain", {}, 415),
         (b"{}", "application/json", {"now": "2026-11-24T09:30:00"}, 400),
         (b"{}", "application/json", {"now": "yesterday"}, 400),
+        (b"{}", "application/json", {"now": "9999-12-31T23:59:59+00:00"}, 400),
     ],
 )
 def test_api_evaluate_errors_are_operation_outcomes(
@@ -182,3 +183,18 @@ def test_the_code_page_lists_every_concept_s_codes_with_status_and_source(client
     assert '<a href="/kb/citations#rxnav-ingredient-names">' in text
     assert '<span class="ev ev-UNCONFIRMED">UNCONFIRMED</span>' in text  # ALSFRS-R total, SNIP, MIP
     assert 'href="/kb/codes"' in client.get("/kb").text
+
+
+def test_kb_pages_fill_placeholders_and_link_only_existing_drugs(client: support.PageClient) -> None:
+    drug = client.get("/kb/drugs/baclofen").text
+    assert "{med.baclofen.daily_dose}" not in drug and "[" in drug
+    rule = client.get("/kb/rules/LADDER-NONDRUG-FIRST").text
+    assert 'href="/kb/drugs/non-drug"' not in rule
+
+
+def test_pages_may_be_framed_only_by_this_app_and_the_configured_ehrs(tmp_path: Path) -> None:
+    page = support.PageClient(support.make_app(tmp_path / "a")).get("/kb")
+    assert page.headers["content-security-policy"].endswith("frame-ancestors 'self'")
+    app = support.make_app(tmp_path / "b", frame_ancestors=("https://ehr.example.org",))
+    framed = support.PageClient(app).get("/kb")
+    assert framed.headers["content-security-policy"].endswith("frame-ancestors 'self' https://ehr.example.org")

@@ -180,6 +180,36 @@ def test_upload_json_bundle_and_ndjson_give_the_same_plan(client: support.PageCl
     assert "Uploaded file" in as_json.text  # type: ignore[attr-defined]
 
 
+def test_an_upload_saved_with_a_byte_order_mark_is_read(client: support.PageClient) -> None:
+    page = _upload(client, b"\xef\xbb\xbf" + json.dumps(support.trend_bundle()).encode())
+    assert page.status_code == 200  # type: ignore[attr-defined]
+    assert "Options at a glance" in page.text  # type: ignore[attr-defined]
+
+
+def test_the_monitoring_calendar_lists_only_agents_the_patient_takes_or_starts() -> None:
+    from datetime import UTC, datetime
+
+    from spasticity_cds.interfaces.web.plan_view import monitoring_calendar
+
+    engine = api.load_knowledge_base()
+    options = [
+        {"agent": "tizanidine", "name": "Tizanidine", "current": True},
+        {"agent": "dantrolene", "name": "Dantrolene", "current": False, "proposed": False},
+    ]
+    findings = [
+        {"kind": "warning", "action": "liver-test", "agents": ["dantrolene"], "summary": "about dantrolene"},
+        {"kind": "warning", "action": "liver-test", "agents": ["dantrolene", "tizanidine"], "summary": "both"},
+    ]
+    due = [
+        item
+        for _, items in monitoring_calendar({"findings": findings, "options": options}, datetime.now(UTC), engine)
+        for item in items
+    ]
+    assert [(item.agent, item.what) for item in due if item.what in ("about dantrolene", "both")] == [
+        ("Tizanidine", "both")
+    ]
+
+
 def test_a_recorded_death_is_said_on_the_page_and_among_the_input_notes(client: support.PageClient) -> None:
     bundle = support.trend_bundle()
     patient = next(entry["resource"] for entry in bundle["entry"] if entry["resource"]["resourceType"] == "Patient")

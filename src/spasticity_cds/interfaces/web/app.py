@@ -45,7 +45,8 @@ def create_app(
         from spasticity_cds.store import open_store
 
         store = open_store(settings.store_url)
-    app = FastAPI(title="spasticity-cds", docs_url="/api/docs", redoc_url=None, lifespan=_lifespan)
+    # No Swagger UI page: it loads its scripts from a CDN; the OpenAPI document stays at /openapi.json.
+    app = FastAPI(title="spasticity-cds", docs_url=None, redoc_url=None, lifespan=_lifespan)
     # A path with an extra slash is a 404 OperationOutcome: a redirect would build its Location from the Host header.
     app.router.redirect_slashes = False
     app.state.cds = AppState(

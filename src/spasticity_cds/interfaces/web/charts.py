@@ -154,7 +154,7 @@ def thresholds_for(spec: ChartSpec, engine: Engine, settings: dict[str, Any]) ->
             found.setdefault(round(float(raw) * scale, 3), []).append(owner)
     out = []
     for value, owners in sorted(found.items()):
-        label = f"{value:g}" + (f" ({value / scale:g}x ULN)" if spec.key == "alt" else f" {spec.unit}"[:6])
+        label = f"{value:g}" + (f" ({value / scale:g}x ULN)" if spec.key == "alt" else f" {spec.unit}")
         out.append((value, label, ", ".join(sorted(set(owners)))))
     return out
 

@@ -16,7 +16,7 @@ from spasticity_cds.errors import SpasticityCdsError
 CONFIG_ENV = "SPASTICITY_CDS_CONFIG"
 BASE_URL_ENV = "SPASTICITY_CDS_PUBLIC_BASE_URL"
 PATH_FIELDS = ("trusted_issuers_file", "smart_clients_file")
-TUPLE_FIELDS = ("cors_origins", "fhir_server_allowlist")
+TUPLE_FIELDS = ("cors_origins", "fhir_server_allowlist", "frame_ancestors")
 NUMBER_FIELDS: dict[str, type | tuple[type, ...]] = {
     "auth_required": bool,
     "fhir_timeout_s": (int, float),
@@ -50,6 +50,8 @@ class WebSettings:
     kb_settings: dict[str, str] = field(default_factory=dict)
     smart_launch_url: str | None = None
     fhir_server_allowlist: tuple[str, ...] = ()
+    #: Origins (besides this app's) that may show its pages in a frame, such as an EHR that embeds the SMART app.
+    frame_ancestors: tuple[str, ...] = ()
     host: str = "127.0.0.1"
     port: int = 8000
     workers: int = 1
@@ -87,6 +89,9 @@ def settings_from_mapping(raw: dict[str, Any], *, base_dir: Path, where: str) ->
         raise ConfigError("workers must be >= 1 and port in 1..65535", where=where)
     if not settings.public_base_url.startswith(("http://", "https://")):
         raise ConfigError("public_base_url must be an absolute http(s) URL", where=where)
+    for origin in settings.frame_ancestors:
+        if not origin.startswith(("http://", "https://")) or any(c in origin for c in " ;,'\""):
+            raise ConfigError(f"frame_ancestors entry {origin!r} is not an http(s) origin", where=where)
     return settings
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -190,11 +191,14 @@ def build_bundle(entry: ManualEntry, kb: KnowledgeBase, today: date) -> dict[str
     }
 
 
+#: A number as a clinician types it: ASCII digits with one optional decimal point or comma.
+DECIMAL = re.compile(r"[0-9]+(?:[.,][0-9]+)?")
+
+
 def _number(text: str, low: float, high: float) -> float | None:
-    try:
-        number = float(text.replace(",", "."))
-    except ValueError:
+    if not DECIMAL.fullmatch(text):  # float() also takes "1_0", "1e3" and other scripts' digits
         return None
+    number = float(text.replace(",", "."))
     return number if low <= number <= high else None
 
 

@@ -46,7 +46,7 @@ MULTIPART_OVERHEAD = 64 * 1024
 MAX_COMMENT = 2000
 #: The sections of the code page, in the schema's order.
 CONCEPT_KINDS: tuple[str, ...] = get_args(ConceptKind)
-RETURN_PATHS = re.compile(r"^/(?:|patients/demo/[A-Za-z0-9_.-]+|smart/plan)$")
+RETURN_PATHS = re.compile(r"/(?:|patients/demo/[A-Za-z0-9_.-]+|smart/plan)")
 
 
 class BodyTooLargeError(Exception):
@@ -241,7 +241,7 @@ async def post_feedback(request: Request, state: StateDep) -> Response:
     if wants_json:
         return JSONResponse({"stored": True, "new": bool(new)})
     return_to = _text(form, "return_to")
-    if RETURN_PATHS.match(return_to):
+    if RETURN_PATHS.fullmatch(return_to):  # fullmatch: "$" would let a trailing newline through
         return RedirectResponse(f"{return_to}?feedback=thanks#feedback", status_code=303)
     return render(request, state, "thanks.html", {"title": "Thank you for your feedback"})
 
@@ -267,7 +267,9 @@ def _feedback_from_form(form: FormData, state: AppState) -> PageFeedback:
         if rule is None:
             raise ValueError("Unknown rule.")
         version_text = _text(form, "rule_version")
-        rule_version = int(version_text) if _is_small_number(version_text) else rule.version
+        known = {change.version for change in rule.changes} | {rule.version}
+        asked = int(version_text) if _is_small_number(version_text) else rule.version
+        rule_version = asked if asked in known else rule.version  # never a version the rule never had
     reason = _text(form, "override_reason") or None
     if reason is not None and reason not in {code for code, _ in OVERRIDE_REASONS}:
         raise ValueError("Unknown override reason.")
@@ -456,6 +458,7 @@ def kb_rule(rule_id: str, request: Request, state: StateDep) -> HTMLResponse:
     context = {
         "title": f"Rule {rule.id}",
         "rule": rule,
+        "monographs": kb.monographs,
         "file": kb.rule_files[rule.id],
         "tree": node_view(rule.when),
         "citations": state.engine.cite(rule.citations),

@@ -9,7 +9,7 @@ from typing import Any
 
 from spasticity_cds import api
 from spasticity_cds.engine.evaluator import PLACEHOLDER, Engine
-from spasticity_cds.engine.facts import Value
+from spasticity_cds.engine.facts import Value, number_text
 from spasticity_cds.fhir.record import PatientRecord
 from spasticity_cds.interfaces.web.charts import Chart, build_charts
 
@@ -102,7 +102,7 @@ def fact_text(fact: Mapping[str, Any]) -> str:
     if isinstance(value, bool):
         text = "yes" if value else "no"
     elif isinstance(value, float):
-        text = f"{value:.2f}".rstrip("0").rstrip(".")
+        text = number_text(value)
     else:
         text = str(value)
     if fact.get("unit"):
@@ -227,10 +227,15 @@ def monitoring_calendar(
     """
     today = now.date()
     items: list[MonitoringDate] = []
+    taking = {o["agent"]: o["name"] for o in result["options"] if o.get("current") or o.get("proposed")}
     for finding in result["findings"]:
         if finding["kind"] == "monitoring" or finding.get("action") == "liver-test":
+            # Only for agents the patient takes or is about to start: a finding about another agent is no test due.
+            agents = [taking[agent] for agent in finding["agents"] if agent in taking]
+            if finding["agents"] and not agents:
+                continue
             test = "liver" if finding.get("action") == "liver-test" else "review"
-            items.append(MonitoringDate(today, ", ".join(finding["agents"]) or "all agents", test, finding["summary"]))
+            items.append(MonitoringDate(today, ", ".join(agents) or "all agents", test, finding["summary"]))
     for option in result["options"]:
         monograph = engine.monograph_by_agent.get(option["agent"])
         if monograph is None or not (option.get("current") or option.get("proposed")):

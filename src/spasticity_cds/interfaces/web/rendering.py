@@ -97,11 +97,12 @@ def render(
     response = TEMPLATES.TemplateResponse(request, name, full, status_code=status_code)
     for header, value in SECURITY_HEADERS.items():
         response.headers[header] = value
+    # Only this app, and the EHRs configured to embed it, may frame a page (no clickjacking of its forms).
+    policy = f"{SECURITY_HEADERS['Content-Security-Policy']}; frame-ancestors 'self'"
+    policy += "".join(f" {origin}" for origin in state.settings.frame_ancestors)
     if form_targets:
-        policy = SECURITY_HEADERS["Content-Security-Policy"]
-        response.headers["Content-Security-Policy"] = policy.replace(
-            "form-action 'self'", f"form-action 'self' {form_targets}"
-        )
+        policy = policy.replace("form-action 'self'", f"form-action 'self' {form_targets}")
+    response.headers["Content-Security-Policy"] = policy
     if fresh:
         response.set_cookie(
             CSRF_COOKIE,
