@@ -161,6 +161,7 @@ def test_feedback_report_shows_hook_and_page_rates_per_rule(client: support.Page
             rule_id="TIZ-LIVER-3X",
             rule_version=1,
             override_reason_code="risk-benefit-ratio",
+            comment="tolerated <it> for years",
         )
     )
     store.record_page_feedback(PageFeedback(uuid.uuid4(), PageContext.ANSWER_PAGE, now, answered=True))
@@ -170,6 +171,8 @@ def test_feedback_report_shows_hook_and_page_rates_per_rule(client: support.Page
     assert cells[:6] == ["1", "4", "3", "1", "75%", "25%"]
     assert cells[6].strip() == "0 / 1" and cells[8].strip() == "1"
     assert "1 yes, 0 no" in page
+    comments = page.split('id="comments"')[1]
+    assert "tolerated &lt;it&gt; for years" in comments and "reason: risk-benefit-ratio" in comments
 
 
 def test_the_code_page_lists_every_concept_s_codes_with_status_and_source(client: support.PageClient) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import re
 import uuid
+from dataclasses import dataclass
+from datetime import datetime
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, get_args
@@ -26,7 +28,7 @@ from spasticity_cds.interfaces.web.deps import AppState, app_state
 from spasticity_cds.interfaces.web.plan_view import build_plan, patient_banner
 from spasticity_cds.interfaces.web.rendering import OVERRIDE_REASONS, STATIC_DIR, render
 from spasticity_cds.knowledge.schema import ConceptKind, Node
-from spasticity_cds.store import PageContext, PageFeedback
+from spasticity_cds.store import HookFeedback, PageContext, PageFeedback
 
 logger = logging.getLogger(__name__)
 router = APIRouter()
@@ -44,6 +46,8 @@ FHIR_JSON_TYPES = (
 )
 MULTIPART_OVERHEAD = 64 * 1024
 MAX_COMMENT = 2000
+#: The newest comments the feedback report shows.
+REPORT_COMMENTS = 50
 #: The sections of the code page, in the schema's order.
 CONCEPT_KINDS: tuple[str, ...] = get_args(ConceptKind)
 RETURN_PATHS = re.compile(r"/(?:|patients/demo/[A-Za-z0-9_.-]+|smart/plan)")
@@ -413,8 +417,47 @@ def feedback_report(request: Request, state: StateDep) -> HTMLResponse:
                 "known": stat.rule_id in state.engine.kb.rules,
             }
         )
-    context = {"title": "Feedback per rule", "rows": rows, "answers": answers, "page_count": len(page)}
+    context = {
+        "title": "Feedback per rule",
+        "rows": rows,
+        "answers": answers,
+        "page_count": len(page),
+        "comments": _recent_comments(page, state.store.list_hook_feedback(limit=REPORT_COMMENTS)),
+    }
     return render(request, state, "report.html", context)
+
+
+@dataclass(frozen=True)
+class ReportComment:
+    """A comment a clinician left, on the pages or with an override in the EHR, as the feedback report shows it."""
+
+    when: datetime
+    where: str
+    rule: str | None
+    version: int | None
+    reason: str | None
+    comment: str
+
+
+def _recent_comments(page: list[PageFeedback], hooks: list[HookFeedback]) -> list[ReportComment]:
+    """The newest comments, on the pages and with EHR overrides, with the rule and reason they were about."""
+    said = [
+        ReportComment(item.created_at, "page", item.rule_id, item.rule_version, item.override_reason_code, item.comment)
+        for item in page
+        if item.comment
+    ] + [
+        ReportComment(
+            item.received_at,
+            "EHR",
+            item.rule_id,
+            item.rule_version,
+            item.override_reason_display or item.override_reason_code,
+            item.user_comment,
+        )
+        for item in hooks
+        if item.user_comment
+    ]
+    return sorted(said, key=lambda entry: entry.when, reverse=True)[:REPORT_COMMENTS]
 
 
 # -- knowledge base ----------------------------------------------------------------------------------------
