@@ -148,7 +148,14 @@ def test_feedback_report_shows_hook_and_page_rates_per_rule(client: support.Page
     ]
     store.record_hook_feedback(
         HookFeedback(
-            "spasticity-patient-view", card.card_uuid, outcome, now, now, rule_id="TIZ-LIVER-3X", rule_version=1
+            "spasticity-patient-view",
+            card.card_uuid,
+            outcome,
+            now,
+            now,
+            rule_id="TIZ-LIVER-3X",
+            rule_version=1,
+            override_reason_code="patient-refuses" if outcome is FeedbackOutcome.OVERRIDDEN else None,
         )
         for card, outcome in zip(cards, outcomes, strict=True)
     )
@@ -170,6 +177,7 @@ def test_feedback_report_shows_hook_and_page_rates_per_rule(client: support.Page
     cells = [c.split("</td>")[0] for c in row.split("<td>")[1:]]
     assert cells[:6] == ["1", "4", "3", "1", "75%", "25%"]
     assert cells[6].strip() == "0 / 1" and cells[8].strip() == "1"
+    assert cells[9].strip() == "patient-refuses (1)"
     assert "1 yes, 0 no" in page
     comments = page.split('id="comments"')[1]
     assert "tolerated &lt;it&gt; for years" in comments and "reason: risk-benefit-ratio" in comments

@@ -28,7 +28,7 @@ from spasticity_cds.interfaces.web.deps import AppState, app_state
 from spasticity_cds.interfaces.web.plan_view import build_plan, patient_banner
 from spasticity_cds.interfaces.web.rendering import OVERRIDE_REASONS, STATIC_DIR, render
 from spasticity_cds.knowledge.schema import ConceptKind, Node
-from spasticity_cds.store import HookFeedback, PageContext, PageFeedback
+from spasticity_cds.store import FeedbackOutcome, HookFeedback, PageContext, PageFeedback
 
 logger = logging.getLogger(__name__)
 router = APIRouter()
@@ -406,6 +406,8 @@ def feedback_report(request: Request, state: StateDep) -> HTMLResponse:
             page_overrides[key] = page_overrides.get(key, 0) + 1
         if item.context in (PageContext.ANSWER_PAGE, PageContext.PATIENT_PLAN) and item.answered is not None:
             answers["yes" if item.answered else "no"] += 1
+    hooks = state.store.list_hook_feedback(limit=100_000)
+    reasons = _override_reasons(hooks)
     rows = []
     for stat in stats:
         rated = stat.page_useful_yes + stat.page_useful_no
@@ -415,6 +417,7 @@ def feedback_report(request: Request, state: StateDep) -> HTMLResponse:
                 "page_overrides": page_overrides.get((stat.rule_id, stat.rule_version), 0),
                 "useful_rate": stat.page_useful_yes / rated if rated else None,
                 "known": stat.rule_id in state.engine.kb.rules,
+                "reasons": reasons.get((stat.rule_id, stat.rule_version), {}),
             }
         )
     context = {
@@ -422,9 +425,24 @@ def feedback_report(request: Request, state: StateDep) -> HTMLResponse:
         "rows": rows,
         "answers": answers,
         "page_count": len(page),
-        "comments": _recent_comments(page, state.store.list_hook_feedback(limit=REPORT_COMMENTS)),
+        "comments": _recent_comments(page, hooks),
     }
     return render(request, state, "report.html", context)
+
+
+def _override_reasons(hooks: list[HookFeedback]) -> dict[tuple[str, int], dict[str, int]]:
+    """Per rule and version, how often each override reason was given in the EHR (a card's latest report only)."""
+    seen: set[str] = set()
+    reasons: dict[tuple[str, int], dict[str, int]] = {}
+    for item in hooks:  # newest first
+        if item.card_uuid in seen:
+            continue
+        seen.add(item.card_uuid)
+        reason = item.override_reason_display or item.override_reason_code
+        if item.outcome is FeedbackOutcome.OVERRIDDEN and reason and item.rule_id is not None:
+            counts = reasons.setdefault((item.rule_id, item.rule_version or 0), {})
+            counts[reason] = counts.get(reason, 0) + 1
+    return reasons
 
 
 @dataclass(frozen=True)
