@@ -56,9 +56,10 @@ def entry_lines(raw: bytes) -> list[bytes] | None:
         document = orjson.loads(raw.removeprefix(problems.BOM))
     except orjson.JSONDecodeError:
         return None
-    if not (isinstance(document, dict) and document.get("resourceType") == "Bundle"):
+    entries = _bundle_entries(document)
+    if entries is None or "entry" not in document:  # a Bundle line without entries stays a line of its own
         return None
-    return list(bundle_lines(raw)) if isinstance(document.get("entry"), list) else None
+    return list(_entry_lines(entries))
 
 
 def bundle_lines(raw: bytes) -> Iterator[bytes]:
@@ -74,13 +75,22 @@ def bundle_lines(raw: bytes) -> Iterator[bytes]:
         except orjson.JSONDecodeError:
             yield b" ".join(text.split())
             return
+    entries = _bundle_entries(document)
+    if entries is None:
+        yield _dumps(document)
+        return
+    yield from _entry_lines(entries)
+
+
+def _bundle_entries(document: Any) -> list[Any] | None:
+    """A Bundle's entries; None for anything else, or a Bundle whose ``entry`` is not an array."""
     if not (isinstance(document, dict) and document.get("resourceType") == "Bundle"):
-        yield _dumps(document)
-        return
+        return None
     entries = document.get("entry", [])
-    if not isinstance(entries, list):
-        yield _dumps(document)
-        return
+    return entries if isinstance(entries, list) else None
+
+
+def _entry_lines(entries: list[Any]) -> Iterator[bytes]:
     targets = _targets(entries)
     for entry in entries:
         if not isinstance(entry, dict):

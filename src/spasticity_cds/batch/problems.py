@@ -12,6 +12,8 @@ from typing import Any, Final
 import msgspec
 import orjson
 
+from spasticity_cds.fhir.parse import UTF8_BOM
+
 #: The resource types of FHIR R4 (4.0.1); anything else in a ``resourceType`` is reported as unknown.
 R4_TYPES: Final = frozenset(
     {
@@ -188,8 +190,8 @@ _PATIENT_RE = re.compile(PATIENT_REFERENCE)
 _MEDICATION_RE = re.compile(MEDICATION_REFERENCE)
 #: Checks JSON syntax only (every field skipped), as the engines' typed line decoders do.
 _SYNTAX_ONLY = msgspec.json.Decoder(msgspec.Struct)
-#: A UTF-8 byte-order mark, which some exporters write at the start of a file; dropped from the start of any line.
-BOM: Final = b"\xef\xbb\xbf"
+#: Dropped from the start of any line (an exporter writes it at the start of a file).
+BOM: Final = UTF8_BOM
 
 OK: Final = "ok"
 BLANK: Final = "blank"

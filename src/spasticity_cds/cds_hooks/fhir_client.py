@@ -15,14 +15,13 @@ import httpx
 import orjson
 
 from spasticity_cds.cds_hooks.prefetch import bundle_resources, next_link
+from spasticity_cds.fhir.parse import UTF8_BOM
 
 FHIR_JSON = "application/fhir+json"
 MAX_PAGES = 20
 #: Most bytes of one FHIR answer, once decoded (a gzip body is unpacked as it arrives): a page of a search the
 #: service asks for is far smaller, and a larger one (or a compression bomb) would hold the worker and its memory.
 MAX_RESPONSE_BYTES = 8 * 1024 * 1024
-#: A byte-order mark some servers put before their UTF-8 JSON (JSON itself forbids it; the answer is still read).
-UTF8_BOM = b"\xef\xbb\xbf"
 
 
 @dataclass

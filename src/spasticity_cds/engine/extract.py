@@ -222,10 +222,15 @@ class FactExtractor:
         is true today."""
         today = now.date()
         for concept_id, raws in out.observations.items():
-            later_raws = [raw for raw in raws if (when := _raw_when(raw)) is not None and when > today]
-            if later_raws:
-                kept = [raw for raw in raws if (when := _raw_when(raw)) is None or when <= today]
-                later = [_raw_source(raw) for raw in later_raws]
+            kept: list[RawObservation] = []
+            later: list[str] = []
+            for raw in raws:
+                when = _raw_when(raw)
+                if when is not None and when > today:
+                    later.append(_raw_source(raw))
+                else:
+                    kept.append(raw)
+            if later:
                 display = self.concepts[concept_id].display
                 out.notes.append(f"{display}: {_count_refs(later)} dated after the evaluation day; left out")
                 out.observations[concept_id] = kept

@@ -12,6 +12,10 @@ import orjson
 from spasticity_cds.errors import InputError
 from spasticity_cds.fhir.model import RESOURCE_DECODER, Entry, Resource, from_json
 
+#: A UTF-8 byte-order mark, which Windows editors, some exporters and some servers write before JSON (which
+#: forbids it); dropped wherever JSON text is read.
+UTF8_BOM = b"\xef\xbb\xbf"
+
 
 @dataclass
 class ParsedInput:
@@ -135,7 +139,7 @@ def _last_updated(resource: Resource) -> str:
 
 def parse_bytes(data: bytes, *, source: str = "<input>") -> ParsedInput:
     """Parse JSON or NDJSON bytes into the resources they hold, in document order."""
-    stripped = data.removeprefix(b"\xef\xbb\xbf").strip()  # a byte-order mark, as Windows editors write one
+    stripped = data.removeprefix(UTF8_BOM).strip()
     if not stripped:
         raise InputError("the input is empty", where=source)
     parsed = ParsedInput()
