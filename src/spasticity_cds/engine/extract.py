@@ -219,21 +219,27 @@ class FactExtractor:
 
     def _drop_future_observations(self, out: _Collected, now: datetime) -> None:
         """Results dated after the evaluation day are left out, with a note: as the newest they would outrank what
-        is true today."""
+        is true today.
+
+        A full date whose text sorts at or before today's ISO date cannot parse to a later day (ISO 8601 sorts as
+        text; the other 10-character form, a week date, sorts after any month), so only the other stamps are
+        parsed: a record holds hundreds of results, nearly all dated in the past.
+        """
         today = now.date()
+        today_text = today.isoformat()
         for concept_id, raws in out.observations.items():
-            kept: list[RawObservation] = []
-            later: list[str] = []
-            for raw in raws:
-                when = _raw_when(raw)
-                if when is not None and when > today:
-                    later.append(_raw_source(raw))
-                else:
-                    kept.append(raw)
+            later = [
+                raw
+                for raw in raws
+                if not (len(raw[0]) >= 10 and raw[0][:10] <= today_text)
+                and (when := parse_date(raw[0])) is not None
+                and when > today
+            ]
             if later:
-                display = self.concepts[concept_id].display
-                out.notes.append(f"{display}: {_count_refs(later)} dated after the evaluation day; left out")
-                out.observations[concept_id] = kept
+                display, sources = self.concepts[concept_id].display, [_raw_source(raw) for raw in later]
+                out.notes.append(f"{display}: {_count_refs(sources)} dated after the evaluation day; left out")
+                dropped = {id(raw) for raw in later}
+                out.observations[concept_id] = [raw for raw in raws if id(raw) not in dropped]
 
     def _read(self, concept: Concept, raw: RawObservation, notes: list[str]) -> Observed | None:
         """The observation's value in canonical units, or None (with a note when the unit is unknown)."""

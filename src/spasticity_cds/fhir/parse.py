@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from itertools import repeat
+from operator import attrgetter
 from typing import Any
 
 import msgspec
@@ -40,29 +42,30 @@ class ParsedInput:
 
         Items of a list may already be decoded Resources (the batch engine decodes each line straight into one).
         """
-        entries: list[Entry] = []
+        resources: list[Resource] = []
         for item in document if isinstance(document, list) else (document,):
             if isinstance(item, Resource):
-                entries.append(Entry(resource=item))
+                resources.append(item)
                 continue
             for found in _fhir_documents(item, source=source):
                 resource = from_json(found, Resource)
                 if resource is not None:
-                    entries.append(Entry(resource=resource))
-        self._add_entries(entries)
+                    resources.append(resource)
+        self._add_located(zip(resources, repeat(None)))
 
     def add_resource(self, resource: Resource) -> None:
         """Add one decoded resource; a Bundle adds its entries (nested Bundles included) instead."""
-        if resource.resource_type == "Bundle":
-            self._add_entries(resource.entry or ())
-        else:
-            self._add_entries((Entry(resource=resource),))
+        self._add_located(((resource, None),))
 
-    def _add_entries(self, entries: Iterable[Entry]) -> None:
+    def _add_entries(self, entries: Sequence[Entry]) -> None:
+        self._add_located(zip(map(_entry_resource, entries), map(_entry_full_url, entries), strict=True))
+
+    def _add_located(self, located: Iterable[tuple[Resource | None, str | None]]) -> None:
+        """Add (resource, its Bundle fullUrl or None) pairs; a Bundle adds its entries (nested ones included)."""
         # One loop with no call per resource: a record holds hundreds of them.
         resources, by_type, owners, aliases = self.resources, self.by_type, self.owners, self.aliases
-        for entry in entries:
-            resource = entry.resource
+        for sent, full_url in located:
+            resource = sent
             if resource is None:
                 continue
             resource_type = resource.resource_type
@@ -71,7 +74,7 @@ class ParsedInput:
             if resource_type == "Bundle":
                 self._add_entries(resource.entry or ())
                 continue
-            resource_id, full_url = resource.id, entry.full_url
+            resource_id = resource.id
             if full_url is not None:
                 if not resource_id:
                     resource_id = id_from_full_url(full_url)
@@ -116,6 +119,10 @@ class ParsedInput:
         same_type[index] = resource
         positions[id(resource)] = index
         self.owners.add(owner_reference(resource))
+
+
+_entry_resource = attrgetter("resource")
+_entry_full_url = attrgetter("full_url")
 
 
 def id_from_full_url(full_url: str) -> str:
