@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import dataclasses
 import json
 import logging
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import jwt
@@ -15,6 +20,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from fastapi import FastAPI
 
+from spasticity_cds.interfaces.web import hooks_routes
 from spasticity_cds.interfaces.web.app import create_app
 from spasticity_cds.interfaces.web.config import WebSettings
 from spasticity_cds.store import SqlFeedbackStore
@@ -236,3 +242,111 @@ def test_replay_cache_failure_is_503_without_cards(
     monkeypatch.setattr(app.state.cds.store, "remember_jti", broken)
     response = _post(app, client.token(BASE + SERVICE))
     assert response.status_code == 503 and "cards" not in response.json() and "postgresql" not in response.text
+
+
+def _on_event_loop() -> bool:
+    """Whether the calling thread is running an event loop (the thread serving the app's calls)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
+@contextmanager
+def _jwks_server(jwks: dict[str, Any]) -> Iterator[str]:
+    """Serve `jwks` on a free loopback port, as a CDS client publishes its keys; yields the JWKS URL."""
+    body = json.dumps(jwks).encode()
+
+    class Handler(BaseHTTPRequestHandler):
+        """Answers every GET with the JWKS."""
+
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            return
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/.well-known/jwks.json"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+@dataclasses.dataclass
+class JkuApp:
+    """An app trusting the client only through the JWKS at `jku`; `fetches` says, per fetch, if it ran on the loop."""
+
+    app: FastAPI
+    jku: str
+    fetches: list[bool]
+
+
+@pytest.fixture
+def jku_app(
+    tmp_path: Path,
+    settings: WebSettings,
+    client: Client,
+    hook_store: SqlFeedbackStore,
+    hook_clock: FrozenClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[JkuApp]:
+    """The app, with the JWKS served over HTTP and fetched by the app's own fetcher (each fetch recorded)."""
+    fetches: list[bool] = []
+    fetch_jwks = hooks_routes._fetch_jwks
+
+    def recording_fetch(url: str) -> Any:
+        fetches.append(_on_event_loop())
+        return fetch_jwks(url)
+
+    monkeypatch.setattr(hooks_routes, "_fetch_jwks", recording_fetch)
+    with _jwks_server(client.jwks()) as jku:
+        trust = tmp_path / "jku-issuers.toml"
+        trust.write_text(f'[[issuer]]\niss = "{client.iss}"\njku_allowlist = ["{jku}"]\n', encoding="utf-8")
+        app = create_app(dataclasses.replace(settings, trusted_issuers_file=trust), store=hook_store, clock=hook_clock)
+        yield JkuApp(app, jku, fetches)
+
+
+def test_signature_is_checked_on_the_event_loop_and_the_jti_written_in_a_thread(
+    app: FastAPI, client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    verifier, store = app.state.hooks.verifier, app.state.cds.store
+    check, remember_jti = verifier.check, store.remember_jti
+    checks: list[bool] = []
+    writes: list[bool] = []
+    monkeypatch.setattr(verifier, "check", lambda token, aud: checks.append(_on_event_loop()) or check(token, aud))
+    monkeypatch.setattr(store, "remember_jti", lambda *args: writes.append(_on_event_loop()) or remember_jti(*args))
+
+    assert _post(app, client.token(BASE + SERVICE)).status_code == 200
+    assert (checks, writes) == ([True], [False])
+
+
+def test_a_jku_key_not_cached_yet_is_fetched_in_a_thread_then_used_from_the_cache(
+    jku_app: JkuApp, client: Client
+) -> None:
+    assert _post(jku_app.app, client.token(BASE + SERVICE, header={"jku": jku_app.jku})).status_code == 200
+    assert _post(jku_app.app, client.token(BASE + SERVICE, alg="RS384", header={"jku": jku_app.jku})).status_code == 200
+
+    assert jku_app.fetches == [False]
+
+
+def test_replay_is_refused_whether_the_jku_key_is_cached_or_fetched(
+    jku_app: JkuApp, client: Client, hook_clock: FrozenClock
+) -> None:
+    token = client.token(BASE + SERVICE, header={"jku": jku_app.jku}, exp=int(hook_clock().timestamp()) + 3600)
+    assert _post(jku_app.app, token).status_code == 200
+    assert _post(jku_app.app, token).status_code == 401  # key cached: the replay write refuses it
+
+    hook_clock.now += timedelta(seconds=601)  # the cached JWKS is due for a refresh: the whole check runs in a thread
+    assert _post(jku_app.app, token).status_code == 401
+    assert jku_app.fetches == [False, False]

@@ -6,8 +6,10 @@ import base64
 import hashlib
 import hmac
 import json
+import threading
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -20,7 +22,9 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
 from spasticity_cds.cds_hooks.security import (
+    CheckedToken,
     JwtVerifier,
+    KeyFetchNeeded,
     TrustedIssuer,
     VerifiedClient,
     load_jwks_file,
@@ -155,11 +159,16 @@ def verifier(make_verifier: Callable[..., JwtVerifier]) -> JwtVerifier:
     return make_verifier()
 
 
-def assert_rejected(verifier: JwtVerifier, token: str, reason: str, audience: str = SERVICE_URL) -> None:
-    with pytest.raises(AuthenticationError, match=reason) as raised:
-        verifier.verify(token, audience)
-    assert token not in str(raised.value)
-    assert raised.value.http_status == 401
+def assert_rejected(
+    verifier: JwtVerifier, token: str, reason: str, audience: str = SERVICE_URL, *, by_check: bool = True
+) -> None:
+    """`verify` rejects the token for `reason` with a 401 that holds no token; so does `check` first, unless the
+    rejection needs the replay write or a key fetch (`by_check=False`)."""
+    for run in (verifier.check, verifier.verify) if by_check else (verifier.verify,):
+        with pytest.raises(AuthenticationError, match=reason) as raised:
+            run(token, audience)
+        assert token not in str(raised.value)
+        assert raised.value.http_status == 401
 
 
 def test_valid_es384_token_is_accepted(verifier: JwtVerifier, keys: Keys) -> None:
@@ -322,7 +331,7 @@ def test_replayed_jti_is_rejected(verifier: JwtVerifier, keys: Keys, replay: Rep
     token = sign(keys.ec_key, claims(jti="once-only"))
     verifier.verify(token, SERVICE_URL)
 
-    assert_rejected(verifier, token, "jti 'once-only' .* was already used")
+    assert_rejected(verifier, token, "jti 'once-only' .* was already used", by_check=False)
     assert replay.calls[0] == (ISS, "once-only", NOW + timedelta(seconds=300 + 30))
 
 
@@ -422,7 +431,7 @@ def test_failing_jwks_fetch_is_an_authentication_error(make_verifier: Callable[.
 
     verifier = make_verifier(TrustedIssuer(iss=ISS, jku_allowlist=(ALLOWED_JKU,)), fetch_jwks=unreachable)
 
-    assert_rejected(verifier, sign(keys.ec_key, claims(), jku=ALLOWED_JKU), "cannot fetch the JWKS")
+    assert_rejected(verifier, sign(keys.ec_key, claims(), jku=ALLOWED_JKU), "cannot fetch the JWKS", by_check=False)
 
 
 def test_configured_jwks_is_used_when_jku_cannot_be_fetched(
@@ -432,6 +441,141 @@ def test_configured_jwks_is_used_when_jku_cannot_be_fetched(
     verifier = make_verifier(offline_issuer)
 
     verifier.verify(sign(keys.ec_key, claims(), jku=ALLOWED_JKU), SERVICE_URL)
+
+
+def test_check_does_all_but_the_replay_check_which_check_replay_then_does(
+    verifier: JwtVerifier, keys: Keys, replay: ReplayCache
+) -> None:
+    payload = claims(tenant="clinic-1", sub="epic-client")
+
+    checked = verifier.check(sign(keys.ec_key, payload), SERVICE_URL)
+
+    assert checked == CheckedToken(
+        iss=ISS,
+        jti=payload["jti"],
+        kid=EC_KID,
+        alg="ES384",
+        audience=SERVICE_URL,
+        issued_at=NOW,
+        expires_at=NOW + timedelta(seconds=300),
+        tenant="clinic-1",
+        subject="epic-client",
+    )
+    assert replay.calls == []
+    assert verifier.check_replay(checked) == VerifiedClient(
+        iss=ISS,
+        jti=payload["jti"],
+        kid=EC_KID,
+        alg="ES384",
+        audience=SERVICE_URL,
+        issued_at=NOW,
+        expires_at=NOW + timedelta(seconds=300),
+        tenant="clinic-1",
+        subject="epic-client",
+    )
+    assert replay.calls == [(ISS, payload["jti"], NOW + timedelta(seconds=300 + 30))]
+
+
+def test_check_replay_rejects_a_replayed_jti(verifier: JwtVerifier, keys: Keys) -> None:
+    token = sign(keys.ec_key, claims(jti="once-only"))
+    first = verifier.check(token, SERVICE_URL)
+    assert isinstance(first, CheckedToken)
+    verifier.check_replay(first)
+
+    again = verifier.check(token, SERVICE_URL)  # check does not consult the replay cache
+    assert again == first
+    with pytest.raises(AuthenticationError, match=r"jti 'once-only' .* was already used"):
+        verifier.check_replay(again)
+
+
+def test_check_asks_for_a_fetch_of_a_jku_key_not_cached_and_never_fetches(
+    make_verifier: Callable[..., JwtVerifier], keys: Keys, replay: ReplayCache
+) -> None:
+    fetcher = Fetcher({ALLOWED_JKU: keys.jwks})
+    verifier = make_verifier(TrustedIssuer(iss=ISS, jku_allowlist=(ALLOWED_JKU,)), fetch_jwks=fetcher)
+    token = sign(keys.ec_key, claims(), jku=ALLOWED_JKU)
+
+    assert verifier.check(token, SERVICE_URL) == KeyFetchNeeded(ALLOWED_JKU)
+    assert fetcher.calls == [] and replay.calls == []
+    assert verifier.verify(token, SERVICE_URL).kid == EC_KID
+    assert fetcher.calls == [ALLOWED_JKU]
+
+
+def test_check_uses_a_fresh_cached_jku_key_without_fetching(
+    make_verifier: Callable[..., JwtVerifier], keys: Keys
+) -> None:
+    fetcher = Fetcher({ALLOWED_JKU: keys.jwks})
+    verifier = make_verifier(TrustedIssuer(iss=ISS, jku_allowlist=(ALLOWED_JKU,)), fetch_jwks=fetcher)
+    verifier.verify(sign(keys.ec_key, claims(), jku=ALLOWED_JKU), SERVICE_URL)
+
+    checked = verifier.check(sign(keys.rsa_key, claims(), alg="RS384", jku=ALLOWED_JKU), SERVICE_URL)
+
+    assert isinstance(checked, CheckedToken) and checked.kid == RSA_KID
+    assert fetcher.calls == [ALLOWED_JKU]
+
+
+@pytest.mark.parametrize(
+    ("kid", "wait_s"), [(EC_KID, 601), ("ec-key-2", 61)], ids=["ttl passed", "unknown kid, refetch allowed"]
+)
+def test_check_asks_for_a_fetch_when_the_cached_jwks_is_due_for_refresh(
+    make_verifier: Callable[..., JwtVerifier], keys: Keys, clock: Clock, kid: str, wait_s: int
+) -> None:
+    fetcher = Fetcher({ALLOWED_JKU: keys.jwks})
+    verifier = make_verifier(TrustedIssuer(iss=ISS, jku_allowlist=(ALLOWED_JKU,)), fetch_jwks=fetcher, jwks_ttl_s=600)
+    verifier.verify(sign(keys.ec_key, claims(), jku=ALLOWED_JKU), SERVICE_URL)
+
+    clock.now += timedelta(seconds=wait_s)
+    now = int(clock.now.timestamp())
+    token = sign(keys.ec_key, claims(iat=now, exp=now + 300), kid=kid, jku=ALLOWED_JKU)
+
+    assert verifier.check(token, SERVICE_URL) == KeyFetchNeeded(ALLOWED_JKU)
+    assert fetcher.calls == [ALLOWED_JKU]
+
+
+def test_check_uses_a_configured_key_without_fetching_even_with_an_allowed_jku(
+    make_verifier: Callable[..., JwtVerifier], keys: Keys
+) -> None:
+    fetcher = Fetcher({ALLOWED_JKU: keys.jwks})
+    issuer = TrustedIssuer(iss=ISS, jwks=keys.jwks, jku_allowlist=(ALLOWED_JKU,))
+    verifier = make_verifier(issuer, fetch_jwks=fetcher)
+
+    checked = verifier.check(sign(keys.ec_key, claims(), jku=ALLOWED_JKU), SERVICE_URL)
+
+    assert isinstance(checked, CheckedToken) and checked.kid == EC_KID
+    assert fetcher.calls == []
+
+
+def test_check_does_not_wait_for_a_jwks_fetch_in_progress(
+    make_verifier: Callable[..., JwtVerifier], keys: Keys, clock: Clock
+) -> None:
+    fetcher = Fetcher({ALLOWED_JKU: keys.jwks})
+    fetching, release = threading.Event(), threading.Event()
+
+    def refetch_held_until_released(url: str) -> dict[str, Any]:
+        if fetcher.calls:
+            fetching.set()
+            release.wait(timeout=10)
+        return fetcher(url)
+
+    issuer = TrustedIssuer(iss=ISS, jku_allowlist=(ALLOWED_JKU,))
+    verifier = make_verifier(issuer, fetch_jwks=refetch_held_until_released)
+    verifier.verify(sign(keys.ec_key, claims(), jku=ALLOWED_JKU), SERVICE_URL)
+    clock.now += timedelta(seconds=61)
+    now = int(clock.now.timestamp())
+    unknown_kid = sign(keys.ec_key, claims(iat=now, exp=now + 300), kid="ec-key-2", jku=ALLOWED_JKU)
+    cached_kid = sign(keys.ec_key, claims(iat=now, exp=now + 300), jku=ALLOWED_JKU)
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        refetch = pool.submit(verifier.verify, unknown_kid, SERVICE_URL)
+        assert fetching.wait(timeout=10)
+        try:
+            checked = verifier.check(cached_kid, SERVICE_URL)  # would wait for the lock, then find the key
+        finally:
+            release.set()
+        with pytest.raises(AuthenticationError, match="no key with kid 'ec-key-2'"):
+            refetch.result(timeout=10)
+
+    assert checked == KeyFetchNeeded(ALLOWED_JKU)
 
 
 @pytest.mark.parametrize("algorithms", [("HS384",), ("none",), ()])

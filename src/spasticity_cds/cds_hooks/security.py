@@ -6,6 +6,10 @@ allow-listed `jku`. The signature must verify with an allowed asymmetric algorit
 `aud` must be exactly the endpoint URL that was called. `exp`, `iat` and `nbf` are checked against an injected
 clock with a small leeway, and `jti` must be new (replay cache). Every failure raises `AuthenticationError`,
 whose message is safe to log: it never contains the token.
+
+`JwtVerifier.verify` runs every check. It is also split in two, so a caller on an event loop can keep I/O off it:
+`check` does everything up to the signature and claims without I/O (or answers `KeyFetchNeeded` when the key must
+first be fetched from a `jku`), and `check_replay` then does the replay write.
 """
 
 from __future__ import annotations
@@ -124,6 +128,38 @@ class VerifiedClient:
     subject: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class CheckedToken:
+    """A token that passed every check but the replay one (`JwtVerifier.check`); not yet a verified client."""
+
+    iss: str
+    jti: str
+    kid: str
+    alg: str
+    audience: str
+    issued_at: datetime
+    expires_at: datetime
+    tenant: str | None = None
+    subject: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class KeyFetchNeeded:
+    """`JwtVerifier.check` stopped: the key must first be fetched from the allowed `jku` (or is being fetched)."""
+
+    jku: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Signer:
+    """Who says they signed a token, read from it before the signature check: nothing here is trusted yet."""
+
+    issuer: TrustedIssuer
+    alg: str
+    kid: str
+    jku: str | None
+
+
 @dataclass
 class _CachedJwks:
     keys: dict[str, JsonObject]
@@ -163,6 +199,21 @@ class JwksCache:
                 entry = self._refresh(url, entry, now)
             return entry.keys.get(kid)
 
+    def cached_key(self, url: str, kid: str) -> JsonObject | KeyFetchNeeded | None:
+        """The key `find_key` would return without fetching, or KeyFetchNeeded where it would fetch; no I/O.
+
+        It does not wait for the lock either: a thread holding it may be fetching, so that too is KeyFetchNeeded.
+        """
+        if not self._lock.acquire(blocking=False):
+            return KeyFetchNeeded(url)
+        try:
+            entry = self._entries.get(url)
+            if entry is None or self._may_refresh(entry, kid, self._clock()):
+                return KeyFetchNeeded(url)
+            return entry.keys.get(kid)
+        finally:
+            self._lock.release()
+
     def _may_refresh(self, entry: _CachedJwks, kid: str, now: datetime) -> bool:
         if now - entry.attempted_at < self._min_refresh_interval:
             return False
@@ -185,7 +236,10 @@ class JwksCache:
 
 
 class JwtVerifier:
-    """Checks CDS client JWTs against a list of trusted issuers; safe to share between threads."""
+    """Checks CDS client JWTs against a list of trusted issuers; safe to share between threads.
+
+    `verify` runs every check; `check` then `check_replay` run them in two steps, the first without I/O.
+    """
 
     def __init__(
         self,
@@ -218,27 +272,67 @@ class JwtVerifier:
     def verify(self, token: str, audience: str) -> VerifiedClient:
         """Verify `token` for a call to the endpoint URL `audience`; raise `AuthenticationError` if it fails.
 
-        The jti is remembered (through `replay`) until the token can no longer pass the `exp` check.
+        `check` then `check_replay`, except that the key is fetched from an allowed `jku` when due. An error raised
+        by `replay` (such as `StoreError`) propagates: it is not an authentication failure.
+        """
+        signer = self._signer(token)
+        return self.check_replay(self._checked_token(token, signer, self._fetched_key(signer), audience))
+
+    def check(self, token: str, audience: str) -> CheckedToken | KeyFetchNeeded:
+        """Every check of `verify` but the replay one, without I/O; KeyFetchNeeded where `verify` would fetch a key.
+
+        Raises `AuthenticationError` as `verify` does. Nothing is remembered: pass the result to `check_replay`.
+        """
+        signer = self._signer(token)
+        key = self._cached_key(signer)
+        if isinstance(key, KeyFetchNeeded):
+            return key
+        return self._checked_token(token, signer, key, audience)
+
+    def check_replay(self, checked: CheckedToken) -> VerifiedClient:
+        """Remember the jti of a checked token (through `replay`, a store write); rejected if it was seen before.
+
+        The jti is remembered until the token can no longer pass the `exp` check.
         An error raised by `replay` (such as `StoreError`) propagates: it is not an authentication failure.
         """
+        if not self._replay(checked.iss, checked.jti, checked.expires_at + timedelta(seconds=self._leeway)):
+            raise _rejected(f"jti {_loggable(checked.jti)} from {_loggable(checked.iss)} was already used")
+        return VerifiedClient(
+            iss=checked.iss,
+            jti=checked.jti,
+            kid=checked.kid,
+            alg=checked.alg,
+            audience=checked.audience,
+            issued_at=checked.issued_at,
+            expires_at=checked.expires_at,
+            tenant=checked.tenant,
+            subject=checked.subject,
+        )
+
+    def _signer(self, token: str) -> _Signer:
+        """Read the token's issuer, algorithm, kid and jku, each checked against what the issuer allows."""
         header, unverified_claims = _read_unverified(token)
         issuer = self._trusted_issuer(unverified_claims)
         alg = _checked_algorithm(header, issuer)
         kid = _checked_header_fields(header)
-        key = self._find_key(issuer, header.get("jku"), kid)
-        claims = _verified_claims(token, key, alg)
+        jku = header.get("jku")
+        if jku is not None and (not isinstance(jku, str) or jku not in issuer.jku_allowlist):
+            raise _rejected(f"jku {_loggable(jku)} is not allowed for issuer {_loggable(issuer.iss)}")
+        return _Signer(issuer, alg, kid, jku)
+
+    def _checked_token(self, token: str, signer: _Signer, key: JsonObject, audience: str) -> CheckedToken:
+        """The signature and claim checks (CPU only)."""
+        claims = _verified_claims(token, key, signer.alg)
         issued_at, expires_at = self._checked_times(claims)
         _check_audience(claims, audience)
-        tenant = _checked_tenant(claims, issuer)
+        tenant = _checked_tenant(claims, signer.issuer)
         jti = _checked_jti(claims)
-        if not self._replay(issuer.iss, jti, expires_at + timedelta(seconds=self._leeway)):
-            raise _rejected(f"jti {_loggable(jti)} from {_loggable(issuer.iss)} was already used")
         subject = claims.get("sub")
-        return VerifiedClient(
-            iss=issuer.iss,
+        return CheckedToken(
+            iss=signer.issuer.iss,
             jti=jti,
-            kid=kid,
-            alg=alg,
+            kid=signer.kid,
+            alg=signer.alg,
             audience=audience,
             issued_at=issued_at,
             expires_at=expires_at,
@@ -253,15 +347,19 @@ class JwtVerifier:
             raise _rejected(f"issuer {_loggable(iss)} is not trusted")
         return issuer
 
-    def _find_key(self, issuer: TrustedIssuer, jku: object, kid: str) -> JsonObject:
-        if jku is not None and (not isinstance(jku, str) or jku not in issuer.jku_allowlist):
-            raise _rejected(f"jku {_loggable(jku)} is not allowed for issuer {_loggable(issuer.iss)}")
-        key = issuer.static_keys.get(kid)
-        if key is None and isinstance(jku, str) and self._jwks_cache is not None:
-            key = self._jwks_cache.find_key(jku, kid)
-        if key is None:
-            raise _rejected(f"no key with kid {_loggable(kid)} for issuer {_loggable(issuer.iss)}")
-        return key
+    def _fetched_key(self, signer: _Signer) -> JsonObject:
+        """The signer's key: configured, else from the jku's JWKS, fetched or refreshed when due."""
+        key = signer.issuer.static_keys.get(signer.kid)
+        if key is None and signer.jku is not None and self._jwks_cache is not None:
+            key = self._jwks_cache.find_key(signer.jku, signer.kid)
+        return _found(key, signer)
+
+    def _cached_key(self, signer: _Signer) -> JsonObject | KeyFetchNeeded:
+        """The key `_fetched_key` would return, or KeyFetchNeeded where it would fetch."""
+        key: JsonObject | KeyFetchNeeded | None = signer.issuer.static_keys.get(signer.kid)
+        if key is None and signer.jku is not None and self._jwks_cache is not None:
+            key = self._jwks_cache.cached_key(signer.jku, signer.kid)
+        return key if isinstance(key, KeyFetchNeeded) else _found(key, signer)
 
     def _checked_times(self, claims: JsonObject) -> tuple[datetime, datetime]:
         now = self._clock().timestamp()
@@ -275,6 +373,13 @@ class JwtVerifier:
         if expires <= issued or (self._max_lifetime is not None and expires - issued > self._max_lifetime):
             raise _rejected(f"token lifetime exp - iat = {expires - issued:.0f} s is not allowed")
         return datetime.fromtimestamp(issued, UTC), datetime.fromtimestamp(expires, UTC)
+
+
+def _found(key: JsonObject | None, signer: _Signer) -> JsonObject:
+    """The key, or the rejection when the signer has none."""
+    if key is None:
+        raise _rejected(f"no key with kid {_loggable(signer.kid)} for issuer {_loggable(signer.issuer.iss)}")
+    return key
 
 
 def _read_unverified(token: str) -> tuple[JsonObject, JsonObject]:
