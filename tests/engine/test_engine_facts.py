@@ -425,3 +425,46 @@ def test_numbers_never_read_as_a_round_number_they_are_not(value: float, text: s
     from spasticity_cds.engine.facts import number_text
 
     assert number_text(value) == text
+
+
+@pytest.mark.parametrize(
+    ("stamp", "kept"),
+    [
+        ("2026-11-24", True),  # the evaluation day itself
+        ("2026-11-24T23:59:00-05:00", True),
+        ("2026-11-25T00:01:00+09:00", False),  # its own calendar day is after the evaluation day
+        ("2026", True),  # a year is read as its 1 July, before the evaluation day
+        ("2027", False),
+        ("2026-12", False),  # a month is read as its 15th
+        ("2026-W52-1", False),  # not FHIR, but Python reads week dates: it must not pass as a past date
+        ("not a date", True),  # unreadable: kept, and its age cannot be judged
+    ],
+)
+def test_only_results_whose_date_is_after_the_evaluation_day_are_left_out(stamp: str, kept: bool) -> None:
+    facts, notes = facts_of(obs(LOINC, "19872-1", 40.0, unit="%", when=stamp))
+    assert (facts["obs.fvc-percent"].value == pytest.approx(40.0)) is kept
+    assert any("dated after the evaluation day" in note for note in notes) is not kept
+
+
+@pytest.mark.parametrize(
+    ("code", "raw"), [("1742-6", "obs.alt_x_uln"), ("98979-8", "obs.egfr"), ("19872-1", "obs.fvc-percent")]
+)
+def test_a_negative_result_is_left_out_with_a_note_and_an_older_one_read(code: str, raw: str) -> None:
+    older = days_ago(60)
+    facts, notes = facts_of(obs(LOINC, code, 45.0, when=older), obs(LOINC, code, -45.0))
+    assert facts[raw].value is not None and facts[raw].date == older
+    assert any("of -45 is negative; value ignored" in note for note in notes)
+
+
+def test_a_negative_result_alone_leaves_the_fact_missing() -> None:
+    facts, _ = facts_of(obs(LOINC, "98979-8", -12.0))
+    assert facts["obs.egfr"].value is None
+
+
+@pytest.mark.parametrize("concept", ["snip", "mip"])
+def test_inspiratory_pressures_recorded_with_their_sign_are_read_as_their_magnitude(concept: str) -> None:
+    from .records import LOCAL
+
+    facts, notes = facts_of(obs(LOCAL, concept, -35.0, unit="cm[H2O]"))
+    assert facts[f"obs.{concept}"].value == pytest.approx(35.0)
+    assert not any("negative" in note for note in notes)

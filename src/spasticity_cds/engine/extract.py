@@ -11,7 +11,7 @@ from operator import itemgetter
 
 import msgspec
 
-from spasticity_cds.engine.facts import Fact, days_between, missing, parse_date
+from spasticity_cds.engine.facts import Fact, days_between, missing, number_text, parse_date
 from spasticity_cds.engine.vocabulary import Match, Vocabulary
 from spasticity_cds.fhir.model import CodeableConcept, Component, Dosage, Quantity, Resource, quantity_of
 from spasticity_cds.fhir.record import PatientRecord
@@ -248,6 +248,11 @@ class FactExtractor:
         value, unit = _observation_value(holder, concept.id)
         if value is None:
             return None
+        if not isinstance(value, bool | str) and value < 0:
+            if concept.negative_values == "unreadable":
+                notes.append(f"{source}: {concept.display} of {number_text(value)} is negative; value ignored")
+                return None
+            value = -value
         high = _reference_high(holder)
         if isinstance(value, float) and concept.id in self.units:
             converted = self._to_canonical(concept.id, value, unit)

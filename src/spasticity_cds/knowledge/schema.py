@@ -68,6 +68,9 @@ class Concept(Strict, kw_only=True, frozen=True):
     validity_setting: str | None = None
     history_counts: bool = False
     route_overrides: dict[str, str] = {}
+    #: How a negative number is read: no such result can be negative, so it is left out with an input note; or
+    #: the measure is a negative pressure that some systems record with its sign, and its magnitude is read.
+    negative_values: Literal["unreadable", "magnitude"] = "unreadable"
     note: str | None = None
 
 
