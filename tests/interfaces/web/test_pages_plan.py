@@ -16,7 +16,7 @@ import pages_support as support
 
 from spasticity_cds import api
 from spasticity_cds.interfaces.web import manual_form, pages
-from spasticity_cds.interfaces.web.plan_view import instant_text
+from spasticity_cds.interfaces.web.plan_view import check_text, instant_text
 from spasticity_cds.store import PageContext
 
 
@@ -47,6 +47,9 @@ def test_demo_patient_plan_shows_options_findings_citations_and_traces(client: s
     assert 'id="sev-warning"' in page
     assert "Why: the rule and the data it used" in page
     assert "Why not: rules about Tizanidine that did not apply" in page
+    # The trees read as sentences; the knowledge base's own wording stays beside them, marked as such.
+    assert '<span class="check">All of these</span>' in page
+    assert '<code class="rule-source" title="As written in the knowledge base">all</code>' in page
     assert page.count("<h1>") == 1
     assert result["disclaimer"]["text"] in page  # type: ignore[index]
 
@@ -72,6 +75,8 @@ def test_trend_charts_are_inline_svg_with_rule_thresholds(client: support.PageCl
     assert "50 %" in fvc and "80 %" in fvc
     alt = page.split('id="chart-alt"')[1].split("</figure>")[0]
     assert "120 (3x ULN)" in alt
+    description = fvc.split("<desc")[1].split("</desc>")[0]
+    assert "def " not in description and "respiratory compromise" in description  # definitions by name
     assert "<script" not in fvc
 
 
@@ -442,3 +447,22 @@ def test_evaluation_failure_is_an_error_page_without_details(
 )
 def test_instants_read_to_the_minute_with_their_offset(value: str, text: str) -> None:
     assert instant_text(value) == text
+
+
+@pytest.mark.parametrize(
+    ("label", "text"),
+    [
+        ("obs.egfr lt 30.0", "eGFR < 30"),
+        ("obs.alt_x_uln ge 3", "ALT (multiple of upper limit) ≥ 3"),
+        (
+            "obs.snip lt 40 (not measured counts as not met)",
+            "Sniff nasal inspiratory pressure < 40 (counts as not met when not measured)",
+        ),
+        ("procedure.itb-pump is True", "Intrathecal baclofen pump: yes"),
+        ("medclass.cyp1a2-inhibitor is False", "Any cyp1a2 inhibitor medicine: no"),
+        ("obs.egfr lt setting.baclofen_renal_floor", "eGFR < the setting baclofen_renal_floor"),
+        ("any", "Any of these"),
+    ],
+)
+def test_why_tree_labels_read_as_a_clinician_reads_them(label: str, text: str) -> None:
+    assert check_text(label, api.load_knowledge_base()) == text

@@ -76,6 +76,11 @@ class Threshold:
     y: float
     owners: str = ""
 
+    @property
+    def owners_text(self) -> str:
+        """The owners as read aloud: rule ids, and definitions by name (``def renal_impaired``: renal impaired)."""
+        return ", ".join(owner.removeprefix("def ").replace("_", " ") for owner in self.owners.split(", "))
+
 
 @dataclass
 class Chart:

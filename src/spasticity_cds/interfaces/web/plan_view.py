@@ -89,9 +89,38 @@ def fact_label(name: str, engine: Engine) -> str:
     if len(parts) >= 2 and parts[1] in concepts:
         tail = " ".join(parts[2:]).replace("_", " ")
         return f"{concepts[parts[1]]} {tail}".strip()
+    if parts[0] == "setting" and len(parts) == 2:
+        return f"The setting {parts[1]}"
+    if parts[0] == "medclass" and len(parts) == 2:
+        return f"Any {parts[1].replace('-', ' ')} medicine"
     if parts[0] == "def" and len(parts) == 2 and parts[1] in engine.kb.definitions:
         return engine.kb.definitions[parts[1]].description
     return name.replace("_", " ")
+
+
+#: How the why-trees' comparison and group labels read.
+OPERATOR_WORDS = {"lt": "<", "le": "≤", "gt": ">", "ge": "≥", "eq": "=", "ne": "≠", "in": "is one of", "is": "is"}
+GROUP_WORDS = {"all": "All of these", "any": "Any of these", "not": "Not this"}
+_UNMEASURED = " (not measured counts as not met)"
+
+
+def check_text(label: str, engine: Engine) -> str:
+    """A why-tree node's label as a clinician reads it: ``obs.egfr lt 30.0`` becomes ``eGFR < 30``."""
+    if label in GROUP_WORDS:
+        return GROUP_WORDS[label]
+    unmeasured = label.endswith(_UNMEASURED)
+    name, _, rest = label.removesuffix(_UNMEASURED).partition(" ")
+    operator, _, threshold = rest.partition(" ")
+    subject = fact_label(name, engine).removesuffix(".")
+    if operator == "is" and threshold in ("True", "False"):
+        text = f"{subject}: {'yes' if threshold == 'True' else 'no'}"
+        return text + (" (counts as not met when not measured)" if unmeasured else "")
+    if threshold.startswith("setting."):
+        threshold = f"the setting {threshold[8:]}"
+    elif threshold.endswith(".0") and threshold[:-2].lstrip("-").isdigit():
+        threshold = threshold[:-2]
+    text = f"{subject} {OPERATOR_WORDS.get(operator, operator)} {threshold}".strip()
+    return text + (" (counts as not met when not measured)" if unmeasured else "")
 
 
 def fact_text(fact: Mapping[str, Any]) -> str:

@@ -14,7 +14,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from spasticity_cds.engine.evaluator import PLACEHOLDER
 from spasticity_cds.interfaces.web.csrf import CSRF_COOKIE, CSRF_FIELD, csrf_token_for
 from spasticity_cds.interfaces.web.deps import AppState
-from spasticity_cds.interfaces.web.plan_view import STATUS_WORDS, fact_label, fact_text, instant_text
+from spasticity_cds.interfaces.web.plan_view import STATUS_WORDS, check_text, fact_label, fact_text, instant_text
 
 HERE = Path(__file__).resolve().parent
 TEMPLATE_DIR = HERE / "templates"
@@ -90,6 +90,7 @@ def render(
         "csrf_token": token,
         "definitions": state.engine.kb.definitions,
         "fact_label": lambda fact_name: fact_label(str(fact_name), state.engine),
+        "check_text": lambda label: check_text(str(label), state.engine),
         "template_text": lambda text: PLACEHOLDER.sub(lambda m: f"[{fact_label(m.group(1), state.engine)}]", str(text)),
         "path": request.url.path,
         **context,
