@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import pytest
@@ -198,6 +199,20 @@ def test_detail_shows_the_basis_data_used_and_missing(app: FastAPI, client: Clie
     assert "**Missing or out of date:**" in detail and "medication statements: not obtained" in detail
     assert "**Sources:**" in detail and "evidence: C-primary" in detail
     assert "BACLOFEN-DOSE-ABOVE-CEILING v" in detail
+
+
+def test_record_text_in_the_detail_can_never_become_a_link_an_image_or_html(app: FastAPI, client: Client) -> None:
+    draft = baclofen_order("[clickme](javascript:alert(1))")
+    dosage = draft["dosageInstruction"][0]
+    del dosage["doseAndRate"], dosage["timing"]
+    dosage["text"] = "20 mg three times a day [clickme](javascript:alert(1)) <img src=x onerror=alert(1)> *now*"
+    (card,) = valid_cards(app, client, hook_request("order-sign", prefetch_data=prefetch(), drafts=[draft]), SIGN)
+    detail = card["detail"]
+    assert "dose read from the dosage text" in detail
+    for markup in (r"\[clickme\]", r"\<img", r"\*now\*"):  # each only escaped, never as markup
+        assert re.search(rf"(?<!\\){markup}", detail) is None
+    assert r"\[clickme\](javascript:alert(1))" in detail and r"\<img src=x onerror=alert(1)\>" in detail
+    assert "**Patient data used:**" in detail  # the card's own Markdown stays
 
 
 def test_data_gaps_share_one_card_and_name_what_is_missing(app: FastAPI, client: Client) -> None:

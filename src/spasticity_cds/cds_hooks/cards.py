@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import threading
 import uuid
 from collections.abc import Callable, Iterable, Mapping
@@ -248,11 +249,13 @@ class CardBuilder:
     # -- detail (FDA criterion 4: the basis, the data used and what was missing) -------------------------
 
     def _detail(self, group: list[Mapping[str, Any]], summary: str, result: Mapping[str, Any], ctx: CardContext) -> str:
-        parts = [summary if len(summary) >= SUMMARY_LIMIT and len(group) == 1 else ""]  # else in bold below
+        """The card's Markdown: every text from the knowledge base or the record is escaped (``literal``), so a
+        dosage text or an order id shows as written and can never become a link, an image or HTML."""
+        parts = [literal(summary) if len(summary) >= SUMMARY_LIMIT and len(group) == 1 else ""]  # else in bold below
         for finding in group:
             if len(group) > 1:
-                parts.append(f"**{finding['summary']}**")
-            parts.append(finding["detail"])
+                parts.append(f"**{literal(finding['summary'])}**")
+            parts.append(literal(finding["detail"]))
         used = [line for finding in group for line in self._fact_lines(finding)]
         parts.append("**Patient data used:**\n" + ("\n".join(dict.fromkeys(used)) if used else "- none"))
         missing = self._missing_lines(group, ctx)
@@ -266,7 +269,8 @@ class CardBuilder:
         rules = ", ".join(dict.fromkeys(f"{f['rule_id']} v{f['rule_version']}" for f in group))
         kb = result["knowledge_base"]
         parts.append(
-            f"Rule {rules}; knowledge base {kb['version']}. Decision support for a clinician: review the basis above."
+            literal(f"Rule {rules}; knowledge base {kb['version']}.")
+            + " Decision support for a clinician: review the basis above."
         )
         return "\n\n".join(part for part in parts if part)
 
@@ -278,7 +282,8 @@ class CardBuilder:
             value = _fact_value(fact)
             sources = ", ".join(ref if _named(ref) else UNNAMED_TEXT for ref in fact.get("sources", ()))
             note = f"; {fact['note']}" if fact.get("note") else ""
-            lines.append(f"- {self._label(fact['name'])}: {value}{note}" + (f" ({sources})" if sources else ""))
+            line = f"{self._label(fact['name'])}: {value}{note}" + (f" ({sources})" if sources else "")
+            lines.append(f"- {literal(line)}")
         return lines
 
     def _missing_lines(self, group: list[Mapping[str, Any]], ctx: CardContext) -> list[str]:
@@ -287,10 +292,10 @@ class CardBuilder:
             for fact in finding["facts"]:
                 if fact.get("value") is None or fact.get("stale"):
                     why = fact.get("note") or ("too old to use" if fact.get("stale") else "not in the record")
-                    lines.append(f"- {self._label(fact['name'])}: {why}")
-            lines.extend(f"- {self._label(name)}: not in the record" for name in finding.get("missing", ()))
-        lines.extend(f"- {what}: {why}" for what, why in ctx.unavailable.items())
-        return lines
+                    lines.append(f"{self._label(fact['name'])}: {why}")
+            lines.extend(f"{self._label(name)}: not in the record" for name in finding.get("missing", ()))
+        lines.extend(f"{what}: {why}" for what, why in ctx.unavailable.items())
+        return [f"- {literal(line)}" for line in lines]
 
     def _label(self, fact_name: str) -> str:
         parts = fact_name.split(".")
@@ -518,8 +523,19 @@ def _citation_line(citation: Mapping[str, Any]) -> str:
     year = f" ({citation['year']})" if citation.get("year") else ""
     identifiers = citation.get("identifiers") or {}
     link = identifiers.get("url") or (f"https://doi.org/{identifiers['doi']}" if identifiers.get("doi") else None)
-    title = f"[{citation['title']}]({link})" if link else citation["title"]
-    return f"- {title}{year}, {citation['locator']} (evidence: {citation['status']})"
+    title = f"[{literal(citation['title'])}]({link})" if link else literal(citation["title"])
+    rest = f"{year}, {citation['locator']} (evidence: {citation['status']})"
+    return f"- {title}{literal(rest)}"
+
+
+#: The characters that make Markdown or HTML of plain text: code, emphasis, links and images, tags, tables, strike,
+#: headings, and the backslash that escapes them.
+_MARKUP = re.compile(r"([\\`*_\[\]<>!|~#{}])")
+
+
+def literal(text: str) -> str:
+    """Text that shows as written in GitHub-flavoured Markdown: one line, its markup characters escaped."""
+    return _MARKUP.sub(r"\\\1", " ".join(str(text).splitlines()))
 
 
 def _within(amount: float, unit: str) -> float:
