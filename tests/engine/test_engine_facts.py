@@ -468,3 +468,47 @@ def test_inspiratory_pressures_recorded_with_their_sign_are_read_as_their_magnit
     facts, notes = facts_of(obs(LOCAL, concept, -35.0, unit="cm[H2O]"))
     assert facts[f"obs.{concept}"].value == pytest.approx(35.0)
     assert not any("negative" in note for note in notes)
+
+
+def _step(dose: float, per_day: int, sequence: int | None) -> dict[str, Any]:
+    dosage: dict[str, Any] = {
+        "timing": {"repeat": {"frequency": per_day, "period": 1, "periodUnit": "d"}},
+        "doseAndRate": [{"doseQuantity": {"value": dose, "unit": "mg"}}],
+    }
+    if sequence is not None:
+        dosage["sequence"] = sequence
+    return dosage
+
+
+@pytest.mark.parametrize(
+    ("steps", "daily", "noted"),
+    [
+        ([(5, 3, 1), (10, 3, 2)], 30.0, True),  # a titration: 15 mg/day for three days, then 30 mg/day
+        ([(10, 3, 2), (5, 3, 1)], 30.0, True),  # in any order
+        ([(10, 1, 1), (5, 1, 1), (20, 1, 2)], 20.0, True),  # one sequence number: taken together
+        ([(10, 1, None), (5, 2, None)], 20.0, False),  # no sequence: every instruction applies
+    ],
+)
+def test_instructions_given_in_sequence_are_steps_not_added_up(
+    steps: list[tuple[float, int, int | None]], daily: float, noted: bool
+) -> None:
+    order = med("baclofen")
+    order["dosageInstruction"] = [_step(*step) for step in steps]
+    facts, _ = facts_of(order)
+    dose = facts["med.baclofen.daily_dose"]
+    assert dose.value == pytest.approx(daily)
+    assert ("dose steps given in sequence" in (dose.note or "")) is noted
+
+
+@pytest.mark.parametrize(("intent", "current"), [("order", True), ("proposal", False), ("plan", False), (None, True)])
+def test_a_request_that_only_proposes_or_plans_a_medicine_is_proposed_not_current(
+    intent: str | None, current: bool
+) -> None:
+    order = med("baclofen", dose=10, per_day=3)
+    if intent is None:
+        del order["intent"]
+    else:
+        order["intent"] = intent
+    facts, _ = facts_of(order)
+    assert facts["med.baclofen.current"].value is current
+    assert facts["med.baclofen.proposed"].value is not current

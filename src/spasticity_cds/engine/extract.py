@@ -21,6 +21,8 @@ SKIPPED_STATUSES = frozenset({"entered-in-error", "cancelled", "not-done", "refu
 SKIPPED_DEVICE_STATUSES = SKIPPED_STATUSES | {"inactive"}
 CURRENT_MED_STATUSES = frozenset({"active", "on-hold", "intended"})
 PAST_MED_STATUSES = frozenset({"completed", "stopped", "not-taken"})
+#: MedicationRequest intents that suggest or plan a medicine rather than order it: read as proposed, not current.
+NOT_ORDERED_INTENTS = frozenset({"proposal", "plan", "option"})
 INACTIVE_CONDITION = frozenset({"inactive", "resolved", "remission"})
 MAS_GRADES = {"0": 0.0, "1": 1.0, "1+": 1.5, "2": 2.0, "3": 3.0, "4": 4.0}
 NUMBER = re.compile(r"^\s*[<>≤≥=~]?\s*(-?\d+(?:[.,]\d+)?)")
@@ -317,7 +319,13 @@ class FactExtractor:
             return None
         concept = self._route_override(found.concept, resource)
         self._note_text_match(found, resource, out)
-        state = "proposed" if status == "draft" else "past" if status in PAST_MED_STATUSES else "current"
+        state = (
+            "past"
+            if status in PAST_MED_STATUSES
+            else "proposed"
+            if status == "draft" or resource.intent in NOT_ORDERED_INTENTS
+            else "current"
+        )
         daily, unit, note = _daily_dose(resource, found)
         return concept, MedicationOrder(
             source=resource.reference,
@@ -735,21 +743,26 @@ def _medication_start(resource: Resource) -> date | None:
 
 
 def _daily_dose(resource: Resource, found: Match) -> tuple[float | None, str | None, str | None]:
-    """Daily dose from structured dosage, else from its text; None when neither can be read."""
-    total: float | None = None
-    unit: str | None = None
-    notes: list[str] = []
+    """Daily dose from structured dosage, else from its text; None when neither can be read.
+
+    Instructions with one sequence number (or none) apply together and add up; instructions with different ones
+    follow each other (FHIR Dosage.sequence: a titration), so the dose is that of the highest step, not their sum.
+    """
+    steps: dict[int | None, tuple[float, str, list[str]]] = {}
     for dosage in _dosages(resource):
         single = _structured_dose(dosage, found) or _text_dose(dosage)
         if single is None:
             continue
         amount, amount_unit, note = single
-        total = (total or 0.0) + amount
-        unit = amount_unit
-        if note:
-            notes.append(note)
-    if total is not None and not 0 < total < math.inf:  # a dose so large it overflows cannot be read
+        total, _, notes = steps.get(dosage.sequence, (0.0, amount_unit, []))
+        steps[dosage.sequence] = (total + amount, amount_unit, [*notes, note] if note else notes)
+    if not steps:
         return None, None, None
+    total, unit, notes = max(steps.values(), key=lambda step: step[0])
+    if not 0 < total < math.inf:  # a dose so large it overflows cannot be read
+        return None, None, None
+    if len(steps) > 1:
+        notes = [*notes, f"the highest of {len(steps)} dose steps given in sequence"]
     return total, unit, "; ".join(notes) or None
 
 

@@ -88,6 +88,7 @@ class DoseAndRate(FhirElement):
 class Dosage(FhirElement):
     """Dosage."""
 
+    sequence: int | None = None
     text: str | None = None
     timing: Timing | None = None
     route: CodeableConcept | None = None
@@ -150,6 +151,7 @@ class Resource(Component):
     patient: Reference | None = None
     beneficiary: Reference | None = None
     status: str | None = None
+    intent: str | None = None
     clinical_status: CodeableConcept | None = None
     verification_status: CodeableConcept | None = None
     effective_date_time: str | None = None
