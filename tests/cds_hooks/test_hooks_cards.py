@@ -165,6 +165,38 @@ def test_a_dose_that_cannot_be_a_dose_is_never_shown_as_one(app: FastAPI, client
     assert "inf mg" not in text and "-20 mg/day" not in text and " 0 mg/day" not in text
 
 
+def _nested(depth: int) -> dict[str, Any]:
+    value: dict[str, Any] = {"url": "urn:example:leaf", "valueString": "x"}
+    for _ in range(depth):
+        value = {"url": "urn:example:node", "extension": [value]}
+    return value
+
+
+@pytest.mark.parametrize(
+    "oddity",
+    [
+        {"extension": [_nested(400)]},  # valid JSON nested deeper than Python recurses
+        {"extension": [{"url": "urn:example:big", "valueInteger64": 18446744073709551616}]},  # beyond 64 bits
+    ],
+)
+def test_a_draft_that_cannot_be_sent_back_gets_its_card_without_the_update(
+    app: FastAPI, client: Client, oddity: dict[str, Any]
+) -> None:
+    body = hook_request("order-sign", prefetch_data=prefetch(egfr=45), drafts=[baclofen_order() | oddity])
+    (card,) = valid_cards(app, client, body, SIGN)
+    assert card["indicator"] == "critical"
+    assert all(action["type"] != "update" for s in card.get("suggestions", ()) for action in s["actions"])
+
+
+def test_a_timing_too_sparse_to_be_a_dose_gives_no_update_and_no_error(app: FastAPI, client: Client) -> None:
+    draft = baclofen_order()
+    draft["dosageInstruction"][0]["timing"]["repeat"]["period"] = 1e308
+    earlier = baclofen_order("earlier-draft")  # another draft of baclofen among the prefetched orders
+    body = hook_request("order-sign", prefetch_data=prefetch(meds=[earlier], egfr=20), drafts=[draft])
+    cards = valid_cards(app, client, body, SIGN)
+    assert all(action["type"] != "update" for c in cards for s in c.get("suggestions", ()) for action in s["actions"])
+
+
 def test_interacting_order_is_caught_through_the_evidence(app: FastAPI, client: Client) -> None:
     tizanidine = _drug("tiz-current", "57258", "tizanidine 2 mg", status="active")
     ciprofloxacin = _drug("cipro", "2551", "ciprofloxacin 500 mg")

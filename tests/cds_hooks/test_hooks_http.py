@@ -14,11 +14,11 @@ ORIGIN = "https://sandbox.cds-hooks.org"
 SERVICE = f"/cds-services/{REVIEW}"
 
 
-def _preflight(app: FastAPI, path: str, request_headers: str) -> Any:
-    """A browser's CORS preflight for a POST from the sandbox's origin."""
+def _preflight(app: FastAPI, path: str, request_headers: str, method: str = "POST") -> Any:
+    """A browser's CORS preflight for a request (a POST) from the sandbox's origin."""
     headers = {
         "Origin": ORIGIN,
-        "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Method": method,
         "Access-Control-Request-Headers": request_headers,
     }
     return call(app, "OPTIONS", path, headers=headers)
@@ -184,6 +184,24 @@ def test_head_on_discovery_and_a_preflight_with_other_headers(app: FastAPI, clie
     assert response.status_code == 200
     assert "x-requested-with" in response.headers["access-control-allow-headers"].lower()
     assert "access-control-allow-credentials" not in response.headers
+
+
+def test_a_refused_preflight_is_an_operation_outcome(app: FastAPI) -> None:
+    response = _preflight(app, SERVICE, "content-type", method="PUT")
+    assert response.status_code == 400
+    assert response.headers["content-type"].startswith("application/fhir+json")
+    outcome = response.json()
+    assert (
+        outcome["resourceType"] == "OperationOutcome" and "Disallowed CORS method" in outcome["issue"][0]["diagnostics"]
+    )
+
+
+@pytest.mark.parametrize("method", ["POST", "DELETE", "PATCH"])
+def test_a_405_on_discovery_names_get_not_only_head(app: FastAPI, client: Client, method: str) -> None:
+    response = call(app, method, "/cds-services", headers=client.headers("/cds-services"))
+    assert response.status_code == 405
+    assert "GET" in {m.strip() for m in response.headers["allow"].split(",")}
+    assert response.json()["resourceType"] == "OperationOutcome"
 
 
 @pytest.mark.parametrize("patient_id", ["../../other/x", "pt-1?_format=xml&", "x" * 65, ""])

@@ -382,6 +382,9 @@ class CardBuilder:
             new_value = _within(ceiling / dose.per_day / per_unit, dose.unit)
             if new_value <= 0 or new_value >= dose.value:
                 continue
+            updated = _answerable(adjusted_order(order.resource, new_value, dose.per_day))
+            if updated is None:
+                continue
             daily = new_value * per_unit * dose.per_day
             label = f"Reduce to {new_value:g} {dose.unit} per dose ({daily:g} mg/day, ceiling {ceiling:g} mg/day)"
             out.append(
@@ -393,7 +396,7 @@ class CardBuilder:
                         {
                             "type": "update",
                             "description": f"Update {order.reference} to the kidney-adjusted dose",
-                            "resource": compact(adjusted_order(order.resource, new_value, dose.per_day)),
+                            "resource": updated,
                         }
                     ],
                 }
@@ -539,6 +542,19 @@ def literal(text: str) -> str:
 
 
 def _within(amount: float, unit: str) -> float:
-    """The largest practical dose not above ``amount``: half units for tablets, 0.5 mg steps for mass."""
+    """The largest practical dose not above ``amount``: half units for tablets, 0.5 mg steps for mass; 0 when
+    ``amount`` is not a finite number (a timing of one dose per 1e308 days)."""
     step = DOSE_STEP.get(unit.strip().lower(), HALF)
-    return math.floor(amount / step + 1e-9) * step
+    steps = amount / step + 1e-9
+    return math.floor(steps) * step if math.isfinite(steps) else 0.0
+
+
+def _answerable(resource: dict[str, Any]) -> dict[str, Any] | None:
+    """The client's draft, compacted, as it can be sent back; None when its JSON cannot be written again (nested
+    deeper than Python recurses, or an integer beyond 64 bits, both valid JSON): then no update is suggested."""
+    try:
+        compacted: dict[str, Any] = compact(resource)
+        orjson.dumps(compacted)
+    except (RecursionError, orjson.JSONEncodeError):
+        return None
+    return compacted

@@ -8,6 +8,7 @@ from typing import Any
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import Response
@@ -50,6 +51,19 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 async def _validation_error(request: Request, exc: Exception) -> Response:
     return outcome_response(400, "the request does not have the expected form")
+
+
+class OutcomeCorsMiddleware(CORSMiddleware):
+    """Starlette's CORS, whose refused preflight (an origin, method or header not allowed) is an OperationOutcome
+    like every other error, not plain text."""
+
+    def preflight_response(self, request_headers: Headers) -> Response:
+        """The preflight answer; a refusal keeps its status, headers and reason, as an OperationOutcome."""
+        response = super().preflight_response(request_headers)
+        if response.status_code < 400:
+            return response
+        headers = {k: v for k, v in response.headers.items() if k.lower() not in ("content-length", "content-type")}
+        return outcome_response(response.status_code, bytes(response.body).decode(), headers)
 
 
 class CatchAllMiddleware:
@@ -129,7 +143,7 @@ def install_error_handling(app: FastAPI, *, max_body_bytes: int, cors_origins: t
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=max_body_bytes)
     app.add_middleware(CatchAllMiddleware)
     app.add_middleware(
-        CORSMiddleware,
+        OutcomeCorsMiddleware,
         allow_origins=list(cors_origins),
         allow_methods=["GET", "POST", "OPTIONS"],
         allow_headers=["*"],  # an EHR's browser may add its own headers; credentials (cookies) are never allowed

@@ -141,8 +141,10 @@ StateDep = Annotated[AppState, Depends(app_state)]
 HooksDep = Annotated[HooksState, Depends(hooks_state)]
 
 
-@router.get("/cds-services")
+# HEAD is registered after GET, so that a 405 names GET (the first route matching the path answers it); one route
+# for both methods would give OpenAPI two operations with one id.
 @router.head("/cds-services", include_in_schema=False)
+@router.get("/cds-services")
 async def discovery(request: Request, state: StateDep, hooks: HooksDep) -> Response:
     """The services, their hooks and prefetch templates."""
     await _authenticate(request, hooks, f"{state.settings.base_url}/cds-services")
