@@ -21,6 +21,7 @@ class Behaviour:
     delay_s: float = 0.0
     fail_status: int | None = None
     page_size: int = 1000
+    relative_next: bool = False
     requests: list[tuple[str, str | None]] = field(default_factory=list)
 
 
@@ -67,7 +68,8 @@ class _Handler(BaseHTTPRequestHandler):
         if offset + size < len(everything):
             params = {name: values[0] for name, values in query.items() if name != "_offset"}
             following = urlencode({**params, "_offset": offset + size}, safe="|,")
-            bundle["link"] = [{"relation": "next", "url": f"{self.base}/{kind}?{following}"}]
+            base = "" if self.behaviour.relative_next else f"{self.base}/"
+            bundle["link"] = [{"relation": "next", "url": f"{base}{kind}?{following}"}]
         return bundle
 
     def _send(self, status: int, body: dict[str, Any]) -> None:

@@ -197,7 +197,24 @@ def test_a_fhir_server_url_that_cannot_be_used_is_a_plain_412(app: FastAPI, clie
     response = post_hook(app, client, REVIEW, _fallback_request("http://127.0.0.1:99999/fhir"))
     assert response.status_code == 412
     diagnostics = response.json()["issue"][0]["diagnostics"]
-    assert "the query failed (" in diagnostics and "TaskGroup" not in diagnostics
+    assert diagnostics.endswith("the query failed")  # no library class names (ExceptionGroup) in the answer
+
+
+def test_a_fhir_server_url_with_credentials_is_never_called_and_said_so(app: FastAPI, client: Client) -> None:
+    behaviour = Behaviour(resources=_record())
+    with fhir_server(behaviour) as server:
+        response = post_hook(app, client, REVIEW, _fallback_request(server.replace("http://", "http://u:pw@")))
+    assert response.status_code == 412 and behaviour.requests == []
+    diagnostics = response.json()["issue"][0]["diagnostics"]
+    assert "the fhirServer URL cannot be used (credentials in it" in diagnostics and "next link" not in diagnostics
+
+
+def test_a_next_link_relative_to_its_page_is_followed(app: FastAPI, client: Client) -> None:
+    behaviour = Behaviour(resources=_record([baclofen_order(status="active")]), page_size=3, relative_next=True)
+    with fhir_server(behaviour) as server:
+        response = post_hook(app, client, REVIEW, _fallback_request(server))
+    assert response.status_code == 200
+    assert any("_offset=3" in path for path, _ in behaviour.requests)
 
 
 def test_required_data_unobtainable_is_412(app: FastAPI, client: Client) -> None:

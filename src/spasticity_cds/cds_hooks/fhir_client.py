@@ -7,6 +7,7 @@ is sent, never logged; ``next`` links are followed only on the same FHIR server 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,6 +18,7 @@ import orjson
 from spasticity_cds.cds_hooks.prefetch import bundle_resources, next_link
 from spasticity_cds.fhir.parse import UTF8_BOM
 
+logger = logging.getLogger("spasticity_cds.cds_hooks")
 FHIR_JSON = "application/fhir+json"
 MAX_PAGES = 20
 #: Most bytes of one FHIR answer, once decoded (a gzip body is unpacked as it arrives): a page of a search the
@@ -56,6 +58,10 @@ class FhirFetcher:
         """
         outcome = FetchOutcome()
         base = server.rstrip("/") + "/"
+        if not url_within(base, base):  # no token is ever sent to it
+            unusable = "the fhirServer URL cannot be used (credentials in it, or not a valid http(s) URL)"
+            outcome.failed = dict.fromkeys([*queries, *next_pages], unusable)
+            return outcome
         headers = {"Accept": FHIR_JSON}
         if token:
             headers["Authorization"] = f"Bearer {token}"
@@ -80,9 +86,10 @@ class FhirFetcher:
         if task not in done:
             outcome.failed[name] = f"the FHIR server did not answer within {self.budget_s:g} s"
         elif (error := task.exception()) is not None:
-            # Only our own messages are shown: others can carry URL parts or library internals.
-            reason = str(error) if isinstance(error, FhirFetchError) else f"the query failed ({type(error).__name__})"
-            outcome.failed[name] = reason
+            # Only our own messages are shown: others can carry URL parts or library internals (logged instead).
+            if not isinstance(error, FhirFetchError):
+                logger.warning("FHIR query %s failed: %s", name, type(error).__name__)
+            outcome.failed[name] = str(error) if isinstance(error, FhirFetchError) else "the query failed"
         else:
             outcome.resources.setdefault(name, []).extend(task.result())
 
@@ -98,7 +105,8 @@ class FhirFetcher:
             document = await self._get(client, next_url)
             if document.get("resourceType") == "Bundle":
                 resources.extend(bundle_resources(document))
-                next_url = next_link(document)
+                link = next_link(document)
+                next_url = _resolved(link, next_url) if link is not None else None
             else:
                 resources.append(document)
                 next_url = None
@@ -126,6 +134,14 @@ class FhirFetcher:
         if document["resourceType"] == "OperationOutcome":
             raise FhirFetchError("the FHIR server answered with an OperationOutcome")
         return document
+
+
+def _resolved(link: str, page_url: str) -> str:
+    """A next link as an absolute URL: servers should send absolute ones, some send them relative to the page."""
+    try:
+        return str(httpx.URL(page_url).join(link))
+    except (httpx.InvalidURL, TypeError):
+        return link  # refused by url_within as not under the server
 
 
 async def _bounded_body(response: httpx.Response) -> bytes:
