@@ -32,17 +32,20 @@ def _default_engine() -> Engine:
     return Engine(loader.load())
 
 
-def read_patient(data: PatientInput, *, source: str = "<input>") -> PatientRecord:
-    """One patient's record from bytes (JSON or NDJSON), a parsed Bundle or prefetch map, or a resource list."""
+def read_patient(data: PatientInput, *, source: str = "<input>", patient_id: str | None = None) -> PatientRecord:
+    """One patient's record from bytes (JSON or NDJSON), a parsed Bundle or prefetch map, or a resource list.
+
+    ``patient_id`` names the patient when the input may hold other Patients too (a CDS Hooks context.patientId).
+    """
     if isinstance(data, PatientRecord):
         return data
     if isinstance(data, bytes | bytearray | memoryview):
-        return build_record(parse_bytes(bytes(data), source=source), source=source)
+        return build_record(parse_bytes(bytes(data), source=source), source=source, patient_id=patient_id)
     parsed = ParsedInput()
     if not isinstance(data, Mapping | list):
         raise InputError(f"cannot read a patient from {type(data).__name__}", where=source)
     parsed.add(data if isinstance(data, list) else dict(data), source=source)
-    return build_record(parsed, source=source)
+    return build_record(parsed, source=source, patient_id=patient_id)
 
 
 def evaluate(

@@ -422,3 +422,20 @@ def test_an_answer_with_a_byte_order_mark_is_read() -> None:
 )
 def test_a_url_is_within_a_base_only_under_its_path_on_the_same_origin(url: str, inside: bool) -> None:
     assert url_within(url, "https://fhir.example.org/r4/") is inside
+
+
+def test_another_patient_in_a_searchset_is_left_out_not_a_412(app: FastAPI, client: Client) -> None:
+    data = prefetch(meds=[baclofen_order(status="active")])
+    other = {"resourceType": "Patient", "id": "linked-record", "gender": "male", "birthDate": "1950-01-01"}
+    data["conditions"]["entry"].append({"resource": other})
+    response = post_hook(app, client, REVIEW, hook_request("patient-view", prefetch_data=data))
+    assert response.status_code == 200, response.text
+    assert any("BACLOFEN" in card["source"]["url"] for card in response.json()["cards"])
+
+
+def test_a_patient_other_than_context_patient_id_is_a_412_that_names_the_id(app: FastAPI, client: Client) -> None:
+    data = prefetch()
+    data["patient"] = data["patient"] | {"id": "someone-else"}
+    response = post_hook(app, client, REVIEW, hook_request("patient-view", prefetch_data=data))
+    assert response.status_code == 412
+    assert f"no Patient resource with id {PATIENT_ID!r}" in response.json()["issue"][0]["diagnostics"]

@@ -165,6 +165,17 @@ def test_resources_of_another_patient_are_ignored_and_counted() -> None:
     assert rec.other_patient_resources == 1
 
 
+def test_a_named_patient_is_chosen_among_several_and_the_others_records_left_out() -> None:
+    other = {**PATIENT, "id": "p2"}
+    document = orjson.dumps(bundle(PATIENT, other, condition("c1"), condition("c2", subject="Patient/p2")))
+    rec = read_patient(document, source="test.json", patient_id="p1")
+    assert rec.patient["id"] == "p1" and [r.id for r in rec.of_type("Patient")] == ["p1"]
+    assert [r.id for r in rec.of_type("Condition")] == ["c1"]
+    assert rec.other_patient_resources == 2  # the other Patient and its Condition
+    with pytest.raises(InputError, match="no Patient resource with id 'p3'"):
+        read_patient(document, source="test.json", patient_id="p3")
+
+
 def test_duplicates_keep_the_latest_version() -> None:
     old = {**condition("c1"), "meta": {"lastUpdated": "2026-01-01T00:00:00Z"}, "code": {"text": "old"}}
     new = {**condition("c1"), "meta": {"lastUpdated": "2026-06-01T00:00:00Z"}, "code": {"text": "new"}}

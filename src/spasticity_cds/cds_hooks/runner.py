@@ -121,11 +121,9 @@ class HookRunner:
         self, request: HookRequest, resources: Sequence[dict[str, Any] | Resource], now: datetime
     ) -> dict[str, Any]:
         try:
-            record = read_patient(list(resources), source=f"hook {request.hookInstance}")
+            record = read_patient(list(resources), source=f"hook {request.hookInstance}", patient_id=request.patient_id)
         except InputError as exc:
             raise PrefetchUnavailableError(f"the patient's record cannot be read: {exc.message}") from None
-        if record.patient.get("id") != request.patient_id:
-            raise PrefetchUnavailableError("the Patient obtained is not context.patientId")
         return self.engine.evaluate(record, now, self.config.kb_settings)
 
 

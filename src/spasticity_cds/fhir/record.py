@@ -76,11 +76,18 @@ def recorded_death(deceased: bool | None, deceased_at: str | None, now: datetime
     return f"deceasedDateTime {deceased_at}" if died else None
 
 
-def build_record(parsed: ParsedInput, *, source: str = "<input>") -> PatientRecord:
-    """Index the parsed resources of one patient; several patients or none is an input error."""
+def build_record(parsed: ParsedInput, *, source: str = "<input>", patient_id: str | None = None) -> PatientRecord:
+    """Index the parsed resources of one patient; several patients or none is an input error.
+
+    With ``patient_id`` the Patient of that id is the patient, and any other Patient a record of someone else,
+    left out with the resources that point at it (a linked record a FHIR search returned alongside).
+    """
     patients = parsed.by_type.get("Patient", [])
+    if patient_id is not None:
+        patients = [patient for patient in patients if patient.id == patient_id]
     if not patients:
-        raise InputError("no Patient resource in the input", where=source)
+        named = f" with id {patient_id!r}" if patient_id is not None else ""
+        raise InputError(f"no Patient resource{named} in the input", where=source)
     if len(patients) > 1:
         raise InputError(
             f"{len(patients)} Patient resources in one input; evaluate one patient at a time "
@@ -89,10 +96,10 @@ def build_record(parsed: ParsedInput, *, source: str = "<input>") -> PatientReco
         )
     patient = patients[0]
     owner = _OwnerCheck(patient.reference, parsed.aliases)
-    if all(owner.is_ours(reference) for reference in parsed.owners):
+    if len(parsed.by_type["Patient"]) == 1 and all(owner.is_ours(reference) for reference in parsed.owners):
         by_type, by_reference, foreign = parsed.by_type, parsed.resources, 0
     else:
-        by_type, by_reference, foreign = _without_other_patients(parsed, owner)
+        by_type, by_reference, foreign = _without_other_patients(parsed, owner, patient)
     return PatientRecord(
         patient_resource=patient,
         by_type=by_type,
@@ -104,12 +111,13 @@ def build_record(parsed: ParsedInput, *, source: str = "<input>") -> PatientReco
 
 
 def _without_other_patients(
-    parsed: ParsedInput, owner: _OwnerCheck
+    parsed: ParsedInput, owner: _OwnerCheck, patient: Resource
 ) -> tuple[dict[str, list[Resource]], dict[str, Resource], int]:
     by_type: dict[str, list[Resource]] = {}
     by_reference: dict[str, Resource] = {}
     for key, resource in parsed.resources.items():
-        if owner.is_ours(owner_reference(resource)):
+        another_patient = resource.resource_type == "Patient" and resource is not patient
+        if not another_patient and owner.is_ours(owner_reference(resource)):
             by_type.setdefault(resource.resource_type or "", []).append(resource)
             by_reference[key] = resource
     return by_type, by_reference, len(parsed.resources) - len(by_reference)
