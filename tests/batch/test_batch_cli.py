@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import io
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -196,3 +197,16 @@ def test_an_evaluator_error_is_reported_the_run_finishes_and_exits_4(
     assert issue["code"] == "exception"
     assert issue["location"][0].startswith("Patient/p-3-4 (")
     assert "ZeroDivisionError: boom" in issue["diagnostics"]
+
+
+def test_a_run_on_an_export_that_reports_errors_exits_6_with_a_warning(clean_cohort: Path, tmp_path: Path) -> None:
+    export = tmp_path / "export"
+    shutil.copytree(clean_cohort, export)
+    manifest = orjson.loads((export / "manifest.json").read_bytes())
+    manifest["error"] = [{"type": "OperationOutcome", "url": "https://fhir.example.org/jobs/1/error.ndjson"}]
+    (export / "manifest.json").write_bytes(orjson.dumps(manifest))
+    buffer = io.StringIO()
+    console = Console(file=buffer, width=300, force_terminal=False, color_system=None)
+    args = parse(str(export / "manifest.json"), "--out", str(tmp_path / "run"), "--now", NOW.isoformat())
+    assert cli.run(args, console) == cli.INCOMPLETE_EXPORT_EXIT == 6
+    assert "The export reported errors (1 error files): the input is incomplete" in buffer.getvalue()

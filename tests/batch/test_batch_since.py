@@ -120,7 +120,7 @@ def test_an_interrupted_comparison_is_an_interrupt(
     first = tmp_path / "first"
     run(clean_cohort, first)
 
-    def interrupted(*args: object) -> dict[str, int]:
+    def interrupted(*args: object, **options: object) -> dict[str, int]:
         raise RuntimeError("Query interrupted")
 
     monkeypatch.setattr(output, "_finish", interrupted)
@@ -210,3 +210,36 @@ def test_since_a_run_caught_between_its_two_renames_is_restored_and_read(clean_c
     previous.rename(tmp_path / ".previous.old-999999999")
     summary = run(clean_cohort, tmp_path / "next", since=previous)
     assert summary.counts["tasks"]["new"] == 0 and (previous / "open.ndjson").is_file()
+
+
+def _export_without(cohort: Path, folder: Path, resource_type: str) -> Path:
+    """The cohort as an export whose server failed to export one resource type, and says so in ``error[]``."""
+    shutil.copytree(cohort, folder)
+    (folder / f"{resource_type}.ndjson").unlink()
+    manifest = orjson.loads((folder / "manifest.json").read_bytes())
+    manifest["output"] = [entry for entry in manifest["output"] if entry["type"] != resource_type]
+    failure = {"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "exception",
+               "diagnostics": f"Export of {resource_type} failed"}]}  # fmt: skip
+    (folder / "errors.ndjson").write_bytes(orjson.dumps(failure) + b"\n")
+    manifest["error"] = [{"type": "OperationOutcome", "url": "errors.ndjson"}]
+    (folder / "manifest.json").write_bytes(orjson.dumps(manifest))
+    return folder / "manifest.json"
+
+
+def test_an_export_that_reports_errors_closes_nothing_and_says_so(clean_cohort: Path, tmp_path: Path) -> None:
+    first = tmp_path / "first"
+    run(clean_cohort, first)
+    first_open = {task["id"] for task in read_ndjson(first / "open.ndjson")}
+    export = _export_without(clean_cohort, tmp_path / "export", "MedicationRequest")
+    summary = run(export, tmp_path / "second", since=first)
+    assert read_ndjson(tmp_path / "second" / "closed.ndjson") == []
+    assert first_open <= {task["id"] for task in read_ndjson(tmp_path / "second" / "open.ndjson")}
+    assert summary.manifest["input"]["exportErrors"] == ["errors.ndjson"]
+    assert summary.counts["problems"]["incomplete-export"] == 1
+    (issue,) = [
+        outcome["issue"][0]
+        for outcome in read_ndjson(tmp_path / "second" / "OperationOutcome.ndjson")
+        if outcome["issue"][0]["code"] == "incomplete"
+    ]
+    assert "the export reported errors (1 error files: errors.ndjson)" in issue["diagnostics"]
+    assert "no item of the previous run was closed" in issue["diagnostics"]

@@ -25,6 +25,8 @@ from spasticity_cds.api import parse_instant
 from spasticity_cds.errors import BatchError, EvaluationError, InputError
 
 ENGINES = ("local", "spark")
+#: Exit status of a run that finished on an export whose manifest reports errors: its worklist may miss items.
+INCOMPLETE_EXPORT_EXIT = 6
 
 
 def _instant(text: str) -> datetime:
@@ -159,6 +161,16 @@ def run(args: argparse.Namespace, console: Console) -> int:
         highlight=False,
         soft_wrap=True,
     )
+    export_errors = summary.manifest["input"]["exportErrors"]
+    if export_errors:
+        held = " Nothing was closed." if summary.manifest["since"] else ""
+        console.print(
+            f"The export reported errors ({len(export_errors):,} error files): the input is incomplete and the "
+            f"worklist may miss items.{held} See OperationOutcome.ndjson.",
+            highlight=False,
+            soft_wrap=True,
+        )
+        return INCOMPLETE_EXPORT_EXIT
     crashed = counts["problems"].get("evaluation", 0)
     if crashed:
         console.print(

@@ -46,6 +46,9 @@ class InputSet:
     transaction_time: str | None
     request: str | None
     skipped: tuple[str, ...] = ()
+    #: The export manifest's ``error[]`` files: the server says some of the export failed, so the input is
+    #: incomplete and what is absent from it says nothing.
+    export_errors: tuple[str, ...] = ()
 
 
 def discover(source: Path, downloader: Downloader | None = None) -> InputSet:
@@ -66,6 +69,7 @@ def discover(source: Path, downloader: Downloader | None = None) -> InputSet:
             transaction_time=_text(info.get("transactionTime")),
             request=_text(info.get("request")),
             skipped=tuple(path.name for path in found if path.name == CLIENT_LOG),
+            export_errors=_export_errors(info),
         )
     if source.is_file():
         info = _read_manifest(source)
@@ -76,6 +80,7 @@ def discover(source: Path, downloader: Downloader | None = None) -> InputSet:
             files=tuple(_manifest_files(source, info, downloader)),
             transaction_time=_text(info.get("transactionTime")),
             request=_text(info.get("request")),
+            export_errors=_export_errors(info),
         )
     raise BatchError("no such file or folder", where=str(source))
 
@@ -91,6 +96,17 @@ def _refuse_incremental(manifest: Path, info: dict[str, Any]) -> None:
             "not the population; run the batch on a full export",
             where=str(manifest),
         )
+
+
+def _export_errors(info: dict[str, Any]) -> tuple[str, ...]:
+    """The manifest's ``error[]`` entries, by url (or position when an entry has none)."""
+    errors = info.get("error")
+    if not isinstance(errors, list):
+        return ()
+    return tuple(
+        entry["url"] if isinstance(entry, dict) and isinstance(entry.get("url"), str) else f"error[{index}]"
+        for index, entry in enumerate(errors)
+    )
 
 
 def _is_input_name(name: str) -> bool:

@@ -187,8 +187,12 @@ class RunWriter:
         for file_id, status, more in sorted(overflow):
             self.problem(problems.overflow(status, names[file_id], more))
 
-    def finish(self, *, now: str, app_url: str, memory_limit: str) -> dict[str, int]:
-        """Write Task, open, closed, CSV, HTML; returns counts of new, open, closed and carried Tasks."""
+    def finish(self, *, now: str, app_url: str, memory_limit: str, incomplete: bool = False) -> dict[str, int]:
+        """Write Task, open, closed, CSV, HTML; returns counts of new, open, closed and carried Tasks.
+
+        ``incomplete``: the input is known to lack data (the export reported errors), so an item that no longer
+        fires, or whose patient is absent, is carried open, not closed: the data that would show it may be what
+        is missing."""
         self.close()
         previous = self.previous
         if previous is None:
@@ -198,7 +202,7 @@ class RunWriter:
         connection = _duckdb(memory_limit, self.work / "spill")
         try:
             connection.execute("SET enable_progress_bar = false")
-            return _finish(connection, self.root, self.work, previous, now, app_url)
+            return _finish(connection, self.root, self.work, previous, now, app_url, incomplete=incomplete)
         except duckdb.Error as error:
             raise BatchError(
                 f"cannot compare with the previous run: {_first_line(error)}", where=str(previous)
@@ -245,7 +249,14 @@ def _finish_first(root: Path, work: Path, app_url: str, count: int) -> dict[str,
 
 
 def _finish(
-    connection: duckdb.DuckDBPyConnection, root: Path, work: Path, previous: Path, now: str, app_url: str
+    connection: duckdb.DuckDBPyConnection,
+    root: Path,
+    work: Path,
+    previous: Path,
+    now: str,
+    app_url: str,
+    *,
+    incomplete: bool,
 ) -> dict[str, int]:
     """With ``--since``: only ids and keys go into DuckDB; Task and row text is streamed from the work files in
     step with it."""
@@ -291,7 +302,7 @@ def _finish(
             numbered = enumerate(old, start=1)
             for ord_, status, superseded in gone:
                 line = next(text for number, text in numbered if number == ord_)
-                if status == FAILED:
+                if status == FAILED or (incomplete and status != DECEASED and not superseded):
                     open_tasks.write(line)
                     _append_carried_row(work, orjson.loads(line))
                     counts["carried"] += 1

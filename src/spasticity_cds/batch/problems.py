@@ -201,6 +201,7 @@ NO_PATIENT: Final = "no-patient"
 CONTEXT: Final = "context"
 PATIENT_INPUT: Final = "patient-input"
 EVALUATION: Final = "evaluation"
+INCOMPLETE_EXPORT: Final = "incomplete-export"
 #: The categories of a single input line (counted per file, reported with file and line).
 LINE_PROBLEMS: Final = (MALFORMED, UNKNOWN_TYPE, NO_PATIENT)
 #: A problem line kept for the report: (line number, resource type, raw text).
@@ -212,6 +213,7 @@ CATEGORIES: Final = {
     NO_PATIENT: ("warning", "processing"),
     PATIENT_INPUT: ("error", "invalid"),
     EVALUATION: ("error", "exception"),
+    INCOMPLETE_EXPORT: ("error", "incomplete"),
 }
 #: Per input file and category, lines reported one by one; the rest are summed up in one more record.
 DETAIL_CAP: Final = 100

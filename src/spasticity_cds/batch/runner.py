@@ -121,10 +121,14 @@ def _run_into(
             for category in problems.LINE_PROBLEMS:
                 if stats.get(category):
                     writer.counts.problem(category, stats[category])
+        if inputs.export_errors:
+            writer.problem(_incomplete_export(inputs, since=previous is not None))
+            writer.counts.problem(problems.INCOMPLETE_EXPORT)
         tasks = writer.finish(
             now=options.now.isoformat(),
             app_url=options.app_url,
             memory_limit=options.memory_limit,
+            incomplete=bool(inputs.export_errors),
         )
     finally:
         writer.close()
@@ -134,6 +138,17 @@ def _run_into(
     output.write_json(partial / output.MANIFEST, manifest)
     shutil.rmtree(writer.work)
     return manifest
+
+
+def _incomplete_export(inputs: InputSet, *, since: bool) -> dict[str, Any]:
+    """The OperationOutcome saying the export itself reported errors."""
+    named = ", ".join(inputs.export_errors[:5]) + (", ..." if len(inputs.export_errors) > 5 else "")
+    held = "; no item of the previous run was closed" if since else ""
+    diagnostics = (
+        f"the export reported errors ({len(inputs.export_errors)} error files: {named}): the input is incomplete, "
+        f"so the worklist may miss items{held}. Export again, then run the batch on the complete export"
+    )
+    return problems.operation_outcome(problems.INCOMPLETE_EXPORT, diagnostics, str(inputs.source))
 
 
 def _manifest(
@@ -175,6 +190,7 @@ def _manifest(
             "request": inputs.request,
             "files": files,
             "skipped": [{"url": name, "reason": CLIENT_LOG_REASON} for name in inputs.skipped],
+            "exportErrors": list(inputs.export_errors),
         },
         "since": {"run": str(previous)} if previous is not None else None,
         "counts": {
