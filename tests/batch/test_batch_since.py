@@ -7,6 +7,7 @@ import shutil
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -110,6 +111,25 @@ def test_a_day_later_unchanged_input_keeps_every_item(tmp_path: Path) -> None:
     later = run(cohort, tmp_path / "later", since=first, now=NOW + timedelta(days=1))
     assert later.counts["tasks"]["new"] == later.counts["tasks"]["closed"] == 0
     assert (tmp_path / "later" / "Task.ndjson").read_bytes() == b""
+
+
+@pytest.mark.parametrize("days", [7, 30])
+def test_weeks_later_no_item_is_closed_and_reopened_unchanged(tmp_path: Path, days: int) -> None:
+    """Results age past their validity as time passes; an item whose finding reads the same stays the same item."""
+    cohort = tmp_path / "cohort"
+    write_cohort(cohort, n=200, profile="typical", seed=7, fmt="bulk")
+    first = tmp_path / "first"
+    run(cohort, first)
+    later = tmp_path / "later"
+    run(cohort, later, since=first, now=NOW + timedelta(days=days))
+
+    def same_item(task: dict[str, Any]) -> tuple[str, str, str]:
+        return task["for"]["reference"], task["reasonCode"]["text"], task["description"]
+
+    reopened = {same_item(task) for task in read_ndjson(later / "Task.ndjson")} & {
+        same_item(task) for task in read_ndjson(later / "closed.ndjson")
+    }
+    assert not reopened
 
 
 def test_an_interrupted_comparison_is_an_interrupt(

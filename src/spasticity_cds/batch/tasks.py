@@ -19,10 +19,12 @@ INT32_MAX = 2**31 - 1
 
 
 def task_key(patient: str, finding: Mapping[str, Any]) -> str:
-    """Stable id of a worklist item: a hash of (patient, rule id + version, the inputs the rule used). A count of
-    days since a date (days on a drug, since the last liver test) is keyed by that date: the count grows every day
-    while nothing about the patient changed."""
-    facts = [_dated_count_as_date(fact) for fact in finding.get("facts", [])]
+    """Stable id of a worklist item: a hash of (patient, rule id + version, the inputs the rule used). What changes
+    with the calendar alone is keyed by what it derives from, so an item keeps its id from day to day while
+    nothing about the patient changed: a count of days since a date (days on a drug, since the last liver test) by
+    that date, and a result by its value and date whether or not it has aged past its validity (an aged result the
+    rule needs changes the finding itself)."""
+    facts = [_calendar_free(fact) for fact in finding.get("facts", [])]
     inputs = {"facts": facts, "evidence": finding.get("evidence", [])}
     material = orjson.dumps(
         [patient, finding["rule_id"], finding["rule_version"], inputs],
@@ -31,10 +33,11 @@ def task_key(patient: str, finding: Mapping[str, Any]) -> str:
     return hashlib.sha256(material).hexdigest()[:32]
 
 
-def _dated_count_as_date(fact: Mapping[str, Any]) -> Mapping[str, Any]:
-    if fact.get("unit") == "days" and fact.get("date"):
-        return {name: value for name, value in fact.items() if name != "value"}
-    return fact
+def _calendar_free(fact: Mapping[str, Any]) -> Mapping[str, Any]:
+    dated_count = fact.get("unit") == "days" and fact.get("date")
+    if not dated_count and "stale" not in fact:
+        return fact
+    return {name: value for name, value in fact.items() if name != "stale" and not (dated_count and name == "value")}
 
 
 def patient_label(patient: Mapping[str, Any]) -> tuple[str, str]:
