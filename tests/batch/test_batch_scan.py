@@ -125,3 +125,21 @@ def test_a_provenance_belongs_to_the_first_patient_among_its_targets(targets: An
     classified = problems.classify(raw)
     assert (classified.status, classified.key) == (problems.NO_PATIENT if key is None else problems.OK, key)
     assert fast_key(raw) is None
+
+
+def test_version_specific_patient_and_medication_references_are_read_as_their_resources() -> None:
+    raw = orjson.dumps(
+        {
+            "resourceType": "MedicationRequest",
+            "id": "mr",
+            "subject": {"reference": "Patient/p1/_history/2"},
+            "medicationReference": {"reference": "https://ehr.example/fhir/Medication/cipro/_history/4"},
+        }
+    )
+    classified = problems.classify(raw)
+    assert (classified.status, classified.key, classified.medication_ref) == (
+        problems.OK,
+        "Patient/p1",
+        "Medication/cipro",
+    )
+    assert fast_key(raw) is None

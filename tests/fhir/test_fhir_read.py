@@ -176,6 +176,21 @@ def test_a_named_patient_is_chosen_among_several_and_the_others_records_left_out
         read_patient(document, source="test.json", patient_id="p3")
 
 
+def test_version_specific_references_find_their_resources() -> None:
+    medication = {"resourceType": "Medication", "id": "cipro", "code": {"text": "ciprofloxacin"}}
+    order = {
+        "resourceType": "MedicationRequest",
+        "id": "mr",
+        "status": "active",
+        "subject": {"reference": "Patient/p1/_history/2"},
+        "medicationReference": {"reference": "Medication/cipro/_history/4"},
+    }
+    rec = read(bundle(PATIENT, medication, order))
+    assert rec.other_patient_resources == 0 and [r.id for r in rec.of_type("MedicationRequest")] == ["mr"]
+    resolved = rec.resolve("Medication/cipro/_history/4")
+    assert resolved is not None and resolved.id == "cipro"
+
+
 def test_duplicates_keep_the_latest_version() -> None:
     old = {**condition("c1"), "meta": {"lastUpdated": "2026-01-01T00:00:00Z"}, "code": {"text": "old"}}
     new = {**condition("c1"), "meta": {"lastUpdated": "2026-06-01T00:00:00Z"}, "code": {"text": "new"}}

@@ -183,9 +183,10 @@ CONTEXT_TYPES: Final = frozenset(
 
 #: Fields that tie a resource to its patient, in the order the record builder reads them.
 PATIENT_LINK_FIELDS: Final = ("subject", "patient", "beneficiary")
-#: A reference to a patient: relative, absolute or versionless; group 2 is the id.
-PATIENT_REFERENCE: Final = r"(^|/)Patient/([^/]+)$"
-MEDICATION_REFERENCE: Final = r"(^|/)Medication/([^/]+)$"
+#: A reference to a Patient or Medication, relative or absolute, optionally version-specific (``/_history/2``);
+#: group 2 is the id.
+PATIENT_REFERENCE: Final = r"(^|/)Patient/([^/]+)(/_history/[^/]+)?$"
+MEDICATION_REFERENCE: Final = r"(^|/)Medication/([^/]+)(/_history/[^/]+)?$"
 _PATIENT_RE = re.compile(PATIENT_REFERENCE)
 _MEDICATION_RE = re.compile(MEDICATION_REFERENCE)
 #: Checks JSON syntax only (every field skipped), as the engines' typed line decoders do.
@@ -254,7 +255,7 @@ def _provenance_patient(document: Mapping[str, Any], resource_type: str) -> str 
         reference = target.get("reference") if isinstance(target, dict) else None
         if not isinstance(reference, str):
             continue
-        match = _PATIENT_RE.search(reference.split("/_history/", 1)[0])
+        match = _PATIENT_RE.search(reference)
         if match:
             return f"Patient/{match.group(2)}"
     return None

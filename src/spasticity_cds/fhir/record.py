@@ -43,7 +43,7 @@ class PatientRecord:
         return self.by_type.get(resource_type, [])
 
     def normalise(self, reference: str) -> str:
-        """Map a ``urn:uuid:`` or absolute reference to ``Type/id``."""
+        """Map a ``urn:uuid:``, absolute or version-specific reference to ``Type/id``."""
         if reference in self.aliases:
             return self.aliases[reference]
         return _relative(reference)
@@ -141,7 +141,9 @@ class _OwnerCheck:
 
 
 def _relative(reference: str) -> str:
-    """``Type/id`` from an absolute URL ending in it; any other reference as it is."""
+    """``Type/id`` from an absolute URL ending in it or a version-specific reference (``Type/id/_history/2``, as
+    Provenance and some servers write); any other reference as it is."""
+    reference = reference.split("/_history/", 1)[0]
     if reference.startswith(("http://", "https://")):
         parts = reference.rstrip("/").split("/")
         if len(parts) >= 2:
