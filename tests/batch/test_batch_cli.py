@@ -210,3 +210,13 @@ def test_a_run_on_an_export_that_reports_errors_exits_6_with_a_warning(clean_coh
     args = parse(str(export / "manifest.json"), "--out", str(tmp_path / "run"), "--now", NOW.isoformat())
     assert cli.run(args, console) == cli.INCOMPLETE_EXPORT_EXIT == 6
     assert "The export reported errors (1 error files): the input is incomplete" in buffer.getvalue()
+
+
+def test_the_summary_names_folder_entries_that_were_not_read(clean_cohort: Path, tmp_path: Path) -> None:
+    export = tmp_path / "export"
+    shutil.copytree(clean_cohort, export)
+    (export / "Condition.ndjson").rename(export / "Condition.NDJSON")
+    buffer = io.StringIO()
+    console = Console(file=buffer, width=300, force_terminal=False, color_system=None)
+    assert cli.run(parse(str(export), "--out", str(tmp_path / "run"), "--now", NOW.isoformat()), console) == 0
+    assert "Not read: 1 entries of the input folder (Condition.NDJSON)" in buffer.getvalue()

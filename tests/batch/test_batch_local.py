@@ -233,3 +233,17 @@ def test_copy_of_folder_without_manifest_uses_now_as_transaction_time(clean_coho
     summary = run(folder, tmp_path / "out")
     assert summary.manifest["transactionTime"] == NOW.isoformat()
     assert summary.manifest["evaluatedAt"] == "2026-11-01T09:30:00-05:00"
+
+
+def test_every_folder_entry_that_is_not_read_is_listed_with_its_reason(clean_cohort: Path, tmp_path: Path) -> None:
+    export = tmp_path / "export"
+    shutil.copytree(clean_cohort, export)
+    (export / "Condition.ndjson").rename(export / "Condition.NDJSON")
+    (export / "Procedure.ndjson").rename(export / "Procedure.jsonl")
+    (export / "sub").mkdir()
+    (export / "notes.txt").write_text("not FHIR", encoding="utf-8")
+    summary = run(export, tmp_path / "run")
+    skipped = {entry["url"]: entry["reason"] for entry in summary.manifest["input"]["skipped"]}
+    assert set(skipped) == {"Condition.NDJSON", "notes.txt", "sub"}
+    assert "not an NDJSON" in skipped["Condition.NDJSON"] and "subfolders" in skipped["sub"]
+    assert "Procedure.jsonl" in [entry["url"] for entry in summary.manifest["input"]["files"]]

@@ -161,6 +161,15 @@ def run(args: argparse.Namespace, console: Console) -> int:
         highlight=False,
         soft_wrap=True,
     )
+    skipped = summary.manifest["input"]["skipped"]
+    if skipped:
+        names = ", ".join(entry["url"] for entry in skipped[:5]) + (", ..." if len(skipped) > 5 else "")
+        console.print(
+            f"Not read: {len(skipped):,} entries of the input folder ({names}); their reasons are in the manifest's "
+            "input.skipped.",
+            highlight=False,
+            soft_wrap=True,
+        )
     export_errors = summary.manifest["input"]["exportErrors"]
     if export_errors:
         held = " Nothing was closed." if summary.manifest["since"] else ""

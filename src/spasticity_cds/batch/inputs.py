@@ -15,13 +15,17 @@ from spasticity_cds.errors import BatchError
 if TYPE_CHECKING:
     from spasticity_cds.batch.download import Downloader
 
-SUFFIXES = (".ndjson", ".ndjson.gz")
+#: NDJSON file names (``.jsonl`` is the same format under another name); other names, ``.NDJSON`` too, are skipped
+#: and listed as such.
+SUFFIXES = (".ndjson", ".ndjson.gz", ".jsonl", ".jsonl.gz")
 #: A file of one JSON document in a folder, plain or gzipped: a Bundle (Synthea writes one per patient) or a single
 #: resource.
 BUNDLE_SUFFIXES = (".json", ".json.gz")
 #: The export log the SMART Bulk Data client writes beside the files it downloads (events, not resources).
 CLIENT_LOG = "log.ndjson"
 CLIENT_LOG_REASON = "the Bulk Data client's export log"
+OTHER_FILE_REASON = "not an NDJSON (.ndjson, .jsonl) or Bundle (.json) file, optionally .gz"
+FOLDER_REASON = "a folder: the input folder is read without its subfolders"
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,7 +49,8 @@ class InputSet:
     files: tuple[InputFile, ...]
     transaction_time: str | None
     request: str | None
-    skipped: tuple[str, ...] = ()
+    #: Entries of an input folder that were not read, each with the reason.
+    skipped: tuple[tuple[str, str], ...] = ()
     #: The export manifest's ``error[]`` files: the server says some of the export failed, so the input is
     #: incomplete and what is absent from it says nothing.
     export_errors: tuple[str, ...] = ()
@@ -56,8 +61,8 @@ def discover(source: Path, downloader: Downloader | None = None) -> InputSet:
     raises ``BatchError`` when unusable."""
     if source.is_dir():
         manifest = source / "manifest.json"
-        found = sorted(p for p in source.iterdir() if p.is_file() and _is_input_name(p.name))
-        files = [path for path in found if path.name != CLIENT_LOG]
+        entries = sorted(source.iterdir())
+        files = [path for path in entries if path.is_file() and _is_input_name(path.name)]
         if not files:
             raise BatchError("no .ndjson(.gz) or Bundle .json(.gz) files in the folder", where=str(source))
         info = _read_manifest(manifest) if manifest.is_file() else {}
@@ -65,10 +70,12 @@ def discover(source: Path, downloader: Downloader | None = None) -> InputSet:
         return InputSet(
             source=source,
             kind="folder",
-            files=tuple(InputFile(path, path.name, bundle=path.name.endswith(BUNDLE_SUFFIXES)) for path in files),
+            files=tuple(InputFile(path, path.name, bundle=_is_bundle_name(path.name)) for path in files),
             transaction_time=_text(info.get("transactionTime")),
             request=_text(info.get("request")),
-            skipped=tuple(path.name for path in found if path.name == CLIENT_LOG),
+            skipped=tuple(
+                (path.name, reason) for path in entries if path != manifest and (reason := _skip_reason(path))
+            ),
             export_errors=_export_errors(info),
         )
     if source.is_file():
@@ -110,7 +117,20 @@ def _export_errors(info: dict[str, Any]) -> tuple[str, ...]:
 
 
 def _is_input_name(name: str) -> bool:
-    return name.endswith(SUFFIXES) or (name.endswith(BUNDLE_SUFFIXES) and name != "manifest.json")
+    return name != CLIENT_LOG and (name.endswith(SUFFIXES) or _is_bundle_name(name))
+
+
+def _is_bundle_name(name: str) -> bool:
+    return name.endswith(BUNDLE_SUFFIXES) and name != "manifest.json"
+
+
+def _skip_reason(path: Path) -> str | None:
+    """Why a folder entry is not read (every one is named in the run's manifest), or None when it is read."""
+    if path.is_dir():
+        return FOLDER_REASON
+    if path.name == CLIENT_LOG:
+        return CLIENT_LOG_REASON
+    return None if _is_input_name(path.name) else OTHER_FILE_REASON
 
 
 def _text(value: Any) -> str | None:

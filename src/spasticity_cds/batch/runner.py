@@ -13,7 +13,7 @@ from typing import Any
 
 from spasticity_cds.batch import bundles, output, problems
 from spasticity_cds.batch.download import Downloader, DownloadProgress
-from spasticity_cds.batch.inputs import CLIENT_LOG_REASON, InputSet, discover
+from spasticity_cds.batch.inputs import InputSet, discover
 from spasticity_cds.batch.patient import EvaluationSpec, cached_evaluator
 from spasticity_cds.batch.scan import BLOCK_BYTES
 from spasticity_cds.errors import BatchError
@@ -189,7 +189,7 @@ def _manifest(
             "transactionTime": inputs.transaction_time,
             "request": inputs.request,
             "files": files,
-            "skipped": [{"url": name, "reason": CLIENT_LOG_REASON} for name in inputs.skipped],
+            "skipped": [{"url": name, "reason": reason} for name, reason in inputs.skipped],
             "exportErrors": list(inputs.export_errors),
         },
         "since": {"run": str(previous)} if previous is not None else None,
