@@ -54,6 +54,10 @@ def bad_cohort(clean_cohort: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     }
     with (out / "MedicationRequest.ndjson").open("ab") as handle:
         handle.write(orjson.dumps(request) + b"\n")
+    procedures = out / "Procedure.ndjson"  # Windows line ends, and a lone CR inside a line (JSON whitespace)
+    lines = procedures.read_bytes().splitlines()
+    lines[0] = lines[0].replace(b'","', b'",\r"', 1)
+    procedures.write_bytes(b"".join(line + b"\r\n" for line in lines))
     (out / "manifest.json").unlink()
     return out
 

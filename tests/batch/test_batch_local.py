@@ -247,3 +247,16 @@ def test_every_folder_entry_that_is_not_read_is_listed_with_its_reason(clean_coh
     assert set(skipped) == {"Condition.NDJSON", "notes.txt", "sub"}
     assert "not an NDJSON" in skipped["Condition.NDJSON"] and "subfolders" in skipped["sub"]
     assert "Procedure.jsonl" in [entry["url"] for entry in summary.manifest["input"]["files"]]
+
+
+def test_a_lone_cr_inside_a_line_is_json_whitespace_and_line_numbers_hold(tmp_path: Path) -> None:
+    export = tmp_path / "export"
+    export.mkdir()
+    (export / "Patient.ndjson").write_bytes(
+        b'{"resourceType":"Patient",\r"id":"a"}\n{"resourceType":"Patient","id":"b"}\r\nGARBAGE\n'
+    )
+    summary = run(export, tmp_path / "run")
+    (entry,) = summary.manifest["input"]["files"]
+    assert (entry["lines"], entry["resources"], entry["problems"]) == (3, 2, {"malformed": 1})
+    (outcome,) = read_ndjson(tmp_path / "run" / "OperationOutcome.ndjson")
+    assert outcome["issue"][0]["location"] == ["Patient.ndjson:3"]

@@ -78,6 +78,13 @@ def test_ndjson_lines_and_blank_lines() -> None:
     assert len(rec.of_type("Condition")) == 2
 
 
+def test_ndjson_lines_end_at_lf_only_and_a_windows_line_end_is_read_too() -> None:
+    inner_cr = orjson.dumps(condition("c1")).replace(b'","', b'",\r"', 1)  # a lone CR is JSON whitespace
+    data = orjson.dumps(PATIENT) + b"\r\n" + inner_cr + b"\r\n" + orjson.dumps(condition("c2")) + b"\n"
+    rec = read_patient(data, source="bulk.ndjson")
+    assert [r.id for r in rec.of_type("Condition")] == ["c1", "c2"]
+
+
 def test_ndjson_with_a_broken_line_names_the_line() -> None:
     data = orjson.dumps(PATIENT) + b"\n{not json\n"
     with pytest.raises(InputError, match="line 2 is not valid JSON") as raised:

@@ -16,6 +16,7 @@ import orjson
 from spasticity_cds.batch import problems
 from spasticity_cds.batch.bundles import bundle_block, entry_lines
 from spasticity_cds.batch.inputs import InputFile
+from spasticity_cds.fhir.parse import ndjson_lines
 
 #: Input bytes per scan block (one segment of spilled partitions) and per patient partition.
 BLOCK_BYTES = 32 * 1024 * 1024
@@ -222,7 +223,7 @@ class _Spill:
 def _scan_block(task: ScanTask, block: bytes, result: ScanResult, out: IO[bytes]) -> None:
     spill = _Spill(task.partitions)
     first_line = result.lines
-    lines = block.splitlines()
+    lines = ndjson_lines(block)
     run_key: str | None = None
     run_first = 0
     run: list[bytes] = []

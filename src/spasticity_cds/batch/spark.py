@@ -26,6 +26,8 @@ if TYPE_CHECKING:
 Row = tuple[Line, problems.Classified]
 #: The master when neither ``--spark-master`` nor spark-submit names one.
 LOCAL_MASTER = "local[2]"
+#: The Hadoop text reader's line delimiter setting.
+RECORD_DELIMITER = "textinputformat.record.delimiter"
 
 
 def evaluate_partition(
@@ -59,7 +61,7 @@ Tally = tuple[int, list[Kept]]
 def _numbered(index: int) -> Callable[[tuple[str, int]], Line]:
     # pyspark's stubs type textFile as text even with use_unicode=False; the lines are bytes.
     def number(pair: tuple[str, int]) -> Line:
-        return index, pair[1] + 1, cast(bytes, pair[0])
+        return index, pair[1] + 1, cast(bytes, pair[0]).removesuffix(b"\r")  # a Windows line end, as ndjson_lines
 
     return number
 
@@ -162,6 +164,10 @@ def run_spark(
     session, created = _session(options)
     try:
         context = session.sparkContext
+        # Lines end at LF only, as NDJSON says and the local engine reads them: Hadoop's text reader otherwise also
+        # ends a line at a lone CR, which JSON allows inside a line as whitespace. Set on the context, so that it
+        # holds in a session spark-submit made too.
+        context._jsc.hadoopConfiguration().set(RECORD_DELIMITER, "\n")
         master = str(context.master)
         parts = [
             context.textFile(str(item.path), minPartitions=1, use_unicode=False).zipWithIndex().map(_numbered(index))

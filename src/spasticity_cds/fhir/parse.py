@@ -168,9 +168,18 @@ def parse_bytes(data: bytes, *, source: str = "<input>") -> ParsedInput:
     return parsed
 
 
+def ndjson_lines(data: bytes) -> list[bytes]:
+    """The lines of NDJSON text, split at LF only (as the NDJSON spec says): a CR alone is JSON whitespace and may
+    stand inside a line; a CR before the LF (Windows line ends) is dropped. No empty last line after a final LF."""
+    lines = data.split(b"\n")
+    if not lines[-1]:
+        lines.pop()
+    return [line.removesuffix(b"\r") for line in lines] if b"\r" in data else lines
+
+
 def _parse_ndjson(data: bytes, source: str) -> ParsedInput:
     parsed = ParsedInput()
-    for line_number, line in enumerate(data.splitlines(), start=1):
+    for line_number, line in enumerate(ndjson_lines(data), start=1):
         if not line.strip():
             continue
         try:
