@@ -208,8 +208,8 @@ def test_a_run_on_an_export_that_reports_errors_exits_6_with_a_warning(clean_coh
     buffer = io.StringIO()
     console = Console(file=buffer, width=300, force_terminal=False, color_system=None)
     args = parse(str(export / "manifest.json"), "--out", str(tmp_path / "run"), "--now", NOW.isoformat())
-    assert cli.run(args, console) == cli.INCOMPLETE_EXPORT_EXIT == 6
-    assert "The export reported errors (1 error files): the input is incomplete" in buffer.getvalue()
+    assert cli.run(args, console) == cli.INCOMPLETE_INPUT_EXIT == 6
+    assert "The input is incomplete (1 error files the export reported, 0 files that" in buffer.getvalue()
 
 
 def test_the_summary_names_folder_entries_that_were_not_read(clean_cohort: Path, tmp_path: Path) -> None:

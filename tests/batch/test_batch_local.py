@@ -260,3 +260,28 @@ def test_a_lone_cr_inside_a_line_is_json_whitespace_and_line_numbers_hold(tmp_pa
     assert (entry["lines"], entry["resources"], entry["problems"]) == (3, 2, {"malformed": 1})
     (outcome,) = read_ndjson(tmp_path / "run" / "OperationOutcome.ndjson")
     assert outcome["issue"][0]["location"] == ["Patient.ndjson:3"]
+
+
+def test_a_file_that_cannot_be_read_to_its_end_is_reported_and_the_rest_is_run(
+    clean_cohort: Path, tmp_path: Path
+) -> None:
+    export = tmp_path / "export"
+    shutil.copytree(clean_cohort, export)
+    (export / "manifest.json").unlink()
+    whole = gzip.compress((export / "Observation.ndjson").read_bytes())
+    (export / "Observation.ndjson").unlink()
+    (export / "Observation.ndjson.gz").write_bytes(whole[: len(whole) // 2])  # cut short, as by a failed copy
+    (export / "Fake.ndjson.gz").write_bytes(b'{"resourceType": "Patient", "id": "plain-text"}\n')
+    summary = run(export, tmp_path / "run")
+    files = {entry["url"]: entry for entry in summary.manifest["input"]["files"]}
+    assert "Compressed file ended" in files["Observation.ndjson.gz"]["unreadable"]
+    assert "unreadable" in files["Fake.ndjson.gz"] and "unreadable" not in files["Patient.ndjson"]
+    assert summary.manifest["input"]["complete"] is False
+    assert summary.counts["problems"]["unreadable-file"] == 2
+    assert summary.counts["patientsEvaluated"] == N
+    reported = {
+        outcome["issue"][0]["location"][0]
+        for outcome in read_ndjson(tmp_path / "run" / "OperationOutcome.ndjson")
+        if outcome["issue"][0]["details"]["coding"][0]["code"] == "unreadable-file"
+    }
+    assert reported == {"Observation.ndjson.gz", "Fake.ndjson.gz"}

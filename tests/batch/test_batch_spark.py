@@ -111,3 +111,16 @@ def test_a_spark_master_that_cannot_be_used_is_a_batch_error(
         run(clean_cohort, tmp_path / "out", engine="spark", spark_master="bogus://nowhere")
     assert "org.apache" not in str(refused.value)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_file_spark_cannot_read_is_a_batch_error_naming_the_cause(
+    spark_session: Any, clean_cohort: Path, tmp_path: Path
+) -> None:
+    from spasticity_cds.errors import BatchError
+
+    export = tmp_path / "export"
+    shutil.copytree(clean_cohort, export)
+    (export / "Fake.ndjson.gz").write_bytes(b'{"resourceType": "Patient", "id": "plain-text"}\n')
+    with pytest.raises(BatchError, match=r"Spark could not finish the run: java\.io\.IOException: not a gzip file"):
+        run(export, tmp_path / "out", engine="spark")
+    assert not (tmp_path / "out").exists()

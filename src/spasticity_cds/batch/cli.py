@@ -25,8 +25,9 @@ from spasticity_cds.api import parse_instant
 from spasticity_cds.errors import BatchError, EvaluationError, InputError
 
 ENGINES = ("local", "spark")
-#: Exit status of a run that finished on an export whose manifest reports errors: its worklist may miss items.
-INCOMPLETE_EXPORT_EXIT = 6
+#: Exit status of a run that finished on an incomplete input (the export reported errors, or a file could not be
+#: read to its end): its worklist may miss items, and nothing was closed.
+INCOMPLETE_INPUT_EXIT = 6
 
 
 def _instant(text: str) -> datetime:
@@ -170,16 +171,17 @@ def run(args: argparse.Namespace, console: Console) -> int:
             highlight=False,
             soft_wrap=True,
         )
-    export_errors = summary.manifest["input"]["exportErrors"]
-    if export_errors:
+    if not summary.manifest["input"]["complete"]:
+        export_errors = len(summary.manifest["input"]["exportErrors"])
+        unreadable = sum(1 for entry in summary.manifest["input"]["files"] if "unreadable" in entry)
         held = " Nothing was closed." if summary.manifest["since"] else ""
         console.print(
-            f"The export reported errors ({len(export_errors):,} error files): the input is incomplete and the "
-            f"worklist may miss items.{held} See OperationOutcome.ndjson.",
+            f"The input is incomplete ({export_errors:,} error files the export reported, {unreadable:,} files that "
+            f"could not be read to their end): the worklist may miss items.{held} See OperationOutcome.ndjson.",
             highlight=False,
             soft_wrap=True,
         )
-        return INCOMPLETE_EXPORT_EXIT
+        return INCOMPLETE_INPUT_EXIT
     crashed = counts["problems"].get("evaluation", 0)
     if crashed:
         console.print(

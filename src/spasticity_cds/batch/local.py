@@ -20,7 +20,6 @@ import orjson
 from spasticity_cds.batch import partition, problems, scan
 from spasticity_cds.batch.inputs import InputFile
 from spasticity_cds.batch.patient import EvaluationSpec, Line
-from spasticity_cds.errors import BatchError
 
 if TYPE_CHECKING:
     from spasticity_cds.batch.inputs import InputSet
@@ -46,6 +45,8 @@ class Layout:
     medication_refs: set[str] = field(default_factory=set)
     shared: list[partition.Slice] = field(default_factory=list)
     patient_lines: int = 0
+    #: Per file that could not be read to its end (a truncated gzip): why, after how many lines.
+    unreadable: dict[int, str] = field(default_factory=dict)
 
 
 class _Pool:
@@ -123,7 +124,12 @@ def run_local(
                 progress(done, max(total, done))
     for outcome in partition.merged(job.out for job in jobs):
         writer.write(outcome)
-    return EngineReport(patients=done, file_stats=layout.stats, engine={"name": "local", "workers": options.workers})
+    return EngineReport(
+        patients=done,
+        file_stats=layout.stats,
+        engine={"name": "local", "workers": options.workers},
+        unreadable={inputs.files[file_id].name: why for file_id, why in sorted(layout.unreadable.items())},
+    )
 
 
 def grouped(
@@ -156,11 +162,11 @@ def _layout(
     layout = Layout(partitions=count, slices=[[] for _ in range(count)], stats=[{} for _ in files])
     next_line = [1] * len(files)
     for task, result in zip(tasks, results, strict=True):
-        if result.error is not None:
-            raise BatchError(result.error, where=files[task.file_id].name)
         base = next_line[task.file_id]
         next_line[task.file_id] += result.lines
         _add_result(layout, result, base)
+        if result.error is not None:  # the lines read before it are kept; the run goes on, its input incomplete
+            layout.unreadable[task.file_id] = f"{result.error} (after line {next_line[task.file_id] - 1:,})"
     return layout
 
 

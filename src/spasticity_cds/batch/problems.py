@@ -203,6 +203,7 @@ CONTEXT: Final = "context"
 PATIENT_INPUT: Final = "patient-input"
 EVALUATION: Final = "evaluation"
 INCOMPLETE_EXPORT: Final = "incomplete-export"
+UNREADABLE_FILE: Final = "unreadable-file"
 #: The categories of a single input line (counted per file, reported with file and line).
 LINE_PROBLEMS: Final = (MALFORMED, UNKNOWN_TYPE, NO_PATIENT)
 #: A problem line kept for the report: (line number, resource type, raw text).
@@ -215,6 +216,7 @@ CATEGORIES: Final = {
     PATIENT_INPUT: ("error", "invalid"),
     EVALUATION: ("error", "exception"),
     INCOMPLETE_EXPORT: ("error", "incomplete"),
+    UNREADABLE_FILE: ("error", "incomplete"),
 }
 #: Per input file and category, lines reported one by one; the rest are summed up in one more record.
 DETAIL_CAP: Final = 100

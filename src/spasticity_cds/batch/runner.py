@@ -66,6 +66,8 @@ class EngineReport:
     patients: int
     file_stats: list[dict[str, int]]
     engine: dict[str, Any] = field(default_factory=dict)
+    #: Files that could not be read to their end, by name, with why: the input is incomplete.
+    unreadable: dict[str, str] = field(default_factory=dict)
 
 
 def run_batch(
@@ -124,11 +126,16 @@ def _run_into(
         if inputs.export_errors:
             writer.problem(_incomplete_export(inputs, since=previous is not None))
             writer.counts.problem(problems.INCOMPLETE_EXPORT)
+        for name, why in report.unreadable.items():
+            held = "; no item of the previous run was closed" if previous is not None else ""
+            diagnostics = f"the file cannot be read to its end: {why}; the input is incomplete{held}"
+            writer.problem(problems.operation_outcome(problems.UNREADABLE_FILE, diagnostics, name))
+            writer.counts.problem(problems.UNREADABLE_FILE)
         tasks = writer.finish(
             now=options.now.isoformat(),
             app_url=options.app_url,
             memory_limit=options.memory_limit,
-            incomplete=bool(inputs.export_errors),
+            incomplete=bool(inputs.export_errors or report.unreadable),
         )
     finally:
         writer.close()
@@ -172,6 +179,8 @@ def _manifest(
         }
         if item.declared_type:
             entry["type"] = item.declared_type
+        if item.name in report.unreadable:
+            entry["unreadable"] = report.unreadable[item.name]
         files.append(entry)
     error = []
     if writer.outcome_count:
@@ -191,6 +200,7 @@ def _manifest(
             "files": files,
             "skipped": [{"url": name, "reason": reason} for name, reason in inputs.skipped],
             "exportErrors": list(inputs.export_errors),
+            "complete": not (inputs.export_errors or report.unreadable),
         },
         "since": {"run": str(previous)} if previous is not None else None,
         "counts": {

@@ -5,6 +5,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import os
+import re
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, cast
@@ -158,6 +159,7 @@ def run_spark(
     from spasticity_cds.batch.runner import EngineReport
 
     try:
+        from py4j.protocol import Py4JJavaError
         from pyspark import StorageLevel
     except ImportError:
         raise BatchError("--engine spark needs PySpark: pip install 'spasticity-cds[spark]'") from None
@@ -205,7 +207,18 @@ def run_spark(
             if progress is not None:
                 progress(done, total)
         rows.unpersist()
+    except Py4JJavaError as error:  # a job failed on the cluster: its Java cause says why, not a Python traceback
+        raise BatchError(f"Spark could not finish the run: {_java_cause(error)}") from None
     finally:
         if created:
             session.stop()
     return EngineReport(patients=total, file_stats=stats, engine={"name": "spark", "master": master})
+
+
+def _java_cause(error: Exception) -> str:
+    """The innermost ``Caused by:`` of a Java error (``java.io.IOException: not a gzip file``), else its first line;
+    a file Hadoop cannot read (a truncated or mislabelled .gz) fails the whole job."""
+    causes = re.findall(r"^Caused by: (.+)$", str(error), flags=re.MULTILINE)
+    cause = causes[-1] if causes else str(error).strip().split("\n", 1)[0]
+    hint = " (an input file that cannot be read? The local engine reads past one and reports it)"
+    return cause[:500] + (hint if "IOException" in cause or "EOFException" in cause else "")
