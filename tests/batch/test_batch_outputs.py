@@ -141,5 +141,27 @@ def test_deceased_means_a_death_recorded_by_the_evaluation_instant(patient: dict
 def test_a_nul_in_a_name_or_record_number_never_reaches_the_worklists() -> None:
     from spasticity_cds.batch.tasks import patient_label
 
-    patient = {"name": [{"text": "Ann\x00 Lee"}], "identifier": [{"value": "MR\x0012"}]}
-    assert patient_label(patient) == ("Ann Lee", "MR12")
+    patient = {"name": [{"text": "Ann\x00 Lee"}], "identifier": [{"type": _MR, "value": "MR\x0012"}]}
+    assert patient_label(patient) == ("Ann Lee", None)  # an identifier that cannot be shown whole is left out
+
+
+_MR = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": "MR"}]}
+
+
+@pytest.mark.parametrize(
+    ("identifiers", "shown"),
+    [
+        ([{"system": "urn:ssn", "value": "123-45-6789"}], None),  # not typed MR: maybe a national id, never shown
+        (
+            [{"system": "urn:ssn", "value": "123-45-6789"}, {"type": _MR, "system": "urn:mrn", "value": "M-7"}],
+            {"system": "urn:mrn", "value": "M-7"},
+        ),
+        ([{"type": _MR, "value": "M" * 201}], None),  # too long to show whole: left out, never cut
+    ],
+)
+def test_only_a_whole_medical_record_number_with_its_system_labels_a_task(
+    identifiers: list[dict[str, Any]], shown: dict[str, str] | None
+) -> None:
+    from spasticity_cds.batch.tasks import patient_label
+
+    assert patient_label({"identifier": identifiers}) == ("", shown)

@@ -40,11 +40,14 @@ def _calendar_free(fact: Mapping[str, Any]) -> Mapping[str, Any]:
     return {name: value for name, value in fact.items() if name != "stale" and not (dated_count and name == "value")}
 
 
-def patient_label(patient: Mapping[str, Any]) -> tuple[str, str]:
-    """(display name, medical record number) of a Patient resource, each cut to ``LABEL_LIMIT`` characters; empty
-    strings when absent."""
-    name, mrn = _label_parts(patient)
-    return _cut(name), _cut(mrn)
+def patient_label(patient: Mapping[str, Any]) -> tuple[str, dict[str, str] | None]:
+    """(display name cut to ``LABEL_LIMIT`` characters, or ""; the medical record number identifier, or None).
+
+    Only an identifier typed ``MR`` is shown: another one may be a national id number, which has no place on a
+    worklist. It keeps its system, and one that cannot be shown whole (too long, or holding a NUL) is left out,
+    not cut: a cut identifier names someone else.
+    """
+    return _cut(_name(patient)), _record_number(patient)
 
 
 def _cut(text: str) -> str:
@@ -52,28 +55,36 @@ def _cut(text: str) -> str:
     return text if len(text) <= LABEL_LIMIT else f"{text[: LABEL_LIMIT - 1]}…"
 
 
-def _label_parts(patient: Mapping[str, Any]) -> tuple[str, str]:
-    name = ""
+def _name(patient: Mapping[str, Any]) -> str:
     for entry in patient.get("name") or ():
         if not isinstance(entry, dict):
             continue
         if isinstance(entry.get("text"), str):
-            name = entry["text"]
+            name: str = entry["text"]
         else:
             given = [g for g in entry.get("given") or () if isinstance(g, str)]
             family = entry.get("family")
             name = " ".join([*given, family if isinstance(family, str) else ""]).strip()
         if name:
-            break
-    mrn = ""
+            return name
+    return ""
+
+
+def _record_number(patient: Mapping[str, Any]) -> dict[str, str] | None:
     for identifier in patient.get("identifier") or ():
         if not isinstance(identifier, dict) or not isinstance(identifier.get("value"), str):
             continue
         codes = [c.get("code") for c in (identifier.get("type") or {}).get("coding") or () if isinstance(c, dict)]
-        if "MR" in codes:
-            return name, identifier["value"]
-        mrn = mrn or identifier["value"]
-    return name, mrn
+        if "MR" not in codes:
+            continue
+        value, system = identifier["value"], identifier.get("system")
+        if not value or len(value) > LABEL_LIMIT or "\x00" in value:
+            return None
+        shown = {"value": value}
+        if isinstance(system, str) and system and len(system) <= LABEL_LIMIT and "\x00" not in system:
+            shown = {"system": system, **shown}
+        return shown
+    return None
 
 
 def _fact(data: Mapping[str, Any]) -> Fact:
@@ -132,12 +143,12 @@ def build_task(
     code = policy.action_code(finding)
     evidence = [str(ref) for ref in finding.get("evidence", [])]
     focus = next((ref for ref in evidence if ref.startswith("MedicationRequest/")), None)
-    name, mrn = patient_label(patient)
+    name, record_number = patient_label(patient)
     for_ref: dict[str, Any] = {"reference": patient_ref}
     if name:
         for_ref["display"] = name
-    if mrn:
-        for_ref["identifier"] = {"value": mrn}
+    if record_number:
+        for_ref["identifier"] = record_number
     inputs = [_code_input("finding-kind", str(finding["kind"])), _code_input("severity", str(finding["severity"]))]
     inputs += [
         {

@@ -18,9 +18,12 @@ COND_CATEGORY: Final = "http://terminology.hl7.org/CodeSystem/condition-category
 ACT_CODE: Final = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
 ACT_REASON: Final = "http://terminology.hl7.org/CodeSystem/v3-ActReason"
 MRN_SYSTEM: Final = "http://synth.spasticity-cds.org/fhir/mrn"
+IDENTIFIER_TYPE: Final = "http://terminology.hl7.org/CodeSystem/v2-0203"
 FHIR_BASE: Final = "https://synth.spasticity-cds.org/fhir/"
 
 Coding = tuple[str, str, str]
+
+MEDICAL_RECORD_NUMBER: Final = (IDENTIFIER_TYPE, "MR", "Medical record number")
 
 
 def coding(code: Coding) -> dict[str, Any]:

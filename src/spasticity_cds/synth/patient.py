@@ -59,7 +59,13 @@ def patient_resource(plan: Plan, rng: random.Random) -> Resource:
         "resourceType": "Patient",
         "id": plan.patient_id,
         "meta": {"security": [codes.coding(codes.TEST_DATA)]},
-        "identifier": [{"system": codes.MRN_SYSTEM, "value": f"SYN{plan.seed}-{plan.index:07d}"}],
+        "identifier": [
+            {
+                "type": {"coding": [codes.coding(codes.MEDICAL_RECORD_NUMBER)]},
+                "system": codes.MRN_SYSTEM,
+                "value": f"SYN{plan.seed}-{plan.index:07d}",
+            }
+        ],
         "active": True,
         "name": [{"use": "official", "family": rng.choice(FAMILY), "given": [rng.choice(GIVEN[plan.sex])]}],
         "gender": plan.sex,
