@@ -18,6 +18,7 @@ import pytest
 from rich.console import Console
 
 from spasticity_cds.batch import cli
+from spasticity_cds.errors import BatchError
 from spasticity_cds.synth import write_cohort
 
 from .batch_helpers import NOW
@@ -220,3 +221,10 @@ def test_the_summary_names_folder_entries_that_were_not_read(clean_cohort: Path,
     console = Console(file=buffer, width=300, force_terminal=False, color_system=None)
     assert cli.run(parse(str(export), "--out", str(tmp_path / "run"), "--now", NOW.isoformat()), console) == 0
     assert "Not read: 1 entries of the input folder (Condition.NDJSON)" in buffer.getvalue()
+
+
+def test_a_worker_process_that_dies_is_a_clear_batch_error() -> None:
+    from spasticity_cds.batch import local
+
+    with pytest.raises(BatchError, match="a worker process died"), local._pool(2) as pool:
+        list(pool.map(os._exit, [3]))  # the worker exits as if killed mid-task

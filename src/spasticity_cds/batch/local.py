@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,7 @@ import orjson
 from spasticity_cds.batch import partition, problems, scan
 from spasticity_cds.batch.inputs import InputFile
 from spasticity_cds.batch.patient import EvaluationSpec, Line
+from spasticity_cds.errors import BatchError
 
 if TYPE_CHECKING:
     from spasticity_cds.batch.inputs import InputSet
@@ -73,6 +75,12 @@ def _pool(workers: int) -> Iterator[_Pool]:
     ) as executor:
         try:
             yield _Pool(executor)
+        except BrokenProcessPool:
+            executor.shutdown(wait=True, cancel_futures=True)
+            raise BatchError(
+                "a worker process died (killed, perhaps by the out-of-memory killer): run again, with fewer --workers "
+                "if memory is short"
+            ) from None
         except BaseException:
             executor.shutdown(wait=True, cancel_futures=True)
             raise
