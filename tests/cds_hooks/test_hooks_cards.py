@@ -318,11 +318,45 @@ def test_the_clients_draft_is_never_changed_in_place() -> None:
     del draft["subject"]
     context = {"patientId": PATIENT_ID, "draftOrders": {"resourceType": "Bundle", "entry": [{"resource": draft}]}}
     before = json.dumps(context, sort_keys=True)
-    (copied,) = draft_resources(context)
-    updated = adjusted_order(copied, 5, 3)
-    assert copied["subject"] == {"reference": f"Patient/{PATIENT_ID}"}
+    ((copied, sent),) = draft_resources(context)
+    updated = adjusted_order(sent, 5, 3)
+    assert copied["subject"] == {"reference": f"Patient/{PATIENT_ID}"} and sent is draft
     assert updated["dosageInstruction"][0]["doseAndRate"][0]["doseQuantity"]["value"] == 5
+    assert "subject" not in updated  # the update is the client's draft with the dose changed, nothing else
     assert json.dumps(context, sort_keys=True) == before
+
+
+def test_an_update_keeps_the_clients_own_subject_and_a_clean_dose(app: FastAPI, client: Client) -> None:
+    draft = baclofen_order(value=0.02, unit="g")
+    draft["subject"] = {"reference": f"https://ehr.example/fhir/Patient/{PATIENT_ID}"}
+    cards = valid_cards(app, client, hook_request("order-sign", prefetch_data=prefetch(egfr=45), drafts=[draft]), SIGN)
+    (action,) = cards[0]["suggestions"][0]["actions"]
+    assert action["resource"]["subject"] == draft["subject"]
+    assert action["resource"]["dosageInstruction"][0]["doseAndRate"][0]["doseQuantity"]["value"] == 0.013
+
+
+def test_a_draft_sent_twice_is_removed_by_one_action(app: FastAPI, client: Client) -> None:
+    tizanidine = _drug("draft-tiz", "57258", "tizanidine 2 mg", status="draft")
+    ciprofloxacin = _drug("cipro", "2551", "ciprofloxacin 500 mg", status="active")
+    body = hook_request(
+        "order-sign", prefetch_data=prefetch(meds=[ciprofloxacin]), drafts=[tizanidine, dict(tizanidine)]
+    )
+    removals = [
+        action
+        for card in valid_cards(app, client, body, SIGN)
+        for suggestion in card.get("suggestions", ())
+        for action in suggestion["actions"]
+        if action["type"] == "delete"
+    ]
+    assert [action["resourceId"] for action in removals] == ["MedicationRequest/draft-tiz"]
+
+
+def test_a_clients_own_id_that_reads_like_an_unnamed_draft_is_still_named(app: FastAPI, client: Client) -> None:
+    tizanidine = _drug("unnamed-draft-1", "57258", "tizanidine 2 mg", status="draft")
+    ciprofloxacin = _drug("cipro", "2551", "ciprofloxacin 500 mg", status="active")
+    body = hook_request("order-sign", prefetch_data=prefetch(meds=[ciprofloxacin]), drafts=[tizanidine])
+    text = json.dumps(valid_cards(app, client, body, SIGN))
+    assert '"resourceId": "MedicationRequest/unnamed-draft-1"' in text
 
 
 def test_order_without_a_dose_yet(app: FastAPI, client: Client) -> None:

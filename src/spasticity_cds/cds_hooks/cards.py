@@ -331,7 +331,8 @@ class CardBuilder:
     def _withdrawal_suggestions(self, group: list[Mapping[str, Any]], ctx: CardContext) -> list[dict[str, Any]]:
         """A ``delete`` of the named drafts of every agent the findings set to avoid or contraindicated."""
         ruled_out = {agent for finding in group for agent in _ruled_out(finding)}
-        drafts = [o for o in ctx.orders if o.agent in ruled_out and _named(o.reference)]
+        named = {o.reference: o for o in ctx.orders if o.agent in ruled_out and _named(o.reference)}
+        drafts = list(named.values())  # one delete per draft, even when the client sent one id twice
         if not drafts:
             return []
         names = " and ".join(dict.fromkeys(_order_name(order) for order in drafts))
@@ -382,7 +383,7 @@ class CardBuilder:
             new_value = _within(ceiling / dose.per_day / per_unit, dose.unit)
             if new_value <= 0 or new_value >= dose.value:
                 continue
-            updated = _answerable(adjusted_order(order.resource, new_value, dose.per_day))
+            updated = _answerable(adjusted_order(order.sent, new_value, dose.per_day))
             if updated is None:
                 continue
             daily = new_value * per_unit * dose.per_day
@@ -546,7 +547,8 @@ def _within(amount: float, unit: str) -> float:
     ``amount`` is not a finite number (a timing of one dose per 1e308 days)."""
     step = DOSE_STEP.get(unit.strip().lower(), HALF)
     steps = amount / step + 1e-9
-    return math.floor(steps) * step if math.isfinite(steps) else 0.0
+    # Rounded, so that 26 steps of 0.0005 g read 0.013, not 0.013000000000000001.
+    return round(math.floor(steps) * step, 9) if math.isfinite(steps) else 0.0
 
 
 def _answerable(resource: dict[str, Any]) -> dict[str, Any] | None:

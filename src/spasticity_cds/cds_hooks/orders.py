@@ -11,7 +11,9 @@ from spasticity_cds.engine.evaluator import Engine
 from spasticity_cds.engine.extract import times_per_day
 
 MASS_UNITS = {"mg": 1.0, "g": 1000.0}
-UNNAMED_DRAFT = "unnamed-draft-"
+#: The id given to a draft sent without a usable one: a space, which no nameable id holds, keeps a client's own id
+#: (even ``unnamed-draft-1``) from ever being taken for one.
+UNNAMED_DRAFT = "unnamed draft "
 #: An id a draft can be named by in a reference (``MedicationRequest/{id}``) and in the client's selections: any
 #: text without a space or slash (sandboxes send ids such as ``draft_baclofen``, which FHIR's id type forbids).
 NAMEABLE_ID = re.compile(r"[^\s/]{1,256}")
@@ -26,6 +28,8 @@ class DraftOrder:
     resource: dict[str, Any]
     agent: str | None
     strength_mg: float | None
+    #: The draft as the client sent it (its own subject form): what an update suggestion sends back, changed.
+    sent: dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -37,10 +41,11 @@ class StructuredDose:
     per_day: float
 
 
-def draft_resources(context: dict[str, Any]) -> list[dict[str, Any]]:
-    """The draft order resources of this patient, copied; one without a usable id gets ``unnamed-draft-<n>``, one
-    without a subject (or naming the patient in another form) the patient's plain reference. A draft whose subject
-    names another patient is left out: checking it against this patient's record would be wrong."""
+def draft_resources(context: dict[str, Any]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """The draft order resources of this patient as (copy to check, draft as sent); the copy of one without a usable
+    id gets ``unnamed draft <n>``, of one without a subject (or naming the patient in another form) the patient's
+    plain reference. A draft whose subject names another patient is left out: checking it against this patient's
+    record would be wrong."""
     bundle = context.get("draftOrders")
     if not isinstance(bundle, dict):
         return []
@@ -61,7 +66,7 @@ def draft_resources(context: dict[str, Any]) -> list[dict[str, Any]]:
             continue
         if named is not None or (not reference and copied["resourceType"] != "NutritionOrder"):
             copied["subject"] = {"reference": f"Patient/{patient_id}"}  # versioned or absolute: read as this patient's
-        out.append(copied)
+        out.append((copied, resource))
     return out
 
 
@@ -73,19 +78,19 @@ def patient_of(reference: str) -> str | None:
 
 
 def checked_orders(
-    engine: Engine, context: dict[str, Any], drafts: list[dict[str, Any]], hook: str
+    engine: Engine, context: dict[str, Any], drafts: list[tuple[dict[str, Any], dict[str, Any]]], hook: str
 ) -> list[DraftOrder]:
     """The MedicationRequests to check: the selections on order-select, every medication draft on order-sign."""
     selections = set(context.get("selections") or ()) if hook == "order-select" else None
     orders = []
-    for resource in drafts:
+    for resource, sent in drafts:
         if resource.get("resourceType") != "MedicationRequest":
             continue
         reference = f"MedicationRequest/{resource['id']}"
         if selections is not None and reference not in selections:
             continue
         agent, strength = _ordered_agent(engine, resource)
-        orders.append(DraftOrder(reference, resource, agent, strength))
+        orders.append(DraftOrder(reference, resource, agent, strength, sent))
     return orders
 
 

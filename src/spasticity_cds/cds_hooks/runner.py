@@ -79,7 +79,7 @@ class HookRunner:
         fetched = await self._fetch_missing(plan, request, templates)
         resources, unavailable = _gather(templates, plan, fetched)
         gathered = time.perf_counter()
-        result = self._evaluate(request, [*resources, *drafts], now)
+        result = self._evaluate(request, [*resources, *(checked for checked, _ in drafts)], now)
         ctx = CardContext(
             service_id=service.id,
             hook=service.hook,
