@@ -240,6 +240,7 @@ def test_spec_feedback_examples_are_accepted_once(
     [
         ({"outcome": "ignored"}, "outcome"),
         ({"outcome": "accepted", "acceptedSuggestions": None}, "cds-fb-2"),
+        ({"outcome": "overridden", "acceptedSuggestions": [{"id": "s-1"}]}, "accepted no suggestion"),
         ({"overrideReason": {}}, "cds-fb-3"),
         ({"outcomeTimestamp": "yesterday"}, "RFC 3339"),
         ({"outcomeTimestamp": "2026-11-24T10:00:00"}, "UTC offset"),

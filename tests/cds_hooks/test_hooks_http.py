@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
+import orjson
 import pytest
 from fastapi import FastAPI
 
@@ -153,6 +154,14 @@ def test_store_failure_on_feedback_is_503(app: FastAPI, client: Client, monkeypa
     response = call(app, "POST", path, json=body, headers=client.headers(path))
     assert response.status_code == 503
     assert "postgresql" not in response.text
+
+
+def test_a_body_saved_with_a_byte_order_mark_is_read(app: FastAPI, client: Client) -> None:
+    body = b"\xef\xbb\xbf" + orjson.dumps(hook_request("patient-view", prefetch_data=prefetch()))
+    response = call(
+        app, "POST", SERVICE, content=body, headers=client.headers(SERVICE) | {"Content-Type": "application/json"}
+    )
+    assert response.status_code == 200 and "cards" in response.json()
 
 
 @pytest.mark.parametrize(

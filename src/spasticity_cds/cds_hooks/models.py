@@ -10,6 +10,7 @@ import msgspec
 
 from spasticity_cds.errors import HookRequestError
 from spasticity_cds.fhir.model import FhirElement, Resource
+from spasticity_cds.fhir.parse import UTF8_BOM
 
 #: Longest hookInstance or card uuid (both are uuids on the wire): the feedback store's column width.
 MAX_ID_CHARS = 128
@@ -140,6 +141,7 @@ def decode_hook_request(body: bytes) -> HookRequest:
     anywhere, a value that is not a resource, or an invalid request) is decoded again as plain JSON, which keeps
     the lenient reading of odd resources and names what is wrong with an invalid request.
     """
+    body = body.removeprefix(UTF8_BOM)  # JSON forbids one; some clients write it, as some FHIR servers do
     try:
         request: HookRequest = _TYPED_REQUEST.decode(body)
     except (msgspec.MsgspecError, RecursionError, UnicodeDecodeError):
@@ -189,7 +191,7 @@ def _check_context(hook: str, context: dict[str, Any]) -> None:
 
 def decode_feedback(body: bytes) -> FeedbackRequest:
     """Parse and check a feedback body (cds-fb-1/2/3); HookRequestError (HTTP 400) names what is wrong."""
-    request = _decode(body, FeedbackRequest, "the feedback")
+    request = _decode(body.removeprefix(UTF8_BOM), FeedbackRequest, "the feedback")
     if not request.feedback or len(request.feedback) > MAX_FEEDBACK_ITEMS:
         raise HookRequestError(f"feedback must hold 1 to {MAX_FEEDBACK_ITEMS} items")
     for index, item in enumerate(request.feedback):
@@ -198,6 +200,8 @@ def decode_feedback(body: bytes) -> FeedbackRequest:
         parse_timestamp(item.outcomeTimestamp, f"{where}.outcomeTimestamp")
         if item.outcome == "accepted" and not item.acceptedSuggestions:
             raise HookRequestError(f"{where}: an accepted outcome needs acceptedSuggestions (cds-fb-2)")
+        if item.outcome == "overridden" and item.acceptedSuggestions:
+            raise HookRequestError(f"{where}: an overridden card accepted no suggestion; send acceptedSuggestions only")
         for at, suggestion in enumerate(item.acceptedSuggestions or ()):
             _check_text(f"{where}.acceptedSuggestions[{at}].id", suggestion.id)
         reason = item.overrideReason
