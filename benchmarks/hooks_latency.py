@@ -45,6 +45,11 @@ CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
 #: eGFR, ALT, AST, blood pressure, FVC: what the rules read, with a value each (monthly for a year).
 CODED = (("98979-8", 45), ("1742-6", 20), ("1920-8", 22), ("8480-6", 128), ("8462-4", 78), ("19872-1", 85))
 CATEGORIES = {"98979-8": "laboratory", "1742-6": "laboratory", "1920-8": "laboratory", "19872-1": "procedure"}
+#: Each code's UCUM unit, as an EHR sends it (a value in a unit the knowledge base does not know is not read).
+UNITS = {
+    "98979-8": "mL/min/{1.73_m2}", "1742-6": "U/L", "1920-8": "U/L", "8480-6": "mm[Hg]", "8462-4": "mm[Hg]",
+    "19872-1": "%", "8867-4": "/min", "29463-7": "kg", "8310-5": "Cel",
+}  # fmt: skip
 RECENT_COUNT = 100
 
 
@@ -65,7 +70,8 @@ def _observation(index: int, code: str, value: float, days: int) -> dict[str, An
         "category": [{"coding": [{"system": CATEGORY, "code": CATEGORIES.get(code, "vital-signs")}]}],
         "code": {"coding": [{"system": "http://loinc.org", "code": code}]},
         "subject": {"reference": f"Patient/{PATIENT}"}, "effectiveDateTime": when,
-        "valueQuantity": {"value": value, "unit": "x"},
+        "valueQuantity": {"value": value, "unit": UNITS.get(code, "1"), "system": "http://unitsofmeasure.org",
+                          "code": UNITS.get(code, "1")},
     }  # fmt: skip
 
 
