@@ -254,6 +254,14 @@ def test_upload_over_the_limit_is_refused_on_the_page(tmp_path: Path) -> None:
     assert "larger than the limit" in response.text  # type: ignore[attr-defined]
 
 
+def test_upload_over_the_whole_request_limit_still_gets_the_page_not_json(tmp_path: Path) -> None:
+    client = support.PageClient(support.make_app(tmp_path, max_body_bytes=200_000))
+    response = _upload(client, b" " * 400_000 + json.dumps(support.trend_bundle()).encode())
+    assert response.status_code == 413  # type: ignore[attr-defined]
+    assert response.headers["content-type"].startswith("text/html")  # type: ignore[attr-defined]
+    assert "larger than the limit" in response.text  # type: ignore[attr-defined]
+
+
 def test_upload_without_csrf_is_refused(client: support.PageClient) -> None:
     client.csrf("/patients")
     response = _upload(client, json.dumps(support.trend_bundle()).encode(), token="bad")

@@ -56,7 +56,12 @@ def create_app(
         settings=settings,
     )
     app.state.hooks = hooks_routes.build_hooks_state(app.state.cds)
-    install_error_handling(app, max_body_bytes=settings.max_body_bytes, cors_origins=settings.cors_origins)
+    install_error_handling(
+        app,
+        max_body_bytes=settings.max_body_bytes,
+        cors_origins=settings.cors_origins,
+        own_limit_paths=frozenset({pages.UPLOAD_PATH}),
+    )
     app.router.routes.append(hooks_routes.service_route)
     app.include_router(hooks_routes.router)
     app.include_router(pages.router)

@@ -93,14 +93,16 @@ class CatchAllMiddleware:
 
 
 class BodySizeLimitMiddleware:
-    """Rejects bodies larger than ``max_bytes`` with 413, by Content-Length or while streaming."""
+    """Rejects bodies larger than ``max_bytes`` with 413, by Content-Length or while streaming; a path in
+    ``own_limit_paths`` enforces a limit no higher itself (a form answering with its page, not with JSON)."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, own_limit_paths: frozenset[str] = frozenset()) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.own_limit_paths = own_limit_paths
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or scope["path"] in self.own_limit_paths:
             await self.app(scope, receive, send)
             return
         declared = dict(scope.get("headers") or ()).get(b"content-length")
@@ -131,8 +133,11 @@ class _TooLargeError(Exception):
     pass
 
 
-def install_error_handling(app: FastAPI, *, max_body_bytes: int, cors_origins: tuple[str, ...]) -> None:
-    """Exception handlers, size limit and CORS (outermost, so error answers carry CORS headers too)."""
+def install_error_handling(
+    app: FastAPI, *, max_body_bytes: int, cors_origins: tuple[str, ...], own_limit_paths: frozenset[str] = frozenset()
+) -> None:
+    """Exception handlers, size limit (but on ``own_limit_paths``) and CORS (outermost, so error answers carry CORS
+    headers too)."""
     handlers: dict[Any, Any] = {
         SpasticityCdsError: _package_error,
         StarletteHTTPException: _http_error,
@@ -140,7 +145,7 @@ def install_error_handling(app: FastAPI, *, max_body_bytes: int, cors_origins: t
     }
     for kind, handler in handlers.items():
         app.add_exception_handler(kind, handler)
-    app.add_middleware(BodySizeLimitMiddleware, max_bytes=max_body_bytes)
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=max_body_bytes, own_limit_paths=own_limit_paths)
     app.add_middleware(CatchAllMiddleware)
     app.add_middleware(
         OutcomeCorsMiddleware,

@@ -329,7 +329,11 @@ def demo_patient(demo_id: str, request: Request, state: StateDep) -> HTMLRespons
     return _plan_page(request, state, record, f"Demo patient {demo_id}", f"/patients/demo/{demo_id}")
 
 
-@router.post("/patients/upload", response_class=HTMLResponse)
+#: The upload form's path: its route enforces the body limit itself, so that a file too large gets the page.
+UPLOAD_PATH = "/patients/upload"
+
+
+@router.post(UPLOAD_PATH, response_class=HTMLResponse)
 async def upload_patient(request: Request, state: StateDep) -> HTMLResponse:
     """Evaluate an uploaded FHIR Bundle (JSON) or NDJSON file; problems are shown on the page."""
     # Below the app-wide body limit, so that a too-large file still gets this page and its message.
