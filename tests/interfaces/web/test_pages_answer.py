@@ -49,7 +49,7 @@ def test_feedback_is_stored_once_per_idempotency_key_and_redirects_back(client: 
     key = str(uuid.uuid4())
     first = _answer(client, key, "no", comment="Needs dosing in renal failure")
     assert first.status_code == 303  # type: ignore[attr-defined]
-    assert first.headers["location"] == "/?feedback=thanks#feedback"  # type: ignore[attr-defined]
+    assert first.headers["location"] == "/?feedback=thanks&at=feedback#feedback"  # type: ignore[attr-defined]
     _answer(client, key, "no", comment="Needs dosing in renal failure")
     stored = client.app.state.cds.store.list_page_feedback()
     assert len(stored) == 1

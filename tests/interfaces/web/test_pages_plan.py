@@ -8,6 +8,7 @@ import re
 import sys
 import uuid
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 
@@ -115,10 +116,16 @@ def test_finding_feedback_is_stored_with_rule_id_version_and_override_reason(cli
         "override_reason": "risk-benefit-ratio",
         "comment": "tolerated for years",
         "return_to": "/patients/demo/ada",
+        "anchor": f"rate-{finding['id']}",
     }
     response = client.post("/feedback", data=data)
     assert response.status_code == 303
-    assert response.headers["location"].startswith("/patients/demo/ada?feedback=thanks")
+    anchor = quote(f"rate-{finding['id']}")
+    assert response.headers["location"] == f"/patients/demo/ada?feedback=thanks&at={anchor}#{anchor}"
+    # Without JavaScript the browser follows the redirect: the rated finding's form is open, its thanks in it.
+    back = client.get(response.headers["location"].split("#")[0]).text
+    rated = back.split(f'id="rate-{finding["id"]}" open>')[1].split("</details>")[0]
+    assert "Thank you for your feedback!" in rated and back.count("Thank you for your feedback!") == 1
     item = client.app.state.cds.store.list_page_feedback()[0]
     assert item.context is PageContext.FINDING
     assert (item.rule_id, item.rule_version, item.useful) == (finding["rule_id"], finding["rule_version"], False)

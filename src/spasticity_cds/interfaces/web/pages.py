@@ -10,6 +10,7 @@ from datetime import datetime
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, get_args
+from urllib.parse import quote
 
 import msgspec
 import orjson
@@ -50,6 +51,8 @@ MAX_COMMENT = 2000
 REPORT_COMMENTS = 50
 #: The sections of the code page, in the schema's order.
 CONCEPT_KINDS: tuple[str, ...] = get_args(ConceptKind)
+#: The id of a feedback form on a page: the page-level one, or a finding's rating form (``rate-{finding id}``).
+FORM_ANCHOR = re.compile(r"feedback|rate-[A-Za-z0-9:._-]{1,200}")
 RETURN_PATHS = re.compile(r"/(?:|patients/demo/[A-Za-z0-9_.-]+|smart/plan)")
 
 
@@ -220,7 +223,6 @@ def answer_page(request: Request, state: StateDep) -> HTMLResponse:
         "title": "How is spasticity treated in ALS?",
         "steps": steps,
         "evidence_gaps": gaps,
-        "thanks": request.query_params.get("feedback") == "thanks",
         "return_to": "/",
     }
     return render(request, state, "answer.html", context)
@@ -245,8 +247,11 @@ async def post_feedback(request: Request, state: StateDep) -> Response:
     if wants_json:
         return JSONResponse({"stored": True, "new": bool(new)})
     return_to = _text(form, "return_to")
+    anchor = _text(form, "anchor")
+    anchor = anchor if FORM_ANCHOR.fullmatch(anchor) else "feedback"
     if RETURN_PATHS.fullmatch(return_to):  # fullmatch: "$" would let a trailing newline through
-        return RedirectResponse(f"{return_to}?feedback=thanks#feedback", status_code=303)
+        # Back to the form that was sent, its thanks shown in it (in view, as the script would show it).
+        return RedirectResponse(f"{return_to}?feedback=thanks&at={quote(anchor)}#{quote(anchor)}", status_code=303)
     return render(request, state, "thanks.html", {"title": "Thank you for your feedback"})
 
 

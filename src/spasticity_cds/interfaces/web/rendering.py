@@ -91,6 +91,7 @@ def render(
         "definitions": state.engine.kb.definitions,
         "fact_label": lambda fact_name: fact_label(str(fact_name), state.engine),
         "check_text": lambda label: check_text(str(label), state.engine),
+        "thanks_for": lambda anchor: _thanks_for(request, str(anchor)),
         "template_text": lambda text: PLACEHOLDER.sub(lambda m: f"[{fact_label(m.group(1), state.engine)}]", str(text)),
         "path": request.url.path,
         **context,
@@ -115,3 +116,10 @@ def render(
             path="/",
         )
     return response
+
+
+def _thanks_for(request: Request, anchor: str) -> str:
+    """The thanks a feedback form shows after a post without JavaScript came back to it (``?feedback=thanks&at=``)."""
+    params = request.query_params
+    sent = params.get("feedback") == "thanks" and params.get("at", "feedback") == anchor
+    return "Thank you for your feedback!" if sent else ""
