@@ -12,7 +12,7 @@ import orjson
 import pytest
 
 from spasticity_cds import api
-from spasticity_cds.batch import policy
+from spasticity_cds.batch import policy, worklist
 
 from .batch_helpers import NOW, read_ndjson, run
 
@@ -66,6 +66,7 @@ def test_worklists_list_every_open_task_most_severe_first(clean_cohort: Path, tm
     assert ranks == sorted(ranks)
     page = (tmp_path / "run" / "worklist.html").read_text(encoding="utf-8")
     assert page.count("<tr><td>") == len(rows)
+    assert page.count('<td dir="auto">') == len(rows) * (len(worklist.HTML_COLUMNS) - 2)  # each text cell isolated
     sections = re.findall(r'<section class="severity-(\w+)">', page)
     assert sections == sorted(set(sections), key=policy.SEVERITY_RANK.__getitem__)
     for row in rows:

@@ -32,7 +32,11 @@ def render(row: Mapping[str, Any]) -> dict[str, str]:
     ``missing``, each escaped as the finished worklists need."""
     buffer = io.StringIO()
     csv.writer(buffer).writerow([csv_cell(row.get(column, "")) for column in CSV_COLUMNS[: -len(LATE_CSV_COLUMNS)]])
-    cells = "".join(f"<td>{html.escape(str(row.get(column, '')), quote=True)}</td>" for column, _ in HTML_COLUMNS[1:-1])
+    # dir="auto" isolates each cell's direction: a name written right to left, or holding a bidirectional control
+    # character, cannot reorder the cells around it.
+    cells = "".join(
+        f'<td dir="auto">{html.escape(str(row.get(column, "")), quote=True)}</td>' for column, _ in HTML_COLUMNS[1:-1]
+    )
     return {
         "severity": str(row["severity"]),
         "patient": str(row["patient"]),

@@ -180,6 +180,14 @@ def _upload(client: support.PageClient, content: bytes, name: str = "bundle.json
     )
 
 
+def test_a_name_with_bidirectional_controls_is_isolated_on_the_page(client: support.PageClient) -> None:
+    bundle = support.trend_bundle()
+    patient = next(e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Patient")
+    patient["name"] = [{"text": "Ann \u202eeeL"}]  # a right-to-left override inside the name
+    page = _upload(client, json.dumps(bundle).encode()).text  # type: ignore[attr-defined]
+    assert '<strong class="pname"><bdi>Ann \u202eeeL</bdi></strong>' in page
+
+
 def test_upload_json_bundle_and_ndjson_give_the_same_plan(client: support.PageClient) -> None:
     bundle = support.trend_bundle()
     as_json = _upload(client, json.dumps(bundle).encode())
