@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 
 from spasticity_cds.cds_hooks.orders import UNNAMED_DRAFT, DraftOrder, adjusted_order, mg_per_unit, structured_dose
-from spasticity_cds.engine.evaluator import Engine
+from spasticity_cds.engine.evaluator import RULED_OUT, Engine
 
 SUMMARY_LIMIT = 140
 RULE_SYSTEM = "http://spasticity-cds.org/fhir/CodeSystem/rule"
@@ -46,7 +46,6 @@ HALF = 0.5
 UNNAMED = f"MedicationRequest/{UNNAMED_DRAFT}"
 #: How a card names a draft order sent without an id.
 UNNAMED_TEXT = "the draft order (sent without an id)"
-RULED_OUT = frozenset({"avoid", "contraindicated"})
 
 
 @dataclass(frozen=True)
@@ -347,9 +346,14 @@ class CardBuilder:
         label = f"Remove the {names} order" + ("s" if len(drafts) > 1 else "")
         return [{"label": label, "uuid": self.new_uuid(), "isRecommended": True, "actions": actions}]
 
-    def _ceiling(self, agent: str, result: Mapping[str, Any]) -> float | None:
-        option = next((o for o in result["options"] if o["agent"] == agent), None)
-        ceiling = ((option or {}).get("dose_plan") or {}).get("ceiling") or {}
+    @staticmethod
+    def _ceiling(agent: str, result: Mapping[str, Any]) -> float | None:
+        """The agent's kidney-adjusted daily ceiling, as the findings about it read it (an option ruled out has no
+        dose plan to take it from)."""
+        name = f"dose.{agent}.ceiling"
+        ceiling: Mapping[str, Any] = next(
+            (f for finding in result["findings"] for f in finding["facts"] if f["name"] == name), {}
+        )
         value = ceiling.get("value")
         return float(value) if isinstance(value, int | float) and not ceiling.get("stale") else None
 

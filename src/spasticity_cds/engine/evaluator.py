@@ -27,6 +27,8 @@ STATUS_ORDER = {"current": 0, "recommended": 1, "consider": 2, "caution": 3, "av
 # (a benzodiazepine) above an earlier one (tizanidine); avoided and contraindicated options come last.
 RANK_GROUP = {"current": 0, "recommended": 1, "consider": 2, "caution": 2, "avoid": 3, "contraindicated": 4}
 SAFETY_STATUSES = frozenset({"caution", "avoid", "contraindicated"})
+#: The statuses that rule an option out.
+RULED_OUT = frozenset({"avoid", "contraindicated"})
 SEVERITY_ORDER = {"critical": 0, "warning": 1, "info": 2}
 KIND_ORDER = {
     "contraindication": 0,
@@ -183,17 +185,18 @@ class Engine:
                 value = compiled.tree.evaluate(env)
             except Exception as error:
                 raise EvaluationError(f"rule {rule.id} failed: {error}", where=compiled.source_file) from error
-            if value is None and rule.on_unknown == "silent" and not rule.effects_if_unknown:
-                continue
             if value is False:
                 continue
             involved = any(states[agent][1] for agent in compiled.ladder_agents)
-            finding = self._finding(compiled, env, gap=value is None, involved=involved)
             if value is None:
-                if rule.on_unknown == "data-gap":
-                    findings.append(finding)
-                self._record_effects(effects, rule.effects_if_unknown, finding)
+                gap = rule.on_unknown == "data-gap" or (rule.on_unknown == "data-gap-if-involved" and involved)
+                if gap or rule.effects_if_unknown:
+                    finding = self._finding(compiled, env, gap=True, involved=involved)
+                    if gap:
+                        findings.append(finding)
+                    self._record_effects(effects, rule.effects_if_unknown, finding)
                 continue
+            finding = self._finding(compiled, env, gap=False, involved=involved)
             if self._reported(rule, involved):
                 findings.append(finding)
             self._record_effects(effects, rule.effects, finding)
@@ -398,7 +401,8 @@ class Engine:
         return option
 
     def _add_monograph(self, option: dict[str, Any], monograph: Monograph, env: Env, now: datetime) -> None:
-        plan = dose_plan(monograph, env.facts, env.settings, now, self.cite)
+        # No start dose or titration beside "avoid" or "contraindicated": the plan would read as advice to start.
+        plan = None if option["status"] in RULED_OUT else dose_plan(monograph, env.facts, env.settings, now, self.cite)
         if plan is not None:
             option["dose_plan"] = plan
         daily = env.facts.get(f"med.{monograph.concept}.daily_dose")
@@ -543,7 +547,7 @@ def _without_overruled_recommendations(
     safety status and its reasons, and the contradictory recommendation is not shown. A recommendation with at
     least one agent still usable (or only a caution) stays.
     """
-    blocked = {o["agent"] for o in options if o["status"] in ("avoid", "contraindicated")}
+    blocked = {o["agent"] for o in options if o["status"] in RULED_OUT}
     return [
         f for f in findings if not (f["kind"] == "recommendation" and f.get("effects") and set(f["effects"]) <= blocked)
     ]

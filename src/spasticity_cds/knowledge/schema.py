@@ -215,7 +215,9 @@ class Rule(Strict, kw_only=True, frozen=True):
     agents: list[str] = []
     effects: dict[str, OptionStatus] = {}
     when: Node
-    on_unknown: Literal["data-gap", "silent"] = "data-gap"
+    #: When the rule cannot decide: a data-gap finding, one only while one of its agents is taken or being ordered
+    #: (what is missing matters then, and is noise for everyone else), or nothing.
+    on_unknown: Literal["data-gap", "data-gap-if-involved", "silent"] = "data-gap"
     effects_if_unknown: dict[str, OptionStatus] = {}
     gap_summary: str | None = None
     summary: str
