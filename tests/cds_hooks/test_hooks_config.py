@@ -12,6 +12,7 @@ import pytest
 from rich.console import Console
 
 from spasticity_cds.interfaces.cli import serve_command
+from spasticity_cds.interfaces.web.app import create_app
 from spasticity_cds.interfaces.web.config import (
     CONFIG_ENV,
     ConfigError,
@@ -130,3 +131,18 @@ def test_serve_command_checks_config_then_starts_uvicorn(tmp_path: Path, monkeyp
     import os
 
     assert os.environ[CONFIG_ENV] == str(config.resolve())
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        ('severe_mas_grade = "three"', "severe_mas_grade must be a number from 0 up"),
+        ('jurisdiction = "fr"', "jurisdiction must be one of us, uk"),
+        ("jurisdictoin = 'uk'", "unknown setting 'jurisdictoin'"),
+    ],
+)
+def test_a_bad_kb_setting_stops_the_server_at_start(tmp_path: Path, table: str, message: str) -> None:
+    path = tmp_path / "serve.toml"
+    path.write_text(f"[kb_settings]\n{table}\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=message):
+        create_app(load_settings(path))

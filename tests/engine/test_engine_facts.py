@@ -512,3 +512,18 @@ def test_a_request_that_only_proposes_or_plans_a_medicine_is_proposed_not_curren
     facts, _ = facts_of(order)
     assert facts["med.baclofen.current"].value is current
     assert facts["med.baclofen.proposed"].value is not current
+
+
+def test_overridden_validity_windows_and_upper_limits_are_used() -> None:
+    """Settings the extractor reads (validity windows, default upper limits) follow the caller's overrides."""
+    from spasticity_cds.api import read_patient
+
+    record = read_patient([patient(), obs(LOINC, "98979-8", 45.0, when=days_ago(60)), alt(100.0, high=None)])
+    default, _ = ENGINE._facts(record, NOW, ENGINE.settings_for(None))
+    overridden = ENGINE.settings_for({"validity_days_renal": 30, "default_uln_alt": 50})
+    short, _ = ENGINE._facts(record, NOW, overridden)
+    assert not default["obs.egfr"].stale and short["obs.egfr"].stale
+    assert default["obs.alt_x_uln"].value == pytest.approx(2.5) and short["obs.alt_x_uln"].value == pytest.approx(2.0)
+    assert ENGINE._facts(record, NOW, ENGINE.settings_for(None))[0]["obs.egfr"] == default["obs.egfr"]
+    result = ENGINE.evaluate(record, NOW, {"validity_days_renal": 30})
+    assert result["settings"]["validity_days_renal"] == 30  # an override shows in the result

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from spasticity_cds.api import load_knowledge_base
-from spasticity_cds.errors import KnowledgeBaseError
+from spasticity_cds.errors import InputError
 from spasticity_cds.knowledge import loader
 
 ENGINE = load_knowledge_base()
@@ -60,10 +60,17 @@ def test_thresholds_the_sources_do_not_give_are_named_settings() -> None:
 
 def test_settings_overrides_are_checked() -> None:
     assert ENGINE.settings_for({"jurisdiction": "uk"})["jurisdiction"] == "uk"
-    with pytest.raises(KnowledgeBaseError, match="unknown setting 'jurisdictoin'; did you mean 'jurisdiction'"):
+    assert ENGINE.settings_for({"severe_mas_grade": 2})["severe_mas_grade"] == 2
+    with pytest.raises(InputError, match="unknown setting 'jurisdictoin'; did you mean 'jurisdiction'"):
         ENGINE.settings_for({"jurisdictoin": "uk"})
-    with pytest.raises(KnowledgeBaseError, match="jurisdiction must be one of us, uk"):
+    with pytest.raises(InputError, match="jurisdiction must be one of us, uk"):
         ENGINE.settings_for({"jurisdiction": "fr"})
+
+
+@pytest.mark.parametrize("value", ["abc", True, -5, float("nan"), float("inf"), None])
+def test_a_numeric_setting_takes_only_a_number_from_zero_up(value: object) -> None:
+    with pytest.raises(InputError, match="severe_mas_grade must be a number from 0 up"):
+        ENGINE.settings_for({"severe_mas_grade": value})  # type: ignore[dict-item]
 
 
 def test_suggest_finds_close_names_only() -> None:

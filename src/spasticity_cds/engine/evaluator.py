@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -14,12 +15,12 @@ from spasticity_cds.engine.extract import FactExtractor
 from spasticity_cds.engine.facts import Fact, Value
 from spasticity_cds.engine.logic import CompiledNode, Compiler, Env, Truth
 from spasticity_cds.engine.vocabulary import Vocabulary
-from spasticity_cds.errors import EvaluationError, KnowledgeBaseError
+from spasticity_cds.errors import EvaluationError, InputError, KnowledgeBaseError
 from spasticity_cds.fhir.model import Resource
 from spasticity_cds.fhir.parse import ParsedInput
 from spasticity_cds.fhir.record import PatientRecord, build_record
 from spasticity_cds.knowledge.loader import KnowledgeBase, suggest
-from spasticity_cds.knowledge.schema import CitationRef, LadderStep, Monograph, Rule
+from spasticity_cds.knowledge.schema import CitationRef, LadderStep, Monograph, Rule, Setting
 
 RESULT_SCHEMA_VERSION = "1.0"
 STATUS_ORDER = {"current": 0, "recommended": 1, "consider": 2, "caution": 3, "avoid": 4, "contraindicated": 5}
@@ -68,13 +69,9 @@ class Engine:
         self.defaults: dict[str, Value] = {name: setting.value for name, setting in kb.settings.items()}
         self.choice_settings = sorted(name for name, setting in kb.settings.items() if setting.choices)
         self.vocabulary = Vocabulary(kb.valuesets)
-        self.extractor = FactExtractor(
-            self.vocabulary,
-            kb.valuesets.units,
-            kb.valuesets.egfr_equation,
-            kb.valuesets.stop_reasons,
-            {name: value for name, value in self.defaults.items() if isinstance(value, int | float)},
-        )
+        self._default_limits = _numeric(self.defaults)
+        self.extractor = self._new_extractor(self._default_limits)
+        self._extractors: dict[tuple[tuple[str, float], ...], FactExtractor] = {}
         self.dosed = [m for m in kb.monographs.values() if m.max_daily or m.renal_bands]
         self.fact_names = self._catalogue()
         compiler = Compiler(self.fact_names, self.defaults, set(kb.definitions))
@@ -103,6 +100,12 @@ class Engine:
 
     # -- compile-time checks ---------------------------------------------------------------------------
 
+    def _new_extractor(self, limits: Mapping[str, float]) -> FactExtractor:
+        kb = self.kb
+        return FactExtractor(
+            self.vocabulary, kb.valuesets.units, kb.valuesets.egfr_equation, kb.valuesets.stop_reasons, dict(limits)
+        )
+
     def _catalogue(self) -> set[str]:
         """Fact names are exactly those the extractor produces for an empty record (so they cannot drift)."""
         only_patient = ParsedInput()
@@ -127,7 +130,8 @@ class Engine:
                     raise KnowledgeBaseError(f"unknown fact {name!r}", where=f"ladder.yaml: {step.agent}")
 
     def settings_for(self, overrides: Mapping[str, Value] | None) -> Mapping[str, Value]:
-        """Defaults with the caller's overrides, each checked against its declared choices (read-only)."""
+        """Defaults with the caller's overrides, each checked (``InputError``, the caller's mistake): a known name,
+        one of its declared choices, or a number where the default is one (read-only)."""
         if not overrides:
             return self.defaults
         merged = dict(self.defaults)
@@ -135,10 +139,8 @@ class Engine:
             setting = self.kb.settings.get(name)
             if setting is None:
                 hint = suggest(name, self.kb.settings)
-                raise KnowledgeBaseError(f"unknown setting {name!r}" + (f"; did you mean {hint!r}?" if hint else ""))
-            if setting.choices and str(value) not in setting.choices:
-                raise KnowledgeBaseError(f"setting {name} must be one of {', '.join(setting.choices)}, not {value!r}")
-            merged[name] = value
+                raise InputError(f"unknown setting {name!r}" + (f"; did you mean {hint!r}?" if hint else ""))
+            merged[name] = _checked_setting(name, setting, value)
         return merged
 
     # -- per patient -----------------------------------------------------------------------------------
@@ -146,10 +148,22 @@ class Engine:
     def _facts(
         self, record: PatientRecord, now: datetime, settings: Mapping[str, Value]
     ) -> tuple[dict[str, Fact], list[str]]:
-        facts, notes = self.extractor.extract(record, now)
+        facts, notes = self._extractor_for(settings).extract(record, now)
         for monograph in self.dosed:
             facts.update(dose_facts(monograph, facts, settings))
         return facts, notes
+
+    def _extractor_for(self, settings: Mapping[str, Value]) -> FactExtractor:
+        """The fact extractor for these settings: the shared one, or one built (and kept) for overridden limits
+        (validity windows, default upper limits of normal), which it reads as it extracts."""
+        limits = _numeric(settings)
+        if settings is self.defaults or limits == self._default_limits:
+            return self.extractor
+        key = tuple(sorted(limits.items()))
+        extractor = self._extractors.get(key)
+        if extractor is None:
+            extractor = self._extractors[key] = self._new_extractor(limits)
+        return extractor
 
     def evaluate(
         self, record: PatientRecord, now: datetime, settings: Mapping[str, Value] | None = None
@@ -464,7 +478,11 @@ class Engine:
             "patient": record.patient_reference,
             "evaluated_at": now.isoformat(),
             "knowledge_base": {"name": manifest.name, "version": manifest.version, "digest": self.kb.digest},
-            "settings": {name: settings[name] for name in self.choice_settings},
+            "settings": {
+                name: settings[name]
+                for name in self.kb.settings
+                if name in self.choice_settings or settings[name] != self.defaults[name]
+            },
             "in_scope": in_scope,
             "confidence": "high" if gaps == 0 else "reduced",
             "data_gaps": gaps,
@@ -513,6 +531,34 @@ def _text_facts(rule: Rule) -> list[str]:
         if not name.startswith("setting.")
     ]
     return list(dict.fromkeys(names))
+
+
+def _numeric(settings: Mapping[str, Value]) -> dict[str, float]:
+    """The settings that are numbers: the limits the fact extractor reads (validity windows, upper limits)."""
+    return {
+        name: value
+        for name, value in settings.items()
+        if isinstance(value, int | float) and not isinstance(value, bool)
+    }
+
+
+def _checked_setting(name: str, setting: Setting, value: Value) -> Value:
+    """An override of ``setting``, checked against its choices or the type of its default; InputError if not."""
+    if setting.choices:
+        if str(value) not in setting.choices:
+            raise InputError(f"setting {name} must be one of {', '.join(setting.choices)}, not {value!r}")
+        return str(value)
+    if isinstance(setting.value, bool):
+        if not isinstance(value, bool):
+            raise InputError(f"setting {name} must be true or false, not {value!r}")
+        return value
+    if isinstance(setting.value, int | float):
+        # Every numeric setting is a count, a grade, a pressure, an upper limit or a number of days: never negative.
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < math.inf:
+            unit = f" ({setting.unit})" if setting.unit else ""
+            raise InputError(f"setting {name} must be a number from 0 up{unit}, not {value!r}")
+        return value
+    return str(value)
 
 
 @lru_cache(maxsize=4096)

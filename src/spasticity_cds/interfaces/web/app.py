@@ -12,8 +12,9 @@ from fastapi import FastAPI
 
 from spasticity_cds.api import load_knowledge_base
 from spasticity_cds.engine.evaluator import Engine
+from spasticity_cds.errors import InputError
 from spasticity_cds.interfaces.web import hooks_routes, pages
-from spasticity_cds.interfaces.web.config import WebSettings, settings_from_environment
+from spasticity_cds.interfaces.web.config import ConfigError, WebSettings, settings_from_environment
 from spasticity_cds.interfaces.web.deps import AppState
 from spasticity_cds.interfaces.web.errors import install_error_handling
 
@@ -41,6 +42,11 @@ def create_app(
 ) -> FastAPI:
     """A ready app; every argument left out takes its production default (shipped KB, SQLite store, UTC clock)."""
     settings = settings or WebSettings()
+    engine = engine or load_knowledge_base()
+    try:  # a bad [kb_settings] entry stops the server at start, not every call with a 400
+        engine.settings_for(settings.kb_settings)
+    except InputError as error:
+        raise ConfigError(f"[kb_settings]: {error.message}") from None
     if store is None:
         from spasticity_cds.store import open_store
 
@@ -50,7 +56,7 @@ def create_app(
     # A path with an extra slash is a 404 OperationOutcome: a redirect would build its Location from the Host header.
     app.router.redirect_slashes = False
     app.state.cds = AppState(
-        engine=engine or load_knowledge_base(),
+        engine=engine,
         store=store,
         clock=clock or (lambda: datetime.now(UTC)),
         settings=settings,

@@ -47,7 +47,7 @@ class WebSettings:
     session_max_age_s: int = 3600
     smart_clients_file: Path | None = None
     cors_origins: tuple[str, ...] = ("*",)
-    kb_settings: dict[str, str] = field(default_factory=dict)
+    kb_settings: dict[str, str | int | float | bool] = field(default_factory=dict)
     smart_launch_url: str | None = None
     fhir_server_allowlist: tuple[str, ...] = ()
     #: Origins (besides this app's) that may show its pages in a frame, such as an EHR that embeds the SMART app.
@@ -108,7 +108,9 @@ def _converted(name: str, value: Any, base_dir: Path, where: str) -> Any:
     if name == "kb_settings":
         if not isinstance(value, dict):
             raise ConfigError("kb_settings must be a table", where=where)
-        return {str(k): str(v) for k, v in value.items()}
+        if not all(isinstance(v, str | int | float) for v in value.values()):  # bool is an int
+            raise ConfigError("kb_settings values must be strings, numbers or booleans", where=where)
+        return {str(k): v for k, v in value.items()}  # numbers stay numbers: the engine checks each by its type
     kind = NUMBER_FIELDS.get(name)
     if kind is bool:
         valid = isinstance(value, bool)
