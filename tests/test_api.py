@@ -126,3 +126,13 @@ def test_to_json_is_canonical() -> None:
 def test_evaluation_is_deterministic() -> None:
     first = spasticity_cds.to_json(spasticity_cds.evaluate(BUNDLE, now=NOW))
     assert all(spasticity_cds.to_json(spasticity_cds.evaluate(BUNDLE, now=NOW)) == first for _ in range(3))
+
+
+def test_a_result_is_the_callers_own_to_change() -> None:
+    first = spasticity_cds.evaluate(BUNDLE, now=NOW)
+    expected = spasticity_cds.to_json(first)
+    for finding in first["findings"]:
+        for citation in finding["citations"]:
+            citation["status"] = "REDACTED"
+    first["disclaimer"]["citations"].clear()
+    assert spasticity_cds.to_json(spasticity_cds.evaluate(BUNDLE, now=NOW)) == expected

@@ -55,9 +55,14 @@ def evaluate(
     engine: Engine | None = None,
     settings: Mapping[str, Value] | None = None,
 ) -> dict[str, Any]:
-    """The treatment plan for one patient at ``now`` (timezone-aware), as the JSON result contract."""
+    """The treatment plan for one patient at ``now`` (timezone-aware), as the JSON result contract.
+
+    The result is the caller's own to change: the engine shares the parts that depend only on the knowledge base
+    (citations, monitoring) between its results, so it is handed over as a copy.
+    """
     active = engine or load_knowledge_base()
-    return active.evaluate(read_patient(patient), now, settings)
+    own: dict[str, Any] = orjson.loads(orjson.dumps(active.evaluate(read_patient(patient), now, settings)))
+    return own
 
 
 def explain(
