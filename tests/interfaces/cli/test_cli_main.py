@@ -73,6 +73,25 @@ def test_text_output_shows_the_plan_citations_and_the_decision_support_note(pati
     assert "Decision support for a clinician" in out
 
 
+def test_text_output_shows_the_basis_of_every_option_and_the_record_entries_used(patient_file: Path) -> None:
+    code, out = _run(["evaluate", str(patient_file), "--now", NOW])
+    assert code == 0
+    details = out.split("Options in detail")[1].split("Findings")[0]
+    assert 'kedlaya-medscape-2021 [C-primary] "Baclofen ... is the drug of choice"' in details  # an option's source
+    assert "Start: Start 5 mg three times daily" in details and "Steps: 2026-11-24 5 mg x3 (15 mg/day)" in details
+    assert "Because TIZ-CYP1A2-STRONG v" in details
+    assert "MedicationRequest/m2" in out.split("Findings")[1]  # the record entry a finding rests on
+
+
+def test_control_characters_from_a_record_never_reach_the_terminal(tmp_path: Path) -> None:
+    path = tmp_path / "patient.json"
+    cipro = dict(TIZANIDINE_AND_CIPRO[1], id="m2\x1b]0;PWNED\x07\x1b[2J")  # an escape sequence in an id
+    path.write_bytes(orjson.dumps(_bundle(ALS, TIZANIDINE_AND_CIPRO[0], cipro)))
+    code, out = _run(["evaluate", str(path), "--now", NOW])
+    assert code == 0 and "\x1b" not in out and "\x07" not in out
+    assert "m2\ufffd]0;PWNED\ufffd\ufffd[2J" in out
+
+
 def test_json_output_is_the_result_contract(patient_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["evaluate", str(patient_file), "--now", NOW, "--format", "json"]) == 0
     result = json.loads(capsys.readouterr().out)

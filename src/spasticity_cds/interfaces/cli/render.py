@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from typing import Any
 
@@ -22,8 +23,15 @@ STATUS_STYLE = {
 SEVERITY_STYLE = {"critical": "bold white on red", "warning": "bold yellow", "info": "cyan"}
 
 
+#: Control characters (C0 but tab and newline, DEL, C1): text from a record is printed with them replaced, so that
+#: an escape sequence in a name or id cannot retitle or clear the terminal.
+CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
 def render_result(console: Console, result: dict[str, Any]) -> None:
-    """The whole plan for one patient: header, standing, options, findings, notes, disclaimer."""
+    """The whole plan for one patient: header, standing, options (ranked, then each with its basis), findings,
+    notes, disclaimer. Every statement is shown with its sources, as the JSON result carries them."""
+    result = _printable(result)
     console.print(_header(result))
     if not result["in_scope"]:
         _findings(console, result["findings"])
@@ -31,6 +39,7 @@ def render_result(console: Console, result: dict[str, Any]) -> None:
         return
     console.print(_standing(result))
     console.print(_options_table(result["options"]))
+    _option_details(console, result["options"])
     _findings(console, result["findings"])
     if result["input_notes"]:
         console.print(Text("How the record was read", style="bold"))
@@ -71,7 +80,7 @@ def _options_table(options: Iterable[dict[str, Any]]) -> Table:
     table.add_column("Option", ratio=3)
     table.add_column("Status", min_width=15)
     table.add_column("Dose", ratio=2)
-    table.add_column("Why this status (rules)", ratio=3, overflow="fold")
+    table.add_column("Why this status (rules)", min_width=29, overflow="fold")  # the longest rule id, unbroken
     for option in options:
         name = Text(option["name"])
         name.append(f"\n{option['role']}", style="dim")
@@ -80,7 +89,7 @@ def _options_table(options: Iterable[dict[str, Any]]) -> Table:
             name,
             Text(option["status"], style=STATUS_STYLE[option["status"]]),
             _dose_cell(option),
-            ", ".join(option["because"]) or "ladder default",
+            "\n".join(option["because"]) or "ladder default",
         )
     return table
 
@@ -101,6 +110,64 @@ def _dose_cell(option: dict[str, Any]) -> str:
     return "; ".join(parts)
 
 
+def _printable(value: Any) -> Any:
+    """``value`` with every string's control characters replaced by U+FFFD."""
+    if isinstance(value, str):
+        return CONTROL.sub("\ufffd", value)
+    if isinstance(value, dict):
+        return {key: _printable(inner) for key, inner in value.items()}
+    if isinstance(value, list):
+        return [_printable(inner) for inner in value]
+    return value
+
+
+def _cites(citations: Iterable[dict[str, Any]]) -> str:
+    """Citations in short: id [evidence status] "locator"; `spasticity-cds kb list citations` gives the titles."""
+    return "; ".join(f'{c["id"]} [{c["status"]}] "{c["locator"]}"' for c in citations)
+
+
+def _option_details(console: Console, options: Iterable[dict[str, Any]]) -> None:
+    console.print(Text("Options in detail", style="bold underline"))
+    for option in options:
+        text = Text()
+        text.append(f" {option['rank']}. {option['name']}: ", style="bold")
+        text.append(option["status"], style=STATUS_STYLE[option["status"]])
+        text.append(f"\n    {option['summary']}\n")
+        text.append(f"    Sources: {_cites(option['citations'])}\n", style="dim")
+        for reason in option.get("reasons") or ():
+            text.append(f"    Because {reason['rule_id']} v{reason['rule_version']}: {reason['summary']}\n")
+            text.append(f"      Sources: {_cites(reason['citations'])}\n", style="dim")
+        _dose_plan_lines(text, option.get("dose_plan"))
+        for item in option.get("monitoring") or ():
+            text.append(f"    Monitoring: {item['what']}\n")
+            text.append(f"      Sources: {_cites(item['citations'])}\n", style="dim")
+        taper = option.get("taper")
+        if taper:
+            text.append(f"    Stopping: {taper['text']}\n")
+            text.append(f"      Sources: {_cites(taper['citations'])}\n", style="dim")
+        console.print(text, end="")
+
+
+def _dose_plan_lines(text: Text, plan: dict[str, Any] | None) -> None:
+    if not plan:
+        return
+    for label, key in (("Start", "start"), ("Titration", "titration"), ("Maximum", "max_basis")):
+        statement = plan.get(key)
+        if statement:
+            text.append(f"    {label}: {statement['text']}\n")
+            text.append(f"      Sources: {_cites(statement['citations'])}\n", style="dim")
+    steps = plan.get("steps") or []
+    if steps:
+        dated = "; ".join(
+            f"{s['date']} {s['dose']:g} {s['unit']} x{s['times_per_day']} ({s['daily']:g} {s['unit']}/day)"
+            for s in steps
+        )
+        text.append(f"    Steps: {dated}\n")
+    ceiling = plan.get("ceiling")
+    if ceiling and ceiling.get("value") is not None:
+        text.append(f"    Ceiling for this patient: {_fact_value(ceiling)}\n")
+
+
 def _findings(console: Console, findings: list[dict[str, Any]]) -> None:
     if not findings:
         return
@@ -113,9 +180,15 @@ def _findings(console: Console, findings: list[dict[str, Any]]) -> None:
         body = Text(f"    {finding['detail']}\n", style="default")
         cites = "; ".join(f"{c['title']} [{c['status']}] - {c['locator']}" for c in finding["citations"])
         body.append(f"    Sources: {cites}\n", style="dim")
-        used = [f"{f['name']}={_fact_value(f)}" for f in finding["facts"] if f.get("value") is not None]
+        used = [f"{f['name']} = {_fact_value(f)}" for f in finding["facts"] if f.get("value") is not None]
         if used:
-            body.append(f"    Based on: {', '.join(used)}\n", style="dim")
+            body.append(f"    Based on: {'; '.join(used)}\n", style="dim")
+        conflict = finding.get("conflict")
+        if conflict:
+            setting = f" (setting {conflict['setting']})" if conflict.get("setting") else ""
+            body.append(
+                f"    Where sources differ - {conflict['topic']}: {conflict['chosen']} {conflict['why']}{setting}\n"
+            )
         if finding.get("missing"):
             body.append(f"    Missing or stale: {', '.join(finding['missing'])}\n", style="yellow")
         body.append(f"    Rule {finding['rule_id']} v{finding['rule_version']}", style="dim")
@@ -123,13 +196,14 @@ def _findings(console: Console, findings: list[dict[str, Any]]) -> None:
 
 
 def _fact_value(fact: dict[str, Any]) -> str:
+    """A fact's value with its unit, date, note and the record entries it was read from."""
     value = fact["value"]
     text = f"{value:g}" if isinstance(value, float) else str(value)
     if fact.get("unit"):
         text += f" {fact['unit']}"
-    if fact.get("date"):
-        text += f" ({fact['date']}{', stale' if fact.get('stale') else ''})"
-    return text
+    details = [part for part in (fact.get("date"), "stale" if fact.get("stale") else None, fact.get("note")) if part]
+    details += fact.get("sources") or []
+    return text + (f" ({', '.join(details)})" if details else "")
 
 
 def _disclaimer(console: Console, result: dict[str, Any]) -> None:
