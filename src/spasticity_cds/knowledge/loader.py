@@ -134,6 +134,8 @@ def _decode(root: Path, where: str, shape: type[T]) -> T:
         raw: Any = yaml.load(path.read_text(encoding="utf-8"), Loader=SAFE_LOADER)
     except yaml.YAMLError as error:
         raise KnowledgeBaseError(f"not valid YAML: {error}", where=where) from None
+    except UnicodeDecodeError:
+        raise KnowledgeBaseError("not UTF-8 text", where=where) from None
     try:
         return msgspec.convert(raw, shape, strict=True)
     except msgspec.ValidationError as error:

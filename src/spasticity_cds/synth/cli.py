@@ -15,12 +15,18 @@ from spasticity_cds.synth.patient import AS_OF
 from spasticity_cds.synth.profiles import PROFILES
 from spasticity_cds.synth.writer import FORMATS, CohortSummary, write_cohort
 
+#: The years --as-of may fall in: patients are born decades before it and their records run after it.
+AS_OF_YEARS = range(1900, 9001)
+
 
 def _iso_date(text: str) -> date:
     try:
-        return date.fromisoformat(text)
+        day = date.fromisoformat(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not an ISO date (YYYY-MM-DD): {text!r}") from None
+    if day.year not in AS_OF_YEARS:
+        raise argparse.ArgumentTypeError(f"{text!r}: the year must be from {AS_OF_YEARS[0]} to {AS_OF_YEARS[-1]}")
+    return day
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

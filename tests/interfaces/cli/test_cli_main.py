@@ -189,3 +189,34 @@ def test_stdin_is_read_with_a_dash(patient_file: Path) -> None:
     completed = _console_entry("evaluate", "-", "--now", NOW, "--format", "json", stdin=patient_file.read_bytes())
     assert completed.returncode == 0, completed.stderr.decode()
     assert json.loads(completed.stdout)["patient"] == "Patient/p1"
+
+
+@pytest.mark.parametrize("output", ["text", "json"])
+def test_a_reader_that_goes_away_ends_the_run_quietly_with_exit_0(output: str) -> None:
+    """`spasticity-cds demo | head -1`: the pipe closes early; no error, exit 0 in both formats."""
+    command = [sys.executable, "-c", "from spasticity_cds.interfaces.cli.main import console_entry; console_entry()"]
+    with subprocess.Popen(
+        [*command, "demo", "--format", output], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    ) as run:
+        assert run.stdout is not None and run.stderr is not None
+        run.stdout.read(10)
+        run.stdout.close()  # the reader is gone before the plan is written out
+        errors = run.stderr.read()
+        assert run.wait(timeout=60) == 0 and b"error" not in errors
+
+
+def test_a_knowledge_base_file_that_is_not_text_is_a_knowledge_base_error(tmp_path: Path) -> None:
+    import shutil
+
+    from spasticity_cds.knowledge.loader import default_root
+
+    folder = tmp_path / "kb"
+    shutil.copytree(default_root(), folder)
+    (folder / "settings.yaml").write_bytes(b"\xf9\xfa binary")
+    completed = _console_entry("kb", "validate", str(folder))
+    assert completed.returncode == 3 and b"settings.yaml: not UTF-8 text" in completed.stderr
+
+
+def test_a_synthetic_world_dated_where_dates_cannot_reach_is_a_usage_error(tmp_path: Path) -> None:
+    completed = _console_entry("synth", "--n", "1", "--as-of", "0001-01-01", "--out", str(tmp_path / "out"))
+    assert completed.returncode == 2 and b"the year must be from 1900 to 9000" in completed.stderr

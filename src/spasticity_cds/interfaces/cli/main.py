@@ -7,6 +7,7 @@ Exit codes: 0 success; 1 unexpected internal error; 2 bad input or usage; 3 know
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -278,10 +279,21 @@ def _cmd_demo(args: argparse.Namespace, console: Console) -> int:
 
 def main(argv: Sequence[str] | None = None, *, console: Console | None = None) -> int:
     """Run one command; returns its exit code. Errors raised here are mapped by console_entry."""
-    console = console or Console()
+    console = console or _PipeConsole()
     args = build_parser().parse_args(list(argv) if argv is not None else None)
     handler: Callable[[argparse.Namespace, Console], int] = args.handler
     return handler(args, console)
+
+
+class _PipeConsole(Console):
+    """A console whose reader going away (``| head``) ends the run like a finished one, as the JSON output does;
+    rich's own answer is exit 1."""
+
+    def on_broken_pipe(self) -> None:
+        """Quiet from here on, stdout pointed at /dev/null (so nothing fails at exit), then exit 0."""
+        self.quiet = True
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise BrokenPipeError
 
 
 def _interrupt(signum: int, frame: object) -> None:
