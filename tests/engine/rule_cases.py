@@ -65,6 +65,16 @@ CASES: list[RuleCase] = [
         lambda: [med("baclofen", dose=10, per_day=3)],
         lambda: [med("baclofen")],
     ),
+    *(
+        _c(
+            f"{agent.upper()}-FAILED-BEFORE",
+            lambda agent=agent: [med(agent, status="stopped", reason="side effects"), med(agent, status="draft")],
+            lambda agent=agent: [med(agent, status="stopped", reason="moved house"), med(agent, status="draft")],
+            none,
+            "false",
+        )
+        for agent in ("tizanidine", "gabapentin")
+    ),
     _c("DANT-ADJUNCT-ONLY", lambda: [med("dantrolene")], lambda: [med("dantrolene"), med("baclofen")], none, "false"),
     _c(
         "ITB-REFERRAL",
