@@ -527,3 +527,8 @@ def test_overridden_validity_windows_and_upper_limits_are_used() -> None:
     assert ENGINE._facts(record, NOW, ENGINE.settings_for(None))[0]["obs.egfr"] == default["obs.egfr"]
     result = ENGINE.evaluate(record, NOW, {"validity_days_renal": 30})
     assert result["settings"]["validity_days_renal"] == 30  # an override shows in the result
+
+
+def test_a_result_without_a_readable_date_is_out_of_date_and_says_why() -> None:
+    facts, _ = facts_of(obs(LOINC, "98979-8", 45.0, when="sometime last spring"))
+    assert facts["obs.egfr"].stale and "no readable date" in (facts["obs.egfr"].note or "")

@@ -395,6 +395,9 @@ class FactExtractor:
         self, name: str, observed: Observed, concept: Concept, now: datetime, note: str | None = None
     ) -> Fact:
         stale = self._is_stale(observed.when, concept, now)
+        if observed.when is None and concept.validity_setting is not None:
+            # Without a date its age cannot be judged, so it counts as out of date: say why.
+            note = "; ".join(part for part in (note, "no readable date, so treated as out of date") if part)
         return Fact(
             name,
             observed.value,
