@@ -135,3 +135,16 @@ def test_deciding_nodes_explain_the_outcome() -> None:
 def test_facts_used_lists_each_fact_once_in_tree_order() -> None:
     tree = compile_({"any": [check("obs.fvc", "lt", 50), check("obs.snip", "lt", 40), check("obs.fvc", "lt", 30)]})
     assert tree.facts_used() == ["obs.fvc", "obs.snip"]
+
+
+def test_an_out_of_date_value_counts_only_when_the_check_says_so_and_it_is_met() -> None:
+    from spasticity_cds.engine.facts import Fact
+    from spasticity_cds.engine.logic import _comparison
+
+    old_low = {"obs.fvc": Fact("obs.fvc", 45.0, "%", "2025-01-01", stale=True)}
+    old_normal = {"obs.fvc": Fact("obs.fvc", 85.0, "%", "2025-01-01", stale=True)}
+    counting = _comparison("obs.fvc", "lt", 50, None, missing_is_false=False, stale_if_met=True)
+    plain = _comparison("obs.fvc", "lt", 50, None, missing_is_false=False, stale_if_met=False)
+    assert counting(Env(old_low, {}, {})) is True
+    assert counting(Env(old_normal, {}, {})) is None  # it may have fallen since: unknown
+    assert plain(Env(old_low, {}, {})) is None

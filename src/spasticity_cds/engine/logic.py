@@ -121,7 +121,16 @@ class Compiler:
         label = f"{name} {check.op} " + (f"setting.{check.setting}" if check.setting else repr(threshold))
         if check.if_missing == "false":
             label += " (not measured counts as not met)"
-        evaluate = _comparison(name, check.op, threshold, check.setting, missing_is_false=check.if_missing == "false")
+        if check.stale_if_met:
+            label += " (an out-of-date value counts when it meets this)"
+        evaluate = _comparison(
+            name,
+            check.op,
+            threshold,
+            check.setting,
+            missing_is_false=check.if_missing == "false",
+            stale_if_met=check.stale_if_met,
+        )
         return CompiledNode(path, label, evaluate, fact=name)
 
     def _threshold(self, check: Comparison, path: str) -> Any:
@@ -183,7 +192,7 @@ def _definition(name: str, check: Comparison) -> Callable[[Env], Truth]:
 
 
 def _comparison(
-    name: str, op: str, threshold: Any, threshold_setting: str | None, *, missing_is_false: bool
+    name: str, op: str, threshold: Any, threshold_setting: str | None, *, missing_is_false: bool, stale_if_met: bool
 ) -> Callable[[Env], Truth]:
     is_setting = name.startswith("setting.")
     when_missing: Truth = False if missing_is_false else None
@@ -196,15 +205,22 @@ def _comparison(
             actual: Any = env.settings[setting_name]
         else:
             fact = env.facts[name]
-            if fact.value is None or fact.stale:
+            if fact.value is None:
                 return when_missing
             actual = fact.value
-        try:
-            return bool(compare(actual, limit))
-        except TypeError:
-            return None
+            if fact.stale:
+                met = _compared(compare, actual, limit)
+                return True if stale_if_met and met else when_missing
+        return _compared(compare, actual, limit)
 
     return evaluate
+
+
+def _compared(compare: Callable[[Any, Any], bool], actual: Any, limit: Any) -> Truth:
+    try:
+        return bool(compare(actual, limit))
+    except TypeError:
+        return None
 
 
 _OPERATORS: dict[str, Callable[[Any, Any], bool]] = {

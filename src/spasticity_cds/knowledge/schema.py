@@ -184,6 +184,9 @@ class Comparison(Strict, kw_only=True, frozen=True):
     value: float | int | str | bool | list[str] | None = None
     setting: str | None = None
     if_missing: Literal["unknown", "false"] = "unknown"
+    #: A value past its validity still counts when it meets the check (a measure that does not recover, such as
+    #: FVC in ALS: an old abnormal value cannot have become normal); otherwise an out-of-date value is unknown.
+    stale_if_met: bool = False
 
 
 class Node(Strict, kw_only=True, frozen=True):
