@@ -29,6 +29,7 @@ RXNORM = {
     "gabapentin": "25480",
     "riluzole": "35623",
     "morphine": "7052",
+    "lorazepam": "6470",
     "fluvoxamine": "42355",
     "ciprofloxacin": "2551",
     "verapamil": "11170",

@@ -75,6 +75,13 @@ CASES: list[RuleCase] = [
         )
         for agent in ("tizanidine", "gabapentin")
     ),
+    _c(
+        "ADDED-SEDATION",
+        lambda: [med("lorazepam", dose=1, per_day=2), med("tizanidine", status="draft")],
+        lambda: [med("tizanidine", status="draft")],
+        none,
+        "false",
+    ),
     _c("DANT-ADJUNCT-ONLY", lambda: [med("dantrolene")], lambda: [med("dantrolene"), med("baclofen")], none, "false"),
     _c(
         "ITB-REFERRAL",
