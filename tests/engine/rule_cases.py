@@ -20,6 +20,7 @@ from .records import (
     condition,
     days_ago,
     egfr,
+    fvc,
     mas,
     med,
     normal_breathing,
@@ -247,6 +248,12 @@ CASES: list[RuleCase] = [
         lambda: [condition(ICD, "G47.33"), med("diazepam", status="draft")],
         lambda: [*normal_breathing(), med("diazepam", status="draft")],
         lambda: [med("diazepam", status="draft")],
+    ),
+    _c(
+        "DANT-PULMONARY",
+        lambda: [fvc(40), med("dantrolene", status="draft")],
+        lambda: [*normal_breathing(), med("dantrolene", status="draft")],
+        lambda: [med("dantrolene", status="draft")],
     ),
     _c(
         "BENZO-RESP-REDUCED",
