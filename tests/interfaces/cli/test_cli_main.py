@@ -140,6 +140,20 @@ def test_kb_validate_and_list() -> None:
     assert code == 0 and "jurisdiction" in out
 
 
+def test_kb_list_keeps_ids_whole_on_a_narrow_terminal_and_gives_json() -> None:
+    from spasticity_cds.api import load_knowledge_base
+
+    buffer = io.StringIO()
+    assert main(["kb", "list", "rules"], console=Console(file=buffer, width=80, color_system=None)) == 0
+    assert all(rule_id in buffer.getvalue() for rule_id in load_knowledge_base().kb.rules)
+    completed = _console_entry("kb", "list", "settings", "--format", "json")
+    listing = orjson.loads(completed.stdout)
+    assert (
+        completed.returncode == 0
+        and {"name": "jurisdiction"}.items() <= next(item for item in listing if item["name"] == "jurisdiction").items()
+    )
+
+
 def _console_entry(*argv: str, stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
     program = "from spasticity_cds.interfaces.cli.main import console_entry; console_entry()"
     return subprocess.run(

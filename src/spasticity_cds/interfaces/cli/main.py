@@ -17,6 +17,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import orjson
 from rich.console import Console
 from rich.markup import escape
 
@@ -83,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     listing = kb_commands.add_parser("list", help="List rules, drugs, citations and settings.")
     listing.add_argument("what", nargs="?", choices=("rules", "drugs", "citations", "settings"), default="rules")
     listing.add_argument("--kb", type=Path, dest="kb_path", help="knowledge-base folder (default: the shipped one)")
+    listing.add_argument("--format", choices=("text", "json"), default="text", help="a table, or JSON for scripts")
     listing.set_defaults(handler=_cmd_kb_list)
 
     demo = commands.add_parser("demo", help="Evaluate the bundled example patients that walk the ladder.")
@@ -246,14 +248,22 @@ def _cmd_kb_list(args: argparse.Namespace, console: Console) -> int:
     else:
         header = ("name", "value", "choices", "description")
         rows = [(n, str(s.value), ",".join(s.choices), s.description) for n, s in kb.settings.items()]
-    _table(console, header, sorted(rows))
+    if args.format == "json":
+        listing = [dict(zip(header, row, strict=True)) for row in sorted(rows)]
+        sys.stdout.buffer.write(orjson.dumps(listing, option=orjson.OPT_INDENT_2) + b"\n")
+    else:
+        _table(console, header, sorted(rows))
     return EXIT_OK
 
 
 def _table(console: Console, header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
     from rich.table import Table
 
-    table = Table(*header, show_lines=False)
+    table = Table(show_lines=False)
+    for index, name in enumerate(header):
+        # The first column holds the ids that explain and --set take: never cut, never broken.
+        widest = max((len(row[0]) for row in rows), default=0) if index == 0 else None
+        table.add_column(name, no_wrap=index == 0, overflow="fold", min_width=widest)
     for row in rows:
         table.add_row(*row)
     console.print(table)
