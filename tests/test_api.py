@@ -8,7 +8,7 @@ import orjson
 import pytest
 
 import spasticity_cds
-from spasticity_cds.errors import EvaluationError, KnowledgeBaseError
+from spasticity_cds.errors import InputError, KnowledgeBaseError
 
 NOW = datetime.fromisoformat("2026-11-24T09:30:00-05:00")
 PATIENT = {"resourceType": "Patient", "id": "p1", "birthDate": "1960-01-01", "gender": "male"}
@@ -92,9 +92,17 @@ def test_settings_change_the_answer() -> None:
     assert "(us)" in above["summary"]
 
 
-def test_now_must_carry_an_offset() -> None:
-    with pytest.raises(EvaluationError, match="UTC offset"):
-        spasticity_cds.evaluate(BUNDLE, now=datetime(2026, 11, 24, 9, 30))
+@pytest.mark.parametrize(
+    ("now", "message"),
+    [
+        (datetime(2026, 11, 24, 9, 30), "needs a UTC offset"),
+        ("2026-11-24T09:30:00-05:00", "not str"),
+        (datetime(9999, 12, 31, tzinfo=NOW.tzinfo), "past the year 9000"),
+    ],
+)
+def test_now_must_be_an_aware_datetime_the_calendar_can_count_from(now: object, message: str) -> None:
+    with pytest.raises(InputError, match=message):
+        spasticity_cds.evaluate(BUNDLE, now=now)  # type: ignore[arg-type]
 
 
 def test_explain_gives_every_node_and_the_deciding_ones() -> None:

@@ -20,11 +20,11 @@ from spasticity_cds.knowledge import loader
 PatientInput = PatientRecord | bytes | Mapping[str, Any] | list[Any]
 
 
-def load_knowledge_base(path: Path | None = None) -> Engine:
+def load_knowledge_base(path: Path | str | None = None) -> Engine:
     """The knowledge base at ``path`` (the shipped one by default), validated and compiled for evaluation."""
     if path is None:
         return _default_engine()
-    return Engine(loader.load(path))
+    return Engine(loader.load(Path(path)))
 
 
 @lru_cache(maxsize=1)
@@ -61,7 +61,8 @@ def evaluate(
     (citations, monitoring) between its results, so it is handed over as a copy.
     """
     active = engine or load_knowledge_base()
-    own: dict[str, Any] = orjson.loads(orjson.dumps(active.evaluate(read_patient(patient), now, settings)))
+    moment = _checked_now(now)
+    own: dict[str, Any] = orjson.loads(orjson.dumps(active.evaluate(read_patient(patient), moment, settings)))
     return own
 
 
@@ -75,11 +76,24 @@ def explain(
 ) -> dict[str, Any]:
     """One rule's tree for this patient with the value of every node and the nodes that decided it."""
     active = engine or load_knowledge_base()
-    return active.explain(read_patient(patient), now, rule_id, settings)
+    return active.explain(read_patient(patient), _checked_now(now), rule_id, settings)
 
 
 #: The last year an evaluation instant may fall in: titration and monitoring dates run up to years after it.
 LATEST_INSTANT_YEAR = 9000
+
+
+def _checked_now(now: object) -> datetime:
+    """The evaluation instant as the library takes it: a timezone-aware datetime (InputError otherwise)."""
+    if not isinstance(now, datetime):
+        raise InputError(
+            f"now must be a datetime with a UTC offset, not {type(now).__name__} (parse_instant reads text)"
+        )
+    if now.tzinfo is None:
+        raise InputError("now needs a UTC offset (a timezone-aware datetime)")
+    if now.year > LATEST_INSTANT_YEAR:
+        raise InputError(f"now is past the year {LATEST_INSTANT_YEAR}")
+    return now
 
 
 def parse_instant(text: str, *, name: str = "now") -> datetime:
