@@ -18,7 +18,7 @@ import base64
 import json
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from pathlib import Path
@@ -114,8 +114,8 @@ class TrustedIssuer:
 
 
 @dataclass(frozen=True, slots=True)
-class VerifiedClient:
-    """What a verified token says about the calling CDS client; every field is safe to log."""
+class CheckedToken:
+    """A token that passed every check but the replay one (`JwtVerifier.check`); not yet a verified client."""
 
     iss: str
     jti: str
@@ -129,18 +129,11 @@ class VerifiedClient:
 
 
 @dataclass(frozen=True, slots=True)
-class CheckedToken:
-    """A token that passed every check but the replay one (`JwtVerifier.check`); not yet a verified client."""
+class VerifiedClient(CheckedToken):
+    """What a verified token (its jti remembered too) says about the calling CDS client; every field is safe to log.
 
-    iss: str
-    jti: str
-    kid: str
-    alg: str
-    audience: str
-    issued_at: datetime
-    expires_at: datetime
-    tenant: str | None = None
-    subject: str | None = None
+    A subclass, so that a checked token whose replay check has not run cannot pass for a verified client.
+    """
 
 
 @dataclass(frozen=True, slots=True)
@@ -297,17 +290,7 @@ class JwtVerifier:
         """
         if not self._replay(checked.iss, checked.jti, checked.expires_at + timedelta(seconds=self._leeway)):
             raise _rejected(f"jti {_loggable(checked.jti)} from {_loggable(checked.iss)} was already used")
-        return VerifiedClient(
-            iss=checked.iss,
-            jti=checked.jti,
-            kid=checked.kid,
-            alg=checked.alg,
-            audience=checked.audience,
-            issued_at=checked.issued_at,
-            expires_at=checked.expires_at,
-            tenant=checked.tenant,
-            subject=checked.subject,
-        )
+        return VerifiedClient(**{part.name: getattr(checked, part.name) for part in fields(CheckedToken)})
 
     def _signer(self, token: str) -> _Signer:
         """Read the token's issuer, algorithm, kid and jku, each checked against what the issuer allows."""
