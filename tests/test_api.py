@@ -144,3 +144,11 @@ def test_a_result_is_the_callers_own_to_change() -> None:
             citation["status"] = "REDACTED"
     first["disclaimer"]["citations"].clear()
     assert spasticity_cds.to_json(spasticity_cds.evaluate(BUNDLE, now=NOW)) == expected
+
+
+def test_explain_opens_the_definitions_a_rule_reads() -> None:
+    explained = spasticity_cds.explain(BUNDLE, "BENZO-RESP-GATE", now=NOW)
+    (compromise,) = [n for n in explained["tree"]["children"] if n["label"].startswith("def.respiratory_compromise")]
+    (definition,) = compromise["children"]
+    assert definition["label"] == "any"
+    assert any(child["label"].startswith("obs.fvc-percent lt 50") for child in definition["children"])

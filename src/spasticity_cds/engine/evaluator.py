@@ -627,6 +627,12 @@ def _tree(node: CompiledNode, values: dict[str, Truth], env: Env) -> dict[str, A
         out["fact"] = env.facts[node.fact].to_dict()
     if node.children:
         out["children"] = [_tree(child, values, env) for child in node.children]
+    elif node.fact and node.fact.startswith("def."):
+        # A definition's own tree, so that the data behind "respiratory compromise: yes" is in view too.
+        definition = env.definitions[node.fact[4:]]
+        traced: dict[str, Truth] = {}
+        definition.trace(env, traced)
+        out["children"] = [_tree(definition, traced, env)]
     return out
 
 
