@@ -485,6 +485,11 @@ def test_instants_read_to_the_minute_with_their_offset(value: str, text: str) ->
         ("medclass.cyp1a2-inhibitor is False", "Any cyp1a2 inhibitor medicine: no"),
         ("obs.egfr lt setting.baclofen_renal_floor", "eGFR < the setting baclofen_renal_floor"),
         ("any", "Any of these"),
+        (
+            "obs.snip lt 40 (not measured counts as not met) (an out-of-date value counts when it meets this)",
+            "Sniff nasal inspiratory pressure < 40 (counts as not met when not measured; "
+            "an out-of-date value counts when it meets this)",
+        ),
     ],
 )
 def test_why_tree_labels_read_as_a_clinician_reads_them(label: str, text: str) -> None:

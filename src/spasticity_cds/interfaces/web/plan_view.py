@@ -101,26 +101,33 @@ def fact_label(name: str, engine: Engine) -> str:
 #: How the why-trees' comparison and group labels read.
 OPERATOR_WORDS = {"lt": "<", "le": "≤", "gt": ">", "ge": "≥", "eq": "=", "ne": "≠", "in": "is one of", "is": "is"}
 GROUP_WORDS = {"all": "All of these", "any": "Any of these", "not": "Not this"}
-_UNMEASURED = " (not measured counts as not met)"
+#: The qualifiers the compiler appends to a check's label, and how they read on the page.
+QUALIFIERS = {
+    " (not measured counts as not met)": "counts as not met when not measured",
+    " (an out-of-date value counts when it meets this)": "an out-of-date value counts when it meets this",
+}
 
 
 def check_text(label: str, engine: Engine) -> str:
     """A why-tree node's label as a clinician reads it: ``obs.egfr lt 30.0`` becomes ``eGFR < 30``."""
     if label in GROUP_WORDS:
         return GROUP_WORDS[label]
-    unmeasured = label.endswith(_UNMEASURED)
-    name, _, rest = label.removesuffix(_UNMEASURED).partition(" ")
+    qualifiers: list[str] = []
+    for suffix, words in QUALIFIERS.items():
+        if suffix in label:
+            label = label.replace(suffix, "")
+            qualifiers.append(words)
+    name, _, rest = label.partition(" ")
     operator, _, threshold = rest.partition(" ")
     subject = fact_label(name, engine).removesuffix(".")
+    qualified = f" ({'; '.join(qualifiers)})" if qualifiers else ""
     if operator == "is" and threshold in ("True", "False"):
-        text = f"{subject}: {'yes' if threshold == 'True' else 'no'}"
-        return text + (" (counts as not met when not measured)" if unmeasured else "")
+        return f"{subject}: {'yes' if threshold == 'True' else 'no'}{qualified}"
     if threshold.startswith("setting."):
         threshold = f"the setting {threshold[8:]}"
     elif threshold.endswith(".0") and threshold[:-2].lstrip("-").isdigit():
         threshold = threshold[:-2]
-    text = f"{subject} {OPERATOR_WORDS.get(operator, operator)} {threshold}".strip()
-    return text + (" (counts as not met when not measured)" if unmeasured else "")
+    return f"{subject} {OPERATOR_WORDS.get(operator, operator)} {threshold}".strip() + qualified
 
 
 def fact_text(fact: Mapping[str, Any]) -> str:
