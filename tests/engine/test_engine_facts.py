@@ -297,7 +297,10 @@ def test_snomed_als_and_patient_age() -> None:
 # ---- dosing --------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("value", "ceiling"), [(95, 80.0), (70, 53.6), (40, 40.0), (20, 26.4)])
+@pytest.mark.parametrize(
+    ("value", "ceiling"),
+    [(95, 80.0), (80.5, 80.0), (80, 53.6), (70, 53.6), (50, 40.0), (40, 40.0), (30, 40.0), (20, 26.4)],
+)
 def test_baclofen_ceiling_follows_the_narrowest_renal_band(value: float, ceiling: float) -> None:
     facts = all_facts(record(egfr(value)))
     assert facts["dose.baclofen.ceiling"].value == ceiling

@@ -16,7 +16,8 @@ def renal_band(monograph: Monograph, egfr: Fact) -> RenalBand | None:
     """The narrowest renal band the eGFR falls in (bands are upper bounds, lowest wins)."""
     if not egfr.usable or not isinstance(egfr.value, int | float):
         return None
-    matching = [band for band in monograph.renal_bands if egfr.value < band.below_egfr]
+    value = egfr.value
+    matching = [b for b in monograph.renal_bands if value < b.below_egfr or (b.inclusive and value == b.below_egfr)]
     return min(matching, key=lambda band: band.below_egfr) if matching else None
 
 

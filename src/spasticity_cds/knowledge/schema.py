@@ -125,6 +125,9 @@ class DoseStep(Strict, kw_only=True, frozen=True):
 
 class RenalBand(Strict, kw_only=True, frozen=True):
     below_egfr: float
+    #: The band includes its upper bound: where a source's bands share an end point (CrCl 30-50 and 50-80), the
+    #: stricter band takes it, the conservative reading.
+    inclusive: bool = False
     action: Literal["reduce", "avoid", "caution"]
     fraction_of_usual: float | None = None
     max_daily: float | None = None
