@@ -32,6 +32,7 @@ from .records import (
     obs,
     orthostatic,
     patient,
+    procedure,
     record,
 )
 
@@ -535,3 +536,10 @@ def test_overridden_validity_windows_and_upper_limits_are_used() -> None:
 def test_a_result_without_a_readable_date_is_out_of_date_and_says_why() -> None:
     facts, _ = facts_of(obs(LOINC, "98979-8", 45.0, when="sometime last spring"))
     assert facts["obs.egfr"].stale and "no readable date" in (facts["obs.egfr"].note or "")
+
+
+@pytest.mark.parametrize(("agent", "ceiling"), [("baclofen", 26.4), ("gabapentin", 300.0)])
+def test_dialysis_without_an_egfr_takes_the_lowest_renal_band(agent: str, ceiling: float) -> None:
+    facts = all_facts(record(procedure("Haemodialysis"), med(agent, dose=300, per_day=3)))
+    assert facts[f"dose.{agent}.ceiling"].value == ceiling
+    assert "kidney failure or dialysis with no current eGFR" in (facts[f"dose.{agent}.ceiling"].note or "")

@@ -10,6 +10,8 @@ from spasticity_cds.engine.facts import Fact, Value, missing
 from spasticity_cds.knowledge.schema import CitationRef, Monograph, RenalBand, Statement
 
 Cite = Callable[[list[CitationRef]], list[dict[str, Any]]]
+#: Facts that place a patient below every renal band when no eGFR can be used.
+KIDNEY_FAILURE_FACTS = ("procedure.dialysis", "condition.kidney-failure")
 
 
 def renal_band(monograph: Monograph, egfr: Fact) -> RenalBand | None:
@@ -34,7 +36,8 @@ def dose_facts(monograph: Monograph, facts: Mapping[str, Fact], settings: Mappin
     top = maximum(monograph, settings)
     unit = f"{monograph.max_unit}/day"
     out[f"{prefix}.max"] = Fact(f"{prefix}.max", top, unit) if top is not None else missing(f"{prefix}.max")
-    ceiling = _ceiling(monograph, top, facts.get("obs.egfr"), unit)
+    failing = [facts[name] for name in KIDNEY_FAILURE_FACTS if name in facts and facts[name].value is True]
+    ceiling = _ceiling(monograph, top, facts.get("obs.egfr"), unit, failing)
     out[f"{prefix}.ceiling"] = ceiling
     daily = facts[f"med.{monograph.concept}.daily_dose"]
     out[f"{prefix}.above_max"] = _above(f"{prefix}.above_max", daily, out[f"{prefix}.max"])
@@ -43,30 +46,40 @@ def dose_facts(monograph: Monograph, facts: Mapping[str, Fact], settings: Mappin
     return out
 
 
-def _ceiling(monograph: Monograph, top: float | None, egfr: Fact | None, unit: str) -> Fact:
+def _ceiling(monograph: Monograph, top: float | None, egfr: Fact | None, unit: str, failing: list[Fact]) -> Fact:
+    """The daily ceiling: the labelled maximum cut by the renal band the eGFR falls in; with no usable eGFR but
+    kidney failure or dialysis on record, the lowest band (their eGFR is below every band)."""
     name = f"dose.{monograph.id}.ceiling"
     if top is None:
         return missing(name, "no labelled maximum")
     if not monograph.renal_bands:
         return Fact(name, top, unit, note="labelled maximum")
-    if egfr is None or not egfr.usable:
+    if egfr is not None and egfr.usable:
+        band, sources, why = renal_band(monograph, egfr), egfr.sources, _band_text
+    elif failing:
+        band = min(monograph.renal_bands, key=lambda lowest: lowest.below_egfr)
+        sources = tuple(source for fact in failing for source in fact.sources)
+        why = _failure_text
+    else:
         return missing(name, "kidney function (eGFR) missing or stale")
-    band = renal_band(monograph, egfr)
-    sources = egfr.sources
     if band is None:
         return Fact(name, top, unit, sources=sources, note="labelled maximum; no renal reduction at this eGFR")
     if band.action == "avoid":
-        return Fact(name, 0.0, unit, sources=sources, note=f"avoid at eGFR < {band.below_egfr:g}")
+        return Fact(name, 0.0, unit, sources=sources, note=f"avoid at {why(band)}")
     if band.max_daily is not None:
-        return Fact(name, band.max_daily, unit, sources=sources, note=f"renal band eGFR < {band.below_egfr:g}")
+        return Fact(name, band.max_daily, unit, sources=sources, note=f"renal band {why(band)}")
     fraction = band.fraction_of_usual or 1.0
     return Fact(
-        name,
-        round(top * fraction, 1),
-        unit,
-        sources=sources,
-        note=f"{fraction:g} of the maximum at eGFR < {band.below_egfr:g}",
+        name, round(top * fraction, 1), unit, sources=sources, note=f"{fraction:g} of the maximum at {why(band)}"
     )
+
+
+def _band_text(band: RenalBand) -> str:
+    return f"eGFR {'<=' if band.inclusive else '<'} {band.below_egfr:g}"
+
+
+def _failure_text(band: RenalBand) -> str:
+    return f"kidney failure or dialysis with no current eGFR (the band eGFR < {band.below_egfr:g})"
 
 
 def _above(name: str, daily: Fact, limit: Fact, *, inclusive: bool = False) -> Fact:
