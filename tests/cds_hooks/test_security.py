@@ -171,22 +171,27 @@ def assert_rejected(
         assert raised.value.http_status == 401
 
 
+def _es384_client(jti: str) -> dict[str, Any]:
+    """What the checks read from a valid ES384 token of ``claims(tenant="clinic-1", sub="epic-client")``."""
+    return {
+        "iss": ISS,
+        "jti": jti,
+        "kid": EC_KID,
+        "alg": "ES384",
+        "audience": SERVICE_URL,
+        "issued_at": NOW,
+        "expires_at": NOW + timedelta(seconds=300),
+        "tenant": "clinic-1",
+        "subject": "epic-client",
+    }
+
+
 def test_valid_es384_token_is_accepted(verifier: JwtVerifier, keys: Keys) -> None:
     payload = claims(tenant="clinic-1", sub="epic-client")
 
     client = verifier.verify(sign(keys.ec_key, payload), SERVICE_URL)
 
-    assert client == VerifiedClient(
-        iss=ISS,
-        jti=payload["jti"],
-        kid=EC_KID,
-        alg="ES384",
-        audience=SERVICE_URL,
-        issued_at=NOW,
-        expires_at=NOW + timedelta(seconds=300),
-        tenant="clinic-1",
-        subject="epic-client",
-    )
+    assert client == VerifiedClient(**_es384_client(payload["jti"]))
 
 
 def test_valid_rs384_token_is_accepted(verifier: JwtVerifier, keys: Keys) -> None:
@@ -450,29 +455,9 @@ def test_check_does_all_but_the_replay_check_which_check_replay_then_does(
 
     checked = verifier.check(sign(keys.ec_key, payload), SERVICE_URL)
 
-    assert checked == CheckedToken(
-        iss=ISS,
-        jti=payload["jti"],
-        kid=EC_KID,
-        alg="ES384",
-        audience=SERVICE_URL,
-        issued_at=NOW,
-        expires_at=NOW + timedelta(seconds=300),
-        tenant="clinic-1",
-        subject="epic-client",
-    )
+    assert checked == CheckedToken(**_es384_client(payload["jti"]))
     assert replay.calls == []
-    assert verifier.check_replay(checked) == VerifiedClient(
-        iss=ISS,
-        jti=payload["jti"],
-        kid=EC_KID,
-        alg="ES384",
-        audience=SERVICE_URL,
-        issued_at=NOW,
-        expires_at=NOW + timedelta(seconds=300),
-        tenant="clinic-1",
-        subject="epic-client",
-    )
+    assert verifier.check_replay(checked) == VerifiedClient(**_es384_client(payload["jti"]))
     assert replay.calls == [(ISS, payload["jti"], NOW + timedelta(seconds=300 + 30))]
 
 

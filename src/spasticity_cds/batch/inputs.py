@@ -61,8 +61,8 @@ def discover(source: Path, downloader: Downloader | None = None) -> InputSet:
     raises ``BatchError`` when unusable."""
     if source.is_dir():
         manifest = source / "manifest.json"
-        entries = sorted(source.iterdir())
-        files = [path for path in entries if path.is_file() and _is_input_name(path.name)]
+        classified = [(path, _skip_reason(path)) for path in sorted(source.iterdir()) if path != manifest]
+        files = [path for path, reason in classified if reason is None]
         if not files:
             raise BatchError("no .ndjson(.gz) or Bundle .json(.gz) files in the folder", where=str(source))
         info = _read_manifest(manifest) if manifest.is_file() else {}
@@ -73,9 +73,7 @@ def discover(source: Path, downloader: Downloader | None = None) -> InputSet:
             files=tuple(InputFile(path, path.name, bundle=_is_bundle_name(path.name)) for path in files),
             transaction_time=_text(info.get("transactionTime")),
             request=_text(info.get("request")),
-            skipped=tuple(
-                (path.name, reason) for path in entries if path != manifest and (reason := _skip_reason(path))
-            ),
+            skipped=tuple((path.name, reason) for path, reason in classified if reason is not None),
             export_errors=_export_errors(info),
         )
     if source.is_file():
@@ -130,7 +128,7 @@ def _skip_reason(path: Path) -> str | None:
         return FOLDER_REASON
     if path.name == CLIENT_LOG:
         return CLIENT_LOG_REASON
-    return None if _is_input_name(path.name) else OTHER_FILE_REASON
+    return None if path.is_file() and _is_input_name(path.name) else OTHER_FILE_REASON
 
 
 def _text(value: Any) -> str | None:

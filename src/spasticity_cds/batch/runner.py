@@ -123,19 +123,12 @@ def _run_into(
             for category in problems.LINE_PROBLEMS:
                 if stats.get(category):
                     writer.counts.problem(category, stats[category])
-        if inputs.export_errors:
-            writer.problem(_incomplete_export(inputs, since=previous is not None))
-            writer.counts.problem(problems.INCOMPLETE_EXPORT)
-        for name, why in report.unreadable.items():
-            held = "; no item of the previous run was closed" if previous is not None else ""
-            diagnostics = f"the file cannot be read to its end: {why}; the input is incomplete{held}"
-            writer.problem(problems.operation_outcome(problems.UNREADABLE_FILE, diagnostics, name))
-            writer.counts.problem(problems.UNREADABLE_FILE)
+        _report_incomplete(writer, inputs, report, since=previous is not None)
         tasks = writer.finish(
             now=options.now.isoformat(),
             app_url=options.app_url,
             memory_limit=options.memory_limit,
-            incomplete=bool(inputs.export_errors or report.unreadable),
+            incomplete=_incomplete(inputs, report),
         )
     finally:
         writer.close()
@@ -147,15 +140,28 @@ def _run_into(
     return manifest
 
 
-def _incomplete_export(inputs: InputSet, *, since: bool) -> dict[str, Any]:
-    """The OperationOutcome saying the export itself reported errors."""
-    named = ", ".join(inputs.export_errors[:5]) + (", ..." if len(inputs.export_errors) > 5 else "")
+def _incomplete(inputs: InputSet, report: EngineReport) -> bool:
+    """Whether the input is known to lack data: the export reported errors, or a file could not be read to its end."""
+    return bool(inputs.export_errors or report.unreadable)
+
+
+def _report_incomplete(writer: output.RunWriter, inputs: InputSet, report: EngineReport, *, since: bool) -> None:
+    """An OperationOutcome for the export's own errors and one per file that could not be read to its end."""
     held = "; no item of the previous run was closed" if since else ""
-    diagnostics = (
-        f"the export reported errors ({len(inputs.export_errors)} error files: {named}): the input is incomplete, "
-        f"so the worklist may miss items{held}. Export again, then run the batch on the complete export"
-    )
-    return problems.operation_outcome(problems.INCOMPLETE_EXPORT, diagnostics, str(inputs.source))
+    outcomes: list[tuple[str, str, str]] = []
+    if inputs.export_errors:
+        named = ", ".join(inputs.export_errors[:5]) + (", ..." if len(inputs.export_errors) > 5 else "")
+        diagnostics = (
+            f"the export reported errors ({len(inputs.export_errors)} error files: {named}): the input is "
+            f"incomplete, so the worklist may miss items{held}. Export again, then run the batch on the complete export"
+        )
+        outcomes.append((problems.INCOMPLETE_EXPORT, diagnostics, str(inputs.source)))
+    for name, why in report.unreadable.items():
+        diagnostics = f"the file cannot be read to its end: {why}; the input is incomplete{held}"
+        outcomes.append((problems.UNREADABLE_FILE, diagnostics, name))
+    for category, diagnostics, location in outcomes:
+        writer.problem(problems.operation_outcome(category, diagnostics, location))
+        writer.counts.problem(category)
 
 
 def _manifest(
@@ -200,7 +206,7 @@ def _manifest(
             "files": files,
             "skipped": [{"url": name, "reason": reason} for name, reason in inputs.skipped],
             "exportErrors": list(inputs.export_errors),
-            "complete": not (inputs.export_errors or report.unreadable),
+            "complete": not _incomplete(inputs, report),
         },
         "since": {"run": str(previous)} if previous is not None else None,
         "counts": {

@@ -156,8 +156,10 @@ class Engine:
     def _extractor_for(self, settings: Mapping[str, Value]) -> FactExtractor:
         """The fact extractor for these settings: the shared one, or one built (and kept) for overridden limits
         (validity windows, default upper limits of normal), which it reads as it extracts."""
+        if settings is self.defaults:  # every call without overrides: nothing to compare
+            return self.extractor
         limits = _numeric(settings)
-        if settings is self.defaults or limits == self._default_limits:
+        if limits == self._default_limits:
             return self.extractor
         key = tuple(sorted(limits.items()))
         extractor = self._extractors.get(key)
