@@ -192,6 +192,12 @@ CASES: list[RuleCase] = [
         lambda: [egfr(60), med("tizanidine", dose=2, per_day=3)],
         lambda: [med("tizanidine", dose=2, per_day=3)],
     ),
+    _c(
+        "CLONIDINE-RENAL",
+        lambda: [egfr(45), med("clonidine", status="draft")],
+        lambda: [egfr(75), med("clonidine", status="draft")],
+        lambda: [med("clonidine", status="draft")],
+    ),
     # ---- liver
     _c("DANT-LIVER-DISEASE", lambda: [LIVER, med("dantrolene")], lambda: [med("dantrolene")], none, "false"),
     _c(
@@ -218,7 +224,7 @@ CASES: list[RuleCase] = [
     # ---- monitoring
     _c(
         "DANT-LFT-DUE",
-        lambda: [med("dantrolene", start=days_ago(20))],
+        lambda: [med("dantrolene", start=days_ago(30)), alt(20, when=days_ago(20))],
         lambda: [med("dantrolene", start=days_ago(20)), alt(20, when=days_ago(5))],
         lambda: [med("dantrolene"), alt(20, when=days_ago(20))],
     ),
@@ -229,6 +235,8 @@ CASES: list[RuleCase] = [
         lambda: [med("dantrolene"), alt(20)],
     ),
     _c("TIZ-LFT-BASELINE", lambda: [med("tizanidine")], lambda: [med("tizanidine"), alt(20)], none, "false"),
+    _c("DANT-LFT-BASELINE", lambda: [med("dantrolene")], lambda: [med("dantrolene"), alt(20)], none, "false"),
+    _c("RILUZOLE-LFT-BASELINE", lambda: [med("riluzole")], lambda: [med("riluzole"), alt(20)], none, "false"),
     _c(
         "RILUZOLE-LFT-DUE",
         lambda: [med("riluzole", start=days_ago(50)), alt(20, when=days_ago(40))],

@@ -307,6 +307,15 @@ def test_baclofen_ceiling_follows_the_narrowest_renal_band(value: float, ceiling
     assert facts["dose.baclofen.ceiling"].value == ceiling
 
 
+def test_the_renal_fraction_can_leave_the_labelled_maximum_as_the_ceiling() -> None:
+    order = med("baclofen", dose=20, per_day=3)
+    scaled = all_facts(record(egfr(45), order))
+    labelled = all_facts(record(egfr(45), order), renal_fraction_ceiling="labelled-maximum")
+    assert (scaled["dose.baclofen.ceiling"].value, scaled["dose.baclofen.above_ceiling"].value) == (40.0, True)
+    assert (labelled["dose.baclofen.ceiling"].value, labelled["dose.baclofen.above_ceiling"].value) == (80, False)
+    assert "reduce the dose to about 0.5" in (labelled["dose.baclofen.ceiling"].note or "")
+
+
 def test_gabapentin_ceiling_uses_the_label_table() -> None:
     facts = all_facts(record(egfr(25), med("gabapentin", dose=600, per_day=3)))
     assert facts["dose.gabapentin.ceiling"].value == 700

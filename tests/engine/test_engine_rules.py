@@ -10,7 +10,7 @@ from spasticity_cds.api import load_knowledge_base
 from spasticity_cds.engine.evaluator import Engine
 from spasticity_cds.fhir.record import PatientRecord
 
-from .records import NOW, record
+from .records import LOINC, NOW, fvc, obs, record
 from .rule_cases import CASES, RuleCase
 
 ENGINE: Engine = load_knowledge_base()
@@ -114,3 +114,10 @@ def test_out_of_scope_gives_only_the_scope_finding() -> None:
     assert result["in_scope"] is False
     assert result["options"] == []
     assert [f["rule_id"] for f in result["findings"]] == ["SCOPE-NO-ALS"]
+
+
+def test_a_summary_names_the_measures_that_met_its_definition() -> None:
+    result = ENGINE.evaluate(record(fvc(90), obs(LOINC, "2019-8", 48.0, unit="mm[Hg]")), NOW)
+    summary = next(f["summary"] for f in result["findings"] if f["id"] == "RESP-STATUS")
+    assert summary.startswith("Breathing is compromised (Arterial PaCO2 48 mmHg")
+    assert "FVC" not in summary and "Non-invasive" not in summary

@@ -37,7 +37,8 @@ def dose_facts(monograph: Monograph, facts: Mapping[str, Fact], settings: Mappin
     unit = f"{monograph.max_unit}/day"
     out[f"{prefix}.max"] = Fact(f"{prefix}.max", top, unit) if top is not None else missing(f"{prefix}.max")
     failing = [facts[name] for name in KIDNEY_FAILURE_FACTS if name in facts and facts[name].value is True]
-    ceiling = _ceiling(monograph, top, facts.get("obs.egfr"), unit, failing)
+    scaled = settings["renal_fraction_ceiling"] == "scaled-maximum"
+    ceiling = _ceiling(monograph, top, facts.get("obs.egfr"), unit, failing, scaled=scaled)
     out[f"{prefix}.ceiling"] = ceiling
     daily = facts[f"med.{monograph.concept}.daily_dose"]
     out[f"{prefix}.above_max"] = _above(f"{prefix}.above_max", daily, out[f"{prefix}.max"])
@@ -46,9 +47,12 @@ def dose_facts(monograph: Monograph, facts: Mapping[str, Fact], settings: Mappin
     return out
 
 
-def _ceiling(monograph: Monograph, top: float | None, egfr: Fact | None, unit: str, failing: list[Fact]) -> Fact:
+def _ceiling(
+    monograph: Monograph, top: float | None, egfr: Fact | None, unit: str, failing: list[Fact], *, scaled: bool
+) -> Fact:
     """The daily ceiling: the labelled maximum cut by the renal band the eGFR falls in; with no usable eGFR but
-    kidney failure or dialysis on record, the lowest band (their eGFR is below every band)."""
+    kidney failure or dialysis on record, the lowest band (their eGFR is below every band). A band that reduces by
+    a fraction scales the maximum only when ``scaled`` (the ``renal_fraction_ceiling`` setting)."""
     name = f"dose.{monograph.id}.ceiling"
     if top is None:
         return missing(name, "no labelled maximum")
@@ -69,6 +73,11 @@ def _ceiling(monograph: Monograph, top: float | None, egfr: Fact | None, unit: s
     if band.max_daily is not None:
         return Fact(name, band.max_daily, unit, sources=sources, note=f"renal band {why(band)}")
     fraction = band.fraction_of_usual or 1.0
+    if not scaled:
+        note = (
+            f"labelled maximum; at {why(band)} reduce the dose to about {fraction:g} (setting renal_fraction_ceiling)"
+        )
+        return Fact(name, top, unit, sources=sources, note=note)
     return Fact(
         name, round(top * fraction, 1), unit, sources=sources, note=f"{fraction:g} of the maximum at {why(band)}"
     )

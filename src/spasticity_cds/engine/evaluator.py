@@ -69,6 +69,7 @@ class Engine:
         self.defaults: dict[str, Value] = {name: setting.value for name, setting in kb.settings.items()}
         self.choice_settings = sorted(name for name, setting in kb.settings.items() if setting.choices)
         self.vocabulary = Vocabulary(kb.valuesets)
+        self._concept_display = {concept.id: concept.display for concept in kb.valuesets.concepts}
         self._default_limits = _numeric(self.defaults)
         self.extractor = self._new_extractor(self._default_limits)
         self._extractors: dict[tuple[tuple[str, float], ...], FactExtractor] = {}
@@ -80,6 +81,7 @@ class Engine:
             for name, definition in kb.definitions.items()
         }
         _check_definition_cycles(kb)
+        self._check_texts_and_ladder()
         self.ladder = sorted(kb.ladder.steps, key=lambda step: step.position)
         on_ladder = {step.agent for step in self.ladder}
         self.rules = [
@@ -96,7 +98,6 @@ class Engine:
         ]
         self.rule_by_id = {compiled.rule.id: compiled for compiled in self.rules}
         self.monograph_by_agent: dict[str, Monograph] = dict(kb.monographs)
-        self._check_texts_and_ladder()
 
     # -- compile-time checks ---------------------------------------------------------------------------
 
@@ -114,17 +115,18 @@ class Engine:
         return set(facts) | {f"setting.{name}" for name in self.defaults}
 
     def _check_texts_and_ladder(self) -> None:
-        for compiled in self.rules:
-            rule = compiled.rule
+        """Every placeholder names a fact, a setting or a definition; every ladder condition a fact."""
+        known = self.fact_names | {f"def.{name}" for name in self.definitions}
+        for rule in self.kb.rules.values():
             for text in (rule.summary, rule.detail, rule.gap_summary or ""):
                 for name in PLACEHOLDER.findall(text):
-                    if name not in self.fact_names:
-                        hint = suggest(name, self.fact_names)
+                    if name not in known:
+                        hint = suggest(name, known)
                         raise KnowledgeBaseError(
                             f"text mentions unknown fact {{{name}}}" + (f"; did you mean {{{hint}}}?" if hint else ""),
-                            where=f"{compiled.source_file}: rule {rule.id}",
+                            where=f"{self.kb.rule_files[rule.id]}: rule {rule.id}",
                         )
-        for step in self.ladder:
+        for step in self.kb.ladder.steps:
             for name in (*step.current_when, *step.proposed_when):
                 if name not in self.fact_names:
                     raise KnowledgeBaseError(f"unknown fact {name!r}", where=f"ladder.yaml: {step.agent}")
@@ -249,13 +251,13 @@ class Engine:
             ]
             # Without a gap text of its own a rule's summary is quoted as what could not be checked, not asserted.
             template = rule.gap_summary or f"Not enough data to check whether this applies: {rule.summary}"
-            summary = self._render(template, env.facts, env.settings)
+            summary = self._render(template, env)
             finding: dict[str, Any] = {
                 "id": f"{rule.id}:gap",
                 "kind": "data-gap",
                 "severity": "warning" if involved else "info",
                 "summary": summary,
-                "detail": self._render(rule.detail, env.facts, env.settings),
+                "detail": self._render(rule.detail, env),
                 "missing": list(dict.fromkeys(missing_names)),
             }
         else:
@@ -263,8 +265,8 @@ class Engine:
                 "id": rule.id,
                 "kind": rule.kind,
                 "severity": severity,
-                "summary": self._render(rule.summary, env.facts, env.settings),
-                "detail": self._render(rule.detail, env.facts, env.settings),
+                "summary": self._render(rule.summary, env),
+                "detail": self._render(rule.detail, env),
             }
         finding.update(self._rule_parts(rule, gap))
         finding["facts"] = [fact.to_dict() for fact in facts]
@@ -314,22 +316,42 @@ class Engine:
                 out.append(fact)
         return out
 
-    def _render(self, template: str, facts: Mapping[str, Fact], settings: Mapping[str, Value] | None = None) -> str:
-        """Fill ``{fact.name}`` and ``{setting.name}`` placeholders (the compiler accepts both)."""
+    def _render(self, template: str, env: Env) -> str:
+        """Fill ``{fact.name}``, ``{setting.name}`` and ``{def.name}`` placeholders (the compiler accepts all three);
+        a definition reads as the facts that made it true."""
         parts = _template_parts(template)
         if len(parts) == 1:
             return template
         out = [parts[0]]
         for index in range(1, len(parts), 2):
             name = parts[index]
-            if name in facts:
-                out.append(facts[name].display())
-            elif settings is not None and name.startswith("setting.") and name[8:] in settings:
-                out.append(str(settings[name[8:]]))
+            if name in env.facts:
+                out.append(env.facts[name].display())
+            elif name.startswith("setting.") and name[8:] in env.settings:
+                out.append(str(env.settings[name[8:]]))
+            elif name.startswith("def.") and name[4:] in self.definitions:
+                met = self._met(self.definitions[name[4:]], env)
+                out.append("; ".join(self._fact_phrase(env.facts[fact]) for fact in dict.fromkeys(met)) or "not met")
             else:
                 out.append(f"{{{name}}}")
             out.append(parts[index + 1])
         return "".join(out)
+
+    def _met(self, node: CompiledNode, env: Env) -> list[str]:
+        """The facts whose checks made ``node`` true, through the definitions it reads (none under a ``not``)."""
+        if node.label == "not" or node.evaluate(env) is not True:
+            return []
+        if node.children:
+            return [fact for child in node.children for fact in self._met(child, env)]
+        if node.fact and node.fact.startswith("def."):
+            return self._met(self.definitions[node.fact[4:]], env)
+        return [node.fact] if node.fact and node.fact in env.facts else []
+
+    def _fact_phrase(self, fact: Fact) -> str:
+        """``FVC % predicted 42 % (2026-10-01)``, or the concept alone for a yes (``Non-invasive ventilation``)."""
+        concept = fact.name.partition(".")[2].split(".")[0]
+        label = self._concept_display.get(concept, concept.replace("-", " ").replace("_", " "))
+        return label if fact.value is True else f"{label} {fact.display()}"
 
     def cite(self, refs: list[CitationRef]) -> list[dict[str, Any]]:
         """Citation references expanded with title and evidence status, as every output carries them.

@@ -114,7 +114,11 @@ def test_jurisdiction_and_settings_reach_the_engine(patient_file: Path, capsys: 
     argv = ["evaluate", str(patient_file), "--now", NOW, "--format", "json", "--jurisdiction", "uk"]
     assert main([*argv, "--set", "baclofen_severe_ckd_policy=reduce"]) == 0
     settings = json.loads(capsys.readouterr().out)["settings"]
-    assert settings == {"baclofen_severe_ckd_policy": "reduce", "jurisdiction": "uk"}
+    assert settings == {
+        "baclofen_severe_ckd_policy": "reduce",
+        "jurisdiction": "uk",
+        "renal_fraction_ceiling": "scaled-maximum",
+    }
 
 
 def test_explain_shows_the_tree_and_the_deciding_node(patient_file: Path) -> None:
