@@ -232,3 +232,53 @@ def test_the_openapi_document_builds_without_warnings(app: FastAPI) -> None:
     response = call(app, "GET", "/openapi.json")
     assert response.status_code == 200
     assert "/cds-services" in response.json()["paths"]
+
+
+NOT_JSON_TYPES = ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x", "text/json"]
+JSON_TYPES = ["application/json", "Application/JSON; charset=UTF-8", "application/fhir+json;charset=utf-8"]
+
+
+def _feedback_body() -> dict[str, Any]:
+    return {"feedback": [{"card": "c-1", "outcome": "overridden", "outcomeTimestamp": "2026-11-24T14:30:00Z"}]}
+
+
+def _post_typed(app: FastAPI, path: str, body: dict[str, Any], headers: dict[str, str]) -> Any:
+    return call(app, "POST", path, content=orjson.dumps(body), headers=headers)
+
+
+@pytest.mark.parametrize("media_type", NOT_JSON_TYPES)
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [(SERVICE, hook_request("patient-view", prefetch_data=prefetch())), (f"{SERVICE}/feedback", _feedback_body())],
+)
+def test_a_body_declared_as_not_json_is_415_with_an_outcome(
+    app: FastAPI, client: Client, path: str, body: dict[str, Any], media_type: str
+) -> None:
+    headers = client.headers(path) | {"Content-Type": media_type, "Origin": ORIGIN}
+    response = _post_typed(app, path, body, headers)
+    assert response.status_code == 415
+    assert response.headers["content-type"].startswith("application/fhir+json")
+    assert response.headers["access-control-allow-origin"] == "*"
+    (issue,) = response.json()["issue"]
+    assert issue["code"] == "not-supported" and "application/json" in issue["diagnostics"]
+
+
+@pytest.mark.parametrize("media_type", [*JSON_TYPES, "application/cds-hooks+json", None])
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [(SERVICE, hook_request("patient-view", prefetch_data=prefetch())), (f"{SERVICE}/feedback", _feedback_body())],
+)
+def test_a_json_body_is_read_whatever_its_json_type_or_with_no_type_at_all(
+    app: FastAPI, client: Client, path: str, body: dict[str, Any], media_type: str | None
+) -> None:
+    content_type = {"Content-Type": media_type} if media_type else {}
+    response = _post_typed(app, path, body, client.headers(path) | content_type)
+    assert response.request.headers.get("content-type") == media_type
+    assert response.status_code == 200, response.text
+
+
+@pytest.mark.parametrize("path", [SERVICE, f"{SERVICE}/feedback"])
+def test_an_unauthenticated_body_that_is_not_json_is_a_bare_401(app: FastAPI, path: str) -> None:
+    response = call(app, "POST", path, content=b"a=1", headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert response.status_code == 401
+    assert response.json() == {"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "login"}]}

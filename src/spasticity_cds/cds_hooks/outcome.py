@@ -11,6 +11,7 @@ ISSUE_CODES = {
     405: "not-supported",
     412: "processing",
     413: "too-costly",
+    415: "not-supported",
 }
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
@@ -34,6 +35,12 @@ router = APIRouter()
 JWKS_TIMEOUT_S = 2.0
 JOIN_RETRY_S = 0.2
 TOKEN_CHECK_THREADS = 32
+#: The media types a POST body is read as: JSON, plain or with a structured-syntax suffix (application/fhir+json).
+JSON_MEDIA_TYPE = re.compile(r"application/(?:[^\s/;]+\+)?json", re.IGNORECASE)
+NOT_JSON = (
+    "the body must be JSON, sent with the Content-Type application/json, application/fhir+json "
+    "or another application/*+json type"
+)
 #: The threads for the I/O of token checks (the replay write; a check that must fetch a JWKS): enough for every call
 #: in flight, so one never queues behind others (threads start on first use).
 _TOKEN_CHECKERS = ThreadPoolExecutor(TOKEN_CHECK_THREADS, thread_name_prefix="jwt-check")
@@ -130,6 +137,15 @@ def _bearer_token(request: Request) -> str:
     return token
 
 
+def _require_json(request: Request) -> None:
+    """415 for a body declared as anything but JSON: a form (what ``curl -d`` sends), multipart, plain text."""
+    declared = request.headers.get("content-type")
+    # A body without a Content-Type is read as JSON: some EHR clients send none, and the decoder checks the body
+    # as JSON whatever it is declared as, so refusing those calls would turn working clients away for nothing.
+    if declared and not JSON_MEDIA_TYPE.fullmatch(declared.partition(";")[0].strip()):
+        raise HTTPException(415, NOT_JSON)
+
+
 def _service(hooks: HooksState, service_id: str) -> ServiceSpec:
     service = hooks.catalogue.get(service_id)
     if service is None:
@@ -162,6 +178,7 @@ async def call_service(request: Request) -> Response:
     hooks: HooksState = request.app.state.hooks
     await _authenticate(request, hooks, f"{state.settings.base_url}/cds-services/{service_id}")
     service = _service(hooks, service_id)
+    _require_json(request)
     hook_request = decode_hook_request(await request.body())
     now = state.clock()
     result = await hooks.runner.run(service, hook_request, now)
@@ -207,6 +224,7 @@ async def feedback(
     """Store what the clinician did with our cards (idempotent; a repeated report is not stored twice)."""
     await _authenticate(request, hooks, f"{state.settings.base_url}/cds-services/{service_id}/feedback")
     service = _service(hooks, service_id)
+    _require_json(request)
     body = decode_feedback(await request.body())
     now = state.clock()
     new, items = await run_in_threadpool(_store_feedback, state, hooks, service.id, body.feedback, now)
