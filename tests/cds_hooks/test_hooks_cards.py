@@ -326,6 +326,33 @@ def test_the_clients_draft_is_never_changed_in_place() -> None:
     assert json.dumps(context, sort_keys=True) == before
 
 
+@pytest.mark.parametrize(
+    ("sent", "expected"),
+    [
+        ({"status": None, "intent": ""}, {"status": "draft", "intent": "order"}),
+        ({"status": "active", "intent": "proposal"}, {"status": "active", "intent": "proposal"}),
+    ],
+)
+def test_an_update_has_the_status_and_intent_fhir_requires_and_keeps_those_the_client_sent(
+    sent: dict[str, Any], expected: dict[str, Any]
+) -> None:
+    from spasticity_cds.cds_hooks.orders import adjusted_order
+
+    draft = baclofen_order() | sent
+    before = json.dumps(draft, sort_keys=True)
+    updated = adjusted_order(draft, 5, 3)
+    assert {name: updated[name] for name in expected} == expected
+    assert json.dumps(draft, sort_keys=True) == before
+
+
+def test_an_update_of_a_draft_without_status_is_a_draft(app: FastAPI, client: Client) -> None:
+    draft = baclofen_order()
+    del draft["status"]
+    cards = valid_cards(app, client, hook_request("order-sign", prefetch_data=prefetch(egfr=45), drafts=[draft]), SIGN)
+    (action,) = cards[0]["suggestions"][0]["actions"]
+    assert action["resource"]["status"] == "draft" and action["resource"]["intent"] == "order"
+
+
 def test_an_update_keeps_the_clients_own_subject_and_a_clean_dose(app: FastAPI, client: Client) -> None:
     draft = baclofen_order(value=0.02, unit="g")
     draft["subject"] = {"reference": f"https://ehr.example/fhir/Patient/{PATIENT_ID}"}

@@ -151,7 +151,21 @@ def test_sandbox_quirks_are_tolerated(app: FastAPI, client: Client) -> None:
     updated = suggestion["actions"][0]["resource"]
     quantity = updated["dosageInstruction"][0]["doseAndRate"][0]["doseQuantity"]
     assert quantity == {"value": 1, "unit": "{pill}", "system": "http://unitsofmeasure.org", "code": "{pill}"}
-    assert "intent" not in updated
+
+
+def test_an_update_of_a_draft_without_intent_is_an_order_and_otherwise_the_draft_as_sent(
+    app: FastAPI, client: Client
+) -> None:
+    """FHIR R4 requires MedicationRequest.intent; the sandbox leaves it out of a draft still being written."""
+    body = _quirky_request()
+    sent = copy.deepcopy(body["context"]["draftOrders"]["entry"][0]["resource"])
+    (card,) = _post(app, client, body).json()["cards"]
+    updated = card["suggestions"][0]["actions"][0]["resource"]
+    expected = sent | {"intent": "order"}
+    dosage = expected["dosageInstruction"][0]
+    dosage["doseAndRate"][0]["doseQuantity"]["value"] = 1
+    dosage["text"] = "1 {pill} 3 times a day (kidney-adjusted dose)"
+    assert updated == expected
 
 
 @pytest.mark.parametrize(

@@ -18,6 +18,12 @@ UNNAMED_DRAFT = "unnamed draft "
 #: text without a space or slash (sandboxes send ids such as ``draft_baclofen``, which FHIR's id type forbids).
 NAMEABLE_ID = re.compile(r"[^\s/]{1,256}")
 UNIT_DOSE_UNITS = frozenset({"{pill}", "{tbl}", "{tablet}", "tablet", "tablets", "tab", "{capsule}", "capsule", "1"})
+#: The elements FHIR R4 requires of a MedicationRequest (1..1) that a draft may lack (the cds-hooks sandbox sends
+#: no intent until its order form is complete), and what an update gives them: a CDS Hooks draft order is an order
+#: being written, as in the specification's own examples.
+REQUIRED_DRAFT_CODES = (("status", "draft"), ("intent", "order"))
+#: The values that are no value in FHIR JSON (null and the empty ones): an update's compaction leaves them out.
+NO_VALUE: tuple[object, ...] = (None, "", [], {})
 
 
 @dataclass(frozen=True)
@@ -168,12 +174,16 @@ def mg_per_unit(dose: StructuredDose, strength_mg: float | None) -> float | None
 
 
 def adjusted_order(resource: dict[str, Any], new_value: float, per_day: float) -> dict[str, Any]:
-    """The whole draft with its single dose quantity replaced (and its now-stale dosage text rewritten).
+    """The whole draft with its single dose quantity replaced (and its now-stale dosage text rewritten), and with
+    the status and intent FHIR requires where it has none: without them the update is not a valid resource.
 
     Only the objects on the path to the dose quantity are copied; the rest is shared with the draft, which
     nothing changes (a deep copy of the whole order cost more than the rest of the suggestion).
     """
     updated = dict(resource)
+    for name, code in REQUIRED_DRAFT_CODES:
+        if updated.get(name) in NO_VALUE:
+            updated[name] = code
     dosage = dict(updated["dosageInstruction"][0])
     updated["dosageInstruction"] = [dosage, *updated["dosageInstruction"][1:]]
     rate = dict(dosage["doseAndRate"][0])
