@@ -17,6 +17,7 @@ from spasticity_cds.interfaces.web import hooks_routes, pages
 from spasticity_cds.interfaces.web.config import ConfigError, WebSettings, settings_from_environment
 from spasticity_cds.interfaces.web.deps import AppState
 from spasticity_cds.interfaces.web.errors import install_error_handling
+from spasticity_cds.interfaces.web.openapi import with_service_call
 
 #: How every server process runs uvicorn (``spasticity-cds serve`` and the latency benchmark): the httptools parser
 #: (C; with the pure-Python h11 the hook service answered 620-645 calls/s at 16 clients, with httptools 735-755) on
@@ -24,6 +25,14 @@ from spasticity_cds.interfaces.web.errors import install_error_handling
 #: longer tail at 16 clients (p99 69 ms against 27; `benchmarks/results/hooks_latency.md`, fifth session).
 SERVER_HTTP: Final = "httptools"
 SERVER_LOOP: Final = "asyncio"
+
+
+class CdsApp(FastAPI):
+    """The FastAPI app, whose OpenAPI document also describes the service call (a plain Starlette route)."""
+
+    def openapi(self) -> dict[str, Any]:
+        """The document FastAPI generates and keeps, with the service call added to it the first time."""
+        return with_service_call(super().openapi())
 
 
 @asynccontextmanager
@@ -52,7 +61,7 @@ def create_app(
 
         store = open_store(settings.store_url)
     # No Swagger UI page: it loads its scripts from a CDN; the OpenAPI document stays at /openapi.json.
-    app = FastAPI(title="spasticity-cds", docs_url=None, redoc_url=None, lifespan=_lifespan)
+    app = CdsApp(title="spasticity-cds", docs_url=None, redoc_url=None, lifespan=_lifespan)
     # A path with an extra slash is a 404 OperationOutcome: a redirect would build its Location from the Host header.
     app.router.redirect_slashes = False
     app.state.cds = AppState(
