@@ -1,4 +1,4 @@
-"""The OpenAPI document lists the service call (a plain Starlette route) and is a well-formed document."""
+"""The OpenAPI document describes the hook operations as the app answers them and is a well-formed document."""
 
 from __future__ import annotations
 
@@ -18,9 +18,11 @@ import pages_support as support
 from spasticity_cds.interfaces.web import hooks_routes
 from spasticity_cds.interfaces.web.app import create_app
 from spasticity_cds.interfaces.web.config import WebSettings
+from spasticity_cds.interfaces.web.errors import FHIR_JSON
 from spasticity_cds.store import open_store
 
 SERVICE_CALL = "/cds-services/{service_id}"
+FEEDBACK = "/cds-services/{service_id}/feedback"
 METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
 
 
@@ -75,14 +77,61 @@ def test_the_service_call_is_documented_with_its_request_body(document: dict[str
     assert "access_token" in _resolve(document, authorization["$ref"])["required"]
 
 
+def _assert_outcomes(document: dict[str, Any], responses: dict[str, Any], statuses: set[str]) -> None:
+    for status in statuses:
+        outcome = _schema(document, responses[status]["content"][FHIR_JSON])
+        assert outcome["properties"]["resourceType"] == {"const": "OperationOutcome"}, status
+
+
 def test_the_service_call_documents_its_cards_and_its_error_outcomes(document: dict[str, Any]) -> None:
     responses = document["paths"][SERVICE_CALL]["post"]["responses"]
-    assert {"200", "400", "401", "412", "413", "415"} <= responses.keys()
+    assert {"200", "400", "401", "412", "413", "415", "503"} <= responses.keys()
     cards = _schema(document, responses["200"]["content"]["application/json"])
     assert cards["required"] == ["cards"] and cards["properties"]["cards"]["type"] == "array"
-    for status in responses.keys() - {"200"}:
-        outcome = _schema(document, responses[status]["content"]["application/fhir+json"])
-        assert outcome["properties"]["resourceType"] == {"const": "OperationOutcome"}, status
+    _assert_outcomes(document, responses, responses.keys() - {"200"})
+
+
+def test_feedback_is_documented_with_its_request_body_from_the_wire_model(document: dict[str, Any]) -> None:
+    body = document["paths"][FEEDBACK]["post"]["requestBody"]
+    assert body["required"] is True and body["content"].keys() == {"application/json", FHIR_JSON}
+    request = _schema(document, body["content"]["application/json"])
+    assert request["required"] == ["feedback"]
+    item = _resolve(document, request["properties"]["feedback"]["items"]["$ref"])
+    assert set(item["required"]) == {"card", "outcome", "outcomeTimestamp"}
+    assert item["properties"]["outcome"]["enum"] == ["accepted", "overridden"]
+    reason = _resolve(document, item["properties"]["overrideReason"]["anyOf"][0]["$ref"])
+    coding = _resolve(document, reason["properties"]["reason"]["anyOf"][0]["$ref"])
+    assert coding["required"] == ["code"] and {"system", "display"} <= coding["properties"].keys()
+
+
+def test_feedback_documents_the_answers_it_gives_and_no_422(document: dict[str, Any]) -> None:
+    responses = document["paths"][FEEDBACK]["post"]["responses"]
+    assert responses.keys() == {"200", "400", "401", "404", "413", "415", "500", "503"}
+    assert responses["200"]["content"]["application/json"]["schema"] == {"type": "object", "maxProperties": 0}
+    _assert_outcomes(document, responses, responses.keys() - {"200"})
+
+
+def test_no_operation_promises_the_422_the_app_never_answers(document: dict[str, Any]) -> None:
+    for path, operations in document["paths"].items():
+        for method, operation in operations.items():
+            assert "422" not in operation["responses"], (method, path)
+    assert not {"HTTPValidationError", "ValidationError"} & document["components"]["schemas"].keys()
+    for path in ("/kb/rules/{rule_id}", "/patients/demo/{demo_id}", "/static/{name}"):
+        _assert_outcomes(document, document["paths"][path]["get"]["responses"], {"400"})
+
+
+def test_a_validation_failure_is_the_400_outcome_the_document_names(app: FastAPI) -> None:
+    probed = create_app(app.state.cds.settings, engine=app.state.cds.engine, store=app.state.cds.store)
+
+    @probed.get("/probe/{number}")
+    def probe(number: int) -> dict[str, int]:
+        return {"number": number}
+
+    response = support.PageClient(probed).get("/probe/seven")
+    assert response.status_code == 400 and response.headers["content-type"] == FHIR_JSON
+    assert response.json()["resourceType"] == "OperationOutcome"
+    responses = probed.openapi()["paths"]["/probe/{number}"]["get"]["responses"]
+    assert responses.keys() == {"200", "400"} and FHIR_JSON in responses["400"]["content"]
 
 
 def test_every_reference_in_the_document_resolves(document: dict[str, Any]) -> None:

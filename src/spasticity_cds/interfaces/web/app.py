@@ -17,7 +17,7 @@ from spasticity_cds.interfaces.web import hooks_routes, pages
 from spasticity_cds.interfaces.web.config import ConfigError, WebSettings, settings_from_environment
 from spasticity_cds.interfaces.web.deps import AppState
 from spasticity_cds.interfaces.web.errors import install_error_handling
-from spasticity_cds.interfaces.web.openapi import with_service_call
+from spasticity_cds.interfaces.web.openapi import as_served
 
 #: How every server process runs uvicorn (``spasticity-cds serve`` and the latency benchmark): the httptools parser
 #: (C; with the pure-Python h11 the hook service answered 620-645 calls/s at 16 clients, with httptools 735-755) on
@@ -28,11 +28,13 @@ SERVER_LOOP: Final = "asyncio"
 
 
 class CdsApp(FastAPI):
-    """The FastAPI app, whose OpenAPI document also describes the service call (a plain Starlette route)."""
+    """The FastAPI app, whose OpenAPI document describes the app as it answers (`openapi.as_served`)."""
 
     def openapi(self) -> dict[str, Any]:
-        """The document FastAPI generates and keeps, with the service call added to it the first time."""
-        return with_service_call(super().openapi())
+        """The document FastAPI generates, completed once: FastAPI keeps it and serves it again."""
+        if self.openapi_schema is None:
+            self.openapi_schema = as_served(super().openapi())
+        return self.openapi_schema
 
 
 @asynccontextmanager

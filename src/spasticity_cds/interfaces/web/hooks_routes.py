@@ -35,6 +35,8 @@ router = APIRouter()
 JWKS_TIMEOUT_S = 2.0
 JOIN_RETRY_S = 0.2
 TOKEN_CHECK_THREADS = 32
+DISCOVERY_PATH = "/cds-services"
+FEEDBACK_PATH = "/cds-services/{service_id}/feedback"
 #: The media types a POST body is read as: JSON, plain or with a structured-syntax suffix (application/fhir+json).
 JSON_MEDIA_TYPE = re.compile(r"application/(?:[^\s/;]+\+)?json", re.IGNORECASE)
 NOT_JSON = (
@@ -159,8 +161,8 @@ HooksDep = Annotated[HooksState, Depends(hooks_state)]
 
 # HEAD is registered after GET, so that a 405 names GET (the first route matching the path answers it); one route
 # for both methods would give OpenAPI two operations with one id.
-@router.head("/cds-services", include_in_schema=False)
-@router.get("/cds-services")
+@router.head(DISCOVERY_PATH, include_in_schema=False)
+@router.get(DISCOVERY_PATH)
 async def discovery(request: Request, state: StateDep, hooks: HooksDep) -> Response:
     """The services, their hooks and prefetch templates."""
     await _authenticate(request, hooks, f"{state.settings.base_url}/cds-services")
@@ -214,7 +216,7 @@ def _issued_cards(
     ]
 
 
-@router.post("/cds-services/{service_id}/feedback")
+@router.post(FEEDBACK_PATH)
 async def feedback(
     service_id: str,
     request: Request,
