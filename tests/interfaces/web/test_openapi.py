@@ -23,6 +23,7 @@ from spasticity_cds.store import open_store
 
 SERVICE_CALL = "/cds-services/{service_id}"
 FEEDBACK = "/cds-services/{service_id}/feedback"
+HOOK_OPERATIONS = {("get", "/cds-services"), ("post", SERVICE_CALL), ("post", FEEDBACK)}
 METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
 
 
@@ -132,6 +133,22 @@ def test_a_validation_failure_is_the_400_outcome_the_document_names(app: FastAPI
     assert response.json()["resourceType"] == "OperationOutcome"
     responses = probed.openapi()["paths"]["/probe/{number}"]["get"]["responses"]
     assert responses.keys() == {"200", "400"} and FHIR_JSON in responses["400"]["content"]
+
+
+def test_the_hook_operations_and_only_they_require_the_client_jwt(document: dict[str, Any]) -> None:
+    ((name, scheme),) = document["components"]["securitySchemes"].items()
+    assert (scheme["type"], scheme["scheme"], scheme["bearerFormat"]) == ("http", "bearer", "JWT")
+    assert all(word in scheme["description"] for word in ("CDS Hooks 2.0", "ES384", "RS384", "aud", "local demo"))
+    secured = {
+        (method, path)
+        for path, operations in document["paths"].items()
+        for method, operation in operations.items()
+        if "security" in operation
+    }
+    assert secured == HOOK_OPERATIONS
+    for method, path in HOOK_OPERATIONS:
+        operation = document["paths"][path][method]
+        assert operation["security"] == [{name: []}] and "401" in operation["responses"], (method, path)
 
 
 def test_every_reference_in_the_document_resolves(document: dict[str, Any]) -> None:

@@ -1,4 +1,4 @@
-"""The OpenAPI document as the app answers: the service call, the feedback body and answers, 400 for FastAPI's 422."""
+"""The OpenAPI document as the app answers: the hook operations in full, their client JWT, 400 for FastAPI's 422."""
 
 from __future__ import annotations
 
@@ -9,9 +9,11 @@ import msgspec
 
 from spasticity_cds.cds_hooks.models import FeedbackRequest, HookRequest
 from spasticity_cds.interfaces.web.errors import FHIR_JSON
-from spasticity_cds.interfaces.web.hooks_routes import FEEDBACK_PATH, service_route
+from spasticity_cds.interfaces.web.hooks_routes import DISCOVERY_PATH, FEEDBACK_PATH, service_route
 
 SCHEMA_REF: Final = "#/components/schemas/{name}"
+#: The name of the hook operations' security scheme.
+CLIENT_JWT: Final = "cdsClientJwt"
 #: The schemas FastAPI adds for the 422 it documents, which the app never answers (`_validation_failures_as_400`).
 FASTAPI_VALIDATION_SCHEMAS: Final = ("HTTPValidationError", "ValidationError")
 
@@ -153,11 +155,23 @@ FEEDBACK_STORED: Final = {
     "description": "The outcomes are stored, idempotently; the body is an empty object (CDS Hooks 2.0 defines none).",
     "content": {"application/json": {"schema": {"type": "object", "maxProperties": 0}}},
 }
+CLIENT_JWT_SCHEME: Final = {
+    "type": "http",
+    "scheme": "bearer",
+    "bearerFormat": "JWT",
+    "description": (
+        "The CDS client's signed JWT, which CDS Hooks 2.0 requires on every call (discovery, service call, "
+        "feedback): signed with ES384 or RS384 by an issuer this deployment trusts, with aud the URL of the endpoint "
+        "called ({base}/cds-services, {base}/cds-services/{id} or {base}/cds-services/{id}/feedback), exp, iat and "
+        "a jti used only once. A token that fails any check gets 401 with no detail. A deployment may turn the check "
+        "off (auth_required = false) only for a local demo, never with patient data."
+    ),
+}
 
 
 def as_served(document: dict[str, Any]) -> dict[str, Any]:
     """The generated document completed as the app answers: every 422 made the 400 it is, the service call added,
-    and the feedback body and answers written."""
+    the feedback body and answers written, and the client JWT required on the hook operations."""
     _validation_failures_as_400(document)
     (hook_request, feedback_request), wire_schemas = msgspec.json.schema_components(
         [HookRequest, FeedbackRequest], ref_template=SCHEMA_REF
@@ -166,6 +180,8 @@ def as_served(document: dict[str, Any]) -> dict[str, Any]:
     paths: dict[str, dict[str, Any]] = document["paths"]
     paths.setdefault(service_route.path, {})["post"] = _service_call(hook_request)
     _describe_feedback(paths[FEEDBACK_PATH]["post"], feedback_request)
+    paths[DISCOVERY_PATH]["get"]["responses"].update(_outcome_answers(HOOK_ERRORS))
+    _require_client_jwt(document)
     return document
 
 
@@ -223,3 +239,11 @@ def _describe_feedback(operation: dict[str, Any], request_ref: dict[str, Any]) -
     operation["parameters"] = [SERVICE_ID_PARAMETER]
     operation["requestBody"] = _json_body(request_ref)
     operation["responses"] = {"200": FEEDBACK_STORED, **_outcome_answers(FEEDBACK_ERRORS)}
+
+
+def _require_client_jwt(document: dict[str, Any]) -> None:
+    """The client JWT on the three hook operations; the clinicians' pages and the JSON API take none."""
+    document["components"]["securitySchemes"] = {CLIENT_JWT: CLIENT_JWT_SCHEME}
+    for path in (DISCOVERY_PATH, service_route.path, FEEDBACK_PATH):
+        for operation in document["paths"][path].values():
+            operation["security"] = [{CLIENT_JWT: []}]
