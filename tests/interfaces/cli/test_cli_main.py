@@ -110,6 +110,58 @@ def test_several_files_give_a_json_array(patient_file: Path, capsys: pytest.Capt
     assert len(json.loads(capsys.readouterr().out)) == 2
 
 
+@pytest.fixture
+def two_good_and_one_bad(tmp_path: Path, patient_file: Path) -> list[str]:
+    """A good file (Patient/p1), a file that is not JSON, and another good file (Patient/p2), in that order."""
+    second = tmp_path / "second.json"
+    second.write_bytes(patient_file.read_bytes().replace(b'"p1"', b'"p2"').replace(b"Patient/p1", b"Patient/p2"))
+    bad = tmp_path / "bad.json"
+    bad.write_bytes(b'{"resourceType": "Bundle", ')
+    return [str(patient_file), str(bad), str(second)]
+
+
+def test_a_bad_file_among_several_is_an_error_entry_in_its_place_in_json(
+    two_good_and_one_bad: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(["evaluate", *two_good_and_one_bad, "--now", NOW, "--format", "json"])
+    captured = capsys.readouterr()
+    first, bad, second = json.loads(captured.out)
+    assert code == 2
+    assert (first["patient"], second["patient"]) == ("Patient/p1", "Patient/p2")
+    assert bad == {
+        "source": two_good_and_one_bad[1],
+        "error": {"exit_code": 2, "message": bad["error"]["message"]},
+    }
+    assert bad["error"]["message"].startswith("not valid JSON")
+    assert f"error: {two_good_and_one_bad[1]}: not valid JSON" in captured.err
+    assert "Traceback" not in captured.err
+
+
+def test_a_bad_file_among_several_is_an_error_line_in_its_place_in_text(two_good_and_one_bad: list[str]) -> None:
+    program = "from spasticity_cds.interfaces.cli.main import console_entry; console_entry()"
+    merged = subprocess.run(  # stderr into the same pipe as stdout, to see where the error line falls
+        [sys.executable, "-c", program, "evaluate", *two_good_and_one_bad, "--now", NOW],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        timeout=120,
+        check=False,
+    )
+    out = merged.stdout.decode()
+    assert merged.returncode == 2
+    error_line = f"error: {two_good_and_one_bad[1]}: not valid JSON"
+    assert out.count(error_line) == 1 and "Traceback" not in out
+    assert out.index("Patient/p1") < out.index(error_line) < out.index("Patient/p2")
+    assert out.count("Spasticity treatment plan") == 2
+
+
+def test_every_file_bad_still_refuses_a_bad_setting_first(tmp_path: Path) -> None:
+    from spasticity_cds.errors import InputError
+
+    missing = [str(tmp_path / "a.json"), str(tmp_path / "b.json")]
+    with pytest.raises(InputError, match="did you mean 'jurisdiction'"):
+        _run(["evaluate", *missing, "--set", "jurisdicton=uk", "--now", NOW])
+
+
 def test_jurisdiction_and_settings_reach_the_engine(patient_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
     argv = ["evaluate", str(patient_file), "--now", NOW, "--format", "json", "--jurisdiction", "uk"]
     assert main([*argv, "--set", "baclofen_severe_ckd_policy=reduce"]) == 0
@@ -201,6 +253,7 @@ def test_bad_input_gets_one_line_and_an_exit_code(
     assert message in stderr
     assert "Traceback" not in stderr
     assert len(stderr.strip().splitlines()) <= 3
+    assert completed.stdout == b""
 
 
 def test_stdin_is_read_with_a_dash(patient_file: Path) -> None:

@@ -1,7 +1,8 @@
 """The `spasticity-cds` command: argument parsing, subcommands, and the one place errors become exit codes.
 
 Exit codes: 0 success; 1 unexpected internal error; 2 bad input or usage; 3 knowledge-base error;
-4 evaluation error; 5 feedback-store error; 130 interrupted.
+4 evaluation error; 5 feedback-store error; 130 interrupted. `evaluate` over several files reports a file it
+cannot read and goes on with the others; the run then exits with the code of the first such file.
 """
 
 from __future__ import annotations
@@ -185,22 +186,55 @@ def _read_file(name: str) -> bytes:
         raise InputError(f"cannot read ({error.strerror})", where=name) from None
 
 
+#: What evaluating one file gave: its result, or the error that kept it from being read.
+Outcome = dict[str, Any] | InputError
+
+
 def _cmd_evaluate(args: argparse.Namespace, console: Console) -> int:
     engine = _engine(args)
     now, settings = parse_now(args.now), _settings(args)
-    results = [engine.evaluate(read_patient(_read_file(name), source=name), now, settings) for name in args.files]
-    _emit(console, results, args.format)
-    return EXIT_OK
+    engine.settings_for(settings)  # a bad --set is the whole run's mistake: refused before any file, not per file
+    outcomes = [_evaluated(engine, name, now, settings) for name in args.files]
+    if len(outcomes) == 1 and isinstance(outcomes[0], InputError):
+        raise outcomes[0]  # one file: its error is the run's, reported by console_entry as ever
+    _emit(console, outcomes, args.format)
+    return next((outcome.exit_code for outcome in outcomes if isinstance(outcome, InputError)), EXIT_OK)
 
 
-def _emit(console: Console, results: list[dict[str, Any]], output_format: str) -> None:
+def _evaluated(engine: Engine, name: str, now: datetime, settings: dict[str, Value]) -> Outcome:
+    """One file's result, or the InputError that kept it from being read: one bad file must not cost the others."""
+    try:
+        record = read_patient(_read_file(name), source=name)
+    except InputError as error:
+        return error
+    return engine.evaluate(record, now, settings)
+
+
+def _emit(console: Console, outcomes: Sequence[Outcome], output_format: str) -> None:
+    """Results in order: on stdout as JSON (one object for one file, else an array with an error entry in place of
+    each bad file) or as text; each bad file's error on stderr, in its place among the text results."""
     if output_format == "json":
-        payload: Any = results[0] if len(results) == 1 else results
+        for outcome in outcomes:
+            if isinstance(outcome, InputError):
+                _report(outcome)
+        entries = [_json_entry(outcome) for outcome in outcomes]
+        payload: Any = entries[0] if len(entries) == 1 else entries
         sys.stdout.buffer.write(to_json(payload, pretty=True) + b"\n")
         sys.stdout.flush()
         return
-    for result in results:
-        render_result(console, result)
+    for outcome in outcomes:
+        if isinstance(outcome, InputError):
+            _report(outcome)
+        else:
+            render_result(console, outcome)
+
+
+def _json_entry(outcome: Outcome) -> dict[str, Any]:
+    """A result as it is, or a bad file as ``{"source", "error": {"exit_code", "message"}}``: the file as named on
+    the command line, the exit code it would have given alone, and what is wrong with it."""
+    if not isinstance(outcome, InputError):
+        return outcome
+    return {"source": outcome.where, "error": {"exit_code": outcome.exit_code, "message": outcome.message}}
 
 
 def _cmd_explain(args: argparse.Namespace, console: Console) -> int:
@@ -310,14 +344,23 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
+def _stderr() -> Console:
+    return Console(stderr=True, soft_wrap=True)
+
+
+def _report(error: SpasticityCdsError, errors: Console | None = None) -> None:
+    """The one line an error gets on stderr: ``error: where: what``."""
+    (errors or _stderr()).print(f"[bold red]error:[/bold red] {escape(str(error))}", highlight=False)
+
+
 def console_entry() -> None:
     """Console script: run main() and turn every error into one clear line and an exit code."""
-    errors = Console(stderr=True, soft_wrap=True)
+    errors = _stderr()
     signal.signal(signal.SIGTERM, _interrupt)  # `kill` is Ctrl-C: partial output removed, "interrupted", 130
     try:
         code = main()
     except SpasticityCdsError as error:
-        errors.print(f"[bold red]error:[/bold red] {escape(str(error))}", highlight=False)
+        _report(error, errors)
         code = error.exit_code
     except KeyboardInterrupt:
         errors.print("interrupted")
