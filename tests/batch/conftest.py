@@ -72,3 +72,29 @@ def synthea_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def bundle_folder(synthea_export: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The same patients as Synthea's default exporter writes them: one transaction Bundle per patient."""
     return write_synthea_bundles(synthea_export, tmp_path_factory.mktemp("bundles") / "in")
+
+
+@pytest.fixture
+def invalid_utf8_export(tmp_path: Path) -> Path:
+    """Lines with invalid UTF-8: more than the report lists one by one in Observation.ndjson (with one valid line
+    among them), a Latin-1 name in Patient.ndjson, and in a line that holds a whole Bundle."""
+    out = tmp_path / "utf8"
+    out.mkdir()
+    (out / "Patient.ndjson").write_bytes(
+        b'{"resourceType": "Patient", "id": "p1", "gender": "male", "name": [{"text": "Jos\xe9"}]}\n'
+        b'{"resourceType": "Patient", "id": "p2"}\n'
+    )
+    observation = b'{"resourceType": "Observation", "id": "o-%d", "status": "final", "subject": {"reference": '
+    bad = [observation % number + b'"Patient/p1"}, "note": [{"text": "\xff\xfe"}]}' for number in range(102)]
+    good = observation % 999 + b'"Patient/p1"}}'
+    (out / "Observation.ndjson").write_bytes(b"\n".join([good, *bad]) + b"\n")
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "collection",
+        "entry": [
+            {"resource": {"resourceType": "Patient", "id": "p3", "name": [{"text": "BAD"}]}},
+            {"resource": {"resourceType": "Observation", "id": "o-p3", "subject": {"reference": "Patient/p3"}}},
+        ],
+    }
+    (out / "Bundles.ndjson").write_bytes(orjson.dumps(bundle).replace(b"BAD", b"\xc3(") + b"\n")
+    return out

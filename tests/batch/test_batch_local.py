@@ -14,7 +14,7 @@ import pytest
 from spasticity_cds.errors import BatchError
 from spasticity_cds.synth import generate_patient
 
-from .batch_helpers import NOW, SEED, N, evaluator_tasks, line_of, read_ndjson, run
+from .batch_helpers import BAD_OBSERVATION_LINES, NOW, SEED, N, evaluator_tasks, line_of, read_ndjson, run
 
 
 def test_batch_equals_the_evaluator_patient_by_patient(clean_cohort: Path, tmp_path: Path) -> None:
@@ -68,20 +68,68 @@ def test_bad_input_is_counted_and_located_and_never_stops_the_run(bad_cohort: Pa
     assert issue(b"unknown-1")["code"] == "not-supported"
     assert "'Foo'" in issue(b"unknown-1")["diagnostics"]
     assert issue(b"orphan-1")["code"] == "processing"
-    assert f"Observation.ndjson:{line_of(observations, b'bad-utf8')}" not in by_location, "U+FFFD, as Hadoop does"
+    bad_utf8 = issue(b"bad-utf8")  # still read: its patient is among those evaluated below
+    column = next(line for line in BAD_OBSERVATION_LINES if b"bad-utf8" in line).index(b"\xff") + 1
+    assert (bad_utf8["severity"], bad_utf8["code"]) == ("warning", "structure")
+    assert bad_utf8["diagnostics"].endswith(
+        f": not valid UTF-8 (byte 0xff at column {column}); the line is read with U+FFFD in place of the bad bytes"
+    )
     assert by_location["Medication.ndjson:2"]["code"] == "processing"
     ghost = [o["issue"][0] for o in outcomes if o["issue"][0]["location"][0].startswith("Patient/ghost")]
     assert len(ghost) == 1
     assert ghost[0]["location"][0] == f"Patient/ghost (Observation.ndjson:{line_of(observations, b'ghost-1')})"
     assert "no Patient resource" in ghost[0]["diagnostics"]
     counts = summary.counts
-    assert counts["problems"] == {"malformed": 3, "no-patient": 2, "patient-input": 1, "unknown-type": 1}
+    assert counts["problems"] == {
+        "invalid-utf8": 1,
+        "malformed": 3,
+        "no-patient": 2,
+        "patient-input": 1,
+        "unknown-type": 1,
+    }
     assert counts["patients"] == N + 1
     assert counts["patientsEvaluated"] == N
     assert counts["patientsFailed"] == 1
     assert counts["blankLines"] == 1
     manifest = orjson.loads((tmp_path / "run" / "manifest.json").read_bytes())
     assert manifest["error"] == [{"type": "OperationOutcome", "url": "OperationOutcome.ndjson", "count": len(outcomes)}]
+
+
+def test_lines_with_invalid_utf8_are_read_counted_and_located_up_to_the_cap(
+    invalid_utf8_export: Path, tmp_path: Path
+) -> None:
+    from spasticity_cds.batch import problems
+    from spasticity_cds.batch.inputs import discover
+    from spasticity_cds.batch.local import grouped
+
+    summary = run(invalid_utf8_export, tmp_path / "run", block_bytes=4096)  # the bad lines span several blocks
+    outcomes = [o["issue"][0] for o in read_ndjson(tmp_path / "run" / "OperationOutcome.ndjson")]
+    flagged = [o for o in outcomes if o["details"]["coding"][0]["code"] == "invalid-utf8"]
+    assert [o["location"][0] for o in flagged] == [
+        "Bundles.ndjson:1",
+        *(f"Observation.ndjson:{number}" for number in range(2, problems.DETAIL_CAP + 2)),
+        "Patient.ndjson:1",
+        "Observation.ndjson",  # the lines past the cap, summed up
+    ]
+    assert flagged[-1]["diagnostics"] == "Observation.ndjson: 2 more lines of this kind not listed one by one"
+    read_anyway = "the line is read with U+FFFD in place of the bad bytes"
+    assert flagged[-2]["diagnostics"] == f"Patient.ndjson:1: not valid UTF-8 (byte 0xe9 at column 81); {read_anyway}"
+    assert all(o["severity"] == "warning" for o in flagged) and len(flagged) == len(outcomes)
+    counts = summary.counts
+    assert counts["problems"] == {"invalid-utf8": problems.DETAIL_CAP + 4}
+    lines = problems.DETAIL_CAP + 2 + 1 + 2 + 2  # Observation, the one valid Observation, Patient, Bundle entries
+    assert counts["lines"] == counts["resources"] == lines  # a flagged line is still one line, and read
+    assert counts["patientsEvaluated"] == counts["patients"] == 3
+    files = {entry["url"]: entry for entry in summary.manifest["input"]["files"]}
+    assert files["Observation.ndjson"]["problems"] == {"invalid-utf8": problems.DETAIL_CAP + 2}
+    assert files["Observation.ndjson"]["lines"] == problems.DETAIL_CAP + 3
+    (tmp_path / "spill").mkdir()
+    groups = dict(grouped(discover(invalid_utf8_export).files, tmp_path / "spill", block_bytes=4096))
+    assert {key: len(found) for key, found in groups.items()} == {
+        "Patient/p1": problems.DETAIL_CAP + 4,
+        "Patient/p2": 1,
+        "Patient/p3": 2,
+    }
 
 
 def test_shared_medication_reaches_the_patient_that_references_it(bad_cohort: Path, tmp_path: Path) -> None:

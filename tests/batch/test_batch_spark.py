@@ -10,7 +10,9 @@ from typing import Any
 
 import pytest
 
-from .batch_helpers import read_ndjson, run
+from spasticity_cds.batch.problems import DETAIL_CAP
+
+from .batch_helpers import line_of, read_ndjson, run
 
 pytestmark = pytest.mark.spark
 
@@ -37,13 +39,32 @@ def spark_session() -> Iterator[Any]:
     patch.undo()
 
 
+MAX_SPLIT = "spark.sql.files.maxPartitionBytes"
+
+
+@pytest.fixture
+def small_splits(spark_session: Any) -> Iterator[None]:
+    """Spark cuts a file into 128 KiB splits, so that line numbers must come out right across partitions."""
+    spark_session.conf.set(MAX_SPLIT, str(128 * 1024))
+    yield
+    spark_session.conf.unset(MAX_SPLIT)
+
+
 def _by_id(path: Path) -> dict[str, Any]:
     return {record["id"]: record for record in read_ndjson(path)}
 
 
-def test_spark_and_local_engines_agree(spark_session: Any, bad_cohort: Path, tmp_path: Path) -> None:
+def test_spark_and_local_engines_agree(
+    spark_session: Any, small_splits: None, bad_cohort: Path, tmp_path: Path
+) -> None:
+    observations = bad_cohort / "Observation.ndjson"
+    assert spark_session.read.text(str(observations)).rdd.getNumPartitions() > 1
     local = run(bad_cohort, tmp_path / "local")
     spark = run(bad_cohort, tmp_path / "spark", engine="spark")
+    invalid = f"{observations.name}:{line_of(observations, b'bad-utf8')}"  # found by the bytes Spark hands over
+    assert invalid in {
+        o["issue"][0]["location"][0] for o in read_ndjson(tmp_path / "spark" / "OperationOutcome.ndjson")
+    }
     assert _by_id(tmp_path / "spark" / "Task.ndjson") == _by_id(tmp_path / "local" / "Task.ndjson")
     assert _by_id(tmp_path / "spark" / "OperationOutcome.ndjson") == _by_id(
         tmp_path / "local" / "OperationOutcome.ndjson"
@@ -55,6 +76,28 @@ def test_spark_and_local_engines_agree(spark_session: Any, bad_cohort: Path, tmp
     assert spark.counts["problems"] == local.counts["problems"]
     assert spark.counts["patients"] == local.counts["patients"]
     assert spark.manifest["engine"] == {"name": "spark", "master": "local[2]"}
+
+
+def test_spark_and_local_engines_report_invalid_utf8_alike(
+    spark_session: Any, invalid_utf8_export: Path, tmp_path: Path
+) -> None:
+    local = run(invalid_utf8_export, tmp_path / "local")
+    spark = run(invalid_utf8_export, tmp_path / "spark", engine="spark")
+    for name in ("Task.ndjson", "OperationOutcome.ndjson", "rule_counts.json"):
+        assert (tmp_path / "spark" / name).read_bytes() == (tmp_path / "local" / name).read_bytes(), name
+    assert spark.counts == local.counts and spark.counts["problems"] == {"invalid-utf8": DETAIL_CAP + 4}
+    assert spark.manifest["input"] == local.manifest["input"]
+
+
+def test_a_file_spark_would_skip_as_hidden_is_refused(clean_cohort: Path, tmp_path: Path) -> None:
+    from spasticity_cds.errors import BatchError
+
+    export = tmp_path / "export"
+    shutil.copytree(clean_cohort, export)
+    (export / "Patient.ndjson").rename(export / "_Patient.ndjson")
+    with pytest.raises(BatchError, match=r"_Patient\.ndjson: the Spark engine cannot read a file whose name starts"):
+        run(export, tmp_path / "out", engine="spark")
+    assert not (tmp_path / "out").exists()
 
 
 def test_spark_since_matches_local_since(spark_session: Any, clean_cohort: Path, tmp_path: Path) -> None:

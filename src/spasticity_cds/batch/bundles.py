@@ -53,7 +53,7 @@ def entry_lines(raw: bytes) -> list[bytes] | None:
     """The lines of an NDJSON line that holds a whole Bundle (one per line, as ``synth --format bundles`` writes
     them): its entries, read as a Bundle file's are; None when the line is no Bundle with an array of entries."""
     try:
-        document = orjson.loads(raw.removeprefix(problems.BOM))
+        document = problems.loads(raw)
     except orjson.JSONDecodeError:
         return None
     entries = _bundle_entries(document)
@@ -66,15 +66,11 @@ def bundle_lines(raw: bytes) -> Iterator[bytes]:
     """One line per entry of a Bundle (line ``n`` is entry ``n``; an entry without a resource is a blank line, one
     that is not an object its JSON), references to another entry's ``urn:`` fullUrl rewritten to ``Type/id``; a
     file that is not a Bundle is one line: the resource it holds, or its text for the line classifier to report."""
-    text = raw.removeprefix(problems.BOM)
     try:
-        document = orjson.loads(text)
+        document = problems.loads(raw)  # invalid UTF-8 becomes U+FFFD, as on an NDJSON line
     except orjson.JSONDecodeError:
-        try:  # invalid UTF-8 becomes U+FFFD, as on an NDJSON line
-            document = orjson.loads(text.decode("utf-8", "replace"))
-        except orjson.JSONDecodeError:
-            yield b" ".join(text.split())
-            return
+        yield b" ".join(raw.removeprefix(problems.BOM).split())
+        return
     entries = _bundle_entries(document)
     if entries is None:
         yield _dumps(document)

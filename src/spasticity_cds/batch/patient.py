@@ -140,17 +140,7 @@ def decode_line(raw: bytes) -> Any:
     try:
         return RESOURCE_DECODER.decode(raw)
     except (msgspec.MsgspecError, ValueError, RecursionError):  # odd shapes; invalid UTF-8 is a ValueError
-        return _loads(raw)
-
-
-def _loads(raw: bytes) -> Any:
-    """Parse one line; invalid UTF-8 becomes U+FFFD, as Hadoop's text reader (the Spark engine) does; a leading
-    byte-order mark is dropped, as ``problems.classify`` drops it."""
-    raw = raw.removeprefix(problems.BOM)
-    try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return orjson.loads(raw.decode("utf-8", "replace"))
+        return problems.loads(raw)
 
 
 def _dump(value: Mapping[str, Any]) -> bytes:

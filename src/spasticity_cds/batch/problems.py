@@ -12,7 +12,7 @@ from typing import Any, Final
 import msgspec
 import orjson
 
-from spasticity_cds.fhir.parse import UTF8_BOM
+from spasticity_cds.fhir.parse import UTF8_BOM, first_invalid_utf8, invalid_utf8
 
 #: The resource types of FHIR R4 (4.0.1); anything else in a ``resourceType`` is reported as unknown.
 R4_TYPES: Final = frozenset(
@@ -204,8 +204,11 @@ PATIENT_INPUT: Final = "patient-input"
 EVALUATION: Final = "evaluation"
 INCOMPLETE_EXPORT: Final = "incomplete-export"
 UNREADABLE_FILE: Final = "unreadable-file"
+INVALID_UTF8: Final = "invalid-utf8"
+#: Problems a line has beside its status: it is still classified and read, and counted once more under the flag.
+LINE_FLAGS: Final = (INVALID_UTF8,)
 #: The categories of a single input line (counted per file, reported with file and line).
-LINE_PROBLEMS: Final = (MALFORMED, UNKNOWN_TYPE, NO_PATIENT)
+LINE_PROBLEMS: Final = (MALFORMED, UNKNOWN_TYPE, NO_PATIENT, *LINE_FLAGS)
 #: A problem line kept for the report: (line number, resource type, raw text).
 KeptLine = tuple[int, str | None, bytes]
 #: Problem categories: (OperationOutcome issue severity, issue code).
@@ -217,6 +220,7 @@ CATEGORIES: Final = {
     EVALUATION: ("error", "exception"),
     INCOMPLETE_EXPORT: ("error", "incomplete"),
     UNREADABLE_FILE: ("error", "incomplete"),
+    INVALID_UTF8: ("warning", "structure"),
 }
 #: Per input file and category, lines reported one by one; the rest are summed up in one more record.
 DETAIL_CAP: Final = 100
@@ -294,6 +298,16 @@ def classify(raw: bytes) -> Classified:
     return Classified(OK, resource_type, key, resource_id, medication_ref)
 
 
+def loads(raw: bytes) -> Any:
+    """One line's JSON, a leading byte-order mark dropped (as ``classify`` drops it); invalid UTF-8 becomes U+FFFD,
+    so that the line is still read (the scan flags it ``invalid-utf8``). ``orjson.JSONDecodeError`` if not JSON."""
+    raw = raw.removeprefix(BOM)
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return orjson.loads(raw.decode("utf-8", "replace"))
+
+
 def _parsed(raw: bytes) -> Any:
     """The line as JSON, or None. A number beyond a double (``1e999``), which orjson refuses, is read as infinity:
     the typed decoders the engines read lines with skip it unchecked, so the line counts as a resource in both."""
@@ -309,8 +323,18 @@ def _parsed(raw: bytes) -> Any:
     return json.loads(text)
 
 
+def invalid_utf8_head(raw: bytes) -> bytes | None:
+    """A line that is not UTF-8 throughout up to and including its first bad byte (all the report needs of a line
+    that may be 16 MiB long); None for the usual line."""
+    offset = first_invalid_utf8(raw)
+    return None if offset is None else raw[: offset + 1]
+
+
 def describe(status: str, resource_type: str | None, raw: bytes) -> str:
-    """A one-line explanation of why a line was not used."""
+    """A one-line explanation of why a line was not used, or (a flag) how it was read; for ``invalid-utf8``,
+    ``raw`` is the line's ``invalid_utf8_head``."""
+    if status == INVALID_UTF8:
+        return f"{invalid_utf8(raw, len(raw) - 1)}; the line is read with U+FFFD in place of the bad bytes"
     if status == MALFORMED:
         try:
             document = orjson.loads(raw.decode("utf-8", "replace"))

@@ -164,6 +164,11 @@ def _report_incomplete(writer: output.RunWriter, inputs: InputSet, report: Engin
         writer.counts.problem(category)
 
 
+def _lines(stats: dict[str, int]) -> int:
+    """A file's lines from its counts by status; a flag (invalid UTF-8) counts a line a second time."""
+    return sum(number for status, number in stats.items() if status not in problems.LINE_FLAGS)
+
+
 def _manifest(
     inputs: InputSet,
     previous: Path | None,
@@ -178,7 +183,7 @@ def _manifest(
     for item, stats in zip(inputs.files, report.file_stats, strict=True):
         entry: dict[str, Any] = {
             "url": item.name,
-            "lines": sum(stats.values()),
+            "lines": _lines(stats),
             "resources": stats.get(problems.OK, 0),
             "context": stats.get(problems.CONTEXT, 0),
             "problems": {category: stats[category] for category in problems.LINE_PROBLEMS if stats.get(category)},
@@ -210,7 +215,7 @@ def _manifest(
         },
         "since": {"run": str(previous)} if previous is not None else None,
         "counts": {
-            "lines": sum(sum(stats.values()) for stats in report.file_stats),
+            "lines": sum(_lines(stats) for stats in report.file_stats),
             "resources": sum(stats.get(problems.OK, 0) for stats in report.file_stats),
             "context": sum(stats.get(problems.CONTEXT, 0) for stats in report.file_stats),
             "blankLines": sum(stats.get(problems.BLANK, 0) for stats in report.file_stats),

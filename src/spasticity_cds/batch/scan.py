@@ -224,6 +224,8 @@ def _scan_block(task: ScanTask, block: bytes, result: ScanResult, out: IO[bytes]
     spill = _Spill(task.partitions)
     first_line = result.lines
     lines = ndjson_lines(block)
+    if not block.isascii():  # the usual block is ASCII, so valid UTF-8 as a whole: no line of it needs a look
+        _flag_invalid_utf8(result, lines, first_line)
     run_key: str | None = None
     run_first = 0
     run: list[bytes] = []
@@ -252,6 +254,16 @@ def _scan_block(task: ScanTask, block: bytes, result: ScanResult, out: IO[bytes]
     result.segments.append(Segment(task.out, spill.write(out)))
 
 
+def _flag_invalid_utf8(result: ScanResult, lines: list[bytes], first_line: int) -> None:
+    """Count and keep the lines that are not UTF-8 throughout; they are classified and read all the same (with
+    U+FFFD), whichever path they take."""
+    for index, raw in enumerate(lines, start=first_line):
+        head = problems.invalid_utf8_head(raw)
+        if head is not None:
+            result.stats[problems.INVALID_UTF8] = result.stats.get(problems.INVALID_UTF8, 0) + 1
+            _keep(result, problems.INVALID_UTF8, index, None, head)
+
+
 def _slow(result: ScanResult, spill: _Spill, index: int, raw: bytes) -> None:
     """A line the fast path left: classify it exactly, count it, keep it as a problem or spill it alone; a line
     that holds a whole Bundle stands for its entries, each read as a line of its own with the Bundle's number."""
@@ -264,7 +276,7 @@ def _slow(result: ScanResult, spill: _Spill, index: int, raw: bytes) -> None:
     status = line.status
     result.stats[status] = result.stats.get(status, 0) + 1
     if status in problems.LINE_PROBLEMS:
-        _keep(result, status, index, line.resource_type, raw)
+        _keep(result, status, index, line.resource_type, raw if status == problems.MALFORMED else b"")
     if status != problems.OK:
         return
     medication = b""
@@ -279,7 +291,8 @@ def _slow(result: ScanResult, spill: _Spill, index: int, raw: bytes) -> None:
     spill.run(index, line.key, medication, [raw])
 
 
-def _keep(result: ScanResult, status: str, index: int, resource_type: str | None, raw: bytes) -> None:
+def _keep(result: ScanResult, status: str, index: int, resource_type: str | None, text: bytes) -> None:
+    """Keep a problem line for the report (the first ``DETAIL_CAP`` of its kind) with the text ``describe`` reads."""
     kept = result.kept.setdefault(status, [])
     if len(kept) < problems.DETAIL_CAP:
-        kept.append((index, resource_type, raw if status == problems.MALFORMED else b""))
+        kept.append((index, resource_type, text))

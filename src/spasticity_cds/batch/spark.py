@@ -7,8 +7,8 @@ import itertools
 import os
 import re
 import sys
-from collections.abc import Callable, Iterable, Iterator
-from typing import TYPE_CHECKING, cast
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING
 
 from spasticity_cds.batch import problems
 from spasticity_cds.batch.bundles import entry_lines
@@ -17,9 +17,10 @@ from spasticity_cds.batch.problems import KeptLine as Kept
 from spasticity_cds.errors import BatchError
 
 if TYPE_CHECKING:
+    from pyspark import RDD
     from pyspark.sql import SparkSession
 
-    from spasticity_cds.batch.inputs import InputSet
+    from spasticity_cds.batch.inputs import InputFile, InputSet
     from spasticity_cds.batch.output import RunWriter
     from spasticity_cds.batch.runner import BatchOptions, EngineReport
 
@@ -27,8 +28,8 @@ if TYPE_CHECKING:
 Row = tuple[Line, problems.Classified]
 #: The master when neither ``--spark-master`` nor spark-submit names one.
 LOCAL_MASTER = "local[2]"
-#: The Hadoop text reader's line delimiter setting.
-RECORD_DELIMITER = "textinputformat.record.delimiter"
+#: File names Spark's readers pass over without a word (Hadoop's hidden files).
+HIDDEN_PREFIXES = ("_", ".")
 
 
 def evaluate_partition(
@@ -47,24 +48,55 @@ def evaluate_partition(
 
 
 def _classify(line: Line) -> list[Row]:
+    """The line classified, plus a row of its own when it is not UTF-8 throughout (counted and reported apart, as
+    the local scan does)."""
+    rows = _classified(line)
+    head = problems.invalid_utf8_head(line[2])
+    if head is not None:
+        rows.append(((line[0], line[1], head), problems.Classified(problems.INVALID_UTF8)))
+    return rows
+
+
+def _classified(line: Line) -> list[Row]:
     """The line classified; a line that holds a whole Bundle, its entries (as the local scan reads them)."""
     found = problems.classify(line[2])
     entries = entry_lines(line[2]) if found.resource_type == "Bundle" else None
     if entries is None:
         return [(line, found)]
-    return [row for entry in entries for row in _classify((line[0], line[1], entry))]
+    return [row for entry in entries for row in _classified((line[0], line[1], entry))]
 
 
 #: Per (file, status): the number of lines and the first problem lines.
 Tally = tuple[int, list[Kept]]
 
 
-def _numbered(index: int) -> Callable[[tuple[str, int]], Line]:
-    # pyspark's stubs type textFile as text even with use_unicode=False; the lines are bytes.
-    def number(pair: tuple[str, int]) -> Line:
-        return index, pair[1] + 1, cast(bytes, pair[0]).removesuffix(b"\r")  # a Windows line end, as ndjson_lines
+def _lines(session: SparkSession, index: int, path: str) -> RDD[Line]:
+    """The file's lines as the bytes it holds, numbered. Not ``textFile``: Hadoop's Text.toString has already put
+    U+FFFD in place of invalid UTF-8 when a line reaches Python; the text source's strings are the file's bytes,
+    which a cast to binary hands over as they are. A line ends at LF only, as NDJSON says and the local engine
+    reads it (Hadoop otherwise also ends a line at a lone CR, which JSON allows inside a line as whitespace)."""
+    frame = session.read.option("lineSep", "\n").text(path)
+    raw = frame.select(frame.value.cast("binary")).rdd.map(lambda row: bytes(row[0]))
+    # The scan keeps one file's splits in file order (all of one length but the last, sorted stably by length),
+    # so the index is the line's place in the file; a spark test cuts a file into many splits to hold it to that.
+    return raw.zipWithIndex().map(_numbered(index))
+
+
+def _numbered(index: int) -> Callable[[tuple[bytes, int]], Line]:
+    def number(pair: tuple[bytes, int]) -> Line:
+        return index, pair[1] + 1, pair[0].removesuffix(b"\r")  # a Windows line end, as ndjson_lines
 
     return number
+
+
+def _refuse_hidden(files: Sequence[InputFile]) -> None:
+    """Spark would read a file named like Hadoop's hidden files as empty: refused, so that no patient goes missing."""
+    for item in files:
+        if item.path.name.startswith(HIDDEN_PREFIXES):
+            raise BatchError(
+                "the Spark engine cannot read a file whose name starts with _ or . (rename it or use --engine local)",
+                where=item.name,
+            )
 
 
 def _patient_line(row: Row) -> tuple[str, Line]:
@@ -163,18 +195,12 @@ def run_spark(
         from pyspark import StorageLevel
     except ImportError:
         raise BatchError("--engine spark needs PySpark: pip install 'spasticity-cds[spark]'") from None
+    _refuse_hidden(inputs.files)
     session, created = _session(options)
     try:
         context = session.sparkContext
-        # Lines end at LF only, as NDJSON says and the local engine reads them: Hadoop's text reader otherwise also
-        # ends a line at a lone CR, which JSON allows inside a line as whitespace. Set on the context, so that it
-        # holds in a session spark-submit made too.
-        context._jsc.hadoopConfiguration().set(RECORD_DELIMITER, "\n")
         master = str(context.master)
-        parts = [
-            context.textFile(str(item.path), minPartitions=1, use_unicode=False).zipWithIndex().map(_numbered(index))
-            for index, item in enumerate(inputs.files)
-        ]
+        parts = [_lines(session, index, str(item.path)) for index, item in enumerate(inputs.files)]
         rows = context.union(parts).flatMap(_classify).persist(StorageLevel.MEMORY_AND_DISK)
         # Medications without a patient go to every patient whose orders reference them; unreferenced ones are
         # reported as resources without a patient, exactly as the DuckDB engine does.

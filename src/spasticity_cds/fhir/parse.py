@@ -19,6 +19,28 @@ from spasticity_cds.fhir.model import RESOURCE_DECODER, Entry, Resource, from_js
 UTF8_BOM = b"\xef\xbb\xbf"
 
 
+def first_invalid_utf8(data: bytes) -> int | None:
+    """The offset of the first byte of ``data`` that is not UTF-8, or None when all of it is. ASCII, the usual
+    text, is told without decoding."""
+    if data.isascii():
+        return None
+    try:
+        data.decode()
+    except UnicodeDecodeError as error:
+        return error.start
+    return None
+
+
+def invalid_utf8(data: bytes, offset: int) -> str:
+    """The words every reader uses for ``data`` that stops being UTF-8 at ``offset``: the byte and where it stands
+    (its column in bytes, and its line when ``data`` has several)."""
+    newline = b"\n"
+    where = f"column {offset - data.rfind(newline, 0, offset)}"
+    if newline in data:
+        where = f"line {data.count(newline, 0, offset) + 1}, {where}"
+    return f"not valid UTF-8 (byte 0x{data[offset]:02x} at {where})"
+
+
 @dataclass
 class ParsedInput:
     """Resources by ``Type/id`` in first-seen order, duplicates collapsed as they arrive, plus fullUrl aliases.
@@ -161,11 +183,20 @@ def parse_bytes(data: bytes, *, source: str = "<input>") -> ParsedInput:
     try:
         document = orjson.loads(stripped)
     except orjson.JSONDecodeError as first_error:
+        _refuse_invalid_utf8(data, source)
         if b"\n" not in stripped:
             raise InputError(f"not valid JSON ({first_error})", where=source) from None
         return _parse_ndjson(stripped, source)
     parsed.add(document, source=source)
     return parsed
+
+
+def _refuse_invalid_utf8(data: bytes, source: str) -> None:
+    """JSON is UTF-8 text: bytes that are not are named where they stand (orjson's error points elsewhere, and a
+    pretty-printed document would be reported as NDJSON whose first line is cut short)."""
+    offset = first_invalid_utf8(data)
+    if offset is not None:
+        raise InputError(invalid_utf8(data, offset), where=source)
 
 
 def ndjson_lines(data: bytes) -> list[bytes]:

@@ -223,6 +223,12 @@ def _console_entry(*argv: str, stdin: bytes = b"") -> subprocess.CompletedProces
         (["evaluate", "{missing}"], None, 2, "file not found"),
         (["evaluate", "{file}"], b'{"resourceType": "Bundle", ', 2, "not valid JSON"),
         (["evaluate", "{file}"], b'{"hello": "world"}', 2, "not FHIR"),
+        (
+            ["evaluate", "{file}"],
+            b'{\n "resourceType": "Patient",\n "id": "p\xff"\n}',
+            2,
+            "input.json: not valid UTF-8 (byte 0xff at line 3, column 10)",
+        ),
         (["evaluate", "{file}"], b'{"resourceType": "Bundle", "entry": []}', 2, "no Patient"),
         (["evaluate", "{file}", "--now", "yesterday"], b"{}", 2, "not an ISO 8601"),
         (["evaluate", "{file}", "--now", "2026-11-24T09:30:00"], b"{}", 2, "needs a UTC offset"),
