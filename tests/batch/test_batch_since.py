@@ -178,9 +178,13 @@ def test_a_patient_recorded_as_deceased_gets_no_tasks_and_the_open_ones_are_canc
     assert summary.counts["tasks"]["closed"] == len(closed)
 
 
-def test_worklist_marks_new_rows_only_with_since(clean_cohort: Path, tmp_path: Path) -> None:
+def test_worklist_marks_every_row_new_on_a_first_run_and_only_new_ones_with_since(
+    clean_cohort: Path, tmp_path: Path
+) -> None:
     run(clean_cohort, tmp_path / "a")
-    assert ",yes," not in (tmp_path / "a" / "worklist.csv").read_text()
+    first = list(csv.DictReader((tmp_path / "a" / "worklist.csv").read_text(encoding="utf-8").splitlines()))
+    assert first and all(row["new"] == "yes" for row in first)
+    assert "<td>yes</td>" in (tmp_path / "a" / "worklist.html").read_text(encoding="utf-8")
     run(clean_cohort, tmp_path / "b", since=tmp_path / "a")
     body = (tmp_path / "b" / "worklist.csv").read_text().splitlines()[1:]
     assert body

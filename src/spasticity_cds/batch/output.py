@@ -357,15 +357,15 @@ def _stream(
 def _rows(
     work: Path, app_url: str, flags: Callable[[Path], Iterator[tuple[Any, ...]]] | None
 ) -> Iterator[dict[str, Any]]:
-    """Worklist rows, most severe first, each with its patient link and, with ``--since`` (``flags`` says which
-    rows are new), its ``new`` flag."""
+    """Worklist rows, most severe first, each with its patient link and its ``new`` flag: ``flags`` says which rows
+    are new with ``--since``; without it (``None``) every row is."""
     for rank in SEVERITY_RANKS:
         path = work / f"rows-{rank}.ndjson"
         marks = flags(path) if flags is not None else itertools.repeat((True,))
         with path.open("rb") as source:
             for line, (is_new,) in zip(source, marks, strict=flags is not None):
                 row: dict[str, Any] = orjson.loads(line)["row"]
-                row["new"] = ("yes" if is_new else "no") if flags is not None else ""
+                row["new"] = "yes" if is_new else "no"
                 row["link"] = f"{app_url.rstrip('/')}/patients/{quote(str(row['patient']), safe='')}"
                 yield row
 
