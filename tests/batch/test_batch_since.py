@@ -111,6 +111,10 @@ def test_a_day_later_unchanged_input_keeps_every_item(tmp_path: Path) -> None:
     later = run(cohort, tmp_path / "later", since=first, now=NOW + timedelta(days=1))
     assert later.counts["tasks"]["new"] == later.counts["tasks"]["closed"] == 0
     assert (tmp_path / "later" / "Task.ndjson").read_bytes() == b""
+    raised = {task["id"]: task["authoredOn"] for task in read_ndjson(first / "open.ndjson")}
+    assert set(raised.values()) == {NOW.isoformat()}
+    kept = {task["id"]: task["authoredOn"] for task in read_ndjson(tmp_path / "later" / "open.ndjson")}
+    assert kept == raised, "an item open before keeps the time it was first raised"
 
 
 @pytest.mark.parametrize("days", [7, 30])

@@ -272,21 +272,23 @@ def _finish(
     )
     prev_file = previous / OPEN
     connection.execute(
-        f"CREATE TABLE prev AS SELECT ordinality AS ord, v[1] AS id, v[2] AS patient, v[3] AS rule_id FROM "
-        f"(SELECT ordinality, line, json_extract_string(line, ['$.id', '$.for.reference', "
-        f"'$.reasonCode.coding[0].code']) AS v FROM {_LINES}) WHERE line IS NOT NULL",
+        f"CREATE TABLE prev AS SELECT ordinality AS ord, v[1] AS id, v[2] AS patient, v[3] AS rule_id, "
+        f"v[4] AS authored FROM (SELECT ordinality, line, json_extract_string(line, ['$.id', '$.for.reference', "
+        f"'$.reasonCode.coding[0].code', '$.authoredOn']) AS v FROM {_LINES}) WHERE line IS NOT NULL",
         [str(prev_file)],
     )
-    connection.execute("CREATE TABLE prev_ids AS SELECT DISTINCT id FROM prev")
+    connection.execute("CREATE TABLE prev_ids AS SELECT id, min(authored) AS authored FROM prev GROUP BY id")
     counts = {"new": 0, "open": 0, "closed": 0, "carried": 0}
-    flags = _stream(connection, "SELECT p.id IS NULL FROM cur AS c LEFT JOIN prev_ids AS p USING (id) ORDER BY c.ord")
+    flags = _stream(
+        connection, "SELECT p.id IS NULL, p.authored FROM cur AS c LEFT JOIN prev_ids AS p USING (id) ORDER BY c.ord"
+    )
     with (
         (work / "tasks.ndjson").open("rb") as source,
         (root / TASKS).open("wb") as tasks,
         (root / OPEN).open("wb") as open_tasks,
     ):
-        for line, (is_new,) in zip(source, flags, strict=True):
-            open_tasks.write(line)
+        for line, (is_new, authored) in zip(source, flags, strict=True):
+            open_tasks.write(line if is_new else _first_authored(line, authored))
             counts["open"] += 1
             if is_new:
                 tasks.write(line)
@@ -331,6 +333,16 @@ def _finish(
     rows = _rows(work, app_url, row_flags)
     _write_worklists(root, rows, counts["open"])
     return counts
+
+
+def _first_authored(line: bytes, authored: str | None) -> bytes:
+    """An item that was open before, found again: ``authoredOn`` stays when it was first raised (the rest is this
+    run's, which may have refreshed the patient's name or a result's age)."""
+    task = orjson.loads(line)
+    if authored is None or task.get("authoredOn") == authored:
+        return line
+    task["authoredOn"] = authored
+    return orjson.dumps(task) + b"\n"
 
 
 def _append_carried_row(work: Path, task: Mapping[str, Any]) -> None:
