@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
 import csv
+import io
 import shutil
 from collections.abc import Callable
 from datetime import timedelta
@@ -11,7 +13,9 @@ from typing import Any
 
 import orjson
 import pytest
+from rich.console import Console
 
+from spasticity_cds.batch import cli
 from spasticity_cds.batch.tasks import LABEL_LIMIT
 from spasticity_cds.errors import BatchError
 from spasticity_cds.synth import write_cohort
@@ -81,7 +85,13 @@ def test_since_writes_new_items_closes_gone_ones_and_carries_failed_patients(
     assert {t["status"] for t in changed_closed} <= {"completed", "cancelled"}
     assert all(t["lastModified"] == summary.manifest["evaluatedAt"] for t in closed.values())
     tasks = summary.counts["tasks"]
-    assert tasks == {"new": len(new), "open": len(second_open), "closed": len(closed), "carried": tasks["carried"]}
+    assert tasks == {
+        "new": len(new),
+        "open": len(second_open),
+        "closed": len(closed),
+        "carried": tasks["carried"],
+        "withheld": 0,
+    }
     assert tasks["carried"] == sum(1 for t in first_open.values() if t["for"]["reference"] == broken)
     assert summary.manifest["since"] == {"run": str(first.absolute())}
     rows = list(csv.DictReader((second / "worklist.csv").read_text(encoding="utf-8").splitlines()))
@@ -271,3 +281,47 @@ def test_an_export_that_reports_errors_closes_nothing_and_says_so(clean_cohort: 
     ]
     assert "the export reported errors (1 error files: errors.ndjson)" in issue["diagnostics"]
     assert "no item of the previous run was closed" in issue["diagnostics"]
+
+
+def _batch_cli(*argv: str) -> tuple[int, str]:
+    """Run ``spasticity-cds batch`` with the fixed clock; its exit status and what it printed."""
+    parser = argparse.ArgumentParser(prog="spasticity-cds batch")
+    cli.add_arguments(parser)
+    buffer = io.StringIO()
+    console = Console(file=buffer, width=400, force_terminal=False, color_system=None)
+    status = cli.run(parser.parse_args([*argv, "--now", NOW.isoformat()]), console)
+    return status, buffer.getvalue()
+
+
+def test_an_incomplete_input_changes_no_item_even_superseded_or_deceased_ones(
+    clean_cohort: Path, tmp_path: Path
+) -> None:
+    """Without its Observations the rules fire on other data (new keys: superseded) or not at all; one patient is
+    recorded as deceased too. Nothing of it may open or close an item: the previous run's open items stay as
+    they were."""
+    first = tmp_path / "first"
+    run(clean_cohort, first)
+    first_open = (first / "open.ndjson").read_bytes()
+    manifest = _export_without(clean_cohort, tmp_path / "export", "Observation")
+    patient_file = manifest.parent / "Patient.ndjson"
+    lines = patient_file.read_bytes().splitlines()
+    lines[0] = lines[0].replace(b"{", b'{"deceasedBoolean":true,', 1)
+    patient_file.write_bytes(b"".join(line + b"\n" for line in lines))
+    as_if_complete = tmp_path / "as-if-complete"
+    shutil.copytree(manifest.parent, as_if_complete, ignore=shutil.ignore_patterns("manifest.json", "errors.ndjson"))
+    changes = run(as_if_complete, tmp_path / "changes", since=first).counts["tasks"]
+    assert changes["closed"] > 0 and changes["new"] > 0, "read as complete, the same data would change items"
+
+    second = tmp_path / "second"
+    status, printed = _batch_cli(str(manifest), "--out", str(second), "--since", str(first))
+    assert status == cli.INCOMPLETE_INPUT_EXIT
+    assert (second / "closed.ndjson").read_bytes() == b"" and (second / "Task.ndjson").read_bytes() == b""
+    assert (second / "open.ndjson").read_bytes() == first_open
+    tasks = orjson.loads((second / "manifest.json").read_bytes())["counts"]["tasks"]
+    opened = len(read_ndjson(first / "open.ndjson"))
+    assert tasks == {"new": 0, "open": opened, "closed": 0, "carried": opened, "withheld": tasks["withheld"]}
+    assert tasks["withheld"] > 0
+    rows = list(csv.DictReader((second / "worklist.csv").read_text(encoding="utf-8").splitlines()))
+    assert sorted(row["task"] for row in rows) == sorted(task["id"] for task in read_ndjson(first / "open.ndjson"))
+    assert {row["new"] for row in rows} == {"no"}
+    assert f"Nothing was opened or closed: the {opened:,} items open before are kept as they were" in printed

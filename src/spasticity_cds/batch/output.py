@@ -188,11 +188,10 @@ class RunWriter:
             self.problem(problems.overflow(status, names[file_id], more))
 
     def finish(self, *, now: str, app_url: str, memory_limit: str, incomplete: bool = False) -> dict[str, int]:
-        """Write Task, open, closed, CSV, HTML; returns counts of new, open, closed and carried Tasks.
+        """Write Task, open, closed, CSV, HTML; returns counts of new, open, closed, carried and withheld Tasks.
 
-        ``incomplete``: the input is known to lack data (the export reported errors), so an item that no longer
-        fires, or whose patient is absent, is carried open, not closed: the data that would show it may be what
-        is missing."""
+        ``incomplete``: the input is known to lack data (the export reported errors, a file was cut short), so with
+        ``--since`` no item changes (``_hold``)."""
         self.close()
         previous = self.previous
         if previous is None:
@@ -202,7 +201,10 @@ class RunWriter:
         connection = _duckdb(memory_limit, self.work / "spill")
         try:
             connection.execute("SET enable_progress_bar = false")
-            return _finish(connection, self.root, self.work, previous, now, app_url, incomplete=incomplete)
+            _load(connection, self.work, previous / OPEN)
+            if incomplete:
+                return _hold(connection, self.root, self.work, previous / OPEN, app_url)
+            return _finish(connection, self.root, self.work, previous / OPEN, now, app_url)
         except duckdb.Error as error:
             raise BatchError(
                 f"cannot compare with the previous run: {_first_line(error)}", where=str(previous)
@@ -245,21 +247,12 @@ def _finish_first(root: Path, work: Path, app_url: str, count: int) -> dict[str,
     shutil.copyfile(root / TASKS, root / OPEN)
     (root / CLOSED).write_bytes(b"")
     _write_worklists(root, _rows(work, app_url, None), count)
-    return {"new": count, "open": count, "closed": 0, "carried": 0}
+    return {"new": count, "open": count, "closed": 0, "carried": 0, "withheld": 0}
 
 
-def _finish(
-    connection: duckdb.DuckDBPyConnection,
-    root: Path,
-    work: Path,
-    previous: Path,
-    now: str,
-    app_url: str,
-    *,
-    incomplete: bool,
-) -> dict[str, int]:
-    """With ``--since``: only ids and keys go into DuckDB; Task and row text is streamed from the work files in
-    step with it."""
+def _load(connection: duckdb.DuckDBPyConnection, work: Path, prev_file: Path) -> None:
+    """With ``--since``: only ids and keys go into DuckDB (this run's items, its patients, the previous open
+    items); Task and row text is streamed from the files in step with the queries."""
     connection.execute(
         f"CREATE TABLE cur AS SELECT ordinality AS ord, v[1] AS id, v[2] AS patient, v[3] AS rule_id FROM "
         f"(SELECT ordinality, json_extract_string(line, ['$.id', '$.patient', '$.rule_id']) AS v FROM {_LINES})",
@@ -270,7 +263,6 @@ def _finish(
         f"json_extract_string(line, ['$.key', '$.status']) AS v FROM {_LINES})",
         [str(work / "patients.ndjson")],
     )
-    prev_file = previous / OPEN
     connection.execute(
         f"CREATE TABLE prev AS SELECT ordinality AS ord, v[1] AS id, v[2] AS patient, v[3] AS rule_id, "
         f"v[4] AS authored FROM (SELECT ordinality, line, json_extract_string(line, ['$.id', '$.for.reference', "
@@ -278,7 +270,39 @@ def _finish(
         [str(prev_file)],
     )
     connection.execute("CREATE TABLE prev_ids AS SELECT id, min(authored) AS authored FROM prev GROUP BY id")
-    counts = {"new": 0, "open": 0, "closed": 0, "carried": 0}
+
+
+def _hold(
+    connection: duckdb.DuckDBPyConnection, root: Path, work: Path, prev_file: Path, app_url: str
+) -> dict[str, int]:
+    """An incomplete input with ``--since`` opens and closes nothing: the data it lacks may be what made an item
+    fire, stop firing or fire on other data. The previous open items are carried as they were, and are the
+    worklists; the items only this run found are counted (``withheld``), not opened, so that the next complete run
+    raises the real ones as new."""
+    (root / TASKS).write_bytes(b"")
+    (root / CLOSED).write_bytes(b"")
+    shutil.copyfile(prev_file, root / OPEN)
+    for rank in SEVERITY_RANKS:
+        (work / f"rows-{rank}.ndjson").write_bytes(b"")  # this run's rows: none of its items is opened
+    carried = 0
+    with prev_file.open("rb") as old:
+        for line in old:
+            if line.strip():
+                _append_carried_row(work, orjson.loads(line))
+                carried += 1
+    (withheld,) = connection.execute(
+        "SELECT count(DISTINCT c.id) FROM cur AS c LEFT JOIN prev_ids AS p USING (id) WHERE p.id IS NULL"
+    ).fetchone() or (0,)
+    _write_worklists(root, _rows(work, app_url, _row_flags(connection)), carried)
+    return {"new": 0, "open": carried, "closed": 0, "carried": carried, "withheld": withheld}
+
+
+def _finish(
+    connection: duckdb.DuckDBPyConnection, root: Path, work: Path, prev_file: Path, now: str, app_url: str
+) -> dict[str, int]:
+    """With ``--since`` on a complete input: new items are written, gone ones closed, those of patients that could
+    not be evaluated carried."""
+    counts = {"new": 0, "open": 0, "closed": 0, "carried": 0, "withheld": 0}
     flags = _stream(
         connection, "SELECT p.id IS NULL, p.authored FROM cur AS c LEFT JOIN prev_ids AS p USING (id) ORDER BY c.ord"
     )
@@ -304,7 +328,7 @@ def _finish(
             numbered = enumerate(old, start=1)
             for ord_, status, superseded in gone:
                 line = next(text for number, text in numbered if number == ord_)
-                if status == FAILED or (incomplete and status != DECEASED and not superseded):
+                if status == FAILED:
                     open_tasks.write(line)
                     _append_carried_row(work, orjson.loads(line))
                     counts["carried"] += 1
@@ -321,8 +345,14 @@ def _finish(
                 closed_task = close_task(orjson.loads(line), status=new_status, reason=reason, when=now)
                 closed.write(orjson.dumps(closed_task) + b"\n")
                 counts["closed"] += 1
+    _write_worklists(root, _rows(work, app_url, _row_flags(connection)), counts["open"])
+    return counts
 
-    def row_flags(path: Path) -> Iterator[tuple[Any, ...]]:
+
+def _row_flags(connection: duckdb.DuckDBPyConnection) -> Callable[[Path], Iterator[tuple[Any, ...]]]:
+    """Which rows of a rows file are new: their item was not open in the previous run."""
+
+    def flags(path: Path) -> Iterator[tuple[Any, ...]]:
         return _stream(
             connection,
             "SELECT p.id IS NULL FROM (SELECT ordinality AS ord, json_extract_string(line, '$.id') AS id "
@@ -330,9 +360,7 @@ def _finish(
             [str(path)],
         )
 
-    rows = _rows(work, app_url, row_flags)
-    _write_worklists(root, rows, counts["open"])
-    return counts
+    return flags
 
 
 def _first_authored(line: bytes, authored: str | None) -> bytes:

@@ -147,7 +147,11 @@ def _incomplete(inputs: InputSet, report: EngineReport) -> bool:
 
 def _report_incomplete(writer: output.RunWriter, inputs: InputSet, report: EngineReport, *, since: bool) -> None:
     """An OperationOutcome for the export's own errors and one per file that could not be read to its end."""
-    held = "; no item of the previous run was closed" if since else ""
+    held = (
+        "; no item of the previous run was closed and no new item was opened (they are kept as they were)"
+        if since
+        else ""
+    )
     outcomes: list[tuple[str, str, str]] = []
     if inputs.export_errors:
         named = ", ".join(inputs.export_errors[:5]) + (", ..." if len(inputs.export_errors) > 5 else "")
