@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import re
 import shutil
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -308,6 +309,25 @@ def test_a_lone_cr_inside_a_line_is_json_whitespace_and_line_numbers_hold(tmp_pa
     assert (entry["lines"], entry["resources"], entry["problems"]) == (3, 2, {"malformed": 1})
     (outcome,) = read_ndjson(tmp_path / "run" / "OperationOutcome.ndjson")
     assert outcome["issue"][0]["location"] == ["Patient.ndjson:3"]
+
+
+@pytest.mark.parametrize("block_bytes", [4096, 32 * 1024 * 1024])
+def test_a_truncated_gzip_keeps_every_whole_line_read_before_it_breaks_off(
+    clean_cohort: Path, tmp_path: Path, block_bytes: int
+) -> None:
+    export = tmp_path / "export"
+    export.mkdir()
+    shutil.copy(clean_cohort / "Patient.ndjson", export)
+    whole = gzip.compress((clean_cohort / "Observation.ndjson").read_bytes())
+    cut = whole[: len(whole) * 3 // 4]
+    (export / "Observation.ndjson.gz").write_bytes(cut)
+    readable = zlib.decompressobj(wbits=31).decompress(cut)  # all that the cut stream still gives
+    whole_lines = readable.count(b"\n")
+    assert whole_lines > 0
+    summary = run(export, tmp_path / "run", block_bytes=block_bytes)
+    entry = {entry["url"]: entry for entry in summary.manifest["input"]["files"]}["Observation.ndjson.gz"]
+    assert (entry["lines"], entry["resources"]) == (whole_lines, whole_lines)
+    assert entry["unreadable"].endswith(f"(after line {whole_lines:,})")
 
 
 def test_a_file_that_cannot_be_read_to_its_end_is_reported_and_the_rest_is_run(

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import gzip
 import itertools
 import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, cast
+from typing import IO
 
 import msgspec
 import orjson
@@ -22,6 +23,10 @@ from spasticity_cds.fhir.parse import ndjson_lines
 BLOCK_BYTES = 32 * 1024 * 1024
 #: Estimated expansion of a gzip file, to size the partitions before it is read.
 GZIP_RATIO = 8
+#: Decompressed bytes per read of a gzip stream: a read that fails loses what it had, so reads are small.
+GZIP_PIECE = 1024 * 1024
+#: What a file that breaks off raises (a truncated or mislabelled gzip).
+_STREAM_ERRORS = (OSError, EOFError, zlib.error)
 #: At most this many partitions (open outcome files in the final merge); past it partitions grow instead.
 MAX_PARTITIONS = 512
 
@@ -161,17 +166,9 @@ def scan(task: ScanTask) -> ScanResult:
         with Path(task.out).open("wb") as out:
             for block in _blocks(task):
                 _scan_block(task, block, result, out)
-    except (OSError, EOFError, zlib.error) as error:
+    except _STREAM_ERRORS as error:
         result.error = f"cannot read the file: {error}"
     return result
-
-
-def _open(task: ScanTask) -> IO[bytes]:
-    if task.gzipped:
-        return cast("IO[bytes]", gzip.open(task.path, "rb"))
-    handle = Path(task.path).open("rb")  # noqa: SIM115 - closed by the caller's with
-    handle.seek(task.start)
-    return handle
 
 
 def _blocks(task: ScanTask) -> Iterator[bytes]:
@@ -179,21 +176,42 @@ def _blocks(task: ScanTask) -> Iterator[bytes]:
     cut after the last ``\\n`` of each block (so a ``\\r\\n`` is never split); a Bundle is its entries' lines."""
     if task.bundle:
         yield bundle_block(Path(task.path))
-        return
-    with _open(task) as handle:
-        if not task.gzipped:
+    elif task.gzipped:
+        with gzip.open(task.path, "rb") as stream:
+            yield from _line_blocks(iter(functools.partial(stream.read1, GZIP_PIECE), b""), task.block_bytes)
+    else:
+        with Path(task.path).open("rb") as handle:
+            handle.seek(task.start)
             yield handle.read(task.end - task.start)
-            return
-        carry = b""
-        while chunk := handle.read(task.block_bytes):
-            cut = chunk.rfind(b"\n") + 1
-            if cut == 0:
-                carry += chunk
-                continue
-            yield carry + chunk[:cut]
-            carry = chunk[cut:]
-        if carry:
-            yield carry
+
+
+def _line_blocks(pieces: Iterator[bytes], block_bytes: int) -> Iterator[bytes]:
+    """Whole lines of a stream read in ``pieces``, about ``block_bytes`` at a time. When the stream breaks off (a
+    truncated gzip), the whole lines read before it come first, then the error; the line it cut is dropped."""
+    buffer = bytearray()
+    end = 0  # just past the buffer's last newline
+    try:
+        for piece in pieces:
+            newline = piece.rfind(b"\n")
+            if newline >= 0:
+                end = len(buffer) + newline + 1
+            buffer += piece
+            if end >= block_bytes:
+                yield _take(buffer, end)
+                end = 0
+    except _STREAM_ERRORS:
+        if end:
+            yield _take(buffer, end)
+        raise
+    if buffer:
+        yield bytes(buffer)
+
+
+def _take(buffer: bytearray, end: int) -> bytes:
+    """The first ``end`` bytes of ``buffer``, removed from it."""
+    head = bytes(buffer[:end])
+    del buffer[:end]
+    return head
 
 
 class _Spill:
