@@ -12,6 +12,7 @@ from typing import Any
 import orjson
 import pytest
 
+from spasticity_cds.batch.inputs import TAIL_STEP, unterminated_last_line
 from spasticity_cds.errors import BatchError
 from spasticity_cds.synth import generate_patient
 
@@ -309,6 +310,55 @@ def test_a_lone_cr_inside_a_line_is_json_whitespace_and_line_numbers_hold(tmp_pa
     assert (entry["lines"], entry["resources"], entry["problems"]) == (3, 2, {"malformed": 1})
     (outcome,) = read_ndjson(tmp_path / "run" / "OperationOutcome.ndjson")
     assert outcome["issue"][0]["location"] == ["Patient.ndjson:3"]
+
+
+def test_a_file_cut_mid_line_or_short_of_its_count_makes_the_input_incomplete(
+    clean_cohort: Path, tmp_path: Path
+) -> None:
+    first = tmp_path / "first"
+    run(clean_cohort, first)
+    export = tmp_path / "export"
+    shutil.copytree(clean_cohort, export)
+    observations = (export / "Observation.ndjson").read_bytes()
+    (export / "Observation.ndjson").write_bytes(observations[:-20])  # cut inside its last line
+    conditions = (export / "Condition.ndjson").read_bytes().splitlines(keepends=True)
+    (export / "Condition.ndjson").write_bytes(b"".join(conditions[:-2]))  # whole lines, two short of its count
+    patients = export / "Patient.ndjson"
+    patients.write_bytes(patients.read_bytes().removesuffix(b"\n"))  # a whole last line without its line end
+    summary = run(export / "manifest.json", tmp_path / "run", since=first)
+    files = {entry["url"]: entry for entry in summary.manifest["input"]["files"]}
+    assert "cut mid-line" in files["Observation.ndjson"]["incomplete"]
+    assert files["Condition.ndjson"]["incomplete"] == (
+        f"the manifest counts {len(conditions):,} resources in it, {len(conditions) - 2:,} lines were read"
+    )
+    assert "incomplete" not in files["Patient.ndjson"]
+    assert summary.manifest["input"]["complete"] is False
+    assert summary.counts["tasks"]["closed"] == summary.counts["tasks"]["new"] == 0
+    reported = {
+        outcome["issue"][0]["location"][0]: outcome["issue"][0]["diagnostics"]
+        for outcome in read_ndjson(tmp_path / "run" / "OperationOutcome.ndjson")
+        if outcome["issue"][0]["details"]["coding"][0]["code"] == "incomplete-export"
+    }
+    assert sorted(reported) == ["Condition.ndjson", "Observation.ndjson"]
+    assert "the file holds less than the export wrote: the manifest counts" in reported["Condition.ndjson"]
+
+
+@pytest.mark.parametrize(
+    ("content", "last"),
+    [
+        (b"", None),
+        (b"a\n", None),
+        (b"a\nbc", b"bc"),
+        (b"z" * (TAIL_STEP * 2 + 3), b"z" * (TAIL_STEP * 2 + 3)),
+        (b"a\n" + b"y" * (TAIL_STEP + 5), b"y" * (TAIL_STEP + 5)),
+        (b"a\n" + b"y" * (TAIL_STEP - 2), b"y" * (TAIL_STEP - 2)),
+    ],
+)
+def test_the_last_line_without_a_line_end_is_read_from_the_end(
+    tmp_path: Path, content: bytes, last: bytes | None
+) -> None:
+    (tmp_path / "f.ndjson").write_bytes(content)
+    assert unterminated_last_line(tmp_path / "f.ndjson") == last
 
 
 @pytest.mark.parametrize("block_bytes", [4096, 32 * 1024 * 1024])

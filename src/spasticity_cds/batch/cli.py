@@ -173,7 +173,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
         )
     if not summary.manifest["input"]["complete"]:
         export_errors = len(summary.manifest["input"]["exportErrors"])
-        unreadable = sum(1 for entry in summary.manifest["input"]["files"] if "unreadable" in entry)
+        short = sum(1 for entry in summary.manifest["input"]["files"] if {"unreadable", "incomplete"} & entry.keys())
         held = (
             f" Nothing was opened or closed: the {tasks['carried']:,} items open before are kept as they were, and "
             f"the {tasks['withheld']:,} items only this input gives were not opened."
@@ -181,8 +181,9 @@ def run(args: argparse.Namespace, console: Console) -> int:
             else ""
         )
         console.print(
-            f"The input is incomplete ({export_errors:,} error files the export reported, {unreadable:,} files that "
-            f"could not be read to their end): the worklist may miss items.{held} See OperationOutcome.ndjson.",
+            f"The input is incomplete ({export_errors:,} error files the export reported, {short:,} files that "
+            f"could not be read to their end or hold less than the export wrote): the worklist may miss items.{held} "
+            "See OperationOutcome.ndjson.",
             highlight=False,
             soft_wrap=True,
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,6 +27,8 @@ CLIENT_LOG = "log.ndjson"
 CLIENT_LOG_REASON = "the Bulk Data client's export log"
 OTHER_FILE_REASON = "not an NDJSON (.ndjson, .jsonl) or Bundle (.json) file, optionally .gz"
 FOLDER_REASON = "a folder: the input folder is read without its subfolders"
+#: Bytes read at a time, from the end, looking for the start of a file's last line.
+TAIL_STEP = 64 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +91,26 @@ def discover(source: Path, downloader: Downloader | None = None) -> InputSet:
             export_errors=_export_errors(info),
         )
     raise BatchError("no such file or folder", where=str(source))
+
+
+def unterminated_last_line(path: Path) -> bytes | None:
+    """A plain file's last line when the file does not end with a line end (a copy or export cut mid-line ends
+    so); None when it does, or is empty. Only the last line is read, from the end."""
+    with path.open("rb") as handle:
+        position = handle.seek(0, os.SEEK_END)
+        chunks: list[bytes] = []
+        while position > 0:
+            step = min(TAIL_STEP, position)
+            position -= step
+            handle.seek(position)
+            chunk = handle.read(step)
+            if not chunks and chunk.endswith(b"\n"):
+                return None
+            newline = chunk.rfind(b"\n")
+            chunks.append(chunk[newline + 1 :])
+            if newline >= 0:
+                break
+    return b"".join(reversed(chunks)) or None
 
 
 def _refuse_incremental(manifest: Path, info: dict[str, Any]) -> None:

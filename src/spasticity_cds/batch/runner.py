@@ -13,7 +13,7 @@ from typing import Any
 
 from spasticity_cds.batch import bundles, output, problems
 from spasticity_cds.batch.download import Downloader, DownloadProgress
-from spasticity_cds.batch.inputs import InputSet, discover
+from spasticity_cds.batch.inputs import InputFile, InputSet, discover, unterminated_last_line
 from spasticity_cds.batch.patient import EvaluationSpec, cached_evaluator
 from spasticity_cds.batch.scan import BLOCK_BYTES
 from spasticity_cds.errors import BatchError
@@ -68,6 +68,9 @@ class EngineReport:
     engine: dict[str, Any] = field(default_factory=dict)
     #: Files that could not be read to their end, by name, with why: the input is incomplete.
     unreadable: dict[str, str] = field(default_factory=dict)
+    #: Files read to their end that hold less than the export wrote, by name, with why (the runner finds them,
+    #: alike for every engine): the input is incomplete.
+    cut_short: dict[str, str] = field(default_factory=dict)
 
 
 def run_batch(
@@ -123,6 +126,7 @@ def _run_into(
             for category in problems.LINE_PROBLEMS:
                 if stats.get(category):
                     writer.counts.problem(category, stats[category])
+        report.cut_short.update(_shortfalls(inputs, report))
         _report_incomplete(writer, inputs, report, since=previous is not None)
         tasks = writer.finish(
             now=options.now.isoformat(),
@@ -141,8 +145,33 @@ def _run_into(
 
 
 def _incomplete(inputs: InputSet, report: EngineReport) -> bool:
-    """Whether the input is known to lack data: the export reported errors, or a file could not be read to its end."""
-    return bool(inputs.export_errors or report.unreadable)
+    """Whether the input is known to lack data: the export reported errors, or a file could not be read to its end
+    or holds less than the export wrote."""
+    return bool(inputs.export_errors or report.unreadable or report.cut_short)
+
+
+def _shortfalls(inputs: InputSet, report: EngineReport) -> dict[str, str]:
+    """The files read to their end that hold less than the export wrote, by name, with why."""
+    short: dict[str, str] = {}
+    for item, stats in zip(inputs.files, report.file_stats, strict=True):
+        why = None if item.name in report.unreadable else _shortfall(item, stats)
+        if why is not None:
+            short[item.name] = why
+    return short
+
+
+def _shortfall(item: InputFile, stats: dict[str, int]) -> str | None:
+    """Why a file holds less than the export wrote: fewer lines than the resources its manifest entry counts, or a
+    plain file whose last line has no line end and is not a resource (cut mid-line); None when neither."""
+    read = _lines(stats) - stats.get(problems.BLANK, 0)
+    if item.declared_count is not None and read < item.declared_count:
+        return f"the manifest counts {item.declared_count:,} resources in it, {read:,} lines were read"
+    if item.bundle or item.path.name.endswith(".gz"):  # a Bundle is no line file; a cut .gz does not decompress
+        return None
+    last = unterminated_last_line(item.path)
+    if last is not None and problems.classify(last).status == problems.MALFORMED:
+        return "its last line has no line end and is not a resource: the file was cut mid-line"
+    return None
 
 
 def _report_incomplete(writer: output.RunWriter, inputs: InputSet, report: EngineReport, *, since: bool) -> None:
@@ -163,6 +192,9 @@ def _report_incomplete(writer: output.RunWriter, inputs: InputSet, report: Engin
     for name, why in report.unreadable.items():
         diagnostics = f"the file cannot be read to its end: {why}; the input is incomplete{held}"
         outcomes.append((problems.UNREADABLE_FILE, diagnostics, name))
+    for name, why in report.cut_short.items():
+        diagnostics = f"the file holds less than the export wrote: {why}; the input is incomplete{held}"
+        outcomes.append((problems.INCOMPLETE_EXPORT, diagnostics, name))
     for category, diagnostics, location in outcomes:
         writer.problem(problems.operation_outcome(category, diagnostics, location))
         writer.counts.problem(category)
@@ -196,6 +228,8 @@ def _manifest(
             entry["type"] = item.declared_type
         if item.name in report.unreadable:
             entry["unreadable"] = report.unreadable[item.name]
+        if item.name in report.cut_short:
+            entry["incomplete"] = report.cut_short[item.name]
         files.append(entry)
     error = []
     if writer.outcome_count:
