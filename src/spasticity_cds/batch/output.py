@@ -364,8 +364,8 @@ def _row_flags(connection: duckdb.DuckDBPyConnection) -> Callable[[Path], Iterat
 
 
 def _first_authored(line: bytes, authored: str | None) -> bytes:
-    """An item that was open before, found again: ``authoredOn`` stays when it was first raised (the rest is this
-    run's, which may have refreshed the patient's name or a result's age)."""
+    """An item that was open before, found again, keeps the ``authoredOn`` of the run that first raised it (the
+    rest of its Task is this run's, which may have refreshed the patient's name or a result's age)."""
     task = orjson.loads(line)
     if authored is None or task.get("authoredOn") == authored:
         return line

@@ -175,7 +175,8 @@ def _shortfall(item: InputFile, stats: dict[str, int]) -> str | None:
 
 
 def _report_incomplete(writer: output.RunWriter, inputs: InputSet, report: EngineReport, *, since: bool) -> None:
-    """An OperationOutcome for the export's own errors and one per file that could not be read to its end."""
+    """An OperationOutcome for the export's own errors and one per file that could not be read to its end or holds
+    less than the export wrote."""
     held = (
         "; no item of the previous run was closed and no new item was opened (they are kept as they were)"
         if since
