@@ -141,7 +141,7 @@ def test_smart_ehr_launch(live: Live, page: Any) -> None:
         {"ruleId": "TIZ-LIVER-3X", "ruleVersion": 1, "cardUuid": "card-browser", "patientId": "smart-1"}
     )
     page.goto(f"{live.base}/smart/launch?iss={live.ehr.base}/fhir&launch={launch}")
-    page.wait_for_url(re.compile(r"/smart/plan$"))
+    page.wait_for_url(re.compile(r"/smart/plan/[A-Za-z0-9_-]+$"))
     assert page.locator(".pname").inner_text() == "Launch Patient"
     assert page.locator("article.finding.highlight").count() == 1
     request = live.ehr.authorize_requests[-1]
@@ -153,7 +153,7 @@ def test_smart_standalone_launch(live: Live, page: Any) -> None:
     page.goto(f"{live.base}/smart/launch")
     shot(page, "smart-chooser", full_page=False)
     page.get_by_role("button", name="Launch").click()
-    page.wait_for_url(re.compile(r"/smart/plan$"))
+    page.wait_for_url(re.compile(r"/smart/plan/[A-Za-z0-9_-]+$"))
     assert page.locator(".pname").inner_text() == "Launch Patient"
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 import re
 import sys
@@ -21,6 +22,7 @@ from spasticity_cds.interfaces.web.smart import load_clients, pkce_pair
 
 CLIENT_ID = "cds-test-client"
 PUBLIC = "http://cds.test"
+PLAN_URL = re.compile(r"/smart/plan/[A-Za-z0-9_-]{40,}")
 
 
 @pytest.fixture(scope="module")
@@ -69,15 +71,78 @@ def test_ehr_launch_reads_the_patient_and_shows_the_card_context(tmp_path: Path,
     session_cookie = start.headers["set-cookie"]
     assert "HttpOnly" in session_cookie and "samesite=lax" in session_cookie.lower()
     back = client.get(_callback_path(_authorize(location)))
-    assert back.status_code == 303 and back.headers["location"] == "/smart/plan"
-    plan = client.get("/smart/plan")
+    assert back.status_code == 303 and PLAN_URL.fullmatch(back.headers["location"])
+    plan = client.get(back.headers["location"])
     assert plan.status_code == 200
     assert "Launch Patient" in plan.text and "Opened from the EHR (SMART launch)" in plan.text
     assert re.search(r'class="finding finding-[a-z]+ highlight" id="f-TIZ-LIVER-3X"', plan.text)
     assert 'name="card_uuid" value="card-123"' in plan.text
     assert 'id="chart-fvc"' in plan.text  # every page of the Observation search was read
-    again = client.get("/smart/plan")
+    again = client.get(back.headers["location"])
     assert again.status_code == 200  # the plan re-reads the record with the same token
+
+
+def _launch(client: support.PageClient, ehr: support.MockEhr) -> tuple[str, str]:
+    """A whole standalone launch; the plan's URL and the OAuth state the launch used."""
+    start = client.get("/smart/launch", params={"iss": f"{ehr.base}/fhir"})
+    back = client.get(_callback_path(_authorize(start.headers["location"])))
+    assert back.status_code == 303, back.text
+    return back.headers["location"], parse_qs(urlsplit(start.headers["location"]).query)["state"][0]
+
+
+def test_each_launch_keeps_its_own_patient(tmp_path: Path, ehr: support.MockEhr) -> None:
+    client = _client(tmp_path, ehr)
+    first, _ = _launch(client, ehr)
+    kept = list(ehr.resources)
+    ehr.patient_id, ehr.resources = "smart-2", kept + _resources("smart-2", "Second Patient")  # the EHR's next pick
+    try:
+        pending = client.get("/smart/launch", params={"iss": f"{ehr.base}/fhir"})
+        assert pending.status_code == 302
+        assert "Launch Patient" in client.get(first).text  # a launch merely started leaves the first tab alone
+        second, _ = _launch(client, ehr)
+        assert "Second Patient" in client.get(second).text
+        assert "Launch Patient" in client.get(first).text and "Second Patient" not in client.get(first).text
+    finally:
+        ehr.patient_id, ehr.resources = "smart-1", kept
+
+
+def test_a_plan_url_is_no_use_in_another_browser(tmp_path: Path, ehr: support.MockEhr) -> None:
+    client = _client(tmp_path, ehr)
+    plan, _ = _launch(client, ehr)
+    stranger = support.PageClient(client.app)
+    assert stranger.get(plan).status_code == 401
+    stranger.get("/smart/launch", params={"iss": f"{ehr.base}/fhir"})  # a browser cookie of its own
+    assert stranger.get(plan).status_code == 401
+    assert client.get(plan).status_code == 200
+
+
+def test_the_session_id_changes_at_login_and_the_state_is_single_use(tmp_path: Path, ehr: support.MockEhr) -> None:
+    client = _client(tmp_path, ehr)
+    plan, oauth_state = _launch(client, ehr)
+    assert oauth_state not in plan
+    assert client.get(f"/smart/plan/{oauth_state}").status_code == 401
+    assert client.get(f"/smart/callback?code=x&state={oauth_state}").status_code == 400
+
+
+def test_feedback_without_javascript_returns_to_the_launched_plan(tmp_path: Path, ehr: support.MockEhr) -> None:
+    client = _client(tmp_path, ehr)
+    plan, _ = _launch(client, ehr)
+    page = client.get(plan).text
+    assert f'name="return_to" value="{plan}"' in page
+    form = {
+        "csrf_token": html.unescape(support.CSRF_INPUT.search(page).group(1)),  # type: ignore[union-attr]
+        "feedback_id": html.unescape(support.FEEDBACK_ID.search(page).group(1)),  # type: ignore[union-attr]
+        "context": "patient-plan",
+        "answered": "yes",
+        "return_to": plan,
+    }
+    sent = client.post("/feedback", data=form)
+    assert sent.status_code == 303 and sent.headers["location"].startswith(f"{plan}?feedback=thanks")
+    assert "Launch Patient" in client.get(sent.headers["location"]).text
+
+
+def _resources(patient_id: str, name: str) -> list[dict[str, object]]:
+    return [entry["resource"] for entry in support.trend_bundle(patient_id, name)["entry"]]
 
 
 def test_standalone_launch_asks_for_a_patient(tmp_path: Path, ehr: support.MockEhr) -> None:
@@ -89,7 +154,7 @@ def test_standalone_launch_asks_for_a_patient(tmp_path: Path, ehr: support.MockE
     assert "launch" not in query and "launch/patient" in query["scope"][0].split()
     back = client.get(_callback_path(_authorize(start.headers["location"])))
     assert back.status_code == 303
-    assert "Launch Patient" in client.get("/smart/plan").text
+    assert "Launch Patient" in client.get(back.headers["location"]).text
 
 
 def test_state_mismatch_is_refused(tmp_path: Path, ehr: support.MockEhr) -> None:
@@ -109,15 +174,14 @@ def test_wrong_pkce_verifier_is_refused_by_the_token_endpoint(tmp_path: Path, eh
     original = parse_qs(urlsplit(location).query)["code_challenge"][0]
     response = client.get(_callback_path(_authorize(location.replace(original, other_challenge))))
     assert response.status_code == 502 and "refused the token request" in response.text
-    assert client.get("/smart/plan").status_code == 401
 
 
 def test_callback_without_a_session_and_plan_without_a_token(tmp_path: Path, ehr: support.MockEhr) -> None:
     client = _client(tmp_path, ehr)
     assert client.get("/smart/callback?code=x&state=y").status_code == 401
-    assert "Launch the app again" in client.get("/smart/plan").text
+    assert "Launch the app again" in client.get("/smart/plan/unknown").text
     client.cookies.set("cds_session", "forged.1.sig")
-    assert client.get("/smart/plan").status_code == 401
+    assert client.get("/smart/plan/unknown").status_code == 401
 
 
 def test_authorization_error_is_reported(tmp_path: Path, ehr: support.MockEhr) -> None:
@@ -230,8 +294,8 @@ def test_a_real_cds_hooks_card_opens_its_finding(tmp_path: Path, ehr: support.Mo
     app_context = json.loads(link["appContext"])
     launch = ehr.register_launch(app_context)
     start = client.get("/smart/launch", params={"iss": f"{ehr.base}/fhir", "launch": launch})
-    assert client.get(_callback_path(_authorize(start.headers["location"]))).status_code == 303
-    plan = client.get("/smart/plan").text
+    back = client.get(_callback_path(_authorize(start.headers["location"])))
+    plan = client.get(back.headers["location"]).text
     assert re.search(rf'class="finding finding-[a-z]+ highlight" id="f-{re.escape(app_context["ruleId"])}"', plan)
     assert f'name="card_uuid" value="{app_context["cardUuid"]}"' in plan
     for other in (link for card in cards for link in card.get("links", []) if link["type"] == "absolute"):

@@ -53,7 +53,7 @@ REPORT_COMMENTS = 50
 CONCEPT_KINDS: tuple[str, ...] = get_args(ConceptKind)
 #: The id of a feedback form on a page: the page-level one, or a finding's rating form (``rate-{finding id}``).
 FORM_ANCHOR = re.compile(r"feedback|rate-[A-Za-z0-9:._-]{1,200}")
-RETURN_PATHS = re.compile(r"/(?:|patients/demo/[A-Za-z0-9_.-]+|smart/plan)")
+RETURN_PATHS = re.compile(r"/(?:|patients/demo/[A-Za-z0-9_.-]+|smart/plan/[A-Za-z0-9_-]+)")
 
 
 class BodyTooLargeError(Exception):

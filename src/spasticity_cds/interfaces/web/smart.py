@@ -68,12 +68,12 @@ class SmartClient:
 
 @dataclass
 class SmartSession:
-    """One browser's launch: PKCE and state before the redirect, then the token and patient context."""
+    """One launch: PKCE verifier before the redirect, then the token and patient context; bound to one browser."""
 
     created: float
     iss: str
     client: SmartClient
-    state: str = ""
+    browser: str
     verifier: str = ""
     token_endpoint: str = ""
     access_token: str = ""
@@ -83,7 +83,7 @@ class SmartSession:
 
 
 class SessionStore:
-    """Server-side SMART sessions in memory, keyed by a random id that travels in a signed cookie."""
+    """Server-side SMART sessions in memory, each under its own random id (the OAuth state, then the plan's URL)."""
 
     def __init__(self, max_age_s: int) -> None:
         self.max_age_s = max_age_s
@@ -94,13 +94,17 @@ class SessionStore:
         if len(self._sessions) >= MAX_SESSIONS:
             oldest = min(self._sessions, key=lambda key: self._sessions[key].created)
             del self._sessions[oldest]
-        key = secrets.token_urlsafe(24).replace(".", "_")
+        key = secrets.token_urlsafe(32)
         self._sessions[key] = session
         return key
 
     def get(self, key: str) -> SmartSession | None:
         self._purge()
         return self._sessions.get(key)
+
+    def pop(self, key: str) -> SmartSession | None:
+        self._purge()
+        return self._sessions.pop(key, None)
 
     def _purge(self) -> None:
         now = time.time()
@@ -215,17 +219,19 @@ async def smart_launch(request: Request, state: StateDep) -> Response:
             config = await discover(http, client.iss)
     except SmartError as error:
         return _error(request, state, error.message, error.http_status)
+    browser = _browser_id(request, state) or secrets.token_urlsafe(24)
     verifier, challenge = pkce_pair()
-    oauth_state = secrets.token_urlsafe(24)
     session = SmartSession(
         created=time.time(),
         iss=client.iss,
         client=client,
-        state=oauth_state,
+        browser=browser,
         verifier=verifier,
         token_endpoint=config["token_endpoint"],
     )
-    key = _sessions(request, state).new(session)
+    # The pending launch is found again by its OAuth state: each launch is its own entry, so a second launch in
+    # the same browser leaves the first one (and its plan tab) alone.
+    oauth_state = _sessions(request, state).new(session)
     scope = client.scope or (EHR_SCOPE if launch else STANDALONE_SCOPE)
     params = {
         "response_type": "code",
@@ -241,7 +247,7 @@ async def smart_launch(request: Request, state: StateDep) -> Response:
         params["launch"] = launch
     separator = "&" if "?" in config["authorization_endpoint"] else "?"
     response = RedirectResponse(config["authorization_endpoint"] + separator + urlencode(params), status_code=302)
-    _set_session_cookie(response, request, state, key)
+    _set_browser_cookie(response, request, state, browser)
     return response
 
 
@@ -250,10 +256,11 @@ def redirect_uri(state: AppState) -> str:
     return state.settings.public_base_url.rstrip("/") + "/smart/callback"
 
 
-def _set_session_cookie(response: Response, request: Request, state: AppState, key: str) -> None:
+def _set_browser_cookie(response: Response, request: Request, state: AppState, browser: str) -> None:
+    """(Re)sign the browser's id: the same value, so sessions launched earlier in this browser stay its own."""
     response.set_cookie(
         SESSION_COOKIE,
-        session_signer(request, state).sign(key),
+        session_signer(request, state).sign(browser),
         max_age=state.settings.session_max_age_s,
         httponly=True,
         samesite="lax",
@@ -262,31 +269,37 @@ def _set_session_cookie(response: Response, request: Request, state: AppState, k
     )
 
 
-def _current(request: Request, state: AppState) -> SmartSession | None:
+def _browser_id(request: Request, state: AppState) -> str | None:
+    """The random id this browser got on its first launch (signed cookie), or None."""
     cookie = request.cookies.get(SESSION_COOKIE, "")
-    if not cookie:
-        return None
     try:
-        key = session_signer(request, state).unsign(cookie, max_age_s=state.settings.session_max_age_s)
+        return session_signer(request, state).unsign(cookie, max_age_s=state.settings.session_max_age_s)
     except BadSignatureError:
         return None
-    return _sessions(request, state).get(key)
+
+
+def _owned(session: SmartSession | None, browser: str) -> SmartSession | None:
+    """The session if this browser started it: its id in a URL is not enough on its own."""
+    if session is None or not hmac.compare_digest(session.browser.encode(), browser.encode()):
+        return None
+    return session
 
 
 @router.get("/smart/callback", response_model=None)
 async def smart_callback(request: Request, state: StateDep) -> Response:
     """Check ``state``, exchange the code (with the PKCE verifier) for a token and the patient context."""
-    session = _current(request, state)
-    if session is None or not session.state:
+    browser = _browser_id(request, state)
+    if browser is None:
         return _error(
             request, state, "This launch has expired or was started in another browser. Launch the app again.", 401
         )
+    # Popped whatever happens next: a state is good for one callback only.
+    session = _owned(_sessions(request, state).pop(request.query_params.get("state", "")), browser)
+    if session is None:
+        return _error(request, state, "The launch could not be verified (state mismatch). Launch the app again.", 400)
     if request.query_params.get("error"):
         code = request.query_params.get("error", "")[:60]
         return _error(request, state, f"The EHR did not authorise the app ({code}).", 401)
-    returned = request.query_params.get("state", "")
-    if not hmac.compare_digest(returned.encode(), session.state.encode()):
-        return _error(request, state, "The launch could not be verified (state mismatch). Launch the app again.", 400)
     code = request.query_params.get("code", "")
     if not code:
         return _error(request, state, "The EHR returned no authorisation code.", 400)
@@ -309,7 +322,6 @@ async def smart_callback(request: Request, state: StateDep) -> Response:
                 answer = await http.post(session.token_endpoint, data=form, auth=auth, headers=headers)
     except httpx.HTTPError:
         return _error(request, state, "The EHR's token endpoint could not be reached.", 502)
-    session.state, session.verifier = "", ""
     try:
         token = answer.json() if answer.status_code == 200 else None
     except ValueError:
@@ -319,6 +331,8 @@ async def smart_callback(request: Request, state: StateDep) -> Response:
     patient = token.get("patient")
     if not isinstance(patient, str) or not patient or "/" in patient:
         return _error(request, state, "The EHR gave no patient context; open the app from a patient's chart.", 400)
+    session.verifier = ""
+    session.created = time.time()
     session.access_token = token["access_token"]
     session.patient = patient
     expires_in = token.get("expires_in")
@@ -327,7 +341,8 @@ async def smart_callback(request: Request, state: StateDep) -> Response:
     if isinstance(context, dict):
         context = json.dumps(context)
     session.app_context = context if isinstance(context, str) else ""
-    return RedirectResponse("/smart/plan", status_code=303)
+    # A new id once logged in (the state travelled through the EHR and its logs): no fixation, no replay.
+    return RedirectResponse(f"/smart/plan/{_sessions(request, state).new(session)}", status_code=303)
 
 
 async def read_patient_resources(
@@ -392,10 +407,11 @@ def _card_context(app_context: str) -> tuple[str | None, str | None]:
     return (card if isinstance(card, str) else None), (rule if isinstance(rule, str) else None)
 
 
-@router.get("/smart/plan", response_class=HTMLResponse)
-async def smart_plan(request: Request, state: StateDep) -> HTMLResponse:
-    """The launched patient's plan, read fresh from the EHR with the session's token."""
-    session = _current(request, state)
+@router.get("/smart/plan/{session_id}", response_class=HTMLResponse)
+async def smart_plan(session_id: str, request: Request, state: StateDep) -> HTMLResponse:
+    """The launched patient's plan, read fresh from the EHR with the token of the session named in the URL."""
+    browser = _browser_id(request, state)
+    session = _owned(_sessions(request, state).get(session_id), browser) if browser else None
     if session is None or not session.access_token or time.time() > session.expires_at:
         return _error(request, state, "Your session has expired. Launch the app again from the EHR.", 401)
     try:
@@ -422,7 +438,8 @@ async def smart_plan(request: Request, state: StateDep) -> HTMLResponse:
     except SpasticityCdsError as error:
         logger.error("SMART plan: %s at %s", type(error).__name__, error.where or "-")
         return _error(request, state, "The plan could not be computed for this record; the error has been logged.", 500)
-    return render(request, state, "plan.html", {"title": "Patient plan", "plan": plan, "return_to": "/smart/plan"})
+    context = {"title": "Patient plan", "plan": plan, "return_to": f"/smart/plan/{session_id}"}
+    return render(request, state, "plan.html", context)
 
 
 def _error(request: Request, state: AppState, message: str, status: int) -> HTMLResponse:
