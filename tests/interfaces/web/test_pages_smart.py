@@ -17,6 +17,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 import pages_support as support
 
+from spasticity_cds.interfaces.web.config import ConfigError, settings_from_mapping
 from spasticity_cds.interfaces.web.csrf import BadSignatureError, Signer
 from spasticity_cds.interfaces.web.smart import load_clients, pkce_pair
 
@@ -143,6 +144,23 @@ def test_feedback_without_javascript_returns_to_the_launched_plan(tmp_path: Path
 
 def _resources(patient_id: str, name: str) -> list[dict[str, object]]:
     return [entry["resource"] for entry in support.trend_bundle(patient_id, name)["entry"]]
+
+
+def test_framed_app_cookies_are_samesite_none_secure_partitioned(tmp_path: Path, ehr: support.MockEhr) -> None:
+    client = _client(tmp_path, ehr, frame_ancestors=("https://ehr.example",))
+    start = client.get("/smart/launch", params={"iss": f"{ehr.base}/fhir"})
+    page = client.get("/smart/launch")
+    for header in (start.headers["set-cookie"], page.headers["set-cookie"]):
+        attributes = {part.strip().lower() for part in header.split(";")}
+        assert {"samesite=none", "secure", "partitioned", "httponly"} <= attributes, header
+
+
+def test_frame_ancestors_need_a_public_url_where_secure_cookies_work(tmp_path: Path) -> None:
+    framing = {"frame_ancestors": ["https://ehr.example"]}
+    with pytest.raises(ConfigError, match="https public_base_url"):
+        settings_from_mapping(framing | {"public_base_url": "http://cds.example"}, base_dir=tmp_path, where="t")
+    for url in ("https://cds.example", "http://localhost:8000", "http://127.0.0.1:8000"):
+        assert settings_from_mapping(framing | {"public_base_url": url}, base_dir=tmp_path, where="t").frame_ancestors
 
 
 def test_standalone_launch_asks_for_a_patient(tmp_path: Path, ehr: support.MockEhr) -> None:

@@ -9,12 +9,15 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from spasticity_cds.cds_hooks.security import TrustedIssuer, load_jwks_file
 from spasticity_cds.errors import SpasticityCdsError
 
 CONFIG_ENV = "SPASTICITY_CDS_CONFIG"
 BASE_URL_ENV = "SPASTICITY_CDS_PUBLIC_BASE_URL"
+#: Hosts a browser treats as secure over plain http (Secure cookies are kept): local demos and tests only.
+LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 PATH_FIELDS = ("trusted_issuers_file", "smart_clients_file")
 TUPLE_FIELDS = ("cors_origins", "fhir_server_allowlist", "frame_ancestors")
 NUMBER_FIELDS: dict[str, type | tuple[type, ...]] = {
@@ -92,7 +95,18 @@ def settings_from_mapping(raw: dict[str, Any], *, base_dir: Path, where: str) ->
     for origin in settings.frame_ancestors:
         if not origin.startswith(("http://", "https://")) or any(c in origin for c in " ;,'\""):
             raise ConfigError(f"frame_ancestors entry {origin!r} is not an http(s) origin", where=where)
+    if settings.frame_ancestors and not _secure_cookies_possible(settings.public_base_url):
+        raise ConfigError(
+            "frame_ancestors needs an https public_base_url: a framed app's cookies must be Secure "
+            "(browsers accept that over plain http only on localhost)",
+            where=where,
+        )
     return settings
+
+
+def _secure_cookies_possible(base_url: str) -> bool:
+    parts = urlsplit(base_url)
+    return parts.scheme == "https" or (parts.hostname or "") in LOOPBACK_HOSTS
 
 
 def _converted(name: str, value: Any, base_dir: Path, where: str) -> Any:

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import Request
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, Response
 from fastapi.templating import Jinja2Templates
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
@@ -68,6 +68,29 @@ def secure_cookies(state: AppState) -> bool:
     return state.settings.public_base_url.startswith("https://")
 
 
+def set_app_cookie(response: Response, state: AppState, name: str, value: str) -> None:
+    """Set the session or CSRF cookie: HttpOnly, for ``session_max_age_s``, SameSite by how the app is shown.
+
+    Lax, unless EHRs may frame the app (``frame_ancestors``): a browser drops Lax cookies set or sent in a cross-site
+    frame, and the SMART launch inside an EHR's iframe never completed. Framed, they are ``SameSite=None; Secure``
+    (browsers require Secure with None) and ``Partitioned`` (CHIPS: kept per embedding site, so they still work where
+    third-party cookies are blocked, and no other site that embeds the app shares them).
+    """
+    framed = bool(state.settings.frame_ancestors)
+    response.set_cookie(
+        name,
+        value,
+        max_age=state.settings.session_max_age_s,
+        httponly=True,
+        path="/",
+        samesite="none" if framed else "lax",
+        secure=framed or secure_cookies(state),
+    )
+    if framed:  # Starlette writes Partitioned only on Python 3.14+ (http.cookies); the header takes it as is
+        header_name, header = response.raw_headers[-1]
+        response.raw_headers[-1] = (header_name, header + b"; Partitioned")
+
+
 def render(
     request: Request,
     state: AppState,
@@ -106,15 +129,7 @@ def render(
         policy = policy.replace("form-action 'self'", f"form-action 'self' {form_targets}")
     response.headers["Content-Security-Policy"] = policy
     if fresh:
-        response.set_cookie(
-            CSRF_COOKIE,
-            token,
-            max_age=state.settings.session_max_age_s,
-            httponly=True,
-            samesite="lax",
-            secure=secure_cookies(state),
-            path="/",
-        )
+        set_app_cookie(response, state, CSRF_COOKIE, token)
     return response
 
 

@@ -27,7 +27,7 @@ from spasticity_cds.errors import SpasticityCdsError
 from spasticity_cds.interfaces.web.csrf import SESSION_COOKIE, BadSignatureError, session_signer
 from spasticity_cds.interfaces.web.deps import AppState, app_state
 from spasticity_cds.interfaces.web.plan_view import build_plan
-from spasticity_cds.interfaces.web.rendering import render, secure_cookies
+from spasticity_cds.interfaces.web.rendering import render, set_app_cookie
 
 logger = logging.getLogger(__name__)
 router = APIRouter()
@@ -258,15 +258,7 @@ def redirect_uri(state: AppState) -> str:
 
 def _set_browser_cookie(response: Response, request: Request, state: AppState, browser: str) -> None:
     """(Re)sign the browser's id: the same value, so sessions launched earlier in this browser stay its own."""
-    response.set_cookie(
-        SESSION_COOKIE,
-        session_signer(request, state).sign(browser),
-        max_age=state.settings.session_max_age_s,
-        httponly=True,
-        samesite="lax",
-        secure=secure_cookies(state),
-        path="/",
-    )
+    set_app_cookie(response, state, SESSION_COOKIE, session_signer(request, state).sign(browser))
 
 
 def _browser_id(request: Request, state: AppState) -> str | None:
