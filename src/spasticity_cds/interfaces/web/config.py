@@ -25,6 +25,8 @@ NUMBER_FIELDS: dict[str, type | tuple[type, ...]] = {
     "fhir_timeout_s": (int, float),
     "max_body_bytes": int,
     "session_max_age_s": int,
+    "smart_step_timeout_s": (int, float),
+    "smart_max_response_bytes": int,
     "port": int,
     "workers": int,
 }
@@ -49,6 +51,10 @@ class WebSettings:
     session_secret: str | None = None
     session_max_age_s: int = 3600
     smart_clients_file: Path | None = None
+    #: The whole of one SMART launch step (discovery, token exchange, all the patient reads), however slow the EHR.
+    smart_step_timeout_s: float = 10.0
+    #: The most any one answer from the EHR may weigh (a search page, the token, the SMART configuration).
+    smart_max_response_bytes: int = 16 * 1024 * 1024
     cors_origins: tuple[str, ...] = ("*",)
     kb_settings: dict[str, str | int | float | bool] = field(default_factory=dict)
     smart_launch_url: str | None = None
@@ -88,6 +94,8 @@ def settings_from_mapping(raw: dict[str, Any], *, base_dir: Path, where: str) ->
             raise ConfigError(f"unknown setting {name!r}; known: {', '.join(sorted(known))}", where=where)
         values[name] = _converted(name, value, base_dir, where)
     settings = WebSettings(**values)
+    if settings.smart_step_timeout_s <= 0 or settings.smart_max_response_bytes <= 0:
+        raise ConfigError("smart_step_timeout_s and smart_max_response_bytes must be positive", where=where)
     if settings.workers < 1 or not (0 < settings.port < 65536):
         raise ConfigError("workers must be >= 1 and port in 1..65535", where=where)
     if not settings.public_base_url.startswith(("http://", "https://")):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -10,6 +11,8 @@ import logging
 import secrets
 import time
 import tomllib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -41,12 +44,19 @@ DEFAULT_CLIENT_ID = "spasticity-cds"
 MAX_PAGES = 20
 MAX_RESOURCES = 20_000
 MAX_SESSIONS = 10_000
+JSON_ACCEPT = {"Accept": "application/json"}
 
 
 class SmartError(SpasticityCdsError):
     """A SMART launch step failed; the message is safe to show and holds no token or patient data."""
 
     http_status = 502
+
+
+class SmartTimeoutError(SmartError):
+    """A step of the launch ran out of its time (``smart_step_timeout_s``)."""
+
+    http_status = 504
 
 
 class SmartLaunchRefusedError(SmartError):
@@ -172,24 +182,71 @@ def pkce_pair() -> tuple[str, str]:
     return verifier, base64.urlsafe_b64encode(digest).decode("ascii").rstrip("=")
 
 
-def _timeout(state: AppState) -> httpx.Timeout:
-    return httpx.Timeout(max(state.settings.fhir_timeout_s, 5.0))
+@asynccontextmanager
+async def _step(state: AppState, what: str) -> AsyncIterator[Outbound]:
+    """HTTP for one launch step (discovery, token, the patient reads), which must end within its overall deadline.
+
+    A per-read timeout alone let a server that trickles a byte at a time hold the launch for ever.
+    """
+    budget = state.settings.smart_step_timeout_s
+    try:
+        async with asyncio.timeout(budget), httpx.AsyncClient(timeout=budget) as http:
+            yield Outbound(http, state.settings.smart_max_response_bytes)
+    except (TimeoutError, httpx.TimeoutException):
+        raise SmartTimeoutError(f"{what} did not answer within {budget:g} seconds; try again later") from None
 
 
-async def discover(client: httpx.AsyncClient, iss: str) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Answer:
+    """A response read whole (within the byte cap)."""
+
+    status: int
+    body: bytes
+
+    def json_object(self) -> dict[str, Any] | None:
+        """The body as a JSON object, or None if it is not one."""
+        try:
+            parsed = json.loads(self.body)
+        except ValueError:
+            return None
+        return parsed if isinstance(parsed, dict) else None
+
+
+@dataclass(frozen=True)
+class Outbound:
+    """An HTTP client that reads at most ``max_bytes`` of any answer."""
+
+    http: httpx.AsyncClient
+    max_bytes: int
+
+    async def fetch(self, what: str, method: str, url: str, **options: Any) -> Answer:
+        """The whole answer; SmartError if ``what`` cannot be reached or sends more than the cap."""
+        try:
+            async with self.http.stream(method, url, **options) as response:
+                return Answer(response.status_code, await self._capped_body(what, response))
+        except httpx.TimeoutException:
+            raise  # the step's deadline reports it
+        except httpx.HTTPError:
+            raise SmartError(f"{what} could not be reached") from None
+
+    async def _capped_body(self, what: str, response: httpx.Response) -> bytes:
+        body = bytearray()
+        async for chunk in response.aiter_bytes():
+            body += chunk
+            if len(body) > self.max_bytes:
+                raise SmartError(f"{what} sent more than {self.max_bytes} bytes")
+        return bytes(body)
+
+
+async def discover(outbound: Outbound, iss: str) -> dict[str, Any]:
     """``{iss}/.well-known/smart-configuration``, checked for the endpoints and S256 support."""
-    try:
-        response = await client.get(f"{iss}/.well-known/smart-configuration", headers={"Accept": "application/json"})
-    except httpx.HTTPError:
-        raise SmartError("the FHIR server's SMART configuration could not be reached") from None
-    if response.status_code != 200:
-        raise SmartError(f"the FHIR server's SMART configuration answered HTTP {response.status_code}")
-    try:
-        config = response.json()
-    except ValueError:
-        raise SmartError("the FHIR server's SMART configuration is not JSON") from None
-    if not isinstance(config, dict):
-        raise SmartError("the FHIR server's SMART configuration is not a JSON object")
+    what = "the FHIR server's SMART configuration"
+    answer = await outbound.fetch(what, "GET", f"{iss}/.well-known/smart-configuration", headers=JSON_ACCEPT)
+    if answer.status != 200:
+        raise SmartError(f"{what} answered HTTP {answer.status}")
+    config = answer.json_object()
+    if config is None:
+        raise SmartError(f"{what} is not a JSON object")
     for key in ("authorization_endpoint", "token_endpoint"):
         value = config.get(key)
         if not isinstance(value, str) or urlsplit(value).scheme not in ("http", "https"):
@@ -215,8 +272,8 @@ async def smart_launch(request: Request, state: StateDep) -> Response:
         return render(request, state, "smart_launch.html", context, form_targets="https: http:")
     try:
         client = client_for(iss, state)
-        async with httpx.AsyncClient(timeout=_timeout(state)) as http:
-            config = await discover(http, client.iss)
+        async with _step(state, "the FHIR server's SMART configuration") as outbound:
+            config = await discover(outbound, client.iss)
     except SmartError as error:
         return _error(request, state, error.message, error.http_status)
     browser = _browser_id(request, state) or secrets.token_urlsafe(24)
@@ -295,31 +352,11 @@ async def smart_callback(request: Request, state: StateDep) -> Response:
     code = request.query_params.get("code", "")
     if not code:
         return _error(request, state, "The EHR returned no authorisation code.", 400)
-    form = {
-        "grant_type": "authorization_code",
-        "code": code,
-        "redirect_uri": redirect_uri(state),
-        "code_verifier": session.verifier,
-        "client_id": session.client.client_id,
-    }
-    auth: httpx.Auth | None = None
-    if session.client.client_secret:
-        auth = httpx.BasicAuth(session.client.client_id, session.client.client_secret)
     try:
-        async with httpx.AsyncClient(timeout=_timeout(state)) as http:
-            headers = {"Accept": "application/json"}
-            if auth is None:
-                answer = await http.post(session.token_endpoint, data=form, headers=headers)
-            else:
-                answer = await http.post(session.token_endpoint, data=form, auth=auth, headers=headers)
-    except httpx.HTTPError:
-        return _error(request, state, "The EHR's token endpoint could not be reached.", 502)
-    try:
-        token = answer.json() if answer.status_code == 200 else None
-    except ValueError:
-        token = None
-    if not isinstance(token, dict) or not isinstance(token.get("access_token"), str):
-        return _error(request, state, f"The EHR refused the token request (HTTP {answer.status_code}).", 502)
+        async with _step(state, "The EHR's token endpoint") as outbound:
+            token = await exchange_code(outbound, session, code, redirect_uri(state))
+    except SmartError as error:
+        return _error(request, state, error.message, error.http_status)
     patient = token.get("patient")
     if not isinstance(patient, str) or not patient or "/" in patient:
         return _error(request, state, "The EHR gave no patient context; open the app from a patient's chart.", 400)
@@ -337,12 +374,31 @@ async def smart_callback(request: Request, state: StateDep) -> Response:
     return RedirectResponse(f"/smart/plan/{_sessions(request, state).new(session)}", status_code=303)
 
 
+async def exchange_code(outbound: Outbound, session: SmartSession, code: str, callback_url: str) -> dict[str, Any]:
+    """The token response for ``code``, sent with the PKCE verifier (and the secret of a confidential client)."""
+    form = {
+        "grant_type": "authorization_code",
+        "code": code,
+        "redirect_uri": callback_url,
+        "code_verifier": session.verifier,
+        "client_id": session.client.client_id,
+    }
+    options: dict[str, Any] = {"data": form, "headers": JSON_ACCEPT}
+    if session.client.client_secret:
+        options["auth"] = httpx.BasicAuth(session.client.client_id, session.client.client_secret)
+    answer = await outbound.fetch("The EHR's token endpoint", "POST", session.token_endpoint, **options)
+    token = answer.json_object() if answer.status == 200 else None
+    if token is None or not isinstance(token.get("access_token"), str):
+        raise SmartError(f"The EHR refused the token request (HTTP {answer.status}).")
+    return token
+
+
 async def read_patient_resources(
-    http: httpx.AsyncClient, base: str, patient_id: str, access_token: str
+    outbound: Outbound, base: str, patient_id: str, access_token: str
 ) -> list[dict[str, Any]]:
     """The Patient and its Condition, MedicationRequest, Observation and Procedure resources (paged searches)."""
     headers = {"Authorization": f"Bearer {access_token}", "Accept": "application/fhir+json"}
-    patient = await _get_json(http, f"{base}/Patient/{patient_id}", headers)
+    patient = await _get_json(outbound, f"{base}/Patient/{patient_id}", headers)
     if patient.get("resourceType") != "Patient":
         raise SmartError("the FHIR server did not return the Patient")
     resources: list[dict[str, Any]] = [patient]
@@ -350,7 +406,7 @@ async def read_patient_resources(
         url: str | None = f"{base}/{resource_type}?{urlencode({'patient': patient_id, '_count': 200})}"
         pages = 0
         while url and pages < MAX_PAGES and len(resources) < MAX_RESOURCES:
-            bundle = await _get_json(http, url, headers)
+            bundle = await _get_json(outbound, url, headers)
             pages += 1
             for entry in bundle.get("entry") or ():
                 resource = entry.get("resource") if isinstance(entry, dict) else None
@@ -368,20 +424,14 @@ def _next_link(bundle: dict[str, Any], base: str) -> str | None:
     return None
 
 
-async def _get_json(http: httpx.AsyncClient, url: str, headers: dict[str, str]) -> dict[str, Any]:
-    try:
-        response = await http.get(url, headers=headers)
-    except httpx.HTTPError:
-        raise SmartError("the FHIR server could not be reached") from None
-    if response.status_code in (401, 403):
+async def _get_json(outbound: Outbound, url: str, headers: dict[str, str]) -> dict[str, Any]:
+    answer = await outbound.fetch("the FHIR server", "GET", url, headers=headers)
+    if answer.status in (401, 403):
         raise SmartError("the FHIR server refused access (the session may have expired); launch the app again")
-    if response.status_code != 200:
-        raise SmartError(f"the FHIR server answered HTTP {response.status_code}")
-    try:
-        body = response.json()
-    except ValueError:
-        raise SmartError("the FHIR server's answer is not JSON") from None
-    if not isinstance(body, dict):
+    if answer.status != 200:
+        raise SmartError(f"the FHIR server answered HTTP {answer.status}")
+    body = answer.json_object()
+    if body is None:
         raise SmartError("the FHIR server's answer is not a JSON object")
     return body
 
@@ -407,8 +457,8 @@ async def smart_plan(session_id: str, request: Request, state: StateDep) -> HTML
     if session is None or not session.access_token or time.time() > session.expires_at:
         return _error(request, state, "Your session has expired. Launch the app again from the EHR.", 401)
     try:
-        async with httpx.AsyncClient(timeout=_timeout(state)) as http:
-            resources = await read_patient_resources(http, session.iss, session.patient, session.access_token)
+        async with _step(state, "the FHIR server") as outbound:
+            resources = await read_patient_resources(outbound, session.iss, session.patient, session.access_token)
         record = api.read_patient(resources, source="SMART launch")
     except SpasticityCdsError as error:
         return _error(request, state, error.message, error.http_status if error.http_status != 500 else 502)

@@ -1,0 +1,164 @@
+"""SMART launch against a real slow or oversized EHR on a loopback port: every step ends in time, with a clear page."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+import pages_support as support
+
+STEP_TIMEOUT_S = 1.0
+MAX_BYTES = 64 * 1024
+
+
+class SlowEhr(ThreadingHTTPServer):
+    """Answers the SMART configuration, token and Patient read; ``behaviour[path]`` makes one of them misbehave."""
+
+    daemon_threads = True
+    behaviour: dict[str, str]
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+class Handler(BaseHTTPRequestHandler):
+    server: SlowEhr
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass  # quiet tests
+
+    def do_GET(self) -> None:
+        self._answer()
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("content-length", "0")))
+        self._answer()
+
+    def _answer(self) -> None:
+        path = urlsplit(self.path).path
+        mode = self.server.behaviour.get(path, "")
+        if mode == "trickle":
+            self._trickle()
+        elif mode == "huge":
+            self._send(b'{"pad": "' + b"x" * (MAX_BYTES * 4) + b'"}', declared=False)
+        else:
+            self._send(json.dumps(self._normal(path)).encode())
+
+    def _normal(self, path: str) -> dict[str, object]:
+        base = self.server.base
+        if path.endswith("/smart-configuration"):
+            return {
+                "authorization_endpoint": f"{base}/authorize",
+                "token_endpoint": f"{base}/token",
+                "code_challenge_methods_supported": ["S256"],
+            }
+        if path == "/token":
+            return {"access_token": "t", "token_type": "Bearer", "expires_in": 600, "patient": "p1"}
+        return {"resourceType": "Patient", "id": "p1"}
+
+    def _send(self, body: bytes, *, declared: bool = True) -> None:
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        if declared:
+            self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        with contextlib.suppress(OSError):  # the app stopped reading: that is the point
+            self.wfile.write(body)
+
+    def _trickle(self) -> None:
+        """Headers at once, then a byte every 0.1 s: no single read ever times out."""
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", "100000")
+        self.end_headers()
+        with contextlib.suppress(OSError):  # the app gave up: that is the point
+            self.wfile.write(b'{"a":')
+            for _ in range(600):
+                time.sleep(0.1)
+                self.wfile.write(b" ")
+                self.wfile.flush()
+
+
+@pytest.fixture
+def slow_ehr() -> Iterator[SlowEhr]:
+    server = SlowEhr(("127.0.0.1", 0), Handler)
+    server.behaviour = {}
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _client(tmp_path: Path, ehr: SlowEhr) -> support.PageClient:
+    clients = tmp_path / "clients.toml"
+    clients.write_text(f'[[clients]]\niss = "{ehr.base}/fhir"\nclient_id = "c"\n', "utf-8")
+    app = support.make_app(
+        tmp_path,
+        public_base_url="http://cds.test",
+        smart_clients_file=clients,
+        smart_step_timeout_s=STEP_TIMEOUT_S,
+        smart_max_response_bytes=MAX_BYTES,
+    )
+    return support.PageClient(app)
+
+
+def _timed(client: support.PageClient, path: str, **options: object) -> tuple[object, float]:
+    began = time.monotonic()
+    response = client.get(path, **options)  # type: ignore[arg-type]
+    return response, time.monotonic() - began
+
+
+def _callback(client: support.PageClient, ehr: SlowEhr) -> str:
+    start = client.get("/smart/launch", params={"iss": f"{ehr.base}/fhir"})
+    assert start.status_code == 302, start.text
+    oauth_state = parse_qs(urlsplit(start.headers["location"]).query)["state"][0]
+    return f"/smart/callback?code=c1&state={oauth_state}"
+
+
+def test_a_trickling_smart_configuration_ends_in_a_504(tmp_path: Path, slow_ehr: SlowEhr) -> None:
+    slow_ehr.behaviour["/fhir/.well-known/smart-configuration"] = "trickle"
+    response, took = _timed(_client(tmp_path, slow_ehr), "/smart/launch", params={"iss": f"{slow_ehr.base}/fhir"})
+    assert response.status_code == 504  # type: ignore[attr-defined]
+    assert "did not answer within 1 seconds" in response.text  # type: ignore[attr-defined]
+    assert took < STEP_TIMEOUT_S + 2
+
+
+def test_a_trickling_token_endpoint_ends_in_a_504(tmp_path: Path, slow_ehr: SlowEhr) -> None:
+    client = _client(tmp_path, slow_ehr)
+    slow_ehr.behaviour["/token"] = "trickle"
+    response, took = _timed(client, _callback(client, slow_ehr))
+    assert response.status_code == 504 and "token endpoint" in response.text  # type: ignore[attr-defined]
+    assert took < STEP_TIMEOUT_S + 2
+
+
+def test_trickling_patient_reads_end_in_a_504(tmp_path: Path, slow_ehr: SlowEhr) -> None:
+    client = _client(tmp_path, slow_ehr)
+    back = client.get(_callback(client, slow_ehr))
+    assert back.status_code == 303, back.text
+    slow_ehr.behaviour["/fhir/Patient/p1"] = "trickle"
+    response, took = _timed(client, back.headers["location"])
+    assert response.status_code == 504 and "Traceback" not in response.text  # type: ignore[attr-defined]
+    assert took < STEP_TIMEOUT_S + 2
+
+
+@pytest.mark.parametrize("path", ["/fhir/.well-known/smart-configuration", "/token"])
+def test_an_oversized_answer_is_cut_off(tmp_path: Path, slow_ehr: SlowEhr, path: str) -> None:
+    client = _client(tmp_path, slow_ehr)
+    target = _callback(client, slow_ehr) if path == "/token" else ""
+    slow_ehr.behaviour[path] = "huge"
+    response = client.get(target) if target else client.get("/smart/launch", params={"iss": f"{slow_ehr.base}/fhir"})
+    assert response.status_code == 502 and f"more than {MAX_BYTES} bytes" in response.text
