@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
 import html
+import io
 import json
 import re
 import sys
@@ -13,10 +15,12 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
+from rich.console import Console
 
 sys.path.insert(0, str(Path(__file__).parent))
 import pages_support as support
 
+from spasticity_cds.interfaces.cli import serve_command
 from spasticity_cds.interfaces.web.config import ConfigError, settings_from_mapping
 from spasticity_cds.interfaces.web.csrf import BadSignatureError, Signer
 from spasticity_cds.interfaces.web.smart import load_clients, pkce_pair
@@ -234,19 +238,96 @@ def test_server_without_s256_is_refused(tmp_path: Path, ehr: support.MockEhr) ->
     assert response.status_code == 502 and "PKCE S256" in response.text
 
 
-def test_unreachable_fhir_server(tmp_path: Path) -> None:
+def _dead_server() -> str:
     sock = support.free_socket()
     dead = f"http://127.0.0.1:{sock.getsockname()[1]}/fhir"
     sock.close()
-    client = support.PageClient(support.make_app(tmp_path, public_base_url=PUBLIC))
+    return dead
+
+
+def test_unreachable_registered_fhir_server(tmp_path: Path) -> None:
+    dead = _dead_server()
+    client = support.PageClient(support.make_app(tmp_path, public_base_url=PUBLIC, fhir_server_allowlist=(dead,)))
     response = client.get("/smart/launch", params={"iss": dead})
     assert response.status_code == 502 and "could not be reached" in response.text
+
+
+def test_without_registered_ehrs_smart_launch_is_refused(tmp_path: Path, ehr: support.MockEhr) -> None:
+    client = support.PageClient(support.make_app(tmp_path, public_base_url=PUBLIC))
+    before = len(ehr.authorize_requests)
+    response = client.get("/smart/launch", params={"iss": f"{ehr.base}/fhir"})
+    assert response.status_code == 400 and "not set up" in response.text
+    assert "location" not in response.headers and len(ehr.authorize_requests) == before
+    chooser = client.get("/smart/launch")
+    assert "not set up on this server" in chooser.text and 'name="iss"' not in chooser.text
+
+
+def test_the_demo_setting_opens_launch_but_hides_what_an_unregistered_host_said(
+    tmp_path: Path, ehr: support.MockEhr, caplog: pytest.LogCaptureFixture
+) -> None:
+    client = support.PageClient(support.make_app(tmp_path, public_base_url=PUBLIC, smart_allow_any_iss=True))
+    with caplog.at_level("WARNING"):
+        start = client.get("/smart/launch", params={"iss": f"{ehr.base}/fhir"})
+    assert start.status_code == 302  # the EHR's own client id is not ours: it only has to be redirected to
+    assert "SMART LAUNCH IS OPEN TO ANY FHIR SERVER" in caplog.text
+    unreachable = client.get("/smart/launch", params={"iss": _dead_server()})
+    answered_404 = client.get("/smart/launch", params={"iss": f"{ehr.base}/not-fhir"})
+    ehr.challenge_methods = ["plain"]
+    try:
+        no_s256 = client.get("/smart/launch", params={"iss": f"{ehr.base}/fhir"})
+    finally:
+        ehr.challenge_methods = ["S256"]
+    pages = [_main_text(r.text) for r in (unreachable, answered_404, no_s256)]
+    assert {r.status_code for r in (unreachable, answered_404, no_s256)} == {502}
+    assert pages[0] == pages[1] == pages[2] and "could not be used" in pages[0]
+
+
+def _main_text(page: str) -> str:
+    return re.sub(r'value="[^"]*"', "", page.split("<main", 1)[1].split("</main>", 1)[0])
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        "not = [toml",
+        "clients = 3",
+        '[[clients]]\niss = "https://ehr.example/fhir"',
+        '[[clients]]\niss = "ftp://ehr.example/fhir"\nclient_id = "a"',
+        '[[clients]]\niss = "https://ehr.example/fhir"\nclient_id = "a"\nlabel = 3',
+    ],
+)
+def test_a_broken_clients_file_stops_serve_and_gives_an_error_page(tmp_path: Path, content: str) -> None:
+    clients = tmp_path / "clients.toml"
+    clients.write_text(content, "utf-8")
+    config = tmp_path / "web.toml"
+    config.write_text(f'smart_clients_file = "{clients}"\n', "utf-8")
+    args = argparse.Namespace(config=config, host=None, port=None, workers=None, log_level="info")
+    with pytest.raises(ConfigError, match="SMART client"):
+        serve_command.run(args, Console(file=io.StringIO()))
+    client = support.PageClient(support.make_app(tmp_path, public_base_url=PUBLIC, smart_clients_file=clients))
+    for _ in range(2):
+        page = client.get("/smart/launch", params={"iss": "https://ehr.example/fhir"})
+        assert page.status_code == 500 and "configuration is broken" in page.text and "Traceback" not in page.text
+
+
+def test_the_clients_file_is_read_once(tmp_path: Path, ehr: support.MockEhr) -> None:
+    client = _client(tmp_path, ehr)
+    assert client.get("/smart/launch", params={"iss": f"{ehr.base}/fhir"}).status_code == 302
+    (tmp_path / "smart-clients.toml").write_text("broken = [", "utf-8")
+    assert client.get("/smart/launch", params={"iss": f"{ehr.base}/fhir"}).status_code == 302
+
+
+def test_issuers_match_whatever_the_case_of_scheme_and_host(tmp_path: Path, ehr: support.MockEhr) -> None:
+    client = _client(tmp_path, ehr)
+    shouted = ehr.base.replace("http://", "HTTP://") + "/fhir/"
+    assert client.get("/smart/launch", params={"iss": shouted}).status_code == 302
+    assert client.get("/smart/launch", params={"iss": f"{ehr.base}/FHIR"}).status_code == 400  # paths are exact
 
 
 def test_clients_file_formats(tmp_path: Path) -> None:
     path = tmp_path / "clients.json"
     path.write_text(
-        '{"clients": [{"iss": "https://ehr.example/fhir/", "client_id": "a", "client_secret": "s"}]}', "utf-8"
+        '{"clients": [{"iss": "https://EHR.example/fhir/", "client_id": "a", "client_secret": "s"}]}', "utf-8"
     )
     [client] = load_clients(path) or []
     assert (client.iss, client.client_id, client.client_secret) == ("https://ehr.example/fhir", "a", "s")

@@ -34,20 +34,23 @@ def run(args: argparse.Namespace, console: Console) -> int:
         load_settings,
         load_trusted_issuers,
     )
+    from spasticity_cds.interfaces.web.smart import load_clients
     from spasticity_cds.store import open_store
 
     settings = load_settings(args.config) if args.config else WebSettings()
     if settings.auth_required and settings.trusted_issuers_file:
         load_trusted_issuers(settings.trusted_issuers_file)
+    load_clients(settings.smart_clients_file)  # a broken file stops the start, not every launch
     open_store(settings.store_url).close()
     if not settings.auth_required:
         console.print("[bold red]WARNING: CDS Hooks authentication is OFF (auth_required = false).[/]")
         console.print("[bold red]Any caller can use the service. Never run like this with real patient data.[/]")
     if settings.smart_clients_file is None and not settings.fhir_server_allowlist:
-        console.print(
-            "[yellow]SMART launch is open to any FHIR server (no smart_clients_file, no fhir_server_allowlist): "
-            "this service will contact whatever server a launch names. Register the EHRs for real use.[/]"
-        )
+        if settings.smart_allow_any_iss:
+            console.print("[bold red]WARNING: SMART launch is open to any FHIR server (smart_allow_any_iss = true).[/]")
+            console.print("[bold red]It will contact and redirect to whatever server a launch names. Demo only.[/]")
+        else:
+            console.print("SMART launch is off: no EHR registered (smart_clients_file or fhir_server_allowlist).")
     workers = args.workers or settings.workers
     if workers > 1 and not (settings.store_url or "").startswith("postgresql"):
         console.print("[yellow]Several workers on SQLite: use a PostgreSQL store_url for real deployments.[/]")

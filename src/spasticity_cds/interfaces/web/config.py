@@ -22,6 +22,7 @@ PATH_FIELDS = ("trusted_issuers_file", "smart_clients_file")
 TUPLE_FIELDS = ("cors_origins", "fhir_server_allowlist", "frame_ancestors")
 NUMBER_FIELDS: dict[str, type | tuple[type, ...]] = {
     "auth_required": bool,
+    "smart_allow_any_iss": bool,
     "fhir_timeout_s": (int, float),
     "max_body_bytes": int,
     "session_max_age_s": int,
@@ -51,6 +52,8 @@ class WebSettings:
     session_secret: str | None = None
     session_max_age_s: int = 3600
     smart_clients_file: Path | None = None
+    #: Demo only: let a SMART launch name any FHIR server when neither smart_clients_file nor an allow-list is set.
+    smart_allow_any_iss: bool = False
     #: The whole of one SMART launch step (discovery, token exchange, all the patient reads), however slow the EHR.
     smart_step_timeout_s: float = 10.0
     #: The most any one answer from the EHR may weigh (a search page, the token, the SMART configuration).

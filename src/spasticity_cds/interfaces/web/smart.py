@@ -27,6 +27,7 @@ from starlette.concurrency import run_in_threadpool
 from spasticity_cds import api
 from spasticity_cds.cds_hooks.fhir_client import url_within
 from spasticity_cds.errors import SpasticityCdsError
+from spasticity_cds.interfaces.web.config import ConfigError
 from spasticity_cds.interfaces.web.csrf import SESSION_COOKIE, BadSignatureError, session_signer
 from spasticity_cds.interfaces.web.deps import AppState, app_state
 from spasticity_cds.interfaces.web.plan_view import build_plan
@@ -45,6 +46,14 @@ MAX_PAGES = 20
 MAX_RESOURCES = 20_000
 MAX_SESSIONS = 10_000
 JSON_ACCEPT = {"Accept": "application/json"}
+NOT_SET_UP = (
+    "SMART launch is not set up on this server: it needs the EHRs registered (smart_clients_file or "
+    "fhir_server_allowlist)"
+)
+OPEN_LAUNCH_WARNING = (
+    "SMART LAUNCH IS OPEN TO ANY FHIR SERVER (smart_allow_any_iss = true): this service will contact and redirect "
+    "to whatever server a launch names. Local demo only, never with real patient data."
+)
 
 
 class SmartError(SpasticityCdsError):
@@ -74,6 +83,8 @@ class SmartClient:
     client_secret: str | None = None
     scope: str | None = None
     label: str | None = None
+    #: False for any server a demo accepts (smart_allow_any_iss): its failures are not described (no probing).
+    vetted: bool = True
 
 
 @dataclass
@@ -131,48 +142,87 @@ def _sessions(request: Request, state: AppState) -> SessionStore:
 
 
 def load_clients(path: Path | None) -> list[SmartClient] | None:
-    """Registered clients from a TOML or JSON file (``[[clients]]`` with iss and client_id); None when unset."""
+    """Registered clients from a TOML or JSON file (``[[clients]]`` with iss and client_id); None when unset.
+
+    ConfigError if the file cannot be read or is malformed: ``serve`` checks it before it starts.
+    """
     if path is None:
         return None
-    raw: Any = tomllib.loads(path.read_text("utf-8")) if path.suffix == ".toml" else json.loads(path.read_text("utf-8"))
+    try:
+        text = path.read_text("utf-8")
+        raw: Any = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+    except (OSError, ValueError) as exc:  # TOMLDecodeError and JSONDecodeError are ValueErrors
+        raise ConfigError(f"cannot read the SMART clients: {exc}", where=str(path)) from None
     clients = raw.get("clients") if isinstance(raw, dict) else None
     if not isinstance(clients, list):
-        raise SmartError("the SMART clients file needs a list named clients", where=str(path))
-    out = []
-    for item in clients:
-        if (
-            not isinstance(item, dict)
-            or not isinstance(item.get("iss"), str)
-            or not isinstance(item.get("client_id"), str)
-        ):
-            raise SmartError("each SMART client needs iss and client_id", where=str(path))
-        out.append(
-            SmartClient(
-                iss=item["iss"].rstrip("/"),
-                client_id=item["client_id"],
-                client_secret=item.get("client_secret"),
-                scope=item.get("scope"),
-                label=item.get("label"),
-            )
-        )
-    return out
+        raise ConfigError("the SMART clients file needs a list named clients", where=str(path))
+    return [_client(item, path) for item in clients]
 
 
-def client_for(iss: str, state: AppState) -> SmartClient:
-    """The registration for ``iss``; without a clients file a public client for allow-listed (or any) servers."""
-    parts = urlsplit(iss)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
+def _client(item: Any, path: Path) -> SmartClient:
+    if not isinstance(item, dict) or not all(isinstance(item.get(key), str) for key in ("iss", "client_id")):
+        raise ConfigError("each SMART client needs iss and client_id strings", where=str(path))
+    if not _is_base_url(item["iss"]):
+        raise ConfigError(f"SMART client iss {item['iss']!r} is not an http(s) URL", where=str(path))
+    secret, scope, label = optional = [item.get(key) for key in ("client_secret", "scope", "label")]
+    if not all(value is None or isinstance(value, str) for value in optional):
+        raise ConfigError("a SMART client's client_secret, scope and label must be strings", where=str(path))
+    return SmartClient(normalized_iss(item["iss"]), item["client_id"], secret, scope, label)
+
+
+def _is_base_url(url: str) -> bool:
+    parts = urlsplit(url)
+    return parts.scheme.lower() in ("http", "https") and bool(parts.hostname)
+
+
+def normalized_iss(iss: str) -> str:
+    """``iss`` as compared with the registrations: scheme and host in lower case (they are case-insensitive), no
+    trailing slash; the path is kept as is (FHIR paths are case-sensitive)."""
+    parts = urlsplit(iss.strip())
+    return parts._replace(scheme=parts.scheme.lower(), netloc=parts.netloc.lower()).geturl().rstrip("/")
+
+
+@dataclass(frozen=True)
+class Registrations:
+    """The SMART clients file as read once per process, or why it could not be."""
+
+    clients: list[SmartClient] | None
+    problem: str = ""
+
+
+def _registrations(request: Request, state: AppState) -> Registrations:
+    cached: Registrations | None = getattr(request.app.state, "smart_registrations", None)
+    if cached is None:
+        try:
+            cached = Registrations(load_clients(state.settings.smart_clients_file))
+        except ConfigError as error:
+            logger.error("SMART clients file unusable: %s (%s)", error.message, error.where or "-")
+            cached = Registrations(None, "SMART launch is unavailable: its configuration is broken (logged).")
+        if cached.clients is None and not state.settings.fhir_server_allowlist and state.settings.smart_allow_any_iss:
+            logger.warning(OPEN_LAUNCH_WARNING)
+        request.app.state.smart_registrations = cached
+    return cached
+
+
+def client_for(iss: str, state: AppState, registered: list[SmartClient] | None) -> SmartClient:
+    """The registration for ``iss``: from the clients file, else a public client for an allow-listed server (or any
+    server, if ``smart_allow_any_iss`` says this is a demo); SmartLaunchRefusedError otherwise."""
+    if not _is_base_url(iss):
         raise SmartLaunchRefusedError("the launch did not name a valid FHIR server (iss)")
-    clients = load_clients(state.settings.smart_clients_file)
-    if clients is None:
-        allowed = getattr(state.settings, "fhir_server_allowlist", ())
-        if allowed and not any(url_within(iss, entry) for entry in allowed):  # as the hooks' fhirServer
+    wanted = normalized_iss(iss)
+    if registered is not None:
+        for client in registered:
+            if client.iss == wanted:
+                return client
+        raise SmartLaunchRefusedError("this FHIR server is not registered for SMART launch")
+    allowed = state.settings.fhir_server_allowlist
+    if allowed:
+        if not any(url_within(wanted, entry) for entry in allowed):  # as the hooks' fhirServer
             raise SmartLaunchRefusedError("this FHIR server is not registered for SMART launch")
-        return SmartClient(iss=iss.rstrip("/"), client_id=DEFAULT_CLIENT_ID)
-    for client in clients:
-        if client.iss == iss.rstrip("/"):
-            return client
-    raise SmartLaunchRefusedError("this FHIR server is not registered for SMART launch")
+        return SmartClient(iss=wanted, client_id=DEFAULT_CLIENT_ID)
+    if not state.settings.smart_allow_any_iss:
+        raise SmartLaunchRefusedError(NOT_SET_UP)
+    return SmartClient(iss=wanted, client_id=DEFAULT_CLIENT_ID, vetted=False)
 
 
 def pkce_pair() -> tuple[str, str]:
@@ -262,18 +312,14 @@ async def smart_launch(request: Request, state: StateDep) -> Response:
     """EHR launch (``iss`` and ``launch``) or standalone launch (``iss`` only); without ``iss`` a chooser page."""
     iss = request.query_params.get("iss", "").strip()
     launch = request.query_params.get("launch", "").strip()
+    registrations = _registrations(request, state)
+    if registrations.problem:
+        return _error(request, state, registrations.problem, 500)
     if not iss:
-        try:
-            clients = load_clients(state.settings.smart_clients_file)
-        except SmartError as error:
-            return _error(request, state, error.message, 500)
-        context = {"title": "Open a patient from an EHR", "clients": clients or []}
-        # The form's GET is answered with a redirect to the EHR's authorization server, wherever that is.
-        return render(request, state, "smart_launch.html", context, form_targets="https: http:")
+        return _chooser(request, state, registrations.clients)
     try:
-        client = client_for(iss, state)
-        async with _step(state, "the FHIR server's SMART configuration") as outbound:
-            config = await discover(outbound, client.iss)
+        client = client_for(iss, state, registrations.clients)
+        config = await _discovered(state, client)
     except SmartError as error:
         return _error(request, state, error.message, error.http_status)
     browser = _browser_id(request, state) or secrets.token_urlsafe(24)
@@ -306,6 +352,31 @@ async def smart_launch(request: Request, state: StateDep) -> Response:
     response = RedirectResponse(config["authorization_endpoint"] + separator + urlencode(params), status_code=302)
     _set_browser_cookie(response, request, state, browser)
     return response
+
+
+def _chooser(request: Request, state: AppState, clients: list[SmartClient] | None) -> HTMLResponse:
+    settings = state.settings
+    context = {
+        "title": "Open a patient from an EHR",
+        "clients": clients or [],
+        "set_up": clients is not None or bool(settings.fhir_server_allowlist) or settings.smart_allow_any_iss,
+    }
+    # The form's GET is answered with a redirect to the EHR's authorization server, wherever that is.
+    return render(request, state, "smart_launch.html", context, form_targets="https: http:")
+
+
+async def _discovered(state: AppState, client: SmartClient) -> dict[str, Any]:
+    """The SMART configuration of a registered server, or of any server a demo accepts: then one message for every
+    failure, so the page does not tell whether a host inside the network answered (no probing through the app)."""
+    what = "the FHIR server's SMART configuration"
+    try:
+        async with _step(state, what) as outbound:
+            return await discover(outbound, client.iss)
+    except SmartError as error:
+        if client.vetted:
+            raise
+        logger.info("SMART discovery failed for an unregistered server: %s", error.message)
+        raise SmartError(f"{what} could not be used") from None
 
 
 def redirect_uri(state: AppState) -> str:
