@@ -3,14 +3,42 @@
 from __future__ import annotations
 
 import argparse
+import copy
+import logging
 import os
+import re
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from rich.console import Console
 
 APP_FACTORY = "spasticity_cds.interfaces.web.app:app_from_environment"
+#: A SMART plan's URL names its session: the access log shows the page, not the id.
+SMART_SESSION_PATH = re.compile(r"(/smart/plan/)[^/?]+")
+
+
+class SmartAccessLogFilter(logging.Filter):
+    """Keeps secrets out of uvicorn's access log: no query string on /smart/* (the callback's authorization code
+    and state, a launch's iss and launch token), no session id in a plan's path."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        # uvicorn logs (client, method, path with query, HTTP version, status)
+        if isinstance(args, tuple) and len(args) == 5 and isinstance(args[2], str) and args[2].startswith("/smart/"):
+            path = SMART_SESSION_PATH.sub(r"\1[session]", args[2].split("?", 1)[0])
+            record.args = (args[0], args[1], path, args[3], args[4])
+        return True
+
+
+def log_config() -> dict[str, Any]:
+    """uvicorn's logging configuration, its access log passed through `SmartAccessLogFilter` (in every worker)."""
+    import uvicorn.config
+
+    config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
+    config.setdefault("filters", {})["smart"] = {"()": f"{__name__}.{SmartAccessLogFilter.__name__}"}
+    config["handlers"]["access"]["filters"] = ["smart"]
+    return config
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -75,6 +103,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
         port=port,
         workers=workers,
         log_level=args.log_level,
+        log_config=log_config(),
         server_header=False,
         http=SERVER_HTTP,
         loop=SERVER_LOOP,
