@@ -8,6 +8,7 @@ import hashlib
 import hmac
 import json
 import logging
+import re
 import secrets
 import time
 import tomllib
@@ -46,6 +47,7 @@ MAX_PAGES = 20
 MAX_RESOURCES = 20_000
 MAX_SESSIONS = 10_000
 JSON_ACCEPT = {"Accept": "application/json"}
+FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")  # FHIR R4 id datatype
 NOT_SET_UP = (
     "SMART launch is not set up on this server: it needs the EHRs registered (smart_clients_file or "
     "fhir_server_allowlist)"
@@ -429,8 +431,10 @@ async def smart_callback(request: Request, state: StateDep) -> Response:
     except SmartError as error:
         return _error(request, state, error.message, error.http_status)
     patient = token.get("patient")
-    if not isinstance(patient, str) or not patient or "/" in patient:
+    if not isinstance(patient, str) or not patient:
         return _error(request, state, "The EHR gave no patient context; open the app from a patient's chart.", 400)
+    if not FHIR_ID.fullmatch(patient):  # it goes into the FHIR URLs we read: no path, query or odd characters
+        return _error(request, state, "The EHR gave a patient id that is not a valid FHIR id.", 502)
     session.verifier = ""
     session.created = time.time()
     session.access_token = token["access_token"]
@@ -470,8 +474,8 @@ async def read_patient_resources(
     """The Patient and its Condition, MedicationRequest, Observation and Procedure resources (paged searches)."""
     headers = {"Authorization": f"Bearer {access_token}", "Accept": "application/fhir+json"}
     patient = await _get_json(outbound, f"{base}/Patient/{patient_id}", headers)
-    if patient.get("resourceType") != "Patient":
-        raise SmartError("the FHIR server did not return the Patient")
+    if patient.get("resourceType") != "Patient" or patient.get("id") != patient_id:
+        raise SmartError("the FHIR server did not return the launch's Patient")
     resources: list[dict[str, Any]] = [patient]
     for resource_type in RESOURCE_TYPES:
         url: str | None = f"{base}/{resource_type}?{urlencode({'patient': patient_id, '_count': 200})}"

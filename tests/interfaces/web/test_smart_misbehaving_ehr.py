@@ -1,4 +1,4 @@
-"""SMART launch against a real slow or oversized EHR on a loopback port: every step ends in time, with a clear page."""
+"""SMART launch against a real misbehaving EHR on a loopback port (slow, oversized, odd patient): a clear page."""
 
 from __future__ import annotations
 
@@ -64,8 +64,9 @@ class Handler(BaseHTTPRequestHandler):
                 "code_challenge_methods_supported": ["S256"],
             }
         if path == "/token":
-            return {"access_token": "t", "token_type": "Bearer", "expires_in": 600, "patient": "p1"}
-        return {"resourceType": "Patient", "id": "p1"}
+            patient = self.server.behaviour.get("patient", "p1")
+            return {"access_token": "t", "token_type": "Bearer", "expires_in": 600, "patient": patient}
+        return {"resourceType": "Patient", "id": self.server.behaviour.get("returned", "p1")}
 
     def _send(self, body: bytes, *, declared: bool = True) -> None:
         self.send_response(200)
@@ -162,3 +163,19 @@ def test_an_oversized_answer_is_cut_off(tmp_path: Path, slow_ehr: SlowEhr, path:
     slow_ehr.behaviour[path] = "huge"
     response = client.get(target) if target else client.get("/smart/launch", params={"iss": f"{slow_ehr.base}/fhir"})
     assert response.status_code == 502 and f"more than {MAX_BYTES} bytes" in response.text
+
+
+@pytest.mark.parametrize("patient", ["../Observation", "p1?_count=1", "p 1", "x" * 65, "p1#", "é"])
+def test_a_patient_id_that_is_no_fhir_id_is_refused(tmp_path: Path, slow_ehr: SlowEhr, patient: str) -> None:
+    client = _client(tmp_path, slow_ehr)
+    slow_ehr.behaviour["patient"] = patient
+    response = client.get(_callback(client, slow_ehr))
+    assert response.status_code == 502 and "not a valid FHIR id" in response.text
+
+
+def test_another_patient_than_the_launchs_is_refused(tmp_path: Path, slow_ehr: SlowEhr) -> None:
+    client = _client(tmp_path, slow_ehr)
+    back = client.get(_callback(client, slow_ehr))
+    slow_ehr.behaviour["returned"] = "p2"
+    response = client.get(back.headers["location"])
+    assert response.status_code == 502 and "did not return the launch&#39;s Patient" in response.text
