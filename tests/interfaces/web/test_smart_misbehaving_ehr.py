@@ -17,6 +17,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 import pages_support as support
 
+from spasticity_cds.interfaces.web.smart import token_lifetime_s
+
 STEP_TIMEOUT_S = 1.0
 MAX_BYTES = 64 * 1024
 
@@ -26,6 +28,7 @@ class SlowEhr(ThreadingHTTPServer):
 
     daemon_threads = True
     behaviour: dict[str, str]
+    hits: dict[str, int]
 
     @property
     def base(self) -> str:
@@ -47,6 +50,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def _answer(self) -> None:
         path = urlsplit(self.path).path
+        self.server.hits[path] = self.server.hits.get(path, 0) + 1
         mode = self.server.behaviour.get(path, "")
         if mode == "trickle":
             self._trickle()
@@ -59,13 +63,16 @@ class Handler(BaseHTTPRequestHandler):
         base = self.server.base
         if path.endswith("/smart-configuration"):
             return {
+                "issuer": f"{base}/auth",
                 "authorization_endpoint": f"{base}/authorize",
-                "token_endpoint": f"{base}/token",
+                "token_endpoint": self.server.behaviour.get("token_endpoint", f"{base}/token"),
                 "code_challenge_methods_supported": ["S256"],
             }
         if path == "/token":
             patient = self.server.behaviour.get("patient", "p1")
             return {"access_token": "t", "token_type": "Bearer", "expires_in": 600, "patient": patient}
+        if path == "/fhir/Condition":  # a next link back to the page itself
+            return {"resourceType": "Bundle", "link": [{"relation": "next", "url": f"{base}{self.path}"}]}
         return {"resourceType": "Patient", "id": self.server.behaviour.get("returned", "p1")}
 
     def _send(self, body: bytes, *, declared: bool = True) -> None:
@@ -94,7 +101,7 @@ class Handler(BaseHTTPRequestHandler):
 @pytest.fixture
 def slow_ehr() -> Iterator[SlowEhr]:
     server = SlowEhr(("127.0.0.1", 0), Handler)
-    server.behaviour = {}
+    server.behaviour, server.hits = {}, {}
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -179,3 +186,32 @@ def test_another_patient_than_the_launchs_is_refused(tmp_path: Path, slow_ehr: S
     slow_ehr.behaviour["returned"] = "p2"
     response = client.get(back.headers["location"])
     assert response.status_code == 502 and "did not return the launch&#39;s Patient" in response.text
+
+
+def test_rfc9207_iss_on_the_callback_must_be_the_servers(tmp_path: Path, slow_ehr: SlowEhr) -> None:
+    client = _client(tmp_path, slow_ehr)
+    mixed_up = client.get(_callback(client, slow_ehr) + "&iss=https%3A%2F%2Fevil.example")
+    assert mixed_up.status_code == 400 and "another authorization server" in mixed_up.text
+    for issuer in (f"{slow_ehr.base}/auth", f"{slow_ehr.base.upper()}/fhir/"):
+        assert client.get(_callback(client, slow_ehr) + f"&iss={issuer}").status_code == 303
+
+
+def test_a_plain_http_token_endpoint_off_this_machine_is_refused(tmp_path: Path, slow_ehr: SlowEhr) -> None:
+    slow_ehr.behaviour["token_endpoint"] = "http://ehr.example/token"
+    response = _client(tmp_path, slow_ehr).get("/smart/launch", params={"iss": f"{slow_ehr.base}/fhir"})
+    assert response.status_code == 502 and "not https" in response.text
+
+
+@pytest.mark.parametrize(
+    ("expires_in", "lifetime"),
+    [(600, 600.0), (10**9, 3600.0), (float("nan"), 300.0), (float("inf"), 300.0), (-5, 300.0), (True, 300.0)],
+)
+def test_odd_expires_in_gives_a_bounded_lifetime(expires_in: object, lifetime: float) -> None:
+    assert token_lifetime_s(expires_in, 3600) == lifetime
+
+
+def test_a_next_link_to_the_same_page_is_not_followed_again(tmp_path: Path, slow_ehr: SlowEhr) -> None:
+    client = _client(tmp_path, slow_ehr)
+    back = client.get(_callback(client, slow_ehr))
+    assert client.get(back.headers["location"]).status_code == 200
+    assert slow_ehr.hits["/fhir/Condition"] == 1

@@ -8,6 +8,7 @@ import hashlib
 import hmac
 import json
 import logging
+import math
 import re
 import secrets
 import time
@@ -28,7 +29,7 @@ from starlette.concurrency import run_in_threadpool
 from spasticity_cds import api
 from spasticity_cds.cds_hooks.fhir_client import url_within
 from spasticity_cds.errors import SpasticityCdsError
-from spasticity_cds.interfaces.web.config import ConfigError
+from spasticity_cds.interfaces.web.config import LOOPBACK_HOSTS, ConfigError
 from spasticity_cds.interfaces.web.csrf import SESSION_COOKIE, BadSignatureError, session_signer
 from spasticity_cds.interfaces.web.deps import AppState, app_state
 from spasticity_cds.interfaces.web.plan_view import build_plan
@@ -46,6 +47,7 @@ DEFAULT_CLIENT_ID = "spasticity-cds"
 MAX_PAGES = 20
 MAX_RESOURCES = 20_000
 MAX_SESSIONS = 10_000
+DEFAULT_TOKEN_LIFETIME_S = 300.0
 JSON_ACCEPT = {"Accept": "application/json"}
 FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")  # FHIR R4 id datatype
 NOT_SET_UP = (
@@ -99,6 +101,8 @@ class SmartSession:
     browser: str
     verifier: str = ""
     token_endpoint: str = ""
+    #: Who may sign the callback with RFC 9207's ``iss``: the configuration's ``issuer``, or the FHIR base.
+    issuers: frozenset[str] = frozenset()
     access_token: str = ""
     patient: str = ""
     app_context: str = ""
@@ -303,10 +307,24 @@ async def discover(outbound: Outbound, iss: str) -> dict[str, Any]:
         value = config.get(key)
         if not isinstance(value, str) or urlsplit(value).scheme not in ("http", "https"):
             raise SmartError(f"the SMART configuration has no usable {key}")
+    if not _may_use_plain_http(config["token_endpoint"], iss):
+        raise SmartError("the token endpoint is not https (the code and the token would cross the network in clear)")
     methods = config.get("code_challenge_methods_supported")
     if not isinstance(methods, list) or "S256" not in methods:
         raise SmartError("the authorization server does not offer PKCE S256, which SMART App Launch 2 requires")
     return config
+
+
+def _issuers(config: dict[str, Any], iss: str) -> frozenset[str]:
+    issuer = config.get("issuer")
+    return frozenset({normalized_iss(iss), *([normalized_iss(issuer)] if isinstance(issuer, str) else [])})
+
+
+def _may_use_plain_http(endpoint: str, iss: str) -> bool:
+    """An https endpoint; plain http only on this machine, for a FHIR server that is itself plain http here."""
+    if urlsplit(endpoint).scheme == "https":
+        return True
+    return all(urlsplit(url).scheme == "http" and urlsplit(url).hostname in LOOPBACK_HOSTS for url in (endpoint, iss))
 
 
 @router.get("/smart/launch", response_model=None)
@@ -333,6 +351,7 @@ async def smart_launch(request: Request, state: StateDep) -> Response:
         browser=browser,
         verifier=verifier,
         token_endpoint=config["token_endpoint"],
+        issuers=_issuers(config, client.iss),
     )
     # The pending launch is found again by its OAuth state: each launch is its own entry, so a second launch in
     # the same browser leaves the first one (and its plan tab) alone.
@@ -419,6 +438,9 @@ async def smart_callback(request: Request, state: StateDep) -> Response:
     session = _owned(_sessions(request, state).pop(request.query_params.get("state", "")), browser)
     if session is None:
         return _error(request, state, "The launch could not be verified (state mismatch). Launch the app again.", 400)
+    returned_iss = request.query_params.get("iss")
+    if returned_iss is not None and normalized_iss(returned_iss) not in session.issuers:  # RFC 9207: mix-up attack
+        return _error(request, state, "The answer came from another authorization server. Launch the app again.", 400)
     if request.query_params.get("error"):
         code = request.query_params.get("error", "")[:60]
         return _error(request, state, f"The EHR did not authorise the app ({code}).", 401)
@@ -439,14 +461,21 @@ async def smart_callback(request: Request, state: StateDep) -> Response:
     session.created = time.time()
     session.access_token = token["access_token"]
     session.patient = patient
-    expires_in = token.get("expires_in")
-    session.expires_at = time.time() + (float(expires_in) if isinstance(expires_in, int | float) else 300.0)
+    session.expires_at = time.time() + token_lifetime_s(token.get("expires_in"), state.settings.session_max_age_s)
     context = token.get("appContext")
     if isinstance(context, dict):
         context = json.dumps(context)
     session.app_context = context if isinstance(context, str) else ""
     # A new id once logged in (the state travelled through the EHR and its logs): no fixation, no replay.
     return RedirectResponse(f"/smart/plan/{_sessions(request, state).new(session)}", status_code=303)
+
+
+def token_lifetime_s(expires_in: Any, longest_s: int) -> float:
+    """The token's lifetime: ``expires_in`` if it is a sane number of seconds (not NaN, a bool, negative or
+    absurd), capped at the session's; else 5 minutes."""
+    if isinstance(expires_in, bool) or not isinstance(expires_in, int | float) or not math.isfinite(expires_in):
+        return DEFAULT_TOKEN_LIFETIME_S
+    return min(float(expires_in), float(longest_s)) if expires_in > 0 else DEFAULT_TOKEN_LIFETIME_S
 
 
 async def exchange_code(outbound: Outbound, session: SmartSession, code: str, callback_url: str) -> dict[str, Any]:
@@ -479,10 +508,11 @@ async def read_patient_resources(
     resources: list[dict[str, Any]] = [patient]
     for resource_type in RESOURCE_TYPES:
         url: str | None = f"{base}/{resource_type}?{urlencode({'patient': patient_id, '_count': 200})}"
-        pages = 0
-        while url and pages < MAX_PAGES and len(resources) < MAX_RESOURCES:
+        read: set[str] = set()
+        # A next link to a page already read (itself, or an earlier one) ends the search: no paging loop.
+        while url and url not in read and len(read) < MAX_PAGES and len(resources) < MAX_RESOURCES:
             bundle = await _get_json(outbound, url, headers)
-            pages += 1
+            read.add(url)
             for entry in bundle.get("entry") or ():
                 resource = entry.get("resource") if isinstance(entry, dict) else None
                 if isinstance(resource, dict) and resource.get("resourceType") == resource_type:
