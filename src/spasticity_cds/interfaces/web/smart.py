@@ -101,7 +101,7 @@ class SmartSession:
     browser: str
     verifier: str = ""
     token_endpoint: str = ""
-    #: Who may sign the callback with RFC 9207's ``iss``: the configuration's ``issuer``, or the FHIR base.
+    #: The ``iss`` a callback may carry (RFC 9207): the configuration's ``issuer``, or the FHIR base.
     issuers: frozenset[str] = frozenset()
     access_token: str = ""
     patient: str = ""
