@@ -114,7 +114,9 @@ def test_serve_command_checks_config_then_starts_uvicorn(tmp_path: Path, monkeyp
     monkeypatch.delenv(CONFIG_ENV, raising=False)
     config = tmp_path / "cds.toml"
     config.write_text(
-        f'store_url = "sqlite:///{tmp_path / "s.sqlite3"}"\nauth_required = false\nport = 8123\n', encoding="utf-8"
+        f'store_url = "sqlite:///{tmp_path / "s.sqlite3"}"\nauth_required = false\nport = 8123\n'
+        "smart_allow_any_iss = true\n",
+        encoding="utf-8",
     )
     parser = argparse.ArgumentParser()
     serve_command.add_arguments(parser)
@@ -128,6 +130,7 @@ def test_serve_command_checks_config_then_starts_uvicorn(tmp_path: Path, monkeyp
     assert (kwargs["workers"], kwargs["port"], kwargs["host"]) == (3, 8123, "127.0.0.1")
     assert "authentication is OFF" in output.getvalue() and "PostgreSQL" in output.getvalue()
     assert "SMART launch is open to any FHIR server" in " ".join(output.getvalue().split())
+    assert kwargs["log_config"]["handlers"]["access"]["filters"] == ["smart"]  # no SMART secrets in the access log
     import os
 
     assert os.environ[CONFIG_ENV] == str(config.resolve())
