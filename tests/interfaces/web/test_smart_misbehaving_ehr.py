@@ -17,6 +17,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 import pages_support as support
 
+from spasticity_cds.interfaces.web import smart
 from spasticity_cds.interfaces.web.smart import token_lifetime_s
 
 STEP_TIMEOUT_S = 1.0
@@ -215,3 +216,27 @@ def test_a_next_link_to_the_same_page_is_not_followed_again(tmp_path: Path, slow
     back = client.get(_callback(client, slow_ehr))
     assert client.get(back.headers["location"]).status_code == 200
     assert slow_ehr.hits["/fhir/Condition"] == 1
+
+
+def test_toward_an_unregistered_demo_server_the_token_step_says_nothing_more(tmp_path: Path, slow_ehr: SlowEhr) -> None:
+    app = support.make_app(tmp_path, public_base_url="http://cds.test", smart_allow_any_iss=True)
+    client = support.PageClient(app)
+    slow_ehr.behaviour["token_endpoint"] = "http://127.0.0.1:9/internal"  # a discovery may name any host
+    unreachable = client.get(_callback(client, slow_ehr))
+    slow_ehr.behaviour["token_endpoint"] = f"{slow_ehr.base}/no-such-endpoint"
+    slow_ehr.behaviour["/no-such-endpoint"] = "huge"
+    answered = client.get(_callback(client, slow_ehr))
+    assert unreachable.status_code == answered.status_code == 502
+    for page in (unreachable.text, answered.text):
+        assert "token endpoint could not be used" in page and "reached" not in page and "bytes" not in page
+
+
+def test_a_flood_of_launches_does_not_end_a_plan_in_use(
+    tmp_path: Path, slow_ehr: SlowEhr, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(smart, "MAX_SESSIONS", 3)
+    client = _client(tmp_path, slow_ehr)
+    plan = client.get(_callback(client, slow_ehr)).headers["location"]
+    for _ in range(5):
+        client.get("/smart/launch", params={"iss": f"{slow_ehr.base}/fhir"})
+    assert client.get(plan).status_code == 200

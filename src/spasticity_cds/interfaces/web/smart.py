@@ -119,7 +119,9 @@ class SessionStore:
     def new(self, session: SmartSession) -> str:
         self._purge()
         if len(self._sessions) >= MAX_SESSIONS:
-            oldest = min(self._sessions, key=lambda key: self._sessions[key].created)
+            # A pending launch goes first: anyone can start launches, and a flood of them must not end plans in use.
+            pending = [key for key, held in self._sessions.items() if not held.access_token]
+            oldest = min(pending or self._sessions, key=lambda key: self._sessions[key].created)
             del self._sessions[oldest]
         key = secrets.token_urlsafe(32)
         self._sessions[key] = session
@@ -387,17 +389,22 @@ def _chooser(request: Request, state: AppState, clients: list[SmartClient] | Non
 
 
 async def _discovered(state: AppState, client: SmartClient) -> dict[str, Any]:
-    """The SMART configuration of a registered server, or of any server a demo accepts: then one message for every
-    failure, so the page does not tell whether a host inside the network answered (no probing through the app)."""
     what = "the FHIR server's SMART configuration"
     try:
         async with _step(state, what) as outbound:
             return await discover(outbound, client.iss)
     except SmartError as error:
-        if client.vetted:
-            raise
-        logger.info("SMART discovery failed for an unregistered server: %s", error.message)
-        raise SmartError(f"{what} could not be used") from None
+        raise _as_shown(error, client, what) from None
+
+
+def _as_shown(error: SmartError, client: SmartClient, what: str) -> SmartError:
+    """The error in full for a registered server; for any server a demo accepts, one message per step whatever
+    went wrong, so the page does not tell whether a host inside the network answered (no probing through the app:
+    such a server's configuration also names the token endpoint)."""
+    if client.vetted:
+        return error
+    logger.info("SMART launch failed toward an unregistered server: %s", error.message)
+    return SmartError(f"{what} could not be used")
 
 
 def redirect_uri(state: AppState) -> str:
@@ -451,7 +458,8 @@ async def smart_callback(request: Request, state: StateDep) -> Response:
         async with _step(state, "The EHR's token endpoint") as outbound:
             token = await exchange_code(outbound, session, code, redirect_uri(state))
     except SmartError as error:
-        return _error(request, state, error.message, error.http_status)
+        shown = _as_shown(error, session.client, "The EHR's token endpoint")
+        return _error(request, state, shown.message, shown.http_status)
     patient = token.get("patient")
     if not isinstance(patient, str) or not patient:
         return _error(request, state, "The EHR gave no patient context; open the app from a patient's chart.", 400)
