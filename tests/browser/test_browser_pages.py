@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import sys
@@ -165,7 +166,10 @@ def test_kb_pages_and_report(live: Live, page: Any) -> None:
     shot(page, "kb-rule")
     page.goto(f"{live.base}/kb/versions")
     shot(page, "kb-versions", full_page=False)
+    credentials = base64.b64encode(f"{support.REPORT_AUTH[0]}:{support.REPORT_TOKEN}".encode()).decode()
+    page.set_extra_http_headers({"Authorization": f"Basic {credentials}"})
     page.goto(f"{live.base}/reports/feedback")
+    assert page.locator("h1").inner_text() == "Feedback per rule"
     shot(page, "feedback-report")
 
 

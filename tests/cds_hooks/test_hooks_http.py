@@ -1,4 +1,4 @@
-"""HTTP edges: CORS everywhere (preflight too), size limit, OperationOutcome on every error, never a traceback."""
+"""HTTP edges: CORS on the service only (preflight too), size limit, OperationOutcome on every error."""
 
 from __future__ import annotations
 
@@ -35,13 +35,19 @@ def test_preflight_is_answered_on_every_route(app: FastAPI, path: str) -> None:
 
 
 @pytest.mark.parametrize(
-    ("method", "path", "status"), [("GET", "/cds-services", 200), ("POST", SERVICE, 401), ("GET", "/nowhere", 404)]
+    ("method", "path", "status"),
+    [("GET", "/cds-services", 200), ("POST", SERVICE, 401), ("GET", "/cds-services/nowhere/x", 404)],
 )
 def test_cors_headers_on_answers_and_errors(app: FastAPI, client: Client, method: str, path: str, status: int) -> None:
     headers = {"Origin": ORIGIN} | (client.headers(path) if status == 200 else {})
     response = call(app, method, path, headers=headers)
     assert response.status_code == status
     assert response.headers["access-control-allow-origin"] == "*"
+
+
+def test_no_cors_beyond_the_service_and_the_api(app: FastAPI) -> None:
+    response = call(app, "GET", "/nowhere", headers={"Origin": ORIGIN})
+    assert response.status_code == 404 and "access-control-allow-origin" not in response.headers
 
 
 def test_body_over_the_limit_is_413(app: FastAPI, client: Client) -> None:

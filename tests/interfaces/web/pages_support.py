@@ -33,6 +33,9 @@ FROZEN_NOW = datetime(2026, 11, 24, 9, 30, tzinfo=timezone(timedelta(hours=-5)))
 RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
 LOINC = "http://loinc.org"
 SCRIPT_NAME = "<script>alert('x')</script>"
+#: The feedback report's password in the test apps, and the HTTP Basic credentials that carry it.
+REPORT_TOKEN = "report-token-for-tests"
+REPORT_AUTH = ("reviewer", REPORT_TOKEN)
 
 
 def frozen_clock() -> datetime:
@@ -137,6 +140,7 @@ def make_app(tmp_path: Path, **settings: Any) -> FastAPI:
     options: dict[str, Any] = {
         "store_url": f"sqlite:///{tmp_path / 'feedback.sqlite3'}",
         "session_secret": "test-secret",
+        "report_token": REPORT_TOKEN,
     }
     options.update(settings)
     web_settings = WebSettings(**options)

@@ -59,7 +59,7 @@ class Outline(HTMLParser):
 @pytest.fixture(scope="module")
 def pages(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     client = support.PageClient(support.make_app(tmp_path_factory.mktemp("a11y")))
-    out = {path: client.get(path).text for path in PAGES}
+    out = {path: client.get(path, auth=support.REPORT_AUTH).text for path in PAGES}
     token = client.csrf("/patients")
     out["manual-errors"] = client.post("/patients/manual", data={"age": "x", "csrf_token": token}).text
     out["upload-error"] = client.post(

@@ -172,7 +172,7 @@ def test_feedback_report_shows_hook_and_page_rates_per_rule(client: support.Page
         )
     )
     store.record_page_feedback(PageFeedback(uuid.uuid4(), PageContext.ANSWER_PAGE, now, answered=True))
-    page = client.get("/reports/feedback").text
+    page = client.get("/reports/feedback", auth=support.REPORT_AUTH).text
     row = page.split('href="/kb/rules/TIZ-LIVER-3X"')[1].split("</tr>")[0]
     cells = [c.split("</td>")[0] for c in row.split("<td>")[1:]]
     assert cells[:6] == ["1", "4", "3", "1", "75%", "25%"]
@@ -209,3 +209,34 @@ def test_pages_may_be_framed_only_by_this_app_and_the_configured_ehrs(tmp_path: 
     app = support.make_app(tmp_path / "b", frame_ancestors=("https://ehr.example.org",))
     framed = support.PageClient(app).get("/kb")
     assert framed.headers["content-security-policy"].endswith("frame-ancestors 'self' https://ehr.example.org")
+
+
+@pytest.mark.parametrize("path", ["/", "/patients", "/kb", "/reports/feedback", "/patients/demo/ada"])
+def test_pages_answer_no_other_origin(client: support.PageClient, path: str) -> None:
+    response = client.get(path, headers={"Origin": "https://evil.example"}, auth=support.REPORT_AUTH)
+    assert response.status_code == 200
+    assert "access-control-allow-origin" not in response.headers
+
+
+@pytest.mark.parametrize("path", ["/api/kb", "/cds-services"])
+def test_the_api_and_the_hook_service_answer_other_origins(client: support.PageClient, path: str) -> None:
+    response = client.get(path, headers={"Origin": "https://ehr.example"})
+    assert response.headers["access-control-allow-origin"] == "*"
+
+
+def test_the_feedback_report_is_off_without_a_report_token(tmp_path: Path) -> None:
+    client = support.PageClient(support.make_app(tmp_path, report_token=None))
+    response = client.get("/reports/feedback", auth=support.REPORT_AUTH)
+    assert response.status_code == 403 and "report_token" in response.text
+
+
+@pytest.mark.parametrize("auth", [None, ("reviewer", "wrong-token-of-length"), (support.REPORT_TOKEN, "")])
+def test_the_feedback_report_needs_the_report_token(client: support.PageClient, auth: tuple[str, str] | None) -> None:
+    store = client.app.state.cds.store
+    store.record_page_feedback(
+        PageFeedback(uuid.uuid4(), PageContext.ANSWER_PAGE, support.frozen_clock(), comment="Mrs Example, MRN 123")
+    )
+    response = client.get("/reports/feedback", auth=auth)
+    assert response.status_code == 401 and response.headers["www-authenticate"].startswith("Basic ")
+    assert "MRN 123" not in response.text
+    assert "MRN 123" in client.get("/reports/feedback", auth=support.REPORT_AUTH).text

@@ -58,7 +58,11 @@ class WebSettings:
     smart_step_timeout_s: float = 10.0
     #: The most any one answer from the EHR may weigh (a search page, the token, the SMART configuration).
     smart_max_response_bytes: int = 16 * 1024 * 1024
+    #: Origins whose scripts may call /cds-services and /api/ (no other path answers other origins).
     cors_origins: tuple[str, ...] = ("*",)
+    #: The password of the feedback report (HTTP Basic, any user name); without it the report is off: it shows
+    #: clinicians' free-text comments, which may name patients.
+    report_token: str | None = None
     kb_settings: dict[str, str | int | float | bool] = field(default_factory=dict)
     smart_launch_url: str | None = None
     fhir_server_allowlist: tuple[str, ...] = ()
@@ -103,6 +107,8 @@ def settings_from_mapping(raw: dict[str, Any], *, base_dir: Path, where: str) ->
         raise ConfigError("workers must be >= 1 and port in 1..65535", where=where)
     if not settings.public_base_url.startswith(("http://", "https://")):
         raise ConfigError("public_base_url must be an absolute http(s) URL", where=where)
+    if settings.report_token is not None and len(settings.report_token) < 16:
+        raise ConfigError("report_token must be at least 16 characters", where=where)
     for origin in settings.frame_ancestors:
         if not origin.startswith(("http://", "https://")) or any(c in origin for c in " ;,'\""):
             raise ConfigError(f"frame_ancestors entry {origin!r} is not an http(s) origin", where=where)

@@ -1,4 +1,4 @@
-"""HTTP edges of the app: OperationOutcome for every error, a request-size limit, CORS, never a traceback."""
+"""HTTP edges of the app: OperationOutcome for every error, a request-size limit, scoped CORS, never a traceback."""
 
 from __future__ import annotations
 
@@ -19,6 +19,8 @@ from spasticity_cds.errors import AuthenticationError, SpasticityCdsError
 
 logger = logging.getLogger("spasticity_cds.web")
 FHIR_JSON = "application/fhir+json"
+#: The only paths that answer other origins: CDS Hooks requires CORS of a service, and the JSON API is for scripts.
+CORS_PATHS = ("/cds-services", "/api/")
 
 
 def outcome_response(status: int, diagnostics: str | None = None, headers: dict[str, str] | None = None) -> Response:
@@ -64,6 +66,28 @@ class OutcomeCorsMiddleware(CORSMiddleware):
             return response
         headers = {k: v for k, v in response.headers.items() if k.lower() not in ("content-length", "content-type")}
         return outcome_response(response.status_code, bytes(response.body).decode(), headers)
+
+
+class ScopedCorsMiddleware:
+    """CORS only under ``prefixes`` (the CDS Hooks service and the JSON API, which other origins' scripts call):
+    the pages and the feedback report carry no CORS header, so no other site's script can read them."""
+
+    def __init__(self, app: ASGIApp, prefixes: tuple[str, ...], allow_origins: tuple[str, ...]) -> None:
+        self.app = app
+        self.prefixes = prefixes
+        self.cors = OutcomeCorsMiddleware(
+            app,
+            allow_origins=list(allow_origins),
+            allow_methods=["GET", "POST", "OPTIONS"],
+            allow_headers=["*"],  # an EHR's browser may add its own headers; credentials (cookies) are never allowed
+            max_age=600,
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and str(scope["path"]).startswith(self.prefixes):
+            await self.cors(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
 
 
 class CatchAllMiddleware:
@@ -136,8 +160,8 @@ class _TooLargeError(Exception):
 def install_error_handling(
     app: FastAPI, *, max_body_bytes: int, cors_origins: tuple[str, ...], own_limit_paths: frozenset[str] = frozenset()
 ) -> None:
-    """Exception handlers, size limit (but on ``own_limit_paths``) and CORS (outermost, so error answers carry CORS
-    headers too)."""
+    """Exception handlers, size limit (but on ``own_limit_paths``) and CORS on ``CORS_PATHS`` only (outermost, so
+    error answers there carry CORS headers too)."""
     handlers: dict[Any, Any] = {
         SpasticityCdsError: _package_error,
         StarletteHTTPException: _http_error,
@@ -147,10 +171,4 @@ def install_error_handling(
         app.add_exception_handler(kind, handler)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=max_body_bytes, own_limit_paths=own_limit_paths)
     app.add_middleware(CatchAllMiddleware)
-    app.add_middleware(
-        OutcomeCorsMiddleware,
-        allow_origins=list(cors_origins),
-        allow_methods=["GET", "POST", "OPTIONS"],
-        allow_headers=["*"],  # an EHR's browser may add its own headers; credentials (cookies) are never allowed
-        max_age=600,
-    )
+    app.add_middleware(ScopedCorsMiddleware, prefixes=CORS_PATHS, allow_origins=cors_origins)

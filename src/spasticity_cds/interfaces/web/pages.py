@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hmac
 import logging
 import re
 import uuid
@@ -404,7 +407,11 @@ async def manual_patient(request: Request, state: StateDep) -> HTMLResponse:
 
 @router.get("/reports/feedback", response_class=HTMLResponse)
 def feedback_report(request: Request, state: StateDep) -> HTMLResponse:
-    """Acceptance and override rates per rule from CDS Hooks feedback, with the page's own ratings."""
+    """Acceptance and override rates per rule from CDS Hooks feedback, with the page's own ratings and comments;
+    only with the configured ``report_token`` as the HTTP Basic password."""
+    refusal = _report_refusal(request, state)
+    if refusal is not None:
+        return refusal
     stats = state.store.feedback_report()
     page = state.store.list_page_feedback(limit=100_000)
     page_overrides: dict[tuple[str, int], int] = {}
@@ -437,6 +444,36 @@ def feedback_report(request: Request, state: StateDep) -> HTMLResponse:
         "comments": _recent_comments(page, hooks),
     }
     return render(request, state, "report.html", context)
+
+
+def _report_refusal(request: Request, state: AppState) -> HTMLResponse | None:
+    """The page refusing the report: off without a ``report_token``, 401 without it as the Basic password."""
+    token = state.settings.report_token
+    if token is None:
+        message = (
+            "The feedback report shows clinicians' comments, so it is served only when report_token is set "
+            "in the server's configuration."
+        )
+        return _error_page(request, state, "Feedback report off", message, 403)
+    password = _basic_password(request.headers.get("authorization", ""))
+    if password is not None and hmac.compare_digest(password, token.encode()):
+        return None
+    message = "The feedback report needs its password (the report token); any user name will do."
+    response = _error_page(request, state, "Feedback report: sign in", message, 401)
+    response.headers["WWW-Authenticate"] = 'Basic realm="feedback report", charset="UTF-8"'
+    return response
+
+
+def _basic_password(header: str) -> bytes | None:
+    """The password of an HTTP Basic ``Authorization`` header, or None."""
+    scheme, _, encoded = header.partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        _user, colon, password = base64.b64decode(encoded.strip(), validate=True).partition(b":")
+    except binascii.Error:
+        return None
+    return password if colon else None
 
 
 def _override_reasons(hooks: list[HookFeedback]) -> dict[tuple[str, int], dict[str, int]]:
