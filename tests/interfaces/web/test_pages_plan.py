@@ -327,8 +327,6 @@ FORM = {
     "med0_dose": "20",
     "med0_times": "3",
     "med1_drug": "diazepam",
-    "med1_dose": "5",
-    "med1_times": "1",
     "mas0_muscle": "left elbow flexors",
     "mas0_grade": "3",
     "mas1_muscle": "right knee extensors",
@@ -401,6 +399,31 @@ def test_manual_form_errors_are_shown_next_to_the_values(
     assert 'value="61"' in response.text or field == "age"
     if field not in ("mas0_grade", "creatinine_unit"):  # these two are named in the summary at the top only
         assert f'aria-describedby="err-{field}"' in response.text and f'id="err-{field}"' in response.text
+
+
+@pytest.mark.parametrize("drug", ["intrathecal-baclofen", "botulinum-toxin", "diazepam"])
+def test_manual_form_takes_no_dose_for_a_drug_the_kb_gives_no_daily_dose_for(
+    client: support.PageClient, drug: str
+) -> None:
+    token = client.csrf("/patients")
+    response = client.post(
+        "/patients/manual", data={**FORM, "med0_drug": drug, "med0_dose": "150", "csrf_token": token}
+    )
+    assert response.status_code == 400
+    assert "is recorded without a dose here" in response.text and 'id="err-med0_dose"' in response.text
+    assert "150 mg" not in response.text
+
+
+def test_manual_form_doses_carry_the_monograph_unit(client: support.PageClient) -> None:
+    kb = client.app.state.cds.engine.kb
+    assert manual_form.dose_units(kb) == dict.fromkeys(("baclofen", "dantrolene", "gabapentin", "tizanidine"), "mg")
+    start = client.get("/patients").text
+    assert "Baclofen (oral) &ndash; dose in mg" in start and "Intrathecal baclofen &ndash; without dose" in start
+    entry = manual_form.read_form({**FORM, "med1_drug": "intrathecal-baclofen"}, kb, support.FROZEN_NOW.date())
+    bundle = manual_form.build_bundle(entry, kb, support.FROZEN_NOW.date())
+    orders = [e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "MedicationRequest"]
+    assert orders[0]["dosageInstruction"][0]["doseAndRate"][0]["doseQuantity"]["unit"] == "mg"
+    assert "dosageInstruction" not in orders[1]
 
 
 def test_manual_form_without_csrf_is_refused(client: support.PageClient) -> None:

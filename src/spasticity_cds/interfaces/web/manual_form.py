@@ -70,6 +70,13 @@ def medication_choices(kb: KnowledgeBase) -> list[tuple[str, str]]:
     return first + rest
 
 
+def dose_units(kb: KnowledgeBase) -> dict[str, str]:
+    """The unit the form records a dose in, per medication concept: only drugs whose monograph gives a daily maximum
+    (an oral dose per day, in the monograph's ``max_unit``). Others (a pump in micrograms a day, injections in
+    units, sprays) take no dose here: a number in the wrong unit would be read a thousandfold off."""
+    return {m.concept: m.max_unit for m in kb.monographs.values() if m.max_daily}
+
+
 def read_form(form: Mapping[str, str], kb: KnowledgeBase, today: date) -> ManualEntry:
     """Check each submitted value; keep the text so the form can be shown again with the messages."""
     entry = ManualEntry(values={key: value.strip() for key, value in form.items() if isinstance(value, str)})
@@ -101,14 +108,22 @@ def read_form(form: Mapping[str, str], kb: KnowledgeBase, today: date) -> Manual
         if when > today:
             errors["measured_on"] = "The measurement date cannot be in the future."
     medications = dict(medication_choices(kb))
+    units = dose_units(kb)
     for row in range(MED_ROWS):
         drug, dose, times = (values.get(f"med{row}_{part}", "") for part in ("drug", "dose", "times"))
         if not drug:
             continue
         if drug not in medications:
             errors[f"med{row}_drug"] = "Choose a medication from the list."
+        elif (dose or times) and drug not in units:
+            errors[f"med{row}_dose"] = (
+                f"{medications[drug]} is recorded without a dose here (the form takes doses by mouth per day only): "
+                "leave the dose and times a day empty."
+            )
+            continue
+        unit = units.get(drug, "")
         if dose and _number(dose, 0.001, 5000) is None:
-            errors[f"med{row}_dose"] = "The dose must be a number of mg from 0.001 to 5000."
+            errors[f"med{row}_dose"] = f"The dose must be a number of {unit} from 0.001 to 5000."
         if times and (not (times.isascii() and times.isdigit()) or not 1 <= int(times) <= 12):
             errors[f"med{row}_times"] = "Times per day must be a whole number from 1 to 12."
     for row in range(MAS_ROWS):
@@ -179,10 +194,11 @@ def build_bundle(entry: ManualEntry, kb: KnowledgeBase, today: date) -> dict[str
         body = _observation(_codeable(concepts["relies-on-tone"]), subject, stamp, None)
         body["valueBoolean"] = values["relies_on_tone"] == "yes"
         add("Observation", body)
+    units = dose_units(kb)
     for row in range(MED_ROWS):
         drug = values.get(f"med{row}_drug", "")
         if drug:
-            add("MedicationRequest", _medication(concepts[drug], values, row, subject, stamp))
+            add("MedicationRequest", _medication(concepts[drug], units.get(drug), values, row, subject, stamp))
     return {
         "resourceType": "Bundle",
         "id": str(uuid.uuid4()),
@@ -246,18 +262,19 @@ def _observation(
 
 
 def _medication(
-    concept: Concept, values: Mapping[str, str], row: int, subject: dict[str, str], stamp: str
+    concept: Concept, unit: str | None, values: Mapping[str, str], row: int, subject: dict[str, str], stamp: str
 ) -> dict[str, Any]:
+    """A MedicationRequest; its dose in ``unit`` (the monograph's), none for a drug the form takes no dose for."""
     dosage: dict[str, Any] = {}
     dose, times = values.get(f"med{row}_dose", ""), values.get(f"med{row}_times", "")
-    if dose:
+    if dose and unit:
         dosage["doseAndRate"] = [
             {
                 "doseQuantity": {
                     "value": float(dose.replace(",", ".")),
-                    "unit": "mg",
+                    "unit": unit,
                     "system": "http://unitsofmeasure.org",
-                    "code": "mg",
+                    "code": unit,
                 }
             }
         ]

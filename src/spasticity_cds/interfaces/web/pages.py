@@ -177,6 +177,7 @@ def _start_page(
         "entry": entry or manual_form.ManualEntry(values={"als": "yes"}),
         "number_fields": manual_form.NUMBER_FIELDS,
         "medications": manual_form.medication_choices(state.engine.kb),
+        "dose_units": manual_form.dose_units(state.engine.kb),
         "mas_grades": manual_form.MAS_GRADES,
         "med_rows": range(manual_form.MED_ROWS),
         "mas_rows": range(manual_form.MAS_ROWS),
