@@ -217,8 +217,20 @@ def test_the_monitoring_calendar_lists_only_agents_the_patient_takes_or_starts()
         {"agent": "dantrolene", "name": "Dantrolene", "current": False, "proposed": False},
     ]
     findings = [
-        {"kind": "warning", "action": "liver-test", "agents": ["dantrolene"], "summary": "about dantrolene"},
-        {"kind": "warning", "action": "liver-test", "agents": ["dantrolene", "tizanidine"], "summary": "both"},
+        {
+            "kind": "warning",
+            "action": "liver-test",
+            "agents": ["dantrolene"],
+            "summary": "about dantrolene",
+            "citations": [],
+        },
+        {
+            "kind": "warning",
+            "action": "liver-test",
+            "agents": ["dantrolene", "tizanidine"],
+            "summary": "both",
+            "citations": [],
+        },
     ]
     due = [
         item
@@ -517,3 +529,30 @@ def test_instants_read_to_the_minute_with_their_offset(value: str, text: str) ->
 )
 def test_why_tree_labels_read_as_a_clinician_reads_them(label: str, text: str) -> None:
     assert check_text(label, api.load_knowledge_base()) == text
+
+
+def test_calendar_status_reasons_and_ceilings_carry_their_sources(tmp_path: Path) -> None:
+    app = support.make_app(tmp_path)
+    del app.state.demo_data_dir  # the bundles shipped in spasticity_cds/demo/data
+    client = support.PageClient(app)
+    shown = {"calendar": 0, "reason": 0, "ceiling": 0}
+    for bundle in sorted(pages.demo_dir_default().glob("*.json")):
+        if bundle.name == "index.json":
+            continue
+        page = client.get(f"/patients/demo/{bundle.stem}").text
+        calendar = page.split('<div class="calendar">')[1].split("</div>")[0] if 'class="calendar"' in page else ""
+        statements = {
+            "calendar": re.findall(r"<li><time.*?</li>", calendar, re.S),
+            "reason": re.findall(r'<p class="reason">.*?</p>', page, re.S),
+            "ceiling": re.findall(r"<dt>Ceiling for this patient</dt><dd>.*?</dd>", page, re.S),
+        }
+        for kind, found in statements.items():
+            shown[kind] += len(found)
+            for statement in found:
+                assert 'class="cites"' in statement and 'class="ev ev-' in statement, (bundle.stem, statement)
+    assert all(shown.values()), shown
+
+
+def test_the_answer_page_opens_without_uncited_clinical_text(client: support.PageClient) -> None:
+    lead = client.get("/").text.split('<p class="lead">')[1].split("</p>")[0]
+    assert "upper motor neurons" not in lead and "intrathecal pump" not in lead

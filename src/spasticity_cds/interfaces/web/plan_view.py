@@ -53,12 +53,13 @@ class Trace:
 
 @dataclass
 class MonitoringDate:
-    """One test due on one date for one agent."""
+    """One test due on one date for one agent, with the sources that ask for it."""
 
     when: date
     agent: str
     test: str
     what: str
+    citations: list[dict[str, Any]]
 
 
 @dataclass
@@ -74,6 +75,8 @@ class PlanView:
     finding_traces: dict[str, Trace]
     calendar: list[tuple[str, list[MonitoringDate]]]
     charts: list[Chart]
+    #: Per agent, the sources of the patient's dose ceiling (labelled maximum and the kidney band in force).
+    ceiling_citations: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     highlight_rule: str | None = None
     card_uuid: str | None = None
     source_label: str = ""
@@ -247,10 +250,28 @@ def build_plan(
         finding_traces=finding_traces,
         calendar=monitoring_calendar(result, now, engine),
         charts=build_charts(record, engine, dict(active_settings)),
+        ceiling_citations={option["agent"]: ceiling_citations(option, engine) for option in result["options"]},
         highlight_rule=highlight_rule,
         card_uuid=card_uuid,
         source_label=source_label,
     )
+
+
+def ceiling_citations(option: Mapping[str, Any], engine: Engine) -> list[dict[str, Any]]:
+    """The sources of an option's dose ceiling: the labelled maximum's, and the kidney band's when one applies (by
+    eGFR, or the lowest band with kidney failure on record and no eGFR, which the dose plan does not name)."""
+    plan = option.get("dose_plan") or {}
+    ceiling = plan.get("ceiling")
+    if not ceiling:
+        return []
+    cited = list(plan["max_basis"]["citations"]) if plan.get("max_basis") else []
+    monograph = engine.monograph_by_agent.get(option["agent"])
+    if plan.get("renal_adjustment"):
+        cited += plan["renal_adjustment"]["citations"]
+    elif monograph is not None and monograph.renal_bands and "kidney failure" in str(ceiling.get("note") or ""):
+        lowest = min(monograph.renal_bands, key=lambda band: band.below_egfr)
+        cited += engine.cite(lowest.citations)
+    return cited
 
 
 def monitoring_calendar(
@@ -271,7 +292,8 @@ def monitoring_calendar(
             if finding["agents"] and not agents:
                 continue
             test = "liver" if finding.get("action") == "liver-test" else "review"
-            items.append(MonitoringDate(today, ", ".join(agents) or "all agents", test, finding["summary"]))
+            agent_names = ", ".join(agents) or "all agents"
+            items.append(MonitoringDate(today, agent_names, test, finding["summary"], finding["citations"]))
     for option in result["options"]:
         monograph = engine.monograph_by_agent.get(option["agent"])
         if monograph is None or not (option.get("current") or option.get("proposed")):
@@ -285,7 +307,8 @@ def monitoring_calendar(
                 if offset > until:
                     break
                 when = today + timedelta(days=offset)
-                items.append(MonitoringDate(when, option["name"], scheduled.test, scheduled.what))
+                cited = engine.cite(scheduled.citations)
+                items.append(MonitoringDate(when, option["name"], scheduled.test, scheduled.what, cited))
                 if not scheduled.interval_days:
                     break
                 offset += scheduled.interval_days
