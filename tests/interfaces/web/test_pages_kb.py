@@ -64,13 +64,33 @@ def test_drug_pages_citations_and_versions(client: support.PageClient) -> None:
 
 
 def test_api_kb_lists_identity_rules_drugs_and_citations(client: support.PageClient) -> None:
-    body = client.get("/api/kb").json()
+    body = client.get("/api/kb", headers={"Host": "attacker.example"}).json()
     kb = client.app.state.cds.engine.kb
     assert body["version"] == kb.version and body["digest"] == kb.digest
     assert {r["id"] for r in body["rules"]} == set(kb.rules)
-    assert body["rules"][0]["url"].startswith("http://testserver/kb/rules/")
+    base = client.app.state.cds.settings.base_url  # the configured public URL, never the Host header
+    assert body["rules"][0]["url"].startswith(f"{base}/kb/rules/")
+    assert all(item["url"].startswith(base) for item in body["rules"] + body["drugs"])
     assert {d["id"] for d in body["drugs"]} == set(kb.monographs)
     assert len(body["evidence_gaps"]) == len(kb.manifest.evidence_gaps)
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "content_type", "status"),
+    [
+        ("/api/evaluate", json.dumps(support.trend_bundle()), "application/fhir+json", 200),
+        ("/api/evaluate", "{", "application/fhir+json", 400),
+        ("/api/evaluate", "x", "text/plain", 415),
+        ("/nowhere", "", "text/plain", 404),
+    ],
+)
+def test_json_answers_are_not_cached_or_sniffed(
+    client: support.PageClient, path: str, body: str, content_type: str, status: int
+) -> None:
+    response = client.post(path, content=body, headers={"Content-Type": content_type})
+    assert response.status_code == status
+    assert response.headers["cache-control"] == "no-store"
+    assert response.headers["x-content-type-options"] == "nosniff"
 
 
 def test_api_evaluate_matches_the_library(client: support.PageClient) -> None:

@@ -19,14 +19,16 @@ from spasticity_cds.errors import AuthenticationError, SpasticityCdsError
 
 logger = logging.getLogger("spasticity_cds.web")
 FHIR_JSON = "application/fhir+json"
+#: On every JSON answer: it may hold patient data (kept by no cache), and is never to be sniffed as HTML.
+JSON_HEADERS = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
 #: The only paths that answer other origins: CDS Hooks requires CORS of a service, and the JSON API is for scripts.
 CORS_PATHS = ("/cds-services", "/api/")
 
 
 def outcome_response(status: int, diagnostics: str | None = None, headers: dict[str, str] | None = None) -> Response:
-    """An error response whose body is an OperationOutcome."""
+    """An error response whose body is an OperationOutcome, with the JSON answers' safe headers."""
     body = orjson.dumps(operation_outcome(status, diagnostics))
-    return Response(body, status_code=status, media_type=FHIR_JSON, headers=headers)
+    return Response(body, status_code=status, media_type=FHIR_JSON, headers=JSON_HEADERS | (headers or {}))
 
 
 def unauthorized() -> Response:

@@ -29,6 +29,7 @@ from spasticity_cds.fhir.record import PatientRecord
 from spasticity_cds.interfaces.web import manual_form, smart
 from spasticity_cds.interfaces.web.csrf import CSRF_FIELD, csrf_valid
 from spasticity_cds.interfaces.web.deps import AppState, app_state
+from spasticity_cds.interfaces.web.errors import JSON_HEADERS
 from spasticity_cds.interfaces.web.plan_view import build_plan, patient_banner
 from spasticity_cds.interfaces.web.rendering import OVERRIDE_REASONS, STATIC_DIR, render
 from spasticity_cds.knowledge.schema import ConceptKind, Node
@@ -249,7 +250,7 @@ async def post_feedback(request: Request, state: StateDep) -> Response:
     new = await run_in_threadpool(state.store.record_page_feedback, item)
     logger.info("page feedback stored: context=%s rule=%s new=%s", item.context.value, item.rule_id or "-", new)
     if wants_json:
-        return JSONResponse({"stored": True, "new": bool(new)})
+        return JSONResponse({"stored": True, "new": bool(new)}, headers=JSON_HEADERS)
     return_to = _text(form, "return_to")
     anchor = _text(form, "anchor")
     anchor = anchor if FORM_ANCHOR.fullmatch(anchor) else "feedback"
@@ -312,7 +313,7 @@ def _feedback_from_form(form: FormData, state: AppState) -> PageFeedback:
 
 def _feedback_error(request: Request, state: AppState, wants_json: bool, message: str, status: int) -> Response:
     if wants_json:
-        return JSONResponse({"stored": False, "error": message}, status_code=status)
+        return JSONResponse({"stored": False, "error": message}, status_code=status, headers=JSON_HEADERS)
     return _error_page(request, state, "Feedback not saved", message, status)
 
 
@@ -630,7 +631,7 @@ def kb_versions(request: Request, state: StateDep) -> HTMLResponse:
 
 def _outcome(message: str, status: int, code: str = "invalid") -> JSONResponse:
     body = {"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": code, "diagnostics": message}]}
-    return JSONResponse(body, status_code=status, media_type="application/fhir+json")
+    return JSONResponse(body, status_code=status, media_type="application/fhir+json", headers=JSON_HEADERS)
 
 
 @router.post("/api/evaluate", response_model=None)
@@ -657,14 +658,14 @@ async def api_evaluate(request: Request, state: StateDep) -> Response:
         return _outcome(
             error.message if status == 400 else "evaluation failed", status, "invalid" if status == 400 else "exception"
         )
-    return Response(api.to_json(result), media_type="application/json")
+    return Response(api.to_json(result), media_type="application/json", headers=JSON_HEADERS)
 
 
 @router.get("/api/kb")
-def api_kb(request: Request, state: StateDep) -> Response:
+def api_kb(state: StateDep) -> Response:
     """The knowledge base's identity, releases, rules, drugs, citations and evidence gaps as JSON."""
     kb = state.engine.kb
-    base = str(request.base_url).rstrip("/")
+    base = state.settings.base_url  # never the Host header: a client could name any host
     body = {
         "name": kb.manifest.name,
         "version": kb.version,
@@ -692,7 +693,9 @@ def api_kb(request: Request, state: StateDep) -> Response:
         ],
         "citations": msgspec.to_builtins(sorted(kb.citations.values(), key=lambda c: c.id)),
     }
-    return Response(orjson.dumps(body, option=orjson.OPT_SORT_KEYS), media_type="application/json")
+    return Response(
+        orjson.dumps(body, option=orjson.OPT_SORT_KEYS), media_type="application/json", headers=JSON_HEADERS
+    )
 
 
 # -- static files ----------------------------------------------------------------------------------------
