@@ -11,6 +11,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 import pages_support as support
 
+from spasticity_cds import api
+from spasticity_cds.interfaces.web.plan_view import build_plan
 from spasticity_cds.store import PageContext
 
 
@@ -71,7 +73,7 @@ def test_feedback_by_script_gets_json(client: support.PageClient) -> None:
         headers={"Accept": "application/json"},
     )
     assert response.status_code == 200
-    assert response.json() == {"stored": True, "new": True}
+    assert response.json() == {"stored": True, "new": True, "message": "Thank you for your feedback!"}
 
 
 @pytest.mark.parametrize("token", ["", "forged.1.abc", None])
@@ -128,3 +130,43 @@ def test_static_files_are_served_locally(client: support.PageClient) -> None:
     assert client.get("/static/app.js").headers["content-type"].startswith("text/javascript")
     assert client.get("/static/..%2Fpages.py").status_code == 404
     assert client.get("/static/other.css").status_code == 404
+
+
+def test_a_comment_over_the_limit_is_refused_not_cut(client: support.PageClient) -> None:
+    response = _answer(client, str(uuid.uuid4()), comment="x" * 10_000)
+    assert response.status_code == 400  # type: ignore[attr-defined]
+    assert "longer than 2000 characters" in response.text  # type: ignore[attr-defined]
+    assert client.app.state.cds.store.list_page_feedback() == []
+
+
+def test_line_breaks_count_once_against_the_comment_limit(client: support.PageClient) -> None:
+    comment = "line\r\n" * 333 + "x"  # 1999 characters as the textarea counts them
+    assert _answer(client, str(uuid.uuid4()), comment=comment).status_code == 303  # type: ignore[attr-defined]
+    assert client.app.state.cds.store.list_page_feedback()[0].comment == comment.replace("\r\n", "\n")
+
+
+def test_a_form_sent_again_with_another_answer_says_the_first_is_kept(client: support.PageClient) -> None:
+    key = str(uuid.uuid4())
+    _answer(client, key, "yes")
+    again = _answer(client, key, "no")
+    assert again.headers["location"] == "/?feedback=already&at=feedback#feedback"  # type: ignore[attr-defined]
+    assert "This form was already sent, and its first answer is kept." in client.get(again.headers["location"]).text  # type: ignore[attr-defined]
+    token = client.csrf("/")
+    data = {"csrf_token": token, "feedback_id": key, "context": "answer-page", "answered": "no"}
+    answer = client.post("/feedback", data=data, headers={"Accept": "application/json"}).json()
+    assert answer["new"] is False and "first answer is kept" in answer["message"]
+    assert [item.answered for item in client.app.state.cds.store.list_page_feedback()] == [True]
+
+
+def test_a_card_id_is_stored_whole(client: support.PageClient) -> None:
+    card = "c" * 128
+    assert _answer(client, str(uuid.uuid4()), card_uuid=card).status_code == 303  # type: ignore[attr-defined]
+    assert client.app.state.cds.store.list_page_feedback()[0].card_uuid == card
+    assert _answer(client, str(uuid.uuid4()), card_uuid="c" * 129).status_code == 400  # type: ignore[attr-defined]
+
+
+def test_a_card_id_the_store_cannot_keep_is_left_off_the_page(client: support.PageClient) -> None:
+    record = api.read_patient(support.trend_bundle(), source="test")
+    engine = client.app.state.cds.engine
+    assert build_plan(record, engine, support.FROZEN_NOW, None, card_uuid="c" * 129).card_uuid is None
+    assert build_plan(record, engine, support.FROZEN_NOW, None, card_uuid="c" * 128).card_uuid == "c" * 128

@@ -23,15 +23,14 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData, UploadFile
 
 from spasticity_cds import api
-from spasticity_cds.cds_hooks.models import MAX_ID_CHARS
 from spasticity_cds.errors import InputError, SpasticityCdsError
 from spasticity_cds.fhir.record import PatientRecord
 from spasticity_cds.interfaces.web import manual_form, smart
 from spasticity_cds.interfaces.web.csrf import CSRF_FIELD, csrf_valid
 from spasticity_cds.interfaces.web.deps import AppState, app_state
 from spasticity_cds.interfaces.web.errors import JSON_HEADERS
-from spasticity_cds.interfaces.web.plan_view import build_plan, patient_banner
-from spasticity_cds.interfaces.web.rendering import OVERRIDE_REASONS, STATIC_DIR, render
+from spasticity_cds.interfaces.web.plan_view import build_plan, patient_banner, storable_card_id
+from spasticity_cds.interfaces.web.rendering import FEEDBACK_ANSWERS, OVERRIDE_REASONS, STATIC_DIR, render
 from spasticity_cds.knowledge.schema import ConceptKind, Node
 from spasticity_cds.store import FeedbackOutcome, HookFeedback, PageContext, PageFeedback
 
@@ -249,15 +248,17 @@ async def post_feedback(request: Request, state: StateDep) -> Response:
         return _feedback_error(request, state, wants_json, str(error), 400)
     new = await run_in_threadpool(state.store.record_page_feedback, item)
     logger.info("page feedback stored: context=%s rule=%s new=%s", item.context.value, item.rule_id or "-", new)
+    # Sent before (a double click, a retry, the back button): the store keeps the first answer, and says so.
+    said = "thanks" if new else "already"
     if wants_json:
-        return JSONResponse({"stored": True, "new": bool(new)}, headers=JSON_HEADERS)
+        return JSONResponse({"stored": True, "new": bool(new), "message": FEEDBACK_ANSWERS[said]}, headers=JSON_HEADERS)
     return_to = _text(form, "return_to")
     anchor = _text(form, "anchor")
     anchor = anchor if FORM_ANCHOR.fullmatch(anchor) else "feedback"
     if RETURN_PATHS.fullmatch(return_to):  # fullmatch: "$" would let a trailing newline through
-        # Back to the form that was sent, its thanks shown in it (in view, as the script would show it).
-        return RedirectResponse(f"{return_to}?feedback=thanks&at={quote(anchor)}#{quote(anchor)}", status_code=303)
-    return render(request, state, "thanks.html", {"title": "Thank you for your feedback"})
+        # Back to the form that was sent, what became of it shown in it (in view, as the script would show it).
+        return RedirectResponse(f"{return_to}?feedback={said}&at={quote(anchor)}#{quote(anchor)}", status_code=303)
+    return render(request, state, "thanks.html", {"title": "Feedback", "said": FEEDBACK_ANSWERS[said]})
 
 
 def _feedback_from_form(form: FormData, state: AppState) -> PageFeedback:
@@ -287,9 +288,12 @@ def _feedback_from_form(form: FormData, state: AppState) -> PageFeedback:
     reason = _text(form, "override_reason") or None
     if reason is not None and reason not in {code for code, _ in OVERRIDE_REASONS}:
         raise ValueError("Unknown override reason.")
-    comment = _text(form, "comment").strip()[:MAX_COMMENT] or None
+    # A browser sends a typed line break as CRLF but counts it as one character against the textarea's maxlength.
+    comment = _text(form, "comment").replace("\r\n", "\n").strip() or None
+    if comment is not None and len(comment) > MAX_COMMENT:
+        raise ValueError(f"The comment is longer than {MAX_COMMENT} characters; shorten it and send it again.")
     card = _text(form, "card_uuid") or None
-    if card is not None and (len(card) > MAX_ID_CHARS or "\x00" in card):
+    if card is not None and not storable_card_id(card):
         raise ValueError("Unknown card.")
     if comment is not None and "\x00" in comment:
         raise ValueError("The comment holds a character that cannot be stored (NUL).")
@@ -305,7 +309,7 @@ def _feedback_from_form(form: FormData, state: AppState) -> PageFeedback:
         rule_id=rule_id,
         rule_version=rule_version,
         kb_version=state.engine.kb.version,
-        card_uuid=card[:64] if card else None,
+        card_uuid=card,
         override_reason_code=reason,
         comment=comment,
     )

@@ -8,6 +8,7 @@ from datetime import date, datetime, timedelta
 from typing import Any
 
 from spasticity_cds import api
+from spasticity_cds.cds_hooks.models import MAX_ID_CHARS
 from spasticity_cds.engine.evaluator import PLACEHOLDER, Engine
 from spasticity_cds.engine.facts import Value, number_text
 from spasticity_cds.fhir.record import PatientRecord
@@ -195,6 +196,12 @@ def patient_banner(record: PatientRecord, now: datetime) -> dict[str, str]:
     }
 
 
+def storable_card_id(card_uuid: str) -> bool:
+    """Whether the store can keep this card id with feedback: a longer one (from an EHR's appContext) would make
+    every feedback form on the page fail, so the page leaves it out and the feedback is kept without it."""
+    return len(card_uuid) <= MAX_ID_CHARS and "\x00" not in card_uuid
+
+
 def build_plan(
     record: PatientRecord,
     engine: Engine,
@@ -252,7 +259,7 @@ def build_plan(
         charts=build_charts(record, engine, dict(active_settings)),
         ceiling_citations={option["agent"]: ceiling_citations(option, engine) for option in result["options"]},
         highlight_rule=highlight_rule,
-        card_uuid=card_uuid,
+        card_uuid=card_uuid if card_uuid and storable_card_id(card_uuid) else None,
         source_label=source_label,
     )
 

@@ -41,6 +41,11 @@ OVERRIDE_REASONS = (
     ("patient-refuses", "Patient refuses or declines"),
     ("service-not-available", "Treatment or service is not practically available"),
 )
+#: What a feedback form says once sent: stored, or sent before (the same form id), the first answer kept.
+FEEDBACK_ANSWERS = {
+    "thanks": "Thank you for your feedback!",
+    "already": "This form was already sent, and its first answer is kept. Reload the page to give another answer.",
+}
 OVERRIDE_SYSTEM = "http://terminology.hl7.org/CodeSystem/non-adherence-reason-codes"
 
 
@@ -134,7 +139,7 @@ def render(
 
 
 def _thanks_for(request: Request, anchor: str) -> str:
-    """The thanks a feedback form shows after a post without JavaScript came back to it (``?feedback=thanks&at=``)."""
+    """What a feedback form says after a post without JavaScript came back to it (``?feedback=thanks&at=``)."""
     params = request.query_params
-    sent = params.get("feedback") == "thanks" and params.get("at", "feedback") == anchor
-    return "Thank you for your feedback!" if sent else ""
+    said = FEEDBACK_ANSWERS.get(params.get("feedback", ""), "")
+    return said if params.get("at", "feedback") == anchor else ""

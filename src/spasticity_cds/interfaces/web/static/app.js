@@ -16,7 +16,7 @@ document.addEventListener("DOMContentLoaded", function () {
         .then(function (response) { return response.json().then(function (body) { return { ok: response.ok, body: body }; }); })
         .then(function (answer) {
           if (answer.ok) {
-            status.textContent = "Thank you for your feedback!";
+            status.textContent = answer.body.message;
             form.querySelectorAll("button").forEach(function (b) { b.disabled = true; });
           } else {
             status.textContent = answer.body.error || "Your feedback could not be saved.";
