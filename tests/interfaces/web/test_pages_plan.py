@@ -398,6 +398,8 @@ def test_manual_form_creatinine_in_umol_per_litre_gives_the_same_egfr(client: su
         ("med0_dose", "-5", "The dose must be a number"),
         ("med0_times", "30", "Times per day must be a whole number"),
         ("mas0_grade", "5", "Choose a Modified Ashworth grade."),
+        ("relies_on_tone", "maybe", "Choose yes, no or not known."),
+        ("measured_on", "0001-01-01", "before the patient was born"),
         ("creatinine_unit", "mmol/L", "Choose mg/dL or umol/L"),
     ],
 )
@@ -409,7 +411,7 @@ def test_manual_form_errors_are_shown_next_to_the_values(
     assert response.status_code == 400
     assert 'id="form-errors"' in response.text and message in response.text
     assert 'value="61"' in response.text or field == "age"
-    if field not in ("mas0_grade", "creatinine_unit"):  # these two are named in the summary at the top only
+    if field != "creatinine_unit":  # its message is the creatinine field's
         assert f'aria-describedby="err-{field}"' in response.text and f'id="err-{field}"' in response.text
 
 
@@ -438,11 +440,19 @@ def test_manual_form_doses_carry_the_monograph_unit(client: support.PageClient) 
     assert "dosageInstruction" not in orders[1]
 
 
+def test_manual_form_says_when_a_dose_has_no_medication(client: support.PageClient) -> None:
+    token = client.csrf("/patients")
+    response = client.post("/patients/manual", data={**FORM, "med2_dose": "10", "med2_times": "2", "csrf_token": token})
+    assert response.status_code == 400
+    assert "Choose the medication this dose is for" in response.text and 'id="err-med2_drug"' in response.text
+
+
 def test_manual_form_without_csrf_is_refused(client: support.PageClient) -> None:
     client.csrf("/patients")
     response = client.post("/patients/manual", data={**FORM, "csrf_token": "nope"})
     assert response.status_code == 400
     assert "The form has expired" in response.text
+    assert 'href="#f-form"' in response.text and 'id="f-form"' in response.text  # the summary's link leads somewhere
 
 
 def test_manual_form_values_are_escaped_when_shown_again(client: support.PageClient) -> None:

@@ -99,19 +99,14 @@ def read_form(form: Mapping[str, str], kb: KnowledgeBase, today: date) -> Manual
         errors.pop("creatinine", None)
         if number is None:
             errors["creatinine"] = "Serum creatinine must be a number from 5 to 2000 umol/L."
-    measured = values.get("measured_on", "")
-    try:
-        when = date.fromisoformat(measured) if measured else today
-    except ValueError:
-        errors["measured_on"] = "Enter the date as YYYY-MM-DD."
-    else:
-        if when > today:
-            errors["measured_on"] = "The measurement date cannot be in the future."
+    _check_measured_on(values, errors, today)
     medications = dict(medication_choices(kb))
     units = dose_units(kb)
     for row in range(MED_ROWS):
         drug, dose, times = (values.get(f"med{row}_{part}", "") for part in ("drug", "dose", "times"))
         if not drug:
+            if dose or times:  # never dropped in silence: the clinician meant a medication
+                errors[f"med{row}_drug"] = "Choose the medication this dose is for, or clear the dose."
             continue
         if drug not in medications:
             errors[f"med{row}_drug"] = "Choose a medication from the list."
@@ -133,6 +128,20 @@ def read_form(form: Mapping[str, str], kb: KnowledgeBase, today: date) -> Manual
     if values.get("relies_on_tone", "") not in ("", "yes", "no"):
         errors["relies_on_tone"] = "Choose yes, no or not known."
     return entry
+
+
+def _check_measured_on(values: Mapping[str, str], errors: dict[str, str], today: date) -> None:
+    """The measurement date: a date, not in the future, and not before the birth the age gives."""
+    measured = values.get("measured_on", "")
+    try:
+        when = date.fromisoformat(measured) if measured else today
+    except ValueError:
+        errors["measured_on"] = "Enter the date as YYYY-MM-DD."
+        return
+    if when > today:
+        errors["measured_on"] = "The measurement date cannot be in the future."
+    elif "age" not in errors and when.isoformat() < _birth_date(int(values["age"]), today):
+        errors["measured_on"] = "The measurement date is before the patient was born (by the age given)."
 
 
 def build_bundle(entry: ManualEntry, kb: KnowledgeBase, today: date) -> dict[str, Any]:
