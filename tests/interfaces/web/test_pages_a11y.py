@@ -28,6 +28,7 @@ PAGES = [
     "/reports/feedback",
     "/smart/launch",
     "/patients/demo/nobody",
+    "/patients/p-17",
 ]
 
 

@@ -566,3 +566,22 @@ def test_calendar_status_reasons_and_ceilings_carry_their_sources(tmp_path: Path
 def test_the_answer_page_opens_without_uncited_clinical_text(client: support.PageClient) -> None:
     lead = client.get("/").text.split('<p class="lead">')[1].split("</p>")[0]
     assert "upper motor neurons" not in lead and "intrathecal pump" not in lead
+
+
+def test_a_worklist_link_explains_how_to_open_the_patient(client: support.PageClient) -> None:
+    page = client.get("/patients/" + quote("<img src=x onerror=alert(1)>", safe=""))
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert "<img src=x" not in page.text and "&lt;img src=x onerror=alert(1)&gt;" in page.text
+    assert 'href="/patients#upload"' in page.text and 'href="/patients#manual"' in page.text
+    assert 'action="/smart/launch"' not in page.text  # no EHR registered for a standalone launch
+    assert client.get("/patients/demo/ada").text.count('class="pname"') == 1  # the demo route is not shadowed
+    assert client.get("/patients/demo/..%2Fada").status_code == 404  # nor does it take paths
+
+
+def test_a_worklist_link_offers_the_registered_ehr_launch(tmp_path: Path) -> None:
+    clients = tmp_path / "clients.toml"
+    clients.write_text('[[clients]]\niss = "https://ehr.example/fhir"\nclient_id = "cds"\nlabel = "Example EHR"\n')
+    client = support.PageClient(support.make_app(tmp_path / "app", smart_clients_file=clients))
+    page = client.get("/patients/p-17")
+    assert "Patient p-17 from a worklist - spasticity-cds" in page.text
+    assert 'action="/smart/launch"' in page.text and '<option value="https://ehr.example/fhir">Example EHR' in page.text

@@ -343,6 +343,24 @@ def demo_patient(demo_id: str, request: Request, state: StateDep) -> HTMLRespons
     return _plan_page(request, state, record, f"Demo patient {demo_id}", f"/patients/demo/{demo_id}")
 
 
+@router.get("/patients/{patient_id}", response_class=HTMLResponse)
+def worklist_patient(patient_id: str, request: Request, state: StateDep) -> HTMLResponse:
+    """Where a batch worklist links a patient (one path segment, as a FHIR id is): how to open that patient's plan
+    (the app keeps no records), with a standalone SMART launch when EHRs are registered."""
+    try:
+        clients = smart.load_clients(state.settings.smart_clients_file) or []
+    except (
+        SpasticityCdsError,
+        OSError,
+        ValueError,
+    ) as error:  # the launch page reports the file; this one can do without
+        logger.error("worklist page: the SMART clients file is unusable: %s", type(error).__name__)
+        clients = []
+    context = {"title": f"Patient {patient_id} from a worklist", "patient_id": patient_id, "clients": clients}
+    # The launch form's GET is answered with a redirect to the EHR's authorization server, wherever that is.
+    return render(request, state, "worklist_patient.html", context, form_targets="https: http:" if clients else "")
+
+
 #: The upload form's path: its route enforces the body limit itself, so that a file too large gets the page.
 UPLOAD_PATH = "/patients/upload"
 
