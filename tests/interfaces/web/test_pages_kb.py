@@ -260,3 +260,35 @@ def test_the_feedback_report_needs_the_report_token(client: support.PageClient, 
     assert response.status_code == 401 and response.headers["www-authenticate"].startswith("Basic ")
     assert "MRN 123" not in response.text
     assert "MRN 123" in client.get("/reports/feedback", auth=support.REPORT_AUTH).text
+
+
+def test_an_unknown_address_is_a_page_for_browsers_and_an_outcome_for_api_clients(
+    client: support.PageClient,
+) -> None:
+    page = client.get("/no/such/page", headers={"Accept": "text/html,application/xhtml+xml"})
+    assert page.status_code == 404 and page.headers["content-type"].startswith("text/html")
+    assert "Page not found" in page.text and page.headers["x-content-type-options"] == "nosniff"
+    for path, accept in (("/no/such/page", "application/json"), ("/api/nothing", "text/html")):
+        response = client.get(path, headers={"Accept": accept})
+        assert response.status_code == 404 and response.json()["resourceType"] == "OperationOutcome"
+
+
+def test_the_upload_limit_reads_as_a_round_number(client: support.PageClient) -> None:
+    assert "up to 4.9 MB</label>" in client.get("/patients").text
+    token = client.csrf("/patients")
+    big = b"{" + b" " * 5_200_000 + b"}"
+    response = client.post("/patients/upload", data={"csrf_token": token}, files={"bundle": ("b.json", big)})
+    assert response.status_code == 413 and "The file is larger than the limit of 4.9 MB." in response.text
+
+
+def test_a_file_that_is_not_utf8_gets_a_plain_message(client: support.PageClient) -> None:
+    token = client.csrf("/patients")
+    latin1 = '{"resourceType": "Patient", "name": [{"text": "Zoë"}]}'.encode("latin-1")
+    response = client.post("/patients/upload", data={"csrf_token": token}, files={"bundle": ("p.json", latin1)})
+    assert response.status_code == 400 and "not valid UTF-8" in response.text and "surrogates" not in response.text
+
+
+def test_the_plan_page_is_titled_with_the_patient_and_hides_script_only_buttons(client: support.PageClient) -> None:
+    page = client.get("/patients/demo/ada").text
+    assert "<title>Plan for Ada Example - spasticity-cds</title>" in page
+    assert '<p class="noprint js-only" hidden><button type="button" class="js-print">' in page

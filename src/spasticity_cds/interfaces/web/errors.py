@@ -16,6 +16,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from spasticity_cds.cds_hooks.outcome import operation_outcome
 from spasticity_cds.errors import AuthenticationError, SpasticityCdsError
+from spasticity_cds.interfaces.web.rendering import render
 
 logger = logging.getLogger("spasticity_cds.web")
 FHIR_JSON = "application/fhir+json"
@@ -49,8 +50,24 @@ async def _package_error(request: Request, exc: Exception) -> Response:
 
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == 404 and _wants_a_page(request):
+        return _not_found_page(request)
     detail = exc.detail if isinstance(exc.detail, str) else None
     return outcome_response(exc.status_code, detail, dict(exc.headers or {}))
+
+
+def _wants_a_page(request: Request) -> bool:
+    """A browser asking for a page (Accept: text/html) outside the service and the API, whose clients read JSON."""
+    path = request.url.path
+    return "text/html" in request.headers.get("accept", "") and not path.startswith(CORS_PATHS)
+
+
+def _not_found_page(request: Request) -> Response:
+    """The site's own 404 page, for an address that names no page."""
+    message = "There is no page at this address. Check the link, or start from the links below."
+    return render(
+        request, request.app.state.cds, "error.html", {"title": "Page not found", "message": message}, status_code=404
+    )
 
 
 async def _validation_error(request: Request, exc: Exception) -> Response:

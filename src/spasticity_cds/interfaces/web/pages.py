@@ -6,6 +6,7 @@ import base64
 import binascii
 import hmac
 import logging
+import math
 import re
 import uuid
 from dataclasses import dataclass
@@ -158,7 +159,8 @@ def _plan_page(
         logger.error("plan page: %s at %s", type(error).__name__, error.where or "-")
         message = "The plan could not be computed for this record. The error has been logged for the maintainers."
         return _error_page(request, state, "Evaluation failed", message, 500)
-    context = {"title": "Patient plan", "plan": plan, "return_to": return_to}
+    # The patient's name in the title: tabs and history tell two patients' plans apart.
+    context = {"title": f"Plan for {plan.patient['name']}", "plan": plan, "return_to": return_to}
     return render(request, state, "plan.html", context, status_code=status_code)
 
 
@@ -182,7 +184,8 @@ def _start_page(
         "med_rows": range(manual_form.MED_ROWS),
         "mas_rows": range(manual_form.MAS_ROWS),
         "sexes": manual_form.SEXES,
-        "max_upload_bytes": max(state.settings.max_body_bytes - MULTIPART_OVERHEAD, state.settings.max_body_bytes // 2),
+        "max_upload_bytes": upload_limit(state),
+        "max_upload_text": megabytes(upload_limit(state)),
         "today": state.clock().date().isoformat(),
     }
     return render(request, state, "patient_start.html", context, status_code=status_code)
@@ -361,6 +364,16 @@ def worklist_patient(patient_id: str, request: Request, state: StateDep) -> HTML
     return render(request, state, "worklist_patient.html", context, form_targets="https: http:" if clients else "")
 
 
+def upload_limit(state: AppState) -> int:
+    """The largest file an upload takes: below the app-wide body limit, so that a file too large gets the page."""
+    return max(state.settings.max_body_bytes - MULTIPART_OVERHEAD, state.settings.max_body_bytes // 2)
+
+
+def megabytes(size: int) -> str:
+    """A size as people read it, rounded down to a tenth of a megabyte (never more than the limit really is)."""
+    return f"{math.floor(size / (1024 * 1024) * 10) / 10:g} MB"
+
+
 #: The upload form's path: its route enforces the body limit itself, so that a file too large gets the page.
 UPLOAD_PATH = "/patients/upload"
 
@@ -368,9 +381,8 @@ UPLOAD_PATH = "/patients/upload"
 @router.post(UPLOAD_PATH, response_class=HTMLResponse)
 async def upload_patient(request: Request, state: StateDep) -> HTMLResponse:
     """Evaluate an uploaded FHIR Bundle (JSON) or NDJSON file; problems are shown on the page."""
-    # Below the app-wide body limit, so that a too-large file still gets this page and its message.
-    limit = max(state.settings.max_body_bytes - MULTIPART_OVERHEAD, state.settings.max_body_bytes // 2)
-    too_big = f"The file is larger than the limit of {limit / (1024 * 1024):g} MB."
+    limit = upload_limit(state)
+    too_big = f"The file is larger than the limit of {megabytes(limit)}."
     try:
         form = await read_form(request, limit + MULTIPART_OVERHEAD)
     except BodyTooLargeError:

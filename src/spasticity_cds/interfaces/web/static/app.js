@@ -37,6 +37,8 @@ document.addEventListener("DOMContentLoaded", function () {
       }
     });
   });
+  // Controls that only work with this script stay hidden without it.
+  document.querySelectorAll(".js-only").forEach(function (element) { element.hidden = false; });
   document.querySelectorAll(".js-print").forEach(function (button) {
     button.addEventListener("click", function () { window.print(); });
   });
