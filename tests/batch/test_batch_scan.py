@@ -143,3 +143,11 @@ def test_version_specific_patient_and_medication_references_are_read_as_their_re
         "Medication/cipro",
     )
     assert fast_key(raw) is None
+
+
+def test_a_patient_without_an_id_is_reported_as_such_not_as_unlinked() -> None:
+    classified = problems.classify(b'{"resourceType": "Patient", "name": [{"family": "NoId"}]}')
+    assert (classified.status, classified.resource_type) == (problems.NO_PATIENT, "Patient")
+    message = problems.describe(classified.status, classified.resource_type, b"")
+    assert message.startswith("Patient has no id")
+    assert "not linked" not in message

@@ -345,6 +345,8 @@ def describe(status: str, resource_type: str | None, raw: bytes) -> str:
         return "no resourceType: not a FHIR resource"
     if status == UNKNOWN_TYPE:
         return f"unknown resource type {resource_type!r} (not FHIR R4); line skipped"
+    if status == NO_PATIENT and resource_type == "Patient":
+        return "Patient has no id: no resource can refer to it, so it is no one's record; skipped"
     if status == NO_PATIENT:
         return f"{resource_type or 'resource'} is not linked to a Patient (subject, patient or beneficiary); skipped"
     return status
