@@ -74,6 +74,6 @@ class StoreError(SpasticityCdsError):
 
 
 class BatchError(SpasticityCdsError):
-    """A population run cannot start: unreadable input folder or manifest, or unusable output folder."""
+    """A population run cannot start (unreadable input folder or manifest, unusable output folder) or lost a worker."""
 
     exit_code = 2

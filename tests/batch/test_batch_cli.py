@@ -226,5 +226,21 @@ def test_the_summary_names_folder_entries_that_were_not_read(clean_cohort: Path,
 def test_a_worker_process_that_dies_is_a_clear_batch_error() -> None:
     from spasticity_cds.batch import local
 
-    with pytest.raises(BatchError, match="a worker process died"), local._pool(2) as pool:
+    with pytest.raises(BatchError, match=r"a worker process died \(exit status 3\)"), local._pool(2) as pool:
         list(pool.map(os._exit, [3]))  # the worker exits as if killed mid-task
+
+
+@pytest.mark.parametrize(
+    ("sent", "said"),
+    [
+        (signal.SIGKILL, "killed by signal SIGKILL, perhaps by the out-of-memory killer"),
+        (signal.SIGINT, "interrupted by SIGINT"),
+    ],
+)
+def test_a_worker_killed_by_a_signal_is_reported_with_it(sent: signal.Signals, said: str) -> None:
+    from spasticity_cds.batch import local
+
+    with pytest.raises(BatchError) as raised, local._pool(2) as pool:
+        list(pool.map(signal.raise_signal, [sent]))
+    assert said in raised.value.message
+    assert ("out-of-memory" in raised.value.message) == (sent == signal.SIGKILL)

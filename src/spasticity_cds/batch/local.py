@@ -76,14 +76,33 @@ def _pool(workers: int) -> Iterator[_Pool]:
         try:
             yield _Pool(executor)
         except BrokenProcessPool:
-            executor.shutdown(wait=True, cancel_futures=True)
-            raise BatchError(
-                "a worker process died (killed, perhaps by the out-of-memory killer): run again, with fewer --workers "
-                "if memory is short"
-            ) from None
+            processes = list(executor._processes.values())  # shutdown drops the executor's own reference
+            executor.shutdown(wait=True, cancel_futures=True)  # joins them: their exit codes are then known
+            raise BatchError(_worker_death([process.exitcode for process in processes])) from None
         except BaseException:
             executor.shutdown(wait=True, cancel_futures=True)
             raise
+
+
+def _worker_death(exit_codes: Sequence[int | None]) -> str:
+    """Why the pool broke, as far as the workers' exit codes tell. The pool ends the survivors with SIGTERM, so
+    another code names the worker that died first; the out-of-memory killer is named only for SIGKILL, its signal."""
+    first = [code for code in exit_codes if code not in (None, 0, -signal.SIGTERM)]
+    code = first[0] if first else next((code for code in exit_codes if code == -signal.SIGTERM), None)
+    if code is None:
+        cause = "for an unknown reason"
+    elif code == INTERRUPTED_STATUS:
+        cause = "interrupted by SIGINT"
+    elif code < 0:
+        cause = f"killed by signal {signal.Signals(-code).name}"
+    else:
+        cause = f"exit status {code}"
+    hint = (
+        ", perhaps by the out-of-memory killer: run again with fewer --workers if memory is short"
+        if code == -signal.SIGKILL
+        else ""
+    )
+    return f"a worker process died ({cause}{hint}); the run stopped"
 
 
 def _pool_process_start(parent: int) -> None:
