@@ -208,6 +208,19 @@ def test_duplicates_keep_the_latest_version() -> None:
     assert same.duplicates_dropped == 1 and len(same.of_type("Condition")) == 1
 
 
+def test_which_copy_and_which_order_a_record_holds_does_not_depend_on_the_input_order() -> None:
+    first = {**condition("c1"), "code": {"text": "first"}}
+    second = {**condition("c1"), "code": {"text": "second"}}
+    forward = read(bundle(PATIENT, condition("z"), first, second, condition("a")))
+    backward = read(bundle(PATIENT, condition("a"), second, first, condition("z")))
+    for rec in (forward, backward):
+        assert [(r.id, getattr(concept_of(r.code), "text", None)) for r in rec.of_type("Condition")] == [
+            ("a", "ALS"),
+            ("c1", "second"),
+            ("z", "ALS"),
+        ]
+
+
 def test_a_later_copy_takes_the_first_copys_place_however_copies_and_new_resources_interleave() -> None:
     def version(cid: str, month: int) -> dict[str, Any]:
         return {

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib.util
+import random
+from datetime import datetime
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -10,7 +12,7 @@ from typing import Any
 import orjson
 import pytest
 
-from spasticity_cds.api import load_knowledge_base
+from spasticity_cds.api import evaluate, load_knowledge_base, to_json
 from spasticity_cds.engine.evaluator import Engine
 
 HERE = Path(__file__).resolve().parent
@@ -102,3 +104,30 @@ def test_now_is_fixed_and_not_utc() -> None:
     for folder in FOLDERS:
         now = regenerate.expectations(folder)["now"]
         assert now == "2026-11-24T09:30:00-05:00", folder.name
+
+
+def _reordered(bundle: dict[str, Any], order: str) -> dict[str, Any]:
+    entries = list(bundle.get("entry") or [])
+    if order == "reversed":
+        entries.reverse()
+    else:
+        random.Random(7).shuffle(entries)
+    return {**bundle, "entry": entries}
+
+
+@pytest.mark.parametrize("order", ["reversed", "shuffled"])
+@pytest.mark.parametrize("folder", FOLDERS, ids=IDS)
+def test_the_order_of_the_resources_does_not_change_the_result(
+    folder: Path, order: str, engine: Engine, results: dict[str, dict[str, Any]]
+) -> None:
+    expect = regenerate.expectations(folder)
+    bundle = orjson.loads((folder / "bundle.json").read_bytes())
+    result = evaluate(
+        _reordered(bundle, order),
+        now=datetime.fromisoformat(expect["now"]),
+        engine=engine,
+        settings=expect.get("settings"),
+    )
+    canonical = orjson.loads(to_json(result))
+    canonical["knowledge_base"]["digest"] = regenerate.DIGEST_MASK
+    assert canonical == results[folder.name]

@@ -23,9 +23,10 @@ def task_key(patient: str, finding: Mapping[str, Any]) -> str:
     with the calendar alone is keyed by what it derives from, so an item keeps its id from day to day while
     nothing about the patient changed: a count of days since a date (days on a drug, since the last liver test) by
     that date, and a result by its value and date whether or not it has aged past its validity (an aged result the
-    rule needs changes the finding itself)."""
-    facts = [_calendar_free(fact) for fact in finding.get("facts", [])]
-    inputs = {"facts": facts, "evidence": finding.get("evidence", [])}
+    rule needs changes the finding itself). Sources and evidence enter as sets, so the order of the input does not
+    matter."""
+    facts = [_key_form(fact) for fact in finding.get("facts", [])]
+    inputs = {"facts": facts, "evidence": sorted(finding.get("evidence", []))}
     material = orjson.dumps(
         [patient, finding["rule_id"], finding["rule_version"], inputs],
         option=orjson.OPT_SORT_KEYS,
@@ -33,11 +34,14 @@ def task_key(patient: str, finding: Mapping[str, Any]) -> str:
     return hashlib.sha256(material).hexdigest()[:32]
 
 
-def _calendar_free(fact: Mapping[str, Any]) -> Mapping[str, Any]:
+def _key_form(fact: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The fact as the key reads it: without what changes with the calendar alone, and its sources as a set (their
+    order is the order the resources came in, which a re-export may change)."""
     dated_count = fact.get("unit") == "days" and fact.get("date")
-    if not dated_count and "stale" not in fact:
-        return fact
-    return {name: value for name, value in fact.items() if name != "stale" and not (dated_count and name == "value")}
+    form = {name: value for name, value in fact.items() if name != "stale" and not (dated_count and name == "value")}
+    if form.get("sources"):
+        form["sources"] = sorted(form["sources"])
+    return form
 
 
 def patient_label(patient: Mapping[str, Any]) -> tuple[str, dict[str, str] | None]:

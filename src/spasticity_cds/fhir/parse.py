@@ -45,7 +45,8 @@ def invalid_utf8(data: bytes, offset: int) -> str:
 class ParsedInput:
     """Resources by ``Type/id`` in first-seen order, duplicates collapsed as they arrive, plus fullUrl aliases.
 
-    Of two copies of one ``Type/id`` the one with the later meta.lastUpdated is kept (the later one on a tie);
+    Of two copies of one ``Type/id`` the one with the later meta.lastUpdated is kept (on a tie, the one whose JSON
+    sorts last: the same copy whatever the order they came in);
     resources without an id cannot be duplicates. ``aliases`` maps Bundle fullUrls such as ``urn:uuid:...``
     to ``Type/id``. ``by_type`` indexes the same resources by type, and ``owners`` holds every patient link
     (subject, patient or beneficiary reference; None for none) the resources carry, so that a record whose links
@@ -124,10 +125,10 @@ class ParsedInput:
             owners.add(link.reference if link is not None and link.reference is not None else owner_reference(resource))
 
     def _collapse(self, key: str, previous: Resource, resource: Resource) -> None:
-        """Keep one of two copies of a ``Type/id``: the later lastUpdated, else the later seen."""
+        """Keep one of two copies of a ``Type/id``: the later lastUpdated, else the greater JSON (``_keeps_first``)."""
         self.duplicates += 1
         # An equal copy changes nothing; our own prefetch sends the newest observations twice (two searches).
-        if previous == resource or _last_updated(previous) > _last_updated(resource):
+        if previous == resource or _keeps_first(previous, resource):
             return
         self.resources[key] = resource
         resource_type = resource.resource_type or ""
@@ -159,6 +160,15 @@ def owner_reference(resource: Resource) -> str | None:
         if link is not None and link.reference is not None:
             return link.reference
     return None
+
+
+def _keeps_first(first: Resource, second: Resource) -> bool:
+    """Whether of two different copies the first one seen stays: the later lastUpdated wins and, on a tie, the one
+    whose JSON sorts last, so that which copy a record holds does not depend on the order they came in."""
+    first_updated, second_updated = _last_updated(first), _last_updated(second)
+    if first_updated != second_updated:
+        return first_updated > second_updated
+    return msgspec.json.encode(first) > msgspec.json.encode(second)
 
 
 def _last_updated(resource: Resource) -> str:

@@ -8,6 +8,8 @@ from datetime import datetime
 from functools import cached_property
 from typing import Any
 
+import msgspec
+
 from spasticity_cds.errors import InputError
 from spasticity_cds.fhir.model import Resource, as_json
 from spasticity_cds.fhir.parse import ParsedInput, owner_reference
@@ -15,7 +17,7 @@ from spasticity_cds.fhir.parse import ParsedInput, owner_reference
 
 @dataclass(frozen=True)
 class PatientRecord:
-    """The resources of exactly one patient, with duplicates collapsed and references normalised."""
+    """The resources of exactly one patient, with duplicates collapsed, references normalised, in id order."""
 
     patient_resource: Resource
     by_type: dict[str, list[Resource]]
@@ -39,7 +41,7 @@ class PatientRecord:
         return recorded_death(patient.deceased_boolean, patient.deceased_date_time, now)
 
     def of_type(self, resource_type: str) -> list[Resource]:
-        """Every resource of one type, in input order."""
+        """Every resource of one type, by id (see ``_in_canonical_order``)."""
         return self.by_type.get(resource_type, [])
 
     def normalise(self, reference: str) -> str:
@@ -102,12 +104,25 @@ def build_record(parsed: ParsedInput, *, source: str = "<input>", patient_id: st
         by_type, by_reference, foreign = _without_other_patients(parsed, owner, patient)
     return PatientRecord(
         patient_resource=patient,
-        by_type=by_type,
+        by_type=_in_canonical_order(by_type),
         by_reference=by_reference,
         aliases=parsed.aliases,
         duplicates_dropped=parsed.duplicates,
         other_patient_resources=foreign,
     )
+
+
+def _in_canonical_order(by_type: dict[str, list[Resource]]) -> dict[str, list[Resource]]:
+    """Each type's resources ordered by id (those without one by their content), not as they arrived: the evaluator
+    breaks ties by position (two results of one date, the first of equal Ashworth scores) and lists a fact's sources
+    in it, so the same record sent in another order (a re-export, a shuffled Bundle) must give the same findings."""
+    return {resource_type: sorted(resources, key=_order_key) for resource_type, resources in by_type.items()}
+
+
+def _order_key(resource: Resource) -> tuple[bool, str, bytes]:
+    if resource.id is not None:
+        return False, resource.id, b""
+    return True, "", msgspec.json.encode(resource)
 
 
 def _without_other_patients(
