@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Mapping
 from datetime import datetime
 from functools import lru_cache
@@ -107,6 +108,43 @@ def parse_instant(text: str, *, name: str = "now") -> datetime:
     if moment.year > LATEST_INSTANT_YEAR:  # dose plans and monitoring dates are counted forward from it
         raise InputError(f"{name} {text!r} is past the year {LATEST_INSTANT_YEAR}")
     return moment
+
+
+def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
+    """Declare ``--jurisdiction`` and ``--set NAME=VALUE`` (repeatable) for every command that evaluates, so that
+    they all take settings alike; ``parse_settings`` reads them."""
+    parser.add_argument("--jurisdiction", choices=("us", "uk"), help="labelling for maximum doses (default: us)")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        dest="overrides",
+        help="override a KB setting",
+    )
+
+
+def parse_settings(args: argparse.Namespace) -> dict[str, Value]:
+    """The overrides ``add_settings_arguments`` options give; ``InputError`` for a ``--set`` that is not
+    ``NAME=VALUE``. Names and values are checked against the knowledge base by ``Engine.settings_for``."""
+    settings: dict[str, Value] = {}
+    for item in args.overrides:
+        name, separator, raw = item.partition("=")
+        if not separator or not name:
+            raise InputError(f"--set {item!r} must look like NAME=VALUE")
+        settings[name.strip()] = _setting_value(raw.strip())
+    if args.jurisdiction:
+        settings["jurisdiction"] = args.jurisdiction
+    return settings
+
+
+def _setting_value(raw: str) -> Value:
+    for convert in (int, float):
+        try:
+            return convert(raw)
+        except ValueError:
+            continue
+    return {"true": True, "false": False}.get(raw.lower(), raw)
 
 
 def to_json(result: Mapping[str, Any], *, pretty: bool = False) -> bytes:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -13,6 +13,7 @@ from spasticity_cds import api
 from spasticity_cds.api import PatientInput
 from spasticity_cds.batch import BatchOptions, BatchSummary, is_actionable, run_batch
 from spasticity_cds.batch.tasks import build_task
+from spasticity_cds.engine.facts import Value
 
 NOW = datetime(2026, 11, 1, 9, 30, tzinfo=timezone(timedelta(hours=-5)))
 SEED = 3
@@ -49,9 +50,12 @@ def run(source: Path, out: Path, **options: Any) -> BatchSummary:
     return run_batch(BatchOptions(source=source, out=out, **({"now": NOW} | options)))
 
 
-def evaluator_tasks(patients: Iterable[PatientInput]) -> dict[str, dict[str, Any]]:
-    """The Tasks of running the evaluator on each patient's data directly (no batch code path), by id; a patient
-    whose record carries a death is left out, as the batch policy says."""
+def evaluator_tasks(
+    patients: Iterable[PatientInput], settings: Mapping[str, Value] | None = None
+) -> dict[str, dict[str, Any]]:
+    """The Tasks of running the evaluator on each patient's data directly (no batch code path) under ``settings``
+    (overrides of the defaults), by id; a patient whose record carries a death is left out, as the batch policy
+    says."""
     engine = api.load_knowledge_base()
     manifest = engine.kb.manifest
     knowledge_base = {"name": manifest.name, "version": manifest.version, "digest": engine.kb.digest}
@@ -60,7 +64,7 @@ def evaluator_tasks(patients: Iterable[PatientInput]) -> dict[str, dict[str, Any
         record = api.read_patient(data)
         if record.patient.get("deceasedDateTime") or record.patient.get("deceasedBoolean"):
             continue
-        result = api.evaluate(record, now=NOW, engine=engine)
+        result = api.evaluate(record, now=NOW, engine=engine, settings=settings)
         for finding in filter(is_actionable, result["findings"]):
             task = build_task(
                 finding,
@@ -68,6 +72,7 @@ def evaluator_tasks(patients: Iterable[PatientInput]) -> dict[str, dict[str, Any
                 patient=record.patient,
                 knowledge_base=knowledge_base,
                 authored_on=NOW.isoformat(),
+                settings=settings,
             )
             tasks[task["id"]] = task
     return tasks

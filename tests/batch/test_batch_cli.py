@@ -18,10 +18,10 @@ import pytest
 from rich.console import Console
 
 from spasticity_cds.batch import cli
-from spasticity_cds.errors import BatchError
-from spasticity_cds.synth import write_cohort
+from spasticity_cds.errors import BatchError, SpasticityCdsError
+from spasticity_cds.synth import generate_patient, write_cohort
 
-from .batch_helpers import NOW
+from .batch_helpers import NOW, SEED, N, evaluator_tasks, read_ndjson
 
 
 def parse(*argv: str) -> argparse.Namespace:
@@ -244,3 +244,46 @@ def test_a_worker_killed_by_a_signal_is_reported_with_it(sent: signal.Signals, s
         list(pool.map(signal.raise_signal, [sent]))
     assert said in raised.value.message
     assert ("out-of-memory" in raised.value.message) == (sent == signal.SIGKILL)
+
+
+def test_batch_takes_the_settings_evaluate_takes_gives_their_answers_and_records_them(
+    clean_cohort: Path, tmp_path: Path
+) -> None:
+    console = Console(file=io.StringIO(), width=300, force_terminal=False, color_system=None)
+    settings = ["--jurisdiction", "uk", "--set", "severe_mas_grade=2", "--set", "validity_days_renal=30"]
+    args = parse(str(clean_cohort), "--out", str(tmp_path / "uk"), "--now", NOW.isoformat(), *settings)
+    assert cli.run(args, console) == 0
+    overrides = {"jurisdiction": "uk", "severe_mas_grade": 2, "validity_days_renal": 30}
+    assert orjson.loads((tmp_path / "uk" / "manifest.json").read_bytes())["settings"] == overrides
+    tasks = {task["id"]: task for task in read_ndjson(tmp_path / "uk" / "Task.ndjson")}
+    assert tasks == evaluator_tasks((generate_patient(SEED, index, "lean") for index in range(N)), overrides)
+    assert tasks.keys() != evaluator_tasks(generate_patient(SEED, index, "lean") for index in range(N)).keys()
+
+
+def test_a_changed_setting_supersedes_the_items_of_the_previous_run(clean_cohort: Path, tmp_path: Path) -> None:
+    console = Console(file=io.StringIO(), width=300, force_terminal=False, color_system=None)
+    us = ["--now", NOW.isoformat(), "--jurisdiction", "us"]  # the default: the same items as no setting at all
+    assert cli.run(parse(str(clean_cohort), "--out", str(tmp_path / "us"), *us), console) == 0
+    assert orjson.loads((tmp_path / "us" / "manifest.json").read_bytes())["settings"] == {}
+    uk = ["--now", NOW.isoformat(), "--jurisdiction", "uk", "--since", str(tmp_path / "us")]
+    assert cli.run(parse(str(clean_cohort), "--out", str(tmp_path / "uk"), *uk), console) == 0
+    before = {task["id"] for task in read_ndjson(tmp_path / "us" / "open.ndjson")}
+    closed = read_ndjson(tmp_path / "uk" / "closed.ndjson")
+    assert before and {task["id"] for task in closed} == before
+    assert {task["status"] for task in closed} == {"cancelled"}
+    assert before.isdisjoint(task["id"] for task in read_ndjson(tmp_path / "uk" / "Task.ndjson"))
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [(["--set", "severe_mas_grde=2"], "did you mean 'severe_mas_grade'"), (["--set", "nonsense"], "NAME=VALUE")],
+)
+def test_a_bad_setting_is_refused_before_any_work(
+    clean_cohort: Path, tmp_path: Path, setting: list[str], message: str
+) -> None:
+    console = Console(file=io.StringIO(), width=300, force_terminal=False, color_system=None)
+    args = parse(str(clean_cohort), "--out", str(tmp_path / "run"), "--now", NOW.isoformat(), *setting)
+    with pytest.raises(SpasticityCdsError, match=message) as raised:
+        cli.run(args, console)
+    assert raised.value.exit_code == 2
+    assert not list(tmp_path.iterdir())

@@ -102,9 +102,12 @@ def test_a_file_spark_would_skip_as_hidden_is_refused(clean_cohort: Path, tmp_pa
 
 def test_spark_since_matches_local_since(spark_session: Any, clean_cohort: Path, tmp_path: Path) -> None:
     run(clean_cohort, tmp_path / "first")
-    run(clean_cohort, tmp_path / "local", since=tmp_path / "first")
-    run(clean_cohort, tmp_path / "spark", since=tmp_path / "first", engine="spark")
-    for name in ("Task.ndjson", "closed.ndjson", "open.ndjson"):
+    uk = {"jurisdiction": "uk"}  # changed settings: every item is superseded, in both engines alike
+    local = run(clean_cohort, tmp_path / "local", since=tmp_path / "first", settings=uk)
+    spark = run(clean_cohort, tmp_path / "spark", since=tmp_path / "first", engine="spark", settings=uk)
+    assert local.counts["tasks"]["closed"] > 0
+    assert spark.manifest["settings"] == local.manifest["settings"] == uk
+    for name in ("Task.ndjson", "closed.ndjson", "open.ndjson", "worklist.csv"):
         assert (tmp_path / "spark" / name).read_bytes() == (tmp_path / "local" / name).read_bytes(), name
 
 

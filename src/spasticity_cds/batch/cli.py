@@ -21,7 +21,7 @@ from rich.progress import (
 )
 from rich.text import Text
 
-from spasticity_cds.api import parse_instant
+from spasticity_cds.api import add_settings_arguments, parse_instant, parse_settings
 from spasticity_cds.errors import BatchError, EvaluationError, InputError
 
 ENGINES = ("local", "spark")
@@ -61,6 +61,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--since", type=Path, metavar="PREVIOUS_RUN", help="previous run: write only changes")
     parser.add_argument("--now", type=_instant, help="evaluation instant, ISO 8601 with offset (default: now)")
     parser.add_argument("--kb", type=Path, dest="kb_path", help="knowledge-base folder (default: the shipped one)")
+    add_settings_arguments(parser)
     parser.add_argument("--app-url", default="", help="base URL of the web app for patient links (default: /)")
     parser.add_argument("--memory-limit", default="512MB", help="DuckDB memory for the --since join before spilling")
     parser.add_argument(
@@ -124,6 +125,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
         workers=args.workers,
         since=args.since,
         kb_path=args.kb_path,
+        settings=parse_settings(args),
         app_url=args.app_url,
         memory_limit=args.memory_limit,
         spark_master=args.spark_master,

@@ -15,6 +15,7 @@ from spasticity_cds import api
 from spasticity_cds.batch import policy, problems, worklist
 from spasticity_cds.batch.tasks import build_task, worklist_row
 from spasticity_cds.engine.evaluator import Engine
+from spasticity_cds.engine.facts import Value
 from spasticity_cds.errors import InputError
 from spasticity_cds.fhir.model import RESOURCE_DECODER, Resource
 
@@ -51,6 +52,8 @@ class EvaluationSpec:
     now: datetime
     files: tuple[str, ...]
     kb_path: str | None = None
+    #: Knowledge-base setting overrides (``--jurisdiction``, ``--set``) as (name, value) pairs: hashable.
+    settings: tuple[tuple[str, Value], ...] = ()
 
 
 class PatientEvaluator:
@@ -60,6 +63,10 @@ class PatientEvaluator:
         self.spec = spec
         self.engine = engine or api.load_knowledge_base(Path(spec.kb_path) if spec.kb_path else None)
         self.authored_on = spec.now.isoformat()
+        active = self.engine.settings_for(dict(spec.settings))
+        #: The overrides that change a setting (``--jurisdiction us``, the default, changes none): they enter every
+        #: Task key, so that items found under other settings are superseded, and the manifest.
+        self.settings = {name: value for name, value in active.items() if value != self.engine.defaults[name]}
         manifest = self.engine.kb.manifest
         self.knowledge_base = {"name": manifest.name, "version": manifest.version, "digest": self.engine.kb.digest}
 
@@ -90,7 +97,7 @@ class PatientEvaluator:
             if policy.is_deceased(record, self.spec.now):
                 outcome.status = DECEASED
                 return outcome
-            result = self.engine.evaluate(record, self.spec.now)
+            result = self.engine.evaluate(record, self.spec.now, self.settings)
         except InputError as error:
             outcome.status = FAILED
             outcome.problems.append(_dump(problems.operation_outcome(problems.PATIENT_INPUT, error.message, where)))
@@ -124,6 +131,7 @@ class PatientEvaluator:
             patient=patient,
             knowledge_base=self.knowledge_base,
             authored_on=self.authored_on,
+            settings=self.settings,
         )
         row = worklist.render(worklist_row(task, finding))
         return (

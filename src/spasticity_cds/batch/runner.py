@@ -5,18 +5,20 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from spasticity_cds import api
 from spasticity_cds.batch import bundles, output, problems
 from spasticity_cds.batch.download import Downloader, DownloadProgress
 from spasticity_cds.batch.inputs import InputFile, InputSet, discover, unterminated_last_line
-from spasticity_cds.batch.patient import EvaluationSpec, cached_evaluator
+from spasticity_cds.batch.patient import EvaluationSpec, PatientEvaluator, cached_evaluator
 from spasticity_cds.batch.scan import BLOCK_BYTES
-from spasticity_cds.errors import BatchError
+from spasticity_cds.engine.facts import Value
+from spasticity_cds.errors import BatchError, InputError
 
 ENGINES = ("local", "spark")
 #: The folder, inside the run's work folder, of files downloaded from a manifest's remote URLs.
@@ -40,6 +42,8 @@ class BatchOptions:
     memory_limit: str = "512MB"
     block_bytes: int = BLOCK_BYTES
     spark_master: str | None = None
+    #: Knowledge-base setting overrides, as ``evaluate --jurisdiction/--set`` takes them.
+    settings: Mapping[str, Value] = field(default_factory=dict)
     #: Bearer token for a manifest's remote files when it says they need one; kept out of every repr and log.
     access_token: str | None = field(default=None, repr=False)
 
@@ -84,6 +88,7 @@ def run_batch(
         raise BatchError(f"--workers must be at least 1 (got {options.workers})")
     if options.now.tzinfo is None:
         raise BatchError("--now must carry a UTC offset")
+    _check_settings(options)
     started = time.perf_counter()
     out = options.out.absolute()
     partial = _prepare(out)  # first: it restores an output a killed run left between its two renames
@@ -103,6 +108,14 @@ def run_batch(
     return BatchSummary(out=out, seconds=time.perf_counter() - started, manifest=manifest)
 
 
+def _check_settings(options: BatchOptions) -> None:
+    """A bad setting is the whole run's mistake: refused before any input is read, as ``evaluate`` refuses it."""
+    try:
+        api.load_knowledge_base(options.kb_path).settings_for(options.settings)
+    except InputError as error:
+        raise BatchError(error.message, where="--set/--jurisdiction") from None
+
+
 def _run_into(
     partial: Path, inputs: InputSet, previous: Path | None, options: BatchOptions, progress: Progress | None
 ) -> dict[str, Any]:
@@ -110,6 +123,7 @@ def _run_into(
         now=options.now,
         files=tuple(item.name for item in inputs.files),
         kb_path=str(options.kb_path) if options.kb_path else None,
+        settings=tuple(sorted(options.settings.items())),
     )
     writer = output.RunWriter(partial, previous)
     try:
@@ -136,9 +150,9 @@ def _run_into(
         )
     finally:
         writer.close()
-    knowledge_base = cached_evaluator(spec).knowledge_base
-    output.write_json(partial / output.RULE_COUNTS, writer.counts.rule_counts(knowledge_base))
-    manifest = _manifest(inputs, previous, options, knowledge_base, report, writer, tasks)
+    evaluator = cached_evaluator(spec)
+    output.write_json(partial / output.RULE_COUNTS, writer.counts.rule_counts(evaluator.knowledge_base))
+    manifest = _manifest(inputs, previous, options, evaluator, report, writer, tasks)
     output.write_json(partial / output.MANIFEST, manifest)
     shutil.rmtree(writer.work)
     return manifest
@@ -210,7 +224,7 @@ def _manifest(
     inputs: InputSet,
     previous: Path | None,
     options: BatchOptions,
-    knowledge_base: dict[str, Any],
+    evaluator: PatientEvaluator,
     report: EngineReport,
     writer: output.RunWriter,
     tasks: dict[str, int],
@@ -240,7 +254,8 @@ def _manifest(
         "request": f"spasticity-cds batch {inputs.source}",
         "requiresAccessToken": False,
         "evaluatedAt": options.now.isoformat(),
-        "knowledgeBase": knowledge_base,
+        "knowledgeBase": evaluator.knowledge_base,
+        "settings": evaluator.settings,
         "engine": report.engine,
         "input": {
             "source": str(inputs.source),

@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 
 from spasticity_cds.batch import policy
-from spasticity_cds.engine.facts import Fact
+from spasticity_cds.engine.facts import Fact, Value
 
 #: At most this many characters of a patient's name or record number in a Task and a worklist row (no name is
 #: that long; an export that carries megabytes there must not make a line too long to read back).
@@ -18,20 +18,20 @@ LABEL_LIMIT = 200
 INT32_MAX = 2**31 - 1
 
 
-def task_key(patient: str, finding: Mapping[str, Any]) -> str:
+def task_key(patient: str, finding: Mapping[str, Any], settings: Mapping[str, Value] | None = None) -> str:
     """Stable id of a worklist item: a hash of (patient, rule id + version, the inputs the rule used). What changes
     with the calendar alone is keyed by what it derives from, so an item keeps its id from day to day while
     nothing about the patient changed: a count of days since a date (days on a drug, since the last liver test) by
     that date, and a result by its value and date whether or not it has aged past its validity (an aged result the
     rule needs changes the finding itself). Sources and evidence enter as sets, so the order of the input does not
-    matter."""
+    matter. Setting overrides (``settings``, those that change a value) enter too: an item found under other
+    settings is another item, while runs on the defaults keep their keys."""
     facts = [_key_form(fact) for fact in finding.get("facts", [])]
     inputs = {"facts": facts, "evidence": sorted(finding.get("evidence", []))}
-    material = orjson.dumps(
-        [patient, finding["rule_id"], finding["rule_version"], inputs],
-        option=orjson.OPT_SORT_KEYS,
-    )
-    return hashlib.sha256(material).hexdigest()[:32]
+    material: list[Any] = [patient, finding["rule_id"], finding["rule_version"], inputs]
+    if settings:
+        material.append(dict(settings))
+    return hashlib.sha256(orjson.dumps(material, option=orjson.OPT_SORT_KEYS)).hexdigest()[:32]
 
 
 def _key_form(fact: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -141,9 +141,10 @@ def build_task(
     patient: Mapping[str, Any],
     knowledge_base: Mapping[str, Any],
     authored_on: str,
+    settings: Mapping[str, Value] | None = None,
 ) -> dict[str, Any]:
-    """One FHIR R4 Task (status requested, intent proposal) for an actionable finding."""
-    key = task_key(patient_ref, finding)
+    """One FHIR R4 Task (status requested, intent proposal) for an actionable finding under ``settings``."""
+    key = task_key(patient_ref, finding, settings)
     code = policy.action_code(finding)
     evidence = [str(ref) for ref in finding.get("evidence", [])]
     focus = next((ref for ref in evidence if ref.startswith("MedicationRequest/")), None)

@@ -23,7 +23,15 @@ from rich.console import Console
 from rich.markup import escape
 
 from spasticity_cds import __version__
-from spasticity_cds.api import explain, load_knowledge_base, parse_instant, read_patient, to_json
+from spasticity_cds.api import (
+    add_settings_arguments,
+    explain,
+    load_knowledge_base,
+    parse_instant,
+    parse_settings,
+    read_patient,
+    to_json,
+)
 from spasticity_cds.engine.evaluator import Engine
 from spasticity_cds.engine.facts import Value
 from spasticity_cds.errors import InputError, SpasticityCdsError
@@ -102,15 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _common_evaluation_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--now", help="evaluation instant, ISO 8601 with offset (default: now)")
-    parser.add_argument("--jurisdiction", choices=("us", "uk"), help="labelling for maximum doses (default: us)")
-    parser.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="NAME=VALUE",
-        dest="overrides",
-        help="override a KB setting",
-    )
+    add_settings_arguments(parser)
     parser.add_argument("--kb", type=Path, dest="kb_path", help="knowledge-base folder (default: the shipped one)")
 
 
@@ -147,27 +147,6 @@ def parse_now(text: str | None) -> datetime:
     return parse_instant(text, name="--now")
 
 
-def _settings(args: argparse.Namespace) -> dict[str, Value]:
-    settings: dict[str, Value] = {}
-    for item in args.overrides:
-        name, separator, raw = item.partition("=")
-        if not separator or not name:
-            raise InputError(f"--set {item!r} must look like NAME=VALUE")
-        settings[name.strip()] = _setting_value(raw.strip())
-    if args.jurisdiction:
-        settings["jurisdiction"] = args.jurisdiction
-    return settings
-
-
-def _setting_value(raw: str) -> Value:
-    for convert in (int, float):
-        try:
-            return convert(raw)
-        except ValueError:
-            continue
-    return {"true": True, "false": False}.get(raw.lower(), raw)
-
-
 def _engine(args: argparse.Namespace) -> Engine:
     return load_knowledge_base(getattr(args, "kb_path", None))
 
@@ -192,7 +171,7 @@ Outcome = dict[str, Any] | InputError
 
 def _cmd_evaluate(args: argparse.Namespace, console: Console) -> int:
     engine = _engine(args)
-    now, settings = parse_now(args.now), _settings(args)
+    now, settings = parse_now(args.now), parse_settings(args)
     engine.settings_for(settings)  # a bad --set is the whole run's mistake: refused before any file, not per file
     outcomes = [_evaluated(engine, name, now, settings) for name in args.files]
     if len(outcomes) == 1 and isinstance(outcomes[0], InputError):
@@ -240,7 +219,7 @@ def _json_entry(outcome: Outcome) -> dict[str, Any]:
 def _cmd_explain(args: argparse.Namespace, console: Console) -> int:
     engine = _engine(args)
     record = read_patient(_read_file(args.file), source=args.file)
-    explanation = explain(record, args.rule_id, now=parse_now(args.now), engine=engine, settings=_settings(args))
+    explanation = explain(record, args.rule_id, now=parse_now(args.now), engine=engine, settings=parse_settings(args))
     if args.format == "json":
         sys.stdout.buffer.write(to_json(explanation, pretty=True) + b"\n")
         sys.stdout.flush()
