@@ -18,6 +18,8 @@ from spasticity_cds.engine.facts import Value
 NOW = datetime(2026, 11, 1, 9, 30, tzinfo=timezone(timedelta(hours=-5)))
 SEED = 3
 N = 30
+#: What the clean cohort reports: synth repeats some resources of 11 of its patients, as servers do.
+CLEAN_PROBLEMS = {"duplicate": 11}
 
 #: Bad lines appended to Observation.ndjson; the tests look their line numbers up by their marker text.
 BAD_OBSERVATION_LINES = [

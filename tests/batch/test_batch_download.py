@@ -18,7 +18,7 @@ import pytest
 from spasticity_cds.batch import BatchOptions, run_batch
 from spasticity_cds.errors import BatchError
 
-from .batch_helpers import NOW, run
+from .batch_helpers import CLEAN_PROBLEMS, NOW, run
 
 TOKEN = "secret-token-for-tests"
 
@@ -113,7 +113,7 @@ def test_a_gzip_body_is_read_as_gzip(clean_cohort: Path, tmp_path: Path) -> None
         summary = run(remote_manifest(clean_cohort, tmp_path / "m", f"{base}/gzip"), tmp_path / "gz")
     run(clean_cohort, tmp_path / "local")
     assert (tmp_path / "gz" / "Task.ndjson").read_bytes() == (tmp_path / "local" / "Task.ndjson").read_bytes()
-    assert summary.counts["problems"] == {}
+    assert summary.counts["problems"] == CLEAN_PROBLEMS
 
 
 def test_the_token_is_sent_when_required_and_written_nowhere(clean_cohort: Path, tmp_path: Path) -> None:

@@ -17,7 +17,17 @@ from spasticity_cds.batch.inputs import TAIL_STEP, unterminated_last_line
 from spasticity_cds.errors import BatchError
 from spasticity_cds.synth import generate_patient
 
-from .batch_helpers import BAD_OBSERVATION_LINES, NOW, SEED, N, evaluator_tasks, line_of, read_ndjson, run
+from .batch_helpers import (
+    BAD_OBSERVATION_LINES,
+    CLEAN_PROBLEMS,
+    NOW,
+    SEED,
+    N,
+    evaluator_tasks,
+    line_of,
+    read_ndjson,
+    run,
+)
 
 
 def test_batch_equals_the_evaluator_patient_by_patient(clean_cohort: Path, tmp_path: Path) -> None:
@@ -29,8 +39,7 @@ def test_batch_equals_the_evaluator_patient_by_patient(clean_cohort: Path, tmp_p
     counts = summary.counts
     assert counts["patients"] == counts["patientsEvaluated"] == N
     assert counts["tasks"]["new"] == counts["tasks"]["open"] == len(expected)
-    assert counts["problems"] == {}
-    assert (tmp_path / "run" / "OperationOutcome.ndjson").read_bytes() == b""
+    assert counts["problems"] == CLEAN_PROBLEMS
 
 
 def test_two_workers_write_the_same_bytes_as_one(bad_cohort: Path, tmp_path: Path) -> None:
@@ -110,6 +119,7 @@ def test_bad_input_is_counted_and_located_and_never_stops_the_run(bad_cohort: Pa
     assert "no Patient resource" in ghost[0]["diagnostics"]
     counts = summary.counts
     assert counts["problems"] == {
+        **CLEAN_PROBLEMS,
         "invalid-utf8": 1,
         "malformed": 3,
         "no-patient": 2,
@@ -251,7 +261,7 @@ def test_a_byte_order_mark_at_the_start_of_a_file_is_dropped(clean_cohort: Path,
     summary = run(export, tmp_path / "bom")
     run(clean_cohort, tmp_path / "plain")
     assert (tmp_path / "bom" / "Task.ndjson").read_bytes() == (tmp_path / "plain" / "Task.ndjson").read_bytes()
-    assert summary.counts["problems"] == {}
+    assert summary.counts["problems"] == CLEAN_PROBLEMS
 
 
 def test_a_number_beyond_a_double_is_an_unreadable_value_not_a_lost_patient(clean_cohort: Path, tmp_path: Path) -> None:
@@ -263,7 +273,7 @@ def test_a_number_beyond_a_double_is_an_unreadable_value_not_a_lost_patient(clea
             lines[index] = re.sub(rb'("valueQuantity":\{"value":)[-0-9.]+', rb"\g<1>1e999", line)
     (export / "Observation.ndjson").write_bytes(b"".join(lines))
     summary = run(export, tmp_path / "run")
-    assert summary.counts["problems"] == {}
+    assert summary.counts["problems"] == CLEAN_PROBLEMS
     assert summary.counts["patientsEvaluated"] == N
     assert summary.counts["resources"] == run(clean_cohort, tmp_path / "plain").counts["resources"]
 
@@ -430,3 +440,32 @@ def test_a_file_that_cannot_be_read_to_its_end_is_reported_and_the_rest_is_run(
         if outcome["issue"][0]["details"]["coding"][0]["code"] == "unreadable-file"
     }
     assert reported == {"Observation.ndjson.gz", "Fake.ndjson.gz"}
+
+
+def duplicated_export(folder: Path) -> Path:
+    """Patient d1 twice (the second copy with another birthDate) and its Condition again in a second file."""
+    folder.mkdir()
+    patient = {"resourceType": "Patient", "id": "d1", "birthDate": "1960-01-01"}
+    condition = {"resourceType": "Condition", "id": "c1", "subject": {"reference": "Patient/d1"}}
+    (folder / "Patient.ndjson").write_bytes(
+        orjson.dumps(patient) + b"\n" + orjson.dumps({**patient, "birthDate": "1950-05-05"}) + b"\n"
+    )
+    (folder / "Condition.ndjson").write_bytes(orjson.dumps(condition) + b"\n")
+    (folder / "More.ndjson").write_bytes(orjson.dumps(condition) + b"\n")
+    return folder
+
+
+def test_duplicate_resources_are_reported_per_patient_and_counted(tmp_path: Path) -> None:
+    summary = run(duplicated_export(tmp_path / "export"), tmp_path / "run")
+    assert summary.counts["problems"] == {"duplicate": 1}
+    [outcome] = read_ndjson(tmp_path / "run" / "OperationOutcome.ndjson")
+    issue = outcome["issue"][0]
+    assert (issue["severity"], issue["code"], issue["details"]["coding"][0]["code"]) == (
+        "warning",
+        "duplicate",
+        "duplicate",
+    )
+    assert issue["location"] == ["Patient/d1 (Condition.ndjson:1)"]
+    assert "2 duplicate resources collapsed" in issue["diagnostics"]
+    assert "Condition/c1 at Condition.ndjson:1, More.ndjson:1;" in issue["diagnostics"]
+    assert "Patient/d1 at Patient.ndjson:1, Patient.ndjson:2 (copies differ)" in issue["diagnostics"]

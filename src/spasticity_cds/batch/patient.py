@@ -28,6 +28,8 @@ DECEASED: Final = "deceased"
 Line = tuple[int, int, bytes]
 #: One fired finding for the rule counts: (rule id, rule version, kind, severity, actionable).
 Fired = tuple[str, int, str, str, bool]
+#: At most this many duplicated resources are named one by one in a patient's report; the rest are counted.
+DUPLICATES_NAMED: Final = 10
 #: One worklist item, serialised where it was evaluated (the writer only appends the bytes): the key line
 #: ``{"id", "patient", "rule_id"}``, the Task, the severity rank, the row line ``{"id", "row"}``.
 Item = tuple[bytes, bytes, int, bytes]
@@ -78,6 +80,7 @@ class PatientEvaluator:
         """Evaluate one patient from its input lines; bad lines and bad records are reported, never raised."""
         outcome = PatientOutcome(key=key, status=EVALUATED)
         resources: list[Resource | dict[str, Any]] = []
+        copies: dict[str, list[Line]] = {}
         for line in lines:
             raw = line[2]
             try:
@@ -91,7 +94,14 @@ class PatientEvaluator:
                 continue
             if isinstance(document, Resource | dict):
                 resources.append(document)
+                resource_key = _resource_key(document)
+                if resource_key is not None:
+                    copies.setdefault(resource_key, []).append(line)
         where = f"{key} ({self.location(lines[0])})" if lines else key
+        duplicated = {resource_key: found for resource_key, found in copies.items() if len(found) > 1}
+        if duplicated:
+            report = self._duplicates(duplicated)
+            outcome.problems.append(_dump(problems.operation_outcome(problems.DUPLICATE, report, where)))
         try:
             record = api.read_patient(resources, source=where)
             if policy.is_deceased(record, self.spec.now):
@@ -124,6 +134,21 @@ class PatientEvaluator:
                 outcome.items.append(self._item(finding, patient_ref, record.patient))
         return outcome
 
+    def _duplicates(self, duplicated: Mapping[str, Sequence[Line]]) -> str:
+        """What a patient's duplicate report says: how many copies were collapsed, and which (where each copy
+        stands, and whether their text differs: then only one of them was read)."""
+        extra = sum(len(found) - 1 for found in duplicated.values())
+        named = []
+        for resource_key, found in list(duplicated.items())[:DUPLICATES_NAMED]:
+            differ = " (copies differ)" if len({line[2] for line in found}) > 1 else ""
+            named.append(f"{resource_key} at {', '.join(self.location(line) for line in found)}{differ}")
+        more = len(duplicated) - len(named)
+        tail = f"; and {more} more resources" if more else ""
+        return (
+            f"{extra} duplicate resources collapsed, one copy of each kept (the later meta.lastUpdated, else the "
+            f"one whose JSON sorts last): {'; '.join(named)}{tail}"
+        )
+
     def _item(self, finding: Mapping[str, Any], patient_ref: str, patient: Mapping[str, Any]) -> Item:
         task = build_task(
             finding,
@@ -140,6 +165,17 @@ class PatientEvaluator:
             policy.SEVERITY_RANK.get(str(finding["severity"]), 9),
             _dump({"id": task["id"], "row": row}),
         )
+
+
+def _resource_key(document: Resource | dict[str, Any]) -> str | None:
+    """``Type/id`` of a decoded line, as the record collapses copies by it; None without an id."""
+    if isinstance(document, Resource):
+        resource_type, resource_id = document.resource_type, document.id
+    else:
+        resource_type, resource_id = document.get("resourceType"), document.get("id")
+    if not isinstance(resource_type, str) or not isinstance(resource_id, str) or not resource_id:
+        return None
+    return f"{resource_type}/{resource_id}"
 
 
 def decode_line(raw: bytes) -> Any:

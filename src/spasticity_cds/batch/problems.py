@@ -205,6 +205,7 @@ EVALUATION: Final = "evaluation"
 INCOMPLETE_EXPORT: Final = "incomplete-export"
 UNREADABLE_FILE: Final = "unreadable-file"
 INVALID_UTF8: Final = "invalid-utf8"
+DUPLICATE: Final = "duplicate"
 #: Problems a line has beside its status: it is still classified and read, and counted once more under the flag.
 LINE_FLAGS: Final = (INVALID_UTF8,)
 #: The categories of a single input line (counted per file, reported with file and line).
@@ -221,6 +222,7 @@ CATEGORIES: Final = {
     INCOMPLETE_EXPORT: ("error", "incomplete"),
     UNREADABLE_FILE: ("error", "incomplete"),
     INVALID_UTF8: ("warning", "structure"),
+    DUPLICATE: ("warning", "duplicate"),
 }
 #: Per input file and category, lines reported one by one; the rest are summed up in one more record.
 DETAIL_CAP: Final = 100
