@@ -469,3 +469,16 @@ def test_duplicate_resources_are_reported_per_patient_and_counted(tmp_path: Path
     assert "2 duplicate resources collapsed" in issue["diagnostics"]
     assert "Condition/c1 at Condition.ndjson:1, More.ndjson:1;" in issue["diagnostics"]
     assert "Patient/d1 at Patient.ndjson:1, Patient.ndjson:2 (copies differ)" in issue["diagnostics"]
+
+
+def test_patient_links_as_urn_uuid_reach_their_patient(clean_cohort: Path, tmp_path: Path) -> None:
+    export = tmp_path / "export"
+    shutil.copytree(clean_cohort, export, ignore=shutil.ignore_patterns("manifest.json"))
+    for path in export.glob("*.ndjson"):
+        if path.name != "Patient.ndjson":  # every patient link as a resource taken out of a Bundle keeps it
+            path.write_bytes(path.read_bytes().replace(b'"Patient/', b'"urn:uuid:'))
+    assert b"urn:uuid:" in (export / "Condition.ndjson").read_bytes()
+    summary = run(export, tmp_path / "urn")
+    run(clean_cohort, tmp_path / "relative")
+    assert summary.counts["problems"] == CLEAN_PROBLEMS
+    assert (tmp_path / "urn" / "Task.ndjson").read_bytes() == (tmp_path / "relative" / "Task.ndjson").read_bytes()

@@ -151,3 +151,10 @@ def test_a_patient_without_an_id_is_reported_as_such_not_as_unlinked() -> None:
     message = problems.describe(classified.status, classified.resource_type, b"")
     assert message.startswith("Patient has no id")
     assert "not linked" not in message
+
+
+def test_a_urn_uuid_patient_link_keys_the_patient_of_that_id() -> None:
+    raw = b'{"resourceType": "Condition", "id": "c", "subject": {"reference": "urn:uuid:9f1c-0a"}}'
+    classified = problems.classify(raw)
+    assert (classified.status, classified.key) == (problems.OK, "Patient/9f1c-0a")
+    assert fast_key(raw) is None

@@ -259,3 +259,13 @@ def test_a_bare_scheme_as_a_patient_link_is_another_patient_not_a_crash() -> Non
     rec = read_patient([PATIENT, condition("c1", subject="https://")])
     assert rec.other_patient_resources == 1
     assert rec.normalise("https://") == "https://"
+
+
+def test_a_urn_uuid_patient_link_is_the_patient_with_that_id_unless_the_urn_names_another_entry() -> None:
+    linked = condition("c1", subject="urn:uuid:p1")
+    assert [r.id for r in read([PATIENT, linked]).of_type("Condition")] == ["c1"]
+    other = {"fullUrl": "urn:uuid:p1", "resource": {"resourceType": "Group", "id": "g1"}}
+    with_group = bundle(PATIENT, linked)
+    with_group["entry"].append(other)
+    rec = read(with_group)
+    assert rec.of_type("Condition") == [] and rec.other_patient_resources == 1

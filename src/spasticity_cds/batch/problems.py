@@ -188,6 +188,9 @@ PATIENT_LINK_FIELDS: Final = ("subject", "patient", "beneficiary")
 PATIENT_REFERENCE: Final = r"(^|/)Patient/([^/]+)(/_history/[^/]+)?$"
 MEDICATION_REFERENCE: Final = r"(^|/)Medication/([^/]+)(/_history/[^/]+)?$"
 _PATIENT_RE = re.compile(PATIENT_REFERENCE)
+#: A ``urn:uuid:`` reference, as a resource taken out of a Bundle keeps it: the id its target has in an export
+#: (the urn's uuid, as a server or Synthea gives an entry without one).
+_URN_UUID_RE = re.compile(r"urn:uuid:([A-Za-z0-9\-.]{1,64})")
 _MEDICATION_RE = re.compile(MEDICATION_REFERENCE)
 #: Checks JSON syntax only (every field skipped), as the engines' typed line decoders do.
 _SYNTAX_ONLY = msgspec.json.Decoder(msgspec.Struct)
@@ -255,6 +258,17 @@ def _scalar(value: Any) -> str | None:
     return str(value)
 
 
+def _patient_key(link: str) -> str | None:
+    """The patient key of a patient link: ``Patient/{id}`` relative, absolute or version-specific, or a
+    ``urn:uuid:{id}`` (read as ``Patient/{id}``: a link to no Patient of the export is then reported as a patient
+    without a Patient resource, as a dangling ``Patient/{id}`` is)."""
+    match = _PATIENT_RE.search(link)
+    if match:
+        return f"Patient/{match.group(2)}"
+    urn = _URN_UUID_RE.fullmatch(link)
+    return f"Patient/{urn.group(1)}" if urn else None
+
+
 def _provenance_patient(document: Mapping[str, Any], resource_type: str) -> str | None:
     """A Provenance belongs to the first Patient among its targets (its way into the Patient compartment), which
     FHIR asks to be version-specific (``Patient/x/_history/2``)."""
@@ -288,8 +302,8 @@ def classify(raw: bytes) -> Classified:
         key = f"Patient/{resource_id}" if resource_id else None
     else:
         link = next((ref for ref in (_reference(document, name) for name in PATIENT_LINK_FIELDS) if ref), None)
-        match = _PATIENT_RE.search(link) if link is not None else None
-        key = f"Patient/{match.group(2)}" if match else _provenance_patient(document, resource_type)
+        key = _patient_key(link) if link is not None else None
+        key = key or _provenance_patient(document, resource_type)
     medication = _reference(document, "medicationReference")
     med_match = _MEDICATION_RE.search(medication) if medication is not None else None
     medication_ref = f"Medication/{med_match.group(2)}" if med_match else None

@@ -139,10 +139,15 @@ def _without_other_patients(
 
 
 class _OwnerCheck:
-    """Whether a patient link points at the patient (by Type/id or a Bundle alias of it); None means no link."""
+    """Whether a patient link points at the patient (by Type/id, a Bundle alias of it, or ``urn:uuid:{its id}``
+    when that urn is no other entry's fullUrl: a resource taken out of a Bundle keeps such links); None means no
+    link."""
 
     def __init__(self, patient_reference: str, aliases: dict[str, str]) -> None:
         self.ours = {patient_reference, *(alias for alias, target in aliases.items() if target == patient_reference)}
+        urn = f"urn:uuid:{patient_reference.removeprefix('Patient/')}"
+        if aliases.get(urn, patient_reference) == patient_reference:
+            self.ours.add(urn)
         self.aliases = aliases
         self.verdicts: dict[str | None, bool] = {None: True}
 
