@@ -98,3 +98,26 @@ def invalid_utf8_export(tmp_path: Path) -> Path:
     }
     (out / "Bundles.ndjson").write_bytes(orjson.dumps(bundle).replace(b"BAD", b"\xc3(") + b"\n")
     return out
+
+
+@pytest.fixture
+def odd_links_export(tmp_path: Path) -> Path:
+    """Patient d1 twice (the second copy with another birthDate), its Condition again in a second file, one linked
+    by urn:uuid, one by a conditional reference, and a Patient without an id."""
+    folder = tmp_path / "odd-links"
+    folder.mkdir()
+    patient = {"resourceType": "Patient", "id": "d1", "birthDate": "1960-01-01"}
+    condition = {"resourceType": "Condition", "id": "c1", "subject": {"reference": "Patient/d1"}}
+    by_urn = {"resourceType": "Condition", "id": "c2", "subject": {"reference": "urn:uuid:d1"}}
+    by_search = {"resourceType": "Condition", "id": "c3", "subject": {"reference": "Patient?identifier=urn:mrn|1"}}
+    (folder / "Patient.ndjson").write_bytes(
+        orjson.dumps(patient)
+        + b"\n"
+        + orjson.dumps({**patient, "birthDate": "1950-05-05"})
+        + b"\n"
+        + orjson.dumps({"resourceType": "Patient", "name": [{"family": "NoId"}]})
+        + b"\n"
+    )
+    (folder / "Condition.ndjson").write_bytes(b"".join(orjson.dumps(c) + b"\n" for c in (condition, by_urn, by_search)))
+    (folder / "More.ndjson").write_bytes(orjson.dumps(condition) + b"\n")
+    return folder

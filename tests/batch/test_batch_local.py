@@ -442,33 +442,26 @@ def test_a_file_that_cannot_be_read_to_its_end_is_reported_and_the_rest_is_run(
     assert reported == {"Observation.ndjson.gz", "Fake.ndjson.gz"}
 
 
-def duplicated_export(folder: Path) -> Path:
-    """Patient d1 twice (the second copy with another birthDate) and its Condition again in a second file."""
-    folder.mkdir()
-    patient = {"resourceType": "Patient", "id": "d1", "birthDate": "1960-01-01"}
-    condition = {"resourceType": "Condition", "id": "c1", "subject": {"reference": "Patient/d1"}}
-    (folder / "Patient.ndjson").write_bytes(
-        orjson.dumps(patient) + b"\n" + orjson.dumps({**patient, "birthDate": "1950-05-05"}) + b"\n"
-    )
-    (folder / "Condition.ndjson").write_bytes(orjson.dumps(condition) + b"\n")
-    (folder / "More.ndjson").write_bytes(orjson.dumps(condition) + b"\n")
-    return folder
-
-
-def test_duplicate_resources_are_reported_per_patient_and_counted(tmp_path: Path) -> None:
-    summary = run(duplicated_export(tmp_path / "export"), tmp_path / "run")
-    assert summary.counts["problems"] == {"duplicate": 1}
-    [outcome] = read_ndjson(tmp_path / "run" / "OperationOutcome.ndjson")
-    issue = outcome["issue"][0]
-    assert (issue["severity"], issue["code"], issue["details"]["coding"][0]["code"]) == (
-        "warning",
-        "duplicate",
-        "duplicate",
-    )
-    assert issue["location"] == ["Patient/d1 (Condition.ndjson:1)"]
-    assert "2 duplicate resources collapsed" in issue["diagnostics"]
-    assert "Condition/c1 at Condition.ndjson:1, More.ndjson:1;" in issue["diagnostics"]
-    assert "Patient/d1 at Patient.ndjson:1, Patient.ndjson:2 (copies differ)" in issue["diagnostics"]
+def test_duplicates_odd_links_and_id_less_patients_are_reported_and_counted(
+    odd_links_export: Path, tmp_path: Path
+) -> None:
+    summary = run(odd_links_export, tmp_path / "run")
+    assert summary.counts["problems"] == {"duplicate": 1, "conditional-reference": 1, "no-patient": 1}
+    issues = {
+        o["issue"][0]["details"]["coding"][0]["code"]: o["issue"][0]
+        for o in read_ndjson(tmp_path / "run" / "OperationOutcome.ndjson")
+    }
+    duplicate = issues["duplicate"]
+    assert (duplicate["severity"], duplicate["code"]) == ("warning", "duplicate")
+    assert duplicate["location"] == ["Patient/d1 (Condition.ndjson:1)"]
+    assert "2 duplicate resources collapsed" in duplicate["diagnostics"]
+    assert "Condition/c1 at Condition.ndjson:1, More.ndjson:1;" in duplicate["diagnostics"]
+    assert "Patient/d1 at Patient.ndjson:1, Patient.ndjson:2 (copies differ)" in duplicate["diagnostics"]
+    assert issues["conditional-reference"]["location"] == ["Condition.ndjson:3"]
+    assert "conditional reference (Patient?identifier=...)" in issues["conditional-reference"]["diagnostics"]
+    assert issues["no-patient"]["location"] == ["Patient.ndjson:3"]
+    assert "Patient has no id" in issues["no-patient"]["diagnostics"]
+    assert summary.counts["resources"] == 5  # c2, linked by urn:uuid:d1, is d1's
 
 
 def test_patient_links_as_urn_uuid_reach_their_patient(clean_cohort: Path, tmp_path: Path) -> None:

@@ -158,3 +158,13 @@ def test_a_urn_uuid_patient_link_keys_the_patient_of_that_id() -> None:
     classified = problems.classify(raw)
     assert (classified.status, classified.key) == (problems.OK, "Patient/9f1c-0a")
     assert fast_key(raw) is None
+
+
+@pytest.mark.parametrize(
+    "reference", ["Patient?identifier=urn:mrn|1", "https://ehr.example/fhir/Patient?identifier=http://h.org|1"]
+)
+def test_a_conditional_patient_link_is_a_problem_of_its_own(reference: str) -> None:
+    raw = orjson.dumps({"resourceType": "Condition", "id": "c", "subject": {"reference": reference}})
+    classified = problems.classify(raw)
+    assert (classified.status, classified.key) == (problems.CONDITIONAL_REFERENCE, None)
+    assert fast_key(raw) is None

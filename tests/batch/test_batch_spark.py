@@ -170,3 +170,14 @@ def test_a_file_spark_cannot_read_is_a_batch_error_naming_the_cause(
     with pytest.raises(BatchError, match=r"Spark could not finish the run: java\.io\.IOException: not a gzip file"):
         run(export, tmp_path / "out", engine="spark")
     assert not (tmp_path / "out").exists()
+
+
+def test_spark_and_local_engines_report_duplicates_and_links_alike(
+    spark_session: Any, odd_links_export: Path, tmp_path: Path
+) -> None:
+    local = run(odd_links_export, tmp_path / "local")
+    spark = run(odd_links_export, tmp_path / "spark", engine="spark")
+    for name in ("Task.ndjson", "OperationOutcome.ndjson", "rule_counts.json"):
+        assert (tmp_path / "spark" / name).read_bytes() == (tmp_path / "local" / name).read_bytes(), name
+    assert spark.counts == local.counts
+    assert spark.counts["problems"] == {"duplicate": 1, "conditional-reference": 1, "no-patient": 1}

@@ -191,6 +191,8 @@ _PATIENT_RE = re.compile(PATIENT_REFERENCE)
 #: A ``urn:uuid:`` reference, as a resource taken out of a Bundle keeps it: the id its target has in an export
 #: (the urn's uuid, as a server or Synthea gives an entry without one).
 _URN_UUID_RE = re.compile(r"urn:uuid:([A-Za-z0-9\-.]{1,64})")
+#: A conditional reference to a Patient (a search: ``Patient?identifier=system|value``), relative or absolute.
+_CONDITIONAL_RE = re.compile(r"(^|/)Patient\?")
 _MEDICATION_RE = re.compile(MEDICATION_REFERENCE)
 #: Checks JSON syntax only (every field skipped), as the engines' typed line decoders do.
 _SYNTAX_ONLY = msgspec.json.Decoder(msgspec.Struct)
@@ -202,6 +204,7 @@ BLANK: Final = "blank"
 MALFORMED: Final = "malformed"
 UNKNOWN_TYPE: Final = "unknown-type"
 NO_PATIENT: Final = "no-patient"
+CONDITIONAL_REFERENCE: Final = "conditional-reference"
 CONTEXT: Final = "context"
 PATIENT_INPUT: Final = "patient-input"
 EVALUATION: Final = "evaluation"
@@ -212,7 +215,7 @@ DUPLICATE: Final = "duplicate"
 #: Problems a line has beside its status: it is still classified and read, and counted once more under the flag.
 LINE_FLAGS: Final = (INVALID_UTF8,)
 #: The categories of a single input line (counted per file, reported with file and line).
-LINE_PROBLEMS: Final = (MALFORMED, UNKNOWN_TYPE, NO_PATIENT, *LINE_FLAGS)
+LINE_PROBLEMS: Final = (MALFORMED, UNKNOWN_TYPE, NO_PATIENT, CONDITIONAL_REFERENCE, *LINE_FLAGS)
 #: A problem line kept for the report: (line number, resource type, raw text).
 KeptLine = tuple[int, str | None, bytes]
 #: Problem categories: (OperationOutcome issue severity, issue code).
@@ -220,6 +223,7 @@ CATEGORIES: Final = {
     MALFORMED: ("error", "structure"),
     UNKNOWN_TYPE: ("warning", "not-supported"),
     NO_PATIENT: ("warning", "processing"),
+    CONDITIONAL_REFERENCE: ("warning", "not-supported"),
     PATIENT_INPUT: ("error", "invalid"),
     EVALUATION: ("error", "exception"),
     INCOMPLETE_EXPORT: ("error", "incomplete"),
@@ -304,6 +308,8 @@ def classify(raw: bytes) -> Classified:
         link = next((ref for ref in (_reference(document, name) for name in PATIENT_LINK_FIELDS) if ref), None)
         key = _patient_key(link) if link is not None else None
         key = key or _provenance_patient(document, resource_type)
+        if key is None and link is not None and _CONDITIONAL_RE.search(link):
+            return Classified(CONDITIONAL_REFERENCE, resource_type, None, resource_id)
     medication = _reference(document, "medicationReference")
     med_match = _MEDICATION_RE.search(medication) if medication is not None else None
     medication_ref = f"Medication/{med_match.group(2)}" if med_match else None
@@ -361,6 +367,11 @@ def describe(status: str, resource_type: str | None, raw: bytes) -> str:
         return "no resourceType: not a FHIR resource"
     if status == UNKNOWN_TYPE:
         return f"unknown resource type {resource_type!r} (not FHIR R4); line skipped"
+    if status == CONDITIONAL_REFERENCE:
+        return (
+            f"{resource_type}'s patient link is a conditional reference (Patient?identifier=...), which the batch "
+            "does not resolve yet; skipped (an export with literal references, Patient/{id}, is read whole)"
+        )
     if status == NO_PATIENT and resource_type == "Patient":
         return "Patient has no id: no resource can refer to it, so it is no one's record; skipped"
     if status == NO_PATIENT:
