@@ -103,13 +103,20 @@ def invalid_utf8_export(tmp_path: Path) -> Path:
 @pytest.fixture
 def odd_links_export(tmp_path: Path) -> Path:
     """Patient d1 twice (the second copy with another birthDate), its Condition again in a second file, one linked
-    by urn:uuid, one by a conditional reference, and a Patient without an id."""
+    by urn:uuid, one by a conditional reference that finds it, one by one that finds no one, and a Patient without
+    an id."""
     folder = tmp_path / "odd-links"
     folder.mkdir()
-    patient = {"resourceType": "Patient", "id": "d1", "birthDate": "1960-01-01"}
+    patient = {
+        "resourceType": "Patient",
+        "id": "d1",
+        "birthDate": "1960-01-01",
+        "identifier": [{"system": "urn:mrn", "value": "1"}],
+    }
     condition = {"resourceType": "Condition", "id": "c1", "subject": {"reference": "Patient/d1"}}
     by_urn = {"resourceType": "Condition", "id": "c2", "subject": {"reference": "urn:uuid:d1"}}
     by_search = {"resourceType": "Condition", "id": "c3", "subject": {"reference": "Patient?identifier=urn:mrn|1"}}
+    lost = {"resourceType": "Condition", "id": "c4", "subject": {"reference": "Patient?identifier=urn:mrn|404"}}
     (folder / "Patient.ndjson").write_bytes(
         orjson.dumps(patient)
         + b"\n"
@@ -118,6 +125,8 @@ def odd_links_export(tmp_path: Path) -> Path:
         + orjson.dumps({"resourceType": "Patient", "name": [{"family": "NoId"}]})
         + b"\n"
     )
-    (folder / "Condition.ndjson").write_bytes(b"".join(orjson.dumps(c) + b"\n" for c in (condition, by_urn, by_search)))
+    (folder / "Condition.ndjson").write_bytes(
+        b"".join(orjson.dumps(c) + b"\n" for c in (condition, by_urn, by_search, lost))
+    )
     (folder / "More.ndjson").write_bytes(orjson.dumps(condition) + b"\n")
     return folder

@@ -7,6 +7,7 @@ import random
 import re
 import shutil
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -457,21 +458,36 @@ def test_duplicates_odd_links_and_id_less_patients_are_reported_and_counted(
     assert "2 duplicate resources collapsed" in duplicate["diagnostics"]
     assert "Condition/c1 at Condition.ndjson:1, More.ndjson:1;" in duplicate["diagnostics"]
     assert "Patient/d1 at Patient.ndjson:1, Patient.ndjson:2 (copies differ)" in duplicate["diagnostics"]
-    assert issues["conditional-reference"]["location"] == ["Condition.ndjson:3"]
-    assert "conditional reference (Patient?identifier=...)" in issues["conditional-reference"]["diagnostics"]
+    assert issues["conditional-reference"]["location"] == ["Condition.ndjson:4"]
+    assert (
+        "conditional reference (Patient?identifier=...) that finds no" in issues["conditional-reference"]["diagnostics"]
+    )
     assert issues["no-patient"]["location"] == ["Patient.ndjson:3"]
     assert "Patient has no id" in issues["no-patient"]["diagnostics"]
-    assert summary.counts["resources"] == 5  # c2, linked by urn:uuid:d1, is d1's
+    assert summary.counts["resources"] == 6  # c2 and c3, linked by urn:uuid:d1 and d1's identifier, are d1's
 
 
-def test_patient_links_as_urn_uuid_reach_their_patient(clean_cohort: Path, tmp_path: Path) -> None:
+def _urn(match: re.Match[bytes]) -> bytes:
+    return b'"urn:uuid:p-3-' + match.group(1) + b'"'
+
+
+def _conditional(match: re.Match[bytes]) -> bytes:
+    mrn = b"SYN3-%07d" % int(match.group(1))  # the medical record number synth gives patient p-3-N
+    return b'"https://ehr.example/fhir/Patient?identifier=http://synth.spasticity-cds.org/fhir/mrn%7C' + mrn + b'"'
+
+
+@pytest.mark.parametrize("link", [_urn, _conditional], ids=["urn-uuid", "conditional"])
+@pytest.mark.parametrize("workers", [1, 2])
+def test_patient_links_by_urn_uuid_or_identifier_reach_their_patient(
+    clean_cohort: Path, tmp_path: Path, link: Callable[[re.Match[bytes]], bytes], workers: int
+) -> None:
     export = tmp_path / "export"
     shutil.copytree(clean_cohort, export, ignore=shutil.ignore_patterns("manifest.json"))
     for path in export.glob("*.ndjson"):
-        if path.name != "Patient.ndjson":  # every patient link as a resource taken out of a Bundle keeps it
-            path.write_bytes(path.read_bytes().replace(b'"Patient/', b'"urn:uuid:'))
-    assert b"urn:uuid:" in (export / "Condition.ndjson").read_bytes()
-    summary = run(export, tmp_path / "urn")
+        if path.name != "Patient.ndjson":
+            path.write_bytes(re.sub(rb'"Patient/p-3-(\d+)"', link, path.read_bytes()))
+    assert b'"Patient/' not in (export / "Condition.ndjson").read_bytes()
+    summary = run(export, tmp_path / "linked", workers=workers)
     run(clean_cohort, tmp_path / "relative")
     assert summary.counts["problems"] == CLEAN_PROBLEMS
-    assert (tmp_path / "urn" / "Task.ndjson").read_bytes() == (tmp_path / "relative" / "Task.ndjson").read_bytes()
+    assert (tmp_path / "linked" / "Task.ndjson").read_bytes() == (tmp_path / "relative" / "Task.ndjson").read_bytes()

@@ -269,3 +269,11 @@ def test_a_urn_uuid_patient_link_is_the_patient_with_that_id_unless_the_urn_name
     with_group["entry"].append(other)
     rec = read(with_group)
     assert rec.of_type("Condition") == [] and rec.other_patient_resources == 1
+
+
+def test_a_conditional_patient_link_is_the_patient_its_identifier_finds() -> None:
+    patient = {**PATIENT, "identifier": [{"system": "urn:mrn", "value": "7"}, {"value": "x"}]}
+    links = ["Patient?identifier=urn:mrn|7", "Patient?identifier=7", "Patient?identifier=%7Cx", "Patient?identifier=9"]
+    rec = read([patient, *(condition(f"c{number}", subject=link) for number, link in enumerate(links))])
+    assert [r.id for r in rec.of_type("Condition")] == ["c0", "c1", "c2"]
+    assert rec.other_patient_resources == 1

@@ -14,7 +14,7 @@ from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import orjson
 
@@ -49,6 +49,14 @@ class Layout:
     patient_lines: int = 0
     #: Per file that could not be read to its end (a truncated gzip): why, after how many lines.
     unreadable: dict[int, str] = field(default_factory=dict)
+    #: The identifier tokens conditional patient links search by.
+    identifiers: set[str] = field(default_factory=set)
+
+
+class Mapper(Protocol):
+    """``map`` in order, here or in the pool."""
+
+    def __call__(self, function: Callable[[T], R], items: Sequence[T], /) -> Iterable[R]: ...
 
 
 class _Pool:
@@ -173,14 +181,57 @@ def _scanned(
     work: Path,
     block_bytes: int,
     workers: int,
-    mapper: Callable[[Callable[[scan.ScanTask], scan.ScanResult], Sequence[scan.ScanTask]], Iterable[scan.ScanResult]],
+    mapper: Mapper,
 ) -> tuple[Layout, str]:
-    """Scan every file into partitions under ``work`` (``mapper`` runs the scan tasks); the layout and the path
-    of the shared Medications some patient references."""
+    """Scan every file into partitions under ``work`` (``mapper`` runs the scan and index tasks); the layout and
+    the path of the shared Medications some patient references."""
     count = scan.partition_count(files, block_bytes, workers)
     tasks = scan.plan(files, work, count, block_bytes)
     layout = _layout(files, tasks, mapper(scan.scan, tasks), count)
+    if layout.identifiers:
+        wanted = frozenset(layout.identifiers)
+        indexes = mapper(scan.index_patients, [scan.IndexTask(task, wanted) for task in tasks])
+        _place_conditional(layout, _merged_index(indexes), work / "linked.bin")
     return layout, _split_shared(layout, work / "medications.bin")
+
+
+def _merged_index(indexes: Iterable[dict[str, set[str]]]) -> dict[str, set[str]]:
+    found: dict[str, set[str]] = {}
+    for index in indexes:
+        for token, keys in index.items():
+            found.setdefault(token, set()).update(keys)
+    return found
+
+
+def _place_conditional(layout: Layout, found: dict[str, set[str]], path: Path) -> None:
+    """Put each line whose conditional patient link finds exactly one Patient into that patient's partition (as
+    runs of its own, in ``path``); report the others as ``conditional-reference``."""
+    placed: dict[tuple[int, int], list[bytes]] = {}
+    for piece in layout.shared:
+        for reference, medication, lines in partition.runs(piece):
+            identifier = problems.identifier_of(str(orjson.loads(reference)))
+            if identifier is None:
+                continue
+            keys = found.get(identifier, set())
+            if len(keys) == 1:
+                key = orjson.dumps(next(iter(keys)))
+                if medication:
+                    layout.medication_refs.add(str(orjson.loads(medication)))
+                where = (scan.partition_of(key, layout.partitions), piece.file_id)
+                placed.setdefault(where, []).extend(
+                    b"%d\t1\t%b\t%b\n%b\n" % (line[1], key, medication, line[2]) for line in lines
+                )
+                continue
+            stats = layout.stats[piece.file_id]
+            stats[problems.OK] -= len(lines)
+            stats[problems.CONDITIONAL_REFERENCE] = stats.get(problems.CONDITIONAL_REFERENCE, 0) + len(lines)
+            kept = [(line[1], problems.classify(line[2]).resource_type, b"") for line in lines]
+            _keep(layout, (piece.file_id, problems.CONDITIONAL_REFERENCE), kept)
+    with path.open("wb") as out:
+        for (index, file_id), records in sorted(placed.items()):
+            start = out.tell()
+            out.write(b"".join(records))  # each line a run whose first line number is its own (base 0)
+            layout.slices[index].append(partition.Slice(str(path), start, out.tell(), file_id, 0))
 
 
 def _layout(
@@ -205,6 +256,7 @@ def _add_result(layout: Layout, result: scan.ScanResult, base: int) -> None:
     for status, kept in result.kept.items():
         _keep(layout, (file_id, status), [(base + index, rtype, raw) for index, rtype, raw in kept])
     layout.medication_refs |= result.medication_refs
+    layout.identifiers |= result.identifiers
     layout.patient_lines += result.patient_lines
     for segment in result.segments:
         offsets = segment.offsets
@@ -235,6 +287,8 @@ def _split_shared(layout: Layout, path: Path) -> str:
     with path.open("wb") as out:
         for piece in layout.shared:
             for reference, _, lines in partition.runs(piece):
+                if problems.identifier_of(str(orjson.loads(reference))) is not None:
+                    continue  # placed (or reported) by _place_conditional
                 if str(orjson.loads(reference)) in layout.medication_refs:
                     out.write(b"".join(b"%d\t%d\t%b\t%b\n" % (*line[:2], reference, line[2]) for line in lines))
                     continue

@@ -71,8 +71,8 @@ def group(slices: Iterable[Slice], medications: str) -> list[tuple[str, list[Lin
     patients: list[tuple[str, list[Line]]] = []
     for key, lines in groups.items():
         joined = [line for reference in references.get(key, ()) for line in shared.get(reference, ())]
-        ordered = sorted([*lines, *joined], key=lambda line: (line[0], line[1])) if joined else lines
-        patients.append((str(orjson.loads(key)), ordered))
+        # Sorted even without shared Medications: lines placed by a conditional patient link come last.
+        patients.append((str(orjson.loads(key)), sorted([*lines, *joined], key=lambda line: (line[0], line[1]))))
     patients.sort(key=lambda patient: patient[0])
     return patients
 

@@ -13,6 +13,7 @@ import msgspec
 import orjson
 
 from spasticity_cds.fhir.parse import UTF8_BOM, first_invalid_utf8, invalid_utf8
+from spasticity_cds.fhir.record import conditional_identifier, identifier_tokens
 
 #: The resource types of FHIR R4 (4.0.1); anything else in a ``resourceType`` is reported as unknown.
 R4_TYPES: Final = frozenset(
@@ -191,8 +192,6 @@ _PATIENT_RE = re.compile(PATIENT_REFERENCE)
 #: A ``urn:uuid:`` reference, as a resource taken out of a Bundle keeps it: the id its target has in an export
 #: (the urn's uuid, as a server or Synthea gives an entry without one).
 _URN_UUID_RE = re.compile(r"urn:uuid:([A-Za-z0-9\-.]{1,64})")
-#: A conditional reference to a Patient (a search: ``Patient?identifier=system|value``), relative or absolute.
-_CONDITIONAL_RE = re.compile(r"(^|/)Patient\?")
 _MEDICATION_RE = re.compile(MEDICATION_REFERENCE)
 #: Checks JSON syntax only (every field skipped), as the engines' typed line decoders do.
 _SYNTAX_ONLY = msgspec.json.Decoder(msgspec.Struct)
@@ -244,6 +243,8 @@ class Classified:
     key: str | None = None
     resource_id: str | None = None
     medication_ref: str | None = None
+    #: The identifier token of a conditional patient link (``Patient?identifier=...``), which gives no key yet.
+    identifier: str | None = None
 
 
 def _reference(resource: Mapping[str, Any], field: str) -> str | None:
@@ -302,22 +303,44 @@ def classify(raw: bytes) -> Classified:
     if resource_type not in R4_TYPES:
         return Classified(UNKNOWN_TYPE, resource_type)
     resource_id = _scalar(document.get("id"))
+    link = None
     if resource_type == "Patient":
         key = f"Patient/{resource_id}" if resource_id else None
     else:
         link = next((ref for ref in (_reference(document, name) for name in PATIENT_LINK_FIELDS) if ref), None)
         key = _patient_key(link) if link is not None else None
         key = key or _provenance_patient(document, resource_type)
-        if key is None and link is not None and _CONDITIONAL_RE.search(link):
-            return Classified(CONDITIONAL_REFERENCE, resource_type, None, resource_id)
     medication = _reference(document, "medicationReference")
     med_match = _MEDICATION_RE.search(medication) if medication is not None else None
     medication_ref = f"Medication/{med_match.group(2)}" if med_match else None
+    identifier = conditional_identifier(link) if key is None and link is not None else None
+    if identifier is not None:  # placed once every Patient's identifiers are known (see ``conditional_key``)
+        return Classified(OK, resource_type, None, resource_id, medication_ref, identifier)
     if key is None and resource_type in CONTEXT_TYPES:
         return Classified(CONTEXT, resource_type, None, resource_id)
     if key is None and resource_type != "Medication":
         return Classified(NO_PATIENT, resource_type, None, resource_id)
     return Classified(OK, resource_type, key, resource_id, medication_ref)
+
+
+def conditional_key(identifier: str) -> str:
+    """The placeholder key of a line whose patient a conditional reference names, until the export's Patients are
+    indexed: then it is the one Patient that identifier finds, or the line is a ``conditional-reference`` problem."""
+    return f"Patient?identifier={identifier}"
+
+
+def identifier_of(key: str) -> str | None:
+    """The identifier token of a ``conditional_key``; None for any other key."""
+    return key.removeprefix("Patient?identifier=") if key.startswith("Patient?identifier=") else None
+
+
+def patient_tokens(raw: bytes) -> set[str]:
+    """The identifier tokens a conditional reference may find this Patient line by (see ``identifier_tokens``)."""
+    try:
+        document = loads(raw)
+    except orjson.JSONDecodeError:
+        return set()
+    return identifier_tokens(document.get("identifier")) if isinstance(document, dict) else set()
 
 
 def loads(raw: bytes) -> Any:
@@ -369,8 +392,8 @@ def describe(status: str, resource_type: str | None, raw: bytes) -> str:
         return f"unknown resource type {resource_type!r} (not FHIR R4); line skipped"
     if status == CONDITIONAL_REFERENCE:
         return (
-            f"{resource_type}'s patient link is a conditional reference (Patient?identifier=...), which the batch "
-            "does not resolve yet; skipped (an export with literal references, Patient/{id}, is read whole)"
+            f"{resource_type}'s patient link is a conditional reference (Patient?identifier=...) that finds no "
+            "Patient of the export, or more than one; skipped"
         )
     if status == NO_PATIENT and resource_type == "Patient":
         return "Patient has no id: no resource can refer to it, so it is no one's record; skipped"

@@ -120,6 +120,8 @@ class ScanResult:
     medication_refs: set[str] = field(default_factory=set)
     patient_lines: int = 0
     error: str | None = None
+    #: The identifier tokens conditional patient links search by (their lines wait in the shared partition).
+    identifiers: set[str] = field(default_factory=set)
 
 
 def partition_count(files: Sequence[InputFile], block_bytes: int, workers: int) -> int:
@@ -297,10 +299,13 @@ def _slow(result: ScanResult, spill: _Spill, index: int, raw: bytes) -> None:
         _keep(result, status, index, line.resource_type, raw if status == problems.MALFORMED else b"")
     if status != problems.OK:
         return
-    medication = b""
+    medication = orjson.dumps(line.medication_ref) if line.medication_ref is not None else b""
+    if line.identifier is not None:  # its patient is known once the scan has seen every Patient
+        result.identifiers.add(line.identifier)
+        spill.run(index, problems.conditional_key(line.identifier), medication, [raw], shared=True)
+        return
     if line.medication_ref is not None:
         result.medication_refs.add(line.medication_ref)
-        medication = orjson.dumps(line.medication_ref)
     if line.key is None:  # a Medication no patient owns: joined to the patients that reference it
         spill.run(index, f"Medication/{line.resource_id}" if line.resource_id else "", b"", [raw], shared=True)
         return
@@ -314,3 +319,41 @@ def _keep(result: ScanResult, status: str, index: int, resource_type: str | None
     kept = result.kept.setdefault(status, [])
     if len(kept) < problems.DETAIL_CAP:
         kept.append((index, resource_type, text))
+
+
+@dataclass(frozen=True, slots=True)
+class IndexTask:
+    """A scan task's range read again for the Patients that the identifier tokens of conditional links find."""
+
+    scan: ScanTask
+    identifiers: frozenset[str]
+
+
+def index_patients(task: IndexTask) -> dict[str, set[str]]:
+    """Token -> keys of the range's Patients that it finds. Only run when some line has a conditional patient link,
+    and only the tokens those links search by are kept, so memory follows them, not the number of patients."""
+    found: dict[str, set[str]] = {}
+    try:
+        for block in _blocks(task.scan):
+            for raw in ndjson_lines(block):
+                _index_line(raw, task.identifiers, found)
+    except (OSError, EOFError, zlib.error):
+        pass  # the scan reported the file as unreadable; the Patients before the break are indexed
+    return found
+
+
+def _index_line(raw: bytes, wanted: frozenset[str], found: dict[str, set[str]]) -> None:
+    key = fast_key(raw)
+    if key is not None and not key.endswith("\t"):
+        return
+    if key is None:
+        line = problems.classify(raw)
+        if line.resource_type == "Bundle":
+            for entry in entry_lines(raw) or ():
+                _index_line(entry, wanted, found)
+            return
+        if line.resource_type != "Patient" or line.key is None:
+            return
+        key = line.key
+    for token in problems.patient_tokens(raw) & wanted:
+        found.setdefault(token, set()).add(key.removesuffix("\t"))

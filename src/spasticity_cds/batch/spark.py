@@ -99,6 +99,37 @@ def _refuse_hidden(files: Sequence[InputFile]) -> None:
             )
 
 
+def _placed_conditional(rows: RDD[Row]) -> RDD[Row]:
+    """Lines whose conditional patient link finds exactly one Patient of the export keyed by it, the others
+    ``conditional-reference`` problems: as the local engine's ``_place_conditional``, with the same tokens."""
+    conditional = rows.filter(lambda row: row[1].identifier is not None)
+    wanted = frozenset(conditional.map(lambda row: str(row[1].identifier)).distinct().collect())
+    if not wanted:
+        return rows
+    index = (
+        rows.filter(_is_patient)
+        .flatMap(lambda row: [(token, str(row[1].key)) for token in problems.patient_tokens(row[0][2]) & wanted])
+        .distinct()
+        .groupByKey()
+        .mapValues(set)
+    )
+    placed = conditional.map(lambda row: (str(row[1].identifier), row)).leftOuterJoin(index).map(_place)
+    return rows.filter(lambda row: row[1].identifier is None).union(placed)
+
+
+def _is_patient(row: Row) -> bool:
+    return row[1].status == problems.OK and row[1].resource_type == "Patient" and row[1].key is not None
+
+
+def _place(pair: tuple[str, tuple[Row, set[str] | None]]) -> Row:
+    (line, found), keys = pair[1]
+    if keys is not None and len(keys) == 1:
+        return line, problems.Classified(
+            problems.OK, found.resource_type, next(iter(keys)), found.resource_id, found.medication_ref
+        )
+    return line, problems.Classified(problems.CONDITIONAL_REFERENCE, found.resource_type, None, found.resource_id)
+
+
 def _patient_line(row: Row) -> tuple[str, Line]:
     return str(row[1].key), row[0]
 
@@ -201,7 +232,8 @@ def run_spark(
         context = session.sparkContext
         master = str(context.master)
         parts = [_lines(session, index, str(item.path)) for index, item in enumerate(inputs.files)]
-        rows = context.union(parts).flatMap(_classify).persist(StorageLevel.MEMORY_AND_DISK)
+        classified = context.union(parts).flatMap(_classify).persist(StorageLevel.MEMORY_AND_DISK)
+        rows = _placed_conditional(classified)
         # Medications without a patient go to every patient whose orders reference them; unreferenced ones are
         # reported as resources without a patient, exactly as the DuckDB engine does.
         medications = rows.filter(_shared).map(lambda row: (f"Medication/{row[1].resource_id or ''}", row))
@@ -232,7 +264,7 @@ def run_spark(
             writer.add(outcome)
             if progress is not None:
                 progress(done, total)
-        rows.unpersist()
+        classified.unpersist()
     except Py4JJavaError as error:  # a job failed on the cluster: its Java cause says why, not a Python traceback
         raise BatchError(f"Spark could not finish the run: {_java_cause(error)}") from None
     finally:

@@ -55,6 +55,38 @@ class PatientRecord:
         return self.by_reference.get(self.normalise(reference))
 
 
+#: A conditional reference to a Patient: a search by identifier, relative or after a base URL; group 1 the token.
+_CONDITIONAL = re.compile(r"(?:^|/)Patient\?identifier=([^&]+)$")
+
+
+def conditional_identifier(reference: str) -> str | None:
+    """The identifier token a conditional Patient reference searches by (``system|value``, ``|value`` for no
+    system, or ``value`` for any system), percent-decoding undone; None for any other reference."""
+    match = _CONDITIONAL.search(reference)
+    return _PERCENT_ESCAPES.sub(_decoded, match.group(1)) if match else None
+
+
+#: A run of percent-escapes (``%7C``, or the bytes of one UTF-8 character); the core imports no urllib.
+_PERCENT_ESCAPES = re.compile(r"(?:%[0-9A-Fa-f]{2})+")
+
+
+def _decoded(escapes: re.Match[str]) -> str:
+    return bytes.fromhex(escapes.group(0).replace("%", "")).decode("utf-8", "replace")
+
+
+def identifier_tokens(identifiers: Any) -> set[str]:
+    """Every token a conditional reference may find a Patient by, from its ``identifier`` JSON: ``system|value``
+    and ``value`` for an identifier with a system, ``|value`` and ``value`` for one without (FHIR token search)."""
+    tokens: set[str] = set()
+    for identifier in identifiers if isinstance(identifiers, list) else [identifiers]:
+        value = identifier.get("value") if isinstance(identifier, dict) else None
+        if not isinstance(value, str) or not value:
+            continue
+        system = identifier.get("system")
+        tokens |= {f"{system if isinstance(system, str) else ''}|{value}", value}
+    return tokens
+
+
 #: A FHIR dateTime: a year, optionally month and day, optionally a time (with an offset when a time is given).
 _DATE_TIME = re.compile(r"\d{4}(-(0[1-9]|1[0-2])(-(0[1-9]|[12]\d|3[01]))?)?")
 
@@ -97,7 +129,7 @@ def build_record(parsed: ParsedInput, *, source: str = "<input>", patient_id: st
             where=source,
         )
     patient = patients[0]
-    owner = _OwnerCheck(patient.reference, parsed.aliases)
+    owner = _OwnerCheck(patient, parsed.aliases)
     if len(parsed.by_type["Patient"]) == 1 and all(owner.is_ours(reference) for reference in parsed.owners):
         by_type, by_reference, foreign = parsed.by_type, parsed.resources, 0
     else:
@@ -139,14 +171,16 @@ def _without_other_patients(
 
 
 class _OwnerCheck:
-    """Whether a patient link points at the patient (by Type/id, a Bundle alias of it, or ``urn:uuid:{its id}``
-    when that urn is no other entry's fullUrl: a resource taken out of a Bundle keeps such links); None means no
-    link."""
+    """Whether a patient link points at the patient (by Type/id, a Bundle alias of it, ``urn:uuid:{its id}`` when
+    that urn is no other entry's fullUrl: a resource taken out of a Bundle keeps such links, or a conditional
+    reference that finds it by one of its identifiers); None means no link."""
 
-    def __init__(self, patient_reference: str, aliases: dict[str, str]) -> None:
-        self.ours = {patient_reference, *(alias for alias, target in aliases.items() if target == patient_reference)}
-        urn = f"urn:uuid:{patient_reference.removeprefix('Patient/')}"
-        if aliases.get(urn, patient_reference) == patient_reference:
+    def __init__(self, patient: Resource, aliases: dict[str, str]) -> None:
+        reference = patient.reference
+        self.patient = patient
+        self.ours = {reference, *(alias for alias, target in aliases.items() if target == reference)}
+        urn = f"urn:uuid:{patient.id}"
+        if aliases.get(urn, reference) == reference:
             self.ours.add(urn)
         self.aliases = aliases
         self.verdicts: dict[str | None, bool] = {None: True}
@@ -155,9 +189,19 @@ class _OwnerCheck:
         verdict = self.verdicts.get(reference)
         if verdict is None:
             assert reference is not None
-            owner = reference if reference.startswith("urn:") else _relative(reference)
-            verdict = self.verdicts[reference] = owner in self.ours or self.aliases.get(owner) in self.ours
+            token = conditional_identifier(reference)
+            if token is not None:
+                verdict = token in self._tokens
+            else:
+                owner = reference if reference.startswith("urn:") else _relative(reference)
+                verdict = owner in self.ours or self.aliases.get(owner) in self.ours
+            self.verdicts[reference] = verdict
         return verdict
+
+    @cached_property
+    def _tokens(self) -> set[str]:
+        """The identifier tokens that find the patient (read only when a conditional reference turns up)."""
+        return identifier_tokens(as_json(self.patient).get("identifier"))
 
 
 def _relative(reference: str) -> str:
