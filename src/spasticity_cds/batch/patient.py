@@ -80,7 +80,7 @@ class PatientEvaluator:
         """Evaluate one patient from its input lines; bad lines and bad records are reported, never raised."""
         outcome = PatientOutcome(key=key, status=EVALUATED)
         resources: list[Resource | dict[str, Any]] = []
-        copies: dict[str, list[Line]] = {}
+        read_lines: list[Line] = []
         for line in lines:
             raw = line[2]
             try:
@@ -94,16 +94,15 @@ class PatientEvaluator:
                 continue
             if isinstance(document, Resource | dict):
                 resources.append(document)
-                resource_key = _resource_key(document)
-                if resource_key is not None:
-                    copies.setdefault(resource_key, []).append(line)
+                read_lines.append(line)
         where = f"{key} ({self.location(lines[0])})" if lines else key
-        duplicated = {resource_key: found for resource_key, found in copies.items() if len(found) > 1}
-        if duplicated:
-            report = self._duplicates(duplicated)
-            outcome.problems.append(_dump(problems.operation_outcome(problems.DUPLICATE, report, where)))
         try:
             record = api.read_patient(resources, source=where)
+            # The record counts the copies it collapsed; only then are the lines keyed to name them.
+            duplicated = _copies(resources, read_lines) if record.duplicates_dropped else {}
+            if duplicated:
+                report = self._duplicates(duplicated)
+                outcome.problems.append(_dump(problems.operation_outcome(problems.DUPLICATE, report, where)))
             if policy.is_deceased(record, self.spec.now):
                 outcome.status = DECEASED
                 return outcome
@@ -165,6 +164,16 @@ class PatientEvaluator:
             policy.SEVERITY_RANK.get(str(finding["severity"]), 9),
             _dump({"id": task["id"], "row": row}),
         )
+
+
+def _copies(resources: Sequence[Resource | dict[str, Any]], lines: Sequence[Line]) -> dict[str, list[Line]]:
+    """The lines of every ``Type/id`` read more than once."""
+    found: dict[str, list[Line]] = {}
+    for document, line in zip(resources, lines, strict=True):
+        resource_key = _resource_key(document)
+        if resource_key is not None:
+            found.setdefault(resource_key, []).append(line)
+    return {resource_key: copies for resource_key, copies in found.items() if len(copies) > 1}
 
 
 def _resource_key(document: Resource | dict[str, Any]) -> str | None:
