@@ -6,7 +6,7 @@ import heapq
 import pickle
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from operator import attrgetter
+from operator import attrgetter, itemgetter
 from pathlib import Path
 
 import orjson
@@ -72,9 +72,13 @@ def group(slices: Iterable[Slice], medications: str) -> list[tuple[str, list[Lin
     for key, lines in groups.items():
         joined = [line for reference in references.get(key, ()) for line in shared.get(reference, ())]
         # Sorted even without shared Medications: lines placed by a conditional patient link come last.
-        patients.append((str(orjson.loads(key)), sorted([*lines, *joined], key=lambda line: (line[0], line[1]))))
+        patients.append((str(orjson.loads(key)), sorted([*lines, *joined], key=_FILE_AND_LINE)))
     patients.sort(key=lambda patient: patient[0])
     return patients
+
+
+#: A line's place in the input: file index, then line number.
+_FILE_AND_LINE = itemgetter(0, 1)
 
 
 def _medications(path: str) -> dict[bytes, list[Line]]:
