@@ -54,6 +54,24 @@ def _by_id(path: Path) -> dict[str, Any]:
     return {record["id"]: record for record in read_ndjson(path)}
 
 
+#: The outputs both engines must write byte for byte alike.
+SAME_OUTPUTS = ("Task.ndjson", "OperationOutcome.ndjson", "rule_counts.json")
+
+
+def _both_engines(source: Path, tmp_path: Path) -> tuple[Any, Any]:
+    """The local and the Spark run of one input (in ``tmp_path/local`` and ``/spark``), having checked that they
+    wrote the same Tasks, problems and rule counts."""
+    local = run(source, tmp_path / "local")
+    spark = run(source, tmp_path / "spark", engine="spark")
+    _assert_same(tmp_path, SAME_OUTPUTS)
+    return local, spark
+
+
+def _assert_same(tmp_path: Path, names: tuple[str, ...]) -> None:
+    for name in names:
+        assert (tmp_path / "spark" / name).read_bytes() == (tmp_path / "local" / name).read_bytes(), name
+
+
 def test_spark_and_local_engines_agree(
     spark_session: Any, small_splits: None, bad_cohort: Path, tmp_path: Path
 ) -> None:
@@ -81,10 +99,7 @@ def test_spark_and_local_engines_agree(
 def test_spark_and_local_engines_report_invalid_utf8_alike(
     spark_session: Any, invalid_utf8_export: Path, tmp_path: Path
 ) -> None:
-    local = run(invalid_utf8_export, tmp_path / "local")
-    spark = run(invalid_utf8_export, tmp_path / "spark", engine="spark")
-    for name in ("Task.ndjson", "OperationOutcome.ndjson", "rule_counts.json"):
-        assert (tmp_path / "spark" / name).read_bytes() == (tmp_path / "local" / name).read_bytes(), name
+    local, spark = _both_engines(invalid_utf8_export, tmp_path)
     assert spark.counts == local.counts and spark.counts["problems"] == {"invalid-utf8": DETAIL_CAP + 4}
     assert spark.manifest["input"] == local.manifest["input"]
 
@@ -107,8 +122,7 @@ def test_spark_since_matches_local_since(spark_session: Any, clean_cohort: Path,
     spark = run(clean_cohort, tmp_path / "spark", since=tmp_path / "first", engine="spark", settings=uk)
     assert local.counts["tasks"]["closed"] > 0
     assert spark.manifest["settings"] == local.manifest["settings"] == uk
-    for name in ("Task.ndjson", "closed.ndjson", "open.ndjson", "worklist.csv"):
-        assert (tmp_path / "spark" / name).read_bytes() == (tmp_path / "local" / name).read_bytes(), name
+    _assert_same(tmp_path, ("Task.ndjson", "closed.ndjson", "open.ndjson", "worklist.csv"))
 
 
 @pytest.mark.parametrize("layout", ["synthea_export", "bundle_folder"])
@@ -116,10 +130,7 @@ def test_spark_and_local_engines_agree_on_synthea_data(
     spark_session: Any, layout: str, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
     source: Path = request.getfixturevalue(layout)
-    local = run(source, tmp_path / "local")
-    spark = run(source, tmp_path / "spark", engine="spark")
-    for name in ("Task.ndjson", "OperationOutcome.ndjson", "rule_counts.json"):
-        assert (tmp_path / "spark" / name).read_bytes() == (tmp_path / "local" / name).read_bytes(), name
+    local, spark = _both_engines(source, tmp_path)
     assert spark.counts == local.counts
     assert spark.manifest["input"] == local.manifest["input"]
 
@@ -133,11 +144,8 @@ def test_spark_reads_one_bundle_per_line_as_the_local_engine_does(
 
     source = tmp_path / "bundles"
     write_cohort(source, n=N, profile="lean", seed=SEED, fmt="bundles")
-    run(source, tmp_path / "local")
-    run(source, tmp_path / "spark", engine="spark")
+    _both_engines(source, tmp_path)
     run(clean_cohort, tmp_path / "bulk")
-    for name in ("Task.ndjson", "OperationOutcome.ndjson", "rule_counts.json"):
-        assert (tmp_path / "spark" / name).read_bytes() == (tmp_path / "local" / name).read_bytes(), name
     assert (tmp_path / "local" / "Task.ndjson").read_bytes() == (tmp_path / "bulk" / "Task.ndjson").read_bytes()
 
 
@@ -175,9 +183,6 @@ def test_a_file_spark_cannot_read_is_a_batch_error_naming_the_cause(
 def test_spark_and_local_engines_report_duplicates_and_links_alike(
     spark_session: Any, odd_links_export: Path, tmp_path: Path
 ) -> None:
-    local = run(odd_links_export, tmp_path / "local")
-    spark = run(odd_links_export, tmp_path / "spark", engine="spark")
-    for name in ("Task.ndjson", "OperationOutcome.ndjson", "rule_counts.json"):
-        assert (tmp_path / "spark" / name).read_bytes() == (tmp_path / "local" / name).read_bytes(), name
+    local, spark = _both_engines(odd_links_export, tmp_path)
     assert spark.counts == local.counts
     assert spark.counts["problems"] == {"duplicate": 1, "conditional-reference": 1, "no-patient": 1}

@@ -11,25 +11,22 @@ from typing import Any
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from browser_support import CHROMIUM, CHROMIUM_ARGS, CLIENT_ID, Live, support
+from browser_support import CHROMIUM, CHROMIUM_ARGS, Live, live_app
 
 from spasticity_cds.interfaces.web.pages import demo_dir_default
 
 
 @pytest.fixture(scope="session")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
-    folder = tmp_path_factory.mktemp("browser")
-    with support.running_ehr(CLIENT_ID, support.trend_bundle("smart-1", "Launch Patient"), "smart-1") as ehr:
-        clients = folder / "smart-clients.toml"
-        clients.write_text(f'[[clients]]\niss = "{ehr.base}/fhir"\nclient_id = "{CLIENT_ID}"\n', "utf-8")
-        sock = support.free_socket()
-        base = f"http://127.0.0.1:{sock.getsockname()[1]}"
-        app = support.make_app(folder, public_base_url=base, smart_clients_file=clients)
-        for shipped in demo_dir_default().glob("*.json"):  # the packaged demos too, next to the test bundles
-            if shipped.name != "index.json":
-                shutil.copy(shipped, app.state.demo_data_dir / shipped.name)
-        with support.serve(app, sock):
-            yield Live(base, app, ehr)
+    with live_app(tmp_path_factory.mktemp("browser"), prepare=_with_packaged_demos) as live:
+        yield live
+
+
+def _with_packaged_demos(app: Any) -> None:
+    """The packaged demos too, next to the test bundles."""
+    for shipped in demo_dir_default().glob("*.json"):
+        if shipped.name != "index.json":
+            shutil.copy(shipped, app.state.demo_data_dir / shipped.name)
 
 
 @pytest.fixture(scope="session")

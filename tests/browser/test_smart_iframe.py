@@ -12,7 +12,7 @@ import pytest
 from fastapi.responses import HTMLResponse
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from browser_support import CLIENT_ID, Live, shot, support
+from browser_support import Live, live_app, shot
 
 pytestmark = pytest.mark.browser
 #: The EHR's page: "localhost" is another site than the app's 127.0.0.1, so the app's frame is cross-site.
@@ -22,16 +22,12 @@ EHR_PAGE = "http://localhost:{port}/ehr"
 @pytest.fixture(scope="module")
 def framed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     """The app configured to be framed by the EHR's origin, served beside the browser tests' own app."""
-    folder = tmp_path_factory.mktemp("framed")
-    with support.running_ehr(CLIENT_ID, support.trend_bundle("smart-1", "Launch Patient"), "smart-1") as ehr:
-        clients = folder / "smart-clients.toml"
-        clients.write_text(f'[[clients]]\niss = "{ehr.base}/fhir"\nclient_id = "{CLIENT_ID}"\n', "utf-8")
-        sock = support.free_socket()
-        base = f"http://127.0.0.1:{sock.getsockname()[1]}"
-        ehr_origin = EHR_PAGE.format(port=ehr.base.rsplit(":", 1)[1]).removesuffix("/ehr")
-        app = support.make_app(folder, public_base_url=base, smart_clients_file=clients, frame_ancestors=(ehr_origin,))
-        with support.serve(app, sock):
-            yield Live(base, app, ehr)
+    with live_app(tmp_path_factory.mktemp("framed"), _framed_by_the_ehr) as live:
+        yield live
+
+
+def _framed_by_the_ehr(ehr: Any) -> dict[str, Any]:
+    return {"frame_ancestors": (EHR_PAGE.format(port=ehr.base.rsplit(":", 1)[1]).removesuffix("/ehr"),)}
 
 
 def test_ehr_launch_in_a_cross_site_iframe_completes(framed: Live, page: Any) -> None:
