@@ -130,6 +130,7 @@ def test_serve_command_checks_config_then_starts_uvicorn(tmp_path: Path, monkeyp
     assert (kwargs["workers"], kwargs["port"], kwargs["host"]) == (3, 8123, "127.0.0.1")
     assert "authentication is OFF" in output.getvalue() and "PostgreSQL" in output.getvalue()
     assert "SMART launch is open to any FHIR server" in " ".join(output.getvalue().split())
+    assert "feedback report (/reports/feedback) is off" in output.getvalue()
     assert kwargs["log_config"]["handlers"]["access"]["filters"] == ["smart"]  # no SMART secrets in the access log
     import os
 

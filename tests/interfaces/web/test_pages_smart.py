@@ -80,6 +80,7 @@ def test_ehr_launch_reads_the_patient_and_shows_the_card_context(tmp_path: Path,
     plan = client.get(back.headers["location"])
     assert plan.status_code == 200
     assert "Launch Patient" in plan.text and "Opened from the EHR (SMART launch)" in plan.text
+    assert "<title>Plan for Launch Patient - spasticity-cds</title>" in plan.text
     assert re.search(r'class="finding finding-[a-z]+ highlight" id="f-TIZ-LIVER-3X"', plan.text)
     assert 'name="card_uuid" value="card-123"' in plan.text
     assert 'id="chart-fvc"' in plan.text  # every page of the Observation search was read

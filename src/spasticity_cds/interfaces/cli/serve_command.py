@@ -79,6 +79,8 @@ def run(args: argparse.Namespace, console: Console) -> int:
             console.print("[bold red]It will contact and redirect to whatever server a launch names. Demo only.[/]")
         else:
             console.print("SMART launch is off: no EHR registered (smart_clients_file or fhir_server_allowlist).")
+    if settings.report_token is None:
+        console.print("The feedback report (/reports/feedback) is off: set report_token to read it.")
     workers = args.workers or settings.workers
     if workers > 1 and not (settings.store_url or "").startswith("postgresql"):
         console.print("[yellow]Several workers on SQLite: use a PostgreSQL store_url for real deployments.[/]")
