@@ -211,7 +211,8 @@ def test_a_run_on_an_export_that_reports_errors_exits_6_with_a_warning(clean_coh
     console = Console(file=buffer, width=300, force_terminal=False, color_system=None)
     args = parse(str(export / "manifest.json"), "--out", str(tmp_path / "run"), "--now", NOW.isoformat())
     assert cli.run(args, console) == cli.INCOMPLETE_INPUT_EXIT == 6
-    assert "The input is incomplete (1 error files the export reported, 0 files that" in buffer.getvalue()
+    said = buffer.getvalue()
+    assert "The input is incomplete (1 error files the export reported, 0 listed files not in the folder," in said
 
 
 def test_the_summary_names_folder_entries_that_were_not_read(clean_cohort: Path, tmp_path: Path) -> None:
@@ -220,8 +221,11 @@ def test_the_summary_names_folder_entries_that_were_not_read(clean_cohort: Path,
     (export / "Condition.ndjson").rename(export / "Condition.NDJSON")
     buffer = io.StringIO()
     console = Console(file=buffer, width=300, force_terminal=False, color_system=None)
-    assert cli.run(parse(str(export), "--out", str(tmp_path / "run"), "--now", NOW.isoformat()), console) == 0
+    code = cli.run(parse(str(export), "--out", str(tmp_path / "run"), "--now", NOW.isoformat()), console)
     assert "Not read: 1 entries of the input folder (Condition.NDJSON)" in buffer.getvalue()
+    # the export's manifest lists Condition.ndjson, which the run did not read: its data is missing
+    assert code == cli.INCOMPLETE_INPUT_EXIT
+    assert "1 listed files not in the folder" in buffer.getvalue()
 
 
 def test_a_worker_process_that_dies_is_a_clear_batch_error() -> None:

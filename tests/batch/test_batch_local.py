@@ -381,6 +381,38 @@ def test_a_file_cut_mid_line_or_short_of_its_count_makes_the_input_incomplete(
     assert "the file holds less than the export wrote: the manifest counts" in reported["Condition.ndjson"]
 
 
+def test_a_folder_is_checked_against_its_manifest_counts_and_files(clean_cohort: Path, tmp_path: Path) -> None:
+    first = tmp_path / "first"
+    run(clean_cohort, first)
+    export = tmp_path / "export"
+    shutil.copytree(clean_cohort, export)
+    conditions = (export / "Condition.ndjson").read_bytes().splitlines(keepends=True)
+    (export / "Condition.ndjson").write_bytes(b"".join(conditions[:-1]))  # whole lines, one short of its count
+    (export / "Procedure.ndjson").unlink()  # listed by the manifest, not copied
+    summary = run(export, tmp_path / "run", since=first)  # the folder, not its manifest
+    files = {entry["url"]: entry for entry in summary.manifest["input"]["files"]}
+    assert "the manifest counts" in files["Condition.ndjson"]["incomplete"]
+    assert summary.manifest["input"]["missing"] == ["Procedure.ndjson"]
+    assert summary.manifest["input"]["complete"] is False
+    assert summary.counts["tasks"]["closed"] == summary.counts["tasks"]["new"] == 0
+    reported = {
+        outcome["issue"][0]["location"][0]: outcome["issue"][0]["diagnostics"]
+        for outcome in read_ndjson(tmp_path / "run" / "OperationOutcome.ndjson")
+        if outcome["issue"][0]["details"]["coding"][0]["code"] == "incomplete-export"
+    }
+    assert sorted(reported) == ["Condition.ndjson", "Procedure.ndjson"]
+    assert "the input folder does not hold" in reported["Procedure.ndjson"]
+
+
+def test_a_folder_without_a_manifest_has_nothing_missing(clean_cohort: Path, tmp_path: Path) -> None:
+    export = tmp_path / "export"
+    shutil.copytree(clean_cohort, export)
+    (export / "manifest.json").unlink()
+    (export / "Procedure.ndjson").unlink()
+    summary = run(export, tmp_path / "run")
+    assert summary.manifest["input"]["missing"] == [] and summary.manifest["input"]["complete"] is True
+
+
 @pytest.mark.parametrize(
     ("content", "last"),
     [

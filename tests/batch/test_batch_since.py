@@ -31,9 +31,19 @@ def _patients_with_tasks(run_dir: Path) -> list[str]:
 
 
 def _rewrite(folder: Path, keep: Callable[[str, bytes], bool]) -> None:
+    """A later export: the lines ``keep`` keeps, and a manifest that counts them (one that counted the old lines
+    would make the input incomplete)."""
+    kept: dict[str, int] = {}
     for path in folder.glob("*.ndjson"):
-        lines = path.read_bytes().splitlines()
-        path.write_bytes(b"".join(line + b"\n" for line in lines if keep(path.name, line)))
+        lines = [line for line in path.read_bytes().splitlines() if keep(path.name, line)]
+        path.write_bytes(b"".join(line + b"\n" for line in lines))
+        kept[path.name] = len(lines)
+    manifest = folder / "manifest.json"
+    if manifest.is_file():
+        document = orjson.loads(manifest.read_bytes())
+        for entry in document.get("output", []):
+            entry["count"] = kept.get(entry["url"].rsplit("/", 1)[-1], entry.get("count"))
+        manifest.write_bytes(orjson.dumps(document))
 
 
 def test_since_writes_new_items_closes_gone_ones_and_carries_failed_patients(

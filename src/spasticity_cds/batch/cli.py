@@ -175,6 +175,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
         )
     if not summary.manifest["input"]["complete"]:
         export_errors = len(summary.manifest["input"]["exportErrors"])
+        missing = len(summary.manifest["input"]["missing"])
         short = sum(1 for entry in summary.manifest["input"]["files"] if {"unreadable", "incomplete"} & entry.keys())
         held = (
             f" Nothing was opened or closed: the {tasks['carried']:,} items open before are kept as they were, and "
@@ -183,8 +184,9 @@ def run(args: argparse.Namespace, console: Console) -> int:
             else ""
         )
         console.print(
-            f"The input is incomplete ({export_errors:,} error files the export reported, {short:,} files that "
-            f"could not be read to their end or hold less than the export wrote): the worklist may miss items.{held} "
+            f"The input is incomplete ({export_errors:,} error files the export reported, {missing:,} listed files "
+            f"not in the folder, {short:,} files that could not be read to their end or hold less than the export "
+            f"wrote): the worklist may miss items.{held} "
             "See OperationOutcome.ndjson.",
             highlight=False,
             soft_wrap=True,

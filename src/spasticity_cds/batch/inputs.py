@@ -57,6 +57,8 @@ class InputSet:
     #: The export manifest's ``error[]`` files: the server says some of the export failed, so the input is
     #: incomplete and what is absent from it says nothing.
     export_errors: tuple[str, ...] = ()
+    #: Files an input folder's manifest lists that the folder does not hold: the copy of the export is incomplete.
+    missing: tuple[str, ...] = ()
 
 
 def discover(source: Path, downloader: Downloader | None = None) -> InputSet:
@@ -70,14 +72,19 @@ def discover(source: Path, downloader: Downloader | None = None) -> InputSet:
             raise BatchError("no .ndjson(.gz) or Bundle .json(.gz) files in the folder", where=str(source))
         info = _read_manifest(manifest) if manifest.is_file() else {}
         _refuse_incremental(manifest, info)
+        listed = _listed_by_name(info)
+        present = {path.name for path, _ in classified}
+        # Only a manifest that names some of the folder's files describes it; files renamed on download match none.
+        missing = sorted(set(listed) - present) if set(listed) & present else []
         return InputSet(
             source=source,
             kind="folder",
-            files=tuple(InputFile(path, path.name, bundle=_is_bundle_name(path.name)) for path in files),
+            files=tuple(_folder_file(path, listed.get(path.name, {})) for path in files),
             transaction_time=_text(info.get("transactionTime")),
             request=_text(info.get("request")),
             skipped=tuple((path.name, reason) for path, reason in classified if reason is not None),
             export_errors=_export_errors(info),
+            missing=tuple(missing),
         )
     if source.is_file():
         info = _read_manifest(source)
@@ -91,6 +98,27 @@ def discover(source: Path, downloader: Downloader | None = None) -> InputSet:
             export_errors=_export_errors(info),
         )
     raise BatchError("no such file or folder", where=str(source))
+
+
+def _listed_by_name(info: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """An input folder's manifest ``output`` entries by the file name their url ends in; a name two entries share
+    is left out, as the folder's file cannot be matched to one of them."""
+    output = info.get("output")
+    entries = [entry for entry in output if isinstance(entry, dict)] if isinstance(output, list) else []
+    names = [unquote(urlparse(str(entry.get("url", ""))).path).rsplit("/", 1)[-1] for entry in entries]
+    return {name: entry for name, entry in zip(names, entries, strict=True) if name and names.count(name) == 1}
+
+
+def _folder_file(path: Path, entry: dict[str, Any]) -> InputFile:
+    """A file of an input folder, with the type and count its manifest entry declares, if any."""
+    count = entry.get("count")
+    return InputFile(
+        path,
+        path.name,
+        declared_type=_text(entry.get("type")),
+        declared_count=count if isinstance(count, int) and not isinstance(count, bool) else None,
+        bundle=_is_bundle_name(path.name),
+    )
 
 
 def unterminated_last_line(path: Path) -> bytes | None:

@@ -159,9 +159,9 @@ def _run_into(
 
 
 def _incomplete(inputs: InputSet, report: EngineReport) -> bool:
-    """Whether the input is known to lack data: the export reported errors, or a file could not be read to its end
-    or holds less than the export wrote."""
-    return bool(inputs.export_errors or report.unreadable or report.cut_short)
+    """Whether the input is known to lack data: the export reported errors, a file it lists is not in the input
+    folder, or a file could not be read to its end or holds less than the export wrote."""
+    return bool(inputs.export_errors or inputs.missing or report.unreadable or report.cut_short)
 
 
 def _shortfalls(inputs: InputSet, report: EngineReport) -> dict[str, str]:
@@ -204,6 +204,12 @@ def _report_incomplete(writer: output.RunWriter, inputs: InputSet, report: Engin
             f"incomplete, so the worklist may miss items{held}. Export again, then run the batch on the complete export"
         )
         outcomes.append((problems.INCOMPLETE_EXPORT, diagnostics, str(inputs.source)))
+    for name in inputs.missing:
+        diagnostics = (
+            "the export's manifest lists this file, which the input folder does not hold; "
+            f"the input is incomplete{held}"
+        )
+        outcomes.append((problems.INCOMPLETE_EXPORT, diagnostics, name))
     for name, why in report.unreadable.items():
         diagnostics = f"the file cannot be read to its end: {why}; the input is incomplete{held}"
         outcomes.append((problems.UNREADABLE_FILE, diagnostics, name))
@@ -265,6 +271,7 @@ def _manifest(
             "files": files,
             "skipped": [{"url": name, "reason": reason} for name, reason in inputs.skipped],
             "exportErrors": list(inputs.export_errors),
+            "missing": list(inputs.missing),
             "complete": not _incomplete(inputs, report),
         },
         "since": {"run": str(previous)} if previous is not None else None,
