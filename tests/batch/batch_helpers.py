@@ -47,6 +47,15 @@ def read_ndjson(path: Path) -> list[dict[str, Any]]:
     return [orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
 
 
+def reported(out: Path, category: str) -> dict[str, str]:
+    """A run's OperationOutcomes of one problem category: diagnostics by location."""
+    return {
+        outcome["issue"][0]["location"][0]: outcome["issue"][0]["diagnostics"]
+        for outcome in read_ndjson(out / "OperationOutcome.ndjson")
+        if outcome["issue"][0]["details"]["coding"][0]["code"] == category
+    }
+
+
 def run(source: Path, out: Path, **options: Any) -> BatchSummary:
     """Run the batch with the fixed clock (unless ``now`` is given)."""
     return run_batch(BatchOptions(source=source, out=out, **({"now": NOW} | options)))

@@ -27,6 +27,7 @@ from .batch_helpers import (
     evaluator_tasks,
     line_of,
     read_ndjson,
+    reported,
     run,
 )
 
@@ -372,13 +373,9 @@ def test_a_file_cut_mid_line_or_short_of_its_count_makes_the_input_incomplete(
     assert "incomplete" not in files["Patient.ndjson"]
     assert summary.manifest["input"]["complete"] is False
     assert summary.counts["tasks"]["closed"] == summary.counts["tasks"]["new"] == 0
-    reported = {
-        outcome["issue"][0]["location"][0]: outcome["issue"][0]["diagnostics"]
-        for outcome in read_ndjson(tmp_path / "run" / "OperationOutcome.ndjson")
-        if outcome["issue"][0]["details"]["coding"][0]["code"] == "incomplete-export"
-    }
-    assert sorted(reported) == ["Condition.ndjson", "Observation.ndjson"]
-    assert "the file holds less than the export wrote: the manifest counts" in reported["Condition.ndjson"]
+    incomplete = reported(tmp_path / "run", "incomplete-export")
+    assert sorted(incomplete) == ["Condition.ndjson", "Observation.ndjson"]
+    assert "the file holds less than the export wrote: the manifest counts" in incomplete["Condition.ndjson"]
 
 
 def test_a_folder_is_checked_against_its_manifest_counts_and_files(clean_cohort: Path, tmp_path: Path) -> None:
@@ -395,13 +392,9 @@ def test_a_folder_is_checked_against_its_manifest_counts_and_files(clean_cohort:
     assert summary.manifest["input"]["missing"] == ["Procedure.ndjson"]
     assert summary.manifest["input"]["complete"] is False
     assert summary.counts["tasks"]["closed"] == summary.counts["tasks"]["new"] == 0
-    reported = {
-        outcome["issue"][0]["location"][0]: outcome["issue"][0]["diagnostics"]
-        for outcome in read_ndjson(tmp_path / "run" / "OperationOutcome.ndjson")
-        if outcome["issue"][0]["details"]["coding"][0]["code"] == "incomplete-export"
-    }
-    assert sorted(reported) == ["Condition.ndjson", "Procedure.ndjson"]
-    assert "the input folder does not hold" in reported["Procedure.ndjson"]
+    incomplete = reported(tmp_path / "run", "incomplete-export")
+    assert sorted(incomplete) == ["Condition.ndjson", "Procedure.ndjson"]
+    assert "the input folder does not hold" in incomplete["Procedure.ndjson"]
 
 
 def test_a_folder_without_a_manifest_has_nothing_missing(clean_cohort: Path, tmp_path: Path) -> None:
@@ -467,12 +460,7 @@ def test_a_file_that_cannot_be_read_to_its_end_is_reported_and_the_rest_is_run(
     assert summary.manifest["input"]["complete"] is False
     assert summary.counts["problems"]["unreadable-file"] == 2
     assert summary.counts["patientsEvaluated"] == N
-    reported = {
-        outcome["issue"][0]["location"][0]
-        for outcome in read_ndjson(tmp_path / "run" / "OperationOutcome.ndjson")
-        if outcome["issue"][0]["details"]["coding"][0]["code"] == "unreadable-file"
-    }
-    assert reported == {"Observation.ndjson.gz", "Fake.ndjson.gz"}
+    assert set(reported(tmp_path / "run", "unreadable-file")) == {"Observation.ndjson.gz", "Fake.ndjson.gz"}
 
 
 def test_duplicates_odd_links_and_id_less_patients_are_reported_and_counted(

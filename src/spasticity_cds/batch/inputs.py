@@ -111,14 +111,14 @@ def _listed_by_name(info: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 def _folder_file(path: Path, entry: dict[str, Any]) -> InputFile:
     """A file of an input folder, with the type and count its manifest entry declares, if any."""
+    declared_type, declared_count = _declared(entry)
+    return InputFile(path, path.name, declared_type, declared_count, bundle=_is_bundle_name(path.name))
+
+
+def _declared(entry: dict[str, Any]) -> tuple[str | None, int | None]:
+    """The resource type and count a manifest ``output`` entry declares (a count must be a whole number)."""
     count = entry.get("count")
-    return InputFile(
-        path,
-        path.name,
-        declared_type=_text(entry.get("type")),
-        declared_count=count if isinstance(count, int) and not isinstance(count, bool) else None,
-        bundle=_is_bundle_name(path.name),
-    )
+    return _text(entry.get("type")), count if isinstance(count, int) and not isinstance(count, bool) else None
 
 
 def unterminated_last_line(path: Path) -> bytes | None:
@@ -166,7 +166,7 @@ def _export_errors(info: dict[str, Any]) -> tuple[str, ...]:
 
 
 def _is_input_name(name: str) -> bool:
-    return name != CLIENT_LOG and (name.endswith(SUFFIXES) or _is_bundle_name(name))
+    return name.endswith(SUFFIXES) or _is_bundle_name(name)
 
 
 def _is_bundle_name(name: str) -> bool:
@@ -220,15 +220,7 @@ def _manifest_files(manifest: Path, info: dict[str, Any], downloader: Downloader
             path = downloader.fetch(url, requires_token, where)
         if not path.is_file():
             raise BatchError(f"file {url!r} is missing", where=where)
-        count = entry.get("count")
-        files.append(
-            InputFile(
-                path=path,
-                name=url,
-                declared_type=_text(entry.get("type")),
-                declared_count=count if isinstance(count, int) else None,
-            )
-        )
+        files.append(InputFile(path, url, *_declared(entry)))
     return files
 
 

@@ -187,10 +187,13 @@ def _scanned(
     the path of the shared Medications some patient references."""
     count = scan.partition_count(files, block_bytes, workers)
     tasks = scan.plan(files, work, count, block_bytes)
-    layout = _layout(files, tasks, mapper(scan.scan, tasks), count)
+    results = list(mapper(scan.scan, tasks))
+    layout = _layout(files, tasks, results, count)
     if layout.identifiers:
         wanted = frozenset(layout.identifiers)
-        indexes = mapper(scan.index_patients, [scan.IndexTask(task, wanted) for task in tasks])
+        # Only the ranges that hold Patients are read again (in an export, Patient.ndjson alone).
+        holding = [task for task, result in zip(tasks, results, strict=True) if result.patient_lines]
+        indexes = mapper(scan.index_patients, [scan.IndexTask(task, wanted) for task in holding])
         _place_conditional(layout, _merged_index(indexes), work / "linked.bin")
     return layout, _split_shared(layout, work / "medications.bin")
 
@@ -287,9 +290,10 @@ def _split_shared(layout: Layout, path: Path) -> str:
     with path.open("wb") as out:
         for piece in layout.shared:
             for reference, _, lines in partition.runs(piece):
-                if problems.identifier_of(str(orjson.loads(reference))) is not None:
+                name = str(orjson.loads(reference))
+                if problems.identifier_of(name) is not None:
                     continue  # placed (or reported) by _place_conditional
-                if str(orjson.loads(reference)) in layout.medication_refs:
+                if name in layout.medication_refs:
                     out.write(b"".join(b"%d\t%d\t%b\t%b\n" % (*line[:2], reference, line[2]) for line in lines))
                     continue
                 stats = layout.stats[piece.file_id]

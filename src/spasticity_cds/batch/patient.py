@@ -203,8 +203,9 @@ def _dump(value: Mapping[str, Any]) -> bytes:
 _EVALUATORS: dict[EvaluationSpec, PatientEvaluator] = {}
 
 
-def cached_evaluator(spec: EvaluationSpec) -> PatientEvaluator:
-    """One evaluator (one knowledge-base load) per process and spec, reused by every task the process runs."""
+def cached_evaluator(spec: EvaluationSpec, engine: Engine | None = None) -> PatientEvaluator:
+    """One evaluator (one knowledge-base load, or ``engine`` when the caller has it) per process and spec, reused by
+    every task the process runs."""
     if spec not in _EVALUATORS:
-        _EVALUATORS[spec] = PatientEvaluator(spec)
+        _EVALUATORS[spec] = PatientEvaluator(spec, engine)
     return _EVALUATORS[spec]

@@ -17,6 +17,7 @@ from spasticity_cds.batch.download import Downloader, DownloadProgress
 from spasticity_cds.batch.inputs import InputFile, InputSet, discover, unterminated_last_line
 from spasticity_cds.batch.patient import EvaluationSpec, PatientEvaluator, cached_evaluator
 from spasticity_cds.batch.scan import BLOCK_BYTES
+from spasticity_cds.engine.evaluator import Engine
 from spasticity_cds.engine.facts import Value
 from spasticity_cds.errors import BatchError, InputError
 
@@ -88,7 +89,7 @@ def run_batch(
         raise BatchError(f"--workers must be at least 1 (got {options.workers})")
     if options.now.tzinfo is None:
         raise BatchError("--now must carry a UTC offset")
-    _check_settings(options)
+    engine = _checked_engine(options)
     started = time.perf_counter()
     out = options.out.absolute()
     partial = _prepare(out)  # first: it restores an output a killed run left between its two renames
@@ -100,7 +101,7 @@ def run_batch(
         downloader = Downloader(partial / output.WORK / DOWNLOADS, options.access_token, progress=downloads)
         inputs = discover(options.source, downloader)
         _check_outside(out, inputs)
-        manifest = _run_into(partial, inputs, previous, options, progress)
+        manifest = _run_into(partial, inputs, previous, options, progress, engine)
         _swap(partial, out)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
@@ -108,16 +109,24 @@ def run_batch(
     return BatchSummary(out=out, seconds=time.perf_counter() - started, manifest=manifest)
 
 
-def _check_settings(options: BatchOptions) -> None:
-    """A bad setting is the whole run's mistake: refused before any input is read, as ``evaluate`` refuses it."""
+def _checked_engine(options: BatchOptions) -> Engine:
+    """The run's knowledge base, its settings checked: a bad setting is the whole run's mistake, refused before any
+    input is read, as ``evaluate`` refuses it."""
+    engine = api.load_knowledge_base(options.kb_path)
     try:
-        api.load_knowledge_base(options.kb_path).settings_for(options.settings)
+        engine.settings_for(options.settings)
     except InputError as error:
         raise BatchError(error.message, where="--set/--jurisdiction") from None
+    return engine
 
 
 def _run_into(
-    partial: Path, inputs: InputSet, previous: Path | None, options: BatchOptions, progress: Progress | None
+    partial: Path,
+    inputs: InputSet,
+    previous: Path | None,
+    options: BatchOptions,
+    progress: Progress | None,
+    engine: Engine,
 ) -> dict[str, Any]:
     spec = EvaluationSpec(
         now=options.now,
@@ -125,6 +134,7 @@ def _run_into(
         kb_path=str(options.kb_path) if options.kb_path else None,
         settings=tuple(sorted(options.settings.items())),
     )
+    evaluator = cached_evaluator(spec, engine)  # this process's evaluations use the knowledge base loaded already
     writer = output.RunWriter(partial, previous)
     try:
         if options.engine == "spark":
@@ -150,7 +160,6 @@ def _run_into(
         )
     finally:
         writer.close()
-    evaluator = cached_evaluator(spec)
     output.write_json(partial / output.RULE_COUNTS, writer.counts.rule_counts(evaluator.knowledge_base))
     manifest = _manifest(inputs, previous, options, evaluator, report, writer, tasks)
     output.write_json(partial / output.MANIFEST, manifest)

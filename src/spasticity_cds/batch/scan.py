@@ -337,7 +337,7 @@ def index_patients(task: IndexTask) -> dict[str, set[str]]:
         for block in _blocks(task.scan):
             for raw in ndjson_lines(block):
                 _index_line(raw, task.identifiers, found)
-    except (OSError, EOFError, zlib.error):
+    except _STREAM_ERRORS:
         pass  # the scan reported the file as unreadable; the Patients before the break are indexed
     return found
 

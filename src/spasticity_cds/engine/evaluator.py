@@ -72,7 +72,6 @@ class Engine:
         self._concept_display = {concept.id: concept.display for concept in kb.valuesets.concepts}
         self._default_limits = _numeric(self.defaults)
         self.extractor = self._new_extractor(self._default_limits)
-        self._extractors: dict[tuple[tuple[str, float], ...], FactExtractor] = {}
         self.dosed = [m for m in kb.monographs.values() if m.max_daily or m.renal_bands]
         self.fact_names = self._catalogue()
         compiler = Compiler(self.fact_names, self.defaults, set(kb.definitions))
@@ -156,18 +155,12 @@ class Engine:
         return facts, notes
 
     def _extractor_for(self, settings: Mapping[str, Value]) -> FactExtractor:
-        """The fact extractor for these settings: the shared one, or one built (and kept) for overridden limits
-        (validity windows, default upper limits of normal), which it reads as it extracts."""
+        """The fact extractor for these settings: the shared one, or its twin reading overridden limits (validity
+        windows, default upper limits of normal)."""
         if settings is self.defaults:  # every call without overrides: nothing to compare
             return self.extractor
         limits = _numeric(settings)
-        if limits == self._default_limits:
-            return self.extractor
-        key = tuple(sorted(limits.items()))
-        extractor = self._extractors.get(key)
-        if extractor is None:
-            extractor = self._extractors[key] = self._new_extractor(limits)
-        return extractor
+        return self.extractor if limits == self._default_limits else self.extractor.with_limits(limits)
 
     def evaluate(
         self, record: PatientRecord, now: datetime, settings: Mapping[str, Value] | None = None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 import re
 from dataclasses import dataclass, field
@@ -136,6 +137,13 @@ class FactExtractor:
         self._missing_observation = {
             f"obs.{c.id}": missing(f"obs.{c.id}") for c in self.concepts.values() if c.kind == "observation"
         }
+
+    def with_limits(self, limits: dict[str, float]) -> FactExtractor:
+        """This extractor reading other limits (validity windows, default upper limits): its tables are shared,
+        not built again."""
+        twin = copy.copy(self)
+        twin.validity_days = limits
+        return twin
 
     def extract(self, record: PatientRecord, now: datetime) -> tuple[dict[str, Fact], list[str]]:
         """Every fact about the patient, keyed by name, and notes on how the record was read."""

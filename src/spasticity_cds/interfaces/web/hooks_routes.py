@@ -165,7 +165,7 @@ HooksDep = Annotated[HooksState, Depends(hooks_state)]
 @router.get(DISCOVERY_PATH)
 async def discovery(request: Request, state: StateDep, hooks: HooksDep) -> Response:
     """The services, their hooks and prefetch templates."""
-    await _authenticate(request, hooks, f"{state.settings.base_url}/cds-services")
+    await _authenticate(request, hooks, state.settings.base_url + DISCOVERY_PATH)
     return _json(hooks.catalogue.discovery())
 
 
@@ -178,7 +178,7 @@ async def call_service(request: Request) -> Response:
     service_id: str = request.path_params["service_id"]
     state: AppState = request.app.state.cds
     hooks: HooksState = request.app.state.hooks
-    await _authenticate(request, hooks, f"{state.settings.base_url}/cds-services/{service_id}")
+    await _authenticate(request, hooks, f"{state.settings.base_url}{DISCOVERY_PATH}/{service_id}")
     service = _service(hooks, service_id)
     _require_json(request)
     hook_request = decode_hook_request(await request.body())
@@ -224,7 +224,7 @@ async def feedback(
     hooks: HooksDep,
 ) -> Response:
     """Store what the clinician did with our cards (idempotent; a repeated report is not stored twice)."""
-    await _authenticate(request, hooks, f"{state.settings.base_url}/cds-services/{service_id}/feedback")
+    await _authenticate(request, hooks, state.settings.base_url + FEEDBACK_PATH.format(service_id=service_id))
     service = _service(hooks, service_id)
     _require_json(request)
     body = decode_feedback(await request.body())

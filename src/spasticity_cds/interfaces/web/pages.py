@@ -350,15 +350,7 @@ def demo_patient(demo_id: str, request: Request, state: StateDep) -> HTMLRespons
 def worklist_patient(patient_id: str, request: Request, state: StateDep) -> HTMLResponse:
     """Where a batch worklist links a patient (one path segment, as a FHIR id is): how to open that patient's plan
     (the app keeps no records), with a standalone SMART launch when EHRs are registered."""
-    try:
-        clients = smart.load_clients(state.settings.smart_clients_file) or []
-    except (
-        SpasticityCdsError,
-        OSError,
-        ValueError,
-    ) as error:  # the launch page reports the file; this one can do without
-        logger.error("worklist page: the SMART clients file is unusable: %s", type(error).__name__)
-        clients = []
+    clients = smart.registrations(request, state).clients or []  # a broken file: the launch page says so
     context = {"title": f"Patient {patient_id} from a worklist", "patient_id": patient_id, "clients": clients}
     # The launch form's GET is answered with a redirect to the EHR's authorization server, wherever that is.
     return render(request, state, "worklist_patient.html", context, form_targets="https: http:" if clients else "")
@@ -686,7 +678,8 @@ async def api_evaluate(request: Request, state: StateDep) -> Response:
     except BodyTooLargeError:
         return _outcome(f"the body is larger than {state.settings.max_body_bytes} bytes", 413, "too-costly")
     try:
-        result = api.evaluate(body, now=now, engine=state.engine, settings=_settings(state))
+        # The engine's own result: it is only serialised here, so api.evaluate's private copy would be wasted.
+        result = state.engine.evaluate(api.read_patient(body), now, _settings(state))
     except SpasticityCdsError as error:
         status = 400 if error.http_status < 500 else 500
         return _outcome(

@@ -198,7 +198,8 @@ class Registrations:
     problem: str = ""
 
 
-def _registrations(request: Request, state: AppState) -> Registrations:
+def registrations(request: Request, state: AppState) -> Registrations:
+    """The SMART clients file, read (and a broken one logged) once per app."""
     cached: Registrations | None = getattr(request.app.state, "smart_registrations", None)
     if cached is None:
         try:
@@ -334,13 +335,13 @@ async def smart_launch(request: Request, state: StateDep) -> Response:
     """EHR launch (``iss`` and ``launch``) or standalone launch (``iss`` only); without ``iss`` a chooser page."""
     iss = request.query_params.get("iss", "").strip()
     launch = request.query_params.get("launch", "").strip()
-    registrations = _registrations(request, state)
-    if registrations.problem:
-        return _error(request, state, registrations.problem, 500)
+    registered = registrations(request, state)
+    if registered.problem:
+        return _error(request, state, registered.problem, 500)
     if not iss:
-        return _chooser(request, state, registrations.clients)
+        return _chooser(request, state, registered.clients)
     try:
-        client = client_for(iss, state, registrations.clients)
+        client = client_for(iss, state, registered.clients)
         config = await _discovered(state, client)
     except SmartError as error:
         return _error(request, state, error.message, error.http_status)
