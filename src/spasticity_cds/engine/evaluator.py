@@ -69,7 +69,8 @@ class Engine:
         self.defaults: dict[str, Value] = {name: setting.value for name, setting in kb.settings.items()}
         self.choice_settings = sorted(name for name, setting in kb.settings.items() if setting.choices)
         self.vocabulary = Vocabulary(kb.valuesets)
-        self._concept_display = {concept.id: concept.display for concept in kb.valuesets.concepts}
+        #: Each concept's display name, by concept id: how facts are labelled for clinicians.
+        self.concept_display = {concept.id: concept.display for concept in kb.valuesets.concepts}
         self._default_limits = _numeric(self.defaults)
         self.extractor = self._new_extractor(self._default_limits)
         self.dosed = [m for m in kb.monographs.values() if m.max_daily or m.renal_bands]
@@ -343,7 +344,7 @@ class Engine:
     def _fact_phrase(self, fact: Fact) -> str:
         """``FVC % predicted 42 % (2026-10-01)``, or the concept alone for a yes (``Non-invasive ventilation``)."""
         concept = fact.name.partition(".")[2].split(".")[0]
-        label = self._concept_display.get(concept, concept.replace("-", " ").replace("_", " "))
+        label = self.concept_display.get(concept, concept.replace("-", " ").replace("_", " "))
         return label if fact.value is True else f"{label} {fact.display()}"
 
     def cite(self, refs: list[CitationRef]) -> list[dict[str, Any]]:

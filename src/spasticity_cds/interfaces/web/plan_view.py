@@ -89,7 +89,7 @@ def fact_label(name: str, engine: Engine) -> str:
     if name in FACT_LABELS:
         return FACT_LABELS[name]
     parts = name.split(".")
-    concepts = {c.id: c.display for c in engine.kb.valuesets.concepts}
+    concepts = engine.concept_display
     if len(parts) >= 2 and parts[1] in concepts:
         tail = " ".join(parts[2:]).replace("_", " ")
         return f"{concepts[parts[1]]} {tail}".strip()
