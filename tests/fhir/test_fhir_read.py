@@ -206,6 +206,7 @@ def test_duplicates_keep_the_latest_version() -> None:
     assert [getattr(concept_of(r.code), "text", None) for r in rec.of_type("Condition")] == ["new"]
     same = read(bundle(PATIENT, condition("c1"), condition("c1"), kind="searchset"))
     assert same.duplicates_dropped == 1 and len(same.of_type("Condition")) == 1
+    assert same.duplicated == {"Condition/c1"} and read(bundle(PATIENT, condition("c1"))).duplicated == frozenset()
 
 
 def test_which_copy_and_which_order_a_record_holds_does_not_depend_on_the_input_order() -> None:
@@ -246,6 +247,7 @@ def test_a_later_copy_takes_the_first_copys_place_however_copies_and_new_resourc
     kept = [(r.id, getattr(concept_of(r.code), "text", None)) for r in rec.of_type("Condition")]
     assert kept == [("a", "4"), ("b", "3"), ("c", "5"), ("d", "1")]
     assert rec.duplicates_dropped == 5
+    assert rec.duplicated == {"Condition/a", "Condition/b", "Condition/c"}
 
 
 def test_a_parsed_mapping_or_list_is_accepted_without_bytes() -> None:

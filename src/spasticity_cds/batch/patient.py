@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -99,7 +100,7 @@ class PatientEvaluator:
         try:
             record = api.read_patient(resources, source=where)
             # The record counts the copies it collapsed; only then are the lines keyed to name them.
-            duplicated = _copies(resources, read_lines) if record.duplicates_dropped else {}
+            duplicated = _copies(resources, read_lines, record.duplicated) if record.duplicated else {}
             if duplicated:
                 report = self._duplicates(duplicated)
                 outcome.problems.append(_dump(problems.operation_outcome(problems.DUPLICATE, report, where)))
@@ -166,25 +167,23 @@ class PatientEvaluator:
         )
 
 
-def _copies(resources: Sequence[Resource | dict[str, Any]], lines: Sequence[Line]) -> dict[str, list[Line]]:
-    """The lines of every ``Type/id`` read more than once."""
+def _copies(
+    resources: Sequence[Resource | dict[str, Any]], lines: Sequence[Line], duplicated: AbstractSet[str]
+) -> dict[str, list[Line]]:
+    """The lines of every ``Type/id`` the record collapsed (``duplicated``), in input order. Only the lines whose id
+    one of them carries are keyed: a patient has hundreds of lines and a few copies."""
+    ids = {resource_key.partition("/")[2] for resource_key in duplicated}
     found: dict[str, list[Line]] = {}
     for document, line in zip(resources, lines, strict=True):
-        resource_key = _resource_key(document)
-        if resource_key is not None:
-            found.setdefault(resource_key, []).append(line)
+        if isinstance(document, Resource):
+            resource_type, resource_id = document.resource_type, document.id
+        else:
+            resource_type, resource_id = document.get("resourceType"), document.get("id")
+        if isinstance(resource_id, str) and resource_id in ids:
+            resource_key = f"{resource_type}/{resource_id}"
+            if resource_key in duplicated:
+                found.setdefault(resource_key, []).append(line)
     return {resource_key: copies for resource_key, copies in found.items() if len(copies) > 1}
-
-
-def _resource_key(document: Resource | dict[str, Any]) -> str | None:
-    """``Type/id`` of a decoded line, as the record collapses copies by it; None without an id."""
-    if isinstance(document, Resource):
-        resource_type, resource_id = document.resource_type, document.id
-    else:
-        resource_type, resource_id = document.get("resourceType"), document.get("id")
-    if not isinstance(resource_type, str) or not isinstance(resource_id, str) or not resource_id:
-        return None
-    return f"{resource_type}/{resource_id}"
 
 
 def decode_line(raw: bytes) -> Any:

@@ -47,7 +47,8 @@ class ParsedInput:
 
     Of two copies of one ``Type/id`` the one with the later meta.lastUpdated is kept (on a tie, the one whose JSON
     sorts last: the same copy whatever the order they came in);
-    resources without an id cannot be duplicates. ``aliases`` maps Bundle fullUrls such as ``urn:uuid:...``
+    resources without an id cannot be duplicates; ``duplicated`` holds the ``Type/id`` of each resource seen more than
+    once. ``aliases`` maps Bundle fullUrls such as ``urn:uuid:...``
     to ``Type/id``. ``by_type`` indexes the same resources by type, and ``owners`` holds every patient link
     (subject, patient or beneficiary reference; None for none) the resources carry, so that a record whose links
     all point at its patient needs no check per resource.
@@ -58,6 +59,7 @@ class ParsedInput:
     owners: set[str | None] = field(default_factory=set)
     aliases: dict[str, str] = field(default_factory=dict)
     duplicates: int = 0
+    duplicated: set[str] = field(default_factory=set)
     _positions: dict[str, dict[int, int]] = field(default_factory=dict, repr=False)
 
     def add(self, document: object, *, source: str = "<input>") -> None:
@@ -127,6 +129,7 @@ class ParsedInput:
     def _collapse(self, key: str, previous: Resource, resource: Resource) -> None:
         """Keep one of two copies of a ``Type/id``: the later lastUpdated, else the greater JSON (``_keeps_first``)."""
         self.duplicates += 1
+        self.duplicated.add(key)
         # An equal copy changes nothing; our own prefetch sends the newest observations twice (two searches).
         if previous == resource or _keeps_first(previous, resource):
             return

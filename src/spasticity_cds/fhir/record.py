@@ -25,6 +25,8 @@ class PatientRecord:
     by_reference: dict[str, Resource]
     aliases: dict[str, str] = field(default_factory=dict)
     duplicates_dropped: int = 0
+    #: The ``Type/id`` of every resource the input held more than once (one copy of each was kept).
+    duplicated: frozenset[str] = frozenset()
     other_patient_resources: int = 0
 
     @property
@@ -141,6 +143,7 @@ def build_record(parsed: ParsedInput, *, source: str = "<input>", patient_id: st
         by_reference=by_reference,
         aliases=parsed.aliases,
         duplicates_dropped=parsed.duplicates,
+        duplicated=frozenset(parsed.duplicated),
         other_patient_resources=foreign,
     )
 
