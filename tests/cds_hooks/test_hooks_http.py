@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -43,6 +44,27 @@ def test_cors_headers_on_answers_and_errors(app: FastAPI, client: Client, method
     response = call(app, method, path, headers=headers)
     assert response.status_code == status
     assert response.headers["access-control-allow-origin"] == "*"
+
+
+FEEDBACK = {"feedback": [{"card": "c-1", "outcome": "overridden", "outcomeTimestamp": "2026-11-24T14:30:00Z"}]}
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "status"),
+    [
+        ("GET", "/cds-services", None, 200),
+        ("POST", SERVICE, hook_request("patient-view", prefetch_data=prefetch()), 200),
+        ("POST", f"{SERVICE}/feedback", FEEDBACK, 200),
+        ("POST", SERVICE, {"hook": "patient-view"}, 400),
+    ],
+)
+def test_hook_answers_are_not_cached_or_sniffed(
+    app: FastAPI, client: Client, method: str, path: str, body: dict[str, Any] | None, status: int
+) -> None:
+    response = call(app, method, path, json=body, headers=client.headers(path))
+    assert response.status_code == status
+    assert response.headers["cache-control"] == "no-store"
+    assert response.headers["x-content-type-options"] == "nosniff"
 
 
 def test_no_cors_beyond_the_service_and_the_api(app: FastAPI) -> None:
@@ -245,7 +267,7 @@ JSON_TYPES = ["application/json", "Application/JSON; charset=UTF-8", "applicatio
 
 
 def _feedback_body() -> dict[str, Any]:
-    return {"feedback": [{"card": "c-1", "outcome": "overridden", "outcomeTimestamp": "2026-11-24T14:30:00Z"}]}
+    return copy.deepcopy(FEEDBACK)
 
 
 def _post_typed(app: FastAPI, path: str, body: dict[str, Any], headers: dict[str, str]) -> Any:

@@ -28,6 +28,7 @@ from spasticity_cds.cds_hooks.writer import BatchWriter
 from spasticity_cds.errors import AuthenticationError, HookRequestError
 from spasticity_cds.interfaces.web.config import WebSettings, load_trusted_issuers
 from spasticity_cds.interfaces.web.deps import AppState, app_state
+from spasticity_cds.interfaces.web.errors import JSON_HEADERS
 from spasticity_cds.store import FeedbackOutcome, HookFeedback, IssuedCard, hash_patient_ref
 
 logger = logging.getLogger("spasticity_cds.cds_hooks")
@@ -104,7 +105,8 @@ async def hooks_state(request: Request) -> HooksState:
 
 
 def _json(body: Any) -> Response:
-    return Response(orjson.dumps(body), media_type="application/json")
+    """A hook answer: cards and discovery are about one patient or this service, so never cached or sniffed."""
+    return Response(orjson.dumps(body), media_type="application/json", headers=JSON_HEADERS)
 
 
 async def _authenticate(request: Request, hooks: HooksState, audience: str) -> None:

@@ -29,7 +29,7 @@ from spasticity_cds.fhir.record import PatientRecord
 from spasticity_cds.interfaces.web import manual_form, smart
 from spasticity_cds.interfaces.web.csrf import CSRF_FIELD, csrf_valid
 from spasticity_cds.interfaces.web.deps import AppState, app_state
-from spasticity_cds.interfaces.web.errors import JSON_HEADERS
+from spasticity_cds.interfaces.web.errors import JSON_HEADERS, outcome_response
 from spasticity_cds.interfaces.web.plan_view import build_plan, patient_banner, storable_card_id
 from spasticity_cds.interfaces.web.rendering import FEEDBACK_ANSWERS, OVERRIDE_REASONS, STATIC_DIR, render
 from spasticity_cds.knowledge.schema import ConceptKind, Node
@@ -655,36 +655,30 @@ def kb_versions(request: Request, state: StateDep) -> HTMLResponse:
 # -- JSON API --------------------------------------------------------------------------------------------
 
 
-def _outcome(message: str, status: int, code: str = "invalid") -> JSONResponse:
-    body = {"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": code, "diagnostics": message}]}
-    return JSONResponse(body, status_code=status, media_type="application/fhir+json", headers=JSON_HEADERS)
-
-
 @router.post("/api/evaluate", response_model=None)
 async def api_evaluate(request: Request, state: StateDep) -> Response:
     """FHIR Bundle (JSON) or NDJSON in, the result contract out; ``?now=`` (ISO 8601 with offset) optional."""
     media = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media not in FHIR_JSON_TYPES:
-        return _outcome("send the bundle as application/json, application/fhir+json or NDJSON", 415, "not-supported")
+        return outcome_response(415, "send the bundle as application/json, application/fhir+json or NDJSON")
     now = state.clock()
     now_text = request.query_params.get("now")
     if now_text:
         try:
             now = api.parse_instant(now_text)
         except InputError as error:
-            return _outcome(error.message, 400)
+            return outcome_response(400, error.message)
     try:
         body = await read_body(request, state.settings.max_body_bytes)
     except BodyTooLargeError:
-        return _outcome(f"the body is larger than {state.settings.max_body_bytes} bytes", 413, "too-costly")
+        return outcome_response(413, f"the body is larger than {state.settings.max_body_bytes} bytes")
     try:
         # The engine's own result: it is only serialised here, so api.evaluate's private copy would be wasted.
         result = state.engine.evaluate(api.read_patient(body), now, _settings(state))
     except SpasticityCdsError as error:
-        status = 400 if error.http_status < 500 else 500
-        return _outcome(
-            error.message if status == 400 else "evaluation failed", status, "invalid" if status == 400 else "exception"
-        )
+        if error.http_status < 500:
+            return outcome_response(400, error.message)
+        return outcome_response(500, "evaluation failed")
     return Response(api.to_json(result), media_type="application/json", headers=JSON_HEADERS)
 
 
