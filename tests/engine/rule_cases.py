@@ -25,6 +25,7 @@ from .records import (
     med,
     normal_breathing,
     orthostatic,
+    patient,
     procedure,
     reduced_breathing,
     relies_on_tone,
@@ -44,6 +45,8 @@ class RuleCase:
     missing_outcome: str = "unknown"
     settings: dict[str, Any] = field(default_factory=dict)
     with_als: tuple[bool, bool, bool] = (True, True, True)  # for fires, does_not_fire, missing
+    #: The Patient resource of the record on which the rule fires, when the usual one would not do.
+    fires_person: Callable[[], Resource] | None = None
 
 
 def _c(rule_id: str, fires: Build, not_: Build | None, missing: Build, outcome: str = "unknown", **kw: Any) -> RuleCase:
@@ -285,6 +288,14 @@ CASES: list[RuleCase] = [
     ),
     # ---- scope
     _c("SCOPE-NO-ALS", none, none, none, "true", with_als=(False, True, False)),
+    _c(
+        "SCOPE-DECEASED",
+        lambda: [med("baclofen", dose=10, per_day=3)],
+        lambda: [med("baclofen", dose=10, per_day=3)],
+        none,
+        "false",
+        fires_person=lambda: {**patient(), "deceasedDateTime": days_ago(30)},
+    ),
     # ---- withdrawal
     _c("BACLOFEN-NO-ABRUPT-STOP", lambda: [med("baclofen")], lambda: [med("baclofen", status="draft")], none, "false"),
     _c(

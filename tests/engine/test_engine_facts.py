@@ -17,6 +17,7 @@ from .records import (
     ICD,
     LOINC,
     NOW,
+    RECENT,
     RXN,
     SCT,
     Resource,
@@ -64,16 +65,29 @@ def test_egfr_is_derived_from_creatinine_with_a_note() -> None:
     assert derived.sources and derived.sources[0].startswith("Observation/")
 
 
-def test_a_current_measured_egfr_wins_over_creatinine() -> None:
-    facts, _ = facts_of(egfr(75), creatinine(3.0))
-    assert facts["obs.egfr"].value == 75.0
-    assert facts["obs.egfr"].note is None
+def test_a_measured_egfr_wins_over_a_creatinine_of_the_same_day_or_older() -> None:
+    for when in (RECENT, days_ago(40)):
+        facts, _ = facts_of(egfr(75), creatinine(3.0, when=when))
+        assert facts["obs.egfr"].value == 75.0
+        assert facts["obs.egfr"].note is None
 
 
-def test_egfr_needs_age_and_sex_to_be_derived() -> None:
+def test_a_creatinine_newer_than_a_current_measured_egfr_gives_the_egfr() -> None:
+    facts, _ = facts_of(egfr(58, when=days_ago(80)), creatinine(3.1, when=days_ago(4)), person=patient("1950-01-01"))
+    derived = facts["obs.egfr"]
+    assert derived.value == pytest.approx(20.1, abs=0.2)
+    assert derived.date == days_ago(4) and not derived.stale
+    assert derived.note is not None and "newer than the measured eGFR of 58 mL/min/1.73m2" in derived.note
+
+
+def test_egfr_needs_age_and_sex_to_be_derived_and_says_so() -> None:
     facts, _ = facts_of(creatinine(1.0), person={"resourceType": "Patient", "id": "p1"})
     assert facts["obs.egfr"].value is None
     assert facts["patient.age"].note == "no birthDate"
+    assert facts["obs.egfr"].note == (
+        f"creatinine 1.00 mg/dL of {RECENT} on record; an eGFR cannot be derived from it without the patient's age "
+        "and sex"
+    )
 
 
 def test_value_string_numbers_are_read() -> None:

@@ -21,7 +21,8 @@ IDS = [case.rule_id for case in CASES]
 def _run(case: RuleCase, which: int) -> tuple[str, list[dict[str, Any]], dict[str, Any]]:
     build = (case.fires, case.does_not_fire, case.missing)[which]
     assert build is not None
-    patient: PatientRecord = record(*build(), with_als=case.with_als[which])
+    person = case.fires_person() if which == 0 and case.fires_person is not None else None
+    patient: PatientRecord = record(*build(), with_als=case.with_als[which], person=person)
     outcome = ENGINE.explain(patient, NOW, case.rule_id, case.settings)["outcome"]
     result = ENGINE.evaluate(patient, NOW, case.settings)
     mine = [f for f in result["findings"] if f["rule_id"] == case.rule_id]

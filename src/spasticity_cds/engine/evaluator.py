@@ -172,8 +172,7 @@ class Engine:
         active_settings = self.settings_for(settings)
         facts, notes = self._facts(record, now, active_settings)
         env = Env(facts, active_settings, self.definitions)
-        scope = self.kb.rules[self.kb.manifest.scope_rule]
-        in_scope = not self._fires(scope.id, env)
+        in_scope = not any(self._fires(rule_id, env) for rule_id in self.kb.manifest.scope_rules)
         states = self._agent_states(env.facts)
         findings, effects = self._findings(env, in_scope, states)
         options = self._options(env, effects, now, states) if in_scope else []
@@ -188,10 +187,10 @@ class Engine:
         """Findings of every rule that fired or could not decide, and the option-status effects they carry."""
         findings: list[dict[str, Any]] = []
         effects: Effects = {}
-        scope_id = self.kb.manifest.scope_rule
+        scope_ids = self.kb.manifest.scope_rules
         for compiled in self.rules:
             rule = compiled.rule
-            if (rule.id == scope_id) == in_scope:
+            if (rule.id in scope_ids) == in_scope:
                 continue
             try:
                 value = compiled.tree.evaluate(env)

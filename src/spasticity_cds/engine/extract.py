@@ -379,6 +379,8 @@ class FactExtractor:
             if gender in ("male", "female")
             else missing("patient.sex", "gender not recorded as male or female")
         )
+        death = record.death_recorded(now)
+        facts["patient.deceased"] = Fact("patient.deceased", death is not None, sources=(ref,), note=death)
 
     def _presence_facts(self, collected: _Collected, facts: dict[str, Fact]) -> None:
         facts.update(self._absent_presence)
@@ -405,7 +407,7 @@ class FactExtractor:
         stale = self._is_stale(observed.when, concept, now)
         if observed.when is None and concept.validity_setting is not None:
             # Without a date its age cannot be judged, so it counts as out of date: say why.
-            note = "; ".join(part for part in (note, "no readable date, so treated as out of date") if part)
+            note = _joined(note, "no readable date, so treated as out of date")
         return Fact(
             name,
             observed.value,
@@ -424,22 +426,29 @@ class FactExtractor:
         return days_between(when, now) > self.validity_days[concept.validity_setting]
 
     def _egfr_fact(self, collected: _Collected, now: datetime, facts: dict[str, Fact]) -> None:
+        """``obs.egfr`` from the newest kidney measure: a measured eGFR, or one derived from a creatinine taken after
+        it (or with no usable measured eGFR at all); a creatinine that cannot be turned into one is said, not hidden."""
         measured = facts["obs.egfr"]
-        if measured.usable:
-            return
         creatinine = self._latest(collected, "creatinine")
+        if creatinine is None or not isinstance(creatinine.value, float):
+            return
+        if measured.date and (creatinine.when is None or creatinine.when.isoformat() <= measured.date):
+            return
+        at = f"creatinine {creatinine.value:.2f} mg/dL"
         age, sex = facts["patient.age"].value, facts["patient.sex"].value
-        if creatinine is None or not isinstance(creatinine.value, float) or not isinstance(age, int):
-            return
-        if sex not in ("male", "female"):
-            return
-        if measured.date and creatinine.when and creatinine.when.isoformat() <= measured.date:
+        if not isinstance(age, int) or sex not in ("male", "female"):
+            dated = f" of {creatinine.when.isoformat()}" if creatinine.when else ""
+            unusable = f"{at}{dated} on record; an eGFR cannot be derived from it without the patient's age and sex"
+            facts["obs.egfr"] = msgspec.structs.replace(measured, note=_joined(measured.note, unusable))
             return
         derived = _ckd_epi(self.equation, creatinine.value, age, str(sex))
         observed = Observed(round(derived, 1), creatinine.when, creatinine.source, self.concepts["egfr"].unit)
-        note = (
-            f"derived from creatinine {creatinine.value:.2f} mg/dL by {self.equation.name} (no current measured eGFR)"
+        why = (
+            f"newer than the measured eGFR of {measured.display()}"
+            if measured.value is not None
+            else "no current measured eGFR"
         )
+        note = f"derived from {at} by {self.equation.name} ({why})"
         facts["obs.egfr"] = self._fact_from("obs.egfr", observed, self.concepts["egfr"], now, note)
 
     def _liver_facts(self, collected: _Collected, now: datetime, facts: dict[str, Fact]) -> None:
@@ -870,6 +879,11 @@ def _text_dose(dosage: Dosage) -> tuple[float, str, str | None] | None:
     elif unit != "mg":
         unit = "microgram"
     return value * per_day, unit, f"dose read from the dosage text {text!r}"
+
+
+def _joined(*notes: str | None) -> str | None:
+    """Notes on one fact, in order, the absent ones left out."""
+    return "; ".join(note for note in notes if note) or None
 
 
 def _ckd_epi(equation: EgfrEquation, creatinine_mg_dl: float, age: int, sex: str) -> float:

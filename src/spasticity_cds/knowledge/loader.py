@@ -209,8 +209,9 @@ def _check(kb: KnowledgeBase) -> None:
             )
     for rule in kb.rules.values():
         _check_rule(kb, rule, agents)
-    if kb.manifest.scope_rule not in kb.rules:
-        raise KnowledgeBaseError(f"scope rule {kb.manifest.scope_rule!r} is not defined", where="manifest.yaml")
+    for scope_rule in kb.manifest.scope_rules:
+        if scope_rule not in kb.rules:
+            raise KnowledgeBaseError(f"scope rule {scope_rule!r} is not defined", where="manifest.yaml")
 
 
 def _check_rule(kb: KnowledgeBase, rule: Rule, agents: set[str]) -> None:

@@ -271,6 +271,7 @@ class Manifest(Strict, kw_only=True, frozen=True):
     name: str
     version: str
     releases: list[Release]
-    scope_rule: str
+    #: Rules that put a patient out of scope when any fires: no options, only their findings.
+    scope_rules: list[str]
     disclaimer: Statement
     evidence_gaps: list[Statement]
