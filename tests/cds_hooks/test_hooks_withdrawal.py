@@ -54,19 +54,19 @@ def test_baclofen_at_severe_kidney_disease_suggests_deleting_the_draft(app: Fast
     ]
 
 
-def test_the_kidney_dose_alternative_joins_the_same_card_unrecommended(app: FastAPI, client: Client) -> None:
-    """Avoiding baclofen and its kidney-adjusted dose are one decision: one card, delete first, reduce second."""
+def test_under_the_avoid_policy_no_kidney_dose_is_offered_beside_avoid(app: FastAPI, client: Client) -> None:
+    """A draft above the kidney-adjusted ceiling gets "avoid" alone: no ceiling, no reduced dose to pick instead.
+
+    Under the default avoid policy a kidney-adjusted dose beside "avoid" would read as permission (KB 1.3.0,
+    BACLOFEN-DOSE-ABOVE-CEILING v4); the reduce policy offers the dose instead, see
+    test_reduce_policy_keeps_the_order_and_offers_only_the_dose."""
     (card,) = valid_cards(app, client, _sign(baclofen_order(value=10)), SIGN)
-    assert _findings(card) == ["BACLOFEN-KIDNEY-FAILURE-AVOID", "BACLOFEN-DOSE-ABOVE-CEILING"]
+    assert _findings(card) == ["BACLOFEN-KIDNEY-FAILURE-AVOID"]
     assert card["source"]["topic"]["code"] == "BACLOFEN-KIDNEY-FAILURE-AVOID"
-    remove, reduce = card["suggestions"]
+    (remove,) = card["suggestions"]
     assert [a["type"] for a in remove["actions"]] == ["delete"] and remove["isRecommended"] is True
-    (update,) = reduce["actions"]
-    assert update["type"] == "update" and "isRecommended" not in reduce
-    assert update["resource"]["id"] == "draft-baclofen"
-    assert update["resource"]["dosageInstruction"][0]["doseAndRate"][0]["doseQuantity"]["value"] == 8.5
-    assert card["selectionBehavior"] == "at-most-one" and remove["uuid"] != reduce["uuid"]
     assert card["detail"].count("avoid oral baclofen") == 1
+    assert "kidney-adjusted ceiling" not in card["detail"]
 
 
 def test_dialysis_rules_baclofen_out_at_any_egfr(app: FastAPI, client: Client) -> None:
@@ -127,8 +127,9 @@ def test_reduce_policy_keeps_the_order_and_offers_only_the_dose(
     app = create_app(settings, store=hook_store, clock=hook_clock)
     cards = valid_cards(app, client, _sign(baclofen_order(value=10)), SIGN)
     assert "BACLOFEN-KIDNEY-FAILURE-AVOID" not in {f for c in cards for f in _findings(c)}
-    actions = [a["type"] for c in cards for s in c.get("suggestions", ()) for a in s["actions"]]
-    assert actions == ["update"]
+    actions = [a for c in cards for s in c.get("suggestions", ()) for a in s["actions"]]
+    assert [a["type"] for a in actions] == ["update"]
+    assert actions[0]["resource"]["dosageInstruction"][0]["doseAndRate"][0]["doseQuantity"]["value"] == 8.5
 
 
 def test_patient_view_has_no_draft_to_delete(app: FastAPI, client: Client) -> None:

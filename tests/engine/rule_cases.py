@@ -186,8 +186,27 @@ CASES: list[RuleCase] = [
     _c(
         "GABAPENTIN-DOSE-ABOVE-CEILING",
         lambda: [egfr(25), med("gabapentin", dose=600, per_day=3)],
-        lambda: [egfr(90), med("gabapentin", dose=600, per_day=3)],
+        lambda: [egfr(90), med("gabapentin", dose=1200, per_day=4)],  # above the maximum: the max rule speaks
         lambda: [med("gabapentin", dose=600, per_day=3)],
+    ),
+    # ---- maximum doses
+    _c(
+        "TIZ-DOSE-ABOVE-MAX",
+        lambda: [med("tizanidine", dose=12, per_day=4)],
+        lambda: [med("tizanidine", dose=12, per_day=3)],
+        lambda: [med("tizanidine")],
+    ),
+    _c(
+        "DANT-DOSE-ABOVE-MAX",
+        lambda: [med("dantrolene", dose=200, per_day=3, status="draft")],
+        lambda: [med("dantrolene", dose=100, per_day=4)],
+        lambda: [med("dantrolene")],
+    ),
+    _c(
+        "GABAPENTIN-DOSE-ABOVE-MAX",
+        lambda: [med("gabapentin", dose=1200, per_day=4)],
+        lambda: [egfr(95), med("gabapentin", dose=1200, per_day=3)],
+        lambda: [med("gabapentin")],
     ),
     _c(
         "TIZ-RENAL",

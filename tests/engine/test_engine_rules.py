@@ -122,3 +122,85 @@ def test_a_summary_names_the_measures_that_met_its_definition() -> None:
     summary = next(f["summary"] for f in result["findings"] if f["id"] == "RESP-STATUS")
     assert summary.startswith("Breathing is compromised (Arterial PaCO2 48 mmHg")
     assert "FVC" not in summary and "Non-invasive" not in summary
+
+
+DOSE_LIMIT_RULES = (
+    "BACLOFEN-DOSE-ABOVE-MAX",
+    "BACLOFEN-DOSE-ABOVE-CEILING",
+    "GABAPENTIN-DOSE-ABOVE-MAX",
+    "GABAPENTIN-DOSE-ABOVE-CEILING",
+    "TIZ-DOSE-ABOVE-MAX",
+    "DANT-DOSE-ABOVE-MAX",
+)
+
+
+def test_every_dosed_antispastic_with_a_labelled_maximum_has_a_maximum_rule() -> None:
+    """A monograph's max_daily is checked by a rule that reads dose.<agent>.above_max."""
+    reads = {
+        fact
+        for compiled in ENGINE.rules
+        for fact in compiled.facts_read
+        if fact.startswith("dose.") and fact.endswith(".above_max")
+    }
+    dosed = {m.id for m in ENGINE.kb.monographs.values() if m.role == "antispastic" and m.max_daily}
+    assert {f"dose.{agent}.above_max" for agent in dosed} <= reads
+
+
+@pytest.mark.parametrize("rule_id", DOSE_LIMIT_RULES)
+def test_dose_limit_rules_weigh_the_same(rule_id: str) -> None:
+    """A dose above the limit in force is critical for every drug, taken or ordered."""
+    rule = RULES[rule_id]
+    assert (rule.kind, rule.severity, rule.escalate_if_current) == ("dose", "critical", None)
+
+
+def _rule_ids(*resources: Any, settings: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
+    result = ENGINE.evaluate(record(*resources), NOW, settings or {})
+    return {f["id"]: f for f in result["findings"]}
+
+
+def test_avoid_policy_gives_no_kidney_ceiling_beside_avoid() -> None:
+    from .records import egfr, med
+
+    found = _rule_ids(egfr(20), med("baclofen", dose=20, per_day=3))
+    assert "BACLOFEN-KIDNEY-FAILURE-AVOID" in found
+    assert "BACLOFEN-DOSE-ABOVE-CEILING" not in found
+
+
+def test_reduce_policy_flags_the_ceiling_on_dialysis_without_an_egfr() -> None:
+    from .records import med, procedure
+
+    found = _rule_ids(
+        procedure("Haemodialysis"),
+        med("baclofen", dose=10, per_day=3),
+        settings={"baclofen_severe_ckd_policy": "reduce"},
+    )
+    ceiling = found["BACLOFEN-DOSE-ABOVE-CEILING"]
+    assert ceiling["severity"] == "critical"
+    assert ceiling["summary"] == "Baclofen 30 mg/day is above the kidney-adjusted ceiling of 26.4 mg/day (Dialysis)."
+    assert "BACLOFEN-KIDNEY-FAILURE-REDUCE" in found
+
+
+def test_the_baclofen_ceiling_applies_at_an_egfr_of_exactly_80() -> None:
+    from .records import egfr, med
+
+    found = _rule_ids(egfr(80), med("baclofen", dose=20, per_day=3))
+    assert "BACLOFEN-RENAL-BAND" in found
+    assert "53.6 mg/day" in found["BACLOFEN-DOSE-ABOVE-CEILING"]["summary"]
+
+
+def test_gabapentin_on_dialysis_without_an_egfr_takes_the_lowest_band() -> None:
+    from .records import med, procedure
+
+    found = _rule_ids(procedure("Haemodialysis"), med("gabapentin", dose=300, per_day=3))
+    assert "300 mg/day (Dialysis)" in found["GABAPENTIN-DOSE-ABOVE-CEILING"]["summary"]
+    assert "GABAPENTIN-DOSE-ABOVE-MAX" not in found
+
+
+def test_a_gabapentin_dose_above_the_maximum_is_flagged_once() -> None:
+    from .records import egfr, med
+
+    found = _rule_ids(egfr(95), med("gabapentin", dose=1200, per_day=4))
+    assert "GABAPENTIN-DOSE-ABOVE-MAX" in found
+    assert "GABAPENTIN-DOSE-ABOVE-CEILING" not in found
+    low = _rule_ids(egfr(25), med("gabapentin", dose=1200, per_day=4))
+    assert {"GABAPENTIN-DOSE-ABOVE-MAX", "GABAPENTIN-DOSE-ABOVE-CEILING"} <= set(low)
