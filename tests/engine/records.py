@@ -212,16 +212,16 @@ def orthostatic(lying: float, standing: float, diastolic: tuple[float, float] = 
     ]
 
 
-def systolic(value: float) -> Resource:
-    return obs(LOINC, "8480-6", value, unit="mm[Hg]")
+def systolic(value: float, when: str = RECENT) -> Resource:
+    return obs(LOINC, "8480-6", value, unit="mm[Hg]", when=when)
 
 
 def mas(grade: str, site: str, when: str = RECENT) -> Resource:
     return obs(SCT, "765771006", grade, kind="string", site=site, when=when)
 
 
-def relies_on_tone(value: bool) -> Resource:
-    return obs(LOCAL, "relies-on-tone", value, kind="bool")
+def relies_on_tone(value: bool, when: str = RECENT) -> Resource:
+    return obs(LOCAL, "relies-on-tone", value, kind="bool", when=when)
 
 
 def swallowing(score: int) -> Resource:

@@ -132,6 +132,13 @@ CASES: list[RuleCase] = [
         lambda: [relies_on_tone(False), med("dantrolene", status="draft")],
         lambda: [med("dantrolene", status="draft")],
     ),
+    _c(
+        "SEDATING-ANTISPASTICS-COMBINED",
+        lambda: [med("baclofen", dose=10, per_day=3), med("gabapentin", status="draft")],
+        lambda: [med("baclofen", dose=10, per_day=3), med("dantrolene", status="draft")],
+        none,
+        "false",
+    ),
     _c("SEDATION-WEAKNESS-WATCH", lambda: [med("baclofen")], none, none, "false"),
     # ---- interactions
     _c(
@@ -293,6 +300,17 @@ CASES: list[RuleCase] = [
     ),
     _c("BENZO-OPIOID", lambda: [med("morphine"), med("diazepam")], lambda: [med("diazepam")], none, "false"),
     _c("BACLOFEN-OPIOID", lambda: [med("morphine"), med("baclofen")], lambda: [med("baclofen")], none, "false"),
+    _c("TIZ-OPIOID", lambda: [med("morphine"), med("tizanidine")], lambda: [med("tizanidine")], none, "false"),
+    _c(
+        "ITB-RESPIRATORY",
+        lambda: [
+            procedure("BiPAP overnight"),
+            med("baclofen", status="stopped", reason="ineffective"),
+            mas("3", "hip"),
+        ],
+        lambda: [*normal_breathing(), med("baclofen", status="stopped", reason="ineffective"), mas("3", "hip")],
+        lambda: [med("baclofen", status="stopped", reason="ineffective"), mas("3", "hip")],
+    ),
     _c(
         "GABAPENTIN-RESP",
         lambda: [med("morphine"), med("gabapentin")],

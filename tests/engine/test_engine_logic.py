@@ -148,3 +148,15 @@ def test_an_out_of_date_value_counts_only_when_the_check_says_so_and_it_is_met()
     assert counting(Env(old_low, {}, {})) is True
     assert counting(Env(old_normal, {}, {})) is None  # it may have fallen since: unknown
     assert plain(Env(old_low, {}, {})) is None
+
+
+def test_a_strict_twin_reads_an_out_of_date_value_as_unknown_even_when_it_counts() -> None:
+    old_low = Fact("obs.fvc", 45.0, "%", "2025-01-01", stale=True)
+    definitions = {"low": compile_({"check": {"fact": "obs.fvc", "op": "lt", "value": 50, "stale_if_met": True}})}
+    tree = compile_({"not": check("def.low")}, definitions={"low"})
+    lenient = env(definitions, obs_fvc=old_low)
+    strict = lenient.strict_twin()
+    assert strict.strict and not lenient.strict
+    assert lenient.definition("low") is True and tree.evaluate(lenient) is False
+    assert strict.definition("low") is None and tree.evaluate(strict) is None
+    assert lenient.cache == {"low": True}, "the twin keeps a cache of its own"

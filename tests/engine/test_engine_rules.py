@@ -204,3 +204,52 @@ def test_a_gabapentin_dose_above_the_maximum_is_flagged_once() -> None:
     assert "GABAPENTIN-DOSE-ABOVE-CEILING" not in found
     low = _rule_ids(egfr(25), med("gabapentin", dose=1200, per_day=4))
     assert {"GABAPENTIN-DOSE-ABOVE-MAX", "GABAPENTIN-DOSE-ABOVE-CEILING"} <= set(low)
+
+
+def test_the_next_ladder_options_are_not_offered_when_both_are_already_taken() -> None:
+    from .records import med
+
+    at_max = med("baclofen", dose=20, per_day=4)
+    both = ENGINE.evaluate(
+        record(at_max, med("tizanidine", dose=4, per_day=3), med("gabapentin", dose=300, per_day=3)), NOW
+    )
+    assert not [f for f in both["findings"] if f["rule_id"] == "LADDER-AFTER-BACLOFEN"]
+    one = ENGINE.evaluate(record(at_max, med("tizanidine", dose=4, per_day=3)), NOW)
+    assert not [f for f in one["findings"] if f["rule_id"] == "LADDER-AFTER-BACLOFEN"]
+    neither = ENGINE.evaluate(record(at_max), NOW)
+    summary = next(f["summary"] for f in neither["findings"] if f["rule_id"] == "LADDER-AFTER-BACLOFEN")
+    assert "dantrolene" not in summary
+
+
+def test_combined_sedating_antispastics_name_each_drug() -> None:
+    from .records import med
+
+    result = ENGINE.evaluate(
+        record(
+            med("baclofen", dose=10, per_day=3), med("tizanidine", dose=2, per_day=3), med("diazepam", status="draft")
+        ),
+        NOW,
+    )
+    finding = next(f for f in result["findings"] if f["rule_id"] == "SEDATING-ANTISPASTICS-COMBINED")
+    assert finding["severity"] == "warning"
+    for name in ("Baclofen", "Tizanidine", "Diazepam"):
+        assert name in finding["summary"]
+
+
+def test_a_pump_for_a_patient_with_respiratory_failure_is_a_caution_not_a_recommendation() -> None:
+    from .records import mas, med, procedure
+
+    result = ENGINE.evaluate(
+        record(
+            procedure("BiPAP overnight"),
+            fvc(30),
+            med("baclofen", status="stopped", reason="ineffective"),
+            mas("3", "hip"),
+        ),
+        NOW,
+    )
+    itb = next(o for o in result["options"] if o["agent"] == "intrathecal-baclofen")
+    assert itb["status"] == "caution"
+    assert "ITB-RESPIRATORY" in itb["because"]
+    ids = {f["rule_id"] for f in result["findings"]}
+    assert {"ITB-REFERRAL", "ITB-RESPIRATORY"} <= ids

@@ -118,7 +118,7 @@ class Engine:
         """Every placeholder names a fact, a setting or a definition; every ladder condition a fact."""
         known = self.fact_names | {f"def.{name}" for name in self.definitions}
         for rule in self.kb.rules.values():
-            for text in (rule.summary, rule.detail, rule.gap_summary or ""):
+            for text in (rule.summary, rule.detail, rule.gap_summary or "", rule.stale_summary or ""):
                 for name in PLACEHOLDER.findall(text):
                     if name not in known:
                         hint = suggest(name, known)
@@ -188,12 +188,24 @@ class Engine:
         findings: list[dict[str, Any]] = []
         effects: Effects = {}
         scope_ids = self.kb.manifest.scope_rules
+        strict: Env | None = None
         for compiled in self.rules:
             rule = compiled.rule
             if (rule.id in scope_ids) == in_scope:
                 continue
+            gap_env, rests_on_stale = env, False
             try:
                 value = compiled.tree.evaluate(env)
+                if value is not None and any(
+                    env.facts[name].stale for name in compiled.facts_read if name in env.facts
+                ):
+                    strict = strict or env.strict_twin()
+                    if compiled.tree.evaluate(strict) is None:
+                        # Decided only by an out-of-date value that counted (stale_if_met): a "yes" stands but says
+                        # it rests on out-of-date data; a "no" is not known for now, so the rule's gap is said.
+                        rests_on_stale = value
+                        if not value:
+                            value, gap_env = None, strict
             except Exception as error:
                 raise EvaluationError(f"rule {rule.id} failed: {error}", where=compiled.source_file) from error
             if value is False:
@@ -202,12 +214,12 @@ class Engine:
             if value is None:
                 gap = rule.on_unknown == "data-gap" or (rule.on_unknown == "data-gap-if-involved" and involved)
                 if gap or rule.effects_if_unknown:
-                    finding = self._finding(compiled, env, gap=True, involved=involved)
+                    finding = self._finding(compiled, gap_env, gap=True, involved=involved)
                     if gap:
                         findings.append(finding)
                     self._record_effects(effects, rule.effects_if_unknown, finding)
                 continue
-            finding = self._finding(compiled, env, gap=False, involved=involved)
+            finding = self._finding(compiled, env, gap=False, involved=involved, rests_on_stale=rests_on_stale)
             if self._reported(rule, involved):
                 findings.append(finding)
             self._record_effects(effects, rule.effects, finding)
@@ -232,7 +244,9 @@ class Engine:
             return True
         return involved == (rule.finding_when == "agent-involved")
 
-    def _finding(self, compiled: CompiledRule, env: Env, *, gap: bool, involved: bool) -> dict[str, Any]:
+    def _finding(
+        self, compiled: CompiledRule, env: Env, *, gap: bool, involved: bool, rests_on_stale: bool = False
+    ) -> dict[str, Any]:
         rule = compiled.rule
         facts = [env.facts[name] for name in compiled.facts_read if name in env.facts]
         severity = rule.escalate_if_current if (rule.escalate_if_current and involved) else rule.severity
@@ -254,13 +268,19 @@ class Engine:
                 "missing": list(dict.fromkeys(missing_names)),
             }
         else:
+            template = (rule.stale_summary or rule.summary) if rests_on_stale else rule.summary
             finding = {
                 "id": rule.id,
                 "kind": rule.kind,
                 "severity": severity,
-                "summary": self._render(rule.summary, env),
+                "summary": self._render(template, env),
                 "detail": self._render(rule.detail, env),
             }
+            if rests_on_stale:
+                # The out-of-date facts that made it true: the finding stands, and asks for current values.
+                finding["out_of_date"] = [
+                    name for name in dict.fromkeys(self._met(compiled.tree, env)) if env.facts[name].stale
+                ]
         finding.update(self._rule_parts(rule, gap))
         finding["facts"] = [fact.to_dict() for fact in facts]
         finding["evidence"] = sorted({source for fact in facts for source in fact.sources})
@@ -481,6 +501,7 @@ class Engine:
         notes: list[str],
     ) -> dict[str, Any]:
         gaps = sum(1 for finding in findings if finding["kind"] == "data-gap")
+        out_of_date = any("out_of_date" in finding for finding in findings)
         input_notes = list(notes)
         if record.duplicates_dropped:
             input_notes.append(f"{record.duplicates_dropped} duplicate resources collapsed")
@@ -501,7 +522,7 @@ class Engine:
                 if name in self.choice_settings or settings[name] != self.defaults[name]
             },
             "in_scope": in_scope,
-            "confidence": "high" if gaps == 0 else "reduced",
+            "confidence": "high" if gaps == 0 and not out_of_date else "reduced",
             "data_gaps": gaps,
             "standing": _standing(options),
             "options": options,
@@ -543,7 +564,7 @@ def _text_facts(rule: Rule) -> list[str]:
     """The facts a rule's texts name as placeholders, in order (settings are not facts)."""
     names = [
         name
-        for text in (rule.summary, rule.detail, rule.gap_summary or "")
+        for text in (rule.summary, rule.detail, rule.gap_summary or "", rule.stale_summary or "")
         for name in _template_parts(text)[1::2]
         if not name.startswith("setting.")
     ]

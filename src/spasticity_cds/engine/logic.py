@@ -17,12 +17,21 @@ NUMERIC_OPS = frozenset({"lt", "le", "gt", "ge"})
 
 @dataclass
 class Env:
-    """What one evaluation reads: the patient's facts, the settings in force, and cached definitions."""
+    """What one evaluation reads: the patient's facts, the settings in force, and cached definitions.
+
+    ``strict`` ignores every check's ``stale_if_met``: an out-of-date value is then always unknown. Comparing a
+    tree's strict value with its ordinary one tells whether its outcome rests on out-of-date data.
+    """
 
     facts: Mapping[str, Fact]
     settings: Mapping[str, Value]
     definitions: Mapping[str, CompiledNode]
     cache: dict[str, Truth] = field(default_factory=dict)
+    strict: bool = False
+
+    def strict_twin(self) -> Env:
+        """The same facts and settings read strictly (with a cache of its own)."""
+        return Env(self.facts, self.settings, self.definitions, strict=True)
 
     def definition(self, name: str) -> Truth:
         if name not in self.cache:
@@ -210,7 +219,7 @@ def _comparison(
             actual = fact.value
             if fact.stale:
                 met = _compared(compare, actual, limit)
-                return True if stale_if_met and met else when_missing
+                return True if stale_if_met and met and not env.strict else when_missing
         return _compared(compare, actual, limit)
 
     return evaluate

@@ -187,8 +187,8 @@ class Comparison(Strict, kw_only=True, frozen=True):
     value: float | int | str | bool | list[str] | None = None
     setting: str | None = None
     if_missing: Literal["unknown", "false"] = "unknown"
-    #: A value past its validity still counts when it meets the check (a measure that does not recover, such as
-    #: FVC in ALS: an old abnormal value cannot have become normal); otherwise an out-of-date value is unknown.
+    #: A value past its validity still counts when it meets the check (the rule's citations say why); otherwise an
+    #: out-of-date value is unknown. A finding that rests on such a value says so (``Rule.stale_summary``).
     stale_if_met: bool = False
 
 
@@ -227,6 +227,9 @@ class Rule(Strict, kw_only=True, frozen=True):
     effects_if_unknown: dict[str, OptionStatus] = {}
     gap_summary: str | None = None
     summary: str
+    #: The summary when the rule fired only because an out-of-date value counted (``stale_if_met``): it should say
+    #: the value is out of date and ask for a current one. Without it the summary is used.
+    stale_summary: str | None = None
     detail: str
     citations: list[CitationRef]
     conflict: ConflictNote | None = None
