@@ -83,6 +83,23 @@ def test_text_output_shows_the_basis_of_every_option_and_the_record_entries_used
     assert "MedicationRequest/m2" in out.split("Findings")[1]  # the record entry a finding rests on
 
 
+def test_the_header_says_when_findings_rest_on_out_of_date_results(tmp_path: Path) -> None:
+    old_tone = {
+        "resourceType": "Observation",
+        "id": "o1",
+        "status": "final",
+        "subject": {"reference": "Patient/p1"},
+        "code": {"coding": [{"system": "http://spasticity-cds.org/fhir/CodeSystem/local", "code": "relies-on-tone"}]},
+        "effectiveDateTime": "2025-11-01",
+        "valueBoolean": True,
+    }
+    path = tmp_path / "old.json"
+    path.write_bytes(orjson.dumps(_bundle(ALS, old_tone)))
+    code, out = _run(["evaluate", str(path), "--now", NOW])
+    assert code == 0
+    assert "Confidence: reduced" in out and "findings rest on out-of-date results" in out
+
+
 def test_control_characters_from_a_record_never_reach_the_terminal(tmp_path: Path) -> None:
     path = tmp_path / "patient.json"
     cipro = dict(TIZANIDINE_AND_CIPRO[1], id="m2\x1b]0;PWNED\x07\x1b[2J")  # an escape sequence in an id

@@ -221,6 +221,12 @@ def test_kb_pages_fill_placeholders_and_link_only_existing_drugs(client: support
     assert "{med.baclofen.daily_dose}" not in drug and "[" in drug
     rule = client.get("/kb/rules/LADDER-NONDRUG-FIRST").text
     assert 'href="/kb/drugs/non-drug"' not in rule
+    assert "When an out-of-date value counts" not in rule
+
+
+def test_a_rule_page_shows_what_it_says_when_an_out_of_date_value_counts(client: support.PageClient) -> None:
+    page = client.get("/kb/rules/BACLOFEN-KIDNEY-FAILURE-AVOID").text
+    assert "When an out-of-date value counts" in page and "is out of date but showed" in page
 
 
 def test_pages_may_be_framed_only_by_this_app_and_the_configured_ehrs(tmp_path: Path) -> None:

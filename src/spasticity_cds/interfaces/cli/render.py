@@ -60,6 +60,9 @@ def _header(result: dict[str, Any]) -> Panel:
     lines.append(f"Confidence: {confidence}", style=style)
     if result["data_gaps"]:
         lines.append(f" ({result['data_gaps']} data gaps - see below)", style=style)
+    out_of_date = sum(1 for finding in result["findings"] if finding.get("out_of_date"))
+    if out_of_date:
+        lines.append(f" ({out_of_date} findings rest on out-of-date results)", style=style)
     return Panel(lines, title="Spasticity treatment plan (ALS)", title_align="left")
 
 
