@@ -357,7 +357,7 @@ def test_renal_band_is_none_without_a_usable_egfr() -> None:
 def test_dose_plan_steps_are_dated_and_capped_at_the_ceiling() -> None:
     monograph = ENGINE.kb.monographs["baclofen"]
     facts = all_facts(record(egfr(40)))
-    plan = dose_plan(monograph, facts, ENGINE.defaults, NOW, ENGINE.cite)
+    plan = dose_plan(monograph, facts, ENGINE.defaults, NOW, ENGINE.cite, pace=ENGINE.reduction_pace)
     assert plan is not None
     assert [step["daily"] for step in plan["steps"]] == [15, 30]
     assert plan["steps"][0]["date"] == "2026-11-24"

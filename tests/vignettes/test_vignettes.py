@@ -83,6 +83,17 @@ def test_clinician_expectations(folder: Path, results: dict[str, dict[str, Any]]
         if key in expect:
             assert result[key] == expect[key]
     assert result["evaluated_at"] == expect["now"]
+    plans = {option["agent"]: option.get("dose_plan") or {} for option in result["options"]}
+    for agent, wanted in expect.get("dose_plans", {}).items():
+        _check_dose_plan(f"{folder.name}: {agent}", plans.get(agent, {}), wanted)
+
+
+def _check_dose_plan(where: str, plan: dict[str, Any], wanted: dict[str, Any]) -> None:
+    """Where the patient stands (``fit``), the daily doses of the steps up and of the reduction, as expected."""
+    assert plan.get("placement", {}).get("fit") == wanted["fit"], f"{where}: placement {plan.get('placement')}"
+    assert [step["daily"] for step in plan["steps"]] == wanted["steps"], f"{where}: steps {plan['steps']}"
+    reduction = [step["daily"] for step in plan.get("reduction", {}).get("steps", [])]
+    assert reduction == wanted.get("reduction", []), f"{where}: reduction {reduction}"
 
 
 def test_every_active_rule_fires_in_some_vignette(engine: Engine, results: dict[str, dict[str, Any]]) -> None:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from datetime import date, datetime, timedelta
-from typing import Any
+from itertools import pairwise
+from typing import Any, Literal
 
 from spasticity_cds.engine.facts import Fact, Value, missing
-from spasticity_cds.knowledge.schema import CitationRef, Monograph, RenalBand, Statement
+from spasticity_cds.knowledge.schema import CitationRef, DoseStep, Monograph, RenalBand, Statement
 
 Cite = Callable[[list[CitationRef]], list[dict[str, Any]]]
 #: Facts that place a patient below every renal band when no eGFR can be used.
@@ -36,9 +38,8 @@ def dose_facts(monograph: Monograph, facts: Mapping[str, Fact], settings: Mappin
     top = maximum(monograph, settings)
     unit = f"{monograph.max_unit}/day"
     out[f"{prefix}.max"] = Fact(f"{prefix}.max", top, unit) if top is not None else missing(f"{prefix}.max")
-    failing = [facts[name] for name in KIDNEY_FAILURE_FACTS if name in facts and facts[name].value is True]
     scaled = settings["renal_fraction_ceiling"] == "scaled-maximum"
-    ceiling = _ceiling(monograph, top, facts.get("obs.egfr"), unit, failing, scaled=scaled)
+    ceiling = _ceiling(monograph, top, facts.get("obs.egfr"), unit, _failing(facts), scaled=scaled)
     out[f"{prefix}.ceiling"] = ceiling
     daily = facts[f"med.{monograph.concept}.daily_dose"]
     out[f"{prefix}.above_max"] = _above(f"{prefix}.above_max", daily, out[f"{prefix}.max"])
@@ -56,18 +57,16 @@ def _ceiling(
     name = f"dose.{monograph.id}.ceiling"
     if top is None:
         return missing(name, "no labelled maximum")
-    if not monograph.renal_bands:
+    if all(band.action == "caution" for band in monograph.renal_bands):  # no bands, or none that lowers a dose
         return Fact(name, top, unit, note="labelled maximum")
-    if egfr is not None and egfr.usable:
-        band, sources, why = renal_band(monograph, egfr), egfr.sources, _band_text
-    elif failing:
-        band = min(monograph.renal_bands, key=lambda lowest: lowest.below_egfr)
-        sources = tuple(source for fact in failing for source in fact.sources)
-        why = _failure_text
-    else:
+    found = _kidney_band(monograph, egfr, failing)
+    if found is None:
         return missing(name, "kidney function (eGFR) missing or stale")
+    band, sources, why = found
     if band is None:
         return Fact(name, top, unit, sources=sources, note="labelled maximum; no renal reduction at this eGFR")
+    if band.action == "caution":
+        return Fact(name, top, unit, sources=sources, note=f"labelled maximum; caution at {why(band)}")
     if band.action == "avoid":
         return Fact(name, 0.0, unit, sources=sources, note=f"avoid at {why(band)}")
     if band.max_daily is not None:
@@ -81,6 +80,24 @@ def _ceiling(
     return Fact(
         name, round(top * fraction, 1), unit, sources=sources, note=f"{fraction:g} of the maximum at {why(band)}"
     )
+
+
+def _failing(facts: Mapping[str, Fact]) -> list[Fact]:
+    """The kidney-failure or dialysis facts that are true in this record."""
+    return [facts[name] for name in KIDNEY_FAILURE_FACTS if name in facts and facts[name].value is True]
+
+
+def _kidney_band(
+    monograph: Monograph, egfr: Fact | None, failing: list[Fact]
+) -> tuple[RenalBand | None, tuple[str, ...], Callable[[RenalBand], str]] | None:
+    """The renal band in force, the record entries it rests on and how to name it; None when kidney function is
+    unknown. With no usable eGFR but kidney failure or dialysis on record: the lowest band."""
+    if egfr is not None and egfr.usable:
+        return renal_band(monograph, egfr), egfr.sources, _band_text
+    if failing and monograph.renal_bands:
+        lowest = min(monograph.renal_bands, key=lambda band: band.below_egfr)
+        return lowest, tuple(source for fact in failing for source in fact.sources), _failure_text
+    return None
 
 
 def _band_text(band: RenalBand) -> str:
@@ -99,21 +116,70 @@ def _above(name: str, daily: Fact, limit: Fact, *, inclusive: bool = False) -> F
     return Fact(name, daily.value > limit.value + margin, sources=daily.sources + limit.sources)
 
 
+#: Tolerance when daily doses are compared (they are sums of floats).
+EPSILON = 1e-9
+#: How far a patient taking or being ordered an agent stands on its titration steps.
+Fit = Literal["steps-remain", "no-step-remains", "above-limit", "dose-unknown"]
+LimitBasis = Literal["ceiling", "maximum"]
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a patient who takes (``current``) or is being ordered (``ordered``) an agent stands on its steps.
+
+    ``limit`` is the ceiling in force, else the labelled maximum; ``first`` the index of the first monograph step
+    above the daily dose; ``wait`` the days from today to that step; ``held`` the days on the drug counted in it.
+    """
+
+    state: Literal["current", "ordered"]
+    daily: Fact
+    amount: float | None
+    fit: Fit
+    limit: float | None
+    limit_basis: LimitBasis | None
+    first: int = 0
+    wait: int = 0
+    held: int | None = None
+
+    def to_dict(self, monograph: Monograph) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "state": self.state,
+            "daily": self.amount,
+            "unit": self.daily.unit if self.amount is not None and self.daily.unit else _unit(monograph),
+            "fit": self.fit,
+            "limit": self.limit,
+            "limit_basis": self.limit_basis,
+            "text": _placement_text(self, monograph),
+        }
+        if self.daily.sources:
+            out["sources"] = list(self.daily.sources)
+        return out
+
+
 def dose_plan(
-    monograph: Monograph, facts: Mapping[str, Fact], settings: Mapping[str, Value], now: datetime, cite: Cite
+    monograph: Monograph,
+    facts: Mapping[str, Fact],
+    settings: Mapping[str, Value],
+    now: datetime,
+    cite: Cite,
+    *,
+    pace: list[CitationRef],
 ) -> dict[str, Any] | None:
-    """Start, dated titration steps capped at the ceiling in force, and the basis of that ceiling."""
+    """Start, dated titration steps capped at the ceiling in force and the basis of that ceiling; for an agent taken
+    or ordered, where the patient stands (``placement``): the steps that remain above the daily dose, or, above the
+    limit while it is taken, a gradual ``reduction`` to it at the pace of the setting ``pace`` cites."""
     if monograph.start is None and not monograph.steps:
         return None
     ceiling = facts.get(f"dose.{monograph.id}.ceiling")
-    cap = ceiling.value if ceiling is not None and ceiling.usable else None
-    steps = _steps(monograph, cap if isinstance(cap, int | float) else None, now.date())
-    plan: dict[str, Any] = {"steps": steps, "unit": monograph.max_unit}
+    cap = ceiling.value if ceiling is not None and ceiling.usable and isinstance(ceiling.value, int | float) else None
+    top = maximum(monograph, settings)
+    today = now.date()
+    placement = _place(monograph, facts, cap, top)
+    plan: dict[str, Any] = {"steps": _plan_steps(monograph, placement, cap, today), "unit": monograph.max_unit}
     if monograph.start is not None:
         plan["start"] = _statement(monograph.start, cite)
     if monograph.titration is not None:
         plan["titration"] = _statement(monograph.titration, cite)
-    top = maximum(monograph, settings)
     if top is not None:
         plan["max_daily"] = top
         plan["jurisdiction"] = settings["jurisdiction"]
@@ -121,50 +187,259 @@ def dose_plan(
         plan["max_basis"] = _statement(monograph.max_basis, cite)
     if ceiling is not None:
         plan["ceiling"] = ceiling.to_dict()
-    band = renal_band(monograph, facts["obs.egfr"]) if "obs.egfr" in facts else None
-    if band is not None:
-        plan["renal_adjustment"] = {
-            "below_egfr": band.below_egfr,
-            "action": band.action,
-            "text": band.text,
-            "citations": cite(band.citations),
-        }
+    if placement is not None:
+        plan["placement"] = placement.to_dict(monograph)
+        if placement.fit == "above-limit" and placement.state == "current" and monograph.steps:
+            every = int(settings["dose_reduction_step_days"])
+            plan["reduction"] = _reduction(monograph, placement, today, every, cite, pace)
+    renal = _renal_adjustment(monograph, facts, capped=cap is not None and top is not None and cap < top, cite=cite)
+    if renal is not None:
+        plan["renal_adjustment"] = renal
     return plan
 
 
-_STEPS_CACHE: dict[tuple[int, float | None, date], tuple[Monograph, list[dict[str, Any]]]] = {}
+def _place(monograph: Monograph, facts: Mapping[str, Fact], cap: float | None, top: float | None) -> Placement | None:
+    """Where the patient stands on the agent's steps; None when it is neither taken nor being ordered."""
+    prefix = f"med.{monograph.concept}"
+    current = facts.get(f"{prefix}.current")
+    proposed = facts.get(f"{prefix}.proposed")
+    if current is None or proposed is None or not (current.value is True or proposed.value is True):
+        return None
+    state: Literal["current", "ordered"] = "current" if current.value is True else "ordered"
+    daily = facts[f"{prefix}.daily_dose"]
+    limit, basis = _limit(cap, top)
+    amount = _amount(daily, monograph)
+    if amount is None:
+        return Placement(state, daily, None, "dose-unknown", limit, basis)
+    if limit is not None and amount > limit + EPSILON:
+        return Placement(state, daily, amount, "above-limit", limit, basis)
+    steps = monograph.steps
+    first = next((i for i, step in enumerate(steps) if _daily(step) > amount + EPSILON), len(steps))
+    remains = first < len(steps) and (cap is None or _daily(steps[first]) <= cap + EPSILON)
+    if not remains:
+        return Placement(state, daily, amount, "no-step-remains", limit, basis, first)
+    held = _held(facts.get(f"{prefix}.days_on"), first, state)
+    gap = steps[first].day - steps[first - 1].day if first > 0 else 0
+    return Placement(state, daily, amount, "steps-remain", limit, basis, first, max(0, gap - (held or 0)), held)
 
 
-def _steps(monograph: Monograph, cap: float | None, start: date) -> list[dict[str, Any]]:
-    """Dated titration steps up to the cap; the same for every patient with the same cap and day (shared)."""
-    key = (id(monograph), cap, start)
+def _limit(cap: float | None, top: float | None) -> tuple[float | None, LimitBasis | None]:
+    """The dose limit in force: the ceiling, else the labelled maximum."""
+    if cap is not None:
+        return cap, "ceiling"
+    return (top, "maximum") if top is not None else (None, None)
+
+
+def _amount(daily: Fact, monograph: Monograph) -> float | None:
+    """The daily dose in the unit of the monograph's doses, or None when it is unknown or in another unit (a unit
+    matters only where the monograph has doses to compare it with)."""
+    if not daily.usable or not isinstance(daily.value, int | float):
+        return None
+    doses = monograph.steps or monograph.max_daily or monograph.renal_bands
+    return float(daily.value) if daily.unit == _unit(monograph) or not doses else None
+
+
+def _unit(monograph: Monograph) -> str:
+    return f"{monograph.max_unit}/day"
+
+
+def _held(days_on: Fact | None, first: int, state: str) -> int | None:
+    """Days the patient has held the starting step: the days on the drug, while the dose is still within the first
+    step (a later step's start date is not in the record)."""
+    if first != 1 or state != "current" or days_on is None or not days_on.usable:
+        return None
+    return days_on.value if isinstance(days_on.value, int) and not isinstance(days_on.value, bool) else None
+
+
+def _daily(step: DoseStep) -> float:
+    return step.dose * step.times_per_day
+
+
+def _plan_steps(monograph: Monograph, placement: Placement | None, cap: float | None, today: date) -> Steps:
+    """The titration steps to show: from the start for a new patient, an order above the limit not yet taken, or an
+    unknown dose; the steps that remain above the dose; none at the top or above the limit while it is taken."""
+    if placement is None or placement.fit == "dose-unknown":
+        return _steps(monograph, cap, today)
+    if placement.fit == "above-limit":
+        return _steps(monograph, cap, today) if placement.state == "ordered" else []
+    if placement.fit == "steps-remain":
+        return _steps(monograph, cap, today, placement.first, placement.wait)
+    return []
+
+
+def _reduction(
+    monograph: Monograph, placement: Placement, today: date, every: int, cite: Cite, pace: list[CitationRef]
+) -> dict[str, Any]:
+    """One titration step down every ``every`` days, the first today, to the highest step within the limit."""
+    assert placement.amount is not None and placement.limit is not None
+    steps = _down_steps(monograph, placement.amount, placement.limit, today, every)
+    reduction: dict[str, Any] = {
+        "target_daily": steps[-1]["daily"] if steps else placement.limit,
+        "unit": _unit(monograph),
+        "steps": steps,
+        "step_days": every,
+        "text": _reduction_text(monograph, placement, steps),
+        "pace": {
+            "text": f"One titration step down every {every} days, the first today (setting dose_reduction_step_days).",
+            "citations": cite(pace),
+        },
+    }
+    if monograph.taper is not None:
+        reduction["taper"] = _statement(monograph.taper, cite)
+    return reduction
+
+
+def _renal_adjustment(
+    monograph: Monograph, facts: Mapping[str, Fact], *, capped: bool, cite: Cite
+) -> dict[str, Any] | None:
+    """The renal band in force, with whether the steps already apply it (capped at the ceiling) or show standard
+    doses to which it applies."""
+    band, _, why = _kidney_band(monograph, facts.get("obs.egfr"), _failing(facts)) or (None, (), _band_text)
+    if band is None:
+        return None
+    adjustment: dict[str, Any] = {
+        "below_egfr": band.below_egfr,
+        "action": band.action,
+        "text": band.text,
+        "citations": cite(band.citations),
+        "basis": why(band),
+    }
+    if monograph.steps:
+        adjustment["steps_note"] = (
+            "The titration steps stop at the kidney-adjusted ceiling."
+            if capped
+            else "The titration steps show standard doses: this kidney adjustment applies to each of them."
+        )
+    return adjustment
+
+
+Steps = list[dict[str, Any]]
+_STEPS_CACHE: dict[tuple[Any, ...], tuple[Monograph, Steps]] = {}
+
+
+def _cached(key: tuple[Any, ...], monograph: Monograph, build: Callable[[], Steps]) -> Steps:
+    """Steps shared by every patient with the same key (read-only by contract); keyed by the monograph's identity,
+    which the entry keeps, so that an id is never reused while it is cached."""
     cached = _STEPS_CACHE.get(key)
     if cached is not None and cached[0] is monograph:
         return cached[1]
     if len(_STEPS_CACHE) > 4096:
         _STEPS_CACHE.clear()
-    steps = _build_steps(monograph, cap, start)
+    steps = build()
     _STEPS_CACHE[key] = (monograph, steps)
     return steps
 
 
-def _build_steps(monograph: Monograph, cap: float | None, start: date) -> list[dict[str, Any]]:
+def _steps(monograph: Monograph, cap: float | None, start: date, first: int = 0, wait: int = 0) -> Steps:
+    """Dated titration steps from the ``first``, due ``wait`` days from ``start``, up to the cap."""
+    key = ("up", id(monograph), cap, start, first, wait)
+    return _cached(key, monograph, lambda: _build_steps(monograph, cap, start, first, wait))
+
+
+def _build_steps(monograph: Monograph, cap: float | None, start: date, first: int, wait: int) -> Steps:
+    origin = monograph.steps[first].day if first < len(monograph.steps) else 0
     steps = []
-    for step in monograph.steps:
-        daily = step.dose * step.times_per_day
-        if cap is not None and daily > cap + 1e-9:
+    for step in monograph.steps[first:]:
+        if cap is not None and _daily(step) > cap + EPSILON:
             break
-        steps.append(
-            {
-                "day": step.day,
-                "date": (start + timedelta(days=step.day)).isoformat(),
-                "dose": step.dose,
-                "unit": step.unit,
-                "times_per_day": step.times_per_day,
-                "daily": round(daily, 3),
-            }
-        )
+        steps.append(_step(step, wait + step.day - origin, start))
     return steps
+
+
+def _down_steps(monograph: Monograph, amount: float, limit: float, start: date, every: int) -> Steps:
+    """The titration steps below ``amount`` in reverse, one every ``every`` days from ``start``, down to the highest
+    within ``limit`` (or the lowest step when none is)."""
+    below = [i for i, step in enumerate(monograph.steps) if _daily(step) < amount - EPSILON]
+    if not below:
+        return []
+    top = below[-1]
+    bottom = max((i for i in below if _daily(monograph.steps[i]) <= limit + EPSILON), default=below[0])
+    key = ("down", id(monograph), start, top, bottom, every)
+    chosen = range(top, bottom - 1, -1)
+    return _cached(key, monograph, lambda: [_step(monograph.steps[i], n * every, start) for n, i in enumerate(chosen)])
+
+
+def _step(step: DoseStep, day: int, start: date) -> dict[str, Any]:
+    return {
+        "day": day,
+        "date": (start + timedelta(days=day)).isoformat(),
+        "dose": step.dose,
+        "unit": step.unit,
+        "times_per_day": step.times_per_day,
+        "daily": round(_daily(step), 3),
+    }
+
+
+def steps_text(steps: Iterable[Mapping[str, Any]]) -> str:
+    """Dated steps on one line, as every text surface shows them: ``2026-11-24 5 mg x3 (15 mg/day); ...``."""
+    return "; ".join(
+        f"{s['date']} {s['dose']:g} {s['unit']} x{s['times_per_day']} ({s['daily']:g} {s['unit']}/day)" for s in steps
+    )
+
+
+def _placement_text(placement: Placement, monograph: Monograph) -> str:
+    text = _where(placement, monograph)
+    if placement.limit_basis == "maximum" and not all(band.action == "caution" for band in monograph.renal_bands):
+        text += " The kidney-adjusted ceiling is unknown (no current eGFR), so the limit is the labelled maximum."
+    return text
+
+
+def _where(placement: Placement, monograph: Monograph) -> str:
+    unit = placement.daily.unit if placement.amount is not None and placement.daily.unit else _unit(monograph)
+    who = "Taken" if placement.state == "current" else "Ordered"
+    none = f"the knowledge base has no titration steps for {monograph.name}"
+    if placement.amount is None:
+        daily = placement.daily
+        why = f"is in {daily.unit}, not {unit}" if daily.usable else "could not be read from the record"
+        why += f" ({daily.note})" if daily.note and not daily.usable else ""
+        if not monograph.steps:
+            return f"{who} now, but the daily dose {why}; {none}."
+        unplaced = "the patient could not be placed on the titration steps, which are shown from the start"
+        return f"{who} now, but the daily dose {why}: {unplaced}."
+    now = f"{who} at {placement.amount:g} {unit}"
+    limit = f"the {placement.limit_basis} of {placement.limit:g} {unit}" if placement.limit is not None else None
+    if placement.fit == "above-limit":
+        if not monograph.steps:
+            return f"{now}, above {limit}; {none} to reduce through."
+        if placement.state == "ordered":
+            return f"{now}, above {limit}; not taken now, so the titration steps are shown from the start."
+        return f"{now}, above {limit}: no titration step up; the dose comes down gradually (reduction)."
+    if placement.fit == "no-step-remains":
+        if not monograph.steps:
+            return f"{now}; {none}."
+        return f"{now}: no titration step above this dose" + (f" within {limit}." if limit else ".")
+    if placement.held is not None:
+        since = f"after {placement.held} days on the starting dose"
+    elif placement.state == "ordered":
+        since = "counting today as the first day of the order"
+    elif placement.first > 0:
+        since = "counting today as the first day at this dose (the record does not show since when it is taken)"
+    else:
+        since = "the first of them today"
+    return f"{now}: the titration continues from the next step above this dose, {since}."
+
+
+def _reduction_text(monograph: Monograph, placement: Placement, steps: Steps) -> str:
+    assert placement.limit is not None and placement.amount is not None
+    unit = _unit(monograph)
+    limit = f"the {placement.limit_basis} of {placement.limit:g} {unit}"
+    if not steps:  # no step below the dose: the monograph's lowest step is its first
+        return f"No titration step lies below this dose; reduce to within {limit}."
+    target, first = steps[-1]["daily"], steps[0]["daily"]
+    where = "the lowest step, which is still above" if target > placement.limit + EPSILON else "the highest step within"
+    text = f"Reduce one titration step at a time to {target:g} {unit}, {where} {limit}."
+    if placement.amount - first > _largest_increment(monograph) + EPSILON:
+        text += (
+            f" The first step down, from {placement.amount:g} to {first:g} {unit}, is larger than any step of the"
+            " titration: the knowledge base has no dose between them."
+        )
+    return text
+
+
+def _largest_increment(monograph: Monograph) -> float:
+    """The largest rise in daily dose from one titration step to the next."""
+    dailies = [_daily(step) for step in monograph.steps]
+    return max((later - earlier for earlier, later in pairwise(dailies)), default=0.0)
 
 
 def _statement(statement: Statement, cite: Cite) -> dict[str, Any]:

@@ -98,6 +98,8 @@ class Engine:
         ]
         self.rule_by_id = {compiled.rule.id: compiled for compiled in self.rules}
         self.monograph_by_agent: dict[str, Monograph] = dict(kb.monographs)
+        #: The sources of the pace of a dose reduction to the ceiling (a named setting).
+        self.reduction_pace = kb.settings["dose_reduction_step_days"].citations
 
     # -- compile-time checks ---------------------------------------------------------------------------
 
@@ -453,7 +455,11 @@ class Engine:
 
     def _add_monograph(self, option: dict[str, Any], monograph: Monograph, env: Env, now: datetime) -> None:
         # No start dose or titration beside "avoid" or "contraindicated": the plan would read as advice to start.
-        plan = None if option["status"] in RULED_OUT else dose_plan(monograph, env.facts, env.settings, now, self.cite)
+        plan = (
+            None
+            if option["status"] in RULED_OUT
+            else dose_plan(monograph, env.facts, env.settings, now, self.cite, pace=self.reduction_pace)
+        )
         if plan is not None:
             option["dose_plan"] = plan
         daily = env.facts.get(f"med.{monograph.concept}.daily_dose")
