@@ -57,6 +57,36 @@ def test_order_over_the_kidney_ceiling_gets_one_card_with_a_whole_resource_updat
     assert updated == expected
 
 
+def test_a_patient_taking_a_dose_above_the_ceiling_sees_the_gradual_reduction_on_the_card(
+    app: FastAPI, client: Client
+) -> None:
+    taken = baclofen_order("bac-now", value=20, per_day=4, status="active")
+    cards = valid_cards(app, client, hook_request("patient-view", prefetch_data=prefetch([taken])), REVIEW)
+    card = next(c for c in cards if _rule(c) == "BACLOFEN-DOSE-ABOVE-CEILING")
+    detail = card["detail"]
+    assert "**Dose plan for Baclofen (oral):**" in detail
+    assert "Taken at 80 mg/day, above the ceiling of 40 mg/day" in detail
+    assert "Reduction steps: 2026-11-24 20 mg x3 (60 mg/day); 2026-12-01 15 mg x3 (45 mg/day); " in detail
+    assert "One titration step down every 7 days" in detail and "Never stop abruptly" in detail
+    assert "dose\\_reduction\\_step\\_days setting" in detail  # the pace's source, cited with its status
+    assert "(evidence: UNCONFIRMED)" in detail
+
+
+def test_a_renewal_above_the_ceiling_of_a_dose_taken_now_suggests_the_first_step_down(
+    app: FastAPI, client: Client
+) -> None:
+    taken = baclofen_order("bac-now", value=20, per_day=4, status="active")
+    draft = baclofen_order(value=20, per_day=4)
+    body = hook_request("order-sign", prefetch_data=prefetch([taken]), drafts=[draft])
+    card = next(c for c in valid_cards(app, client, body, SIGN) if _rule(c) == "BACLOFEN-DOSE-ABOVE-CEILING")
+    suggestion = card["suggestions"][0]
+    assert suggestion["label"] == (
+        "Reduce to 15 mg per dose (60 mg/day), the first step of the gradual reduction to the ceiling of 40 mg/day"
+    )
+    updated = suggestion["actions"][0]["resource"]
+    assert updated["dosageInstruction"][0]["doseAndRate"][0]["doseQuantity"]["value"] == 15
+
+
 def test_order_that_already_fits_gets_no_card(app: FastAPI, client: Client) -> None:
     body = hook_request("order-sign", prefetch_data=prefetch(), drafts=[baclofen_order(value=5)])
     assert valid_cards(app, client, body, SIGN) == []

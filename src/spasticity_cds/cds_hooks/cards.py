@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 
 from spasticity_cds.cds_hooks.orders import UNNAMED_DRAFT, DraftOrder, adjusted_order, mg_per_unit, structured_dose
+from spasticity_cds.engine.dosing import steps_text
 from spasticity_cds.engine.evaluator import RULED_OUT, Engine
 
 SUMMARY_LIMIT = 140
@@ -255,6 +256,8 @@ class CardBuilder:
             if len(group) > 1:
                 parts.append(f"**{literal(finding['summary'])}**")
             parts.append(literal(finding["detail"]))
+        plans = [_plan_block(option) for option in _dosed_options(group, result)]
+        parts.extend(block for block, _ in plans)
         used = [line for finding in group for line in self._fact_lines(finding)]
         parts.append("**Patient data used:**\n" + ("\n".join(dict.fromkeys(used)) if used else "- none"))
         missing = self._missing_lines(group, ctx)
@@ -262,9 +265,8 @@ class CardBuilder:
             "**Missing or out of date:**\n"
             + ("\n".join(dict.fromkeys(missing)) if missing else "- nothing the rule needs")
         )
-        parts.append(
-            "**Sources:**\n" + "\n".join(dict.fromkeys(_citation_line(c) for f in group for c in f["citations"]))
-        )
+        cited = [c for f in group for c in f["citations"]] + [c for _, refs in plans for c in refs]
+        parts.append("**Sources:**\n" + "\n".join(dict.fromkeys(_citation_line(c) for c in cited)))
         rules = ", ".join(dict.fromkeys(f"{f['rule_id']} v{f['rule_version']}" for f in group))
         kb = result["knowledge_base"]
         parts.append(
@@ -384,7 +386,9 @@ class CardBuilder:
             per_unit = mg_per_unit(dose, order.strength_mg) if dose else None
             if ceiling is None or dose is None or per_unit is None or not _named(order.reference):
                 continue
-            new_value = _within(ceiling / dose.per_day / per_unit, dose.unit)
+            step = _first_step_down(order.agent, result)  # taken now: the first step down, never all at once
+            goal = ceiling if step is None else step
+            new_value = _within(goal / dose.per_day / per_unit, dose.unit)
             if new_value <= 0 or new_value >= dose.value:
                 continue
             updated = _answerable(adjusted_order(order.sent, new_value, dose.per_day))
@@ -392,6 +396,11 @@ class CardBuilder:
                 continue
             daily = new_value * per_unit * dose.per_day
             label = f"Reduce to {new_value:g} {dose.unit} per dose ({daily:g} mg/day, ceiling {ceiling:g} mg/day)"
+            if step is not None:
+                label = (
+                    f"Reduce to {new_value:g} {dose.unit} per dose ({daily:g} mg/day), the first step of the gradual "
+                    f"reduction to the ceiling of {ceiling:g} mg/day"
+                )
             out.append(
                 {
                     "label": label,
@@ -440,6 +449,44 @@ class CardBuilder:
             "isRecommended": True,
             "actions": [{"type": "create", "description": "Create a liver-test order", "resource": compact(resource)}],
         }
+
+
+def _dosed_options(group: list[Mapping[str, Any]], result: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """The options, taken or being ordered, of the agents the group's dose findings speak of."""
+    agents = {agent for f in group if f["kind"] == "dose" or f.get("action") == "renal-dose" for agent in f["agents"]}
+    return [o for o in result["options"] if o["agent"] in agents and (o.get("dose_plan") or {}).get("placement")]
+
+
+def _first_step_down(agent: str, result: Mapping[str, Any]) -> float | None:
+    """The daily dose of the first step of the agent's reduction to its ceiling, when the patient takes it."""
+    option: Mapping[str, Any] = next((o for o in result["options"] if o["agent"] == agent), {})
+    steps = ((option.get("dose_plan") or {}).get("reduction") or {}).get("steps") or []
+    return float(steps[0]["daily"]) if steps else None
+
+
+def _plan_block(option: Mapping[str, Any]) -> tuple[str, list[Mapping[str, Any]]]:
+    """An option's dose plan as Markdown (where the patient stands, the reduction or remaining steps, the kidney
+    adjustment of the steps) and the citations it rests on."""
+    plan = option["dose_plan"]
+    lines = [plan["placement"]["text"]]
+    cited: list[Mapping[str, Any]] = []
+    reduction = plan.get("reduction")
+    if reduction:
+        lines.append(reduction["text"])
+        if reduction["steps"]:
+            lines.append(f"Reduction steps: {steps_text(reduction['steps'])}")
+        for statement in (reduction["pace"], reduction.get("taper")):
+            if statement:
+                lines.append(statement["text"])
+                cited += statement["citations"]
+    elif plan["placement"]["fit"] == "steps-remain" and plan.get("steps"):
+        lines.append(f"Remaining steps: {steps_text(plan['steps'])}")
+    renal = plan.get("renal_adjustment")
+    if renal and renal.get("steps_note"):
+        lines.append(f"{renal['text']} {renal['steps_note']}")
+        cited += renal["citations"]
+    body = "\n".join(f"- {literal(line)}" for line in lines)
+    return f"**Dose plan for {literal(option['name'])}:**\n{body}", cited
 
 
 def _named(reference: str) -> bool:

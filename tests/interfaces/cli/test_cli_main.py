@@ -100,6 +100,53 @@ def test_the_header_says_when_findings_rest_on_out_of_date_results(tmp_path: Pat
     assert "Confidence: reduced" in out and "findings rest on out-of-date results" in out
 
 
+BACLOFEN_80_EGFR_60 = [
+    {
+        "resourceType": "MedicationRequest",
+        "id": "bac",
+        "status": "active",
+        "subject": {"reference": "Patient/p1"},
+        "medicationCodeableConcept": {
+            "coding": [{"system": "http://www.nlm.nih.gov/research/umls/rxnorm", "code": "1292"}]
+        },
+        "dosageInstruction": [
+            {
+                "timing": {"repeat": {"frequency": 4, "period": 1, "periodUnit": "d"}},
+                "doseAndRate": [{"doseQuantity": {"value": 20, "unit": "mg"}}],
+            }
+        ],
+    },
+    {
+        "resourceType": "Observation",
+        "id": "gfr",
+        "status": "final",
+        "subject": {"reference": "Patient/p1"},
+        "effectiveDateTime": "2026-11-20",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "98979-8"}]},
+        "valueQuantity": {"value": 60, "unit": "mL/min/{1.73_m2}"},
+    },
+]
+
+
+def test_text_output_reduces_a_dose_above_the_ceiling_gradually_and_cites_it(tmp_path: Path) -> None:
+    path = tmp_path / "patient.json"
+    path.write_bytes(orjson.dumps(_bundle(ALS, *BACLOFEN_80_EGFR_60)))
+    code, out = _run(["evaluate", str(path), "--now", NOW])
+    assert code == 0
+    table = out.split("Options in detail")[0]
+    assert "stepwise to 45 mg/day" in table and "start 5 mg" not in table
+    details = out.split("Options in detail")[1].split(" 2. ")[0]
+    assert "Where the patient stands: Taken at 80 mg/day, above the ceiling of 53.6 mg/day" in details
+    assert "From the record: MedicationRequest/bac" in details
+    assert "Start (a new patient): Start 5 mg three times daily" in details
+    assert "Steps:" not in details  # never the new-patient titration from today
+    assert "Reduction steps: 2026-11-24 20 mg x3 (60 mg/day); 2026-12-01 15 mg x3 (45 mg/day)" in details
+    assert "Pace: One titration step down every 7 days" in details
+    assert 'project-design-proposal [UNCONFIRMED] "dose_reduction_step_days setting' in details
+    assert "Taper: Never stop abruptly" in details
+    assert "Kidneys (eGFR <= 80: reduce): CrCl 50-80 mL/min" in details
+
+
 def test_control_characters_from_a_record_never_reach_the_terminal(tmp_path: Path) -> None:
     path = tmp_path / "patient.json"
     cipro = dict(TIZANIDINE_AND_CIPRO[1], id="m2\x1b]0;PWNED\x07\x1b[2J")  # an escape sequence in an id

@@ -55,16 +55,44 @@ def test_demo_patient_plan_shows_options_findings_citations_and_traces(client: s
     assert result["disclaimer"]["text"] in page  # type: ignore[index]
 
 
-def test_dose_plan_is_a_dated_titration_table_and_monitoring_has_dates(client: support.PageClient) -> None:
+def test_dose_plan_says_where_the_patient_stands_and_monitoring_has_dates(client: support.PageClient) -> None:
     page = client.get("/patients/demo/ada").text
     result = _expected(support.trend_bundle())
-    with_plan = [o for o in result["options"] if o.get("dose_plan", {}).get("steps")]  # type: ignore[attr-defined]
-    assert with_plan
-    for step in with_plan[0]["dose_plan"]["steps"]:
-        assert f"<td>{step['date']}</td>" in page
-    assert "Kidneys (eGFR below" in page  # eGFR 44: the baclofen renal band is shown with its source
+    baclofen = next(o for o in result["options"] if o["agent"] == "baclofen")  # type: ignore[attr-defined]
+    placement = baclofen["dose_plan"]["placement"]
+    assert placement["fit"] == "no-step-remains"  # 30 mg/day; the next step (45) is above the ceiling of 40
+    assert f"<strong>Where the patient stands:</strong> {placement['text']}" in page
+    assert "Start (a new patient)" in page
+    assert "Kidneys (eGFR &lt;= 50: reduce)" in page  # eGFR 44: the baclofen renal band is shown with its source
+    assert "The titration steps stop at the kidney-adjusted ceiling." in page
     assert 'id="monitoring"' in page
     assert re.search(r'<time datetime="2026-1[12]-\d\d">', page) or re.search(r'<time datetime="2027-', page)
+
+
+def _baclofen_at(dose: float, per_day: int) -> bytes:
+    bundle = support.trend_bundle()
+    order = next(e["resource"] for e in bundle["entry"] if e["resource"].get("id") == "bac")
+    order["dosageInstruction"][0]["timing"]["repeat"]["frequency"] = per_day
+    order["dosageInstruction"][0]["doseAndRate"][0]["doseQuantity"]["value"] = dose
+    return json.dumps(bundle).encode()
+
+
+def test_a_dose_above_the_ceiling_gets_a_dated_reduction_with_its_taper_and_pace(client: support.PageClient) -> None:
+    page = _upload(client, _baclofen_at(20, 4)).text  # type: ignore[attr-defined]
+    section = page.split('id="opt-baclofen"')[1].split("</section>")[0]
+    assert "Titration for" not in section and "Remaining titration" not in section  # no step up from 80 mg/day
+    assert '<table class="reduction">' in section
+    assert "Reduction of Baclofen (oral) to 30 mg/day, one step every 7 days" in section
+    assert "<td>2026-11-24</td><td>20.0 mg</td><td>3</td>" in section  # 60 mg/day today, then down
+    assert "<dt>Pace of the reduction</dt>" in section and 'href="/kb/citations#project-design-proposal"' in section
+    assert "<dt>Taper</dt><dd>Never stop abruptly" in section
+
+
+def test_a_patient_mid_titration_gets_the_remaining_steps(client: support.PageClient) -> None:
+    page = _upload(client, _baclofen_at(5, 3)).text  # type: ignore[attr-defined]
+    section = page.split('id="opt-baclofen"')[1].split("</section>")[0]
+    assert "Remaining titration for Baclofen (oral), from the current dose" in section
+    assert "<td>10.0 mg</td><td>3</td><td>30.0 mg</td>" in section and "<td>5.0 mg</td>" not in section
 
 
 def test_trend_charts_are_inline_svg_with_rule_thresholds(client: support.PageClient) -> None:

@@ -12,6 +12,8 @@ from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
+from spasticity_cds.engine.dosing import steps_text
+
 STATUS_STYLE = {
     "current": "bold cyan",
     "recommended": "bold green",
@@ -103,14 +105,30 @@ def _dose_cell(option: dict[str, Any]) -> str:
     if daily:
         parts.append(f"now {daily['value']:g} {daily.get('unit', '')}")
     plan = option.get("dose_plan") or {}
-    steps = plan.get("steps") or []
-    if steps:
-        first = steps[0]
-        parts.append(f"start {first['dose']:g} {first['unit']} x{first['times_per_day']}/day")
+    parts.extend(_dose_next(plan))
     ceiling = plan.get("ceiling")
     if ceiling and ceiling.get("value") is not None:
         parts.append(f"ceiling {ceiling['value']:g} {ceiling.get('unit', '')}")
     return "; ".join(parts)
+
+
+def _dose_next(plan: dict[str, Any]) -> list[str]:
+    """What the plan does next, in a few words: reduce, the next step up, no step up, or start."""
+    fit = (plan.get("placement") or {}).get("fit")
+    reduction = plan.get("reduction")
+    steps = plan.get("steps") or []
+    if reduction:
+        by = f" by {reduction['steps'][-1]['date']}" if reduction["steps"] else ""
+        return [f"reduce stepwise to {reduction['target_daily']:g} {reduction['unit']}{by}"]
+    if not steps:
+        return ["no step up"] if fit in ("no-step-remains", "above-limit") else []
+    first = steps[0]
+    dose = f"{first['dose']:g} {first['unit']} x{first['times_per_day']}/day"
+    if fit == "steps-remain":
+        return [f"next {dose} on {first['date']}"]
+    if fit == "dose-unknown":
+        return [f"dose not readable: standard start {dose}"]
+    return [f"start {dose}"]
 
 
 def _printable(value: Any) -> Any:
@@ -154,21 +172,39 @@ def _option_details(console: Console, options: Iterable[dict[str, Any]]) -> None
 def _dose_plan_lines(text: Text, plan: dict[str, Any] | None) -> None:
     if not plan:
         return
-    for label, key in (("Start", "start"), ("Titration", "titration"), ("Maximum", "max_basis")):
-        statement = plan.get(key)
-        if statement:
-            text.append(f"    {label}: {statement['text']}\n")
-            text.append(f"      Sources: {_cites(statement['citations'])}\n", style="dim")
+    placement = plan.get("placement")
+    if placement:
+        text.append(f"    Where the patient stands: {placement['text']}\n")
+        if placement.get("sources"):
+            text.append(f"      From the record: {', '.join(placement['sources'])}\n", style="dim")
+    start = "Start (a new patient)" if placement and placement["fit"] != "dose-unknown" else "Start"
+    for label, key in ((start, "start"), ("Titration", "titration"), ("Maximum", "max_basis")):
+        _statement_lines(text, label, plan.get(key))
     steps = plan.get("steps") or []
     if steps:
-        dated = "; ".join(
-            f"{s['date']} {s['dose']:g} {s['unit']} x{s['times_per_day']} ({s['daily']:g} {s['unit']}/day)"
-            for s in steps
-        )
-        text.append(f"    Steps: {dated}\n")
+        label = "Remaining steps" if (placement or {}).get("fit") == "steps-remain" else "Steps"
+        text.append(f"    {label}: {steps_text(steps)}\n")
+    reduction = plan.get("reduction")
+    if reduction:
+        text.append(f"    Reduction: {reduction['text']}\n")
+        if reduction["steps"]:
+            text.append(f"    Reduction steps: {steps_text(reduction['steps'])}\n")
+        _statement_lines(text, "Pace", reduction["pace"])
+        _statement_lines(text, "Taper", reduction.get("taper"))
+    renal = plan.get("renal_adjustment")
+    if renal:
+        note = f" {renal['steps_note']}" if renal.get("steps_note") else ""
+        text.append(f"    Kidneys ({renal['basis']}: {renal['action']}): {renal['text']}{note}\n")
+        text.append(f"      Sources: {_cites(renal['citations'])}\n", style="dim")
     ceiling = plan.get("ceiling")
     if ceiling and ceiling.get("value") is not None:
         text.append(f"    Ceiling for this patient: {_fact_value(ceiling)}\n")
+
+
+def _statement_lines(text: Text, label: str, statement: dict[str, Any] | None) -> None:
+    if statement:
+        text.append(f"    {label}: {statement['text']}\n")
+        text.append(f"      Sources: {_cites(statement['citations'])}\n", style="dim")
 
 
 def _findings(console: Console, findings: list[dict[str, Any]]) -> None:

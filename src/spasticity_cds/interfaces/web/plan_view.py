@@ -257,27 +257,23 @@ def build_plan(
         finding_traces=finding_traces,
         calendar=monitoring_calendar(result, now, engine),
         charts=build_charts(record, engine, dict(active_settings)),
-        ceiling_citations={option["agent"]: ceiling_citations(option, engine) for option in result["options"]},
+        ceiling_citations={option["agent"]: ceiling_citations(option) for option in result["options"]},
         highlight_rule=highlight_rule,
         card_uuid=card_uuid if card_uuid and storable_card_id(card_uuid) else None,
         source_label=source_label,
     )
 
 
-def ceiling_citations(option: Mapping[str, Any], engine: Engine) -> list[dict[str, Any]]:
+def ceiling_citations(option: Mapping[str, Any]) -> list[dict[str, Any]]:
     """The sources of an option's dose ceiling: the labelled maximum's, and the kidney band's when one applies (by
-    eGFR, or the lowest band with kidney failure on record and no eGFR, which the dose plan does not name)."""
+    eGFR, or the lowest band with kidney failure or dialysis on record and no eGFR)."""
     plan = option.get("dose_plan") or {}
-    ceiling = plan.get("ceiling")
-    if not ceiling:
+    if not plan.get("ceiling"):
         return []
     cited = list(plan["max_basis"]["citations"]) if plan.get("max_basis") else []
-    monograph = engine.monograph_by_agent.get(option["agent"])
-    if plan.get("renal_adjustment"):
-        cited += plan["renal_adjustment"]["citations"]
-    elif monograph is not None and monograph.renal_bands and "kidney failure" in str(ceiling.get("note") or ""):
-        lowest = min(monograph.renal_bands, key=lambda band: band.below_egfr)
-        cited += engine.cite(lowest.citations)
+    renal = plan.get("renal_adjustment")
+    if renal and renal["action"] != "caution":  # a caution band leaves the ceiling at the labelled maximum
+        cited += renal["citations"]
     return cited
 
 

@@ -59,6 +59,7 @@ def _environment() -> Environment:
     env.filters["fact_text"] = fact_text
     env.filters["instant_text"] = instant_text
     env.filters["status_word"] = lambda status: STATUS_WORDS.get(str(status), str(status))
+    env.filters["number"] = lambda value: f"{value:g}" if isinstance(value, int | float) else str(value)
     env.globals["new_id"] = lambda: str(uuid.uuid4())
     env.globals["override_reasons"] = OVERRIDE_REASONS
     env.globals["csrf_field"] = CSRF_FIELD
