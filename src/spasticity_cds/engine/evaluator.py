@@ -6,14 +6,15 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 from functools import lru_cache
 from typing import Any
 
 from spasticity_cds.engine.dosing import dose_facts, dose_plan
 from spasticity_cds.engine.extract import FactExtractor
-from spasticity_cds.engine.facts import Fact, Value
+from spasticity_cds.engine.facts import Fact, Value, parse_date
 from spasticity_cds.engine.logic import CompiledNode, Compiler, Env, Truth
+from spasticity_cds.engine.monitoring import schedule
 from spasticity_cds.engine.vocabulary import Vocabulary
 from spasticity_cds.errors import EvaluationError, InputError, KnowledgeBaseError
 from spasticity_cds.fhir.model import Resource
@@ -466,11 +467,31 @@ class Engine:
         if daily is not None and daily.usable:
             option["daily_dose"] = daily.to_dict()
         static = self._monograph_parts(monograph)
-        for key in ("monitoring", "taper"):
-            if key in static:
-                option[key] = static[key]
+        if "monitoring" in static:
+            option["monitoring"] = self._dated_monitoring(monograph, static["monitoring"], option, env, now)
+        if "taper" in static:
+            option["taper"] = static["taper"]
         if "formulations" in static and env.definition("dysphagia") is True:
             option["formulations"] = static["formulations"]
+
+    @staticmethod
+    def _dated_monitoring(
+        monograph: Monograph, entries: list[dict[str, Any]], option: dict[str, Any], env: Env, now: datetime
+    ) -> list[dict[str, Any]]:
+        """The monograph's monitoring, each item with its dates for this patient (``schedule``) when the agent is
+        taken or being ordered; the shared entries otherwise."""
+        if not (option["current"] or option["proposed"]):
+            return entries
+        today = now.date()
+        started: date | None = today
+        if option["current"]:
+            days_on = env.facts.get(f"med.{monograph.concept}.days_on")
+            started = parse_date(days_on.date) if days_on is not None and days_on.value is not None else None
+        dated = []
+        for entry, item in zip(entries, monograph.monitoring, strict=True):
+            when = schedule(item, started, today, env.facts)
+            dated.append(entry if when is None else {**entry, "schedule": when})
+        return dated
 
     def _monograph_parts(self, monograph: Monograph) -> dict[str, Any]:
         """The parts of an option that depend only on the monograph, built once and shared (read-only)."""

@@ -239,7 +239,6 @@ def test_the_monitoring_calendar_lists_only_agents_the_patient_takes_or_starts()
 
     from spasticity_cds.interfaces.web.plan_view import monitoring_calendar
 
-    engine = api.load_knowledge_base()
     options = [
         {"agent": "tizanidine", "name": "Tizanidine", "current": True},
         {"agent": "dantrolene", "name": "Dantrolene", "current": False, "proposed": False},
@@ -262,11 +261,37 @@ def test_the_monitoring_calendar_lists_only_agents_the_patient_takes_or_starts()
     ]
     due = [
         item
-        for _, items in monitoring_calendar({"findings": findings, "options": options}, datetime.now(UTC), engine)
+        for _, items in monitoring_calendar({"findings": findings, "options": options}, datetime.now(UTC))
         for item in items
     ]
     assert [(item.agent, item.what) for item in due if item.what in ("about dantrolene", "both")] == [
         ("Tizanidine", "both")
+    ]
+
+
+def test_the_monitoring_calendar_shows_the_dates_the_engine_set_an_overdue_one_today() -> None:
+    from datetime import UTC, datetime
+
+    from spasticity_cds.interfaces.web.plan_view import monitoring_calendar
+
+    liver = {"test": "liver", "what": "liver tests", "citations": []}
+    options = [
+        {
+            "agent": "dantrolene",
+            "name": "Dantrolene",
+            "current": True,
+            "monitoring": [
+                {**liver, "schedule": {"next_due": "2026-11-20", "overdue": True, "then": ["2026-12-08"]}},
+                {"test": "benefit", "what": "review", "citations": [], "schedule": {"note": "no start date"}},
+            ],
+        },
+        {"agent": "tizanidine", "name": "Tizanidine", "current": False, "monitoring": [{**liver, "schedule": {}}]},
+    ]
+    now = datetime(2026, 11, 24, 12, tzinfo=UTC)
+    calendar = monitoring_calendar({"findings": [], "options": options}, now)
+    assert [(month, [(m.when.isoformat(), m.agent, m.test) for m in items]) for month, items in calendar] == [
+        ("November 2026", [("2026-11-24", "Dantrolene", "liver")]),
+        ("December 2026", [("2026-12-08", "Dantrolene", "liver")]),
     ]
 
 

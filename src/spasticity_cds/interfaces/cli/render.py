@@ -160,13 +160,31 @@ def _option_details(console: Console, options: Iterable[dict[str, Any]]) -> None
             text.append(f"      Sources: {_cites(reason['citations'])}\n", style="dim")
         _dose_plan_lines(text, option.get("dose_plan"))
         for item in option.get("monitoring") or ():
-            text.append(f"    Monitoring: {item['what']}\n")
+            text.append(f"    Monitoring: {item['what']}{schedule_text(item.get('schedule'))}\n")
             text.append(f"      Sources: {_cites(item['citations'])}\n", style="dim")
         taper = option.get("taper")
         if taper:
             text.append(f"    Stopping: {taper['text']}\n")
             text.append(f"      Sources: {_cites(taper['citations'])}\n", style="dim")
         console.print(text, end="")
+
+
+def schedule_text(schedule: dict[str, Any] | None) -> str:
+    """A monitoring item's dates for this patient, as a sentence or two after its text ("" when it has none)."""
+    if not schedule:
+        return ""
+    parts = []
+    if "next_due" in schedule:
+        overdue = " (overdue)" if schedule["overdue"] else ""
+        further = f", then {', '.join(schedule['then'])}" if schedule.get("then") else ""
+        parts.append(f"Next due {schedule['next_due']}{overdue}{further}.")
+    if "review_by" in schedule:
+        parts.append(f"Review by {schedule['review_by']}.")
+    if "last_done" in schedule:
+        parts.append(f"Last done {schedule['last_done']}.")
+    if "note" in schedule:
+        parts.append(f"Dates: {schedule['note']}.")
+    return " " + " ".join(parts)
 
 
 def _dose_plan_lines(text: Text, plan: dict[str, Any] | None) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
+from datetime import date, datetime
 from typing import Any
 
 from spasticity_cds import api
@@ -36,8 +36,6 @@ FACT_LABELS = {
     "patient.age": "Age",
     "patient.sex": "Sex",
 }
-MONITOR_HORIZON_DAYS = 365
-MONITOR_MAX_DATES = 4
 
 
 @dataclass
@@ -255,7 +253,7 @@ def build_plan(
         why=why,
         why_not=why_not,
         finding_traces=finding_traces,
-        calendar=monitoring_calendar(result, now, engine),
+        calendar=monitoring_calendar(result, now),
         charts=build_charts(record, engine, dict(active_settings)),
         ceiling_citations={option["agent"]: ceiling_citations(option) for option in result["options"]},
         highlight_rule=highlight_rule,
@@ -277,14 +275,10 @@ def ceiling_citations(option: Mapping[str, Any]) -> list[dict[str, Any]]:
     return cited
 
 
-def monitoring_calendar(
-    result: Mapping[str, Any], now: datetime, engine: Engine
-) -> list[tuple[str, list[MonitoringDate]]]:
-    """What is due today (monitoring findings, liver-test actions) and the monographs' scheduled tests, by month.
-
-    Scheduled tests come from each monograph's ``first_due_days``, ``interval_days`` and ``until_days`` for the
-    agents the patient takes or is about to start, counted from today, for at most a year.
-    """
+def monitoring_calendar(result: Mapping[str, Any], now: datetime) -> list[tuple[str, list[MonitoringDate]]]:
+    """What is due today (monitoring findings, liver-test actions) and the dates the engine set for each monitoring
+    item of the agents the patient takes or is about to start (``schedule``: the next date, overdue ones on it,
+    and the further dates of its dated window), by month."""
     today = now.date()
     items: list[MonitoringDate] = []
     taking = {o["agent"]: o["name"] for o in result["options"] if o.get("current") or o.get("proposed")}
@@ -298,23 +292,15 @@ def monitoring_calendar(
             agent_names = ", ".join(agents) or "all agents"
             items.append(MonitoringDate(today, agent_names, test, finding["summary"], finding["citations"]))
     for option in result["options"]:
-        monograph = engine.monograph_by_agent.get(option["agent"])
-        if monograph is None or not (option.get("current") or option.get("proposed")):
+        if not (option.get("current") or option.get("proposed")):
             continue
-        for scheduled in monograph.monitoring:
-            if scheduled.first_due_days is None and not scheduled.interval_days:
-                continue
-            offset = scheduled.first_due_days or 0
-            until = min(scheduled.until_days or MONITOR_HORIZON_DAYS, MONITOR_HORIZON_DAYS)
-            for _ in range(MONITOR_MAX_DATES):
-                if offset > until:
-                    break
-                when = today + timedelta(days=offset)
-                cited = engine.cite(scheduled.citations)
-                items.append(MonitoringDate(when, option["name"], scheduled.test, scheduled.what, cited))
-                if not scheduled.interval_days:
-                    break
-                offset += scheduled.interval_days
+        for item in option.get("monitoring") or ():
+            dated = item.get("schedule") or {}
+            when = [dated["next_due"], *dated.get("then", [])] if "next_due" in dated else []
+            when += [dated["review_by"]] if "review_by" in dated else []
+            for day in when:
+                shown = max(date.fromisoformat(day), today)  # an overdue test is due today
+                items.append(MonitoringDate(shown, option["name"], item["test"], item["what"], item["citations"]))
     items.sort(key=lambda m: (m.when, m.agent, m.test))
     months: dict[str, list[MonitoringDate]] = {}
     for due in items:
