@@ -7,7 +7,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date, datetime
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from typing import Any
 
 from spasticity_cds.engine.dosing import dose_facts, dose_plan
@@ -57,6 +57,11 @@ class CompiledRule:
     source_file: str
     facts_read: tuple[str, ...] = ()
     ladder_agents: tuple[str, ...] = ()
+
+    @cached_property
+    def facts_read_set(self) -> frozenset[str]:
+        """``facts_read`` as a set, to meet a patient's out-of-date facts without a loop per rule."""
+        return frozenset(self.facts_read)
 
 
 class Engine:
@@ -192,6 +197,7 @@ class Engine:
         effects: Effects = {}
         scope_ids = self.kb.manifest.scope_rules
         strict: Env | None = None
+        stale = {name for name, fact in env.facts.items() if fact.stale}
         for compiled in self.rules:
             rule = compiled.rule
             if (rule.id in scope_ids) == in_scope:
@@ -199,9 +205,7 @@ class Engine:
             gap_env, rests_on_stale = env, False
             try:
                 value = compiled.tree.evaluate(env)
-                if value is not None and any(
-                    env.facts[name].stale for name in compiled.facts_read if name in env.facts
-                ):
+                if value is not None and stale and not stale.isdisjoint(compiled.facts_read_set):
                     strict = strict or env.strict_twin()
                     if compiled.tree.evaluate(strict) is None:
                         # Decided only by an out-of-date value that counted (stale_if_met): a "yes" stands but says
