@@ -418,6 +418,8 @@ def test_an_answer_with_a_byte_order_mark_is_read() -> None:
         ("https://fhir.example.org/r4/..%5Cadmin", False),
         ("https://user@fhir.example.org/r4/Patient/1", False),
         ("https://fhir.example.org/r4/Observation?code=a%2Fb", True),
+        ("https://xn--a.invalid/r4/Patient/1", False),  # parses, but reading its host raises idna's error
+        ("https://[::1/r4/Patient/1", False),
     ],
 )
 def test_a_url_is_within_a_base_only_under_its_path_on_the_same_origin(url: str, inside: bool) -> None:
@@ -439,3 +441,33 @@ def test_a_patient_other_than_context_patient_id_is_a_412_that_names_the_id(app:
     response = post_hook(app, client, REVIEW, hook_request("patient-view", prefetch_data=data))
     assert response.status_code == 412
     assert f"no Patient resource with id {PATIENT_ID!r}" in response.json()["issue"][0]["diagnostics"]
+
+
+@pytest.mark.parametrize("token", ["t\u00f8ken", "key-\U0001f511", "two words", "line\r\nX-Injected: 1", ""])
+def test_an_access_token_that_is_no_bearer_token_is_400_and_never_quoted(
+    app: FastAPI, client: Client, token: str
+) -> None:
+    body = _fallback_request("https://fhir.example.org/r4")
+    body["fhirAuthorization"]["access_token"] = token
+    response = post_hook(app, client, REVIEW, body)
+    assert response.status_code == 400
+    diagnostics = response.json()["issue"][0]["diagnostics"]
+    assert "access_token must be a bearer token (RFC 6750 b64token" in diagnostics
+    assert not token or token not in response.text
+
+
+@pytest.mark.parametrize("server", ["http://xn--a.invalid/fhir", "https://[::1/fhir", "https://\u2603.example/fhir"])
+def test_a_fhir_server_the_http_client_cannot_read_is_400(app: FastAPI, client: Client, server: str) -> None:
+    response = post_hook(app, client, REVIEW, _fallback_request(server))
+    assert response.status_code == 400
+    assert "fhirServer must be an http(s) URL with a valid host name" in response.json()["issue"][0]["diagnostics"]
+
+
+def test_a_next_link_to_a_host_that_is_no_valid_name_is_not_followed(app: FastAPI, client: Client) -> None:
+    data = prefetch()
+    data["medications"] = searchset([]) | {"link": [{"relation": "next", "url": "http://xn--a.invalid/fhir/M?p=2"}]}
+    behaviour = Behaviour(resources=_record())
+    with fhir_server(behaviour) as server:
+        response = post_hook(app, client, REVIEW, _fallback_request(server, prefetch=data))
+    assert response.status_code == 412 and behaviour.requests == []
+    assert "a next link points outside the FHIR server" in response.json()["issue"][0]["diagnostics"]

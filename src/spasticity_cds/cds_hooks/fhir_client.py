@@ -16,6 +16,7 @@ import httpx
 import orjson
 
 from spasticity_cds.cds_hooks.prefetch import bundle_resources, next_link
+from spasticity_cds.cds_hooks.urls import http_url
 from spasticity_cds.fhir.parse import UTF8_BOM
 
 logger = logging.getLogger("spasticity_cds.cds_hooks")
@@ -138,9 +139,10 @@ class FhirFetcher:
 
 def _resolved(link: str, page_url: str) -> str:
     """A next link as an absolute URL: servers should send absolute ones, some send them relative to the page."""
+    page = http_url(page_url)
     try:
-        return str(httpx.URL(page_url).join(link))
-    except (httpx.InvalidURL, TypeError):
+        return str(page.join(link)) if page is not None else link
+    except (httpx.InvalidURL, TypeError, ValueError):
         return link  # refused by url_within as not under the server
 
 
@@ -164,9 +166,8 @@ def url_within(url: str, base: str) -> bool:
     a segment boundary, with no dot segments left once decoded, no encoded or back slash and no credentials
     (``{base}/../x``, ``{base}/..;/x``, ``{base}%2e%2e``, ``{base}%2Fx``, ``{host}.evil.example`` and ``{base}2`` all
     fail). Tokens are only ever sent under a base."""
-    try:
-        target, root = httpx.URL(url), httpx.URL(base)
-    except (httpx.InvalidURL, TypeError):
+    target, root = http_url(url), http_url(base)
+    if target is None or root is None:
         return False
     if (target.scheme, target.host, target.port) != (root.scheme, root.host, root.port) or not target.host:
         return False

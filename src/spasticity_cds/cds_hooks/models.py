@@ -8,6 +8,7 @@ from typing import Any, Literal, TypeVar
 
 import msgspec
 
+from spasticity_cds.cds_hooks.urls import http_url
 from spasticity_cds.errors import HookRequestError
 from spasticity_cds.fhir.model import FhirElement, Resource
 from spasticity_cds.fhir.parse import UTF8_BOM
@@ -23,6 +24,9 @@ MAX_FEEDBACK_ITEMS = 100
 FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 #: RFC 3339 section 5.6 date-time (``datetime.fromisoformat`` alone also takes week dates and missing seconds).
 RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})")
+#: RFC 6750's b64token, the form of a bearer token: it goes into the Authorization header of our FHIR queries, which
+#: carries ASCII only (a token with any other character cannot be sent, so the request cannot be served).
+B64TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
 T = TypeVar("T")
 CONTEXT_REQUIRED: dict[str, tuple[str, ...]] = {
     "patient-view": ("userId", "patientId"),
@@ -149,12 +153,30 @@ def decode_hook_request(body: bytes) -> HookRequest:
     _check_text("hookInstance", request.hookInstance)
     if request.fhirAuthorization is not None and not request.fhirServer:
         raise HookRequestError("fhirAuthorization is present but fhirServer is not (cds-r-1)")
-    if request.fhirAuthorization is not None and request.fhirAuthorization.token_type != "Bearer":
-        raise HookRequestError("fhirAuthorization.token_type must be Bearer")
-    if request.fhirServer is not None and not request.fhirServer.startswith(("https://", "http://")):
-        raise HookRequestError("fhirServer must be an http(s) URL")
+    if request.fhirAuthorization is not None:
+        _check_authorization(request.fhirAuthorization)
+    if request.fhirServer is not None:
+        _check_fhir_server(request.fhirServer)
     _check_context(request.hook, request.context)
     return request
+
+
+def _check_authorization(authorization: FhirAuthorization) -> None:
+    if authorization.token_type != "Bearer":
+        raise HookRequestError("fhirAuthorization.token_type must be Bearer")
+    if not B64TOKEN.fullmatch(authorization.access_token):  # the message never quotes the token
+        raise HookRequestError(
+            "fhirAuthorization.access_token must be a bearer token (RFC 6750 b64token: ASCII letters, digits "
+            "and -._~+/ with optional trailing =)"
+        )
+
+
+def _check_fhir_server(server: str) -> None:
+    """An http(s) URL with a host, as the outbound client reads it: a URL it cannot read (a host that is no valid
+    internationalised name, such as ``xn--a.invalid``) is the client's error, found before any work is done."""
+    parsed = http_url(server) if server.startswith(("https://", "http://")) else None
+    if parsed is None or not parsed.host:
+        raise HookRequestError("fhirServer must be an http(s) URL with a valid host name")
 
 
 def _check_text(name: str, value: str, limit: int = MAX_ID_CHARS) -> None:

@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
@@ -215,11 +216,25 @@ def test_authorization_error_is_reported(tmp_path: Path, ehr: support.MockEhr) -
     assert response.status_code == 401 and "access_denied" in response.text
 
 
-@pytest.mark.parametrize("iss", ["http://127.0.0.1:9/other", "ftp://x", "javascript:alert(1)"])
+@pytest.mark.parametrize(
+    "iss", ["http://127.0.0.1:9/other", "ftp://x", "javascript:alert(1)", "http://xn--a.invalid/fhir", "http://[::1/x"]
+)
 def test_unregistered_or_invalid_issuers_are_refused(tmp_path: Path, ehr: support.MockEhr, iss: str) -> None:
     response = _client(tmp_path, ehr).get("/smart/launch", params={"iss": iss})
     assert response.status_code == 400
     assert "alert(1)" not in response.text
+
+
+@pytest.mark.parametrize(
+    "setting", [{"smart_allow_any_iss": True}, {"fhir_server_allowlist": ("https://only.example/",)}]
+)
+@pytest.mark.parametrize("iss", ["http://xn--a.invalid/fhir", "http://[::1/fhir"])
+def test_an_iss_the_http_client_cannot_read_is_refused_without_a_clients_file(
+    tmp_path: Path, setting: dict[str, Any], iss: str
+) -> None:
+    client = support.PageClient(support.make_app(tmp_path, public_base_url=PUBLIC, **setting))
+    response = client.get("/smart/launch", params={"iss": iss})
+    assert response.status_code == 400 and "did not name a valid FHIR server" in response.text
 
 
 def test_allowlist_applies_without_a_clients_file(tmp_path: Path, ehr: support.MockEhr) -> None:

@@ -203,6 +203,15 @@ def test_a_plain_http_token_endpoint_off_this_machine_is_refused(tmp_path: Path,
     assert response.status_code == 502 and "not https" in response.text
 
 
+@pytest.mark.parametrize("endpoint", ["https://xn--a.invalid/token", "https://[::1/token"])
+def test_a_token_endpoint_the_http_client_cannot_read_is_refused(
+    tmp_path: Path, slow_ehr: SlowEhr, endpoint: str
+) -> None:
+    slow_ehr.behaviour["token_endpoint"] = endpoint
+    response = _client(tmp_path, slow_ehr).get("/smart/launch", params={"iss": f"{slow_ehr.base}/fhir"})
+    assert response.status_code == 502 and "no usable token_endpoint" in response.text
+
+
 @pytest.mark.parametrize(
     ("expires_in", "lifetime"),
     [(600, 600.0), (10**9, 3600.0), (float("nan"), 300.0), (float("inf"), 300.0), (-5, 300.0), (True, 300.0)],

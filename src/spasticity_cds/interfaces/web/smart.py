@@ -28,6 +28,7 @@ from starlette.concurrency import run_in_threadpool
 
 from spasticity_cds import api
 from spasticity_cds.cds_hooks.fhir_client import url_within
+from spasticity_cds.cds_hooks.urls import http_url
 from spasticity_cds.errors import SpasticityCdsError
 from spasticity_cds.interfaces.web.config import LOOPBACK_HOSTS, ConfigError
 from spasticity_cds.interfaces.web.csrf import SESSION_COOKIE, BadSignatureError, session_signer
@@ -179,8 +180,10 @@ def _client(item: Any, path: Path) -> SmartClient:
 
 
 def _is_base_url(url: str) -> bool:
-    parts = urlsplit(url)
-    return parts.scheme.lower() in ("http", "https") and bool(parts.hostname)
+    """An http(s) URL with a host, as the outbound client reads it (an ``iss`` it cannot read, such as a host of
+    ``xn--a.invalid`` or an unclosed ``[``, is refused, never a 500)."""
+    parsed = http_url(url)
+    return parsed is not None and parsed.scheme in ("http", "https") and bool(parsed.host)
 
 
 def normalized_iss(iss: str) -> str:
@@ -308,7 +311,7 @@ async def discover(outbound: Outbound, iss: str) -> dict[str, Any]:
         raise SmartError(f"{what} is not a JSON object")
     for key in ("authorization_endpoint", "token_endpoint"):
         value = config.get(key)
-        if not isinstance(value, str) or urlsplit(value).scheme not in ("http", "https"):
+        if not isinstance(value, str) or not _is_base_url(value):  # one httpx cannot read would fail later, a 500
             raise SmartError(f"the SMART configuration has no usable {key}")
     if not _may_use_plain_http(config["token_endpoint"], iss):
         raise SmartError("the token endpoint is not https (the code and the token would cross the network in clear)")
@@ -320,7 +323,9 @@ async def discover(outbound: Outbound, iss: str) -> dict[str, Any]:
 
 def _issuers(config: dict[str, Any], iss: str) -> frozenset[str]:
     issuer = config.get("issuer")
-    return frozenset({normalized_iss(iss), *([normalized_iss(issuer)] if isinstance(issuer, str) else [])})
+    # The EHR's own text: one that is no URL is left out (urlsplit raises on some, such as an unclosed "[").
+    named = [issuer] if isinstance(issuer, str) and _is_base_url(issuer) else []
+    return frozenset(normalized_iss(url) for url in (iss, *named))
 
 
 def _may_use_plain_http(endpoint: str, iss: str) -> bool:
