@@ -254,7 +254,6 @@ def test_spec_feedback_examples_are_accepted_once(
     [
         ({"outcome": "ignored"}, "outcome"),
         ({"outcome": "accepted", "acceptedSuggestions": None}, "cds-fb-2"),
-        ({"outcome": "overridden", "acceptedSuggestions": [{"id": "s-1"}]}, "accepted no suggestion"),
         ({"overrideReason": {}}, "cds-fb-3"),
         ({"outcomeTimestamp": "yesterday"}, "RFC 3339"),
         ({"outcomeTimestamp": "2026-11-24T10:00:00"}, "UTC offset"),
@@ -277,6 +276,29 @@ def test_invalid_feedback_is_400(app: FastAPI, client: Client, change: dict[str,
     response = call(app, "POST", path, json={"feedback": [item]}, headers=client.headers(path))
     assert response.status_code == 400
     assert fragment in response.json()["issue"][0]["diagnostics"]
+
+
+@pytest.mark.parametrize(
+    "item",
+    [
+        {"outcome": "overridden", "acceptedSuggestions": [{"id": "s-1"}]},
+        {"outcome": "accepted", "acceptedSuggestions": [{"id": "s-1"}], "overrideReason": {"userComment": "partly"}},
+        {"outcome": "overridden", "acceptedSuggestions": [{"id": "s-1"}], "overrideReason": {"userComment": "no"}},
+    ],
+)
+def test_feedback_the_invariants_allow_is_stored_as_sent_with_the_rest_of_its_report(
+    app: FastAPI, client: Client, hook_store: SqlFeedbackStore, item: dict[str, Any]
+) -> None:
+    """cds-fb-1..3 are all the spec asks of an item: nothing forbids an overridden card naming suggestions."""
+    plain = {"card": "c-plain", "outcome": "overridden", "outcomeTimestamp": "2026-11-24T14:31:00Z"}
+    odd = {"card": "c-odd", "outcomeTimestamp": "2026-11-24T14:32:00Z"} | item
+    path = f"/cds-services/{REVIEW}/feedback"
+    response = call(app, "POST", path, json={"feedback": [plain, odd]}, headers=client.headers(path))
+    assert response.status_code == 200, response.text
+    stored = {record.card_uuid: record for record in hook_store.list_hook_feedback()}
+    assert set(stored) == {"c-plain", "c-odd"}
+    assert stored["c-odd"].outcome.value == item["outcome"] and stored["c-odd"].accepted_suggestions == ("s-1",)
+    assert stored["c-odd"].user_comment == item.get("overrideReason", {}).get("userComment")
 
 
 def test_a_report_of_more_than_100_items_is_400(app: FastAPI, client: Client) -> None:

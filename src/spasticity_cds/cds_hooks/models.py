@@ -212,7 +212,8 @@ def _check_context(hook: str, context: dict[str, Any]) -> None:
 
 
 def decode_feedback(body: bytes) -> FeedbackRequest:
-    """Parse and check a feedback body (cds-fb-1/2/3); HookRequestError (HTTP 400) names what is wrong."""
+    """Parse and check a feedback body (cds-fb-1/2/3 and what the store can keep); HookRequestError (HTTP 400) names
+    what is wrong."""
     request = _decode(body.removeprefix(UTF8_BOM), FeedbackRequest, "the feedback")
     if not request.feedback or len(request.feedback) > MAX_FEEDBACK_ITEMS:
         raise HookRequestError(f"feedback must hold 1 to {MAX_FEEDBACK_ITEMS} items")
@@ -222,8 +223,8 @@ def decode_feedback(body: bytes) -> FeedbackRequest:
         parse_timestamp(item.outcomeTimestamp, f"{where}.outcomeTimestamp")
         if item.outcome == "accepted" and not item.acceptedSuggestions:
             raise HookRequestError(f"{where}: an accepted outcome needs acceptedSuggestions (cds-fb-2)")
-        if item.outcome == "overridden" and item.acceptedSuggestions:
-            raise HookRequestError(f"{where}: an overridden card accepted no suggestion; send acceptedSuggestions only")
+        # Only cds-fb-1..3 bind a client: an overridden card that names suggestions, or an accepted one with a
+        # reason, is stored as sent (refusing it would lose the report's other items with it).
         for at, suggestion in enumerate(item.acceptedSuggestions or ()):
             _check_text(f"{where}.acceptedSuggestions[{at}].id", suggestion.id)
         reason = item.overrideReason
