@@ -315,6 +315,25 @@ def test_issued_cards_are_stored_and_feedback_joins_back(
     assert stats.cards_issued == 1 and stats.accepted == 1
 
 
+def test_feedback_finds_its_card_whatever_the_case_of_the_uuid_hex(
+    app: FastAPI, client: Client, hook_store: SqlFeedbackStore
+) -> None:
+    body = hook_request("order-sign", prefetch_data=prefetch(), drafts=[baclofen_order()])
+    (card,) = valid_cards(app, client, body, SIGN)
+    suggestion = card["suggestions"][0]["uuid"]
+    path = f"/cds-services/{SIGN}/feedback"
+    item = {"outcome": "accepted", "outcomeTimestamp": "2026-11-24T14:31:00Z"}
+    for card_id, suggestion_id in (
+        (card["uuid"].upper(), f"urn:uuid:{suggestion.upper()}"),
+        (card["uuid"], suggestion),
+    ):
+        sent = item | {"card": card_id, "acceptedSuggestions": [{"id": suggestion_id}]}
+        assert call(app, "POST", path, json={"feedback": [sent]}, headers=client.headers(path)).status_code == 200
+    (stored,) = hook_store.list_hook_feedback()  # one report, however its ids were written
+    assert (stored.card_uuid, stored.accepted_suggestions) == (card["uuid"], (suggestion,))
+    assert stored.rule_id == "BACLOFEN-DOSE-ABOVE-CEILING" and stored.hook_instance == body["hookInstance"]
+
+
 def test_every_card_and_suggestion_has_its_own_uuid(app: FastAPI, client: Client) -> None:
     body = hook_request("patient-view", prefetch_data=prefetch(meds=[baclofen_order(status="active")]))
     first, second = (valid_cards(app, client, body | {"hookInstance": h}, REVIEW) for h in ("a-1", "a-2"))

@@ -27,6 +27,8 @@ RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\
 #: RFC 6750's b64token, the form of a bearer token: it goes into the Authorization header of our FHIR queries, which
 #: carries ASCII only (a token with any other character cannot be sent, so the request cannot be served).
 B64TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
+#: A uuid as text (8-4-4-4-12 hex digits), optionally as the ``urn:uuid:`` URI the logical model implies.
+UUID_TEXT = re.compile(r"(?:urn:uuid:)?([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})", re.IGNORECASE)
 T = TypeVar("T")
 CONTEXT_REQUIRED: dict[str, tuple[str, ...]] = {
     "patient-view": ("userId", "patientId"),
@@ -215,6 +217,7 @@ def decode_feedback(body: bytes) -> FeedbackRequest:
     """Parse and check a feedback body (cds-fb-1/2/3 and what the store can keep); HookRequestError (HTTP 400) names
     what is wrong."""
     request = _decode(body.removeprefix(UTF8_BOM), FeedbackRequest, "the feedback")
+    request = FeedbackRequest([_canonical_ids(item) for item in request.feedback])
     if not request.feedback or len(request.feedback) > MAX_FEEDBACK_ITEMS:
         raise HookRequestError(f"feedback must hold 1 to {MAX_FEEDBACK_ITEMS} items")
     for index, item in enumerate(request.feedback):
@@ -231,6 +234,22 @@ def decode_feedback(body: bytes) -> FeedbackRequest:
         if reason is not None:
             _check_override_reason(f"{where}.overrideReason", reason)
     return request
+
+
+def canonical_id(value: str) -> str:
+    """A card or suggestion id as we issue it: a uuid in lower case without a ``urn:uuid:`` prefix (uuid hex is
+    case-insensitive, and a client may send one upper-cased); any other id as sent."""
+    found = UUID_TEXT.fullmatch(value)
+    return found.group(1).lower() if found else value
+
+
+def _canonical_ids(item: FeedbackItem) -> FeedbackItem:
+    accepted = item.acceptedSuggestions
+    return msgspec.structs.replace(
+        item,
+        card=canonical_id(item.card),
+        acceptedSuggestions=None if accepted is None else [AcceptedSuggestion(canonical_id(s.id)) for s in accepted],
+    )
 
 
 def _check_override_reason(where: str, reason: OverrideReason) -> None:
