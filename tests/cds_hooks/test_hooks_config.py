@@ -39,6 +39,7 @@ def test_settings_load_from_toml_with_relative_paths(tmp_path: Path) -> None:
     assert settings.cors_origins == ("https://ehr.example.org",) and settings.workers == 2
     assert settings.kb_settings == {"jurisdiction": "uk"} and settings.fhir_timeout_s == 0.8
     assert settings.launch_url == "https://cds.example.org/smart/launch"
+    assert not settings.smart_launch_on and settings.card_launch_url is None  # no EHR registered: no smart link
 
 
 @pytest.mark.parametrize(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -331,12 +332,48 @@ def test_override_reasons_come_from_the_hl7_code_system(app: FastAPI, client: Cl
         assert reason["system"] == system["url"] and displays[reason["code"]] == reason["display"]
 
 
-def test_card_links_and_source_are_absolute_under_the_public_base(app: FastAPI, client: Client) -> None:
+def test_card_links_and_source_are_absolute_under_the_public_base(
+    settings: WebSettings, hook_store: SqlFeedbackStore, hook_clock: FrozenClock, client: Client
+) -> None:
+    app = create_app(dataclasses.replace(settings, smart_allow_any_iss=True), store=hook_store, clock=hook_clock)
     card = _post(app, client, _quirky_request()).json()["cards"][0]
     smart = next(link for link in card["links"] if link["type"] == "smart")
     assert smart["url"] == f"{BASE}/smart/launch" and card["uuid"] in smart["appContext"]
     absolute = next(link for link in card["links"] if link["type"] == "absolute")
     assert absolute["url"] == f"{BASE}/kb/rules/BACLOFEN-DOSE-ABOVE-CEILING" == card["source"]["url"]
+
+
+OWN_LAUNCH = f"{BASE}/smart/launch"
+
+
+@pytest.mark.parametrize(
+    ("changes", "launch"),
+    [
+        ({}, None),  # serve says "SMART launch is off": the launch would answer 400
+        ({"smart_launch_url": OWN_LAUNCH}, None),
+        ({"smart_clients_file": "clients"}, OWN_LAUNCH),
+        ({"fhir_server_allowlist": ("https://fhir.example.org/",)}, OWN_LAUNCH),
+        ({"smart_allow_any_iss": True}, OWN_LAUNCH),
+        ({"smart_launch_url": "https://launcher.example.org/launch"}, "https://launcher.example.org/launch"),
+    ],
+)
+def test_a_card_links_the_smart_launch_only_when_it_would_be_accepted(
+    settings: WebSettings,
+    hook_store: SqlFeedbackStore,
+    hook_clock: FrozenClock,
+    client: Client,
+    tmp_path: Path,
+    changes: dict[str, Any],
+    launch: str | None,
+) -> None:
+    if "smart_clients_file" in changes:
+        clients = tmp_path / "smart-clients.toml"
+        clients.write_text('[[clients]]\niss = "https://fhir.example.org/r4"\nclient_id = "c"\n', "utf-8")
+        changes = {"smart_clients_file": clients}
+    app = create_app(dataclasses.replace(settings, **changes), store=hook_store, clock=hook_clock)
+    (card,) = _post(app, client, _quirky_request()).json()["cards"]
+    assert [link["url"] for link in card["links"] if link["type"] == "smart"] == ([launch] if launch else [])
+    assert [link["type"] for link in card["links"] if link["type"] == "absolute"] == ["absolute"]
 
 
 def test_spec_prefetch_templates_render_with_spec_tokens() -> None:

@@ -59,7 +59,8 @@ class CardContext:
     patient_id: str
     user_id: str | None
     base_url: str
-    smart_launch_url: str
+    #: The SMART launch a card links to; None when the app would refuse the launch (then no smart link).
+    smart_launch_url: str | None
     now: datetime
     unavailable: Mapping[str, str] = field(default_factory=dict)
     orders: tuple[DraftOrder, ...] = ()
@@ -223,6 +224,13 @@ class CardBuilder:
         }
 
     def _links(self, finding: Mapping[str, Any], card_uuid: str, ctx: CardContext) -> list[dict[str, Any]]:
+        evidence = {
+            "label": f"Evidence for rule {finding['rule_id']}",
+            "url": rule_url(ctx.base_url, finding["rule_id"]),
+            "type": "absolute",
+        }
+        if ctx.smart_launch_url is None:
+            return [evidence]
         app_context = orjson.dumps(
             {
                 "ruleId": finding["rule_id"],
@@ -239,11 +247,7 @@ class CardBuilder:
                 "type": "smart",
                 "appContext": app_context,
             },
-            {
-                "label": f"Evidence for rule {finding['rule_id']}",
-                "url": rule_url(ctx.base_url, finding["rule_id"]),
-                "type": "absolute",
-            },
+            evidence,
         ]
 
     # -- detail (FDA criterion 4: the basis, the data used and what was missing) -------------------------

@@ -38,7 +38,8 @@ class RunnerConfig:
     """Deployment facts the runner needs: public URLs, KB settings and which FHIR servers may be queried."""
 
     base_url: str
-    smart_launch_url: str
+    #: None when SMART launch is off: cards then carry no smart link.
+    smart_launch_url: str | None
     kb_settings: Mapping[str, Value] = field(default_factory=dict)
     fhir_server_allowlist: tuple[str, ...] = ()
 

@@ -73,12 +73,14 @@ def run(args: argparse.Namespace, console: Console) -> int:
     if not settings.auth_required:
         console.print("[bold red]WARNING: CDS Hooks authentication is OFF (auth_required = false).[/]")
         console.print("[bold red]Any caller can use the service. Never run like this with real patient data.[/]")
-    if settings.smart_clients_file is None and not settings.fhir_server_allowlist:
-        if settings.smart_allow_any_iss:
-            console.print("[bold red]WARNING: SMART launch is open to any FHIR server (smart_allow_any_iss = true).[/]")
-            console.print("[bold red]It will contact and redirect to whatever server a launch names. Demo only.[/]")
-        else:
-            console.print("SMART launch is off: no EHR registered (smart_clients_file or fhir_server_allowlist).")
+    if not settings.smart_launch_on:
+        console.print(
+            "SMART launch is off: no EHR registered (smart_clients_file or fhir_server_allowlist); "
+            "cards carry no smart link."
+        )
+    elif settings.smart_clients_file is None and not settings.fhir_server_allowlist:
+        console.print("[bold red]WARNING: SMART launch is open to any FHIR server (smart_allow_any_iss = true).[/]")
+        console.print("[bold red]It will contact and redirect to whatever server a launch names. Demo only.[/]")
     if settings.report_token is None:
         console.print("The feedback report (/reports/feedback) is off: set report_token to read it.")
     workers = args.workers or settings.workers

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from spasticity_cds.cds_hooks.fhir_client import url_within
 from spasticity_cds.cds_hooks.security import TrustedIssuer, load_jwks_file
 from spasticity_cds.errors import SpasticityCdsError
 
@@ -79,8 +80,22 @@ class WebSettings:
 
     @property
     def launch_url(self) -> str:
-        """Where a card's smart link points: the configured URL, else the app's own SMART launch page."""
+        """Where a SMART launch of the app goes: the configured URL, else the app's own SMART launch page."""
         return self.smart_launch_url or f"{self.base_url}/smart/launch"
+
+    @property
+    def smart_launch_on(self) -> bool:
+        """Whether this app accepts a SMART launch: an EHR is registered (the clients file or the FHIR server
+        allow-list), or the demo setting opens it to any server. Otherwise every launch answers 400."""
+        return self.smart_clients_file is not None or bool(self.fhir_server_allowlist) or self.smart_allow_any_iss
+
+    @property
+    def card_launch_url(self) -> str | None:
+        """Where a card's smart link points, or None for no smart link: a launch URL of another app is linked as
+        configured; this app's own launch page only when it would accept the launch (a link that answers 400 is
+        one more thing on every card that does not work)."""
+        ours = url_within(self.launch_url, self.base_url)
+        return self.launch_url if self.smart_launch_on or not ours else None
 
 
 def load_settings(path: Path) -> WebSettings:

@@ -65,7 +65,7 @@ def build_hooks_state(state: AppState, fetcher: Fetcher | None = None) -> HooksS
     catalogue = ServiceCatalogue(state.engine)
     config = RunnerConfig(
         base_url=settings.base_url,
-        smart_launch_url=settings.launch_url,
+        smart_launch_url=settings.card_launch_url,
         kb_settings=dict(settings.kb_settings),
         fhir_server_allowlist=settings.fhir_server_allowlist,
     )

@@ -388,7 +388,7 @@ def _chooser(request: Request, state: AppState, clients: list[SmartClient] | Non
     context = {
         "title": "Open a patient from an EHR",
         "clients": clients or [],
-        "set_up": clients is not None or bool(settings.fhir_server_allowlist) or settings.smart_allow_any_iss,
+        "set_up": settings.smart_launch_on,
     }
     # The form's GET is answered with a redirect to the EHR's authorization server, wherever that is.
     return render(request, state, "smart_launch.html", context, form_targets="https: http:")
