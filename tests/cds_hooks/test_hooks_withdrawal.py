@@ -8,6 +8,7 @@ from typing import Any
 import httpx
 from fastapi import FastAPI
 
+from spasticity_cds.cds_hooks import cards as cards_module
 from spasticity_cds.interfaces.web.app import create_app
 from spasticity_cds.interfaces.web.config import WebSettings
 from spasticity_cds.store import SqlFeedbackStore
@@ -137,6 +138,25 @@ def test_patient_view_has_no_draft_to_delete(app: FastAPI, client: Client) -> No
     cards = valid_cards(app, client, body, REVIEW)
     avoid = next(c for c in cards if "BACLOFEN-KIDNEY-FAILURE-AVOID" in _findings(c))
     assert "suggestions" not in avoid
+
+
+def test_patient_view_gives_avoiding_baclofen_one_critical_card(app: FastAPI, client: Client) -> None:
+    """Baclofen 20 mg tid at eGFR 20: one card, "avoid oral baclofen" (two critical cards, avoid and "60 mg/day is
+    above the kidney-adjusted ceiling", contradicted each other before knowledge base 1.3.1)."""
+    body = hook_request("patient-view", prefetch_data=prefetch(meds=[baclofen_order(status="active")], egfr=20.0))
+    cards = valid_cards(app, client, body, REVIEW)
+    assert [c["indicator"] for c in cards].count("critical") == 1
+    (card,) = [c for c in cards if {"BACLOFEN-KIDNEY-FAILURE-AVOID", "BACLOFEN-DOSE-ABOVE-CEILING"} & set(_findings(c))]
+    assert _findings(card)[0] == "BACLOFEN-KIDNEY-FAILURE-AVOID" and "avoid oral baclofen" in card["summary"]
+
+
+def test_a_kidney_dose_joins_the_finding_that_rules_its_drug_out_on_every_hook() -> None:
+    """The grouping itself, whatever the knowledge base puts beside "avoid": patient-view groups as the order hooks do
+    (it kept the two apart, so a knowledge base with both gave two contradicting cards there)."""
+    avoid = {"id": "AVOID", "kind": "contraindication", "agents": ["baclofen"], "effects": {"baclofen": "avoid"}}
+    dose = {"id": "DOSE", "kind": "dose", "action": "renal-dose", "agents": ["baclofen"]}
+    findings = [{"rule_id": f["id"], "severity": "critical", **f} for f in (avoid, dose)]
+    assert [[f["id"] for f in group] for group in cards_module._groups(findings)] == [["AVOID", "DOSE"]]
 
 
 def test_any_ruled_out_agent_being_ordered_can_be_deleted(app: FastAPI, client: Client) -> None:

@@ -151,7 +151,7 @@ class CardBuilder:
         findings = self._relevant(result["findings"], ctx)
         cards: list[dict[str, Any]] = []
         issued: list[IssuedCardInfo] = []
-        for group in _groups(findings, merge_dose_into_withdrawal=bool(ctx.orders)):
+        for group in _groups(findings):
             card = self._card(group, result, ctx)
             if card is not None:
                 cards.append(card)
@@ -504,13 +504,13 @@ def _dose_not_entered_yet(finding: Mapping[str, Any], ctx: CardContext) -> bool:
     return ctx.hook == "order-select" and bool(missing) and all(m.startswith(("med.", "dose.")) for m in missing)
 
 
-def _groups(
-    findings: Iterable[Mapping[str, Any]], *, merge_dose_into_withdrawal: bool = False
-) -> list[list[Mapping[str, Any]]]:
+def _groups(findings: Iterable[Mapping[str, Any]]) -> list[list[Mapping[str, Any]]]:
     """One group per decision: data gaps together; others by action (or kind) and agents, in finding order.
 
-    On an order, a kidney-dose group joins the group of a finding that rules the same agents out: whether to
-    order the drug at all and at what dose is one decision, so it is one card led by the ruling-out finding.
+    A kidney-dose group joins the group of a finding that rules the same agents out: whether to give the drug at
+    all and at what dose is one decision, so it is one card led by the ruling-out finding, on an order and on
+    patient-view alike (two critical cards, "avoid oral baclofen" and "above the kidney-adjusted ceiling", would
+    contradict each other).
     """
     groups: dict[tuple[str, tuple[str, ...]], list[Mapping[str, Any]]] = {}
     for finding in findings:
@@ -521,8 +521,7 @@ def _groups(
         else:
             key = (f"rule:{finding['rule_id']}", ())
         groups.setdefault(key, []).append(finding)
-    if merge_dose_into_withdrawal:
-        _merge_dose_groups(groups)
+    _merge_dose_groups(groups)
     return list(groups.values())
 
 
