@@ -54,6 +54,31 @@ def _observation(rid: str, code: str, value: float, unit: str, category: str) ->
     }
 
 
+def current_baclofen() -> dict[str, Any]:
+    """An active order of oral baclofen 10 mg three times a day: patient-view speaks only of the drugs a patient
+    takes, so its "avoid oral baclofen" card needs the patient on baclofen."""
+    return {
+        "resourceType": "MedicationRequest",
+        "id": "baclofen-current",
+        "status": "active",
+        "intent": "order",
+        "medicationCodeableConcept": {
+            "coding": [{"system": "http://www.nlm.nih.gov/research/umls/rxnorm", "code": "1292"}],
+            "text": "Baclofen",
+        },
+        "subject": {"reference": f"Patient/{PATIENT_ID}"},
+        "authoredOn": _day(60),
+        "dosageInstruction": [
+            {
+                "timing": {"repeat": {"frequency": 3, "period": 1, "periodUnit": "d"}},
+                "doseAndRate": [
+                    {"doseQuantity": {"value": 10, "unit": "mg", "system": "http://unitsofmeasure.org", "code": "mg"}}
+                ],
+            }
+        ],
+    }
+
+
 def kidney_patient(egfr: float = 20.0) -> list[dict[str, Any]]:
     """An ALS patient with severely reduced kidney function (eGFR 20 by default) and otherwise recent data."""
     return [

@@ -18,7 +18,16 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from browser_support import shot
-from cds_client_support import PATIENT_ID, SANDBOX_BUILD, SANDBOX_ISS, SANDBOX_JKU, Stack, kidney_patient, running_stack
+from cds_client_support import (
+    PATIENT_ID,
+    SANDBOX_BUILD,
+    SANDBOX_ISS,
+    SANDBOX_JKU,
+    Stack,
+    current_baclofen,
+    kidney_patient,
+    running_stack,
+)
 
 pytestmark = [
     pytest.mark.browser,
@@ -39,7 +48,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         f'jku_allowlist = ["{SANDBOX_JKU}"]\nalgorithms = ["ES384"]\n',
         "utf-8",
     )
-    with running_stack(folder, issuers, SANDBOX_BUILD, kidney_patient(egfr=20.0)) as running:
+    with running_stack(folder, issuers, SANDBOX_BUILD, [*kidney_patient(egfr=20.0), current_baclofen()]) as running:
         yield running
 
 

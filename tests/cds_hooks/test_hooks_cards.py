@@ -22,6 +22,7 @@ from .helpers import (
     assert_no_empty,
     baclofen_order,
     call,
+    days_ago,
     hook_request,
     observations,
     prefetch,
@@ -243,6 +244,40 @@ def test_patient_view_reviews_the_current_regimen(app: FastAPI, client: Client) 
     assert rules[0] == "BACLOFEN-DOSE-ABOVE-CEILING"
     assert len(rules) == len(set(rules))
     assert all("suggestions" not in c for c in cards if _rule(c) == "BACLOFEN-DOSE-ABOVE-CEILING")
+
+
+@pytest.mark.parametrize("egfr", [20.0, 45.0, 90.0])
+def test_patient_view_says_nothing_about_drugs_the_patient_is_not_taking(
+    app: FastAPI, client: Client, egfr: float
+) -> None:
+    """ "Avoid oral baclofen" (eGFR 20) and "reduce baclofen" (eGFR 45) are for when baclofen is ordered."""
+    assert valid_cards(app, client, hook_request("patient-view", prefetch_data=prefetch(egfr=egfr)), REVIEW) == []
+
+
+def test_patient_view_shows_no_standing_reminders_for_a_regimen_within_limits(app: FastAPI, client: Client) -> None:
+    """Baclofen 5 mg tid at eGFR 90: no "never stop abruptly", no "watch for sedation" at every chart open."""
+    meds = [baclofen_order(status="active", value=5)]
+    assert (
+        valid_cards(app, client, hook_request("patient-view", prefetch_data=prefetch(meds=meds, egfr=90.0)), REVIEW)
+        == []
+    )
+    within_band = [baclofen_order(status="active", value=10)]  # 30 mg/day under the 40 mg/day ceiling of eGFR 45
+    body = hook_request("patient-view", prefetch_data=prefetch(meds=within_band, egfr=45.0))
+    assert valid_cards(app, client, body, REVIEW) == []
+
+
+def test_patient_view_shows_monitoring_that_is_due_for_the_current_drug(app: FastAPI, client: Client) -> None:
+    tizanidine = _drug("tiz", "57258", "tizanidine 2 mg", status="active")
+    data = prefetch(meds=[tizanidine], egfr=90.0)
+    without_liver_tests = [o for o in observations(90.0) if o["id"] not in ("alt", "ast", "bili")]
+    data["observations"] = data["recentObservations"] = searchset(without_liver_tests)
+    cards = valid_cards(app, client, hook_request("patient-view", prefetch_data=data), REVIEW)
+    assert [_rule(c) for c in cards] == ["TIZ-LFT-BASELINE"]  # not the standing "check BP during titration"
+    nabiximols = _drug("nab", "1670017", "nabiximols", status="active")
+    for days, expected in ((40, ["NABIXIMOLS-4-WEEK-REVIEW"]), (10, [])):  # its 4-week review is due, or not yet
+        nabiximols["authoredOn"] = days_ago(days)
+        body = hook_request("patient-view", prefetch_data=prefetch(meds=[nabiximols], egfr=90.0))
+        assert [_rule(c) for c in valid_cards(app, client, body, REVIEW)] == expected
 
 
 def test_patient_without_als_gets_no_cards(app: FastAPI, client: Client) -> None:

@@ -148,10 +148,12 @@ class CardBuilder:
         """The cards (compact JSON objects) and, for each, the rule it came from."""
         if not result.get("in_scope", False):
             return [], []
-        findings = self._relevant(result["findings"], ctx)
+        findings = self._relevant(result, ctx)
         cards: list[dict[str, Any]] = []
         issued: list[IssuedCardInfo] = []
         for group in _groups(findings):
+            if not ctx.orders and not self._decision_on_view(group, result):
+                continue
             card = self._card(group, result, ctx)
             if card is not None:
                 cards.append(card)
@@ -160,11 +162,11 @@ class CardBuilder:
 
     # -- which findings ------------------------------------------------------------------------------
 
-    def _relevant(self, findings: Iterable[Mapping[str, Any]], ctx: CardContext) -> list[Mapping[str, Any]]:
+    def _relevant(self, result: Mapping[str, Any], ctx: CardContext) -> list[Mapping[str, Any]]:
+        findings: Iterable[Mapping[str, Any]] = result["findings"]
         if not ctx.orders:
-            return [
-                f for f in findings if f["kind"] in PATIENT_VIEW_KINDS or f.get("action") or f["kind"] == "data-gap"
-            ]
+            current = set(result.get("standing", {}).get("current_agents", ()))
+            return [f for f in findings if _about_the_regimen(f, current)]
         agents = {order.agent for order in ctx.orders if order.agent}
         references = {order.reference for order in ctx.orders}
         out = []
@@ -363,6 +365,23 @@ class CardBuilder:
         value = ceiling.get("value")
         return float(value) if isinstance(value, int | float) and not ceiling.get("stale") else None
 
+    def _decision_on_view(self, group: list[Mapping[str, Any]], result: Mapping[str, Any]) -> bool:
+        """Whether a group is worth a card on patient-view: something needs attention (``_needs_attention``), and
+        a kidney-dose group only while a current daily dose is above its ceiling, as an order within it is silent."""
+        if not any(_needs_attention(finding) for finding in group):
+            return False  # a standing reminder: it would be the same card at every chart open
+        lead = group[0]
+        return lead.get("action") != "renal-dose" or not self._regimen_fits(lead, result)
+
+    def _regimen_fits(self, finding: Mapping[str, Any], result: Mapping[str, Any]) -> bool:
+        """Whether the current daily dose of every agent of a kidney-dose finding is known and within its ceiling."""
+        doses = {option["agent"]: option.get("daily_dose") or {} for option in result.get("options", ())}
+        for agent in finding["agents"]:
+            daily, ceiling = doses.get(agent, {}).get("value"), self._ceiling(agent, result)
+            if not isinstance(daily, int | float) or ceiling is None or daily > ceiling + 1e-9:
+                return False
+        return bool(finding["agents"])
+
     def _order_fits(self, finding: Mapping[str, Any], result: Mapping[str, Any], ctx: CardContext) -> bool:
         """A kidney-dose finding is silent on an order whose daily dose is already within the ceiling."""
         matched = False
@@ -491,6 +510,31 @@ def _plan_block(option: Mapping[str, Any]) -> tuple[str, list[Mapping[str, Any]]
         cited += renal["citations"]
     body = "\n".join(f"- {literal(line)}" for line in lines)
     return f"**Dose plan for {literal(option['name'])}:**\n{body}", cited
+
+
+def _about_the_regimen(finding: Mapping[str, Any], current: set[str]) -> bool:
+    """Whether patient-view may show a finding: one about a drug only when the patient is taking it (the knowledge
+    base's checks of drugs not taken, "avoid oral baclofen" at eGFR 20 for a patient on none, belong to the order
+    hooks, when the drug is ordered); one about no drug (breathing, a liver signal) and a referral beyond the current
+    regimen always."""
+    agents = set(finding["agents"])
+    if finding["kind"] == "recommendation":
+        return bool(finding.get("action"))  # a next step (pump referral), not the ladder's standing advice
+    if finding["kind"] != "data-gap" and finding["kind"] not in PATIENT_VIEW_KINDS:
+        return False
+    return not agents or bool(agents & current)
+
+
+def _needs_attention(finding: Mapping[str, Any]) -> bool:
+    """Whether a finding is worth a card on patient-view: a data gap, anything above info, or monitoring that is due
+    (it asks for a test, or its rule looked at elapsed time: days on the drug, days since the last test). Other
+    info findings ("never stop baclofen abruptly", "watch for sedation", the kidney band of a dose within it) hold
+    for as long as the regimen does: as cards they would greet every chart open, so they stay on the clinician
+    page and on the order hooks."""
+    if finding["kind"] == "data-gap" or finding["severity"] != "info":
+        return True
+    due = bool(finding.get("action")) or any(fact.get("unit") == "days" for fact in finding["facts"])
+    return finding["kind"] == "monitoring" and due
 
 
 def _named(reference: str) -> bool:
