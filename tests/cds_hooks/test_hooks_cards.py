@@ -82,10 +82,86 @@ def test_a_renewal_above_the_ceiling_of_a_dose_taken_now_suggests_the_first_step
     card = next(c for c in valid_cards(app, client, body, SIGN) if _rule(c) == "BACLOFEN-DOSE-ABOVE-CEILING")
     suggestion = card["suggestions"][0]
     assert suggestion["label"] == (
-        "Reduce to 15 mg per dose (60 mg/day), the first step of the gradual reduction to the ceiling of 40 mg/day"
+        "Reduce to 15 mg per dose (tablet strength unknown: check it can be given; 60 mg/day), the first step of the "
+        "gradual reduction to the ceiling of 40 mg/day"
     )
     updated = suggestion["actions"][0]["resource"]
     assert updated["dosageInstruction"][0]["doseAndRate"][0]["doseQuantity"]["value"] == 15
+
+
+def _lioresal(max_per_day: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Baclofen 10 mg tablets [Lioresal] (RxNorm 202109, strength_mg 10 in the knowledge base), 20 mg tid."""
+    draft = baclofen_order(code="202109")
+    draft["medicationCodeableConcept"]["text"] = "Baclofen 10 MG Oral Tablet [Lioresal]"
+    if max_per_day is not None:
+        draft["dosageInstruction"][0]["maxDosePerPeriod"] = max_per_day
+    return draft
+
+
+def test_a_kidney_adjusted_dose_is_one_the_product_can_give_and_its_maximum_follows(
+    app: FastAPI, client: Client
+) -> None:
+    """20 mg tid of 10 mg tablets at eGFR 45 (ceiling 40 mg/day): 10 mg (one tablet), not an undispensable 13 mg;
+    and the draft's maxDosePerPeriod of 80 mg/day is lowered to the ceiling."""
+    limit = {"numerator": {"value": 80, "unit": "mg", "code": "mg"}, "denominator": {"value": 1, "code": "d"}}
+    body = hook_request("order-sign", prefetch_data=prefetch(), drafts=[_lioresal(limit)])
+    (card,) = valid_cards(app, client, body, SIGN)
+    (suggestion,) = card["suggestions"]
+    assert suggestion["label"] == "Reduce to 10 mg per dose (1 tablet; 30 mg/day, ceiling 40 mg/day)"
+    dosage = suggestion["actions"][0]["resource"]["dosageInstruction"][0]
+    assert dosage["doseAndRate"][0]["doseQuantity"]["value"] == 10
+    assert dosage["maxDosePerPeriod"] == {
+        "numerator": {"value": 40, "unit": "mg", "code": "mg"},
+        "denominator": {"value": 1, "code": "d"},
+    }
+
+
+def test_a_first_step_down_bounds_the_maximum_by_that_step_not_the_ceiling(app: FastAPI, client: Client) -> None:
+    """A renewal of 20 mg qid taken now steps down to 60 mg/day first: a maximum of 80 mg/day becomes 60, not the
+    ceiling of 40, which would forbid the very dose the update orders."""
+    taken = baclofen_order("bac-now", value=20, per_day=4, status="active")
+    draft = baclofen_order(value=20, per_day=4)
+    limit = {"numerator": {"value": 80, "code": "mg"}, "denominator": {"value": 1, "code": "d"}}
+    draft["dosageInstruction"][0]["maxDosePerPeriod"] = limit
+    body = hook_request("order-sign", prefetch_data=prefetch([taken]), drafts=[draft])
+    card = next(c for c in valid_cards(app, client, body, SIGN) if _rule(c) == "BACLOFEN-DOSE-ABOVE-CEILING")
+    dosage = card["suggestions"][0]["actions"][0]["resource"]["dosageInstruction"][0]
+    assert dosage["doseAndRate"][0]["doseQuantity"]["value"] == 15
+    assert dosage["maxDosePerPeriod"]["numerator"] == {"value": 60, "code": "mg"}
+
+
+@pytest.mark.parametrize(
+    ("limit", "kept"),
+    [
+        ({"numerator": {"value": 30, "code": "mg"}, "denominator": {"value": 24, "code": "h"}}, True),  # within
+        ({"numerator": {"value": 0.08, "code": "g"}, "denominator": {"value": 1, "code": "d"}}, False),  # 80 mg
+        ({"numerator": {"value": 8, "code": "mL"}, "denominator": {"value": 1, "code": "d"}}, None),  # no mass
+        ({"numerator": {"value": 80, "code": "mg"}, "denominator": {"value": 1, "code": "mo"}}, None),
+    ],
+)
+def test_a_maximum_per_period_is_kept_lowered_or_left_out(
+    app: FastAPI, client: Client, limit: dict[str, Any], kept: bool | None
+) -> None:
+    body = hook_request("order-sign", prefetch_data=prefetch(), drafts=[_lioresal(limit)])
+    (card,) = valid_cards(app, client, body, SIGN)
+    dosage = card["suggestions"][0]["actions"][0]["resource"]["dosageInstruction"][0]
+    if kept is None:  # cannot be compared with the ceiling: an update does not carry a limit that may contradict it
+        assert "maxDosePerPeriod" not in dosage
+    elif kept:
+        assert dosage["maxDosePerPeriod"] == limit
+    else:
+        assert dosage["maxDosePerPeriod"]["numerator"] == {"value": 0.04, "code": "g"}
+
+
+def test_an_order_by_ingredient_keeps_half_milligram_steps_and_says_the_strength_is_unknown(
+    app: FastAPI, client: Client
+) -> None:
+    (card,) = valid_cards(
+        app, client, hook_request("order-sign", prefetch_data=prefetch(), drafts=[baclofen_order()]), SIGN
+    )
+    assert card["suggestions"][0]["label"] == (
+        "Reduce to 13 mg per dose (tablet strength unknown: check it can be given; 39 mg/day, ceiling 40 mg/day)"
+    )
 
 
 def test_order_that_already_fits_gets_no_card(app: FastAPI, client: Client) -> None:

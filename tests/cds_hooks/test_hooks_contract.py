@@ -152,6 +152,7 @@ def test_sandbox_quirks_are_tolerated(app: FastAPI, client: Client) -> None:
     updated = suggestion["actions"][0]["resource"]
     quantity = updated["dosageInstruction"][0]["doseAndRate"][0]["doseQuantity"]
     assert quantity == {"value": 1, "unit": "{pill}", "system": "http://unitsofmeasure.org", "code": "{pill}"}
+    assert suggestion["label"] == "Reduce to 1 tablet per dose (10 mg; 30 mg/day, ceiling 40 mg/day)"
 
 
 def test_an_update_of_a_draft_without_intent_is_an_order_and_otherwise_the_draft_as_sent(
@@ -165,7 +166,7 @@ def test_an_update_of_a_draft_without_intent_is_an_order_and_otherwise_the_draft
     expected = sent | {"intent": "order"}
     dosage = expected["dosageInstruction"][0]
     dosage["doseAndRate"][0]["doseQuantity"]["value"] = 1
-    dosage["text"] = "1 {pill} 3 times a day (kidney-adjusted dose)"
+    dosage["text"] = "1 tablet 3 times a day (kidney-adjusted dose)"  # not the UCUM annotation
     assert updated == expected
 
 

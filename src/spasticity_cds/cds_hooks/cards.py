@@ -14,7 +14,15 @@ from typing import Any
 
 import orjson
 
-from spasticity_cds.cds_hooks.orders import UNNAMED_DRAFT, DraftOrder, adjusted_order, mg_per_unit, structured_dose
+from spasticity_cds.cds_hooks.orders import (
+    UNIT_DOSE_UNITS,
+    UNNAMED_DRAFT,
+    DraftOrder,
+    adjusted_order,
+    mg_per_unit,
+    structured_dose,
+    unit_text,
+)
 from spasticity_cds.engine.dosing import steps_text
 from spasticity_cds.engine.evaluator import RULED_OUT, Engine
 
@@ -409,21 +417,18 @@ class CardBuilder:
             per_unit = mg_per_unit(dose, order.strength_mg) if dose else None
             if ceiling is None or dose is None or per_unit is None or not _named(order.reference):
                 continue
-            step = _first_step_down(order.agent, result)  # taken now: the first step down, never all at once
-            goal = ceiling if step is None else step
-            new_value = _within(goal / dose.per_day / per_unit, dose.unit)
+            first_step = _first_step_down(order.agent, result)  # taken now: the first step down, never all at once
+            goal = ceiling if first_step is None else first_step
+            new_value = _within(goal / dose.per_day / per_unit, _dose_step(dose.unit, per_unit, order.strength_mg))
             if new_value <= 0 or new_value >= dose.value:
                 continue
-            updated = _answerable(adjusted_order(order.sent, new_value, dose.per_day))
+            # The order's maxDosePerPeriod must not allow more than the daily dose aimed at now (the ceiling, or the
+            # first step down to it), nor forbid that dose.
+            updated = _answerable(adjusted_order(order.sent, new_value, dose.per_day, goal / per_unit))
             if updated is None:
                 continue
-            daily = new_value * per_unit * dose.per_day
-            label = f"Reduce to {new_value:g} {dose.unit} per dose ({daily:g} mg/day, ceiling {ceiling:g} mg/day)"
-            if step is not None:
-                label = (
-                    f"Reduce to {new_value:g} {dose.unit} per dose ({daily:g} mg/day), the first step of the gradual "
-                    f"reduction to the ceiling of {ceiling:g} mg/day"
-                )
+            stepped = first_step is not None
+            label = _reduce_label(new_value, dose.unit, per_unit, dose.per_day, ceiling, order.strength_mg, stepped)
             out.append(
                 {
                     "label": label,
@@ -640,10 +645,48 @@ def literal(text: str) -> str:
     return _MARKUP.sub(r"\\\1", " ".join(str(text).splitlines()))
 
 
-def _within(amount: float, unit: str) -> float:
-    """The largest practical dose not above ``amount``: half units for tablets, 0.5 mg steps for mass; 0 when
-    ``amount`` is not a finite number (a timing of one dose per 1e308 days)."""
-    step = DOSE_STEP.get(unit.strip().lower(), HALF)
+def _dose_step(unit: str, per_unit: float, strength_mg: float | None) -> float:
+    """The smallest dose step the ordered product can be given in, in the dose's unit: half a tablet; 0.5 mg when
+    the product's strength is unknown (an order by ingredient in mg), which the suggestion's label then says.
+
+    The knowledge base records a product's strength, not its score line; half tablets are what the labels' own
+    schedule needs (baclofen starts at 5 mg three times a day, and its 10 and 20 mg tablets are bisected)."""
+    key = unit.strip().lower()
+    if key in UNIT_DOSE_UNITS:
+        return HALF
+    return strength_mg * HALF / per_unit if strength_mg else DOSE_STEP.get(key, HALF)
+
+
+def _reduce_label(
+    value: float,
+    unit: str,
+    per_unit: float,
+    per_day: float,
+    ceiling: float,
+    strength_mg: float | None,
+    first_step: bool,
+) -> str:
+    """ "Reduce to 10 mg per dose (1 tablet; 30 mg/day, ceiling 40 mg/day)", or, for a dose taken now, the first step
+    of the gradual reduction to the ceiling; a unit dose is named a tablet."""
+    per_dose_mg = value * per_unit
+    if unit.strip().lower() in UNIT_DOSE_UNITS:
+        amount = f"{value:g} {unit_text(value, unit)} per dose ({per_dose_mg:g} mg; "
+    elif strength_mg:
+        tablets = per_dose_mg / strength_mg
+        amount = f"{value:g} {unit} per dose ({tablets:g} {unit_text(tablets, '{tablet}')}; "
+    else:
+        amount = f"{value:g} {unit} per dose (tablet strength unknown: check it can be given; "
+    daily = f"{per_dose_mg * per_day:g} mg/day"
+    if first_step:
+        return (
+            f"Reduce to {amount}{daily}), the first step of the gradual reduction to the ceiling of {ceiling:g} mg/day"
+        )
+    return f"Reduce to {amount}{daily}, ceiling {ceiling:g} mg/day)"
+
+
+def _within(amount: float, step: float) -> float:
+    """The largest dose not above ``amount`` in whole ``step``s; 0 when ``amount`` is not a finite number (a timing
+    of one dose per 1e308 days)."""
     steps = amount / step + 1e-9
     # Rounded, so that 26 steps of 0.0005 g read 0.013, not 0.013000000000000001.
     return round(math.floor(steps) * step, 9) if math.isfinite(steps) else 0.0

@@ -173,9 +173,26 @@ def mg_per_unit(dose: StructuredDose, strength_mg: float | None) -> float | None
     return None
 
 
-def adjusted_order(resource: dict[str, Any], new_value: float, per_day: float) -> dict[str, Any]:
+def unit_text(value: float, unit: str) -> str:
+    """A dose unit as a clinician reads it: a unit dose ({pill}, {tbl}, a UCUM annotation) is a tablet."""
+    if unit.strip().lower() in UNIT_DOSE_UNITS:
+        return "tablet" if value <= 1 else "tablets"
+    return unit
+
+
+#: A period of maxDosePerPeriod in days, by its UCUM code (or unit).
+PERIOD_DAYS = {"d": 1.0, "day": 1.0, "days": 1.0, "h": 1 / 24, "hour": 1 / 24, "hours": 1 / 24, "wk": 7.0}
+
+
+def adjusted_order(
+    resource: dict[str, Any], new_value: float, per_day: float, ceiling_per_day: float | None = None
+) -> dict[str, Any]:
     """The whole draft with its single dose quantity replaced (and its now-stale dosage text rewritten), and with
     the status and intent FHIR requires where it has none: without them the update is not a valid resource.
+
+    ``ceiling_per_day`` (in the dose's own unit) bounds the draft's maxDosePerPeriod: a limit above it is lowered
+    to it, and one that cannot be compared (another unit, an odd period) is dropped, since an order that allows
+    80 mg/day against a 40 mg/day ceiling contradicts its own kidney-adjusted dose.
 
     Only the objects on the path to the dose quantity are copied; the rest is shared with the draft, which
     nothing changes (a deep copy of the whole order cost more than the rest of the suggestion).
@@ -189,8 +206,50 @@ def adjusted_order(resource: dict[str, Any], new_value: float, per_day: float) -
     rate = dict(dosage["doseAndRate"][0])
     dosage["doseAndRate"] = [rate, *dosage["doseAndRate"][1:]]
     quantity = rate["doseQuantity"] = dict(rate["doseQuantity"])
-    quantity["value"] = int(new_value) if float(new_value).is_integer() else new_value
+    quantity["value"] = _number(new_value)
+    unit = quantity.get("code") or quantity.get("unit")
     if "text" in dosage:
-        unit = quantity.get("unit") or quantity.get("code")
-        dosage["text"] = f"{new_value:g} {unit} {per_day:g} times a day (kidney-adjusted dose)"
+        shown = unit_text(new_value, unit) if isinstance(unit, str) else unit
+        dosage["text"] = f"{new_value:g} {shown} {per_day:g} times a day (kidney-adjusted dose)"
+    if ceiling_per_day is not None and "maxDosePerPeriod" in dosage:
+        limit = _limit_within(dosage["maxDosePerPeriod"], ceiling_per_day, unit)
+        if limit is None:
+            del dosage["maxDosePerPeriod"]
+        else:
+            dosage["maxDosePerPeriod"] = limit
     return updated
+
+
+def _number(value: float) -> float | int:
+    return int(value) if float(value).is_integer() else round(value, 9)
+
+
+def _limit_within(limit: object, ceiling_per_day: float, dose_unit: object) -> dict[str, Any] | None:
+    """A maxDosePerPeriod (a Ratio of an amount to a period) no higher than ``ceiling_per_day`` in the dose's unit;
+    None when it cannot be read as one (then the update leaves it out)."""
+    if not isinstance(limit, dict) or not isinstance(dose_unit, str):
+        return None
+    numerator, denominator = limit.get("numerator"), limit.get("denominator")
+    if not isinstance(numerator, dict) or not isinstance(denominator, dict):
+        return None
+    amount: Any = numerator.get("value")
+    period: Any = denominator.get("value")
+    period_unit = denominator.get("code") or denominator.get("unit")
+    days = PERIOD_DAYS.get(period_unit.strip().lower()) if isinstance(period_unit, str) else None
+    factor = _unit_factor(numerator.get("code") or numerator.get("unit"), dose_unit)
+    if days is None or factor is None or not _positive(amount) or not _positive(period):
+        return None
+    allowed = ceiling_per_day * days * float(period) / factor  # in the numerator's own unit
+    if float(amount) <= allowed + 1e-9:
+        return limit
+    return limit | {"numerator": numerator | {"value": _number(allowed)}}
+
+
+def _unit_factor(amount_unit: object, dose_unit: str) -> float | None:
+    """How many of the dose's unit one of ``amount_unit`` is (mg and g convert; a unit dose only to itself)."""
+    if not isinstance(amount_unit, str):
+        return None
+    amount, dose = amount_unit.strip().lower(), dose_unit.strip().lower()
+    if amount in MASS_UNITS and dose in MASS_UNITS:
+        return MASS_UNITS[amount] / MASS_UNITS[dose]
+    return 1.0 if amount == dose or (amount in UNIT_DOSE_UNITS and dose in UNIT_DOSE_UNITS) else None
