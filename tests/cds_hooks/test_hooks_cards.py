@@ -445,6 +445,36 @@ def test_feedback_finds_its_card_whatever_the_case_of_the_uuid_hex(
     assert stored.rule_id == "BACLOFEN-DOSE-ABOVE-CEILING" and stored.hook_instance == body["hookInstance"]
 
 
+def test_feedback_accepting_a_suggestion_the_card_never_carried_is_stored_and_flagged(
+    app: FastAPI, client: Client, hook_store: SqlFeedbackStore
+) -> None:
+    body = hook_request("order-sign", prefetch_data=prefetch(), drafts=[baclofen_order()])
+    (card,) = valid_cards(app, client, body, SIGN)
+    issued_suggestion = card["suggestions"][0]["uuid"]
+    assert app.state.hooks.cards.flush()
+    stored_card = hook_store.find_issued_card(card["uuid"])
+    assert stored_card is not None and stored_card.suggestion_uuids == (issued_suggestion,)
+    path = f"/cds-services/{SIGN}/feedback"
+    never = "0b6d4f4e-0000-4000-8000-000000000000"
+    items = [
+        {"card": card["uuid"], "outcome": "accepted", "outcomeTimestamp": f"2026-11-24T14:3{n}:00Z", **accepted}
+        for n, accepted in enumerate(
+            [
+                {"acceptedSuggestions": [{"id": issued_suggestion}]},
+                {"acceptedSuggestions": [{"id": issued_suggestion}, {"id": never}]},
+            ]
+        )
+    ]
+    items.append(items[0] | {"card": "not-ours"})
+    assert call(app, "POST", path, json={"feedback": items}, headers=client.headers(path)).status_code == 200
+    stored = {(f.card_uuid, f.accepted_suggestions): f.unknown_suggestions for f in hook_store.list_hook_feedback()}
+    assert stored == {
+        (card["uuid"], (issued_suggestion,)): (),
+        (card["uuid"], (issued_suggestion, never)): (never,),  # kept as sent, flagged
+        ("not-ours", (issued_suggestion,)): None,  # an unknown card: nothing to check against
+    }
+
+
 def test_every_card_and_suggestion_has_its_own_uuid(app: FastAPI, client: Client) -> None:
     body = hook_request("patient-view", prefetch_data=prefetch(meds=[baclofen_order(status="active")]))
     first, second = (valid_cards(app, client, body | {"hookInstance": h}, REVIEW) for h in ("a-1", "a-2"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import uuid
 from datetime import UTC, datetime, timedelta, timezone
@@ -123,6 +124,42 @@ def test_issued_card_round_trips(store: SqlFeedbackStore) -> None:
     assert store.find_issued_card("card-unknown") is None
 
 
+def test_an_issued_card_keeps_its_suggestion_uuids_and_none_stays_unknown(store: SqlFeedbackStore) -> None:
+    with_two, with_none = issued_card("card-1"), issued_card("card-2")
+    with_two = dataclasses.replace(with_two, suggestion_uuids=("s-1", "s-2"))
+    without = dataclasses.replace(issued_card("card-3"), suggestion_uuids=())
+    store.record_issued_cards([with_two, with_none, without])
+
+    assert store.find_issued_card("card-1") == with_two
+    assert store.find_issued_card("card-2") == with_none and with_none.suggestion_uuids is None
+    assert store.find_issued_card("card-3") == without
+    with store.engine.connect() as connection:  # "not kept" is SQL NULL, not the JSON null a query would miss
+        unknown = text("SELECT card_uuid FROM issued_cards WHERE suggestion_uuids IS NULL")
+        assert [row[0] for row in connection.execute(unknown)] == ["card-2"]
+
+
+def test_migration_0003_keeps_cards_and_feedback_and_marks_them_unchecked(store_url: str) -> None:
+    """A store at revision 0002 with a card and feedback: after the upgrade both are kept, and neither claims to
+    know the card's suggestions (NULL), since they were not stored then."""
+    engine = create_store_engine(resolve_store_url(store_url))
+    config = alembic_config()
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "0002")
+    card = issued_card("card-1")
+    old = hook_feedback("card-1", FeedbackOutcome.ACCEPTED, accepted_suggestions=("s-1",))
+    with engine.begin() as connection:
+        card_row = {k: v for k, v in sql_store._issued_card_row(card).items() if k != "suggestion_uuids"}
+        connection.execute(schema.issued_cards.insert().values(card_row))
+        row = {k: v for k, v in sql_store._hook_feedback_row(old).items() if k != "unknown_suggestions"}
+        connection.execute(schema.hook_feedback.insert().values(row))
+    engine.dispose()
+    with open_store(store_url) as upgraded:
+        assert upgraded.find_issued_card("card-1") == card and card.suggestion_uuids is None
+        assert upgraded.list_hook_feedback() == [old] and old.unknown_suggestions is None
+        assert upgraded.record_hook_feedback([old]) == 0  # the same report is still recognised
+
+
 def test_hook_feedback_round_trips_every_field(store: SqlFeedbackStore) -> None:
     item = hook_feedback(
         "card-1",
@@ -136,6 +173,7 @@ def test_hook_feedback_round_trips_every_field(store: SqlFeedbackStore) -> None:
         override_reason_system="http://hl7.org/fhir/CodeSystem/cds-hooks-override-reason",
         override_reason_display="Patient declined",
         user_comment="Discussed with the patient; ünïcode kept.",
+        unknown_suggestions=("sugg-2",),
     )
     store.record_hook_feedback([item])
 
@@ -173,7 +211,8 @@ def test_migration_0002_keys_existing_feedback_by_its_content(store_url: str) ->
         command.upgrade(config, "0001")
     old = hook_feedback("card-1", override_reason_code="patient-declined", user_comment="ünïcode")
     with engine.begin() as connection:
-        row = {key: value for key, value in sql_store._hook_feedback_row(old).items() if key != "report_digest"}
+        newer = ("report_digest", "unknown_suggestions")  # columns of revisions 0002 and 0003
+        row = {key: value for key, value in sql_store._hook_feedback_row(old).items() if key not in newer}
         connection.execute(schema.hook_feedback.insert().values(row))
     engine.dispose()
     with open_store(store_url) as upgraded:

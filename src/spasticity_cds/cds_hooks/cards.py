@@ -81,6 +81,8 @@ class IssuedCardInfo:
     card_uuid: str
     rule_id: str
     rule_version: int
+    #: The uuids of the card's suggestions: feedback may accept only these.
+    suggestion_uuids: tuple[str, ...] = ()
 
 
 def compact(value: Any) -> Any:
@@ -165,7 +167,8 @@ class CardBuilder:
             card = self._card(group, result, ctx)
             if card is not None:
                 cards.append(card)
-                issued.append(IssuedCardInfo(card["uuid"], group[0]["rule_id"], group[0]["rule_version"]))
+                suggestions = tuple(suggestion["uuid"] for suggestion in card.get("suggestions", ()))
+                issued.append(IssuedCardInfo(card["uuid"], group[0]["rule_id"], group[0]["rule_version"], suggestions))
         return cards, issued
 
     # -- which findings ------------------------------------------------------------------------------

@@ -51,9 +51,14 @@ class IssuedCard:
     kb_version: str
     patient_ref_hash: str
     issued_at: datetime
+    #: The uuids of the card's suggestions (empty: it had none); None for a card stored before revision 0003,
+    #: when they were not kept. Feedback that accepts another uuid is flagged (`HookFeedback.unknown_suggestions`).
+    suggestion_uuids: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         _require_aware("issued_at", self.issued_at)
+        if self.suggestion_uuids is not None:
+            object.__setattr__(self, "suggestion_uuids", tuple(self.suggestion_uuids))
         if not _SHA256_HEX.fullmatch(self.patient_ref_hash):
             raise ValueError("patient_ref_hash must be a lowercase sha256 hex digest (see hash_patient_ref)")
 
@@ -80,10 +85,16 @@ class HookFeedback:
     override_reason_system: str | None = None
     override_reason_display: str | None = None
     user_comment: str | None = None
+    #: The accepted suggestion uuids the issued card did not carry (the spec names only the card's own); empty when
+    #: all were its own, None when that could not be checked (the card is unknown, or stored before revision 0003).
+    #: The report is stored as sent either way: a flag, never a refusal, so no record is lost.
+    unknown_suggestions: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "outcome", FeedbackOutcome(self.outcome))
         object.__setattr__(self, "accepted_suggestions", tuple(self.accepted_suggestions))
+        if self.unknown_suggestions is not None:
+            object.__setattr__(self, "unknown_suggestions", tuple(self.unknown_suggestions))
         _require_aware("outcome_timestamp", self.outcome_timestamp)
         _require_aware("received_at", self.received_at)
 

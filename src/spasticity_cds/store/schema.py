@@ -74,6 +74,7 @@ issued_cards = Table(
     Column("kb_version", String(NAME_LENGTH), nullable=False),
     Column("patient_ref_hash", String(64), nullable=False),
     Column("issued_at", UtcDateTime(), nullable=False),
+    Column("suggestion_uuids", JSON(none_as_null=True), nullable=True),  # NULL: issued before revision 0003, not kept
     PrimaryKeyConstraint("card_uuid"),
     Index(None, "rule_id", "rule_version"),
 )
@@ -97,6 +98,7 @@ hook_feedback = Table(
     Column("outcome_timestamp", UtcDateTime(), nullable=False),
     Column("received_at", UtcDateTime(), nullable=False),
     Column("report_digest", String(64), nullable=False),
+    Column("unknown_suggestions", JSON(none_as_null=True), nullable=True),  # NULL: could not be checked
     UniqueConstraint("card_uuid", "report_digest"),
     CheckConstraint("outcome IN ('accepted', 'overridden')", name="outcome"),
     Index(None, "received_at"),

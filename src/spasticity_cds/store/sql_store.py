@@ -275,11 +275,17 @@ def _issued_card_row(card: IssuedCard) -> dict[str, Any]:
         "kb_version": card.kb_version,
         "patient_ref_hash": card.patient_ref_hash,
         "issued_at": card.issued_at,
+        "suggestion_uuids": _json_list(card.suggestion_uuids),
     }
 
 
 def _issued_card_from_row(row: RowMapping) -> IssuedCard:
     return IssuedCard(**{name: row[name] for name in IssuedCard.__dataclass_fields__})
+
+
+def _json_list(values: tuple[str, ...] | None) -> list[str] | None:
+    """A tuple as a JSON list; None stays SQL NULL ("not known"), never JSON null, so queries can tell."""
+    return list(values) if values is not None else None
 
 
 def _hook_feedback_row(item: HookFeedback) -> dict[str, Any]:
@@ -299,6 +305,7 @@ def _hook_feedback_row(item: HookFeedback) -> dict[str, Any]:
         "outcome_timestamp": item.outcome_timestamp,
         "received_at": item.received_at,
         "report_digest": item.report_digest,
+        "unknown_suggestions": _json_list(item.unknown_suggestions),
     }
 
 

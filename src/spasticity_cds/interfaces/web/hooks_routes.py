@@ -212,7 +212,15 @@ def _issued_cards(
     patient_hash = hash_patient_ref(patient)
     return [
         IssuedCard(
-            card.card_uuid, service_id, hook_instance, card.rule_id, card.rule_version, kb_version, patient_hash, now
+            card.card_uuid,
+            service_id,
+            hook_instance,
+            card.rule_id,
+            card.rule_version,
+            kb_version,
+            patient_hash,
+            now,
+            card.suggestion_uuids,
         )
         for card in issued
     ]
@@ -268,6 +276,11 @@ def _feedback_record(service_id: str, item: FeedbackItem, issued: IssuedCard | N
             f"send its feedback to /cds-services/{issued.service_id}/feedback"
         )
     reason = item.overrideReason.reason if item.overrideReason else None
+    accepted = tuple(s.id for s in item.acceptedSuggestions or ())
+    known = issued.suggestion_uuids if issued is not None else None
+    unknown = None if known is None else tuple(s for s in accepted if s not in known)
+    if unknown:  # stored as sent and flagged: the spec names only the card's own suggestions
+        logger.warning("feedback on card %s accepts %d suggestion(s) it did not carry", item.card[:64], len(unknown))
     return HookFeedback(
         service_id=service_id,
         card_uuid=item.card,
@@ -278,9 +291,10 @@ def _feedback_record(service_id: str, item: FeedbackItem, issued: IssuedCard | N
         rule_id=issued.rule_id if issued else None,
         rule_version=issued.rule_version if issued else None,
         kb_version=issued.kb_version if issued else None,
-        accepted_suggestions=tuple(s.id for s in item.acceptedSuggestions or ()),
+        accepted_suggestions=accepted,
         override_reason_code=reason.code if reason else None,
         override_reason_system=reason.system if reason else None,
         override_reason_display=reason.display if reason else None,
         user_comment=item.overrideReason.userComment if item.overrideReason else None,
+        unknown_suggestions=unknown,
     )
