@@ -199,6 +199,18 @@ def test_tizanidine_without_liver_tests_suggests_creating_a_liver_test_order(app
     assert "aminotransferases" in liver["detail"] and "MedicationRequest/tiz" in liver["detail"]
 
 
+@pytest.mark.parametrize("user_id", ["Practitioner/", "PractitionerRole/ ", "Patient/pt-1"])
+def test_a_user_id_that_names_no_practitioner_is_no_requester(app: FastAPI, client: Client, user_id: str) -> None:
+    data = prefetch()
+    data["observations"] = data["recentObservations"] = searchset(
+        [o for o in observations() if o["id"] not in ("alt", "ast", "bili")]
+    )
+    body = hook_request("order-sign", prefetch_data=data, drafts=[_drug("tiz", "57258", "tizanidine 2 mg")])
+    body["context"]["userId"] = user_id
+    liver = next(c for c in valid_cards(app, client, body, SIGN) if _rule(c) == "TIZ-LFT-BASELINE")
+    assert "requester" not in liver["suggestions"][0]["actions"][0]["resource"]
+
+
 def test_a_draft_without_an_id_is_never_named_by_a_made_up_reference(app: FastAPI, client: Client) -> None:
     data = prefetch()
     data["observations"] = data["recentObservations"] = searchset(

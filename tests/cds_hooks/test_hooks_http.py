@@ -116,6 +116,12 @@ def test_streamed_body_over_the_limit_is_413(app: FastAPI, client: Client) -> No
             b'"draftOrders": {"resourceType": "Bundle"}}}',
             "selections",
         ),
+        (
+            b'{"hook": "order-select", "hookInstance": "a", "context": {"userId": "P/1", "patientId": "1", '
+            b'"selections": ["MedicationRequest/elsewhere"], "draftOrders": {"resourceType": "Bundle", "entry": '
+            b'[{"resource": {"resourceType": "MedicationRequest", "id": "here"}}]}}}',
+            "context.selections names 'MedicationRequest/elsewhere', which is not in draftOrders",
+        ),
     ],
 )
 def test_malformed_requests_are_400_with_an_outcome(app: FastAPI, client: Client, body: bytes, fragment: str) -> None:

@@ -41,13 +41,20 @@ OVERRIDE_REASONS: tuple[tuple[str, str], ...] = (
     ("prefers-alternative", "Patient prefers an alternative approach or treatment"),
     ("patient-refuses", "Patient refuses/declines (no context given)*"),
 )
-OVERRIDE_CODINGS = tuple({"system": NON_ADHERENCE, "code": code, "display": text} for code, text in OVERRIDE_REASONS)
+#: The CodeSystem marks some displays with a footnote asterisk ("... (no context given)*"): a clinician choosing a
+#: reason sees the display, and the mark means nothing there.
+OVERRIDE_CODINGS = tuple(
+    {"system": NON_ADHERENCE, "code": code, "display": text.rstrip("*")} for code, text in OVERRIDE_REASONS
+)
 LIVER_PANEL = {
     "coding": [
         {"system": "http://loinc.org", "code": "24325-3", "display": "Hepatic function 2000 panel - Serum or Plasma"}
     ],
     "text": "Liver tests (ALT, AST, alkaline phosphatase, bilirubin)",
 }
+#: A userId that can be an order's requester: a Practitioner or PractitionerRole reference with an id
+#: ("Practitioner/" alone names no one).
+PRACTITIONER = re.compile(r"(?:Practitioner|PractitionerRole)/[^/\s]+")
 PATIENT_VIEW_KINDS = frozenset({"contraindication", "warning", "dose", "monitoring"})
 ORDER_KINDS = frozenset({"contraindication", "warning", "dose", "monitoring", "info"})
 DOSE_STEP = {"mg": 0.5, "g": 0.0005}
@@ -449,9 +456,7 @@ class CardBuilder:
         return out[:1]
 
     def _liver_suggestion(self, finding: Mapping[str, Any], ctx: CardContext, *, cite_drafts: bool) -> dict[str, Any]:
-        requester = (
-            ctx.user_id if ctx.user_id and ctx.user_id.startswith(("Practitioner/", "PractitionerRole/")) else None
-        )
+        requester = ctx.user_id if ctx.user_id and PRACTITIONER.fullmatch(ctx.user_id) else None
         drafts = ctx.orders if cite_drafts else ()
         reasons = [{"reference": o.reference} for o in drafts if o.agent in finding["agents"] and _named(o.reference)]
         resource = {

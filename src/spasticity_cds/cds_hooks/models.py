@@ -211,6 +211,23 @@ def _check_context(hook: str, context: dict[str, Any]) -> None:
         selections = context["selections"]
         if not isinstance(selections, list) or not all(isinstance(s, str) and s for s in selections):
             raise HookRequestError("context.selections must be an array of references")
+        drafts = _draft_references(context.get("draftOrders"))
+        missing = [s for s in selections if s not in drafts]
+        if missing:  # else nothing is checked and the client hears nothing of it
+            raise HookRequestError(f"context.selections names {missing[0][:200]!r}, which is not in draftOrders")
+
+
+def _draft_references(orders: object) -> set[str]:
+    """``Type/id`` of every resource in draftOrders (what order-select's selections point at)."""
+    entries = orders.get("entry") if isinstance(orders, dict) else None
+    resources = [entry.get("resource") for entry in entries or () if isinstance(entry, dict)]
+    return {
+        f"{resource['resourceType']}/{resource['id']}"
+        for resource in resources
+        if isinstance(resource, dict)
+        and isinstance(resource.get("resourceType"), str)
+        and isinstance(resource.get("id"), str)
+    }
 
 
 def decode_feedback(body: bytes) -> FeedbackRequest:

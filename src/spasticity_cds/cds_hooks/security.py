@@ -460,6 +460,8 @@ def _checked_tenant(claims: JsonObject, issuer: TrustedIssuer) -> str | None:
     tenant = claims.get("tenant")
     if tenant is not None and not isinstance(tenant, str):
         raise _rejected("claim tenant is not a string")
+    if issuer.tenants is not None and tenant is None:  # _loggable would name the type: "tenant 'NoneType'"
+        raise _rejected(f"no tenant claim, and issuer {_loggable(issuer.iss)} allows only listed tenants")
     if issuer.tenants is not None and tenant not in issuer.tenants:
         raise _rejected(f"tenant {_loggable(tenant)} is not allowed for issuer {_loggable(issuer.iss)}")
     return tenant
