@@ -99,8 +99,11 @@ def med(
     route: str | None = None,
     text_only: bool = False,
     resource_type: str = "MedicationRequest",
+    indication: str | None = None,
+    indication_ref: str | None = None,
 ) -> Resource:
-    """A medication order; ``name`` is an RxNorm ingredient in :data:`RXNORM` or free text."""
+    """A medication order; ``name`` is an RxNorm ingredient in :data:`RXNORM` or free text; ``indication`` is its
+    reasonCode text, ``indication_ref`` a reasonReference."""
     code = RXNORM.get(name)
     concept = {"text": name} if text_only or code is None else coded(RXN, code, name)
     resource: Resource = {"resourceType": resource_type, "id": _next("m"), "status": status, "subject": SUBJECT}
@@ -119,6 +122,10 @@ def med(
         resource["authoredOn" if resource_type == "MedicationRequest" else "effectiveDateTime"] = start
     if reason:
         resource["statusReason"] = {"text": reason}
+    if indication:
+        resource["reasonCode"] = [{"text": indication}]
+    if indication_ref:
+        resource["reasonReference"] = [{"reference": indication_ref}]
     return resource
 
 

@@ -109,6 +109,14 @@ CASES: list[RuleCase] = [
         none,
         "false",
     ),
+    # Under the default jurisdiction (us) it always holds: the finding speaks while nabiximols is taken or ordered.
+    _c(
+        "NABIXIMOLS-NOT-US",
+        lambda: [med("Sativex spray", status="draft")],
+        None,
+        lambda: [med("nabiximols")],
+        "true",
+    ),
     _c(
         "NABIXIMOLS-BREASTFEEDING",
         lambda: [med("nabiximols", status="draft"), condition(ICD, "Z39.1")],
@@ -285,6 +293,12 @@ CASES: list[RuleCase] = [
         lambda: [condition(ICD, "G47.33"), med("diazepam", status="draft")],
         lambda: [*normal_breathing(), med("diazepam", status="draft")],
         lambda: [med("diazepam", status="draft")],
+    ),
+    _c(
+        "BENZO-PALLIATIVE-RESP",
+        lambda: [condition(ICD, "G47.33"), med("diazepam", indication="Breathlessness - end of life palliative care")],
+        lambda: [*normal_breathing(), med("diazepam", indication="Breathlessness - end of life palliative care")],
+        lambda: [med("diazepam", indication="Breathlessness - end of life palliative care")],
     ),
     _c(
         "DANT-PULMONARY",

@@ -69,6 +69,8 @@ def _fact_families(names: Iterable[str], engine: Engine) -> set[str]:
             pending.extend(definition.facts_used() if definition is not None else ())
         elif prefix in ("med", "medclass", "antispastic"):
             families.add("medications")
+            if name.rsplit(".", 1)[-1].startswith("for_"):
+                families.add("conditions")  # a stated reason can be a Condition its reasonReference names
         elif prefix == "dose":
             families.update(("medications", "observations"))
         elif prefix in ("obs", "condition", "procedure"):
@@ -84,7 +86,7 @@ def facts_of_rules(engine: Engine, *, order_checks: bool) -> list[str]:
             continue
         names.extend(compiled.tree.facts_used())
     for step in engine.ladder:
-        names.extend((*step.current_when, *step.proposed_when))
+        names.extend((*step.current_when, *step.proposed_when, *step.outside_when))
     return names
 
 

@@ -135,7 +135,7 @@ class Engine:
                             where=f"{self.kb.rule_files[rule.id]}: rule {rule.id}",
                         )
         for step in self.kb.ladder.steps:
-            for name in (*step.current_when, *step.proposed_when):
+            for name in (*step.current_when, *step.proposed_when, *step.outside_when):
                 if name not in self.fact_names:
                     raise KnowledgeBaseError(f"unknown fact {name!r}", where=f"ladder.yaml: {step.agent}")
 
@@ -218,8 +218,12 @@ class Engine:
             if value is False:
                 continue
             involved = any(states[agent][1] for agent in compiled.ladder_agents)
+            # Another rule speaks for the case (quiet_when): this one's effects stand, its finding or gap is not said.
+            quiet = rule.quiet_when is not None and env.definition(rule.quiet_when) is True
             if value is None:
-                gap = rule.on_unknown == "data-gap" or (rule.on_unknown == "data-gap-if-involved" and involved)
+                gap = not quiet and (
+                    rule.on_unknown == "data-gap" or (rule.on_unknown == "data-gap-if-involved" and involved)
+                )
                 if gap or rule.effects_if_unknown:
                     finding = self._finding(compiled, gap_env, gap=True, involved=involved)
                     if gap:
@@ -227,7 +231,7 @@ class Engine:
                     self._record_effects(effects, rule.effects_if_unknown, finding)
                 continue
             finding = self._finding(compiled, env, gap=False, involved=involved, rests_on_stale=rests_on_stale)
-            if self._reported(rule, involved):
+            if self._reported(rule, involved) and not quiet:
                 findings.append(finding)
             self._record_effects(effects, rule.effects, finding)
         findings.sort(key=lambda f: (SEVERITY_ORDER[f["severity"]], KIND_ORDER[f["kind"]], f["rule_id"]))
@@ -414,7 +418,8 @@ class Engine:
         return out
 
     def _agent_states(self, facts: Mapping[str, Fact]) -> AgentStates:
-        """(current, current or proposed) of every ladder agent in this record."""
+        """(current, current or proposed) of every ladder agent in this record (what escalates a rule's severity;
+        a use outside the ladder counts here too, so a warning about the drug taken keeps its weight)."""
         states: AgentStates = {}
         for step in self.ladder:
             current = any(facts[name].value is True for name in step.current_when)
@@ -439,6 +444,9 @@ class Engine:
         state: tuple[bool, bool],
     ) -> dict[str, Any]:
         current, involved = state
+        if any(env.facts[name].value is True for name in step.outside_when):
+            # Taken or ordered outside the ladder (a benzodiazepine for palliative symptoms): not this option's use.
+            current = involved = False
         status, reasons = _status(step, effects, current)
         option: dict[str, Any] = {
             "agent": step.agent,

@@ -14,7 +14,15 @@ import msgspec
 
 from spasticity_cds.engine.facts import Fact, days_between, missing, number_text, parse_date
 from spasticity_cds.engine.vocabulary import Match, Vocabulary
-from spasticity_cds.fhir.model import CodeableConcept, Component, Dosage, Quantity, Resource, quantity_of
+from spasticity_cds.fhir.model import (
+    CodeableConcept,
+    Component,
+    Dosage,
+    Quantity,
+    Resource,
+    concept_of,
+    quantity_of,
+)
 from spasticity_cds.fhir.record import PatientRecord
 from spasticity_cds.knowledge.schema import Concept, EgfrEquation, StopReasons, UnitConversion
 
@@ -79,6 +87,9 @@ class MedicationOrder:
     dose_note: str | None
     stop_reason: str | None
     how: str
+    #: The reasons the order states that match a ``medication-reason`` concept: concept id -> where and how it is
+    #: said (the reasonCode text, or the Condition its reasonReference names).
+    reasons: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -121,6 +132,9 @@ class FactExtractor:
         self.validity_days = validity_days
         self.concepts = vocabulary.concepts
         self.medication_concepts = [c for c in self.concepts.values() if c.kind == "medication"]
+        self.reason_concepts = [c for c in self.concepts.values() if c.kind == "medication-reason"]
+        reason_ids = [c.id for c in self.reason_concepts]
+        self.noted_concepts = [c for c in self.concepts.values() if c.noted_for is not None]
         self.medication_classes = list(dict.fromkeys(k for c in self.medication_concepts for k in c.classes))
         # Facts of concepts absent from a record never change, so they are built once and shared.
         self._absent_presence = {
@@ -129,7 +143,9 @@ class FactExtractor:
             if c.kind in ("condition", "procedure")
         }
         self._absent_medications = {
-            name: fact for c in self.medication_concepts for name, fact in _absent_medication_facts(c.id).items()
+            name: fact
+            for c in self.medication_concepts
+            for name, fact in _absent_medication_facts(c.id, reason_ids).items()
         }
         self._absent_medications.update(
             {f"medclass.{klass}": Fact(f"medclass.{klass}", False) for klass in self.medication_classes}
@@ -344,7 +360,28 @@ class FactExtractor:
             dose_note=note,
             stop_reason=_text_of(resource.status_reason) or _text_of(resource.reason_code),
             how=found.how,
+            reasons=self._stated_reasons(record, resource) if self.reason_concepts else {},
         )
+
+    def _stated_reasons(self, record: PatientRecord, resource: Resource) -> dict[str, str]:
+        """The ``medication-reason`` concepts an order states: by its reasonCode (code, text or display), or by a
+        Condition in the record that its reasonReference names. A reference that does not resolve says nothing."""
+        found: dict[str, str] = {}
+        for codeable in resource.reason_code or ():
+            match = self.vocabulary.match(codeable, "medication-reason")
+            if match is not None:
+                found.setdefault(match.concept.id, f"reason {_text_of(codeable) or match.concept.display!r}")
+        for reference in resource.reason_reference or ():
+            target = record.resolve(reference.reference) if reference.reference else None
+            if target is None or target.resource_type != "Condition":
+                continue
+            if _first_code(target.verification_status) in SKIPPED_STATUSES:
+                continue
+            match = self.vocabulary.match(target.code, "medication-reason")
+            if match is not None:
+                said = _text_of(concept_of(target.code)) or match.concept.display
+                found.setdefault(match.concept.id, f"reason {target.reference} {said!r}")
+        return found
 
     def _route_override(self, concept: Concept, resource: Resource) -> Concept:
         if not concept.route_overrides:
@@ -397,6 +434,7 @@ class FactExtractor:
                 name = f"obs.{concept_id}"
                 facts[name] = self._fact_from(name, latest, self.concepts[concept_id], now)
         self._egfr_fact(collected, now, facts)
+        self._noted_facts(collected, facts)
         self._liver_facts(collected, now, facts)
         self._orthostatic_facts(collected, now, facts)
         self._ashworth_facts(collected, now, facts)
@@ -425,6 +463,25 @@ class FactExtractor:
             return True
         return days_between(when, now) > self.validity_days[concept.validity_setting]
 
+    def _noted_facts(self, collected: _Collected, facts: dict[str, Fact]) -> None:
+        """A value in a form the rules do not read (``noted_for``: FVC in litres) is named in the note of the fact
+        the rules read, and in an input note, when that fact has no current value."""
+        for concept in self.noted_concepts:
+            latest = self._latest(collected, concept.id)
+            target = f"obs.{concept.noted_for}"
+            fact = facts[target]
+            if latest is None or (fact.value is not None and not fact.stale):
+                continue
+            if fact.date and (latest.when is None or latest.when.isoformat() <= fact.date):
+                continue  # not newer than the value the rules read (out of date, but the newest of its kind)
+            value = number_text(latest.value) if isinstance(latest.value, float) else str(latest.value)
+            dated = f" of {latest.when.isoformat()}" if latest.when else ""
+            read_as = self.concepts[str(concept.noted_for)].display
+            said = f"{concept.display} {value} {latest.unit or ''}".rstrip() + f"{dated} on record ({latest.source})"
+            why = f"it cannot be read as {read_as}, which the rules read"
+            facts[target] = msgspec.structs.replace(fact, note=_joined(fact.note, f"{said}; {why}"), dict_memo=None)
+            collected.notes.append(f"{said}: {why}")
+
     def _egfr_fact(self, collected: _Collected, now: datetime, facts: dict[str, Fact]) -> None:
         """``obs.egfr`` from the newest kidney measure: a measured eGFR, or one derived from a creatinine taken after
         it (or with no usable measured eGFR at all); a creatinine that cannot be turned into one is said, not hidden."""
@@ -439,7 +496,7 @@ class FactExtractor:
         if not isinstance(age, int) or sex not in ("male", "female"):
             dated = f" of {creatinine.when.isoformat()}" if creatinine.when else ""
             unusable = f"{at}{dated} on record; an eGFR cannot be derived from it without the patient's age and sex"
-            facts["obs.egfr"] = msgspec.structs.replace(measured, note=_joined(measured.note, unusable))
+            facts["obs.egfr"] = msgspec.structs.replace(measured, note=_joined(measured.note, unusable), dict_memo=None)
             return
         derived = _ckd_epi(self.equation, creatinine.value, age, str(sex))
         observed = Observed(round(derived, 1), creatinine.when, creatinine.source, self.concepts["egfr"].unit)
@@ -569,6 +626,9 @@ class FactExtractor:
             sources=_sources(failures),
             note="; ".join(sorted({o.stop_reason or "" for o in failures})) or None,
         )
+        for reason in self.reason_concepts:
+            name = f"{prefix}.for_{reason.id.replace('-', '_')}"
+            facts[name] = _reason_fact(name, reason.id, current + proposed)
         dosed = proposed or current
         facts[f"{prefix}.daily_dose"] = _dose_fact(prefix, dosed)
         facts[f"{prefix}.days_on"] = _days_on_fact(prefix, orders, current, now)
@@ -577,15 +637,24 @@ class FactExtractor:
         return bool(self.ineffective.search(reason) or self.adverse.search(reason))
 
 
-def _absent_medication_facts(concept_id: str) -> dict[str, Fact]:
+def _absent_medication_facts(concept_id: str, reason_ids: list[str]) -> dict[str, Fact]:
     prefix = f"med.{concept_id}"
-    facts = {
-        f"{prefix}.{name}": Fact(f"{prefix}.{name}", False)
-        for name in ("current", "proposed", "current_or_proposed", "ever", "failed")
-    }
+    names = ["current", "proposed", "current_or_proposed", "ever", "failed"]
+    names += [f"for_{reason.replace('-', '_')}" for reason in reason_ids]
+    facts = {f"{prefix}.{name}": Fact(f"{prefix}.{name}", False) for name in names}
     facts[f"{prefix}.daily_dose"] = missing(f"{prefix}.daily_dose", "not taking or ordering it")
     facts[f"{prefix}.days_on"] = missing(f"{prefix}.days_on", "not currently taking it")
     return facts
+
+
+def _reason_fact(name: str, reason: str, taking: list[MedicationOrder]) -> Fact:
+    """True when the medicine is taken or ordered and every such order states the reason: one order without it
+    (or with another) is read as use for something else, so it does not count (the conservative reading)."""
+    stating = [o for o in taking if reason in o.reasons]
+    said = "; ".join(dict.fromkeys(o.reasons[reason] for o in stating)) or None
+    if stating and len(stating) < len(taking):
+        said = f"{said}; {len(taking) - len(stating)} other order(s) state no such reason"
+    return Fact(name, bool(taking) and len(stating) == len(taking), sources=_sources(stating or taking), note=said)
 
 
 def _sources(orders: list[MedicationOrder]) -> tuple[str, ...]:

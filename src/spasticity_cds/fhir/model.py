@@ -167,6 +167,7 @@ class Resource(Component):
     authored_on: str | None = None
     status_reason: CodeableConcept | list[CodeableConcept] | None = None
     reason_code: list[CodeableConcept] | None = None
+    reason_reference: list[Reference] | None = None
     type: str | CodeableConcept | list[CodeableConcept] | None = None
     birth_date: str | None = None
     gender: str | None = None

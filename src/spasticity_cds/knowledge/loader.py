@@ -195,6 +195,13 @@ def _check(kb: KnowledgeBase) -> None:
                 + (f"; did you mean {hint!r}?" if hint else ""),
                 where="valuesets.yaml",
             )
+        if concept.noted_for is not None and concept.noted_for not in concepts:
+            hint = suggest(concept.noted_for, concepts)
+            raise KnowledgeBaseError(
+                f"noted_for names unknown concept {concept.noted_for!r} (concept {concept.id!r})"
+                + (f"; did you mean {hint!r}?" if hint else ""),
+                where="valuesets.yaml",
+            )
     for path, ref in _citation_refs(kb):
         if ref.id not in kb.citations:
             hint = suggest(ref.id, kb.citations)
@@ -234,6 +241,12 @@ def _check_rule(kb: KnowledgeBase, rule: Rule, agents: set[str]) -> None:
             raise KnowledgeBaseError("a hard stop (critical contraindication) needs a C-primary citation", where=where)
     if not rule.citations:
         raise KnowledgeBaseError("every rule needs at least one citation", where=where)
+    if rule.quiet_when is not None and rule.quiet_when not in kb.definitions:
+        hint = suggest(rule.quiet_when, kb.definitions)
+        raise KnowledgeBaseError(
+            f"quiet_when names unknown definition {rule.quiet_when!r}" + (f"; did you mean {hint!r}?" if hint else ""),
+            where=where,
+        )
     if rule.conflict and rule.conflict.setting and rule.conflict.setting not in kb.settings:
         raise KnowledgeBaseError(f"conflict setting {rule.conflict.setting!r} is not defined", where=where)
 

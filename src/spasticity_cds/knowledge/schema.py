@@ -12,7 +12,9 @@ FindingKind = Literal["recommendation", "contraindication", "warning", "dose", "
 Severity = Literal["critical", "warning", "info"]
 OptionStatus = Literal["current", "recommended", "consider", "caution", "avoid", "contraindicated"]
 Jurisdiction = Literal["us", "uk"]
-ConceptKind = Literal["condition", "observation", "medication", "procedure"]
+#: ``medication-reason``: why a medicine is given (MedicationRequest.reasonCode, or the Condition its reasonReference
+#: names), read into ``med.<concept>.for_<reason>`` facts.
+ConceptKind = Literal["condition", "observation", "medication", "procedure", "medication-reason"]
 
 
 class Strict(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
@@ -71,6 +73,10 @@ class Concept(Strict, kw_only=True, frozen=True):
     #: How a negative number is read: no such result can be negative, so it is left out with an input note; or
     #: the measure is a negative pressure that some systems record with its sign, and its magnitude is read.
     negative_values: Literal["unreadable", "magnitude"] = "unreadable"
+    #: An observation in another form than the one the rules read (FVC in litres beside FVC % predicted): its
+    #: latest value is named in the note of that concept's fact, and in an input note, when the rules' concept has
+    #: no current value, so that "no current value" does not read as "never measured".
+    noted_for: str | None = None
     note: str | None = None
 
 
@@ -235,6 +241,9 @@ class Rule(Strict, kw_only=True, frozen=True):
     conflict: ConflictNote | None = None
     action: Literal["none", "renal-dose", "liver-test", "taper", "referral"] = "none"
     finding_when: Literal["always", "agent-involved", "agent-not-involved"] = "always"
+    #: A definition: while it is true the rule's effects on the options stand, but its finding gives way to another
+    #: rule that speaks for the case (a benzodiazepine taken only for palliative symptoms).
+    quiet_when: str | None = None
     active: bool = True
 
 
@@ -258,6 +267,9 @@ class LadderStep(Strict, kw_only=True, frozen=True):
     citations: list[CitationRef]
     current_when: list[str] = []
     proposed_when: list[str] = []
+    #: Facts that, when true, put the agent's use outside the ladder: taking or ordering it does not make the
+    #: option current or proposed (a benzodiazepine recorded only for palliative symptoms).
+    outside_when: list[str] = []
 
 
 class Ladder(Strict, kw_only=True, frozen=True):
