@@ -73,6 +73,19 @@ def test_a_patient_taking_a_dose_above_the_ceiling_sees_the_gradual_reduction_on
     assert "(evidence: UNCONFIRMED)" in detail
 
 
+def test_a_card_ruling_out_a_drug_taken_now_carries_its_dated_withdrawal_cited(app: FastAPI, client: Client) -> None:
+    taken = baclofen_order("bac-now", value=20, per_day=3, status="active")
+    request = hook_request("patient-view", prefetch_data=prefetch([taken], egfr=20))
+    card = next(c for c in valid_cards(app, client, request, REVIEW) if _rule(c) == "BACLOFEN-KIDNEY-FAILURE-AVOID")
+    detail = card["detail"]
+    assert "**Dose plan for Baclofen (oral):**" in detail
+    assert "Taken at 60 mg/day, but ruled out for this patient" in detail
+    assert "Withdrawal steps: 2026-11-24 15 mg x3 (45 mg/day); 2026-12-01 10 mg x3 (30 mg/day); " in detail
+    assert "Stop on 2026-12-15." in detail and "Never stop abruptly" in detail
+    assert "Ruled out by BACLOFEN-KIDNEY-FAILURE-AVOID v3." in detail
+    assert "dose\\_reduction\\_step\\_days setting" in detail and "Warnings: abrupt discontinuation" in detail
+
+
 def test_a_renewal_above_the_ceiling_of_a_dose_taken_now_suggests_the_first_step_down(
     app: FastAPI, client: Client
 ) -> None:

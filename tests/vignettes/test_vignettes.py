@@ -89,11 +89,14 @@ def test_clinician_expectations(folder: Path, results: dict[str, dict[str, Any]]
 
 
 def _check_dose_plan(where: str, plan: dict[str, Any], wanted: dict[str, Any]) -> None:
-    """Where the patient stands (``fit``), the daily doses of the steps up and of the reduction, as expected."""
+    """Where the patient stands (``fit``), the daily doses of the steps up and of the reduction, and how a
+    withdrawal stops (the keys of ``stop`` given), as expected."""
     assert plan.get("placement", {}).get("fit") == wanted["fit"], f"{where}: placement {plan.get('placement')}"
     assert [step["daily"] for step in plan["steps"]] == wanted["steps"], f"{where}: steps {plan['steps']}"
     reduction = [step["daily"] for step in plan.get("reduction", {}).get("steps", [])]
     assert reduction == wanted.get("reduction", []), f"{where}: reduction {reduction}"
+    stop = plan.get("reduction", {}).get("stop", {})
+    assert {key: stop.get(key) for key in wanted.get("stop", {})} == wanted.get("stop", {}), f"{where}: stop {stop}"
 
 
 def test_every_active_rule_fires_in_some_vignette(engine: Engine, results: dict[str, dict[str, Any]]) -> None:

@@ -488,15 +488,19 @@ class CardBuilder:
 
 
 def _dosed_options(group: list[Mapping[str, Any]], result: Mapping[str, Any]) -> list[Mapping[str, Any]]:
-    """The options, taken or being ordered, of the agents the group's dose findings speak of."""
+    """The options, taken or being ordered, of the agents the group's dose findings speak of, and of those its
+    findings rule out (only an agent taken has a dose plan then: the way off it)."""
     agents = {agent for f in group if f["kind"] == "dose" or f.get("action") == "renal-dose" for agent in f["agents"]}
+    agents |= {agent for f in group for agent in _ruled_out(f)}
     return [o for o in result["options"] if o["agent"] in agents and (o.get("dose_plan") or {}).get("placement")]
 
 
 def _first_step_down(agent: str, result: Mapping[str, Any]) -> float | None:
-    """The daily dose of the first step of the agent's reduction to its ceiling, when the patient takes it."""
+    """The daily dose of the first step of the agent's reduction to its ceiling, when the patient takes it (not of
+    a withdrawal, which ends in stopping)."""
     option: Mapping[str, Any] = next((o for o in result["options"] if o["agent"] == agent), {})
-    steps = ((option.get("dose_plan") or {}).get("reduction") or {}).get("steps") or []
+    reduction = (option.get("dose_plan") or {}).get("reduction") or {}
+    steps = [] if "stop" in reduction else reduction.get("steps") or []
     return float(steps[0]["daily"]) if steps else None
 
 
@@ -508,13 +512,21 @@ def _plan_block(option: Mapping[str, Any]) -> tuple[str, list[Mapping[str, Any]]
     cited: list[Mapping[str, Any]] = []
     reduction = plan.get("reduction")
     if reduction:
+        withdrawal = "stop" in reduction
         lines.append(reduction["text"])
         if reduction["steps"]:
-            lines.append(f"Reduction steps: {steps_text(reduction['steps'])}")
-        for statement in (reduction["pace"], reduction.get("taper")):
+            lines.append(f"{'Withdrawal' if withdrawal else 'Reduction'} steps: {steps_text(reduction['steps'])}")
+        if withdrawal and reduction["stop"].get("date"):
+            lines.append(f"Stop on {reduction['stop']['date']}.")
+        for key in ("stop_at_once", "pace", "taper"):
+            statement = reduction.get(key)
             if statement:
                 lines.append(statement["text"])
                 cited += statement["citations"]
+        because = reduction.get("because") or []
+        if because:
+            lines.append("Ruled out by " + ", ".join(f"{r['rule_id']} v{r['rule_version']}" for r in because) + ".")
+            cited += [c for reason in because for c in reason["citations"]]
     elif plan["placement"]["fit"] == "steps-remain" and plan.get("steps"):
         lines.append(f"Remaining steps: {steps_text(plan['steps'])}")
     renal = plan.get("renal_adjustment")

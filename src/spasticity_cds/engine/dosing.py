@@ -9,7 +9,7 @@ from itertools import pairwise
 from typing import Any, Literal
 
 from spasticity_cds.engine.facts import Fact, Value, missing
-from spasticity_cds.knowledge.schema import CitationRef, DoseStep, Monograph, RenalBand, Statement
+from spasticity_cds.knowledge.schema import CitationRef, DoseStep, Monograph, RenalBand, Statement, StopAtOnce
 
 Cite = Callable[[list[CitationRef]], list[dict[str, Any]]]
 #: Facts that place a patient below every renal band when no eGFR can be used.
@@ -141,7 +141,7 @@ class Placement:
     wait: int = 0
     held: int | None = None
 
-    def to_dict(self, monograph: Monograph) -> dict[str, Any]:
+    def to_dict(self, monograph: Monograph, text: str | None = None) -> dict[str, Any]:
         out: dict[str, Any] = {
             "state": self.state,
             "daily": self.amount,
@@ -149,7 +149,7 @@ class Placement:
             "fit": self.fit,
             "limit": self.limit,
             "limit_basis": self.limit_basis,
-            "text": _placement_text(self, monograph),
+            "text": text or _placement_text(self, monograph),
         }
         if self.daily.sources:
             out["sources"] = list(self.daily.sources)
@@ -171,7 +171,7 @@ def dose_plan(
     if monograph.start is None and not monograph.steps:
         return None
     ceiling = facts.get(f"dose.{monograph.id}.ceiling")
-    cap = ceiling.value if ceiling is not None and ceiling.usable and isinstance(ceiling.value, int | float) else None
+    cap = _cap(ceiling)
     top = maximum(monograph, settings)
     today = now.date()
     placement = _place(monograph, facts, cap, top)
@@ -196,6 +196,85 @@ def dose_plan(
     if renal is not None:
         plan["renal_adjustment"] = renal
     return plan
+
+
+def _cap(ceiling: Fact | None) -> float | None:
+    """The kidney-adjusted ceiling as a number, when it is known."""
+    if ceiling is None or not ceiling.usable or not isinstance(ceiling.value, int | float):
+        return None
+    return float(ceiling.value)
+
+
+@dataclass(frozen=True)
+class Withdrawal:
+    """Why an agent the patient takes is withdrawn: the rules that ruled it out (``because``, as the option's
+    reasons, cited) and, where the sources say to stop it at once, their statement (``stop_now``)."""
+
+    because: list[dict[str, Any]]
+    stop_now: StopAtOnce | None = None
+
+
+def withdrawal_plan(
+    monograph: Monograph,
+    facts: Mapping[str, Fact],
+    settings: Mapping[str, Value],
+    now: datetime,
+    cite: Cite,
+    *,
+    pace: list[CitationRef],
+    withdrawal: Withdrawal,
+) -> dict[str, Any] | None:
+    """For an agent the patient takes that a rule rules out: where the patient stands and a ``reduction`` to
+    stopping (no start, no steps up); None when it is not taken (only ordered, or not at all). The agent is ruled
+    out, so no dose limit applies: the placement says where the dose stands on the titration steps alone."""
+    placement = _place(monograph, facts, None, None)
+    if placement is None or placement.state != "current":
+        return None
+    every = int(settings["dose_reduction_step_days"])
+    reduction = _to_stop(monograph, placement, now.date(), every, cite, pace, withdrawal)
+    return {
+        "steps": [],
+        "unit": monograph.max_unit,
+        "placement": placement.to_dict(monograph, _withdrawn_text(placement, monograph)),
+        "reduction": reduction,
+    }
+
+
+def _to_stop(
+    monograph: Monograph,
+    placement: Placement,
+    today: date,
+    every: int,
+    cite: Cite,
+    pace: list[CitationRef],
+    withdrawal: Withdrawal,
+) -> dict[str, Any]:
+    """The way off the agent: stop today where the sources say so; else down the titration steps in reverse, one
+    every ``every`` days, the first today, then stop; undated without a readable dose or titration steps."""
+    out: dict[str, Any] = {"target_daily": 0.0, "unit": _unit(monograph), "because": withdrawal.because}
+    stop = withdrawal.stop_now
+    if stop is not None:
+        statement = {"text": stop.text, "citations": cite(stop.citations)}
+        text = f"Stop {monograph.name} today rather than taper it: the sources advise stopping it in this situation."
+        when = {"how": "at-once", "day": 0, "date": today.isoformat()}
+        return out | {"steps": [], "stop": when, "text": text, "stop_at_once": statement}
+    if monograph.taper is not None:
+        out["taper"] = _statement(monograph.taper, cite)
+    if placement.amount is None or not monograph.steps:
+        return out | {"steps": [], "stop": {"how": "undated"}, "text": _undated_text(monograph, placement)}
+    steps = _down_steps(monograph, placement.amount, 0.0, today, every)
+    day = max(len(steps), 1) * every
+    stop_date = (today + timedelta(days=day)).isoformat()
+    when = {"how": "taper", "day": day, "date": stop_date}
+    text = _taper_text(monograph, placement.amount, steps, every, stop_date)
+    return out | {"steps": steps, "step_days": every, "stop": when, "text": text, "pace": _pace(every, cite, pace)}
+
+
+def _pace(every: int, cite: Cite, pace: list[CitationRef]) -> dict[str, Any]:
+    return {
+        "text": f"One titration step down every {every} days, the first today (setting dose_reduction_step_days).",
+        "citations": cite(pace),
+    }
 
 
 def _place(monograph: Monograph, facts: Mapping[str, Fact], cap: float | None, top: float | None) -> Placement | None:
@@ -279,10 +358,7 @@ def _reduction(
         "steps": steps,
         "step_days": every,
         "text": _reduction_text(monograph, placement, steps),
-        "pace": {
-            "text": f"One titration step down every {every} days, the first today (setting dose_reduction_step_days).",
-            "citations": cite(pace),
-        },
+        "pace": _pace(every, cite, pace),
     }
     if monograph.taper is not None:
         reduction["taper"] = _statement(monograph.taper, cite)
@@ -384,14 +460,49 @@ def _placement_text(placement: Placement, monograph: Monograph) -> str:
     return text
 
 
+def _unread(daily: Fact, unit: str) -> str:
+    """Why a daily dose cannot be placed on the steps: another unit, or not readable (with the fact's note)."""
+    why = f"is in {daily.unit}, not {unit}" if daily.usable else "could not be read from the record"
+    return why + (f" ({daily.note})" if daily.note and not daily.usable else "")
+
+
+def _withdrawn_text(placement: Placement, monograph: Monograph) -> str:
+    ruled = "ruled out for this patient: no titration step up; it is withdrawn (reduction)."
+    if placement.amount is None:
+        return f"Taken now, but the daily dose {_unread(placement.daily, _unit(monograph))}; {ruled}"
+    unit = placement.daily.unit or _unit(monograph)
+    return f"Taken at {placement.amount:g} {unit}, but {ruled}"
+
+
+def _undated_text(monograph: Monograph, placement: Placement) -> str:
+    if not monograph.steps:
+        why = f"the knowledge base has no titration steps for {monograph.name}"
+    else:
+        why = "the daily dose could not be placed on the titration steps"
+    text = f"The taper cannot be dated: {why}."
+    if monograph.taper is None:
+        text += f" The knowledge base has no taper advice for {monograph.name}."
+    return text
+
+
+def _taper_text(monograph: Monograph, amount: float, steps: Steps, every: int, stop: str) -> str:
+    unit = _unit(monograph)
+    if not steps:
+        text = f"No titration step lies below {amount:g} {unit}: keep it for {every} days, then stop on {stop}."
+    else:
+        text = f"Reduce one titration step at a time to {steps[-1]['daily']:g} {unit}, then stop on {stop}."
+        text += _jump_note(monograph, amount, steps[0]["daily"])
+    if monograph.taper is None:
+        text += f" The knowledge base has no taper advice for {monograph.name}; the pace is the project's setting."
+    return text
+
+
 def _where(placement: Placement, monograph: Monograph) -> str:
     unit = placement.daily.unit if placement.amount is not None and placement.daily.unit else _unit(monograph)
     who = "Taken" if placement.state == "current" else "Ordered"
     none = f"the knowledge base has no titration steps for {monograph.name}"
     if placement.amount is None:
-        daily = placement.daily
-        why = f"is in {daily.unit}, not {unit}" if daily.usable else "could not be read from the record"
-        why += f" ({daily.note})" if daily.note and not daily.usable else ""
+        why = _unread(placement.daily, unit)
         if not monograph.steps:
             return f"{who} now, but the daily dose {why}; {none}."
         unplaced = "the patient could not be placed on the titration steps, which are shown from the start"
@@ -428,12 +539,18 @@ def _reduction_text(monograph: Monograph, placement: Placement, steps: Steps) ->
     target, first = steps[-1]["daily"], steps[0]["daily"]
     where = "the lowest step, which is still above" if target > placement.limit + EPSILON else "the highest step within"
     text = f"Reduce one titration step at a time to {target:g} {unit}, {where} {limit}."
-    if placement.amount - first > _largest_increment(monograph) + EPSILON:
-        text += (
-            f" The first step down, from {placement.amount:g} to {first:g} {unit}, is larger than any step of the"
-            " titration: the knowledge base has no dose between them."
-        )
-    return text
+    return text + _jump_note(monograph, placement.amount, first)
+
+
+def _jump_note(monograph: Monograph, amount: float, first: float) -> str:
+    """A sentence when the first step down is larger than any step of the titration ("" otherwise)."""
+    if amount - first <= _largest_increment(monograph) + EPSILON:
+        return ""
+    unit = _unit(monograph)
+    return (
+        f" The first step down, from {amount:g} to {first:g} {unit}, is larger than any step of the"
+        " titration: the knowledge base has no dose between them."
+    )
 
 
 def _largest_increment(monograph: Monograph) -> float:

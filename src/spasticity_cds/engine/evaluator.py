@@ -10,7 +10,7 @@ from datetime import date, datetime
 from functools import cached_property, lru_cache
 from typing import Any
 
-from spasticity_cds.engine.dosing import dose_facts, dose_plan
+from spasticity_cds.engine.dosing import Withdrawal, dose_facts, dose_plan, withdrawal_plan
 from spasticity_cds.engine.extract import FactExtractor
 from spasticity_cds.engine.facts import Fact, Value, parse_date
 from spasticity_cds.engine.logic import CompiledNode, Compiler, Env, Truth
@@ -467,12 +467,7 @@ class Engine:
         return option
 
     def _add_monograph(self, option: dict[str, Any], monograph: Monograph, env: Env, now: datetime) -> None:
-        # No start dose or titration beside "avoid" or "contraindicated": the plan would read as advice to start.
-        plan = (
-            None
-            if option["status"] in RULED_OUT
-            else dose_plan(monograph, env.facts, env.settings, now, self.cite, pace=self.reduction_pace)
-        )
+        plan = self._dose_plan(option, monograph, env, now)
         if plan is not None:
             option["dose_plan"] = plan
         daily = env.facts.get(f"med.{monograph.concept}.daily_dose")
@@ -485,6 +480,27 @@ class Engine:
             option["taper"] = static["taper"]
         if "formulations" in static and env.definition("dysphagia") is True:
             option["formulations"] = static["formulations"]
+
+    def _dose_plan(
+        self, option: dict[str, Any], monograph: Monograph, env: Env, now: datetime
+    ) -> dict[str, Any] | None:
+        """The option's dose plan. Beside "avoid" or "contraindicated" no start dose or titration (it would read as
+        advice to start): for an agent taken, the way off it (``withdrawal_plan``); for one not taken, none."""
+        if option["status"] not in RULED_OUT:
+            return dose_plan(monograph, env.facts, env.settings, now, self.cite, pace=self.reduction_pace)
+        if not option["current"]:
+            return None
+        because = [reason for reason in option["reasons"] if self._rules_out(reason["rule_id"], option["agent"])]
+        ruling = {reason["rule_id"] for reason in because}
+        stop = next((entry for entry in monograph.stop_at_once if ruling & set(entry.rules)), None)
+        withdrawal = Withdrawal(because, stop)
+        pace = self.reduction_pace
+        return withdrawal_plan(monograph, env.facts, env.settings, now, self.cite, pace=pace, withdrawal=withdrawal)
+
+    def _rules_out(self, rule_id: str, agent: str) -> bool:
+        """Whether a rule's effects (fired or undecided) set the agent to avoid or contraindicated."""
+        rule = self.rule_by_id[rule_id].rule
+        return bool({rule.effects.get(agent), rule.effects_if_unknown.get(agent)} & RULED_OUT)
 
     @staticmethod
     def _dated_monitoring(

@@ -214,11 +214,31 @@ def _check(kb: KnowledgeBase) -> None:
                 f"monograph concept {monograph.concept!r} is not in valuesets.yaml",
                 where=f"drugs/{monograph.id}",
             )
+    for monograph in kb.monographs.values():
+        _check_stop_at_once(kb, monograph)
     for rule in kb.rules.values():
         _check_rule(kb, rule, agents)
     for scope_rule in kb.manifest.scope_rules:
         if scope_rule not in kb.rules:
             raise KnowledgeBaseError(f"scope rule {scope_rule!r} is not defined", where="manifest.yaml")
+
+
+def _check_stop_at_once(kb: KnowledgeBase, monograph: Monograph) -> None:
+    """Each ``stop_at_once`` entry is cited and names rules that rule this agent out."""
+    for entry in monograph.stop_at_once:
+        where = f"drugs/{monograph.id}.yaml: stop_at_once"
+        if not entry.citations:
+            raise KnowledgeBaseError("a stop-at-once statement needs a citation", where=where)
+        for rule_id in entry.rules:
+            rule = kb.rules.get(rule_id)
+            if rule is None:
+                hint = suggest(rule_id, kb.rules)
+                raise KnowledgeBaseError(
+                    f"unknown rule {rule_id!r}" + (f"; did you mean {hint!r}?" if hint else ""), where=where
+                )
+            statuses = {rule.effects.get(monograph.id), rule.effects_if_unknown.get(monograph.id)}
+            if not statuses & {"avoid", "contraindicated"}:
+                raise KnowledgeBaseError(f"rule {rule_id!r} does not rule {monograph.id} out", where=where)
 
 
 def _check_rule(kb: KnowledgeBase, rule: Rule, agents: set[str]) -> None:
@@ -294,3 +314,5 @@ def _monograph_refs(monograph: Monograph) -> Iterator[CitationRef]:
         yield from item.citations
     for formulation in monograph.formulations:
         yield from formulation.citations
+    for entry in monograph.stop_at_once:
+        yield from entry.citations

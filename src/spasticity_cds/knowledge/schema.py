@@ -164,6 +164,15 @@ class Statement(Strict, kw_only=True, frozen=True):
     citations: list[CitationRef]
 
 
+class StopAtOnce(Strict, kw_only=True, frozen=True):
+    """Where the sources say to stop an agent the patient takes at once, not to taper it: while one of ``rules``
+    rules the agent out, its withdrawal plan says ``text`` (cited) instead of a dated taper."""
+
+    rules: list[str]
+    text: str
+    citations: list[CitationRef]
+
+
 class Monograph(Strict, kw_only=True, frozen=True):
     id: str
     name: str
@@ -183,6 +192,7 @@ class Monograph(Strict, kw_only=True, frozen=True):
     cautions: list[Statement] = []
     monitoring: list[MonitoringItem] = []
     taper: Statement | None = None
+    stop_at_once: list[StopAtOnce] = []
     formulations: list[Formulation] = []
     off_label_in_als: Statement | None = None
 

@@ -147,6 +147,55 @@ def test_text_output_reduces_a_dose_above_the_ceiling_gradually_and_cites_it(tmp
     assert "Kidneys (eGFR <= 80: reduce): CrCl 50-80 mL/min" in details
 
 
+def test_text_output_withdraws_a_drug_taken_but_ruled_out_dated_and_cited(tmp_path: Path) -> None:
+    path = tmp_path / "patient.json"
+    baclofen, kidney = (dict(resource) for resource in BACLOFEN_80_EGFR_60)
+    baclofen["dosageInstruction"] = [
+        {
+            "timing": {"repeat": {"frequency": 3, "period": 1, "periodUnit": "d"}},
+            "doseAndRate": [{"doseQuantity": {"value": 20, "unit": "mg"}}],
+        }
+    ]
+    kidney["valueQuantity"] = {"value": 20, "unit": "mL/min/{1.73_m2}"}
+    path.write_bytes(orjson.dumps(_bundle(ALS, baclofen, kidney)))
+    code, out = _run(["evaluate", str(path), "--now", NOW])
+    assert code == 0
+    assert "stop on 2026-12-15" in out.split("Options in detail")[0]
+    details = out.split("Baclofen (oral): avoid")[1].split("Monitoring:")[0]
+    assert "Where the patient stands: Taken at 60 mg/day, but ruled out for this patient" in details
+    assert "Start" not in details and "Titration" not in details
+    assert "Withdrawal: Reduce one titration step at a time to 15 mg/day, then stop on 2026-12-15." in details
+    assert "Withdrawal steps: 2026-11-24 15 mg x3 (45 mg/day); 2026-12-01 10 mg x3 (30 mg/day)" in details
+    assert "Taper: Never stop abruptly" in details and "Pace: One titration step down every 7 days" in details
+    assert "Ruled out by: BACLOFEN-KIDNEY-FAILURE-AVOID v3" in details
+
+
+def test_text_output_says_stop_at_once_where_the_sources_do(tmp_path: Path) -> None:
+    path = tmp_path / "patient.json"
+    dantrolene = dict(BACLOFEN_80_EGFR_60[0])
+    dantrolene["medicationCodeableConcept"] = {
+        "coding": [{"system": "http://www.nlm.nih.gov/research/umls/rxnorm", "code": "3105"}]
+    }
+    dantrolene["dosageInstruction"] = [
+        {
+            "timing": {"repeat": {"frequency": 3, "period": 1, "periodUnit": "d"}},
+            "doseAndRate": [{"doseQuantity": {"value": 50, "unit": "mg"}}],
+        }
+    ]
+    liver = dict(BACLOFEN_80_EGFR_60[1])
+    liver["code"] = {"coding": [{"system": "http://loinc.org", "code": "1742-6"}]}
+    liver["valueQuantity"] = {"value": 130, "unit": "U/L"}
+    liver["referenceRange"] = [{"high": {"value": 40, "unit": "U/L"}}]
+    path.write_bytes(orjson.dumps(_bundle(ALS, dantrolene, liver)))
+    code, out = _run(["evaluate", str(path), "--now", NOW])
+    assert code == 0
+    details = out.split("Dantrolene: avoid")[1].split("Monitoring:")[0]
+    assert "Withdrawal: Stop Dantrolene today rather than taper it" in details
+    assert "Withdrawal steps" not in details and "Pace:" not in details
+    assert "Stop at once: The label advises discontinuing dantrolene" in details
+    assert 'dantrium-label [C-primary] "Warnings: liver monitoring"' in details
+
+
 def test_control_characters_from_a_record_never_reach_the_terminal(tmp_path: Path) -> None:
     path = tmp_path / "patient.json"
     cipro = dict(TIZANIDINE_AND_CIPRO[1], id="m2\x1b]0;PWNED\x07\x1b[2J")  # an escape sequence in an id

@@ -117,6 +117,8 @@ def _dose_next(plan: dict[str, Any]) -> list[str]:
     fit = (plan.get("placement") or {}).get("fit")
     reduction = plan.get("reduction")
     steps = plan.get("steps") or []
+    if reduction and "stop" in reduction:
+        return [_stop_words(reduction["stop"])]
     if reduction:
         by = f" by {reduction['steps'][-1]['date']}" if reduction["steps"] else ""
         return [f"reduce stepwise to {reduction['target_daily']:g} {reduction['unit']}{by}"]
@@ -129,6 +131,15 @@ def _dose_next(plan: dict[str, Any]) -> list[str]:
     if fit == "dose-unknown":
         return [f"dose not readable: standard start {dose}"]
     return [f"start {dose}"]
+
+
+def _stop_words(stop: dict[str, Any]) -> str:
+    """How a withdrawal ends, in a few words: stop today, taper then stop on a date, or a taper not dated."""
+    if stop["how"] == "at-once":
+        return f"stop today ({stop['date']}), no taper"
+    if stop["how"] == "taper":
+        return f"taper, stop on {stop['date']}"
+    return "taper (not dated)"
 
 
 def _printable(value: Any) -> Any:
@@ -204,11 +215,7 @@ def _dose_plan_lines(text: Text, plan: dict[str, Any] | None) -> None:
         text.append(f"    {label}: {steps_text(steps)}\n")
     reduction = plan.get("reduction")
     if reduction:
-        text.append(f"    Reduction: {reduction['text']}\n")
-        if reduction["steps"]:
-            text.append(f"    Reduction steps: {steps_text(reduction['steps'])}\n")
-        _statement_lines(text, "Pace", reduction["pace"])
-        _statement_lines(text, "Taper", reduction.get("taper"))
+        _reduction_lines(text, reduction)
     renal = plan.get("renal_adjustment")
     if renal:
         note = f" {renal['steps_note']}" if renal.get("steps_note") else ""
@@ -217,6 +224,22 @@ def _dose_plan_lines(text: Text, plan: dict[str, Any] | None) -> None:
     ceiling = plan.get("ceiling")
     if ceiling and ceiling.get("value") is not None:
         text.append(f"    Ceiling for this patient: {_fact_value(ceiling)}\n")
+
+
+def _reduction_lines(text: Text, reduction: dict[str, Any]) -> None:
+    """A reduction to the ceiling, or a withdrawal (``stop``): its text, dated steps and the statements it rests on
+    with their sources; the rules that ruled the agent out are cited under "Because" above."""
+    label = "Withdrawal" if "stop" in reduction else "Reduction"
+    text.append(f"    {label}: {reduction['text']}\n")
+    if reduction["steps"]:
+        text.append(f"    {label} steps: {steps_text(reduction['steps'])}\n")
+    _statement_lines(text, "Stop at once", reduction.get("stop_at_once"))
+    _statement_lines(text, "Pace", reduction.get("pace"))
+    _statement_lines(text, "Taper", reduction.get("taper"))
+    because = reduction.get("because") or ()
+    if because:
+        ruled = ", ".join(f"{reason['rule_id']} v{reason['rule_version']}" for reason in because)
+        text.append(f"    Ruled out by: {ruled} (see Because above)\n")
 
 
 def _statement_lines(text: Text, label: str, statement: dict[str, Any] | None) -> None:
