@@ -73,17 +73,18 @@ def test_a_patient_taking_a_dose_above_the_ceiling_sees_the_gradual_reduction_on
     assert "(evidence: UNCONFIRMED)" in detail
 
 
-def test_a_card_ruling_out_a_drug_taken_now_carries_its_dated_withdrawal_cited(app: FastAPI, client: Client) -> None:
+def test_a_card_ruling_out_a_drug_taken_now_carries_its_withdrawal_undated_when_critical(
+    app: FastAPI, client: Client
+) -> None:
     taken = baclofen_order("bac-now", value=20, per_day=3, status="active")
     request = hook_request("patient-view", prefetch_data=prefetch([taken], egfr=20))
     card = next(c for c in valid_cards(app, client, request, REVIEW) if _rule(c) == "BACLOFEN-KIDNEY-FAILURE-AVOID")
     detail = card["detail"]
     assert "**Dose plan for Baclofen (oral):**" in detail
     assert "Taken at 60 mg/day, but ruled out for this patient" in detail
-    assert "Withdrawal steps: 2026-11-24 15 mg x3 (45 mg/day); 2026-12-01 10 mg x3 (30 mg/day); " in detail
-    assert "Stop on 2026-12-15." in detail and "Never stop abruptly" in detail
-    assert "Ruled out by BACLOFEN-KIDNEY-FAILURE-AVOID v3." in detail
-    assert "dose\\_reduction\\_step\\_days setting" in detail and "Warnings: abrupt discontinuation" in detail
+    assert "Withdrawal steps" not in detail and "Stop on" not in detail and "Never stop abruptly" in detail
+    assert "A critical finding rules Baclofen (oral) out" in detail and "clinician's decision now" in detail
+    assert "Ruled out by BACLOFEN-KIDNEY-FAILURE-AVOID v3." in detail and "Warnings: abrupt discontinuation" in detail
 
 
 def test_a_renewal_above_the_ceiling_of_a_dose_taken_now_suggests_the_first_step_down(
@@ -626,3 +627,18 @@ def test_card_uuids_are_random_version_4_and_never_repeat() -> None:
     drawn = [random_uuid() for _ in range(1000)]  # more than one 4 KiB pool
     assert len(set(drawn)) == len(drawn)
     assert all(uuid.UUID(text).version == 4 and uuid.UUID(text).variant == uuid.RFC_4122 for text in drawn)
+
+
+def test_a_step_down_never_overshoots_the_plans_step_when_the_product_cannot_give_it(
+    app: FastAPI, client: Client
+) -> None:
+    """20 mg tablets, 20 mg tid taken at eGFR 45: the plan's first step down is 45 mg/day (15 mg tid). Half tablets
+    give 10 or 20 mg, so rounding down would halve the dose at once (30 mg/day, below the step): no update is
+    suggested, and the card still shows the plan."""
+    taken = baclofen_order("bac-now", value=20, per_day=3, status="active")
+    draft = baclofen_order(value=20, per_day=3, code="197392")
+    body = hook_request("order-sign", prefetch_data=prefetch([taken]), drafts=[draft])
+    card = next(c for c in valid_cards(app, client, body, SIGN) if _rule(c) == "BACLOFEN-DOSE-ABOVE-CEILING")
+    updates = [s for s in card.get("suggestions", []) if s["actions"][0]["type"] == "update"]
+    assert updates == []
+    assert "**Dose plan for Baclofen (oral):**" in card["detail"]

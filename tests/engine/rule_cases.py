@@ -337,6 +337,13 @@ CASES: list[RuleCase] = [
         lambda: [swallowing(4), *normal_breathing(), med("Botox injection", status="draft")],
         lambda: [med("Botox injection", status="draft")],
     ),
+    _c(
+        "ORAL-BACLOFEN-WITH-PUMP",
+        lambda: [procedure("Intrathecal baclofen pump implantation"), med("baclofen", dose=10, per_day=3)],
+        lambda: [med("baclofen", dose=10, per_day=3)],
+        lambda: [med("baclofen", dose=10, per_day=3)],
+        "false",
+    ),
     # ---- scope
     _c("SCOPE-NO-ALS", none, none, none, "true", with_als=(False, True, False)),
     _c(

@@ -11,6 +11,7 @@ from spasticity_cds.engine.evaluator import Engine
 from spasticity_cds.fhir.record import PatientRecord
 
 from .records import LOINC, NOW, fvc, obs, record
+from .records import patient as patient_resource
 from .rule_cases import CASES, RuleCase
 
 ENGINE: Engine = load_knowledge_base()
@@ -253,3 +254,13 @@ def test_a_pump_for_a_patient_with_respiratory_failure_is_a_caution_not_a_recomm
     assert "ITB-RESPIRATORY" in itb["because"]
     ids = {f["rule_id"] for f in result["findings"]}
     assert {"ITB-REFERRAL", "ITB-RESPIRATORY"} <= ids
+
+
+def test_a_date_of_death_after_the_evaluation_day_is_said_and_the_patient_treated_as_living() -> None:
+    result = ENGINE.evaluate(record(person={**patient_resource(), "deceasedDateTime": "2027-01-01"}), NOW)
+    assert result["in_scope"] is True
+    assert not [f for f in result["findings"] if f["rule_id"] == "SCOPE-DECEASED"]
+    assert (
+        "the Patient resource gives a date of death after the evaluation day (deceasedDateTime 2027-01-01) or one "
+        "that cannot be read; the patient is treated as living"
+    ) in result["input_notes"]

@@ -1,4 +1,5 @@
-"""Withdrawal plans: an agent the patient takes that a rule rules out comes off it, dated, or stops at once."""
+"""Withdrawal plans: an agent the patient takes that a rule rules out comes off it: dated, undated when a critical
+finding rules it out, or at once."""
 
 from __future__ import annotations
 
@@ -28,21 +29,32 @@ def _dailies(steps: list[dict[str, Any]]) -> list[float]:
     return [step["daily"] for step in steps]
 
 
-def test_baclofen_on_kidney_failure_is_tapered_down_the_steps_to_stopping() -> None:
+def test_baclofen_ruled_out_by_a_critical_finding_gets_no_routine_taper_dates_but_its_taper_advice() -> None:
     plan = _plan("baclofen", med("baclofen", dose=20, per_day=3), egfr(20))
     assert plan["steps"] == [] and not {"start", "titration", "max_basis", "ceiling"} & set(plan)
     placement = plan["placement"]
     assert placement["state"] == "current" and placement["daily"] == 60
     assert placement["limit"] is None and "withdrawn" in placement["text"]
     reduction = plan["reduction"]
-    assert _dailies(reduction["steps"]) == [45, 30, 15] and reduction["target_daily"] == 0
+    assert reduction["steps"] == [] and reduction["stop"] == {"how": "undated"} and "pace" not in reduction
+    assert "critical finding" in reduction["text"] and "clinician's decision" in reduction["text"]
+    assert reduction["taper"]["text"].startswith("Never stop abruptly")
+    assert [reason["rule_id"] for reason in reduction["because"]] == ["BACLOFEN-KIDNEY-FAILURE-AVOID"]
+    assert reduction["because"][0]["citations"][0]["id"] == "ajkd-2017-baclofen"
+
+
+TIZANIDINE_WITH_VERAPAMIL = (med("tizanidine", dose=4, per_day=3), med("verapamil", dose=80, per_day=3))
+
+
+def test_a_drug_ruled_out_by_a_warning_is_tapered_down_the_steps_to_stopping() -> None:
+    reduction = _plan("tizanidine", *TIZANIDINE_WITH_VERAPAMIL)["reduction"]
+    assert _dailies(reduction["steps"]) == [6, 4, 2] and reduction["target_daily"] == 0
     assert [step["date"] for step in reduction["steps"]] == ["2026-11-24", "2026-12-01", "2026-12-08"]
     assert reduction["stop"] == {"how": "taper", "day": 21, "date": "2026-12-15"}
     assert "then stop on 2026-12-15" in reduction["text"]
-    assert reduction["taper"]["text"].startswith("Never stop abruptly")
+    assert "rebound hypertension" in reduction["taper"]["text"]
     assert reduction["pace"]["citations"][0]["id"] == "project-design-proposal"
-    assert [reason["rule_id"] for reason in reduction["because"]] == ["BACLOFEN-KIDNEY-FAILURE-AVOID"]
-    assert reduction["because"][0]["citations"][0]["id"] == "ajkd-2017-baclofen"
+    assert [reason["rule_id"] for reason in reduction["because"]] == ["TIZ-CYP1A2-OTHER"]
 
 
 def test_an_agent_ruled_out_but_only_ordered_has_no_plan() -> None:
@@ -52,13 +64,14 @@ def test_an_agent_ruled_out_but_only_ordered_has_no_plan() -> None:
 
 
 def test_the_pace_of_a_withdrawal_is_the_reduction_setting() -> None:
-    plan = _plan("baclofen", med("baclofen", dose=20, per_day=3), egfr(20), dose_reduction_step_days=3)
-    assert [(s["day"], s["daily"]) for s in plan["reduction"]["steps"]] == [(0, 45), (3, 30), (6, 15)]
+    plan = _plan("tizanidine", *TIZANIDINE_WITH_VERAPAMIL, dose_reduction_step_days=3)
+    assert [(s["day"], s["daily"]) for s in plan["reduction"]["steps"]] == [(0, 6), (3, 4), (6, 2)]
     assert plan["reduction"]["stop"]["day"] == 9
 
 
 def test_on_the_lowest_step_the_dose_is_kept_one_interval_then_stopped_never_stopped_today() -> None:
-    reduction = _plan("baclofen", med("baclofen", dose=5, per_day=3), egfr(20))["reduction"]
+    lowest = med("tizanidine", dose=2, per_day=1)
+    reduction = _plan("tizanidine", lowest, med("verapamil", dose=80, per_day=3))["reduction"]
     assert reduction["steps"] == [] and reduction["stop"] == {"how": "taper", "day": 7, "date": "2026-12-01"}
     assert "keep it for 7 days" in reduction["text"]
 
@@ -71,16 +84,18 @@ def test_an_unreadable_dose_cannot_be_dated_but_the_taper_advice_is_given() -> N
     assert reduction["taper"]["text"].startswith("Never stop abruptly") and "pace" not in reduction
 
 
-def test_tizanidine_with_fluvoxamine_is_tapered_with_its_taper_advice() -> None:
+def test_tizanidine_with_fluvoxamine_is_undated_with_its_taper_advice() -> None:
     plan = _plan("tizanidine", med("tizanidine", dose=4, per_day=3), med("fluvoxamine", dose=50, per_day=1))
     reduction = plan["reduction"]
-    assert _dailies(reduction["steps"]) == [6, 4, 2] and reduction["stop"]["date"] == "2026-12-15"
+    assert reduction["steps"] == [] and reduction["stop"] == {"how": "undated"}
     assert "rebound hypertension" in reduction["taper"]["text"]
     assert [reason["rule_id"] for reason in reduction["because"]] == ["TIZ-CYP1A2-STRONG"]
 
 
 def test_only_the_rules_that_rule_the_agent_out_are_named_not_its_cautions() -> None:
-    option = _option("tizanidine", med("tizanidine", dose=4, per_day=3), med("clonidine", dose=0.1, per_day=2))
+    option = _option(
+        "tizanidine", med("tizanidine", dose=4, per_day=3), med("clonidine", dose=0.1, per_day=2), egfr(20)
+    )
     because = [reason["rule_id"] for reason in option["dose_plan"]["reduction"]["because"]]
     assert because == ["ALPHA2-DUPLICATE-TIZANIDINE"]
     assert set(option["because"]) > set(because)
@@ -105,12 +120,12 @@ def test_dantrolene_with_abnormal_liver_tests_stops_at_once_without_a_taper() ->
     assert "DANT-LFT-ABNORMAL" in [reason["rule_id"] for reason in reduction["because"]]
 
 
-def test_dantrolene_ruled_out_for_another_reason_is_tapered_and_says_no_taper_advice_is_known() -> None:
+def test_dantrolene_ruled_out_for_another_reason_says_no_taper_advice_is_known() -> None:
     plan = _plan(
         "dantrolene", med("dantrolene", dose=50, per_day=3), med("verapamil", dose=80, per_day=3), alt(20), ast(20)
     )
     reduction = plan["reduction"]
-    assert _dailies(reduction["steps"]) == [75, 25] and reduction["stop"]["how"] == "taper"
+    assert reduction["steps"] == [] and reduction["stop"] == {"how": "undated"}
     assert "no taper advice for Dantrolene" in reduction["text"] and "taper" not in reduction
     assert "DANT-VERAPAMIL" in [reason["rule_id"] for reason in reduction["because"]]
 

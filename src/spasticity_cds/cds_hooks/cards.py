@@ -429,12 +429,18 @@ class CardBuilder:
                 continue
             first_step = _first_step_down(order.agent, result)  # taken now: the first step down, never all at once
             goal = ceiling if first_step is None else first_step
-            new_value = _within(goal / dose.per_day / per_unit, _dose_step(dose.unit, per_unit, order.strength_mg))
+            step = _dose_step(dose.unit, per_unit, order.strength_mg)
+            new_value = _within(goal / dose.per_day / per_unit, step)
+            if first_step is not None and new_value * dose.per_day * per_unit < first_step - 1e-9:
+                # A step down must not overshoot the plan's step (the product cannot give it exactly): the next dose
+                # it can give, if that is still a reduction.
+                new_value = round(new_value + step, 9)
             if new_value <= 0 or new_value >= dose.value:
                 continue
             # The order's maxDosePerPeriod must not allow more than the daily dose aimed at now (the ceiling, or the
             # first step down to it), nor forbid that dose.
-            updated = _answerable(adjusted_order(order.sent, new_value, dose.per_day, goal / per_unit))
+            aimed = max(goal, new_value * dose.per_day * per_unit)
+            updated = _answerable(adjusted_order(order.sent, new_value, dose.per_day, aimed / per_unit))
             if updated is None:
                 continue
             stepped = first_step is not None

@@ -212,6 +212,9 @@ class Withdrawal:
 
     because: list[dict[str, Any]]
     stop_now: StopAtOnce | None = None
+    #: A ruling-out finding is critical for this patient (an acute danger): the routine pace of a taper does not
+    #: apply, so none is dated.
+    urgent: bool = False
 
 
 def withdrawal_plan(
@@ -250,7 +253,8 @@ def _to_stop(
     withdrawal: Withdrawal,
 ) -> dict[str, Any]:
     """The way off the agent: stop today where the sources say so; else down the titration steps in reverse, one
-    every ``every`` days, the first today, then stop; undated without a readable dose or titration steps."""
+    every ``every`` days, the first today, then stop; undated without a readable dose or titration steps, or when a
+    critical finding rules it out (the routine pace is no answer to an acute danger)."""
     out: dict[str, Any] = {"target_daily": 0.0, "unit": _unit(monograph), "because": withdrawal.because}
     stop = withdrawal.stop_now
     if stop is not None:
@@ -262,6 +266,8 @@ def _to_stop(
         out["taper"] = _statement(monograph.taper, cite)
     if placement.amount is None or not monograph.steps:
         return out | {"steps": [], "stop": {"how": "undated"}, "text": _undated_text(monograph, placement)}
+    if withdrawal.urgent:
+        return out | {"steps": [], "stop": {"how": "undated"}, "text": _urgent_text(monograph)}
     steps = _down_steps(monograph, placement.amount, 0.0, today, every)
     day = max(len(steps), 1) * every
     stop_date = (today + timedelta(days=day)).isoformat()
@@ -480,6 +486,17 @@ def _undated_text(monograph: Monograph, placement: Placement) -> str:
     else:
         why = "the daily dose could not be placed on the titration steps"
     text = f"The taper cannot be dated: {why}."
+    if monograph.taper is None:
+        text += f" The knowledge base has no taper advice for {monograph.name}."
+    return text
+
+
+def _urgent_text(monograph: Monograph) -> str:
+    text = (
+        f"A critical finding rules {monograph.name} out, so the routine pace of a taper (setting "
+        "dose_reduction_step_days) does not apply and no dates are set: how fast to come off it is the clinician's "
+        "decision now."
+    )
     if monograph.taper is None:
         text += f" The knowledge base has no taper advice for {monograph.name}."
     return text

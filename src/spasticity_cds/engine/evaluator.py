@@ -493,9 +493,14 @@ class Engine:
         because = [reason for reason in option["reasons"] if self._rules_out(reason["rule_id"], option["agent"])]
         ruling = {reason["rule_id"] for reason in because}
         stop = next((entry for entry in monograph.stop_at_once if ruling & set(entry.rules)), None)
-        withdrawal = Withdrawal(because, stop)
+        withdrawal = Withdrawal(because, stop, urgent=any(self._critical_when_taken(rule_id) for rule_id in ruling))
         pace = self.reduction_pace
         return withdrawal_plan(monograph, env.facts, env.settings, now, self.cite, pace=pace, withdrawal=withdrawal)
+
+    def _critical_when_taken(self, rule_id: str) -> bool:
+        """Whether a rule's finding is critical for a patient who takes the agent it is about."""
+        rule = self.rule_by_id[rule_id].rule
+        return (rule.escalate_if_current or rule.severity) == "critical"
 
     def _rules_out(self, rule_id: str, agent: str) -> bool:
         """Whether a rule's effects (fired or undecided) set the agent to avoid or contraindicated."""
@@ -565,6 +570,12 @@ class Engine:
         death = record.death_recorded(now)
         if death is not None:
             input_notes.append(f"the Patient resource records a death ({death})")
+        elif record.patient_resource.deceased_date_time:
+            input_notes.append(
+                f"the Patient resource gives a date of death after the evaluation day "
+                f"(deceasedDateTime {record.patient_resource.deceased_date_time}) or one that cannot be read; "
+                "the patient is treated as living"
+            )
         manifest = self.kb.manifest
         return {
             "schema_version": RESULT_SCHEMA_VERSION,

@@ -39,7 +39,8 @@ def schedule(
     if last is not None:
         out["last_done"] = last.isoformat()
     due = _next_due(item, started, today, last)
-    if due is None or (window_end is not None and due > window_end):
+    # Past the window its interval no longer applies (the monitoring rules read the text's schedule then).
+    if due is None or (window_end is not None and (due > window_end or today > window_end)):
         if window_end is not None:
             out["note"] = f"the dated schedule ends {window_end.isoformat()}; then as described"
         return out if len(out) > 1 else None
