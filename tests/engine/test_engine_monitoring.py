@@ -112,3 +112,15 @@ def test_the_evaluator_dates_the_monitoring_of_agents_taken_or_ordered_only() ->
         "then": [days_ago(-20), days_ago(-34)],
     }
     assert all("schedule" not in m for m in _monitoring(result, "tizanidine"))
+
+
+def test_once_the_dated_window_has_passed_its_interval_gives_no_date() -> None:
+    """Day 45 of dantrolene, last liver tests 25 days ago: the two-weekly interval ended with week 6, so no overdue
+    date (DANT-LFT-DUE, which then reads the six-weekly schedule, is silent too)."""
+    item = _item(first_due_days=0, interval_days=14, until_days=42)
+    due = schedule(item, date(2026, 10, 10), TODAY, _liver_done("2026-10-30"))
+    assert due == {
+        "from": "2026-10-10",
+        "last_done": "2026-10-30",
+        "note": "the dated schedule ends 2026-11-21; then as described",
+    }
