@@ -642,3 +642,29 @@ def test_a_step_down_never_overshoots_the_plans_step_when_the_product_cannot_giv
     updates = [s for s in card.get("suggestions", []) if s["actions"][0]["type"] == "update"]
     assert updates == []
     assert "**Dose plan for Baclofen (oral):**" in card["detail"]
+
+
+def test_patient_view_speaks_of_a_draft_order_in_the_chart_as_of_the_regimen(app: FastAPI, client: Client) -> None:
+    """A tizanidine order drafted in the chart beside fluvoxamine: its critical contraindication is shown on
+    patient-view (a finding naming a drug of the regimen must not hide a worse one about the same drug)."""
+    meds = [_drug("tiz", "57258", "tizanidine 2 mg"), _drug("fluv", "42355", "fluvoxamine 50 mg", status="active")]
+    cards = valid_cards(app, client, hook_request("patient-view", prefetch_data=prefetch(meds=meds, egfr=90.0)), REVIEW)
+    assert "TIZ-CYP1A2-STRONG" in [_rule(c) for c in cards]
+
+
+def test_an_order_whose_dose_is_only_in_its_text_and_within_the_ceiling_gets_no_kidney_card(
+    app: FastAPI, client: Client
+) -> None:
+    """Baclofen 5 mg three times a day written only in the dosage text, eGFR 45 (ceiling 40 mg/day): the evaluator
+    reads and places it within the ceiling, so no "reduce baclofen" card."""
+    draft = baclofen_order(value=5)
+    del draft["dosageInstruction"][0]["timing"], draft["dosageInstruction"][0]["doseAndRate"]
+    cards = valid_cards(app, client, hook_request("order-sign", prefetch_data=prefetch(), drafts=[draft]), SIGN)
+    kidney = {"BACLOFEN-RENAL-BAND", "BACLOFEN-DOSE-ABOVE-CEILING"}
+    assert not [c for c in cards if set(c["extension"]["org.spasticity-cds.findings"]) & kidney]
+
+
+def test_a_new_order_above_the_ceiling_shows_a_new_patients_steps_on_its_card(app: FastAPI, client: Client) -> None:
+    body = hook_request("order-sign", prefetch_data=prefetch(), drafts=[baclofen_order()])
+    (card,) = valid_cards(app, client, body, SIGN)
+    assert "Steps from the start: " in card["detail"] and "5 mg x3 (15 mg/day)" in card["detail"]

@@ -183,8 +183,11 @@ class CardBuilder:
     def _relevant(self, result: Mapping[str, Any], ctx: CardContext) -> list[Mapping[str, Any]]:
         findings: Iterable[Mapping[str, Any]] = result["findings"]
         if not ctx.orders:
-            current = set(result.get("standing", {}).get("current_agents", ()))
-            return [f for f in findings if _about_the_regimen(f, current)]
+            # The regimen: what the patient takes, and what the chart already holds as a draft order (a finding
+            # about it, critical or not, must not be hidden while another one naming it is shown).
+            regimen = set(result.get("standing", {}).get("current_agents", ()))
+            regimen |= {option["agent"] for option in result["options"] if option.get("proposed")}
+            return [f for f in findings if _about_the_regimen(f, regimen)]
         agents = {order.agent for order in ctx.orders if order.agent}
         references = {order.reference for order in ctx.orders}
         out = []
@@ -409,9 +412,13 @@ class CardBuilder:
             matched = True
             dose, ceiling = structured_dose(order.resource), self._ceiling(order.agent, result)
             per_unit = mg_per_unit(dose, order.strength_mg) if dose else None
-            if dose is None or ceiling is None or per_unit is None:
+            if ceiling is None:
                 return False
-            if dose.value * per_unit * dose.per_day > ceiling + 1e-9:
+            if dose is None or per_unit is None:
+                # No coded dose: the evaluator may still have read it (from the dosage text) and placed it.
+                if not _placed_within(order.agent, result):
+                    return False
+            elif dose.value * per_unit * dose.per_day > ceiling + 1e-9:
                 return False
         return matched
 
@@ -501,6 +508,13 @@ def _dosed_options(group: list[Mapping[str, Any]], result: Mapping[str, Any]) ->
     return [o for o in result["options"] if o["agent"] in agents and (o.get("dose_plan") or {}).get("placement")]
 
 
+def _placed_within(agent: str, result: Mapping[str, Any]) -> bool:
+    """Whether the evaluator placed the agent's ordered dose within its limit (read from the order, its text too)."""
+    option: Mapping[str, Any] = next((o for o in result["options"] if o["agent"] == agent), {})
+    placement = (option.get("dose_plan") or {}).get("placement") or {}
+    return placement.get("state") == "ordered" and placement.get("fit") in ("steps-remain", "no-step-remains")
+
+
 def _first_step_down(agent: str, result: Mapping[str, Any]) -> float | None:
     """The daily dose of the first step of the agent's reduction to its ceiling, when the patient takes it (not of
     a withdrawal, which ends in stopping)."""
@@ -533,8 +547,10 @@ def _plan_block(option: Mapping[str, Any]) -> tuple[str, list[Mapping[str, Any]]
         if because:
             lines.append("Ruled out by " + ", ".join(f"{r['rule_id']} v{r['rule_version']}" for r in because) + ".")
             cited += [c for reason in because for c in reason["citations"]]
-    elif plan["placement"]["fit"] == "steps-remain" and plan.get("steps"):
-        lines.append(f"Remaining steps: {steps_text(plan['steps'])}")
+    elif plan.get("steps"):
+        # Steps above the current dose, or a new start's (an order not taken yet, or a dose that cannot be placed).
+        label = "Remaining steps" if plan["placement"]["fit"] == "steps-remain" else "Steps from the start"
+        lines.append(f"{label}: {steps_text(plan['steps'])}")
     renal = plan.get("renal_adjustment")
     if renal and renal.get("steps_note"):
         lines.append(f"{renal['text']} {renal['steps_note']}")
@@ -544,10 +560,10 @@ def _plan_block(option: Mapping[str, Any]) -> tuple[str, list[Mapping[str, Any]]
 
 
 def _about_the_regimen(finding: Mapping[str, Any], current: set[str]) -> bool:
-    """Whether patient-view may show a finding: one about a drug only when the patient is taking it (the knowledge
-    base's checks of drugs not taken, "avoid oral baclofen" at eGFR 20 for a patient on none, belong to the order
-    hooks, when the drug is ordered); one about no drug (breathing, a liver signal) and a referral beyond the current
-    regimen always."""
+    """Whether patient-view may show a finding: one about a drug only when the patient is taking it or the chart
+    holds a draft order for it (the knowledge base's checks of drugs not taken, "avoid oral baclofen" at eGFR 20 for
+    a patient on none, belong to the order hooks, when the drug is ordered); one about no drug (breathing, a liver
+    signal) and a referral beyond the current regimen always."""
     agents = set(finding["agents"])
     if finding["kind"] == "recommendation":
         return bool(finding.get("action"))  # a next step (pump referral), not the ladder's standing advice
