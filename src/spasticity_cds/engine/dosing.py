@@ -541,7 +541,7 @@ def _where(placement: Placement, monograph: Monograph) -> str:
     elif placement.state == "ordered":
         since = "counting today as the first day of the order"
     elif placement.first > 0:
-        since = "counting today as the first day at this dose (the record does not show since when it is taken)"
+        since = "counting today as the first day at this dose (the record does not show since when this dose is taken)"
     else:
         since = "the first of them today"
     return f"{now}: the titration continues from the next step above this dose, {since}."
