@@ -10,6 +10,7 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import lru_cache
 from typing import Any
 
 import orjson
@@ -669,12 +670,18 @@ def _fact_value(fact: Mapping[str, Any]) -> str:
 
 
 def _citation_line(citation: Mapping[str, Any]) -> str:
-    year = f" ({citation['year']})" if citation.get("year") else ""
     identifiers = citation.get("identifiers") or {}
     link = identifiers.get("url") or (f"https://doi.org/{identifiers['doi']}" if identifiers.get("doi") else None)
-    title = f"[{literal(citation['title'])}]({link})" if link else literal(citation["title"])
-    rest = f"{year}, {citation['locator']} (evidence: {citation['status']})"
-    return f"- {title}{literal(rest)}"
+    return _cited(citation["title"], citation.get("year"), link, citation["locator"], citation["status"])
+
+
+@lru_cache(maxsize=1024)
+def _cited(title: str, year: object, link: str | None, locator: str, status: str) -> str:
+    """One Sources line. Only the knowledge base's citations are memoised (a few dozen, on every card); texts that
+    hold patient data are never kept beyond the call."""
+    shown = f"[{literal(title)}]({link})" if link else literal(title)
+    rest = f"{f' ({year})' if year else ''}, {locator} (evidence: {status})"
+    return f"- {shown}{literal(rest)}"
 
 
 #: The characters that make Markdown or HTML of plain text: code, emphasis, links and images, tags, tables, strike,
