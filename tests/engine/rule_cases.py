@@ -268,7 +268,7 @@ CASES: list[RuleCase] = [
     _c(
         "DANT-45-DAY-REVIEW",
         lambda: [med("dantrolene", start=days_ago(60)), alt(20)],
-        lambda: [med("dantrolene", start=days_ago(20)), alt(20)],
+        lambda: [med("dantrolene", start=days_ago(327)), alt(20)],  # past benefit_review_window_days
         lambda: [med("dantrolene"), alt(20)],
     ),
     _c("TIZ-LFT-BASELINE", lambda: [med("tizanidine")], lambda: [med("tizanidine"), alt(20)], none, "false"),
