@@ -159,3 +159,28 @@ def test_a_first_step_down_larger_than_any_titration_step_is_said_not_filled_wit
     assert "from 48 to 24 mg/day, is larger than any step of the titration" in reduction["text"]
     ordinary = _plan("baclofen", med("baclofen", dose=20, per_day=4), egfr(60))["reduction"]["text"]
     assert "larger than any step" not in ordinary
+
+
+def _option_plan(agent: str, *resources: Any) -> dict[str, Any]:
+    result = ENGINE.evaluate(record(*resources), NOW)
+    plan: dict[str, Any] = next(o for o in result["options"] if o["agent"] == agent)["dose_plan"]
+    return plan
+
+
+def test_without_a_current_egfr_a_drug_taken_gets_no_step_up() -> None:
+    plan = _option_plan("baclofen", med("baclofen", dose=10, per_day=3))
+    placement = plan["placement"]
+    assert placement["fit"] == "held" and plan["steps"] == []
+    assert placement["text"] == (
+        "Taken at 30 mg/day: no titration step up for now, as its kidney-adjusted ceiling is unknown "
+        "(no current eGFR)."
+    )
+
+
+def test_a_caution_on_a_drug_taken_holds_its_steps_but_an_order_keeps_them() -> None:
+    opioid = med("oxycodone", dose=5, per_day=2)
+    taken = _option_plan("tizanidine", med("tizanidine", dose=2, per_day=3), opioid, egfr(90))
+    assert taken["placement"]["fit"] == "held" and taken["steps"] == []
+    assert "a caution applies to it" in taken["placement"]["text"]
+    ordered = _option_plan("tizanidine", med("tizanidine", status="draft", dose=2, per_day=3), opioid, egfr(90))
+    assert ordered["placement"]["fit"] == "steps-remain" and ordered["steps"]

@@ -513,7 +513,7 @@ def _placed_within(agent: str, result: Mapping[str, Any]) -> bool:
     """Whether the evaluator placed the agent's ordered dose within its limit (read from the order, its text too)."""
     option: Mapping[str, Any] = next((o for o in result["options"] if o["agent"] == agent), {})
     placement = (option.get("dose_plan") or {}).get("placement") or {}
-    return placement.get("state") == "ordered" and placement.get("fit") in ("steps-remain", "no-step-remains")
+    return placement.get("state") == "ordered" and placement.get("fit") in ("steps-remain", "no-step-remains", "held")
 
 
 def _first_step_down(agent: str, result: Mapping[str, Any]) -> float | None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date, datetime, timedelta
 from itertools import pairwise
 from typing import Any, Literal
@@ -119,7 +119,9 @@ def _above(name: str, daily: Fact, limit: Fact, *, inclusive: bool = False) -> F
 #: Tolerance when daily doses are compared (they are sums of floats).
 EPSILON = 1e-9
 #: How far a patient taking or being ordered an agent stands on its titration steps.
-Fit = Literal["steps-remain", "no-step-remains", "above-limit", "dose-unknown"]
+Fit = Literal["steps-remain", "no-step-remains", "held", "above-limit", "dose-unknown"]
+#: Why the steps up of a drug whose dose depends on kidney function wait, said once in its placement.
+KIDNEY_UNKNOWN = "its kidney-adjusted ceiling is unknown (no current eGFR)"
 LimitBasis = Literal["ceiling", "maximum"]
 
 
@@ -140,6 +142,8 @@ class Placement:
     first: int = 0
     wait: int = 0
     held: int | None = None
+    #: Why the steps that remain are not offered now (``fit`` "held").
+    held_because: str | None = None
 
     def to_dict(self, monograph: Monograph, text: str | None = None) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -164,17 +168,20 @@ def dose_plan(
     cite: Cite,
     *,
     pace: list[CitationRef],
+    hold: str | None = None,
 ) -> dict[str, Any] | None:
     """Start, dated titration steps capped at the ceiling in force and the basis of that ceiling; for an agent taken
     or ordered, where the patient stands (``placement``): the steps that remain above the daily dose, or, above the
-    limit while it is taken, a gradual ``reduction`` to it at the pace of the setting ``pace`` cites."""
+    limit while it is taken, a gradual ``reduction`` to it at the pace of the setting ``pace`` cites. Steps up are
+    not offered (``held``) while ``hold`` says why (a caution on the agent) or its kidney-adjusted ceiling is
+    unknown."""
     if monograph.start is None and not monograph.steps:
         return None
     ceiling = facts.get(f"dose.{monograph.id}.ceiling")
     cap = _cap(ceiling)
     top = maximum(monograph, settings)
     today = now.date()
-    placement = _place(monograph, facts, cap, top)
+    placement = _held_back(_place(monograph, facts, cap, top), hold, monograph, ceiling)
     plan: dict[str, Any] = {"steps": _plan_steps(monograph, placement, cap, today), "unit": monograph.max_unit}
     if monograph.start is not None:
         plan["start"] = _statement(monograph.start, cite)
@@ -306,6 +313,19 @@ def _place(monograph: Monograph, facts: Mapping[str, Fact], cap: float | None, t
     held = _held(facts.get(f"{prefix}.days_on"), first, state)
     gap = steps[first].day - steps[first - 1].day if first > 0 else 0
     return Placement(state, daily, amount, "steps-remain", limit, basis, first, max(0, gap - (held or 0)), held)
+
+
+def _held_back(
+    placement: Placement | None, hold: str | None, monograph: Monograph, ceiling: Fact | None
+) -> Placement | None:
+    """The placement of an agent taken with its remaining steps held back when a step up should wait: a caution on
+    the agent, or a kidney-adjusted ceiling that cannot be known (no current eGFR) for an agent whose dose depends on
+    it. An order keeps its steps: the clinician is starting it, and its findings say what to weigh."""
+    if placement is None or placement.fit != "steps-remain" or placement.state != "current":
+        return placement
+    kidney_unknown = any(band.action != "caution" for band in monograph.renal_bands) and _cap(ceiling) is None
+    reason = hold or (KIDNEY_UNKNOWN if kidney_unknown else None)
+    return replace(placement, fit="held", held_because=reason) if reason else placement
 
 
 def _limit(cap: float | None, top: float | None) -> tuple[float | None, LimitBasis | None]:
@@ -461,7 +481,12 @@ def steps_text(steps: Iterable[Mapping[str, Any]]) -> str:
 
 def _placement_text(placement: Placement, monograph: Monograph) -> str:
     text = _where(placement, monograph)
-    if placement.limit_basis == "maximum" and not all(band.action == "caution" for band in monograph.renal_bands):
+    kidney_said = placement.fit == "held" and placement.held_because == KIDNEY_UNKNOWN
+    if (
+        placement.limit_basis == "maximum"
+        and not kidney_said
+        and not all(band.action == "caution" for band in monograph.renal_bands)
+    ):
         text += " The kidney-adjusted ceiling is unknown (no current eGFR), so the limit is the labelled maximum."
     return text
 
@@ -532,6 +557,8 @@ def _where(placement: Placement, monograph: Monograph) -> str:
         if placement.state == "ordered":
             return f"{now}, above {limit}; not taken now, so the titration steps are shown from the start."
         return f"{now}, above {limit}: no titration step up; the dose comes down gradually (reduction)."
+    if placement.fit == "held":
+        return f"{now}: no titration step up for now, as {placement.held_because}."
     if placement.fit == "no-step-remains":
         if not monograph.steps:
             return f"{now}; {none}."

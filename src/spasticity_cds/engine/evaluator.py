@@ -487,7 +487,8 @@ class Engine:
         """The option's dose plan. Beside "avoid" or "contraindicated" no start dose or titration (it would read as
         advice to start): for an agent taken, the way off it (``withdrawal_plan``); for one not taken, none."""
         if option["status"] not in RULED_OUT:
-            return dose_plan(monograph, env.facts, env.settings, now, self.cite, pace=self.reduction_pace)
+            hold = "a caution applies to it (see the option's reasons)" if option["status"] == "caution" else None
+            return dose_plan(monograph, env.facts, env.settings, now, self.cite, pace=self.reduction_pace, hold=hold)
         if not option["current"]:
             return None
         because = [reason for reason in option["reasons"] if self._rules_out(reason["rule_id"], option["agent"])]

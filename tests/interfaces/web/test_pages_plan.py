@@ -83,7 +83,7 @@ def test_a_dose_above_the_ceiling_gets_a_dated_reduction_with_its_taper_and_pace
     assert "Titration for" not in section and "Remaining titration" not in section  # no step up from 80 mg/day
     assert '<table class="reduction">' in section
     assert "Reduction of Baclofen (oral) to 30 mg/day, one step every 7 days" in section
-    assert "<td>2026-11-24</td><td>20.0 mg</td><td>3</td>" in section  # 60 mg/day today, then down
+    assert "<td>2026-11-24</td><td>20 mg</td><td>3</td>" in section  # 60 mg/day today, then down
     assert "<dt>Pace of the reduction</dt>" in section and 'href="/kb/citations#project-design-proposal"' in section
     assert "<dt>Taper</dt><dd>Never stop abruptly" in section
 
@@ -121,7 +121,7 @@ def test_a_patient_mid_titration_gets_the_remaining_steps(client: support.PageCl
     page = _upload(client, _baclofen_at(5, 3)).text  # type: ignore[attr-defined]
     section = page.split('id="opt-baclofen"')[1].split("</section>")[0]
     assert "Remaining titration for Baclofen (oral), from the current dose" in section
-    assert "<td>10.0 mg</td><td>3</td><td>30.0 mg</td>" in section and "<td>5.0 mg</td>" not in section
+    assert "<td>10 mg</td><td>3</td><td>30 mg</td>" in section and "<td>5 mg</td>" not in section
 
 
 def test_trend_charts_are_inline_svg_with_rule_thresholds(client: support.PageClient) -> None:
@@ -667,3 +667,9 @@ def test_a_worklist_link_offers_the_registered_ehr_launch(tmp_path: Path) -> Non
     page = client.get("/patients/p-17")
     assert "Patient p-17 from a worklist - spasticity-cds" in page.text
     assert 'action="/smart/launch"' in page.text and '<option value="https://ehr.example/fhir">Example EHR' in page.text
+
+
+def test_doses_on_the_page_carry_no_trailing_zero(client: support.PageClient) -> None:
+    """A trailing zero ("1.0 mg", read as 10 mg) is on the ISMP do-not-use list."""
+    page = _upload(client, _baclofen_at(20, 4)).text  # type: ignore[attr-defined]
+    assert not re.search(r"\d\.0 mg", page)

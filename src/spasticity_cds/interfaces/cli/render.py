@@ -123,7 +123,7 @@ def _dose_next(plan: dict[str, Any]) -> list[str]:
         by = f" by {reduction['steps'][-1]['date']}" if reduction["steps"] else ""
         return [f"reduce stepwise to {reduction['target_daily']:g} {reduction['unit']}{by}"]
     if not steps:
-        return ["no step up"] if fit in ("no-step-remains", "above-limit") else []
+        return ["no step up"] if fit in ("no-step-remains", "held", "above-limit") else []
     first = steps[0]
     dose = f"{first['dose']:g} {first['unit']} x{first['times_per_day']}/day"
     if fit == "steps-remain":
