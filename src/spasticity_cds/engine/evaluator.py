@@ -513,8 +513,9 @@ class Engine:
         monograph: Monograph, entries: list[dict[str, Any]], option: dict[str, Any], env: Env, now: datetime
     ) -> list[dict[str, Any]]:
         """The monograph's monitoring, each item with its dates for this patient (``schedule``) when the agent is
-        taken or being ordered; the shared entries otherwise."""
-        if not (option["current"] or option["proposed"]):
+        taken or being ordered; the shared entries otherwise, and for an agent ruled out (its titration checks and
+        benefit reviews are no longer due: it is being withdrawn)."""
+        if not (option["current"] or option["proposed"]) or option["status"] in RULED_OUT:
             return entries
         today = now.date()
         started: date | None = today

@@ -299,7 +299,7 @@ def test_the_monitoring_calendar_lists_only_agents_the_patient_takes_or_starts()
 
 
 def test_the_monitoring_calendar_shows_the_dates_the_engine_set_an_overdue_one_today() -> None:
-    from datetime import UTC, datetime
+    from datetime import UTC, date, datetime
 
     from spasticity_cds.interfaces.web.plan_view import monitoring_calendar
 
@@ -317,10 +317,14 @@ def test_the_monitoring_calendar_shows_the_dates_the_engine_set_an_overdue_one_t
         {"agent": "tizanidine", "name": "Tizanidine", "current": False, "monitoring": [{**liver, "schedule": {}}]},
     ]
     now = datetime(2026, 11, 24, 12, tzinfo=UTC)
-    calendar = monitoring_calendar({"findings": [], "options": options}, now)
-    assert [(month, [(m.when.isoformat(), m.agent, m.test) for m in items]) for month, items in calendar] == [
-        ("November 2026", [("2026-11-24", "Dantrolene", "liver")]),
-        ("December 2026", [("2026-12-08", "Dantrolene", "liver")]),
+    finding = {"kind": "monitoring", "action": "liver-test", "agents": ["dantrolene"], "summary": "due"}
+    finding["citations"] = []
+    calendar = monitoring_calendar({"findings": [finding], "options": options}, now)
+    shown = [(m.when.isoformat(), m.agent, m.test, m.overdue_since) for _, items in calendar for m in items]
+    assert [month for month, _ in calendar] == ["November 2026", "December 2026"]
+    assert shown == [  # the finding's liver test and the schedule's, on one day, listed once and said overdue
+        ("2026-11-24", "Dantrolene", "liver", date(2026, 11, 20)),
+        ("2026-12-08", "Dantrolene", "liver", None),
     ]
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime
 from typing import Any
 
@@ -59,6 +59,8 @@ class MonitoringDate:
     test: str
     what: str
     citations: list[dict[str, Any]]
+    #: The date it was due, when that has passed (it is shown on today).
+    overdue_since: date | None = None
 
 
 @dataclass
@@ -299,10 +301,16 @@ def monitoring_calendar(result: Mapping[str, Any], now: datetime) -> list[tuple[
             when = [dated["next_due"], *dated.get("then", [])] if "next_due" in dated else []
             when += [dated["review_by"]] if "review_by" in dated else []
             for day in when:
-                shown = max(date.fromisoformat(day), today)  # an overdue test is due today
-                items.append(MonitoringDate(shown, option["name"], item["test"], item["what"], item["citations"]))
-    items.sort(key=lambda m: (m.when, m.agent, m.test))
+                due = date.fromisoformat(day)
+                late = due if due < today else None  # an overdue test is due today, and says since when
+                entry = MonitoringDate(max(due, today), option["name"], item["test"], item["what"], item["citations"])
+                items.append(replace(entry, overdue_since=late))
+    # A test that a finding and the drug's own schedule both put on one day is listed once (the schedule's, which
+    # says since when it is overdue).
+    unique: dict[tuple[date, str, str], MonitoringDate] = {}
+    for entry in items:
+        unique[(entry.when, entry.agent, entry.test)] = entry
     months: dict[str, list[MonitoringDate]] = {}
-    for due in items:
-        months.setdefault(due.when.strftime("%B %Y"), []).append(due)
+    for entry in sorted(unique.values(), key=lambda m: (m.when, m.agent, m.test)):
+        months.setdefault(entry.when.strftime("%B %Y"), []).append(entry)
     return list(months.items())
