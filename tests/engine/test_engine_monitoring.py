@@ -124,3 +124,13 @@ def test_once_the_dated_window_has_passed_its_interval_gives_no_date() -> None:
         "last_done": "2026-10-30",
         "note": "the dated schedule ends 2026-11-21; then as described",
     }
+
+
+def test_a_later_phase_of_a_schedule_starts_when_the_earlier_one_ends() -> None:
+    """Dantrolene's six-weekly liver tests (days 42 to 182): not before day 42, then six weeks after the last."""
+    later = _item(first_due_days=42, interval_days=42, until_days=182)
+    early = schedule(later, date(2026, 11, 17), TODAY, _liver_done("2026-11-16"))
+    assert early is not None and early["next_due"] == "2026-12-29" and early["overdue"] is False
+    running = schedule(later, date(2026, 9, 25), TODAY, _liver_done("2026-11-14"))
+    assert running is not None and running["next_due"] == "2026-12-26"
+    assert running["then"] == ["2027-02-06", "2027-03-20"]

@@ -64,7 +64,8 @@ def _next_due(item: MonitoringItem, started: date, today: date, last: date | Non
     if item.test in LAST_DONE_FACTS:
         if last is None:
             return first
-        return last + timedelta(days=item.interval_days) if item.interval_days else None
+        # Never before the item's own first day: a later phase of a schedule starts when the earlier one ends.
+        return max(last + timedelta(days=item.interval_days), first) if item.interval_days else None
     if not item.interval_days or first >= today:
         return first if first >= today else None
     periods = -(-(today - first).days // item.interval_days)  # whole intervals to reach today, rounded up
