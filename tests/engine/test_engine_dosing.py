@@ -172,8 +172,7 @@ def test_without_a_current_egfr_a_drug_taken_gets_no_step_up() -> None:
     placement = plan["placement"]
     assert placement["fit"] == "held" and plan["steps"] == []
     assert placement["text"] == (
-        "Taken at 30 mg/day: no titration step up for now, as its kidney-adjusted ceiling is unknown "
-        "(no current eGFR)."
+        "Taken at 30 mg/day: no titration step up for now, as its kidney-adjusted ceiling is unknown (no current eGFR)."
     )
 
 
