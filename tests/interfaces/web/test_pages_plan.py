@@ -101,6 +101,7 @@ def test_a_drug_taken_but_ruled_out_critically_gets_an_undated_withdrawal_cited(
     assert f"<strong>Withdrawal:</strong> {CRITICAL_WITHDRAWAL}" in section
     assert "one step every" not in section and '<tr class="stop">' not in section
     assert "<dt>Pace of the withdrawal</dt>" not in section and "<dt>Taper</dt><dd>Never stop abruptly" in section
+    assert "<strong>Stopping:</strong>" not in section  # the taper advice once, in the withdrawal
     assert "<dt>Ruled out by BACLOFEN-KIDNEY-FAILURE-AVOID v3</dt>" in section
     assert 'href="/kb/citations#ajkd-2017-baclofen"' in section
 
