@@ -186,8 +186,7 @@ class CardBuilder:
         if not ctx.orders:
             # The regimen: what the patient takes, and what the chart already holds as a draft order (a finding
             # about it, critical or not, must not be hidden while another one naming it is shown).
-            regimen = set(result.get("standing", {}).get("current_agents", ()))
-            regimen |= {option["agent"] for option in result["options"] if option.get("proposed")}
+            regimen = {o["agent"] for o in result["options"] if o.get("current") or o.get("proposed")}
             return [f for f in findings if _about_the_regimen(f, regimen)]
         agents = {order.agent for order in ctx.orders if order.agent}
         references = {order.reference for order in ctx.orders}
@@ -509,18 +508,23 @@ def _dosed_options(group: list[Mapping[str, Any]], result: Mapping[str, Any]) ->
     return [o for o in result["options"] if o["agent"] in agents and (o.get("dose_plan") or {}).get("placement")]
 
 
+def _dose_plan_of(agent: str, result: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The dose plan of the agent's option in the result; empty when it has none."""
+    option: Mapping[str, Any] = next((o for o in result["options"] if o["agent"] == agent), {})
+    plan: Mapping[str, Any] = option.get("dose_plan") or {}
+    return plan
+
+
 def _placed_within(agent: str, result: Mapping[str, Any]) -> bool:
     """Whether the evaluator placed the agent's ordered dose within its limit (read from the order, its text too)."""
-    option: Mapping[str, Any] = next((o for o in result["options"] if o["agent"] == agent), {})
-    placement = (option.get("dose_plan") or {}).get("placement") or {}
+    placement = _dose_plan_of(agent, result).get("placement") or {}
     return placement.get("state") == "ordered" and placement.get("fit") in ("steps-remain", "no-step-remains", "held")
 
 
 def _first_step_down(agent: str, result: Mapping[str, Any]) -> float | None:
     """The daily dose of the first step of the agent's reduction to its ceiling, when the patient takes it (not of
     a withdrawal, which ends in stopping)."""
-    option: Mapping[str, Any] = next((o for o in result["options"] if o["agent"] == agent), {})
-    reduction = (option.get("dose_plan") or {}).get("reduction") or {}
+    reduction = _dose_plan_of(agent, result).get("reduction") or {}
     steps = [] if "stop" in reduction else reduction.get("steps") or []
     return float(steps[0]["daily"]) if steps else None
 

@@ -57,7 +57,7 @@ def _ceiling(
     name = f"dose.{monograph.id}.ceiling"
     if top is None:
         return missing(name, "no labelled maximum")
-    if all(band.action == "caution" for band in monograph.renal_bands):  # no bands, or none that lowers a dose
+    if not _kidney_dosed(monograph):
         return Fact(name, top, unit, note="labelled maximum")
     found = _kidney_band(monograph, egfr, failing)
     if found is None:
@@ -181,7 +181,7 @@ def dose_plan(
     cap = _cap(ceiling)
     top = maximum(monograph, settings)
     today = now.date()
-    placement = _held_back(_place(monograph, facts, cap, top), hold, monograph, ceiling)
+    placement = _held_back(_place(monograph, facts, cap, top), hold, monograph, cap)
     plan: dict[str, Any] = {"steps": _plan_steps(monograph, placement, cap, today), "unit": monograph.max_unit}
     if monograph.start is not None:
         plan["start"] = _statement(monograph.start, cite)
@@ -272,7 +272,7 @@ def _to_stop(
     if monograph.taper is not None:
         out["taper"] = _statement(monograph.taper, cite)
     if placement.amount is None or not monograph.steps:
-        return out | {"steps": [], "stop": {"how": "undated"}, "text": _undated_text(monograph, placement)}
+        return out | {"steps": [], "stop": {"how": "undated"}, "text": _undated_text(monograph)}
     if withdrawal.urgent:
         return out | {"steps": [], "stop": {"how": "undated"}, "text": _urgent_text(monograph)}
     steps = _down_steps(monograph, placement.amount, 0.0, today, every)
@@ -315,15 +315,20 @@ def _place(monograph: Monograph, facts: Mapping[str, Fact], cap: float | None, t
     return Placement(state, daily, amount, "steps-remain", limit, basis, first, max(0, gap - (held or 0)), held)
 
 
+def _kidney_dosed(monograph: Monograph) -> bool:
+    """Whether a renal band lowers the agent's dose (not only a caution band, or none)."""
+    return any(band.action != "caution" for band in monograph.renal_bands)
+
+
 def _held_back(
-    placement: Placement | None, hold: str | None, monograph: Monograph, ceiling: Fact | None
+    placement: Placement | None, hold: str | None, monograph: Monograph, cap: float | None
 ) -> Placement | None:
     """The placement of an agent taken with its remaining steps held back when a step up should wait: a caution on
     the agent, or a kidney-adjusted ceiling that cannot be known (no current eGFR) for an agent whose dose depends on
     it. An order keeps its steps: the clinician is starting it, and its findings say what to weigh."""
     if placement is None or placement.fit != "steps-remain" or placement.state != "current":
         return placement
-    kidney_unknown = any(band.action != "caution" for band in monograph.renal_bands) and _cap(ceiling) is None
+    kidney_unknown = _kidney_dosed(monograph) and cap is None
     reason = hold or (KIDNEY_UNKNOWN if kidney_unknown else None)
     return replace(placement, fit="held", held_because=reason) if reason else placement
 
@@ -482,11 +487,7 @@ def steps_text(steps: Iterable[Mapping[str, Any]]) -> str:
 def _placement_text(placement: Placement, monograph: Monograph) -> str:
     text = _where(placement, monograph)
     kidney_said = placement.fit == "held" and placement.held_because == KIDNEY_UNKNOWN
-    if (
-        placement.limit_basis == "maximum"
-        and not kidney_said
-        and not all(band.action == "caution" for band in monograph.renal_bands)
-    ):
+    if placement.limit_basis == "maximum" and not kidney_said and _kidney_dosed(monograph):
         text += " The kidney-adjusted ceiling is unknown (no current eGFR), so the limit is the labelled maximum."
     return text
 
@@ -505,7 +506,7 @@ def _withdrawn_text(placement: Placement, monograph: Monograph) -> str:
     return f"Taken at {placement.amount:g} {unit}, but {ruled}"
 
 
-def _undated_text(monograph: Monograph, placement: Placement) -> str:
+def _undated_text(monograph: Monograph) -> str:
     if not monograph.steps:
         why = f"the knowledge base has no titration steps for {monograph.name}"
     else:

@@ -491,7 +491,8 @@ class Engine:
             return dose_plan(monograph, env.facts, env.settings, now, self.cite, pace=self.reduction_pace, hold=hold)
         if not option["current"]:
             return None
-        because = [reason for reason in option["reasons"] if self._rules_out(reason["rule_id"], option["agent"])]
+        agent = option["agent"]
+        because = [reason for reason in option["reasons"] if self.rule_by_id[reason["rule_id"]].rule.rules_out(agent)]
         ruling = {reason["rule_id"] for reason in because}
         stop = next((entry for entry in monograph.stop_at_once if ruling & set(entry.rules)), None)
         withdrawal = Withdrawal(because, stop, urgent=any(self._critical_when_taken(rule_id) for rule_id in ruling))
@@ -502,11 +503,6 @@ class Engine:
         """Whether a rule's finding is critical for a patient who takes the agent it is about."""
         rule = self.rule_by_id[rule_id].rule
         return (rule.escalate_if_current or rule.severity) == "critical"
-
-    def _rules_out(self, rule_id: str, agent: str) -> bool:
-        """Whether a rule's effects (fired or undecided) set the agent to avoid or contraindicated."""
-        rule = self.rule_by_id[rule_id].rule
-        return bool({rule.effects.get(agent), rule.effects_if_unknown.get(agent)} & RULED_OUT)
 
     @staticmethod
     def _dated_monitoring(

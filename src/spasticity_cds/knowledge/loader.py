@@ -236,8 +236,7 @@ def _check_stop_at_once(kb: KnowledgeBase, monograph: Monograph) -> None:
                 raise KnowledgeBaseError(
                     f"unknown rule {rule_id!r}" + (f"; did you mean {hint!r}?" if hint else ""), where=where
                 )
-            statuses = {rule.effects.get(monograph.id), rule.effects_if_unknown.get(monograph.id)}
-            if not statuses & {"avoid", "contraindicated"}:
+            if not rule.rules_out(monograph.id):
                 raise KnowledgeBaseError(f"rule {rule_id!r} does not rule {monograph.id} out", where=where)
 
 

@@ -256,6 +256,10 @@ class Rule(Strict, kw_only=True, frozen=True):
     quiet_when: str | None = None
     active: bool = True
 
+    def rules_out(self, agent: str) -> bool:
+        """Whether the rule's effects (fired or undecided) set ``agent`` to avoid or contraindicated."""
+        return bool({self.effects.get(agent), self.effects_if_unknown.get(agent)} & {"avoid", "contraindicated"})
+
 
 class Definition(Strict, kw_only=True, frozen=True):
     description: str

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
 
@@ -303,8 +303,8 @@ def monitoring_calendar(result: Mapping[str, Any], now: datetime) -> list[tuple[
             for day in when:
                 due = date.fromisoformat(day)
                 late = due if due < today else None  # an overdue test is due today, and says since when
-                entry = MonitoringDate(max(due, today), option["name"], item["test"], item["what"], item["citations"])
-                items.append(replace(entry, overdue_since=late))
+                shown = max(due, today)
+                items.append(MonitoringDate(shown, option["name"], item["test"], item["what"], item["citations"], late))
     # A test that a finding and the drug's own schedule both put on one day is listed once (the schedule's, which
     # says since when it is overdue).
     unique: dict[tuple[date, str, str], MonitoringDate] = {}
