@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -75,7 +76,7 @@ def discover(source: Path, downloader: Downloader | None = None) -> InputSet:
         listed = _listed_by_name(info)
         present = {path.name for path, _ in classified}
         # Only a manifest that names some of the folder's files describes it; files renamed on download match none.
-        missing = sorted(set(listed) - present) if set(listed) & present else []
+        missing = sorted(listed.keys() - present) if listed.keys() & present else []
         return InputSet(
             source=source,
             kind="folder",
@@ -106,7 +107,8 @@ def _listed_by_name(info: dict[str, Any]) -> dict[str, dict[str, Any]]:
     output = info.get("output")
     entries = [entry for entry in output if isinstance(entry, dict)] if isinstance(output, list) else []
     names = [unquote(urlparse(str(entry.get("url", ""))).path).rsplit("/", 1)[-1] for entry in entries]
-    return {name: entry for name, entry in zip(names, entries, strict=True) if name and names.count(name) == 1}
+    counts = Counter(names)
+    return {name: entry for name, entry in zip(names, entries, strict=True) if name and counts[name] == 1}
 
 
 def _folder_file(path: Path, entry: dict[str, Any]) -> InputFile:

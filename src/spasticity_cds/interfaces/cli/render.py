@@ -206,12 +206,13 @@ def _dose_plan_lines(text: Text, plan: dict[str, Any] | None) -> None:
         text.append(f"    Where the patient stands: {placement['text']}\n")
         if placement.get("sources"):
             text.append(f"      From the record: {', '.join(placement['sources'])}\n", style="dim")
-    start = "Start (a new patient)" if placement and placement["fit"] != "dose-unknown" else "Start"
+    fit = placement["fit"] if placement else None
+    start = "Start (a new patient)" if fit is not None and fit != "dose-unknown" else "Start"
     for label, key in ((start, "start"), ("Titration", "titration"), ("Maximum", "max_basis")):
         _statement_lines(text, label, plan.get(key))
     steps = plan.get("steps") or []
     if steps:
-        label = "Remaining steps" if (placement or {}).get("fit") == "steps-remain" else "Steps"
+        label = "Remaining steps" if fit == "steps-remain" else "Steps"
         text.append(f"    {label}: {steps_text(steps)}\n")
     reduction = plan.get("reduction")
     if reduction:
