@@ -224,7 +224,9 @@ def test_a_token_that_fails_verification_writes_nothing(
     app: FastAPI, client: Client, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     writes: list[str] = []
-    monkeypatch.setattr(app.state.cds.store, "remember_jti", lambda iss, jti, until: writes.append(jti) or True)
+    store = app.state.cds.store
+    monkeypatch.setattr(store, "remember_jti", lambda iss, jti, until: writes.append(jti) or True)
+    monkeypatch.setattr(store, "remember_jti_at_once", lambda iss, jti, until: writes.append(jti) or True)
     assert _post(app, _stranger_token(client)).status_code == 401
     assert _post(app, client.token(BASE + DISCOVERY)).status_code == 401  # signed, but for another endpoint
     assert writes == []
@@ -240,6 +242,7 @@ def test_replay_cache_failure_is_503_without_cards(
         raise StoreError("cannot write", where="postgresql://user:***@db/x")
 
     monkeypatch.setattr(app.state.cds.store, "remember_jti", broken)
+    monkeypatch.setattr(app.state.cds.store, "remember_jti_at_once", broken)
     response = _post(app, client.token(BASE + SERVICE))
     assert response.status_code == 503 and "cards" not in response.json() and "postgresql" not in response.text
 
@@ -317,18 +320,39 @@ def jku_app(
         yield JkuApp(app, jku, fetches)
 
 
-def test_signature_is_checked_on_the_event_loop_and_the_jti_written_in_a_thread(
+def test_signature_is_checked_on_the_event_loop_and_the_jti_written_there_only_when_it_need_not_wait(
     app: FastAPI, client: Client, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     verifier, store = app.state.hooks.verifier, app.state.cds.store
-    check, remember_jti = verifier.check, store.remember_jti
+    check, remember_jti, remember_jti_at_once = verifier.check, store.remember_jti, store.remember_jti_at_once
     checks: list[bool] = []
-    writes: list[bool] = []
+    writes: list[tuple[str, bool]] = []
     monkeypatch.setattr(verifier, "check", lambda token, aud: checks.append(_on_event_loop()) or check(token, aud))
-    monkeypatch.setattr(store, "remember_jti", lambda *args: writes.append(_on_event_loop()) or remember_jti(*args))
+    monkeypatch.setattr(
+        store, "remember_jti", lambda *args: writes.append(("waiting", _on_event_loop())) or remember_jti(*args)
+    )
 
+    busy = threading.Event()  # another writer holds the store (the store's own tests hold its lock for this)
+
+    def at_once(*args: Any) -> bool | None:
+        new = None if busy.is_set() else remember_jti_at_once(*args)
+        writes.append((f"at once: {new}", _on_event_loop()))
+        return new
+
+    monkeypatch.setattr(store, "remember_jti_at_once", at_once)
+
+    for _ in range(2):
+        assert _post(app, client.token(BASE + SERVICE)).status_code == 200
+    busy.set()
     assert _post(app, client.token(BASE + SERVICE)).status_code == 200
-    assert (checks, writes) == ([True], [False])
+    assert checks == [True, True, True]
+    assert writes == [
+        ("at once: None", True),  # the first write of a worker purges expired ids: in a thread
+        ("waiting", False),
+        ("at once: True", True),
+        ("at once: None", True),
+        ("waiting", False),
+    ]
 
 
 def test_a_jku_key_not_cached_yet_is_fetched_in_a_thread_then_used_from_the_cache(

@@ -582,3 +582,40 @@ def test_jwks_file_is_loaded_and_checked(tmp_path: Path, keys: Keys) -> None:
     assert load_jwks_file(good) == keys.jwks
     with pytest.raises(ValueError, match="keys"):
         load_jwks_file(bad)
+
+
+@pytest.mark.parametrize(
+    ("answer", "expected"),
+    [(True, "verified"), (False, "rejected"), (None, "not now")],
+)
+def test_check_replay_at_once_answers_only_when_the_cache_can_at_once(
+    make_verifier: Callable[..., JwtVerifier], keys: Keys, replay: ReplayCache, answer: bool | None, expected: str
+) -> None:
+    asked: list[tuple[str, str, datetime]] = []
+
+    def at_once(issuer: str, jti: str, keep_until: datetime) -> bool | None:
+        asked.append((issuer, jti, keep_until))
+        return answer
+
+    verifier = make_verifier(replay_at_once=at_once)
+    payload = claims(tenant="clinic-1", sub="epic-client")
+    checked = verifier.check(sign(keys.ec_key, payload), SERVICE_URL)
+    assert isinstance(checked, CheckedToken)
+
+    if expected == "rejected":
+        with pytest.raises(AuthenticationError, match="was already used"):
+            verifier.check_replay_at_once(checked)
+    else:
+        verdict = verifier.check_replay_at_once(checked)
+        assert verdict == (VerifiedClient(**_es384_client(payload["jti"])) if expected == "verified" else None)
+    assert asked == [(ISS, payload["jti"], NOW + timedelta(seconds=300 + 30))]
+    assert replay.calls == []  # the waiting path is the caller's to take, on None
+
+
+def test_without_an_at_once_cache_check_replay_at_once_is_always_not_now(
+    verifier: JwtVerifier, keys: Keys, replay: ReplayCache
+) -> None:
+    checked = verifier.check(sign(keys.ec_key, claims()), SERVICE_URL)
+    assert isinstance(checked, CheckedToken)
+    assert verifier.check_replay_at_once(checked) is None
+    assert replay.calls == []

@@ -41,6 +41,8 @@ _LOGGED_VALUE_CHARS = 80
 JsonObject = Mapping[str, Any]
 ReplayCheck = Callable[[str, str, datetime], bool]
 """replay(issuer, jti, keep_until) -> True if the id is new (and now remembered), False if seen before."""
+ReplayCheckAtOnce = Callable[[str, str, datetime], bool | None]
+"""As ReplayCheck, or None when it cannot answer without waiting (and then nothing was remembered)."""
 JwksFetcher = Callable[[str], JsonObject]
 """fetch_jwks(url) -> the parsed JWKS document; raises on any failure."""
 
@@ -240,6 +242,7 @@ class JwtVerifier:
         replay: ReplayCheck,
         clock: Callable[[], datetime],
         *,
+        replay_at_once: ReplayCheckAtOnce | None = None,
         leeway_s: int = 30,
         max_lifetime_s: int | None = 3600,
         fetch_jwks: JwksFetcher | None = None,
@@ -248,6 +251,7 @@ class JwtVerifier:
     ) -> None:
         self._issuers = {issuer.iss: issuer for issuer in trusted}
         self._replay = replay
+        self._replay_at_once = replay_at_once
         self._clock = clock
         self._leeway = leeway_s
         self._max_lifetime = max_lifetime_s
@@ -288,7 +292,22 @@ class JwtVerifier:
         The jti is remembered until the token can no longer pass the `exp` check.
         An error raised by `replay` (such as `StoreError`) propagates: it is not an authentication failure.
         """
-        if not self._replay(checked.iss, checked.jti, checked.expires_at + timedelta(seconds=self._leeway)):
+        return self._verdict(checked, self._replay(checked.iss, checked.jti, self._keep_until(checked)))
+
+    def check_replay_at_once(self, checked: CheckedToken) -> VerifiedClient | None:
+        """`check_replay` through `replay_at_once` (no waiting, so it may run on an event loop); None when that
+        cannot answer now, or was not given: then nothing was remembered, and `check_replay` must run."""
+        if self._replay_at_once is None:
+            return None
+        new = self._replay_at_once(checked.iss, checked.jti, self._keep_until(checked))
+        return None if new is None else self._verdict(checked, new)
+
+    def _keep_until(self, checked: CheckedToken) -> datetime:
+        return checked.expires_at + timedelta(seconds=self._leeway)
+
+    @staticmethod
+    def _verdict(checked: CheckedToken, new: bool) -> VerifiedClient:
+        if not new:
             raise _rejected(f"jti {_loggable(checked.jti)} from {_loggable(checked.iss)} was already used")
         return VerifiedClient(**{part.name: getattr(checked, part.name) for part in fields(CheckedToken)})
 

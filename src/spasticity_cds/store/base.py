@@ -37,6 +37,10 @@ class FeedbackStore(Protocol):
         """Record a JWT id until `expires_at`; return False if (issuer, jti) was already recorded."""
         ...
 
+    def remember_jti_at_once(self, issuer: str, jti: str, expires_at: datetime) -> bool | None:
+        """`remember_jti` if it can be done without waiting (no lock to wait for, no server round trip), else None."""
+        ...
+
     def find_issued_card(self, card_uuid: str) -> IssuedCard | None:
         """Return the issued card with this uuid, if the store has it."""
         ...

@@ -25,6 +25,7 @@ from spasticity_cds.store.records import (
     RuleFeedbackStats,
     StoreCounts,
 )
+from spasticity_cds.store.replay_at_once import SqliteReplayWriter
 
 RuleKey = tuple[str, int]
 
@@ -46,12 +47,13 @@ class SqlFeedbackStore:
             for table in (schema.issued_cards, schema.hook_feedback, schema.page_feedback, schema.jwt_replay)
         }
         self._next_jti_purge: datetime | None = None
+        on_sqlite = engine.dialect.name == "sqlite"
+        self._replay_at_once = SqliteReplayWriter(engine) if on_sqlite else None
         # SQLite has one writer at a time. Threads of this process (replay writes, the card writer, feedback) queue
         # here instead of in SQLite's busy handler, whose sleeps grow to 100 ms: with 16 clients that made the
         # p99 of JWT calls about a second. PostgreSQL writes concurrently and takes no lock here.
-        self._one_writer: AbstractContextManager[object] = (
-            threading.Lock() if engine.dialect.name == "sqlite" else nullcontext()
-        )
+        self._writer_lock = threading.Lock() if on_sqlite else None
+        self._one_writer: AbstractContextManager[object] = self._writer_lock or nullcontext()
 
     @property
     def engine(self) -> Engine:
@@ -68,6 +70,9 @@ class SqlFeedbackStore:
 
     def close(self) -> None:
         """Release the store's connections."""
+        if self._replay_at_once is not None:
+            with self._one_writer:
+                self._replay_at_once.close()
         self._engine.dispose()
         if self._replay_engine is not None:
             self._replay_engine.dispose()
@@ -113,6 +118,24 @@ class SqlFeedbackStore:
             # the lost insert been committed, the retry finds the jti and the call is refused (the safe side).
             with self._replay_engine.connect() as connection:
                 return self._insert_jti(connection, row, None)
+
+    def remember_jti_at_once(self, issuer: str, jti: str, expires_at: datetime) -> bool | None:
+        """`remember_jti` if it can be done without waiting, else None (and nothing was written).
+
+        Only on SQLite (a local file; PostgreSQL is a round trip to a server), when no other thread of this process
+        is writing, no other process holds the write lock, and no purge of expired ids is due. A hook call then
+        remembers its jti on the event loop: the hand-off to a thread cost more than the write itself.
+        """
+        writer, lock = self._replay_at_once, self._writer_lock
+        if writer is None or lock is None or self._jti_purge_due() or not lock.acquire(blocking=False):
+            return None
+        try:
+            return writer.remember(issuer, jti, expires_at)
+        finally:
+            lock.release()
+
+    def _jti_purge_due(self) -> bool:
+        return self._next_jti_purge is None or self._clock() >= self._next_jti_purge
 
     def _insert_jti(self, connection: Connection, row: Mapping[str, Any], purge_before: datetime | None) -> bool:
         if purge_before is not None:
