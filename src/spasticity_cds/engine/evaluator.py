@@ -198,6 +198,7 @@ class Engine:
         scope_ids = self.kb.manifest.scope_rules
         strict: Env | None = None
         stale = {name for name, fact in env.facts.items() if fact.stale}
+        involved_agents = {agent for agent, (_, involved) in states.items() if involved}
         for compiled in self.rules:
             rule = compiled.rule
             if (rule.id in scope_ids) == in_scope:
@@ -217,7 +218,7 @@ class Engine:
                 raise EvaluationError(f"rule {rule.id} failed: {error}", where=compiled.source_file) from error
             if value is False:
                 continue
-            involved = any(states[agent][1] for agent in compiled.ladder_agents)
+            involved = not involved_agents.isdisjoint(compiled.ladder_agents)
             # Another rule speaks for the case (quiet_when): this one's effects stand, its finding or gap is not said.
             quiet = rule.quiet_when is not None and env.definition(rule.quiet_when) is True
             if value is None:

@@ -254,6 +254,9 @@ class FactExtractor:
         today = now.date()
         today_text = today.isoformat()
         for concept_id, raws in out.observations.items():
+            stamps = list(map(_stamp, raws))
+            if min(map(len, stamps)) >= 10 and max(stamps)[:10] <= today_text:
+                continue  # every one a full date not after today (the usual case, told without a loop in Python)
             later = [
                 raw
                 for raw in raws
