@@ -471,3 +471,30 @@ def test_a_next_link_to_a_host_that_is_no_valid_name_is_not_followed(app: FastAP
         response = post_hook(app, client, REVIEW, _fallback_request(server, prefetch=data))
     assert response.status_code == 412 and behaviour.requests == []
     assert "a next link points outside the FHIR server" in response.json()["issue"][0]["diagnostics"]
+
+
+@pytest.mark.parametrize("server", ["http://fhir.example.org/r4", "http://10.0.0.7:8080/fhir"])
+def test_a_plain_http_fhir_server_elsewhere_is_never_called_unless_listed(
+    app: FastAPI,
+    client: Client,
+    settings: WebSettings,
+    hook_store: SqlFeedbackStore,
+    hook_clock: FrozenClock,
+    server: str,
+) -> None:
+    refused = post_hook(app, client, REVIEW, _fallback_request(server))
+    assert refused.status_code == 412
+    assert "plain http" in refused.json()["issue"][0]["diagnostics"]
+
+    listed = _app(settings, hook_store, hook_clock, fhir_server_allowlist=(server,), fhir_timeout_s=0.2)
+    tried = post_hook(listed, client, REVIEW, _fallback_request(server))
+    assert tried.status_code == 412  # the operator chose it: it was tried (nothing answers here)
+    assert "plain http" not in tried.json()["issue"][0]["diagnostics"]
+
+
+def test_a_plain_http_fhir_server_on_this_machine_is_used(app: FastAPI, client: Client) -> None:
+    behaviour = Behaviour(resources=_record())
+    with fhir_server(behaviour) as server:
+        assert server.startswith("http://127.0.0.1:")
+        response = post_hook(app, client, REVIEW, _fallback_request(server))
+    assert response.status_code == 200 and behaviour.requests

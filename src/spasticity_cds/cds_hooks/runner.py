@@ -15,9 +15,15 @@ from spasticity_cds.cds_hooks.models import HookRequest
 from spasticity_cds.cds_hooks.orders import checked_orders, draft_resources
 from spasticity_cds.cds_hooks.prefetch import PrefetchPlan, Template, plan_prefetch
 from spasticity_cds.cds_hooks.services import ServiceCatalogue, ServiceSpec
+from spasticity_cds.cds_hooks.urls import private_channel
 from spasticity_cds.engine.facts import Value
 from spasticity_cds.errors import HookRequestError, InputError, PrefetchUnavailableError
 from spasticity_cds.fhir.model import Resource
+
+PLAIN_HTTP_REFUSED = (
+    "the request's fhirServer is plain http, which this service uses only on this machine or when "
+    "fhir_server_allowlist names it (patient data and the access token would cross the network unencrypted)"
+)
 
 
 class Fetcher(Protocol):
@@ -114,6 +120,9 @@ class HookRunner:
         allowed = self.config.fhir_server_allowlist
         if allowed and not any(url_within(server, prefix) for prefix in allowed):
             return _unfetched(plan, "the request's fhirServer is not on this service's allow-list")
+        if not allowed and not private_channel(server):
+            # An operator who lists a plain-http server has chosen it; a client alone cannot choose it.
+            return _unfetched(plan, PLAIN_HTTP_REFUSED)
         token = request.fhirAuthorization.access_token if request.fhirAuthorization else None
         single_page = frozenset(template.key for template in templates if not template.follow_next)
         return await self.fetcher.fetch(server, token, plan.to_fetch, plan.next_pages, single_page)

@@ -13,12 +13,12 @@ from urllib.parse import urlsplit
 
 from spasticity_cds.cds_hooks.fhir_client import url_within
 from spasticity_cds.cds_hooks.security import TrustedIssuer, load_jwks_file
+from spasticity_cds.cds_hooks.urls import LOOPBACK_HOSTS
 from spasticity_cds.errors import SpasticityCdsError
 
 CONFIG_ENV = "SPASTICITY_CDS_CONFIG"
 BASE_URL_ENV = "SPASTICITY_CDS_PUBLIC_BASE_URL"
 #: Hosts a browser treats as secure over plain http (Secure cookies are kept): local demos and tests only.
-LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 PATH_FIELDS = ("trusted_issuers_file", "smart_clients_file")
 TUPLE_FIELDS = ("cors_origins", "fhir_server_allowlist", "frame_ancestors")
 NUMBER_FIELDS: dict[str, type | tuple[type, ...]] = {

@@ -28,9 +28,9 @@ from starlette.concurrency import run_in_threadpool
 
 from spasticity_cds import api
 from spasticity_cds.cds_hooks.fhir_client import url_within
-from spasticity_cds.cds_hooks.urls import http_url
+from spasticity_cds.cds_hooks.urls import LOOPBACK_HOSTS, http_url
 from spasticity_cds.errors import SpasticityCdsError
-from spasticity_cds.interfaces.web.config import LOOPBACK_HOSTS, ConfigError
+from spasticity_cds.interfaces.web.config import ConfigError
 from spasticity_cds.interfaces.web.csrf import SESSION_COOKIE, BadSignatureError, session_signer
 from spasticity_cds.interfaces.web.deps import AppState, app_state
 from spasticity_cds.interfaces.web.plan_view import build_plan
