@@ -153,8 +153,9 @@ def serve(kind: str, port: int, workdir: Path, store_url: str | None, auth: bool
 
     import uvicorn
 
-    from spasticity_cds.interfaces.web.app import SERVER_HTTP, SERVER_LOOP, create_app, for_serving
+    from spasticity_cds.interfaces.web.app import create_app, for_serving
     from spasticity_cds.interfaces.web.config import WebSettings
+    from spasticity_cds.interfaces.web.server_protocol import SERVER_HTTP, SERVER_LOOP
 
     if kind == "floor":
         app = floor_app()

@@ -54,7 +54,6 @@ def run(args: argparse.Namespace, console: Console) -> int:
     """Check the configuration once (store migrated, trusted clients readable), then serve until stopped."""
     import uvicorn
 
-    from spasticity_cds.interfaces.web.app import SERVER_HTTP, SERVER_LOOP
     from spasticity_cds.interfaces.web.config import (
         BASE_URL_ENV,
         CONFIG_ENV,
@@ -62,6 +61,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
         load_settings,
         load_trusted_issuers,
     )
+    from spasticity_cds.interfaces.web.server_protocol import SERVER_HTTP, SERVER_LOOP
     from spasticity_cds.interfaces.web.smart import load_clients
     from spasticity_cds.store import open_store
 

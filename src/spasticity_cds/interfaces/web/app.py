@@ -6,7 +6,7 @@ import gc
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Any
 
 from fastapi import FastAPI
 
@@ -18,13 +18,6 @@ from spasticity_cds.interfaces.web.config import ConfigError, WebSettings, setti
 from spasticity_cds.interfaces.web.deps import AppState
 from spasticity_cds.interfaces.web.errors import install_error_handling
 from spasticity_cds.interfaces.web.openapi import as_served
-
-#: How every server process runs uvicorn (``spasticity-cds serve`` and the latency benchmark): the httptools parser
-#: (C; with the pure-Python h11 the hook service answered 620-645 calls/s at 16 clients, with httptools 735-755) on
-#: the standard asyncio loop, named so that an installed uvloop is not picked up: uvloop gave the same median and a
-#: longer tail at 16 clients (p99 69 ms against 27; `benchmarks/results/hooks_latency.md`, fifth session).
-SERVER_HTTP: Final = "httptools"
-SERVER_LOOP: Final = "asyncio"
 
 
 class CdsApp(FastAPI):
