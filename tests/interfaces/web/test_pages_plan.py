@@ -39,7 +39,7 @@ def test_demo_patient_plan_shows_options_findings_citations_and_traces(client: s
     for option in result["options"]:  # type: ignore[attr-defined]
         assert f'id="opt-{option["agent"]}"' in page
         assert f'class="status status-{option["status"]}"' in page
-    statuses = re.findall(r'<tr class="row-([a-z]+)">', page)
+    statuses = re.findall(r'<tr class="row-([a-z]+)"', page)
     assert statuses == [o["status"] for o in result["options"]]  # type: ignore[attr-defined]
     for finding in result["findings"]:  # type: ignore[attr-defined]
         assert f'id="f-{finding["id"]}"' in page
@@ -253,7 +253,7 @@ def test_upload_json_bundle_and_ndjson_give_the_same_plan(client: support.PageCl
     ndjson = "\n".join(json.dumps(entry["resource"]) for entry in bundle["entry"]).encode()
     as_ndjson = _upload(client, ndjson, "patient.ndjson")
     assert as_ndjson.status_code == 200  # type: ignore[attr-defined]
-    rows = [re.findall(r'<tr class="row-([a-z]+)">', r.text) for r in (as_json, as_ndjson)]  # type: ignore[attr-defined]
+    rows = [re.findall(r'<tr class="row-([a-z]+)"', r.text) for r in (as_json, as_ndjson)]  # type: ignore[attr-defined]
     assert rows[0] == rows[1] == [o["status"] for o in _expected(bundle)["options"]]  # type: ignore[attr-defined]
     assert "Uploaded file" in as_json.text  # type: ignore[attr-defined]
 
@@ -442,7 +442,7 @@ def test_manual_form_builds_a_coded_bundle_and_runs_the_same_evaluator(client: s
     assert entry.ok, entry.errors
     bundle = manual_form.build_bundle(entry, kb, support.FROZEN_NOW.date())
     result = _expected(bundle)
-    statuses = re.findall(r'<tr class="row-([a-z]+)">', response.text)
+    statuses = re.findall(r'<tr class="row-([a-z]+)"', response.text)
     assert statuses == [o["status"] for o in result["options"]]  # type: ignore[attr-defined]
     assert result["standing"]["current_agents"] == ["baclofen", "diazepam"]  # type: ignore[index]
     facts = {f["name"]: f for finding in result["findings"] for f in finding["facts"]}  # type: ignore[attr-defined]

@@ -1,0 +1,83 @@
+"""The plan page in headless Chromium as a clinician meets it: on a phone, with a drug to withdraw, without a script."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from browser_support import Live, shot
+
+from spasticity_cds.interfaces.web.pages import demo_dir_default
+
+pytestmark = pytest.mark.browser
+
+#: A phone held upright (CSS pixels).
+PHONE = {"width": 390, "height": 844}
+#: Each option's card in the options table: where it lies, and where its name, status and reasons lie in it.
+CARDS = """() => [...document.querySelectorAll("table.ladder tbody tr[class^='row-']")].map(row => {
+  const box = element => {
+    const r = element.getBoundingClientRect();
+    return {left: r.left, right: r.right, width: r.width};
+  };
+  const why = row.querySelector("td.why-cell");
+  return {
+    card: box(row),
+    name: box(row.querySelector("th a")),
+    status: box(row.querySelector(".status")),
+    why: box(why),
+    whyFont: parseFloat(getComputedStyle(why).fontSize),
+    whyLabel: getComputedStyle(why, "::before").content,
+    text: row.innerText,
+  };
+})"""
+
+
+def _demo_names() -> list[str]:
+    return ["ada", *sorted(path.stem for path in demo_dir_default().glob("*.json") if path.stem != "index")]
+
+
+def test_the_plan_fits_a_phone_and_each_option_reads_as_a_card(live: Live, page: Any) -> None:
+    page.set_viewport_size(PHONE)
+    for name in _demo_names():
+        page.goto(f"{live.base}/patients/demo/{name}")
+        if page.locator("table.ladder").count() == 0:
+            continue  # out of scope: no options
+        page.get_by_role("button", name="Expand all explanations").click()  # the widest the page gets
+        width = page.evaluate("window.innerWidth")
+        assert width == PHONE["width"]
+        assert page.evaluate("document.documentElement.scrollWidth") <= width, f"{name}: the page scrolls sideways"
+        wrap = page.locator(".ladder-wrap")
+        assert wrap.evaluate("e => e.scrollWidth <= e.clientWidth"), f"{name}: options hidden to the side"
+        cards = page.evaluate(CARDS)
+        assert len(cards) == page.locator("table.ladder tbody tr[class^='row-']").count() > 0
+        for card in cards:
+            label = card["text"].splitlines()[0]
+            assert card["card"]["left"] >= 0 and card["card"]["right"] <= width, f"{name}: {label} off the screen"
+            for part in ("name", "status", "why"):
+                assert card[part]["width"] > 0, f"{name}: {label}: {part} not shown"
+                assert card["card"]["left"] <= card[part]["left"] and card[part]["right"] <= card["card"]["right"]
+            # A card, not a squeezed column: the reasons take the card's whole width, in a readable size.
+            assert card["why"]["width"] >= 0.8 * card["card"]["width"], f"{name}: {label}: reasons squeezed"
+            assert card["whyFont"] >= 14
+            assert "Why this status: " in card["whyLabel"]  # the card says what the column did
+    page.goto(f"{live.base}/patients/demo/ada")
+    # Laid out as cards, it is still a table to a screen reader: rows, column headings, a heading per row.
+    table = page.get_by_role("table", name="Treatment options in order")
+    rows = page.locator("table.ladder tbody tr[class^='row-']").count()
+    assert table.get_by_role("row").count() == rows + 1
+    assert table.get_by_role("columnheader", name="Why this status").count() == 1
+    assert table.get_by_role("rowheader", name="Baclofen (oral)").count() == 1
+    page.locator("#options").scroll_into_view_if_needed()
+    shot(page, "plan-phone-options", full_page=False)
+
+
+def test_on_a_wide_screen_the_options_stay_a_table(live: Live, page: Any) -> None:
+    page.goto(f"{live.base}/patients/demo/ada")
+    row = page.locator("table.ladder tbody tr[class^='row-']").first
+    assert row.evaluate("e => getComputedStyle(e).display") == "table-row"
+    assert page.locator("table.ladder thead").is_visible()
+    assert page.get_by_role("columnheader", name="Why this status").count() == 1
