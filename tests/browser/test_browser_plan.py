@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -67,7 +68,7 @@ def test_the_plan_fits_a_phone_and_each_option_reads_as_a_card(live: Live, page:
     page.goto(f"{live.base}/patients/demo/ada")
     # Laid out as cards, it is still a table to a screen reader: rows, column headings, a heading per row.
     table = page.get_by_role("table", name="Treatment options in order")
-    rows = page.locator("table.ladder tbody tr[class^='row-']").count()
+    rows = page.locator("table.ladder tbody tr").count()  # the options, and their groups' headings
     assert table.get_by_role("row").count() == rows + 1
     assert table.get_by_role("columnheader", name="Why this status").count() == 1
     assert table.get_by_role("rowheader", name="Baclofen (oral)").count() == 1
@@ -81,3 +82,29 @@ def test_on_a_wide_screen_the_options_stay_a_table(live: Live, page: Any) -> Non
     assert row.evaluate("e => getComputedStyle(e).display") == "table-row"
     assert page.locator("table.ladder thead").is_visible()
     assert page.get_by_role("columnheader", name="Why this status").count() == 1
+
+
+@pytest.mark.parametrize("viewport", [{"width": 1200, "height": 900}, PHONE], ids=["wide", "phone"])
+def test_a_drug_being_withdrawn_heads_the_options_and_leads_to_its_withdrawal(
+    live: Live, page: Any, viewport: dict[str, int]
+) -> None:
+    """Ada takes tizanidine, ruled out (the engine ranks it 8th of 11): it is the first option the page lists,
+    under "Taken now: stop or reduce", and its link opens the withdrawal."""
+    page.set_viewport_size(viewport)
+    page.goto(f"{live.base}/patients/demo/ada")
+    table = page.get_by_role("table", name="Treatment options in order")
+    first_row = table.locator("tbody tr").first
+    assert first_row.inner_text() == "Taken now: stop or reduce"
+    first_option = table.locator("tbody tr[class^='row-']").first
+    assert first_option.get_by_role("rowheader").get_by_role("link").first.inner_text() == "Tizanidine"
+    assert first_option.locator("td.rank").inner_text().startswith("8")  # the engine's rank, kept
+    assert "taking it now" in first_option.inner_text()
+    page.locator("#options").scroll_into_view_if_needed()
+    assert first_option.is_visible()
+    first_option.get_by_role("link", name="Withdrawal plan").click()
+    page.wait_for_url(re.compile(r"#stop-tizanidine$"))
+    withdrawal = page.locator("#stop-tizanidine")
+    assert withdrawal.is_visible() and withdrawal.inner_text().startswith("Withdrawal:")
+    box = withdrawal.bounding_box()
+    assert box is not None and -1 < box["y"] < viewport["height"]  # scrolled to (to the sub-pixel)
+    shot(page, f"plan-withdrawal-first-{viewport['width']}", full_page=False)

@@ -17,7 +17,7 @@ import pages_support as support
 
 from spasticity_cds import api
 from spasticity_cds.interfaces.web import manual_form, pages
-from spasticity_cds.interfaces.web.plan_view import check_text, instant_text
+from spasticity_cds.interfaces.web.plan_view import check_text, instant_text, option_groups
 from spasticity_cds.store import PageContext
 
 
@@ -30,6 +30,11 @@ def _expected(bundle: object) -> dict[str, object]:
     return api.evaluate(bundle, now=support.FROZEN_NOW)  # type: ignore[arg-type]
 
 
+def _listed(result: dict[str, object]) -> list[str]:
+    """The options' statuses in the order the page lists them: a drug taken that is to be stopped or reduced first."""
+    return [o["status"] for group in option_groups(result["options"]) for o in group.options]  # type: ignore[arg-type]
+
+
 def test_demo_patient_plan_shows_options_findings_citations_and_traces(client: support.PageClient) -> None:
     response = client.get("/patients/demo/ada")
     assert response.status_code == 200
@@ -40,7 +45,7 @@ def test_demo_patient_plan_shows_options_findings_citations_and_traces(client: s
         assert f'id="opt-{option["agent"]}"' in page
         assert f'class="status status-{option["status"]}"' in page
     statuses = re.findall(r'<tr class="row-([a-z]+)"', page)
-    assert statuses == [o["status"] for o in result["options"]]  # type: ignore[attr-defined]
+    assert statuses == _listed(result)
     for finding in result["findings"]:  # type: ignore[attr-defined]
         assert f'id="f-{finding["id"]}"' in page
         for citation in finding["citations"]:
@@ -104,6 +109,82 @@ def test_a_drug_taken_but_ruled_out_critically_gets_an_undated_withdrawal_cited(
     assert "<strong>Stopping:</strong>" not in section  # the taper advice once, in the withdrawal
     assert "<dt>Ruled out by BACLOFEN-KIDNEY-FAILURE-AVOID v3</dt>" in section
     assert 'href="/kb/citations#ajkd-2017-baclofen"' in section
+
+
+def test_a_drug_taken_that_is_withdrawn_is_listed_first_and_the_json_keeps_the_ranking(
+    client: support.PageClient,
+) -> None:
+    """Ada takes tizanidine, which low blood pressure and liver tests rule out: the engine ranks it 8th of 11, with
+    the avoided options; the page lists it first, under its own heading, with its rank and a link to its withdrawal."""
+    result = _expected(support.trend_bundle())
+    ranked = [o["agent"] for o in result["options"]]  # type: ignore[attr-defined]
+    assert ranked.index("tizanidine") == 7
+    page = client.get("/patients/demo/ada").text
+    table = page.split('<table class="ladder"')[1].split("</table>")[0]
+    listed = re.findall(r'<th scope="row" role="rowheader"><a href="#opt-([a-z-]+)">', table)
+    assert listed == ["tizanidine", *(agent for agent in ranked if agent != "tizanidine")]
+    first, others = table.split("</tbody>")[:2]
+    assert 'id="og-stop-or-reduce">Taken now: stop or reduce</th>' in first
+    assert 'id="og-ranked">The other options, in ranked order</th>' in others
+    assert '<td class="rank" role="cell">8</td>' in first  # the engine's rank, shown as it is
+    assert '<a class="to-stop" href="#stop-tizanidine">Withdrawal plan</a>' in first
+    withdrawal = page.split('id="opt-tizanidine"')[1].split("</section>")[0]
+    assert '<p class="reduction withdrawal" id="stop-tizanidine"><strong>Withdrawal:</strong>' in withdrawal
+    # The option details follow the table's order, under the same headings (h3, then an h4 per option).
+    details = re.findall(r'<section class="option option-[a-z]+" id="opt-([a-z-]+)"', page)
+    assert details == listed
+    assert '<h3 class="group-stop-or-reduce" id="dg-stop-or-reduce">' in page
+    assert '<h4 id="oh-tizanidine">8. Tizanidine' in page
+    # The JSON keeps the engine's ranking.
+    answer = client.post(
+        "/api/evaluate",
+        content=json.dumps(support.trend_bundle()),
+        headers={"content-type": "application/fhir+json"},
+        params={"now": support.FROZEN_NOW.isoformat()},
+    )
+    assert [o["agent"] for o in answer.json()["options"]] == ranked
+    assert [o["rank"] for o in answer.json()["options"]] == list(range(1, len(ranked) + 1))
+
+
+def test_a_dose_brought_down_to_the_ceiling_is_listed_first_as_a_reduction(client: support.PageClient) -> None:
+    page = _upload(client, _baclofen_at(20, 4)).text  # type: ignore[attr-defined]
+    first = page.split('<table class="ladder"')[1].split("</tbody>")[0]
+    assert re.findall(r'<a href="#opt-([a-z-]+)">', first) == ["baclofen", "tizanidine"]  # in the engine's order
+    assert '<a class="to-stop" href="#stop-baclofen">Reduction plan</a>' in first
+    assert '<p class="reduction" id="stop-baclofen"><strong>Reduction:</strong>' in page
+
+
+def test_without_a_drug_to_stop_or_reduce_the_options_are_one_ranked_list(client: support.PageClient) -> None:
+    bundle = support.trend_bundle()
+    bundle["entry"] = [e for e in bundle["entry"] if e["resource"].get("id") != "tiz"]  # baclofen alone, within limits
+    page = _upload(client, json.dumps(bundle).encode()).text  # type: ignore[attr-defined]
+    assert 'class="ladder"' in page and 'class="group"' not in page and "group-stop-or-reduce" not in page
+    assert re.search(r'<h3 id="oh-[a-z-]+">1\. ', page)
+
+
+def _option(agent: str, status: str, *, current: bool = False, reduction: bool = False) -> dict[str, object]:
+    plan = {"dose_plan": {"reduction": {"target_daily": 0}}} if reduction else {}
+    return {"agent": agent, "status": status, "current": current, "proposed": False, **plan}
+
+
+def test_option_groups_put_drugs_taken_to_stop_or_reduce_first_in_ranked_order() -> None:
+    options = [
+        _option("baclofen", "current", current=True),
+        _option("non-drug", "recommended"),
+        _option("dantrolene", "caution", current=True, reduction=True),  # above its ceiling: brought down
+        _option("diazepam", "contraindicated"),  # ordered or not taken: nothing to withdraw
+        _option("tizanidine", "avoid", current=True, reduction=True),
+        _option("intrathecal-baclofen", "contraindicated", current=True),  # ruled out while taken, no dose plan
+    ]
+    groups = option_groups(options)  # type: ignore[arg-type]
+    assert [(g.key, [o["agent"] for o in g.options]) for g in groups] == [
+        ("stop-or-reduce", ["dantrolene", "tizanidine", "intrathecal-baclofen"]),
+        ("ranked", ["baclofen", "non-drug", "diazepam"]),
+    ]
+    assert all(group.heading for group in groups)
+    plain = option_groups(options[:2])  # type: ignore[arg-type]
+    assert [(g.key, g.heading, len(g.options)) for g in plain] == [("ranked", "", 2)]
+    assert [g.key for g in option_groups(options[2:3])] == ["stop-or-reduce"]  # type: ignore[arg-type]
 
 
 def test_a_drug_the_sources_say_to_stop_shows_the_stop_today_and_no_taper(client: support.PageClient) -> None:
@@ -254,7 +335,7 @@ def test_upload_json_bundle_and_ndjson_give_the_same_plan(client: support.PageCl
     as_ndjson = _upload(client, ndjson, "patient.ndjson")
     assert as_ndjson.status_code == 200  # type: ignore[attr-defined]
     rows = [re.findall(r'<tr class="row-([a-z]+)"', r.text) for r in (as_json, as_ndjson)]  # type: ignore[attr-defined]
-    assert rows[0] == rows[1] == [o["status"] for o in _expected(bundle)["options"]]  # type: ignore[attr-defined]
+    assert rows[0] == rows[1] == _listed(_expected(bundle))
     assert "Uploaded file" in as_json.text  # type: ignore[attr-defined]
 
 
@@ -443,7 +524,7 @@ def test_manual_form_builds_a_coded_bundle_and_runs_the_same_evaluator(client: s
     bundle = manual_form.build_bundle(entry, kb, support.FROZEN_NOW.date())
     result = _expected(bundle)
     statuses = re.findall(r'<tr class="row-([a-z]+)"', response.text)
-    assert statuses == [o["status"] for o in result["options"]]  # type: ignore[attr-defined]
+    assert statuses == _listed(result)
     assert result["standing"]["current_agents"] == ["baclofen", "diazepam"]  # type: ignore[index]
     facts = {f["name"]: f for finding in result["findings"] for f in finding["facts"]}  # type: ignore[attr-defined]
     assert facts["obs.fvc-percent"]["value"] == 45

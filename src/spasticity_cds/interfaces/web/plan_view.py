@@ -23,6 +23,12 @@ STATUS_WORDS = {
     "avoid": "Avoid",
     "contraindicated": "Contraindicated",
 }
+#: The option statuses that rule an option out (the result contract's, `design.md` section 5).
+RULED_OUT_STATUSES = frozenset({"avoid", "contraindicated"})
+#: The groups the page shows the options in, when a drug the patient takes is to be stopped or reduced: that group
+#: first, so that it cannot be missed at the foot of the ranking (ruled out, it ranks last), then the others.
+STOP_OR_REDUCE = ("stop-or-reduce", "Taken now: stop or reduce")
+OTHER_OPTIONS = ("ranked", "The other options, in ranked order")
 FACT_LABELS = {
     "obs.mas_max": "Highest Modified Ashworth grade",
     "obs.mas_groups": "Muscle groups with Modified Ashworth grade 1 or more",
@@ -63,6 +69,15 @@ class MonitoringDate:
     overdue_since: date | None = None
 
 
+@dataclass(frozen=True)
+class OptionGroup:
+    """Options the page shows together, in the engine's ranked order, under a heading ("" when the only group)."""
+
+    key: str
+    heading: str
+    options: list[dict[str, Any]]
+
+
 @dataclass
 class PlanView:
     """The patient plan page's content."""
@@ -76,6 +91,8 @@ class PlanView:
     finding_traces: dict[str, Trace]
     calendar: list[tuple[str, list[MonitoringDate]]]
     charts: list[Chart]
+    #: The options as the page lists them (``result["options"]`` itself stays in the engine's ranked order).
+    option_groups: list[OptionGroup] = field(default_factory=list)
     #: Per agent, the sources of the patient's dose ceiling (labelled maximum and the kidney band in force).
     ceiling_citations: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     highlight_rule: str | None = None
@@ -257,11 +274,30 @@ def build_plan(
         finding_traces=finding_traces,
         calendar=monitoring_calendar(result, now),
         charts=build_charts(record, engine, dict(active_settings)),
+        option_groups=option_groups(result["options"]),
         ceiling_citations={option["agent"]: ceiling_citations(option) for option in result["options"]},
         highlight_rule=highlight_rule,
         card_uuid=card_uuid if card_uuid and storable_card_id(card_uuid) else None,
         source_label=source_label,
     )
+
+
+def stops_or_reduces(option: Mapping[str, Any]) -> bool:
+    """Whether the option is a drug the patient takes that is to be withdrawn (ruled out while taken) or brought down
+    (a reduction in its dose plan)."""
+    reduction = (option.get("dose_plan") or {}).get("reduction")
+    return bool(option.get("current")) and (option["status"] in RULED_OUT_STATUSES or bool(reduction))
+
+
+def option_groups(options: list[dict[str, Any]]) -> list[OptionGroup]:
+    """The options as the page lists them: the drugs taken that are to be stopped or reduced first, then the others,
+    each group in the engine's ranked order (whose ranks the page shows); one group without a heading when no drug
+    taken is to be stopped or reduced."""
+    acting = [option for option in options if stops_or_reduces(option)]
+    if not acting:
+        return [OptionGroup(OTHER_OPTIONS[0], "", list(options))]
+    others = [option for option in options if not stops_or_reduces(option)]
+    return [OptionGroup(*STOP_OR_REDUCE, acting)] + ([OptionGroup(*OTHER_OPTIONS, others)] if others else [])
 
 
 def ceiling_citations(option: Mapping[str, Any]) -> list[dict[str, Any]]:
