@@ -43,8 +43,18 @@ def browser() -> Iterator[Any]:
 @pytest.fixture
 def page(browser: Any) -> Iterator[Any]:
     """A fresh browser context; fails the test if the page logs a console error (a CSP violation, a script error)."""
-    context = browser.new_context(viewport={"width": 1200, "height": 900})
-    tab = context.new_page()
+    yield from _watched(browser.new_context(viewport={"width": 1200, "height": 900}))
+
+
+@pytest.fixture
+def page_without_script(browser: Any) -> Iterator[Any]:
+    """As ``page``, in a context with JavaScript turned off (every page must work without the script)."""
+    yield from _watched(browser.new_context(viewport={"width": 1200, "height": 900}, java_script_enabled=False))
+
+
+def _watched(context: Any) -> Iterator[Any]:
+    """A tab of ``context`` (closed after the test), failing the test on a console error or a failed sub-resource in
+    any of the context's tabs (a form may open one)."""
     errors: list[str] = []
 
     def on_console(message: Any) -> None:
@@ -56,9 +66,10 @@ def page(browser: Any) -> Iterator[Any]:
         if response.status >= 400 and response.request.resource_type != "document":
             errors.append(f"{response.status} {response.url}")
 
-    tab.on("console", on_console)
-    tab.on("response", on_response)
-    tab.on("pageerror", lambda error: errors.append(str(error)))
+    context.on("console", on_console)
+    context.on("response", on_response)
+    context.on("weberror", lambda error: errors.append(str(error.error)))
+    tab = context.new_page()
     yield tab
     context.close()
     assert not errors, errors

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 from pathlib import Path
@@ -10,7 +11,7 @@ from typing import Any
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from browser_support import Live, shot
+from browser_support import Live, shot, support
 
 from spasticity_cds.interfaces.web.pages import demo_dir_default
 
@@ -108,3 +109,72 @@ def test_a_drug_being_withdrawn_heads_the_options_and_leads_to_its_withdrawal(
     box = withdrawal.bounding_box()
     assert box is not None and -1 < box["y"] < viewport["height"]  # scrolled to (to the sub-pixel)
     shot(page, f"plan-withdrawal-first-{viewport['width']}", full_page=False)
+
+
+NEW_TAB_NOTICE = "without JavaScript your answer opens in a new tab and the plan stays open here"
+
+
+def test_without_javascript_an_uploaded_plan_takes_feedback_and_stays_open(
+    live: Live, page_without_script: Any, tmp_path: Path
+) -> None:
+    """The app keeps no upload, so its plan cannot be shown again (it is the answer to a POST, never cached): the
+    forms open their answer in a new tab, thanked there, and the plan stays where it was."""
+    plan = page_without_script
+    record = tmp_path / "patient.json"
+    record.write_text(json.dumps(support.trend_bundle()), "utf-8")
+    plan.goto(f"{live.base}/patients")
+    plan.get_by_label(re.compile("FHIR R4 Bundle")).set_input_files(str(record))
+    plan.get_by_role("button", name="Evaluate file").click()
+    plan.locator(".banner").wait_for()
+    assert plan.url == f"{live.base}/patients/upload"
+    assert not plan.get_by_role("button", name="Expand all explanations").is_visible()  # no script indeed
+    store = live.app.state.cds.store
+
+    form = plan.locator("#feedback")
+    assert NEW_TAB_NOTICE in form.inner_text()  # said before the buttons
+    form.get_by_label("Additional feedback? (Optional)").fill("Sent without the script")
+    with plan.context.expect_page() as opened:
+        form.get_by_role("button", name="Yes").click()
+    thanks = opened.value
+    thanks.wait_for_load_state()
+    assert thanks.url == f"{live.base}/feedback"
+    assert thanks.get_by_role("status").inner_text().startswith("Thank you for your feedback!")
+    assert "the plan you sent it from is still open in its own tab" in thanks.locator("main").inner_text()
+    shot(thanks, "no-script-feedback-thanks", full_page=False)
+    stored = next(item for item in store.list_page_feedback(limit=1000) if item.comment == "Sent without the script")
+    assert stored.context.value == "patient-plan" and stored.answered is True
+    thanks.close()
+
+    # The plan is still open, as it was; a finding's rating goes the same way.
+    assert plan.url == f"{live.base}/patients/upload" and plan.locator(".pname").inner_text() == "Ada Example"
+    finding = plan.locator("article.finding").first
+    rule_id = finding.locator("input[name=rule_id]").get_attribute("value")
+    finding.locator("details.rate summary").click()  # a native disclosure: no script needed
+    assert NEW_TAB_NOTICE in finding.locator("form").inner_text()
+    finding.get_by_label("If you will not follow it, why? (Optional)").select_option("need-more-info")
+    with plan.context.expect_page() as opened:
+        finding.get_by_role("button", name="Not useful").click()
+    rated = opened.value
+    rated.wait_for_load_state()
+    assert rated.get_by_role("status").inner_text().startswith("Thank you for your feedback!")
+    rated.close()
+    ratings = [item for item in store.list_page_feedback(limit=1000) if item.rule_id == rule_id]
+    assert any(item.override_reason_code == "need-more-info" and item.useful is False for item in ratings)
+    assert plan.locator(".pname").inner_text() == "Ada Example"
+
+
+def test_without_javascript_a_plan_that_can_be_reopened_shows_the_thanks_in_its_form(
+    live: Live, page_without_script: Any
+) -> None:
+    """A demo plan (or a SMART one) has an address: the answer comes back to it, thanked in the form, in view."""
+    plan = page_without_script
+    plan.goto(f"{live.base}/patients/demo/ada")
+    form = plan.locator("#feedback")
+    assert NEW_TAB_NOTICE not in form.inner_text() and form.get_attribute("target") is None
+    form.get_by_label("Additional feedback? (Optional)").fill("Demo without the script")
+    form.get_by_role("button", name="No").click()
+    plan.wait_for_url(re.compile(r"/patients/demo/ada\?feedback=thanks&at=feedback#feedback$"))
+    assert plan.locator("#feedback .thanks").inner_text() == "Thank you for your feedback!"
+    assert len(plan.context.pages) == 1
+    stored = live.app.state.cds.store.list_page_feedback(limit=1000)
+    assert any(item.comment == "Demo without the script" and item.answered is False for item in stored)

@@ -307,6 +307,30 @@ def test_feedback_return_to_only_accepts_our_own_paths(client: support.PageClien
     response = client.post("/feedback", data=data)
     assert response.status_code == 200
     assert "Thank you for your feedback!" in response.text
+    assert "back button" in response.text and "new tab" not in response.text
+
+
+def test_a_plan_that_cannot_be_shown_again_sends_its_feedback_into_a_new_tab(client: support.PageClient) -> None:
+    """An upload or a hand entry is not kept, and the plan answers a POST: without the script, a form sent from it
+    would replace it for good. Its forms carry no return_to and open their answer in a new tab, which says so."""
+    uploaded = _upload(client, json.dumps(support.trend_bundle()).encode()).text  # type: ignore[attr-defined]
+    typed = client.post("/patients/manual", data={**FORM, "csrf_token": client.csrf("/patients")}).text
+    for page in (uploaded, typed):
+        forms = re.findall(r'<form class="feedback js-feedback"[^>]*>', page)
+        assert len(forms) > 1 and all(form.endswith(' target="_blank">') for form in forms)
+        assert page.count('<noscript><p class="new-tab">') == len(forms)  # said only to those without the script
+        assert page.count('<input type="hidden" name="return_to" value="">') == len(forms)
+    for path in ("/patients/demo/ada", "/"):
+        page = client.get(path).text
+        assert 'target="_blank"' not in page and "new-tab" not in page
+    token = support.CSRF_INPUT.search(uploaded).group(1)  # type: ignore[union-attr]
+    data = {"csrf_token": token, "feedback_id": str(uuid.uuid4()), "context": "patient-plan", "return_to": ""}
+    response = client.post("/feedback", data=data | {"answered": "yes"})
+    assert response.status_code == 200
+    assert '<p role="status">Thank you for your feedback!' in response.text
+    assert "the plan you sent it from is still open in its own tab" in response.text
+    assert "back button" not in response.text
+    assert [item.answered for item in client.app.state.cds.store.list_page_feedback()] == [True]
 
 
 # -- upload ----------------------------------------------------------------------------------------------

@@ -261,7 +261,10 @@ async def post_feedback(request: Request, state: StateDep) -> Response:
     if RETURN_PATHS.fullmatch(return_to):  # fullmatch: "$" would let a trailing newline through
         # Back to the form that was sent, what became of it shown in it (in view, as the script would show it).
         return RedirectResponse(f"{return_to}?feedback={said}&at={quote(anchor)}#{quote(anchor)}", status_code=303)
-    return render(request, state, "thanks.html", {"title": "Feedback", "said": FEEDBACK_ANSWERS[said]})
+    # No page to return to: a plan that cannot be shown again (an upload, values typed in; nothing of them is kept)
+    # sends its forms without return_to into a new tab, the plan staying open in its own, which this page says.
+    context = {"title": "Feedback", "said": FEEDBACK_ANSWERS[said], "plan_left_open": return_to == ""}
+    return render(request, state, "thanks.html", context)
 
 
 def _feedback_from_form(form: FormData, state: AppState) -> PageFeedback:
