@@ -7,6 +7,8 @@ import json
 import re
 import subprocess
 import sys
+from datetime import datetime
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +16,8 @@ import orjson
 import pytest
 from rich.console import Console
 
+from spasticity_cds import api
+from spasticity_cds.interfaces.cli import render
 from spasticity_cds.interfaces.cli.main import main
 
 NOW = "2026-11-24T09:30:00-05:00"
@@ -148,8 +152,8 @@ def test_text_output_reduces_a_dose_above_the_ceiling_gradually_and_cites_it(tmp
     assert "Kidneys (eGFR <= 80: reduce): CrCl 50-80 mL/min" in details
 
 
-def test_text_output_withdraws_a_drug_taken_but_ruled_out_critically_undated_and_cited(tmp_path: Path) -> None:
-    path = tmp_path / "patient.json"
+def _baclofen_60_egfr_20() -> list[dict[str, Any]]:
+    """Baclofen 20 mg three times a day at eGFR 20: ruled out critically, withdrawn without a date."""
     baclofen, kidney = (dict(resource) for resource in BACLOFEN_80_EGFR_60)
     baclofen["dosageInstruction"] = [
         {
@@ -158,20 +162,11 @@ def test_text_output_withdraws_a_drug_taken_but_ruled_out_critically_undated_and
         }
     ]
     kidney["valueQuantity"] = {"value": 20, "unit": "mL/min/{1.73_m2}"}
-    path.write_bytes(orjson.dumps(_bundle(ALS, baclofen, kidney)))
-    code, out = _run(["evaluate", str(path), "--now", NOW])
-    assert code == 0
-    assert "stop on" not in out.split("Options in detail")[0]
-    details = out.split("Baclofen (oral): avoid")[1].split("Monitoring:")[0]
-    assert "Where the patient stands: Taken at 60 mg/day, but ruled out for this patient" in details
-    assert "Start" not in details and "Titration" not in details and "Withdrawal steps" not in details
-    assert "Withdrawal: A critical finding rules Baclofen (oral) out" in " ".join(details.split())
-    assert "Taper: Never stop abruptly" in details and "Pace:" not in details
-    assert "Ruled out by: BACLOFEN-KIDNEY-FAILURE-AVOID v3" in details
+    return [baclofen, kidney]
 
 
-def test_text_output_says_stop_at_once_where_the_sources_do(tmp_path: Path) -> None:
-    path = tmp_path / "patient.json"
+def _dantrolene_150_alt_130() -> list[dict[str, Any]]:
+    """Dantrolene 50 mg three times a day with ALT 130 U/L (upper limit 40): stopped today, as the label says."""
     dantrolene = dict(BACLOFEN_80_EGFR_60[0])
     dantrolene["medicationCodeableConcept"] = {
         "coding": [{"system": "http://www.nlm.nih.gov/research/umls/rxnorm", "code": "3105"}]
@@ -186,7 +181,26 @@ def test_text_output_says_stop_at_once_where_the_sources_do(tmp_path: Path) -> N
     liver["code"] = {"coding": [{"system": "http://loinc.org", "code": "1742-6"}]}
     liver["valueQuantity"] = {"value": 130, "unit": "U/L"}
     liver["referenceRange"] = [{"high": {"value": 40, "unit": "U/L"}}]
-    path.write_bytes(orjson.dumps(_bundle(ALS, dantrolene, liver)))
+    return [dantrolene, liver]
+
+
+def test_text_output_withdraws_a_drug_taken_but_ruled_out_critically_undated_and_cited(tmp_path: Path) -> None:
+    path = tmp_path / "patient.json"
+    path.write_bytes(orjson.dumps(_bundle(ALS, *_baclofen_60_egfr_20())))
+    code, out = _run(["evaluate", str(path), "--now", NOW])
+    assert code == 0
+    assert "stop on" not in out.split("Options in detail")[0]
+    details = out.split("Baclofen (oral): avoid")[1].split("Monitoring:")[0]
+    assert "Where the patient stands: Taken at 60 mg/day, but ruled out for this patient" in details
+    assert "Start" not in details and "Titration" not in details and "Withdrawal steps" not in details
+    assert "Withdrawal: A critical finding rules Baclofen (oral) out" in " ".join(details.split())
+    assert "Taper: Never stop abruptly" in details and "Pace:" not in details
+    assert "Ruled out by: BACLOFEN-KIDNEY-FAILURE-AVOID v3" in details
+
+
+def test_text_output_says_stop_at_once_where_the_sources_do(tmp_path: Path) -> None:
+    path = tmp_path / "patient.json"
+    path.write_bytes(orjson.dumps(_bundle(ALS, *_dantrolene_150_alt_130())))
     code, out = _run(["evaluate", str(path), "--now", NOW])
     assert code == 0
     details = out.split("Dantrolene: avoid")[1].split("Monitoring:")[0]
@@ -194,6 +208,81 @@ def test_text_output_says_stop_at_once_where_the_sources_do(tmp_path: Path) -> N
     assert "Withdrawal steps" not in details and "Pace:" not in details
     assert "Stop at once: The label advises discontinuing dantrolene" in details
     assert 'dantrium-label [C-primary] "Warnings: liver monitoring"' in details
+
+
+def _column(out: str, heading: str) -> list[tuple[str, str]]:
+    """The options table as printed: per row, its rank and its text in the column headed ``heading``, the lines the
+    cell wrapped or folded onto joined with no space (compare texts with their whitespace removed)."""
+    lines = out.split("Options, ranked")[1].split("Options in detail", maxsplit=1)[0].splitlines()
+    header = next(line for line in lines if line.startswith("┃") and heading in line)
+    index = [cell.strip() for cell in header.split("┃")].index(heading)
+    rows: list[tuple[str, str]] = []
+    for line in lines:
+        if not line.startswith("│"):
+            continue
+        assert line.rstrip().endswith("│"), f"a table line cut at the terminal's edge: {line!r}"
+        cells = line.split("│")
+        if cells[1].strip():
+            rows.append((cells[1].strip(), ""))
+        rank, text = rows[-1]
+        rows[-1] = (rank, text + "".join(cells[index].split()))
+    return rows
+
+
+DOSE_FIXTURES = {
+    "reduction to the ceiling": BACLOFEN_80_EGFR_60,
+    "undated withdrawal": _baclofen_60_egfr_20(),
+    "stop today": _dantrolene_150_alt_130(),
+    "dose steps": TIZANIDINE_AND_CIPRO,
+}
+
+
+DOSE_WORDS = {
+    "reduction to the ceiling": ["now 80 mg/day", "reduce stepwise to 45 mg/day by 2026-12-01", "ceiling 53.6 mg/day"],
+    "undated withdrawal": ["now 60 mg/day", "taper (not dated)"],
+    "stop today": ["now 150 mg/day", "stop today (2026-11-24), no taper"],
+    "dose steps": ["start 5 mg x3/day", "start 25 mg x1/day", "ceiling 400 mg/day", "taper (not dated)"],
+}
+
+
+def _doses_at_80_columns(path: Path) -> dict[str, str]:
+    """Per rank, the Dose column of the options table printed at 80 columns, after checking the whole table: no cut
+    (no ellipsis, no line past 80), each option's name and status whole in its row (the status on a line of its
+    own), and each dose, whitespace aside, as the renderer wrote it."""
+    buffer = io.StringIO()
+    assert main(["evaluate", str(path), "--now", NOW], console=Console(file=buffer, width=80, color_system=None)) == 0
+    out = buffer.getvalue()
+    table = out.split("Options, ranked")[1].split("Options in detail")[0]
+    assert "…" not in table and max(len(line) for line in table.splitlines()) <= 80
+    result = api.evaluate(path.read_bytes(), now=datetime.fromisoformat(NOW))
+    doses = dict(_column(out, "Dose"))
+    names = dict(_column(out, "Option, status"))  # the status goes under the name at 80 columns
+    assert sorted(doses, key=int) == [str(option["rank"]) for option in result["options"]]
+    for option in result["options"]:
+        rank = str(option["rank"])
+        assert names[rank].startswith("".join(f"{option['name']}{option['status']}".split()))
+        assert re.search(rf"│ {option['status']} +│", table)
+        assert doses[rank] == "".join(render._dose_cell(option).split()), option["agent"]
+    return doses
+
+
+@pytest.mark.parametrize("name", DOSE_FIXTURES)
+def test_the_dose_cell_wraps_whole_on_an_80_column_terminal(name: str, tmp_path: Path) -> None:
+    """The Dose cell is clinical text: at 80 columns it wraps (rich's default cut it to "mg/da…"), and every word of
+    it is in the table, in its option's row."""
+    path = tmp_path / "patient.json"
+    path.write_bytes(orjson.dumps(_bundle(ALS, *DOSE_FIXTURES[name])))
+    doses = _doses_at_80_columns(path)
+    for words in DOSE_WORDS[name]:  # as a clinician reads them, checked by hand once
+        assert any("".join(words.split()) in dose for dose in doses.values()), f"{words!r} not in the Dose column"
+
+
+def test_every_demo_patients_doses_are_whole_at_80_columns() -> None:
+    demos = Path(str(resources.files("spasticity_cds.demo") / "data"))
+    patients = sorted(path for path in demos.glob("*.json") if path.name != "index.json")
+    assert patients
+    for path in patients:
+        _doses_at_80_columns(path)
 
 
 def test_control_characters_from_a_record_never_reach_the_terminal(tmp_path: Path) -> None:

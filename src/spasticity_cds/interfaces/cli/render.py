@@ -40,7 +40,7 @@ def render_result(console: Console, result: dict[str, Any]) -> None:
         _disclaimer(console, result)
         return
     console.print(_standing(result))
-    console.print(_options_table(result["options"]))
+    console.print(_options_table(result["options"], console.width))
     _option_details(console, result["options"])
     _findings(console, result["findings"])
     if result["input_notes"]:
@@ -79,23 +79,32 @@ def _standing(result: dict[str, Any]) -> Text:
     return text
 
 
-def _options_table(options: Iterable[dict[str, Any]]) -> Table:
+#: The narrowest terminal on which the options table keeps a Status column of its own. Below it (an 80-column
+#: terminal) the status goes under the option's name, so that the Dose column keeps room to be read.
+STATUS_COLUMN_FROM = 100
+
+
+def _options_table(options: Iterable[dict[str, Any]], width: int) -> Table:
+    """The options, ranked, one row each. Every cell wraps and a word wider than its column is folded, never cut:
+    the dose is clinical text (rich's default overflow is an ellipsis, which cut the Dose cell to "mg/da…" at 80)."""
+    status_column = width >= STATUS_COLUMN_FROM
     table = Table(title="Options, ranked", title_justify="left", show_lines=False, expand=True)
     table.add_column("#", justify="right", width=3)
-    table.add_column("Option", ratio=3)
-    table.add_column("Status", min_width=15)
-    table.add_column("Dose", ratio=2)
+    if status_column:
+        table.add_column("Option", ratio=2, overflow="fold")
+        table.add_column("Status", min_width=15, overflow="fold")
+    else:  # as wide as "contraindicated", the longest status, under the name (a ratio column takes no min_width)
+        table.add_column("Option, status", width=15, overflow="fold")
+    table.add_column("Dose", ratio=3, overflow="fold")
     table.add_column("Why this status (rules)", min_width=29, overflow="fold")  # the longest rule id, unbroken
     for option in options:
         name = Text(option["name"])
+        status = Text(option["status"], style=STATUS_STYLE[option["status"]])
+        if not status_column:
+            name.append("\n").append_text(status)
         name.append(f"\n{option['role']}", style="dim")
-        table.add_row(
-            str(option["rank"]),
-            name,
-            Text(option["status"], style=STATUS_STYLE[option["status"]]),
-            _dose_cell(option),
-            "\n".join(option["because"]) or "ladder default",
-        )
+        cells: list[str | Text] = [str(option["rank"]), name, *([status] if status_column else [])]
+        table.add_row(*cells, _dose_cell(option), "\n".join(option["because"]) or "ladder default")
     return table
 
 
@@ -109,7 +118,7 @@ def _dose_cell(option: dict[str, Any]) -> str:
     ceiling = plan.get("ceiling")
     if ceiling and ceiling.get("value") is not None:
         parts.append(f"ceiling {ceiling['value']:g} {ceiling.get('unit', '')}")
-    return "; ".join(parts)
+    return "\n".join(parts)  # one line each: the now, the next and the ceiling read apart in a narrow column
 
 
 def _dose_next(plan: dict[str, Any]) -> list[str]:
