@@ -24,6 +24,7 @@ from .helpers import (
     call,
     days_ago,
     hook_request,
+    observation,
     observations,
     prefetch,
     searchset,
@@ -668,3 +669,15 @@ def test_a_new_order_above_the_ceiling_shows_a_new_patients_steps_on_its_card(ap
     body = hook_request("order-sign", prefetch_data=prefetch(), drafts=[baclofen_order()])
     (card,) = valid_cards(app, client, body, SIGN)
     assert "Steps from the start: " in card["detail"] and "5 mg x3 (15 mg/day)" in card["detail"]
+
+
+def test_card_data_lines_name_facts_as_the_page_does(app: FastAPI, client: Client) -> None:
+    data = prefetch()
+    data["observations"] = data["recentObservations"] = searchset(
+        [o if o["id"] != "alt" else observation("alt", "1742-6", 190, "U/L") for o in observations()]
+    )
+    draft = _drug("tiz", "57258", "tizanidine 2 mg")
+    cards = valid_cards(app, client, hook_request("order-sign", prefetch_data=data, drafts=[draft]), SIGN)
+    lines = [line for card in cards for line in card["detail"].splitlines() if line.startswith("- ")]
+    assert any(line.startswith("- ALT (multiple of upper limit): ") for line in lines), lines
+    assert not [line for line in lines if line.startswith(("- obs.", "- med.", "- patient."))]

@@ -310,7 +310,7 @@ class CardBuilder:
             value = _fact_value(fact)
             sources = ", ".join(ref if _named(ref) else UNNAMED_TEXT for ref in fact.get("sources", ()))
             note = f"; {fact['note']}" if fact.get("note") else ""
-            line = f"{self._label(fact['name'])}: {value}{note}" + (f" ({sources})" if sources else "")
+            line = f"{self.engine.fact_label(fact['name'])}: {value}{note}" + (f" ({sources})" if sources else "")
             lines.append(f"- {literal(line)}")
         return lines
 
@@ -320,18 +320,10 @@ class CardBuilder:
             for fact in finding["facts"]:
                 if fact.get("value") is None or fact.get("stale"):
                     why = fact.get("note") or ("too old to use" if fact.get("stale") else "not in the record")
-                    lines.append(f"{self._label(fact['name'])}: {why}")
-            lines.extend(f"{self._label(name)}: not in the record" for name in finding.get("missing", ()))
+                    lines.append(f"{self.engine.fact_label(fact['name'])}: {why}")
+            lines.extend(f"{self.engine.fact_label(name)}: not in the record" for name in finding.get("missing", ()))
         lines.extend(f"{what}: {why}" for what, why in ctx.unavailable.items())
         return [f"- {literal(line)}" for line in lines]
-
-    def _label(self, fact_name: str) -> str:
-        parts = fact_name.split(".")
-        concept = self.engine.vocabulary.concepts.get(parts[1]) if len(parts) > 1 else None
-        if concept is None:
-            return fact_name.replace("_", " ")
-        rest = " ".join(parts[2:]).replace("_", " ")
-        return f"{concept.display} {rest}".strip()
 
     # -- suggestions -----------------------------------------------------------------------------------
 

@@ -13,6 +13,7 @@ from typing import Any
 from spasticity_cds.engine.dosing import Withdrawal, dose_facts, dose_plan, withdrawal_plan
 from spasticity_cds.engine.extract import FactExtractor
 from spasticity_cds.engine.facts import Fact, Value, parse_date
+from spasticity_cds.engine.labels import fact_label
 from spasticity_cds.engine.logic import CompiledNode, Compiler, Env, Truth
 from spasticity_cds.engine.monitoring import schedule
 from spasticity_cds.engine.vocabulary import Vocabulary
@@ -371,6 +372,10 @@ class Engine:
         if node.fact and node.fact.startswith("def."):
             return self._met(self.definitions[node.fact[4:]], env)
         return [node.fact] if node.fact and node.fact in env.facts else []
+
+    def fact_label(self, name: str) -> str:
+        """A clinician's name for the fact ``name`` (``labels.fact_label``)."""
+        return fact_label(name, self.concept_display, self.kb.definitions)
 
     def _fact_phrase(self, fact: Fact) -> str:
         """``FVC % predicted 42 % (2026-10-01)``, or the concept alone for a yes (``Non-invasive ventilation``)."""

@@ -29,19 +29,6 @@ RULED_OUT_STATUSES = frozenset({"avoid", "contraindicated"})
 #: first, so that it cannot be missed at the foot of the ranking (ruled out, it ranks last), then the others.
 STOP_OR_REDUCE = ("stop-or-reduce", "Taken now: stop or reduce")
 OTHER_OPTIONS = ("ranked", "The other options, in ranked order")
-FACT_LABELS = {
-    "obs.mas_max": "Highest Modified Ashworth grade",
-    "obs.mas_groups": "Muscle groups with Modified Ashworth grade 1 or more",
-    "obs.alt_x_uln": "ALT (multiple of upper limit)",
-    "obs.ast_x_uln": "AST (multiple of upper limit)",
-    "obs.bilirubin_x_uln": "Bilirubin (multiple of upper limit)",
-    "obs.orthostatic_sbp_drop": "Fall in systolic pressure on standing",
-    "obs.orthostatic_dbp_drop": "Fall in diastolic pressure on standing",
-    "obs.liver_days_since": "Days since the last liver tests",
-    "obs.liver_tested": "Liver tests on record",
-    "patient.age": "Age",
-    "patient.sex": "Sex",
-}
 
 
 @dataclass
@@ -101,24 +88,6 @@ class PlanView:
     extras: dict[str, Any] = field(default_factory=dict)
 
 
-def fact_label(name: str, engine: Engine) -> str:
-    """A clinician's name for a fact such as ``obs.egfr`` or ``med.baclofen.daily_dose``."""
-    if name in FACT_LABELS:
-        return FACT_LABELS[name]
-    parts = name.split(".")
-    concepts = engine.concept_display
-    if len(parts) >= 2 and parts[1] in concepts:
-        tail = " ".join(parts[2:]).replace("_", " ")
-        return f"{concepts[parts[1]]} {tail}".strip()
-    if parts[0] == "setting" and len(parts) == 2:
-        return f"The setting {parts[1]}"
-    if parts[0] == "medclass" and len(parts) == 2:
-        return f"Any {parts[1].replace('-', ' ')} medicine"
-    if parts[0] == "def" and len(parts) == 2 and parts[1] in engine.kb.definitions:
-        return engine.kb.definitions[parts[1]].description
-    return name.replace("_", " ")
-
-
 #: How the why-trees' comparison and group labels read.
 OPERATOR_WORDS = {"lt": "<", "le": "≤", "gt": ">", "ge": "≥", "eq": "=", "ne": "≠", "in": "is one of", "is": "is"}
 GROUP_WORDS = {"all": "All of these", "any": "Any of these", "not": "Not this"}
@@ -140,7 +109,7 @@ def check_text(label: str, engine: Engine) -> str:
             qualifiers.append(words)
     name, _, rest = label.partition(" ")
     operator, _, threshold = rest.partition(" ")
-    subject = fact_label(name, engine).removesuffix(".")
+    subject = engine.fact_label(name).removesuffix(".")
     qualified = f" ({'; '.join(qualifiers)})" if qualifiers else ""
     if operator == "is" and threshold in ("True", "False"):
         return f"{subject}: {'yes' if threshold == 'True' else 'no'}{qualified}"

@@ -14,7 +14,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from spasticity_cds.engine.evaluator import PLACEHOLDER
 from spasticity_cds.interfaces.web.csrf import CSRF_COOKIE, CSRF_FIELD, csrf_token_for
 from spasticity_cds.interfaces.web.deps import AppState
-from spasticity_cds.interfaces.web.plan_view import STATUS_WORDS, check_text, fact_label, fact_text, instant_text
+from spasticity_cds.interfaces.web.plan_view import STATUS_WORDS, check_text, fact_text, instant_text
 
 HERE = Path(__file__).resolve().parent
 TEMPLATE_DIR = HERE / "templates"
@@ -118,10 +118,10 @@ def render(
         "disclaimer": {"text": manifest.disclaimer.text, "citations": state.engine.cite(manifest.disclaimer.citations)},
         "csrf_token": token,
         "definitions": state.engine.kb.definitions,
-        "fact_label": lambda fact_name: fact_label(str(fact_name), state.engine),
+        "fact_label": lambda fact_name: state.engine.fact_label(str(fact_name)),
         "check_text": lambda label: check_text(str(label), state.engine),
         "thanks_for": lambda anchor: _thanks_for(request, str(anchor)),
-        "template_text": lambda text: PLACEHOLDER.sub(lambda m: f"[{fact_label(m.group(1), state.engine)}]", str(text)),
+        "template_text": lambda text: PLACEHOLDER.sub(lambda m: f"[{state.engine.fact_label(m.group(1))}]", str(text)),
         "path": request.url.path,
         **context,
     }
