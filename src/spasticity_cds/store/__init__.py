@@ -1,4 +1,4 @@
-"""Durable feedback store: issued cards, CDS Hooks and page feedback, JWT replay cache (SQLite or PostgreSQL).
+"""Durable store: issued cards, CDS Hooks and page feedback, JWT replay cache, SMART sessions (SQLite, PostgreSQL).
 
     store = open_store(None)                                   # SQLite file in the user's data directory
     store = open_store("sqlite:///var/lib/cds/feedback.sqlite3")
@@ -33,8 +33,11 @@ from spasticity_cds.store.records import (
     PageContext,
     PageFeedback,
     RuleFeedbackStats,
+    SealedSmartSession,
+    SmartSessionStage,
     StoreCounts,
     hash_patient_ref,
+    hash_session_id,
 )
 from spasticity_cds.store.sql_store import SqlFeedbackStore
 
@@ -46,11 +49,14 @@ __all__ = [
     "PageContext",
     "PageFeedback",
     "RuleFeedbackStats",
+    "SealedSmartSession",
+    "SmartSessionStage",
     "SqlFeedbackStore",
     "StoreCounts",
     "default_data_dir",
     "default_store_url",
     "hash_patient_ref",
+    "hash_session_id",
     "open_store",
 ]
 
@@ -62,7 +68,7 @@ def _utc_now() -> datetime:
 def open_store(url: str | None = None, *, clock: Callable[[], datetime] | None = None) -> SqlFeedbackStore:
     """Open (create and migrate if needed) the feedback store at `url`; None means the default SQLite file.
 
-    `clock` (default: the system clock in UTC) decides when replay-cache entries have expired.
+    `clock` (default: the system clock in UTC) decides when replay-cache entries and SMART sessions have expired.
     Raises `StoreError` for a bad URL, an unreachable database or a schema newer than this software.
     """
     store_url = resolve_store_url(url)

@@ -11,12 +11,13 @@ from spasticity_cds.store.records import (
     IssuedCard,
     PageFeedback,
     RuleFeedbackStats,
+    SealedSmartSession,
     StoreCounts,
 )
 
 
 class FeedbackStore(Protocol):
-    """Durable, idempotent storage for issued cards, feedback and seen JWT ids.
+    """Durable, idempotent storage for issued cards, feedback, seen JWT ids and SMART launch sessions.
 
     Every write commits in its own transaction before it returns; failures raise `StoreError`.
     """
@@ -39,6 +40,18 @@ class FeedbackStore(Protocol):
 
     def remember_jti_at_once(self, issuer: str, jti: str, expires_at: datetime) -> bool | None:
         """`remember_jti` if it can be done without waiting (no lock to wait for, no server round trip), else None."""
+        ...
+
+    def add_smart_session(self, session: SealedSmartSession, *, max_pending: int) -> None:
+        """Keep a new SMART session; pending launches beyond the ``max_pending`` newest are removed, oldest first."""
+        ...
+
+    def take_pending_smart_session(self, key_hash: str) -> SealedSmartSession | None:
+        """Remove and return the unexpired pending launch under ``key_hash``: exactly one of racing callers gets it."""
+        ...
+
+    def find_active_smart_session(self, key_hash: str) -> SealedSmartSession | None:
+        """The unexpired logged-in session under ``key_hash``, or None."""
         ...
 
     def find_issued_card(self, card_uuid: str) -> IssuedCard | None:

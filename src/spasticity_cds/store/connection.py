@@ -95,11 +95,13 @@ def create_store_engine(url: URL) -> Engine:
 
 
 def create_replay_engine(url: URL) -> Engine | None:
-    """PostgreSQL: a second, small engine for the JWT replay cache, or None (SQLite uses the store's engine).
+    """PostgreSQL: a second, small engine for the JWT replay cache and SMART session look-ups, or None (SQLite uses
+    the store's engine).
 
-    Each replay write is a single INSERT, so it runs in autocommit (one round trip instead of BEGIN, INSERT and
-    COMMIT), and without the pre-ping's extra round trip: `SqlFeedbackStore` retries once on a connection that
-    turns out to be dead instead. Every call signed with a JWT waits for this write.
+    Each of those is a single statement (a replay INSERT, a session's SELECT or DELETE .. RETURNING), so it runs in
+    autocommit (one round trip instead of BEGIN, the statement and COMMIT), and without the pre-ping's extra round
+    trip: `SqlFeedbackStore` retries once on a connection that turns out to be dead instead. Every call signed with a
+    JWT waits for its replay write, and every SMART plan page for its session read.
     """
     if url.get_backend_name() == "sqlite":
         return None

@@ -29,9 +29,25 @@ class PageContext(StrEnum):
     FINDING = "finding"
 
 
+class SmartSessionStage(StrEnum):
+    """Where a SMART launch stands: waiting for the EHR's OAuth callback, or logged in (its plan can be opened)."""
+
+    PENDING = "pending"
+    ACTIVE = "active"
+
+
 def hash_patient_ref(patient_ref: str) -> str:
     """Return the sha256 hex digest of a patient reference (``Patient/123``); never store the raw ref."""
     return hashlib.sha256(patient_ref.encode("utf-8")).hexdigest()
+
+
+def hash_session_id(session_id: str) -> str:
+    """Return the sha256 hex digest of a SMART session id (an OAuth state or a plan's URL); never store the raw id.
+
+    The ids are 256-bit random values, so a plain hash cannot be reversed by guessing, and a read of the store
+    gives no URL that opens a plan.
+    """
+    return hashlib.sha256(session_id.encode("utf-8")).hexdigest()
 
 
 def _require_aware(name: str, value: datetime) -> None:
@@ -139,6 +155,31 @@ class PageFeedback:
 
 
 @dataclass(frozen=True, slots=True)
+class SealedSmartSession:
+    """A SMART launch as the store keeps it: found by the hash of its id, its content sealed by the web app.
+
+    The store never sees the content in clear (the access token, the PKCE verifier, the patient, the browser it
+    is bound to): ``sealed`` is opaque bytes. ``expires_at`` is when the session ends; an expired session is
+    neither found nor taken, and is purged.
+    """
+
+    key_hash: str
+    stage: SmartSessionStage
+    sealed: bytes
+    created_at: datetime
+    expires_at: datetime
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "stage", SmartSessionStage(self.stage))
+        _require_aware("created_at", self.created_at)
+        _require_aware("expires_at", self.expires_at)
+        if not _SHA256_HEX.fullmatch(self.key_hash):
+            raise ValueError("key_hash must be a lowercase sha256 hex digest (see hash_session_id)")
+        if not isinstance(self.sealed, bytes) or not self.sealed:
+            raise ValueError("sealed must be non-empty bytes")
+
+
+@dataclass(frozen=True, slots=True)
 class RuleFeedbackStats:
     """Feedback totals for one rule version; rates are over cards issued and None when none were issued.
 
@@ -169,3 +210,4 @@ class StoreCounts:
     hook_feedback: int
     page_feedback: int
     replay_entries: int
+    smart_sessions: int

@@ -14,6 +14,7 @@ from sqlalchemy import (
     Dialect,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     PrimaryKeyConstraint,
     String,
@@ -131,5 +132,19 @@ jwt_replay = Table(
     Column("jti", String(NAME_LENGTH), nullable=False),
     Column("expires_at", UtcDateTime(), nullable=False),
     PrimaryKeyConstraint("issuer", "jti"),
+    Index(None, "expires_at"),
+)
+
+smart_sessions = Table(
+    "smart_sessions",
+    metadata,
+    Column("key_hash", String(64), nullable=False),  # sha256 of the session id: the id itself is never stored
+    Column("stage", String(16), nullable=False),
+    Column("sealed", LargeBinary(), nullable=False),  # AES-GCM, sealed by the web app: the store cannot read it
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("expires_at", UtcDateTime(), nullable=False),
+    PrimaryKeyConstraint("key_hash"),
+    CheckConstraint("stage IN ('pending', 'active')", name="stage"),
+    Index(None, "stage", "created_at"),
     Index(None, "expires_at"),
 )

@@ -8,7 +8,7 @@ from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Delete, Engine, Select, Table, delete, func, select, tuple_
 from sqlalchemy.dialects import postgresql, sqlite
@@ -23,14 +23,18 @@ from spasticity_cds.store.records import (
     IssuedCard,
     PageFeedback,
     RuleFeedbackStats,
+    SealedSmartSession,
+    SmartSessionStage,
     StoreCounts,
 )
 from spasticity_cds.store.replay_at_once import SqliteReplayWriter
 
 RuleKey = tuple[str, int]
+T = TypeVar("T")
 
 
 JTI_PURGE_INTERVAL = timedelta(seconds=60)
+SESSION_PURGE_INTERVAL = timedelta(seconds=60)
 
 
 class SqlFeedbackStore:
@@ -47,6 +51,7 @@ class SqlFeedbackStore:
             for table in (schema.issued_cards, schema.hook_feedback, schema.page_feedback, schema.jwt_replay)
         }
         self._next_jti_purge: datetime | None = None
+        self._next_session_purge: datetime | None = None
         on_sqlite = engine.dialect.name == "sqlite"
         self._replay_at_once = SqliteReplayWriter(engine) if on_sqlite else None
         # SQLite has one writer at a time. Threads of this process (replay writes, the card writer, feedback) queue
@@ -104,20 +109,15 @@ class SqlFeedbackStore:
         purge = self._next_jti_purge is None or now >= self._next_jti_purge
         if purge:
             self._next_jti_purge = now + JTI_PURGE_INTERVAL
+        purge_before = now if purge else None
         if self._replay_engine is None:
             with self._writing("remember a JWT id") as connection:
-                return self._insert_jti(connection, row, now if purge else None)
-        with store_errors("remember a JWT id", self._engine.url):
-            try:
-                with self._replay_engine.connect() as connection:
-                    return self._insert_jti(connection, row, now if purge else None)
-            except DBAPIError as error:
-                if not error.connection_invalidated:
-                    raise
-            # A pooled connection the server had closed (no pre-ping on this engine): once more on a new one. Had
-            # the lost insert been committed, the retry finds the jti and the call is refused (the safe side).
-            with self._replay_engine.connect() as connection:
-                return self._insert_jti(connection, row, None)
+                return self._insert_jti(connection, row, purge_before)
+        # Had a lost insert been committed, the retry finds the jti and the call is refused (the safe side).
+        return self._quick(
+            "remember a JWT id",
+            lambda connection, again: self._insert_jti(connection, row, None if again else purge_before),
+        )
 
     def remember_jti_at_once(self, issuer: str, jti: str, expires_at: datetime) -> bool | None:
         """`remember_jti` if it can be done without waiting, else None (and nothing was written).
@@ -148,6 +148,85 @@ class SqlFeedbackStore:
             return 0
         inserted = connection.execute(self._insert_new[table], rows, execution_options={"preserve_rowcount": True})
         return int(inserted.rowcount)
+
+    def add_smart_session(self, session: SealedSmartSession, *, max_pending: int) -> None:
+        """Keep a new SMART session; StoreError if it cannot (or if its key is taken: ids are never reused).
+
+        Expired sessions are purged first, at most once per SESSION_PURGE_INTERVAL per process. A pending launch
+        beyond the ``max_pending`` newest is removed, oldest first; a logged-in session never is (anyone can start
+        launches, and a flood of them must not end plans in use): it ends at its ``expires_at``.
+        """
+        if max_pending < 1:
+            raise ValueError(f"max_pending must be at least 1, got {max_pending}")
+        now = self._clock()
+        purge = self._next_session_purge is None or now >= self._next_session_purge
+        with self._writing("keep a SMART session") as connection:
+            if purge:
+                connection.execute(_purge_expired_sessions(now))
+            connection.execute(schema.smart_sessions.insert(), [_smart_session_row(session)])
+            if session.stage is SmartSessionStage.PENDING:
+                connection.execute(_pending_beyond(max_pending))
+        if purge:  # only once the purge is committed: a failed one is tried again on the next call
+            self._next_session_purge = now + SESSION_PURGE_INTERVAL
+
+    def take_pending_smart_session(self, key_hash: str) -> SealedSmartSession | None:
+        """Remove and return the pending launch under ``key_hash``, None if there is none (or it has expired).
+
+        One ``DELETE .. RETURNING``: of callers racing for the same key, in threads, processes or hosts, exactly one
+        gets the session. On PostgreSQL it is one autocommitted statement on the quick engine; a connection the
+        server had closed is retried once, and had the lost delete been committed, the retry finds nothing and the
+        launch is refused (the safe side).
+        """
+        table = schema.smart_sessions
+        statement = (
+            delete(table)
+            .where(table.c.key_hash == key_hash, table.c.stage == SmartSessionStage.PENDING.value)
+            .returning(*table.c)
+        )
+        if self._replay_engine is None:
+            with self._writing("take a SMART launch") as connection:
+                row = connection.execute(statement).mappings().first()
+        else:
+            row = self._quick(
+                "take a SMART launch", lambda connection, _: connection.execute(statement).mappings().first()
+            )
+        if row is None:
+            return None
+        session = _smart_session_from_row(row)
+        return session if session.expires_at > self._clock() else None
+
+    def find_active_smart_session(self, key_hash: str) -> SealedSmartSession | None:
+        """The logged-in session under ``key_hash``, unless it has expired; read on every plan page, so it is one
+        primary-key lookup (on PostgreSQL one autocommitted statement, without a pre-ping round trip)."""
+        table = schema.smart_sessions
+        query = select(table).where(
+            table.c.key_hash == key_hash,
+            table.c.stage == SmartSessionStage.ACTIVE.value,
+            table.c.expires_at > self._clock(),
+        )
+        if self._replay_engine is None:
+            with self._reading("read a SMART session") as connection:
+                row = connection.execute(query).mappings().first()
+        else:
+            row = self._quick(
+                "read a SMART session", lambda connection, _: connection.execute(query).mappings().first()
+            )
+        return _smart_session_from_row(row) if row is not None else None
+
+    def _quick(self, action: str, run: Callable[[Connection, bool], T]) -> T:
+        """``run`` on a connection of PostgreSQL's autocommit engine (one statement, one round trip: no pre-ping, no
+        BEGIN and COMMIT); a pooled connection the server had closed fails on use, so ``run`` goes once more on a new
+        one, told that it is the second try."""
+        assert self._replay_engine is not None
+        with store_errors(action, self._engine.url):
+            try:
+                with self._replay_engine.connect() as connection:
+                    return run(connection, False)
+            except DBAPIError as error:
+                if not error.connection_invalidated:
+                    raise
+            with self._replay_engine.connect() as connection:
+                return run(connection, True)
 
     def find_issued_card(self, card_uuid: str) -> IssuedCard | None:
         """Return the issued card with this uuid, if the store has it."""
@@ -184,10 +263,22 @@ class SqlFeedbackStore:
 
     def counts(self) -> StoreCounts:
         """Return the number of rows in each table."""
-        tables = (schema.issued_cards, schema.hook_feedback, schema.page_feedback, schema.jwt_replay)
+        tables = (
+            schema.issued_cards,
+            schema.hook_feedback,
+            schema.page_feedback,
+            schema.jwt_replay,
+            schema.smart_sessions,
+        )
         with self._reading("count rows") as connection:
-            issued, hook, page, replay = (_count_rows(connection, table) for table in tables)
-        return StoreCounts(issued_cards=issued, hook_feedback=hook, page_feedback=page, replay_entries=replay)
+            issued, hook, page, replay, sessions = (_count_rows(connection, table) for table in tables)
+        return StoreCounts(
+            issued_cards=issued,
+            hook_feedback=hook,
+            page_feedback=page,
+            replay_entries=replay,
+            smart_sessions=sessions,
+        )
 
     @contextmanager
     def _writing(self, action: str) -> Iterator[Connection]:
@@ -215,6 +306,25 @@ def _purge_expired_jtis(now: datetime) -> Delete:
     key = tuple_(replay.c.issuer, replay.c.jti)
     expired = select(replay.c.issuer, replay.c.jti).where(replay.c.expires_at < now)
     return delete(replay).where(key.in_(expired.with_for_update(skip_locked=True)))
+
+
+def _purge_expired_sessions(now: datetime) -> Delete:
+    """Delete ended SMART sessions, skipping rows another transaction holds (as `_purge_expired_jtis`)."""
+    sessions = schema.smart_sessions
+    expired = select(sessions.c.key_hash).where(sessions.c.expires_at <= now)
+    return delete(sessions).where(sessions.c.key_hash.in_(expired.with_for_update(skip_locked=True)))
+
+
+def _pending_beyond(max_pending: int) -> Delete:
+    """Delete the pending launches older than the ``max_pending`` newest (logged-in sessions are never touched)."""
+    sessions = schema.smart_sessions
+    older = (
+        select(sessions.c.key_hash)
+        .where(sessions.c.stage == SmartSessionStage.PENDING.value)
+        .order_by(sessions.c.created_at.desc(), sessions.c.key_hash.desc())
+        .offset(max_pending)
+    )
+    return delete(sessions).where(sessions.c.key_hash.in_(older.with_for_update(skip_locked=True)))
 
 
 def _count_rows(connection: Connection, table: Table) -> int:
@@ -356,3 +466,19 @@ def _page_feedback_row(item: PageFeedback) -> dict[str, Any]:
 
 def _page_feedback_from_row(row: RowMapping) -> PageFeedback:
     return PageFeedback(**{name: row[name] for name in PageFeedback.__dataclass_fields__})
+
+
+def _smart_session_row(session: SealedSmartSession) -> dict[str, Any]:
+    return {
+        "key_hash": session.key_hash,
+        "stage": session.stage.value,
+        "sealed": session.sealed,
+        "created_at": session.created_at,
+        "expires_at": session.expires_at,
+    }
+
+
+def _smart_session_from_row(row: RowMapping) -> SealedSmartSession:
+    fields = {name: row[name] for name in SealedSmartSession.__dataclass_fields__}
+    fields["sealed"] = bytes(fields["sealed"])  # psycopg reads bytea as memoryview
+    return SealedSmartSession(**fields)
