@@ -7,12 +7,14 @@ import base64
 import hashlib
 import html
 import json
+import os
 import re
 import secrets
 import socket
 import threading
 import time
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -20,9 +22,12 @@ from typing import Any
 from urllib.parse import urlencode
 
 import httpx
+import pytest
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, RedirectResponse, Response
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
 
 from spasticity_cds.interfaces.web.app import create_app
 from spasticity_cds.interfaces.web.config import WebSettings
@@ -36,6 +41,7 @@ SCRIPT_NAME = "<script>alert('x')</script>"
 #: The feedback report's password in the test apps, and the HTTP Basic credentials that carry it.
 REPORT_TOKEN = "report-token-for-tests"
 REPORT_AUTH = ("reviewer", REPORT_TOKEN)
+POSTGRES_URL_ENV = "SPASTICITY_CDS_TEST_POSTGRES_URL"
 
 
 def frozen_clock() -> datetime:
@@ -134,8 +140,11 @@ def write_demo_dir(folder: Path) -> Path:
     return folder
 
 
-def make_app(tmp_path: Path, **settings: Any) -> FastAPI:
-    """The real app from the factory, with a SQLite store, frozen clock, test demo bundles and the page router."""
+def make_app(tmp_path: Path, *, store_clock: Callable[[], datetime] | None = None, **settings: Any) -> FastAPI:
+    """The real app from the factory, with a SQLite store, frozen clock, test demo bundles and the page router.
+
+    ``store_clock`` is the store's (when replay entries and SMART sessions expire); by default the system clock.
+    """
     tmp_path.mkdir(parents=True, exist_ok=True)
     options: dict[str, Any] = {
         "store_url": f"sqlite:///{tmp_path / 'feedback.sqlite3'}",
@@ -144,11 +153,32 @@ def make_app(tmp_path: Path, **settings: Any) -> FastAPI:
     }
     options.update(settings)
     web_settings = WebSettings(**options)
-    app = create_app(web_settings, store=open_store(web_settings.store_url), clock=frozen_clock)
+    store = open_store(web_settings.store_url, clock=store_clock)
+    app = create_app(web_settings, store=store, clock=frozen_clock)
     if not any(getattr(route, "path", None) == "/kb" for route in app.routes):
         app.include_router(pages_router)
     app.state.demo_data_dir = write_demo_dir(tmp_path / "demo")
     return app
+
+
+@contextmanager
+def postgres_schema() -> Iterator[str]:
+    """A store URL whose search_path is a new, empty schema on the test PostgreSQL server (dropped afterwards);
+    the test is skipped without a server."""
+    base = os.environ.get(POSTGRES_URL_ENV)
+    if not base:
+        pytest.skip(f"{POSTGRES_URL_ENV} is not set (start a server with scripts/start-postgres)")
+    schema = f"web_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(base)
+    try:
+        with admin.begin() as connection:
+            connection.execute(text(f'CREATE SCHEMA "{schema}"'))
+        url = make_url(base).update_query_dict({"options": f"-csearch_path={schema}"})
+        yield url.render_as_string(hide_password=False)
+        with admin.begin() as connection:
+            connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+    finally:
+        admin.dispose()
 
 
 def free_socket() -> socket.socket:

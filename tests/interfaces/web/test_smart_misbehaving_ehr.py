@@ -243,7 +243,7 @@ def test_toward_an_unregistered_demo_server_the_token_step_says_nothing_more(tmp
 def test_a_flood_of_launches_does_not_end_a_plan_in_use(
     tmp_path: Path, slow_ehr: SlowEhr, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(smart, "MAX_SESSIONS", 3)
+    monkeypatch.setattr(smart, "MAX_PENDING_LAUNCHES", 3)
     client = _client(tmp_path, slow_ehr)
     plan = client.get(_callback(client, slow_ehr)).headers["location"]
     for _ in range(5):

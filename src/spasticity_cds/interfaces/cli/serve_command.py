@@ -86,6 +86,11 @@ def run(args: argparse.Namespace, console: Console) -> int:
     workers = args.workers or settings.workers
     if workers > 1 and not (settings.store_url or "").startswith("postgresql"):
         console.print("[yellow]Several workers on SQLite: use a PostgreSQL store_url for real deployments.[/]")
+    if workers > 1 and not settings.session_secret:
+        console.print(
+            "[yellow]Several workers without session_secret: each makes its own, so a form or a SMART launch fails "
+            "when its next request lands on another worker. Set session_secret.[/]"
+        )
     if args.config:
         os.environ[CONFIG_ENV] = str(args.config.resolve())
     else:

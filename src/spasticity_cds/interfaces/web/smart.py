@@ -11,11 +11,11 @@ import logging
 import math
 import re
 import secrets
-import time
 import tomllib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 from functools import partial
 from pathlib import Path
 from typing import Annotated, Any
@@ -29,12 +29,13 @@ from starlette.concurrency import run_in_threadpool
 from spasticity_cds import api
 from spasticity_cds.cds_hooks.fhir_client import url_within
 from spasticity_cds.cds_hooks.urls import LOOPBACK_HOSTS, http_url
-from spasticity_cds.errors import SpasticityCdsError
+from spasticity_cds.errors import SpasticityCdsError, StoreError
 from spasticity_cds.interfaces.web.config import ConfigError
-from spasticity_cds.interfaces.web.csrf import SESSION_COOKIE, BadSignatureError, session_signer
+from spasticity_cds.interfaces.web.csrf import SESSION_COOKIE, BadSignatureError, app_secret, session_signer
 from spasticity_cds.interfaces.web.deps import AppState, app_state
-from spasticity_cds.interfaces.web.plan_view import build_plan
+from spasticity_cds.interfaces.web.plan_view import build_plan, storable_card_id
 from spasticity_cds.interfaces.web.rendering import render, set_app_cookie
+from spasticity_cds.interfaces.web.smart_sessions import SmartSession, SmartSessions
 
 logger = logging.getLogger(__name__)
 router = APIRouter()
@@ -47,10 +48,14 @@ STANDALONE_SCOPE = f"launch/patient openid fhirUser {FHIR_SCOPES}"
 DEFAULT_CLIENT_ID = "spasticity-cds"
 MAX_PAGES = 20
 MAX_RESOURCES = 20_000
-MAX_SESSIONS = 10_000
+#: Pending launches kept at most (all workers together); beyond it the oldest goes, a logged-in session never.
+MAX_PENDING_LAUNCHES = 10_000
 DEFAULT_TOKEN_LIFETIME_S = 300.0
 JSON_ACCEPT = {"Accept": "application/json"}
 FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")  # FHIR R4 id datatype
+#: Longer than any rule id the knowledge base gives (the page highlights a rule only if the knowledge base has it).
+MAX_RULE_ID_CHARS = 255
+STORE_DOWN = "Launch sessions cannot be kept or read right now. Try again in a moment."
 NOT_SET_UP = (
     "SMART launch is not set up on this server: it needs the EHRs registered (smart_clients_file or "
     "fhir_server_allowlist)"
@@ -92,62 +97,15 @@ class SmartClient:
     vetted: bool = True
 
 
-@dataclass
-class SmartSession:
-    """One launch: PKCE verifier before the redirect, then the token and patient context; bound to one browser."""
-
-    created: float
-    iss: str
-    client: SmartClient
-    browser: str
-    verifier: str = ""
-    token_endpoint: str = ""
-    #: The ``iss`` a callback may carry (RFC 9207): the configuration's ``issuer``, or the FHIR base.
-    issuers: frozenset[str] = frozenset()
-    access_token: str = ""
-    patient: str = ""
-    app_context: str = ""
-    expires_at: float = 0.0
-
-
-class SessionStore:
-    """Server-side SMART sessions in memory, each under its own random id (the OAuth state, then the plan's URL)."""
-
-    def __init__(self, max_age_s: int) -> None:
-        self.max_age_s = max_age_s
-        self._sessions: dict[str, SmartSession] = {}
-
-    def new(self, session: SmartSession) -> str:
-        self._purge()
-        if len(self._sessions) >= MAX_SESSIONS:
-            # A pending launch goes first: anyone can start launches, and a flood of them must not end plans in use.
-            pending = [key for key, held in self._sessions.items() if not held.access_token]
-            oldest = min(pending or self._sessions, key=lambda key: self._sessions[key].created)
-            del self._sessions[oldest]
-        key = secrets.token_urlsafe(32)
-        self._sessions[key] = session
-        return key
-
-    def get(self, key: str) -> SmartSession | None:
-        self._purge()
-        return self._sessions.get(key)
-
-    def pop(self, key: str) -> SmartSession | None:
-        self._purge()
-        return self._sessions.pop(key, None)
-
-    def _purge(self) -> None:
-        now = time.time()
-        for key in [k for k, s in self._sessions.items() if now - s.created > self.max_age_s]:
-            del self._sessions[key]
-
-
-def _sessions(request: Request, state: AppState) -> SessionStore:
-    store: SessionStore | None = getattr(request.app.state, "smart_sessions", None)
-    if store is None:
-        store = SessionStore(state.settings.session_max_age_s)
-        request.app.state.smart_sessions = store
-    return store
+def _sessions(request: Request, state: AppState) -> SmartSessions:
+    """The app's SMART sessions, kept in its store so that every worker and host sees the same ones."""
+    sessions: SmartSessions | None = getattr(request.app.state, "smart_sessions", None)
+    if sessions is None:
+        secret = app_secret(request, state)
+        max_age = state.settings.session_max_age_s
+        sessions = SmartSessions(state.store, secret, max_age_s=max_age, max_pending=MAX_PENDING_LAUNCHES)
+        request.app.state.smart_sessions = sessions
+    return sessions
 
 
 def load_clients(path: Path | None) -> list[SmartClient] | None:
@@ -353,9 +311,8 @@ async def smart_launch(request: Request, state: StateDep) -> Response:
     browser = _browser_id(request, state) or secrets.token_urlsafe(24)
     verifier, challenge = pkce_pair()
     session = SmartSession(
-        created=time.time(),
         iss=client.iss,
-        client=client,
+        client_id=client.client_id,
         browser=browser,
         verifier=verifier,
         token_endpoint=config["token_endpoint"],
@@ -363,7 +320,10 @@ async def smart_launch(request: Request, state: StateDep) -> Response:
     )
     # The pending launch is found again by its OAuth state: each launch is its own entry, so a second launch in
     # the same browser leaves the first one (and its plan tab) alone.
-    oauth_state = _sessions(request, state).new(session)
+    try:
+        oauth_state = await _sessions(request, state).start(session)
+    except StoreError as error:
+        return _store_down(request, state, "launch", error)
     scope = client.scope or (EHR_SCOPE if launch else STANDALONE_SCOPE)
     params = {
         "response_type": "code",
@@ -432,6 +392,12 @@ def _browser_id(request: Request, state: AppState) -> str | None:
         return None
 
 
+def _store_down(request: Request, state: AppState, step: str, error: StoreError) -> HTMLResponse:
+    """503: the store did not answer; nothing was half-kept (each store call is one transaction)."""
+    logger.error("SMART %s: the session store failed: %s", step, error.message)
+    return _error(request, state, STORE_DOWN, 503)
+
+
 def _owned(session: SmartSession | None, browser: str) -> SmartSession | None:
     """The session if this browser started it: its id in a URL is not enough on its own."""
     if session is None or not hmac.compare_digest(session.browser.encode(), browser.encode()):
@@ -447,10 +413,20 @@ async def smart_callback(request: Request, state: StateDep) -> Response:
         return _error(
             request, state, "This launch has expired or was started in another browser. Launch the app again.", 401
         )
-    # Popped whatever happens next: a state is good for one callback only.
-    session = _owned(_sessions(request, state).pop(request.query_params.get("state", "")), browser)
+    # Taken whatever happens next: a state is good for one callback only, in whichever worker or host it lands.
+    try:
+        taken = await _sessions(request, state).take_pending(request.query_params.get("state", ""))
+    except StoreError as error:
+        return _store_down(request, state, "callback", error)
+    session = _owned(taken, browser)
     if session is None:
         return _error(request, state, "The launch could not be verified (state mismatch). Launch the app again.", 400)
+    registered = registrations(request, state)
+    if registered.problem:
+        return _error(request, state, registered.problem, 500)
+    client = _registered_client(state, registered, session)
+    if client is None:
+        return _error(request, state, "This EHR's registration changed during the launch. Launch the app again.", 400)
     returned_iss = request.query_params.get("iss")
     if returned_iss is not None and normalized_iss(returned_iss) not in session.issuers:  # RFC 9207: mix-up attack
         return _error(request, state, "The answer came from another authorization server. Launch the app again.", 400)
@@ -462,9 +438,9 @@ async def smart_callback(request: Request, state: StateDep) -> Response:
         return _error(request, state, "The EHR returned no authorisation code.", 400)
     try:
         async with _step(state, "The EHR's token endpoint") as outbound:
-            token = await exchange_code(outbound, session, code, redirect_uri(state))
+            token = await exchange_code(outbound, session, client, code, redirect_uri(state))
     except SmartError as error:
-        shown = _as_shown(error, session.client, "The EHR's token endpoint")
+        shown = _as_shown(error, client, "The EHR's token endpoint")
         return _error(request, state, shown.message, shown.http_status)
     patient = token.get("patient")
     if not isinstance(patient, str) or not patient:
@@ -472,16 +448,32 @@ async def smart_callback(request: Request, state: StateDep) -> Response:
     if not FHIR_ID.fullmatch(patient):  # it goes into the FHIR URLs we read: no path, query or odd characters
         return _error(request, state, "The EHR gave a patient id that is not a valid FHIR id.", 502)
     session.verifier = ""
-    session.created = time.time()
     session.access_token = token["access_token"]
     session.patient = patient
-    session.expires_at = time.time() + token_lifetime_s(token.get("expires_in"), state.settings.session_max_age_s)
     context = token.get("appContext")
     if isinstance(context, dict):
         context = json.dumps(context)
-    session.app_context = context if isinstance(context, str) else ""
+    card_uuid, rule_id = _card_context(context if isinstance(context, str) else "")
+    # Only what the page uses, within the store's sizes: an id too long to store with feedback is left off the page.
+    session.card_uuid = card_uuid if card_uuid and storable_card_id(card_uuid) else None
+    session.rule_id = rule_id if rule_id and len(rule_id) <= MAX_RULE_ID_CHARS else None
+    lifetime = token_lifetime_s(token.get("expires_in"), state.settings.session_max_age_s)
     # A new id once logged in (the state travelled through the EHR and its logs): no fixation, no replay.
-    return RedirectResponse(f"/smart/plan/{_sessions(request, state).new(session)}", status_code=303)
+    try:
+        plan_id = await _sessions(request, state).log_in(session, timedelta(seconds=lifetime))
+    except StoreError as error:
+        return _store_down(request, state, "login", error)
+    return RedirectResponse(f"/smart/plan/{plan_id}", status_code=303)
+
+
+def _registered_client(state: AppState, registered: Registrations, session: SmartSession) -> SmartClient | None:
+    """The launch's registration, looked up again (its secret is never stored with the session); None if the
+    worker or host that took the callback does not register that client for that server (any longer)."""
+    try:
+        client = client_for(session.iss, state, registered.clients)
+    except SmartError:
+        return None
+    return client if client.client_id == session.client_id else None
 
 
 def token_lifetime_s(expires_in: Any, longest_s: int) -> float:
@@ -492,18 +484,20 @@ def token_lifetime_s(expires_in: Any, longest_s: int) -> float:
     return min(float(expires_in), float(longest_s)) if expires_in > 0 else DEFAULT_TOKEN_LIFETIME_S
 
 
-async def exchange_code(outbound: Outbound, session: SmartSession, code: str, callback_url: str) -> dict[str, Any]:
+async def exchange_code(
+    outbound: Outbound, session: SmartSession, client: SmartClient, code: str, callback_url: str
+) -> dict[str, Any]:
     """The token response for ``code``, sent with the PKCE verifier (and the secret of a confidential client)."""
     form = {
         "grant_type": "authorization_code",
         "code": code,
         "redirect_uri": callback_url,
         "code_verifier": session.verifier,
-        "client_id": session.client.client_id,
+        "client_id": client.client_id,
     }
     options: dict[str, Any] = {"data": form, "headers": JSON_ACCEPT}
-    if session.client.client_secret:
-        options["auth"] = httpx.BasicAuth(session.client.client_id, session.client.client_secret)
+    if client.client_secret:
+        options["auth"] = httpx.BasicAuth(client.client_id, client.client_secret)
     answer = await outbound.fetch("The EHR's token endpoint", "POST", session.token_endpoint, **options)
     token = answer.json_object() if answer.status == 200 else None
     if token is None or not isinstance(token.get("access_token"), str):
@@ -572,8 +566,12 @@ def _card_context(app_context: str) -> tuple[str | None, str | None]:
 async def smart_plan(session_id: str, request: Request, state: StateDep) -> HTMLResponse:
     """The launched patient's plan, read fresh from the EHR with the token of the session named in the URL."""
     browser = _browser_id(request, state)
-    session = _owned(_sessions(request, state).get(session_id), browser) if browser else None
-    if session is None or not session.access_token or time.time() > session.expires_at:
+    try:
+        # Without a valid browser cookie the store is not asked at all.
+        session = _owned(await _sessions(request, state).find_active(session_id), browser) if browser else None
+    except StoreError as error:
+        return _store_down(request, state, "plan", error)
+    if session is None or not session.access_token:  # the store keeps it only until it expires
         return _error(request, state, "Your session has expired. Launch the app again from the EHR.", 401)
     try:
         async with _step(state, "the FHIR server") as outbound:
@@ -581,7 +579,7 @@ async def smart_plan(session_id: str, request: Request, state: StateDep) -> HTML
         record = api.read_patient(resources, source="SMART launch")
     except SpasticityCdsError as error:
         return _error(request, state, error.message, error.http_status if error.http_status != 500 else 502)
-    card_uuid, rule_id = _card_context(session.app_context)
+    card_uuid, rule_id = session.card_uuid, session.rule_id
     now = state.clock()
     try:
         plan = await run_in_threadpool(
