@@ -341,6 +341,30 @@ def test_feedback_report_counts_each_card_once_by_its_latest_outcome(store: SqlF
     assert report[0].override_rate == 0.25
 
 
+def test_an_acceptance_of_suggestions_the_card_never_carried_is_counted_apart(store: SqlFeedbackStore) -> None:
+    store.record_issued_cards([issued_card(f"c-{n}") for n in range(5)])
+    store.record_hook_feedback(
+        [
+            hook_feedback("c-0", FeedbackOutcome.ACCEPTED, accepted_suggestions=("s-1",), unknown_suggestions=()),
+            hook_feedback("c-1", FeedbackOutcome.ACCEPTED, accepted_suggestions=("x",), unknown_suggestions=("x",)),
+            hook_feedback("c-2", FeedbackOutcome.ACCEPTED),  # not checked (None): counted as sent
+            hook_feedback("c-3", FeedbackOutcome.ACCEPTED, accepted_suggestions=("y",), unknown_suggestions=("y",)),
+            hook_feedback(
+                "c-3",
+                FeedbackOutcome.ACCEPTED,
+                at=FROZEN_NOW + timedelta(minutes=1),
+                accepted_suggestions=("s-9",),
+                unknown_suggestions=(),
+            ),  # the latest report of the card decides
+        ]
+    )
+
+    (stats,) = store.feedback_report()
+
+    assert (stats.accepted, stats.accepted_unverified, stats.overridden) == (3, 1, 0)
+    assert stats.acceptance_rate == 3 / 5
+
+
 def test_empty_store_reports_nothing(store: SqlFeedbackStore) -> None:
     assert store.feedback_report() == []
     assert store.list_hook_feedback() == []

@@ -183,7 +183,9 @@ class SealedSmartSession:
 class RuleFeedbackStats:
     """Feedback totals for one rule version; rates are over cards issued and None when none were issued.
 
-    A card reported several times counts once, with its latest outcome.
+    A card reported several times counts once, with its latest outcome. An acceptance naming suggestions the card
+    never carried (`HookFeedback.unknown_suggestions`: a client's mistake, or feedback meant for another card) is
+    counted apart, in ``accepted_unverified``, and not in ``accepted`` or the acceptance rate.
     """
 
     rule_id: str
@@ -193,6 +195,7 @@ class RuleFeedbackStats:
     overridden: int = 0
     page_useful_yes: int = 0
     page_useful_no: int = 0
+    accepted_unverified: int = 0
     acceptance_rate: float | None = field(init=False)
     override_rate: float | None = field(init=False)
 

@@ -10,7 +10,7 @@ from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, TypeVar
 
-from sqlalchemy import Delete, Engine, Select, Table, delete, func, select, tuple_
+from sqlalchemy import Delete, Engine, Select, String, Table, case, cast, delete, func, select, tuple_
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, RowMapping
 from sqlalchemy.exc import DBAPIError
@@ -255,8 +255,8 @@ class SqlFeedbackStore:
         with self._reading("build the feedback report") as connection:
             for rule_id, version, issued in connection.execute(_cards_issued_per_rule()):
                 totals.setdefault((rule_id, version), _Totals()).cards_issued = issued
-            for rule_id, version, outcome, cards in connection.execute(_latest_outcomes_per_rule()):
-                totals.setdefault((rule_id, version), _Totals()).add_outcome(outcome, cards)
+            for rule_id, version, outcome, unverified, cards in connection.execute(_latest_outcomes_per_rule()):
+                totals.setdefault((rule_id, version), _Totals()).add_outcome(outcome, bool(unverified), cards)
             for rule_id, version, useful, answers in connection.execute(_page_usefulness_per_rule()):
                 totals.setdefault((rule_id, version), _Totals()).add_usefulness(useful, answers)
         return [totals[key].to_stats(key) for key in sorted(totals)]
@@ -336,24 +336,29 @@ def _cards_issued_per_rule() -> Select[str, int, int]:
     return select(cards.c.rule_id, cards.c.rule_version, func.count()).group_by(cards.c.rule_id, cards.c.rule_version)
 
 
-def _latest_outcomes_per_rule() -> Select[str, int, str, int]:
-    """Count each card once, by its latest outcome, under its issued card's rule (or the feedback's)."""
+def _latest_outcomes_per_rule() -> Select[str, int, str, bool, int]:
+    """Count each card once, by its latest outcome and whether it named suggestions the card never carried, under
+    its issued card's rule (or the feedback's)."""
     feedback, cards = schema.hook_feedback, schema.issued_cards
     newest_first = (feedback.c.outcome_timestamp.desc(), feedback.c.id.desc())
+    # The JSON list as stored ("[]" when every suggestion matched; SQL NULL when it could not be checked) read as
+    # text, the same on SQLite and PostgreSQL, so no JSON function of either is needed.
+    listed = func.coalesce(cast(feedback.c.unknown_suggestions, String), "[]")
     ranked = (
         select(
             func.coalesce(cards.c.rule_id, feedback.c.rule_id).label("rule_id"),
             func.coalesce(cards.c.rule_version, feedback.c.rule_version).label("rule_version"),
             feedback.c.outcome,
+            case((listed.in_(["[]", "null"]), False), else_=True).label("unverified"),
             func.row_number().over(partition_by=feedback.c.card_uuid, order_by=newest_first).label("recency"),
         )
         .select_from(feedback.outerjoin(cards, cards.c.card_uuid == feedback.c.card_uuid))
         .subquery()
     )
     return (
-        select(ranked.c.rule_id, ranked.c.rule_version, ranked.c.outcome, func.count())
+        select(ranked.c.rule_id, ranked.c.rule_version, ranked.c.outcome, ranked.c.unverified, func.count())
         .where(ranked.c.recency == 1, ranked.c.rule_id.is_not(None), ranked.c.rule_version.is_not(None))
-        .group_by(ranked.c.rule_id, ranked.c.rule_version, ranked.c.outcome)
+        .group_by(ranked.c.rule_id, ranked.c.rule_version, ranked.c.outcome, ranked.c.unverified)
     )
 
 
@@ -373,12 +378,15 @@ class _Totals:
     overridden: int = 0
     useful_yes: int = 0
     useful_no: int = 0
+    accepted_unverified: int = 0
 
-    def add_outcome(self, outcome: str, cards: int) -> None:
-        if outcome == FeedbackOutcome.ACCEPTED:
-            self.accepted += cards
-        else:
+    def add_outcome(self, outcome: str, unverified: bool, cards: int) -> None:
+        if outcome != FeedbackOutcome.ACCEPTED:
             self.overridden += cards
+        elif unverified:
+            self.accepted_unverified += cards
+        else:
+            self.accepted += cards
 
     def add_usefulness(self, useful: bool, answers: int) -> None:
         if useful:
@@ -395,6 +403,7 @@ class _Totals:
             overridden=self.overridden,
             page_useful_yes=self.useful_yes,
             page_useful_no=self.useful_no,
+            accepted_unverified=self.accepted_unverified,
         )
 
 

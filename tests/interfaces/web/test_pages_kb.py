@@ -195,9 +195,9 @@ def test_feedback_report_shows_hook_and_page_rates_per_rule(client: support.Page
     page = client.get("/reports/feedback", auth=support.REPORT_AUTH).text
     row = page.split('href="/kb/rules/TIZ-LIVER-3X"')[1].split("</tr>")[0]
     cells = [c.split("</td>")[0] for c in row.split("<td>")[1:]]
-    assert cells[:6] == ["1", "4", "3", "1", "75%", "25%"]
-    assert cells[6].strip() == "0 / 1" and cells[8].strip() == "1"
-    assert cells[9].strip() == "patient-refuses (1)"
+    assert cells[:7] == ["1", "4", "3", "0", "1", "75%", "25%"]  # version, issued, accepted, not ours, overridden
+    assert cells[7].strip() == "0 / 1" and cells[9].strip() == "1"
+    assert cells[10].strip() == "patient-refuses (1)"
     assert "1 yes, 0 no" in page
     comments = page.split('id="comments"')[1]
     assert "tolerated &lt;it&gt; for years" in comments and "reason: risk-benefit-ratio" in comments
