@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -214,13 +215,17 @@ def _comparison(
             actual: Any = env.settings[setting_name]
         else:
             fact = env.facts[name]
-            if fact.value is None:
-                return when_missing
             actual = fact.value
+            if actual is None:
+                return when_missing
             if fact.stale:
                 met = _compared(compare, actual, limit)
                 return True if stale_if_met and met and not env.strict else when_missing
-        return _compared(compare, actual, limit)
+        # The comparison inline, not through _compared: this runs for every check of every rule for every patient.
+        try:
+            return bool(compare(actual, limit))
+        except TypeError:  # a value of another kind than the threshold (text against a number) cannot decide
+            return None
 
     return evaluate
 
@@ -232,13 +237,22 @@ def _compared(compare: Callable[[Any, Any], bool], actual: Any, limit: Any) -> T
         return None
 
 
+def _is(actual: Any, expected: Any) -> bool:
+    return actual is (True if expected is None else expected)
+
+
+def _within(actual: Any, allowed: Any) -> bool:
+    return actual in allowed
+
+
+#: The comparisons: the operator module's own functions where one exists (C, no Python frame per check).
 _OPERATORS: dict[str, Callable[[Any, Any], bool]] = {
-    "eq": lambda a, b: bool(a == b),
-    "ne": lambda a, b: bool(a != b),
-    "lt": lambda a, b: bool(a < b),
-    "le": lambda a, b: bool(a <= b),
-    "gt": lambda a, b: bool(a > b),
-    "ge": lambda a, b: bool(a >= b),
-    "in": lambda a, b: a in b,
-    "is": lambda a, b: a is (True if b is None else b),
+    "eq": operator.eq,
+    "ne": operator.ne,
+    "lt": operator.lt,
+    "le": operator.le,
+    "gt": operator.gt,
+    "ge": operator.ge,
+    "in": _within,
+    "is": _is,
 }
