@@ -134,3 +134,18 @@ def test_a_later_phase_of_a_schedule_starts_when_the_earlier_one_ends() -> None:
     running = schedule(later, date(2026, 9, 25), TODAY, _liver_done("2026-11-14"))
     assert running is not None and running["next_due"] == "2026-12-26"
     assert running["then"] == ["2027-02-06", "2027-03-20"]
+
+
+def test_an_item_of_one_jurisdictions_practice_is_shown_only_under_its_reading() -> None:
+    """Baclofen's 6-week benefit review is UK practice: listed and dated under ``uk``, not said under ``us``, whether
+    the drug is taken or only an option."""
+    taken = record(med("baclofen", dose=10, per_day=3, start=days_ago(14)), egfr(90))
+    uk = ENGINE.evaluate(taken, NOW, {"jurisdiction": "uk"})
+    us = ENGINE.evaluate(taken, NOW, {"jurisdiction": "us"})
+    benefit = next(m for m in _monitoring(uk, "baclofen") if m["test"] == "benefit")
+    assert benefit["schedule"] == {"from": days_ago(14), "review_by": days_ago(-28)}
+    assert [m["test"] for m in _monitoring(us, "baclofen")] == ["sedation", "renal"]
+    untreated = record(egfr(90))
+    assert [m["test"] for m in _monitoring(ENGINE.evaluate(untreated, NOW), "baclofen")] == ["sedation", "renal"]
+    uk_option = _monitoring(ENGINE.evaluate(untreated, NOW, {"jurisdiction": "uk"}), "baclofen")
+    assert [m["test"] for m in uk_option] == ["sedation", "renal", "benefit"]

@@ -86,6 +86,18 @@ def test_clinician_expectations(folder: Path, results: dict[str, dict[str, Any]]
     plans = {option["agent"]: option.get("dose_plan") or {} for option in result["options"]}
     for agent, wanted in expect.get("dose_plans", {}).items():
         _check_dose_plan(f"{folder.name}: {agent}", plans.get(agent, {}), wanted)
+    monitoring = {option["agent"]: option.get("monitoring") or [] for option in result["options"]}
+    for agent, tests in expect.get("monitoring", {}).items():
+        _check_monitoring(f"{folder.name}: {agent}", monitoring.get(agent, []), tests)
+
+
+def _check_monitoring(where: str, items: list[dict[str, Any]], wanted: dict[str, dict[str, Any]]) -> None:
+    """Exactly the monitoring items expected (by test), each schedule holding the keys given."""
+    assert [item["test"] for item in items] == list(wanted), f"{where}: monitoring {[i['test'] for i in items]}"
+    for item in items:
+        schedule = item.get("schedule", {})
+        shown = {key: schedule.get(key) for key in wanted[item["test"]]}
+        assert shown == wanted[item["test"]], f"{where}: {item['test']} schedule {schedule}"
 
 
 def _check_dose_plan(where: str, plan: dict[str, Any], wanted: dict[str, Any]) -> None:

@@ -516,7 +516,17 @@ class Engine:
     ) -> list[dict[str, Any]]:
         """The monograph's monitoring, each item with its dates for this patient (``schedule``) when the agent is
         taken or being ordered; the shared entries otherwise, and for an agent ruled out (its titration checks and
-        benefit reviews are no longer due: it is being withdrawn)."""
+        benefit reviews are no longer due: it is being withdrawn). An item of one jurisdiction's practice is left out
+        under another's reading (setting ``jurisdiction``)."""
+        items = monograph.monitoring
+        if any(item.jurisdictions for item in items):
+            jurisdiction = env.settings["jurisdiction"]
+            kept = [
+                (entry, item)
+                for entry, item in zip(entries, items, strict=True)
+                if not item.jurisdictions or jurisdiction in item.jurisdictions
+            ]
+            entries, items = [entry for entry, _ in kept], [item for _, item in kept]
         if not (option["current"] or option["proposed"]) or option["status"] in RULED_OUT:
             return entries
         today = now.date()
@@ -525,7 +535,7 @@ class Engine:
             days_on = env.facts.get(f"med.{monograph.concept}.days_on")
             started = parse_date(days_on.date) if days_on is not None and days_on.value is not None else None
         dated = []
-        for entry, item in zip(entries, monograph.monitoring, strict=True):
+        for entry, item in zip(entries, items, strict=True):
             when = schedule(item, started, today, env.facts)
             dated.append(entry if when is None else {**entry, "schedule": when})
         return dated

@@ -216,6 +216,7 @@ def _check(kb: KnowledgeBase) -> None:
             )
     for monograph in kb.monographs.values():
         _check_stop_at_once(kb, monograph)
+        _check_monitoring_jurisdictions(kb, monograph)
     for rule in kb.rules.values():
         _check_rule(kb, rule, agents)
     for scope_rule in kb.manifest.scope_rules:
@@ -238,6 +239,21 @@ def _check_stop_at_once(kb: KnowledgeBase, monograph: Monograph) -> None:
                 )
             if not rule.rules_out(monograph.id):
                 raise KnowledgeBaseError(f"rule {rule_id!r} does not rule {monograph.id} out", where=where)
+
+
+def _check_monitoring_jurisdictions(kb: KnowledgeBase, monograph: Monograph) -> None:
+    """A monitoring item limited to some jurisdictions names readings of the ``jurisdiction`` setting."""
+    setting = kb.settings.get("jurisdiction")
+    choices = [str(choice) for choice in setting.choices] if setting is not None else []
+    for index, item in enumerate(monograph.monitoring):
+        for name in item.jurisdictions:
+            if name not in choices:
+                hint = name.lower() if name.lower() in choices else suggest(name, choices)
+                raise KnowledgeBaseError(
+                    f"unknown jurisdiction {name!r} (the jurisdiction setting's choices: {', '.join(choices)})"
+                    + (f"; did you mean {hint!r}?" if hint else ""),
+                    where=f"drugs/{monograph.id}.yaml: monitoring[{index}]",
+                )
 
 
 def _check_rule(kb: KnowledgeBase, rule: Rule, agents: set[str]) -> None:

@@ -156,6 +156,9 @@ class MonitoringItem(Strict, kw_only=True, frozen=True):
     first_due_days: int | None = None
     interval_days: int | None = None
     until_days: int | None = None
+    #: The readings of the ``jurisdiction`` setting under which the item applies (one jurisdiction's practice);
+    #: empty: every jurisdiction. The loader checks each against the setting's choices.
+    jurisdictions: list[str] = []
     citations: list[CitationRef]
 
 
