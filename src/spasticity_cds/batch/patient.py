@@ -70,6 +70,7 @@ class PatientEvaluator:
         #: The overrides that change a setting (``--jurisdiction us``, the default, changes none): they enter every
         #: Task key, so that items found under other settings are superseded, and the manifest.
         self.settings = {name: value for name, value in active.items() if value != self.engine.defaults[name]}
+        self.boundaries_of = self.engine.fact_boundaries(active)
         manifest = self.engine.kb.manifest
         self.knowledge_base = {"name": manifest.name, "version": manifest.version, "digest": self.engine.kb.digest}
 
@@ -158,7 +159,7 @@ class PatientEvaluator:
             authored_on=self.authored_on,
             settings=self.settings,
         )
-        row = worklist.render(worklist_row(task, finding))
+        row = worklist.render(worklist_row(task, finding, self.boundaries_of))
         return (
             _dump({"id": task["id"], "patient": patient_ref, "rule_id": finding["rule_id"]}),
             _dump(task),

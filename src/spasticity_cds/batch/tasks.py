@@ -9,6 +9,7 @@ from typing import Any
 import orjson
 
 from spasticity_cds.batch import policy
+from spasticity_cds.engine.display import BoundariesOf
 from spasticity_cds.engine.facts import Fact, Value
 
 #: At most this many characters of a patient's name or record number in a Task and a worklist row (no name is
@@ -198,9 +199,14 @@ def build_task(
     return task
 
 
-def worklist_row(task: Mapping[str, Any], finding: Mapping[str, Any]) -> dict[str, Any]:
-    """The flat view of one Task that the CSV and HTML worklists show."""
+def worklist_row(
+    task: Mapping[str, Any], finding: Mapping[str, Any], boundaries_of: BoundariesOf | None = None
+) -> dict[str, Any]:
+    """The flat view of one Task that the CSV and HTML worklists show; a number rounded no further than the numbers
+    it is compared with allow (``boundaries_of``, the engine's ``fact_boundaries`` for the run's settings; an item
+    carried over from the previous run has none, and its numbers keep the guarded default)."""
     facts = [_fact(data) for data in finding.get("facts", [])]
+    shown = boundaries_of or (lambda name: None)
     for_ref = task["for"]
     return {
         "severity": finding["severity"],
@@ -213,7 +219,9 @@ def worklist_row(task: Mapping[str, Any], finding: Mapping[str, Any]) -> dict[st
         "kind": finding["kind"],
         "action": task["code"]["coding"][0]["code"],
         "summary": task["description"],
-        "values": "; ".join(f"{fact.name} = {fact.display()}" for fact in facts if fact.value is not None),
+        "values": "; ".join(
+            f"{fact.name} = {fact.display(shown(fact.name))}" for fact in facts if fact.value is not None
+        ),
         "missing": "; ".join(fact.name for fact in facts if fact.value is None),
         "focus": (task.get("focus") or {}).get("reference", ""),
         "task": task["id"],

@@ -24,8 +24,10 @@ from spasticity_cds.cds_hooks.orders import (
     structured_dose,
     unit_text,
 )
+from spasticity_cds.engine.display import BoundariesOf
 from spasticity_cds.engine.dosing import steps_text
 from spasticity_cds.engine.evaluator import RULED_OUT, Engine
+from spasticity_cds.engine.facts import number_text
 
 SUMMARY_LIMIT = 140
 RULE_SYSTEM = "http://spasticity-cds.org/fhir/CodeSystem/rule"
@@ -285,7 +287,8 @@ class CardBuilder:
             parts.append(literal(finding["detail"]))
         plans = [_plan_block(option) for option in _dosed_options(group, result)]
         parts.extend(block for block, _ in plans)
-        used = [line for finding in group for line in self._fact_lines(finding)]
+        boundaries_of = self.engine.fact_boundaries(result.get("settings"))
+        used = [line for finding in group for line in self._fact_lines(finding, boundaries_of)]
         parts.append("**Patient data used:**\n" + ("\n".join(dict.fromkeys(used)) if used else "- none"))
         missing = self._missing_lines(group, ctx)
         parts.append(
@@ -302,12 +305,12 @@ class CardBuilder:
         )
         return "\n\n".join(part for part in parts if part)
 
-    def _fact_lines(self, finding: Mapping[str, Any]) -> list[str]:
+    def _fact_lines(self, finding: Mapping[str, Any], boundaries_of: BoundariesOf) -> list[str]:
         lines = []
         for fact in finding["facts"]:
             if fact.get("value") is None or fact.get("stale"):
                 continue
-            value = _fact_value(fact)
+            value = _fact_value(fact, boundaries_of)
             sources = ", ".join(ref if _named(ref) else UNNAMED_TEXT for ref in fact.get("sources", ()))
             note = f"; {fact['note']}" if fact.get("note") else ""
             line = f"{self.engine.fact_label(fact['name'])}: {value}{note}" + (f" ({sources})" if sources else "")
@@ -649,12 +652,12 @@ def _gap_summary(group: list[Mapping[str, Any]]) -> str:
     return f"{len(group)} checks could not be made for lack of data - see the list of missing data."
 
 
-def _fact_value(fact: Mapping[str, Any]) -> str:
+def _fact_value(fact: Mapping[str, Any], boundaries_of: BoundariesOf) -> str:
     value = fact["value"]
     text = (
         ("yes" if value else "no")
         if isinstance(value, bool)
-        else f"{value:g}"
+        else number_text(value, boundaries_of(str(fact["name"])))
         if isinstance(value, float)
         else str(value)
     )

@@ -10,6 +10,7 @@ from datetime import date, datetime
 from functools import cached_property, lru_cache
 from typing import Any
 
+from spasticity_cds.engine.display import BoundariesOf, boundaries, thresholds
 from spasticity_cds.engine.dosing import Withdrawal, dose_facts, dose_plan, withdrawal_plan
 from spasticity_cds.engine.extract import FactExtractor
 from spasticity_cds.engine.facts import Fact, Value, parse_date
@@ -107,6 +108,8 @@ class Engine:
         self.monograph_by_agent: dict[str, Monograph] = dict(kb.monographs)
         #: The sources of the pace of a dose reduction to the ceiling (a named setting).
         self.reduction_pace = kb.settings["dose_reduction_step_days"].citations
+        #: The numbers each fact is compared with, which its shown value must not be rounded across.
+        self.thresholds = thresholds(kb)
 
     # -- compile-time checks ---------------------------------------------------------------------------
 
@@ -153,6 +156,12 @@ class Engine:
                 raise InputError(f"unknown setting {name!r}" + (f"; did you mean {hint!r}?" if hint else ""))
             merged[name] = _checked_setting(name, setting, value)
         return merged
+
+    def fact_boundaries(self, overrides: Mapping[str, Value] | None = None) -> BoundariesOf:
+        """For a surface showing a result's facts: each fact's name to the numbers its value must not be rounded
+        across under the settings the result was evaluated with (its ``settings``), or None when not known."""
+        settings = self.settings_for(overrides)
+        return lambda name: boundaries(self.thresholds, name, settings)
 
     # -- per patient -----------------------------------------------------------------------------------
 
@@ -352,12 +361,13 @@ class Engine:
         for index in range(1, len(parts), 2):
             name = parts[index]
             if name in env.facts:
-                out.append(env.facts[name].display())
+                out.append(env.facts[name].display(boundaries(self.thresholds, name, env.settings)))
             elif name.startswith("setting.") and name[8:] in env.settings:
                 out.append(str(env.settings[name[8:]]))
             elif name.startswith("def.") and name[4:] in self.definitions:
                 met = self._met(self.definitions[name[4:]], env)
-                out.append("; ".join(self._fact_phrase(env.facts[fact]) for fact in dict.fromkeys(met)) or "not met")
+                phrases = (self._fact_phrase(env.facts[fact], env) for fact in dict.fromkeys(met))
+                out.append("; ".join(phrases) or "not met")
             else:
                 out.append(f"{{{name}}}")
             out.append(parts[index + 1])
@@ -377,11 +387,12 @@ class Engine:
         """A clinician's name for the fact ``name`` (``labels.fact_label``)."""
         return fact_label(name, self.concept_display, self.kb.definitions)
 
-    def _fact_phrase(self, fact: Fact) -> str:
+    def _fact_phrase(self, fact: Fact, env: Env) -> str:
         """``FVC % predicted 42 % (2026-10-01)``, or the concept alone for a yes (``Non-invasive ventilation``)."""
         concept = fact.name.partition(".")[2].split(".")[0]
         label = self.concept_display.get(concept, concept.replace("-", " ").replace("_", " "))
-        return label if fact.value is True else f"{label} {fact.display()}"
+        shown = fact.display(boundaries(self.thresholds, fact.name, env.settings))
+        return label if fact.value is True else f"{label} {shown}"
 
     def cite(self, refs: list[CitationRef]) -> list[dict[str, Any]]:
         """Citation references expanded with title and evidence status, as every output carries them.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterable
 from datetime import date, datetime
 from typing import Any
 
@@ -30,8 +32,9 @@ class Fact(msgspec.Struct, gc=False):
     def usable(self) -> bool:
         return self.value is not None and not self.stale
 
-    def display(self) -> str:
-        """The value with its unit and date, as a clinician reads it."""
+    def display(self, boundaries: Iterable[float] | None = None) -> str:
+        """The value with its unit and date, as a clinician reads it; a number rounded no further than
+        ``boundaries`` allow (``number_text``)."""
         if self.value is None:
             return "missing"
         if isinstance(self.value, bool):
@@ -39,7 +42,7 @@ class Fact(msgspec.Struct, gc=False):
         elif self.unit == "MAS" and self.value == 1.5:
             text = "1+"
         elif isinstance(self.value, float):
-            text = number_text(self.value)
+            text = number_text(self.value, boundaries)
         else:
             text = str(self.value)
         if self.unit and self.unit != "MAS":  # a Modified Ashworth grade reads as the grade alone
@@ -93,10 +96,40 @@ def days_between(earlier: date, now: datetime) -> int:
     return (now.date() - earlier).days
 
 
-def number_text(value: float) -> str:
-    """A measured number to two decimals, unless that rounds it onto a round number it is not (an eGFR of 29.999
-    must not read as 30 beside a rule about "below 30"): then to six significant digits."""
-    text = f"{value:.2f}".rstrip("0").rstrip(".")
-    if float(text) != value and float(text) == round(value, 1):
-        return f"{value:.6g}"
-    return text
+#: Significant figures a measured number is shown to when the numbers it is compared with are known.
+SIGNIFICANT_FIGURES = 3
+#: Past this many decimals a number is shown as Python writes it.
+MOST_DECIMALS = 12
+
+
+def number_text(value: float, boundaries: Iterable[float] | None = None) -> str:
+    """A measured number as a clinician reads it; the value itself is never changed.
+
+    With ``boundaries`` (every number the knowledge base compares it with; none is fine): to three significant
+    figures (a PaCO2 of 51.0042 mmHg converted from kPa reads 51), with as many more decimals as it takes for the
+    shown number to stand on the same side of each boundary as the value, or on it only when the value is (49.96
+    beside "above 50" reads 49.96, not 50). Without them (None: not known): to two decimals, unless that rounds it
+    onto a round number it is not (an eGFR of 29.999 must not read as 30): then to six significant digits.
+    """
+    if boundaries is None:
+        text = _fixed(value, 2)
+        if float(text) != value and float(text) == round(value, 1):
+            return f"{value:.6g}"
+        return text
+    limits = tuple(boundaries)
+    magnitude = math.floor(math.log10(abs(value))) if value else 0
+    decimals = max(0, SIGNIFICANT_FIGURES - 1 - magnitude)
+    while decimals <= MOST_DECIMALS:
+        text = _fixed(value, decimals)
+        shown = float(text)
+        if all((shown > limit) - (shown < limit) == (value > limit) - (value < limit) for limit in limits):
+            return text
+        decimals += 1
+    return repr(value)
+
+
+def _fixed(value: float, decimals: int) -> str:
+    text = f"{value:.{decimals}f}"
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return "0" if text == "-0" else text

@@ -32,6 +32,7 @@ from spasticity_cds.api import (
     read_patient,
     to_json,
 )
+from spasticity_cds.engine.display import BoundariesOf
 from spasticity_cds.engine.evaluator import Engine
 from spasticity_cds.engine.facts import Value
 from spasticity_cds.errors import InputError, SpasticityCdsError
@@ -176,7 +177,7 @@ def _cmd_evaluate(args: argparse.Namespace, console: Console) -> int:
     outcomes = [_evaluated(engine, name, now, settings) for name in args.files]
     if len(outcomes) == 1 and isinstance(outcomes[0], InputError):
         raise outcomes[0]  # one file: its error is the run's, reported by console_entry as ever
-    _emit(console, outcomes, args.format)
+    _emit(console, outcomes, args.format, engine.fact_boundaries(settings))
     return next((outcome.exit_code for outcome in outcomes if isinstance(outcome, InputError)), EXIT_OK)
 
 
@@ -189,7 +190,9 @@ def _evaluated(engine: Engine, name: str, now: datetime, settings: dict[str, Val
     return engine.evaluate(record, now, settings)
 
 
-def _emit(console: Console, outcomes: Sequence[Outcome], output_format: str) -> None:
+def _emit(
+    console: Console, outcomes: Sequence[Outcome], output_format: str, boundaries_of: BoundariesOf | None = None
+) -> None:
     """Results in order: on stdout as JSON (one object for one file, else an array with an error entry in place of
     each bad file) or as text; each bad file's error on stderr, in its place among the text results."""
     if output_format == "json":
@@ -205,7 +208,7 @@ def _emit(console: Console, outcomes: Sequence[Outcome], output_format: str) -> 
         if isinstance(outcome, InputError):
             _report(outcome)
         else:
-            render_result(console, outcome)
+            render_result(console, outcome, boundaries_of)
 
 
 def _json_entry(outcome: Outcome) -> dict[str, Any]:
@@ -224,7 +227,7 @@ def _cmd_explain(args: argparse.Namespace, console: Console) -> int:
         sys.stdout.buffer.write(to_json(explanation, pretty=True) + b"\n")
         sys.stdout.flush()
     else:
-        render_explanation(console, explanation)
+        render_explanation(console, explanation, engine.fact_boundaries(parse_settings(args)))
     return EXIT_OK
 
 
@@ -294,7 +297,7 @@ def _cmd_demo(args: argparse.Namespace, console: Console) -> int:
             console.print(patient.summary, markup=False)
         results.append(engine.evaluate(read_patient(load_demo_bundle(patient.id), source=patient.id), now))
         if args.format == "text":
-            render_result(console, results[-1])
+            render_result(console, results[-1], engine.fact_boundaries())
     if args.format == "json":
         _emit(console, results, "json")
     return EXIT_OK

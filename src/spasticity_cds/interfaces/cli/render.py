@@ -12,7 +12,9 @@ from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
+from spasticity_cds.engine.display import BoundariesOf
 from spasticity_cds.engine.dosing import steps_text
+from spasticity_cds.engine.facts import number_text
 
 STATUS_STYLE = {
     "current": "bold cyan",
@@ -30,19 +32,21 @@ SEVERITY_STYLE = {"critical": "bold white on red", "warning": "bold yellow", "in
 CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
 
-def render_result(console: Console, result: dict[str, Any]) -> None:
+def render_result(console: Console, result: dict[str, Any], boundaries_of: BoundariesOf | None = None) -> None:
     """The whole plan for one patient: header, standing, options (ranked, then each with its basis), findings,
-    notes, disclaimer. Every statement is shown with its sources, as the JSON result carries them."""
+    notes, disclaimer. Every statement is shown with its sources, as the JSON result carries them; a number is
+    rounded no further than the numbers it is compared with allow (``boundaries_of``, the engine's
+    ``fact_boundaries`` for the result's settings)."""
     result = _printable(result)
     console.print(_header(result))
     if not result["in_scope"]:
-        _findings(console, result["findings"])
+        _findings(console, result["findings"], boundaries_of)
         _disclaimer(console, result)
         return
     console.print(_standing(result))
     console.print(_options_table(result["options"], console.width))
     _option_details(console, result["options"])
-    _findings(console, result["findings"])
+    _findings(console, result["findings"], boundaries_of)
     if result["input_notes"]:
         console.print(Text("How the record was read", style="bold"))
         for note in result["input_notes"]:
@@ -258,7 +262,7 @@ def _statement_lines(text: Text, label: str, statement: dict[str, Any] | None) -
         text.append(f"      Sources: {_cites(statement['citations'])}\n", style="dim")
 
 
-def _findings(console: Console, findings: list[dict[str, Any]]) -> None:
+def _findings(console: Console, findings: list[dict[str, Any]], boundaries_of: BoundariesOf | None) -> None:
     if not findings:
         return
     console.print(Text("Findings", style="bold underline"))
@@ -270,7 +274,9 @@ def _findings(console: Console, findings: list[dict[str, Any]]) -> None:
         body = Text(f"    {finding['detail']}\n", style="default")
         cites = "; ".join(f"{c['title']} [{c['status']}] - {c['locator']}" for c in finding["citations"])
         body.append(f"    Sources: {cites}\n", style="dim")
-        used = [f"{f['name']} = {_fact_value(f)}" for f in finding["facts"] if f.get("value") is not None]
+        used = [
+            f"{f['name']} = {_fact_value(f, boundaries_of)}" for f in finding["facts"] if f.get("value") is not None
+        ]
         if used:
             body.append(f"    Based on: {'; '.join(used)}\n", style="dim")
         conflict = finding.get("conflict")
@@ -285,10 +291,14 @@ def _findings(console: Console, findings: list[dict[str, Any]]) -> None:
         console.print(Group(head, body))
 
 
-def _fact_value(fact: dict[str, Any]) -> str:
-    """A fact's value with its unit, date, note and the record entries it was read from."""
+def _fact_value(fact: dict[str, Any], boundaries_of: BoundariesOf | None = None) -> str:
+    """A fact's value with its unit, date, note and the record entries it was read from; a number rounded no
+    further than the numbers it is compared with allow."""
     value = fact["value"]
-    text = f"{value:g}" if isinstance(value, float) else str(value)
+    if isinstance(value, float):
+        text = number_text(value, boundaries_of(str(fact["name"])) if boundaries_of else None)
+    else:
+        text = str(value)
     if fact.get("unit"):
         text += f" {fact['unit']}"
     details = [part for part in (fact.get("date"), "stale" if fact.get("stale") else None, fact.get("note")) if part]
@@ -304,24 +314,27 @@ def _disclaimer(console: Console, result: dict[str, Any]) -> None:
     )
 
 
-def render_explanation(console: Console, explanation: dict[str, Any]) -> None:
+def render_explanation(
+    console: Console, explanation: dict[str, Any], boundaries_of: BoundariesOf | None = None
+) -> None:
     """A rule's tree with the value at every node, then the nodes that decided the outcome."""
     title = f"{explanation['rule_id']} v{explanation['rule_version']} ({explanation['file']}): {explanation['outcome']}"
     tree = Tree(Text(title, style="bold"))
-    _grow(tree, explanation["tree"])
+    _grow(tree, explanation["tree"], boundaries_of)
     console.print(tree)
     console.print(Text("Decided by:", style="bold"))
     for node in explanation["deciding"]:
         console.print(f"  {node['path']}: {node['label']} -> {node['value']}", markup=False)
 
 
-def _grow(parent: Tree, node: dict[str, Any]) -> None:
+def _grow(parent: Tree, node: dict[str, Any], boundaries_of: BoundariesOf | None) -> None:
     style = {"true": "green", "false": "red", "unknown": "yellow"}[node["value"]]
     label = Text(f"[{node['value']}] ", style=style)
     label.append(node["label"])
     fact = node.get("fact")
     if fact is not None:
-        label.append(f"   (value: {_fact_value(fact) if fact.get('value') is not None else 'missing'})", style="dim")
+        shown = _fact_value(fact, boundaries_of) if fact.get("value") is not None else "missing"
+        label.append(f"   (value: {shown})", style="dim")
     branch = parent.add(label)
     for child in node.get("children", []):
-        _grow(branch, child)
+        _grow(branch, child, boundaries_of)

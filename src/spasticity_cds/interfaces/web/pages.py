@@ -160,7 +160,12 @@ def _plan_page(
         message = "The plan could not be computed for this record. The error has been logged for the maintainers."
         return _error_page(request, state, "Evaluation failed", message, 500)
     # The patient's name in the title: tabs and history tell two patients' plans apart.
-    context = {"title": f"Plan for {plan.patient['name']}", "plan": plan, "return_to": return_to}
+    context = {
+        "title": f"Plan for {plan.patient['name']}",
+        "plan": plan,
+        "return_to": return_to,
+        "fact_boundaries": plan.fact_boundaries,
+    }
     return render(request, state, "plan.html", context, status_code=status_code)
 
 

@@ -9,6 +9,7 @@ from typing import Any
 
 from spasticity_cds import api
 from spasticity_cds.cds_hooks.models import MAX_ID_CHARS
+from spasticity_cds.engine.display import BoundariesOf
 from spasticity_cds.engine.evaluator import PLACEHOLDER, Engine
 from spasticity_cds.engine.facts import Value, number_text
 from spasticity_cds.fhir.record import PatientRecord
@@ -82,6 +83,8 @@ class PlanView:
     option_groups: list[OptionGroup] = field(default_factory=list)
     #: Per agent, the sources of the patient's dose ceiling (labelled maximum and the kidney band in force).
     ceiling_citations: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    #: Each fact's name to the numbers its shown value must not be rounded across, under this plan's settings.
+    fact_boundaries: BoundariesOf | None = None
     highlight_rule: str | None = None
     card_uuid: str | None = None
     source_label: str = ""
@@ -120,15 +123,16 @@ def check_text(label: str, engine: Engine) -> str:
     return f"{subject} {OPERATOR_WORDS.get(operator, operator)} {threshold}".strip() + qualified
 
 
-def fact_text(fact: Mapping[str, Any]) -> str:
-    """A fact's value with unit, date and staleness, as a clinician reads it."""
+def fact_text(fact: Mapping[str, Any], boundaries_of: BoundariesOf | None = None) -> str:
+    """A fact's value with unit, date and staleness, as a clinician reads it; a number rounded no further than the
+    numbers the knowledge base compares it with allow (``boundaries_of``, the engine's ``fact_boundaries``)."""
     value = fact.get("value")
     if value is None:
         return "missing" + (f" ({fact['note']})" if fact.get("note") else "")
     if isinstance(value, bool):
         text = "yes" if value else "no"
     elif isinstance(value, float):
-        text = number_text(value)
+        text = number_text(value, boundaries_of(str(fact.get("name"))) if boundaries_of else None)
     else:
         text = str(value)
     if fact.get("unit"):
@@ -245,6 +249,7 @@ def build_plan(
         charts=build_charts(record, engine, dict(active_settings)),
         option_groups=option_groups(result["options"]),
         ceiling_citations={option["agent"]: ceiling_citations(option) for option in result["options"]},
+        fact_boundaries=engine.fact_boundaries(settings),
         highlight_rule=highlight_rule,
         card_uuid=card_uuid if card_uuid and storable_card_id(card_uuid) else None,
         source_label=source_label,

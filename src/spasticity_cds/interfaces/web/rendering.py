@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from fastapi import Request
 from fastapi.responses import HTMLResponse, Response
 from fastapi.templating import Jinja2Templates
-from jinja2 import Environment, FileSystemLoader, select_autoescape
+from jinja2 import Environment, FileSystemLoader, pass_context, select_autoescape
+from jinja2.runtime import Context
 
 from spasticity_cds.engine.evaluator import PLACEHOLDER
 from spasticity_cds.interfaces.web.csrf import CSRF_COOKIE, CSRF_FIELD, csrf_token_for
@@ -49,6 +51,12 @@ FEEDBACK_ANSWERS = {
 OVERRIDE_SYSTEM = "http://terminology.hl7.org/CodeSystem/non-adherence-reason-codes"
 
 
+@pass_context
+def _fact_text(context: Context, fact: Mapping[str, Any]) -> str:
+    """``fact_text`` with the page's ``fact_boundaries`` (a plan's, for its settings), when it has them."""
+    return fact_text(fact, context.get("fact_boundaries"))
+
+
 def _environment() -> Environment:
     env = Environment(
         loader=FileSystemLoader(str(TEMPLATE_DIR)),
@@ -56,7 +64,7 @@ def _environment() -> Environment:
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    env.filters["fact_text"] = fact_text
+    env.filters["fact_text"] = _fact_text
     env.filters["instant_text"] = instant_text
     env.filters["status_word"] = lambda status: STATUS_WORDS.get(str(status), str(status))
     env.filters["number"] = lambda value: f"{value:g}" if isinstance(value, int | float) else str(value)

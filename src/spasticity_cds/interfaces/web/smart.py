@@ -597,7 +597,12 @@ async def smart_plan(session_id: str, request: Request, state: StateDep) -> HTML
     except SpasticityCdsError as error:
         logger.error("SMART plan: %s at %s", type(error).__name__, error.where or "-")
         return _error(request, state, "The plan could not be computed for this record; the error has been logged.", 500)
-    context = {"title": f"Plan for {plan.patient['name']}", "plan": plan, "return_to": f"/smart/plan/{session_id}"}
+    context = {
+        "title": f"Plan for {plan.patient['name']}",
+        "plan": plan,
+        "return_to": f"/smart/plan/{session_id}",
+        "fact_boundaries": plan.fact_boundaries,
+    }
     return render(request, state, "plan.html", context)
 
 
