@@ -147,6 +147,13 @@ CASES: list[RuleCase] = [
         none,
         "false",
     ),
+    _c(
+        "BENZO-PALLIATIVE-SEDATION",
+        lambda: [med("gabapentin"), med("diazepam", indication="Breathlessness - end of life palliative care")],
+        lambda: [med("gabapentin"), med("diazepam", indication="Spasticity")],
+        none,
+        "false",
+    ),
     _c("SEDATION-WEAKNESS-WATCH", lambda: [med("baclofen")], none, none, "false"),
     # ---- interactions
     _c(

@@ -153,6 +153,34 @@ def test_the_opioid_boxed_warning_keeps_its_weight_for_palliative_use() -> None:
     assert found["BENZO-OPIOID"]["severity"] == "critical"
 
 
+# ---- sedation beside a palliative benzodiazepine (knowledge base 1.6.0) -------------------------------------
+
+
+def test_a_palliative_benzodiazepine_is_not_counted_as_an_antispastic_but_its_sedation_is_named() -> None:
+    found = ids(evaluate(fvc(85), med("baclofen", dose=10, per_day=3), med("diazepam", indication=PALLIATIVE)))
+    assert "SEDATING-ANTISPASTICS-COMBINED" not in found
+    sedation = found["BENZO-PALLIATIVE-SEDATION"]
+    assert sedation["severity"] == "warning"
+    assert sedation["summary"].startswith("Diazepam is recorded for palliative breathlessness or anxiety")
+    assert "(Baclofen (oral))" in sedation["summary"]
+
+
+def test_a_palliative_benzodiazepine_alone_adds_to_no_antispastic() -> None:
+    found = ids(evaluate(fvc(85), med("diazepam", indication=PALLIATIVE)))
+    assert "BENZO-PALLIATIVE-SEDATION" not in found and "SEDATING-ANTISPASTICS-COMBINED" not in found
+
+
+def test_two_palliative_benzodiazepines_are_still_named_together() -> None:
+    found = ids(evaluate(fvc(85), med("diazepam", indication=PALLIATIVE), med("clonazepam", indication=PALLIATIVE)))
+    assert "SEDATING-ANTISPASTICS-COMBINED" not in found
+    assert "(Diazepam; Clonazepam)" in found["BENZO-PALLIATIVE-SEDATION"]["summary"]
+
+
+def test_a_benzodiazepine_for_spasticity_still_counts_as_an_antispastic() -> None:
+    found = ids(evaluate(fvc(85), med("baclofen", dose=10, per_day=3), med("diazepam", indication="Leg spasms")))
+    assert "SEDATING-ANTISPASTICS-COMBINED" in found and "BENZO-PALLIATIVE-SEDATION" not in found
+
+
 # ---- FVC in litres ------------------------------------------------------------------------------------------
 
 
