@@ -681,3 +681,16 @@ def test_card_data_lines_name_facts_as_the_page_does(app: FastAPI, client: Clien
     lines = [line for card in cards for line in card["detail"].splitlines() if line.startswith("- ")]
     assert any(line.startswith("- ALT (multiple of upper limit): ") for line in lines), lines
     assert not [line for line in lines if line.startswith(("- obs.", "- med.", "- patient."))]
+
+
+def test_patient_view_keeps_the_warnings_of_a_drug_taken_outside_the_spasticity_ladder(
+    app: FastAPI, client: Client
+) -> None:
+    """Diazepam taken for palliative breathlessness is not the spasticity option's use, but it is taken: its opioid
+    boxed warning (critical) reaches the chart like that of any drug the patient takes."""
+    diazepam = _drug("dzp", "3322", "diazepam 2 mg", status="active")
+    diazepam["reasonCode"] = [{"text": "Breathlessness - end of life palliative care"}]
+    morphine = _drug("mor", "7052", "morphine 10 mg", status="active")
+    body = hook_request("patient-view", prefetch_data=prefetch(meds=[diazepam, morphine], egfr=90.0))
+    rules = [_rule(c) for c in valid_cards(app, client, body, REVIEW)]
+    assert "BENZO-OPIOID" in rules

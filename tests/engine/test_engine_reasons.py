@@ -119,6 +119,20 @@ def test_palliative_diazepam_on_niv_is_not_the_spasticity_contraindication() -> 
     assert diazepam["status"] == "contraindicated" and "BENZO-RESP-GATE" in diazepam["because"]
     assert diazepam["current"] is False
     assert "diazepam" not in result["standing"]["current_agents"]
+    # Still marked as taken, outside the ladder, with the reason the record states.
+    outside = diazepam["outside_ladder"]
+    assert outside["state"] == "current" and outside["reasons"] == ["Palliative breathlessness or anxiety"]
+    assert [fact["name"] for fact in outside["facts"]] == [FACT]
+    assert outside["text"].startswith("Taken now for palliative breathlessness or anxiety")
+    assert "outside_ladder" not in option(result, "clonazepam")
+
+
+def test_a_palliative_benzodiazepine_being_ordered_is_marked_as_ordered_outside_the_ladder() -> None:
+    result = evaluate(fvc(85), med("clonazepam", status="draft", indication=PALLIATIVE))
+    clonazepam = option(result, "clonazepam")
+    assert clonazepam["proposed"] is False
+    assert clonazepam["outside_ladder"]["state"] == "ordered"
+    assert clonazepam["outside_ladder"]["text"].startswith("Being ordered for palliative")
 
 
 def test_palliative_benzodiazepine_with_reduced_reserve() -> None:
@@ -146,6 +160,8 @@ def test_a_benzodiazepine_for_spasticity_beside_a_palliative_one_keeps_the_gate(
     assert "BENZO-PALLIATIVE-RESP" not in found
     assert option(result, "diazepam")["current"] is True
     assert option(result, "clonazepam")["current"] is False
+    assert "outside_ladder" not in option(result, "diazepam")
+    assert option(result, "clonazepam")["outside_ladder"]["state"] == "current"
 
 
 def test_the_opioid_boxed_warning_keeps_its_weight_for_palliative_use() -> None:

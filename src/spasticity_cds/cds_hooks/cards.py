@@ -187,8 +187,13 @@ class CardBuilder:
         findings: Iterable[Mapping[str, Any]] = result["findings"]
         if not ctx.orders:
             # The regimen: what the patient takes, and what the chart already holds as a draft order (a finding
-            # about it, critical or not, must not be hidden while another one naming it is shown).
-            regimen = {o["agent"] for o in result["options"] if o.get("current") or o.get("proposed")}
+            # about it, critical or not, must not be hidden while another one naming it is shown), whatever for: a
+            # drug taken outside the spasticity ladder keeps its warnings (a palliative benzodiazepine with an opioid).
+            regimen = {
+                o["agent"]
+                for o in result["options"]
+                if o.get("current") or o.get("proposed") or o.get("outside_ladder")
+            }
             return [f for f in findings if _about_the_regimen(f, regimen)]
         agents = {order.agent for order in ctx.orders if order.agent}
         references = {order.reference for order in ctx.orders}

@@ -461,7 +461,9 @@ class Engine:
         state: tuple[bool, bool],
     ) -> dict[str, Any]:
         current, involved = state
-        if any(env.facts[name].value is True for name in step.outside_when):
+        outside = [env.facts[name] for name in step.outside_when if env.facts[name].value is True]
+        taken_outside = self._outside_ladder(step, outside, current) if outside and involved else None
+        if outside:
             # Taken or ordered outside the ladder (a benzodiazepine for palliative symptoms): not this option's use.
             current = involved = False
         status, reasons = _status(step, effects, current)
@@ -478,10 +480,28 @@ class Engine:
             "because": [reason["rule_id"] for reason in reasons],
             "reasons": reasons,
         }
+        if taken_outside is not None:
+            option["outside_ladder"] = taken_outside
         monograph = self.monograph_by_agent.get(step.agent)
         if monograph is not None:
             self._add_monograph(option, monograph, env, now)
         return option
+
+    def _outside_ladder(self, step: LadderStep, outside: list[Fact], current: bool) -> dict[str, Any]:
+        """How an option marks its agent taken (``current``) or being ordered for a use outside the ladder: the
+        reasons recorded (a ``med.<agent>.for_<reason>`` fact reads as its reason concept), the facts, one sentence."""
+        reasons = [self._reason_display(fact.name) for fact in outside]
+        state = "current" if current else "ordered"
+        who = "Taken now" if current else "Being ordered"
+        text = (
+            f"{who} for {'; '.join(reasons).lower()}, as the record states - outside the spasticity ladder: "
+            f"this option, its status and its reasons are about {step.name} as a spasticity treatment."
+        )
+        return {"state": state, "reasons": reasons, "facts": [fact.to_dict() for fact in outside], "text": text}
+
+    def _reason_display(self, name: str) -> str:
+        reason = name.rpartition(".for_")[2].replace("_", "-") if ".for_" in name else ""
+        return self.concept_display.get(reason, name)
 
     def _add_monograph(self, option: dict[str, Any], monograph: Monograph, env: Env, now: datetime) -> None:
         plan = self._dose_plan(option, monograph, env, now)

@@ -499,3 +499,24 @@ def test_a_knowledge_base_file_that_is_not_text_is_a_knowledge_base_error(tmp_pa
 def test_a_synthetic_world_dated_where_dates_cannot_reach_is_a_usage_error(tmp_path: Path) -> None:
     completed = _console_entry("synth", "--n", "1", "--as-of", "0001-01-01", "--out", str(tmp_path / "out"))
     assert completed.returncode == 2 and b"the year must be from 1900 to 9000" in completed.stderr
+
+
+VIGNETTES = Path(__file__).resolve().parents[2] / "vignettes"
+
+
+def test_text_output_marks_drugs_taken_and_one_taken_outside_the_spasticity_ladder() -> None:
+    bundle = VIGNETTES / "63-palliative-diazepam-niv" / "bundle.json"
+    code, out = _run(["evaluate", str(bundle), "--now", NOW])
+    assert code == 0
+    table = re.sub(r"[│\s]+", " ", out.split("Options in detail")[0])  # the cell wraps across table rows
+    assert "Diazepam contraindicated now 4 mg/day BENZO-RESP-GATE taking it now, outside the spasticity ladder" in table
+    details = out.split("Options in detail")[1].split("Findings")[0]
+    assert "Outside the spasticity ladder: Taken now for palliative breathlessness or anxiety" in details
+    assert "MedicationRequest/med-dzp" in details
+
+
+def test_text_output_shows_a_converted_value_to_sensible_figures() -> None:
+    bundle = VIGNETTES / "19-reduced-reserve-diazepam" / "bundle.json"
+    code, out = _run(["evaluate", str(bundle), "--now", NOW])
+    assert code == 0
+    assert "obs.paco2 = 39.8 mmHg" in out and "39.7533" not in out

@@ -336,6 +336,27 @@ def test_a_plan_that_cannot_be_shown_again_sends_its_feedback_into_a_new_tab(cli
 # -- upload ----------------------------------------------------------------------------------------------
 
 
+VIGNETTES = Path(__file__).resolve().parents[2] / "vignettes"
+
+
+def test_a_drug_taken_outside_the_spasticity_ladder_is_marked_as_taken(client: support.PageClient) -> None:
+    """Diazepam for end-of-life breathlessness: not the option's spasticity use, but taken, and said so."""
+    content = (VIGNETTES / "63-palliative-diazepam-niv" / "bundle.json").read_bytes()
+    page = _upload(client, content).text  # type: ignore[attr-defined]
+    row = page.split('<a href="#opt-diazepam">')[1].split("</th>")[0]
+    assert '<span class="taking">taking it now, outside the spasticity ladder</span>' in row
+    section = page.split('id="opt-diazepam"')[1].split("</section>")[0]
+    assert "<strong>Outside the spasticity ladder:</strong> Taken now for palliative breathlessness" in section
+    assert "MedicationRequest/med-dzp" in section
+
+
+def test_a_converted_value_is_shown_to_sensible_figures(client: support.PageClient) -> None:
+    """A PaCO2 of 5.3 kPa is 39.753286 mmHg in the result; the page shows 39.8 mmHg (its threshold is 45)."""
+    content = (VIGNETTES / "19-reduced-reserve-diazepam" / "bundle.json").read_bytes()
+    page = _upload(client, content).text  # type: ignore[attr-defined]
+    assert "39.8 mmHg" in page and "39.7533" not in page and "39.75 mmHg" not in page
+
+
 def _upload(client: support.PageClient, content: bytes, name: str = "bundle.json", token: str | None = None) -> object:
     token = client.csrf("/patients") if token is None else token
     return client.post(

@@ -106,10 +106,24 @@ def _options_table(options: Iterable[dict[str, Any]], width: int) -> Table:
         status = Text(option["status"], style=STATUS_STYLE[option["status"]])
         if not status_column:
             name.append("\n").append_text(status)
+        taking = _taking_words(option)
+        if taking:
+            name.append(f"\n{taking}", style="bold")
         name.append(f"\n{option['role']}", style="dim")
         cells: list[str | Text] = [str(option["rank"]), name, *([status] if status_column else [])]
         table.add_row(*cells, _dose_cell(option), "\n".join(option["because"]) or "ladder default")
     return table
+
+
+def _taking_words(option: dict[str, Any]) -> str:
+    """Whether the patient takes the agent or it is being ordered, as the plan page marks it: said where the status
+    does not ("current"), and for a use outside the ladder too."""
+    if option["current"] and option["status"] != "current":
+        return "taking it now"
+    outside = option.get("outside_ladder")
+    if outside:
+        return f"{'taking it now' if outside['state'] == 'current' else 'being ordered'}, outside the spasticity ladder"
+    return "ordered or proposed" if option["proposed"] else ""
 
 
 def _dose_cell(option: dict[str, Any]) -> str:
@@ -179,6 +193,11 @@ def _option_details(console: Console, options: Iterable[dict[str, Any]]) -> None
         text.append(option["status"], style=STATUS_STYLE[option["status"]])
         text.append(f"\n    {option['summary']}\n")
         text.append(f"    Sources: {_cites(option['citations'])}\n", style="dim")
+        outside = option.get("outside_ladder")
+        if outside:
+            recorded = [part for fact in outside["facts"] for part in (fact.get("note"), *(fact.get("sources") or ()))]
+            shown = f" ({', '.join(part for part in recorded if part)})" if any(recorded) else ""
+            text.append(f"    Outside the spasticity ladder: {outside['text']}{shown}\n")
         for reason in option.get("reasons") or ():
             text.append(f"    Because {reason['rule_id']} v{reason['rule_version']}: {reason['summary']}\n")
             text.append(f"      Sources: {_cites(reason['citations'])}\n", style="dim")

@@ -293,7 +293,11 @@ def monitoring_calendar(result: Mapping[str, Any], now: datetime) -> list[tuple[
     and the further dates of its dated window), by month."""
     today = now.date()
     items: list[MonitoringDate] = []
-    taking = {o["agent"]: o["name"] for o in result["options"] if o.get("current") or o.get("proposed")}
+    taking = {
+        o["agent"]: o["name"]
+        for o in result["options"]
+        if o.get("current") or o.get("proposed") or o.get("outside_ladder")
+    }
     for finding in result["findings"]:
         if finding["kind"] == "monitoring" or finding.get("action") == "liver-test":
             # Only for agents the patient takes or is about to start: a finding about another agent is no test due.
