@@ -694,3 +694,12 @@ def test_patient_view_keeps_the_warnings_of_a_drug_taken_outside_the_spasticity_
     body = hook_request("patient-view", prefetch_data=prefetch(meds=[diazepam, morphine], egfr=90.0))
     rules = [_rule(c) for c in valid_cards(app, client, body, REVIEW)]
     assert "BENZO-OPIOID" in rules
+
+
+def test_patient_view_says_the_two_alpha2_withdrawals_are_alternatives(app: FastAPI, client: Client) -> None:
+    tizanidine = _drug("tiz", "57258", "tizanidine 4 mg", status="active")
+    clonidine = _drug("clo", "2599", "clonidine 0.1 mg", status="active")
+    body = hook_request("patient-view", prefetch_data=prefetch(meds=[tizanidine, clonidine], egfr=90.0))
+    cards = {_rule(c): c for c in valid_cards(app, client, body, REVIEW)}
+    detail = cards["ALPHA2-DUPLICATE-TIZANIDINE"]["detail"]
+    assert "withdraw Tizanidine or Clonidine, not both" in detail

@@ -7,7 +7,7 @@ from typing import Any
 
 from spasticity_cds.api import load_knowledge_base
 
-from .records import NOW, alt, ast, egfr, med, record
+from .records import NOW, alt, ast, egfr, med, record, systolic
 
 ENGINE = load_knowledge_base()
 
@@ -134,3 +134,52 @@ def test_a_current_option_not_ruled_out_keeps_its_usual_plan() -> None:
     option = _option("baclofen", med("baclofen", dose=20, per_day=3), egfr(95))
     assert option["status"] == "current"
     assert "stop" not in option["dose_plan"].get("reduction", {}) and option["dose_plan"]["placement"]["limit"] == 80
+
+
+# ---- two agents not to be combined (exclusive_with, knowledge base 1.6.0) -----------------------------------
+
+TIZANIDINE = med("tizanidine", dose=4, per_day=3)
+CLONIDINE = med("clonidine", dose=0.1, per_day=2)
+
+
+def test_with_both_alpha2_agonists_taken_each_withdrawal_names_the_other_as_its_alternative() -> None:
+    for agent, other, rule in (
+        ("tizanidine", "clonidine", "ALPHA2-DUPLICATE-TIZANIDINE"),
+        ("clonidine", "tizanidine", "ALPHA2-DUPLICATE-CLONIDINE"),
+    ):
+        plan = _plan(agent, TIZANIDINE, CLONIDINE)
+        (alternative,) = plan["reduction"]["alternatives"]
+        assert alternative == {
+            "agent": other,
+            "name": other.capitalize(),
+            "state": "current",
+            "withdrawn_anyway": False,
+            "rule_id": rule,
+            "text": alternative["text"],
+        }
+        assert alternative["text"].endswith(f"withdraw {agent.capitalize()} or {other.capitalize()}, not both.")
+        assert "one way to settle it" in plan["placement"]["text"]
+
+
+def test_with_the_other_only_being_ordered_not_starting_it_is_the_alternative() -> None:
+    plan = _plan("tizanidine", TIZANIDINE, med("clonidine", status="draft"))
+    (alternative,) = plan["reduction"]["alternatives"]
+    assert alternative["state"] == "ordered"
+    assert alternative["text"].endswith("withdraw Tizanidine, or do not start Clonidine.")
+
+
+def test_when_the_other_goes_for_a_reason_of_its_own_this_one_need_not_be_withdrawn() -> None:
+    plan = _plan("clonidine", TIZANIDINE, CLONIDINE, med("fluvoxamine"))  # tizanidine contraindicated anyway
+    (alternative,) = plan["reduction"]["alternatives"]
+    assert alternative["agent"] == "tizanidine" and alternative["withdrawn_anyway"] is True
+    assert alternative["text"].endswith("once Tizanidine is stopped, Clonidine need not be withdrawn.")
+    tizanidine = _plan("tizanidine", TIZANIDINE, CLONIDINE, med("fluvoxamine"))
+    assert "alternatives" not in tizanidine["reduction"]  # it goes whatever is done about clonidine
+
+
+def test_a_reason_of_its_own_makes_a_withdrawal_certain() -> None:
+    low = systolic(84)
+    for agent in ("tizanidine", "clonidine"):  # low blood pressure rules both out: both go
+        plan = _plan(agent, TIZANIDINE, CLONIDINE, low)
+        assert "alternatives" not in plan["reduction"]
+        assert "withdrawn (reduction)" in plan["placement"]["text"]

@@ -101,14 +101,17 @@ def _check_monitoring(where: str, items: list[dict[str, Any]], wanted: dict[str,
 
 
 def _check_dose_plan(where: str, plan: dict[str, Any], wanted: dict[str, Any]) -> None:
-    """Where the patient stands (``fit``), the daily doses of the steps up and of the reduction, and how a
-    withdrawal stops (the keys of ``stop`` given), as expected."""
+    """Where the patient stands (``fit``), the daily doses of the steps up and of the reduction, how a withdrawal
+    stops (the keys of ``stop`` given) and, when given, the agents named as its alternatives, as expected."""
     assert plan.get("placement", {}).get("fit") == wanted["fit"], f"{where}: placement {plan.get('placement')}"
     assert [step["daily"] for step in plan["steps"]] == wanted["steps"], f"{where}: steps {plan['steps']}"
     reduction = [step["daily"] for step in plan.get("reduction", {}).get("steps", [])]
     assert reduction == wanted.get("reduction", []), f"{where}: reduction {reduction}"
     stop = plan.get("reduction", {}).get("stop", {})
     assert {key: stop.get(key) for key in wanted.get("stop", {})} == wanted.get("stop", {}), f"{where}: stop {stop}"
+    if "alternatives" in wanted:
+        alternatives = [a["agent"] for a in plan.get("reduction", {}).get("alternatives", [])]
+        assert alternatives == wanted["alternatives"], f"{where}: alternatives {alternatives}"
 
 
 def test_every_active_rule_fires_in_some_vignette(engine: Engine, results: dict[str, dict[str, Any]]) -> None:

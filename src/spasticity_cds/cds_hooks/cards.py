@@ -539,6 +539,7 @@ def _plan_block(option: Mapping[str, Any]) -> tuple[str, list[Mapping[str, Any]]
     if reduction:
         withdrawal = "stop" in reduction
         lines.append(reduction["text"])
+        lines.extend(alternative["text"] for alternative in reduction.get("alternatives") or ())
         if reduction["steps"]:
             lines.append(f"{'Withdrawal' if withdrawal else 'Reduction'} steps: {steps_text(reduction['steps'])}")
         if withdrawal and reduction["stop"].get("date"):

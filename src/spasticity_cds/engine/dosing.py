@@ -224,6 +224,61 @@ class Withdrawal:
     urgent: bool = False
 
 
+@dataclass(frozen=True)
+class Alternative:
+    """Another agent whose being taken (``current``) or ordered is the whole reason a rule (``rule_id``, whose
+    ``exclusive_with`` names it) rules this one out: withdrawing this one is then one of two ways to settle it.
+    ``withdrawn_anyway``: a rule of its own rules the other agent out too, so it goes whatever is done here."""
+
+    agent: str
+    name: str
+    state: Literal["current", "ordered"]
+    rule_id: str
+    withdrawn_anyway: bool = False
+
+
+def mark_alternatives(plan: dict[str, Any], monograph: Monograph, alternatives: list[Alternative]) -> None:
+    """Make a withdrawal plan say that it is one of two alternatives (its ``reduction.alternatives``, and the
+    placement's text): withdraw this agent or the other, not both; withdraw it or do not start the other; or, where
+    the other goes anyway, that this one need not be withdrawn once the other is stopped."""
+    reduction = plan["reduction"]
+    reduction["alternatives"] = [
+        {
+            "agent": other.agent,
+            "name": other.name,
+            "state": other.state,
+            "withdrawn_anyway": other.withdrawn_anyway,
+            "rule_id": other.rule_id,
+            "text": _alternative_text(monograph, other),
+        }
+        for other in alternatives
+    ]
+    placement = plan["placement"]
+    if placement.get("daily") is not None:
+        taken = f"Taken at {placement['daily']:g} {placement['unit']}"
+    else:
+        taken = "Taken now"
+    others = " or ".join(other.name for other in alternatives)
+    placement["text"] = (
+        f"{taken}, but ruled out for this patient only because of {others}: no titration step up; the withdrawal "
+        "(reduction) is one way to settle it - see its alternatives."
+    )
+
+
+def _alternative_text(monograph: Monograph, other: Alternative) -> str:
+    this = monograph.name
+    why = f"{this} is ruled out only because {other.name} is {'taken' if other.state == 'current' else 'being ordered'}"
+    if other.withdrawn_anyway:
+        gone = "stopped" if other.state == "current" else "not started"
+        return (
+            f"{why} ({other.rule_id}), and {other.name} is ruled out for another reason as well: once {other.name} "
+            f"is {gone}, {this} need not be withdrawn."
+        )
+    if other.state == "ordered":
+        return f"{why} ({other.rule_id}): withdraw {this}, or do not start {other.name}."
+    return f"{why} too ({other.rule_id}): withdraw {this} or {other.name}, not both."
+
+
 def withdrawal_plan(
     monograph: Monograph,
     facts: Mapping[str, Fact],

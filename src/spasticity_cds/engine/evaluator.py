@@ -8,10 +8,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date, datetime
 from functools import cached_property, lru_cache
-from typing import Any
+from typing import Any, Literal
 
 from spasticity_cds.engine.display import BoundariesOf, boundaries, thresholds
-from spasticity_cds.engine.dosing import Withdrawal, dose_facts, dose_plan, withdrawal_plan
+from spasticity_cds.engine.dosing import (
+    Alternative,
+    Withdrawal,
+    dose_facts,
+    dose_plan,
+    mark_alternatives,
+    withdrawal_plan,
+)
 from spasticity_cds.engine.extract import FactExtractor
 from spasticity_cds.engine.facts import Fact, Value, parse_date
 from spasticity_cds.engine.labels import fact_label
@@ -450,7 +457,38 @@ class Engine:
         options.sort(key=lambda o: (RANK_GROUP[o["status"]], o["position"]))
         for rank, option in enumerate(options, start=1):
             option["rank"] = rank
+        self._mark_alternatives(options, states)
         return options
+
+    def _mark_alternatives(self, options: list[dict[str, Any]], states: AgentStates) -> None:
+        """A withdrawal whose every ruling rule rules the agent out only because another agent is taken or ordered
+        (the rule's ``exclusive_with``) is one of two ways to settle it: its plan names the other
+        (``mark_alternatives``). Done once every option is known, since it reads the other agent's reasons."""
+        by_agent = {option["agent"]: option for option in options}
+        for option in options:
+            plan = option.get("dose_plan") or {}
+            reduction = plan.get("reduction")
+            if not reduction or "stop" not in reduction or not reduction["because"]:
+                continue
+            rules = [self.rule_by_id[reason["rule_id"]].rule for reason in reduction["because"]]
+            partners = [rule.exclusive_with for rule in rules]
+            if not all(partner is not None and states[partner][1] for partner in partners):
+                continue
+            alternatives = {
+                partner: self._alternative(option["agent"], rule, by_agent[partner], states[partner][0])
+                for rule, partner in zip(rules, partners, strict=True)
+                if partner is not None
+            }
+            mark_alternatives(plan, self.monograph_by_agent[option["agent"]], list(alternatives.values()))
+
+    def _alternative(self, agent: str, rule: Rule, other: dict[str, Any], taken: bool) -> Alternative:
+        """The other agent of an ``exclusive_with`` rule, and whether a rule of its own rules it out anyway."""
+        anyway = other["status"] in RULED_OUT and any(
+            ruling.rules_out(other["agent"]) and ruling.exclusive_with != agent
+            for ruling in (self.rule_by_id[reason["rule_id"]].rule for reason in other["reasons"])
+        )
+        state: Literal["current", "ordered"] = "current" if taken else "ordered"
+        return Alternative(other["agent"], other["name"], state, rule.id, anyway)
 
     def _option(
         self,

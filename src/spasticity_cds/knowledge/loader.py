@@ -282,8 +282,24 @@ def _check_rule(kb: KnowledgeBase, rule: Rule, agents: set[str]) -> None:
             f"quiet_when names unknown definition {rule.quiet_when!r}" + (f"; did you mean {hint!r}?" if hint else ""),
             where=where,
         )
+    if rule.exclusive_with is not None:
+        _check_exclusive(rule, agents, where)
     if rule.conflict and rule.conflict.setting and rule.conflict.setting not in kb.settings:
         raise KnowledgeBaseError(f"conflict setting {rule.conflict.setting!r} is not defined", where=where)
+
+
+def _check_exclusive(rule: Rule, agents: set[str], where: str) -> None:
+    """``exclusive_with`` names another ladder agent, and the rule rules each of its own agents out."""
+    other = rule.exclusive_with
+    if other not in agents:
+        hint = suggest(str(other), agents)
+        raise KnowledgeBaseError(
+            f"exclusive_with names unknown agent {other!r}" + (f"; did you mean {hint!r}?" if hint else ""), where=where
+        )
+    if other in rule.agents:
+        raise KnowledgeBaseError(f"exclusive_with names {other!r}, one of the rule's own agents", where=where)
+    if not rule.agents or not all(rule.rules_out(agent) for agent in rule.agents):
+        raise KnowledgeBaseError("exclusive_with needs a rule that rules each of its agents out", where=where)
 
 
 def _citation_refs(kb: KnowledgeBase) -> Iterator[tuple[str, CitationRef]]:

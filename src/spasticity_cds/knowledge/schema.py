@@ -257,6 +257,10 @@ class Rule(Strict, kw_only=True, frozen=True):
     #: A definition: while it is true the rule's effects on the options stand, but its finding gives way to another
     #: rule that speaks for the case (a benzodiazepine taken only for palliative symptoms).
     quiet_when: str | None = None
+    #: The agent whose being taken or ordered is this rule's whole reason for ruling its agents out (two drugs not to
+    #: be combined, each rule naming the other): while nothing else rules the agent out, its withdrawal is one of two
+    #: alternatives, and its plan names the other agent (``reduction.alternatives``) rather than reading as certain.
+    exclusive_with: str | None = None
     active: bool = True
 
     def rules_out(self, agent: str) -> bool:

@@ -520,3 +520,12 @@ def test_text_output_shows_a_converted_value_to_sensible_figures() -> None:
     code, out = _run(["evaluate", str(bundle), "--now", NOW])
     assert code == 0
     assert "obs.paco2 = 39.8 mmHg" in out and "39.7533" not in out
+
+
+def test_text_output_says_two_withdrawals_are_alternatives() -> None:
+    bundle = VIGNETTES / "15-tizanidine-plus-clonidine" / "bundle.json"
+    code, out = _run(["evaluate", str(bundle), "--now", NOW])
+    assert code == 0
+    details = re.sub(r"\s+", " ", out.split("Options in detail")[1].split("Findings")[0])
+    assert "Alternative: Tizanidine is ruled out only because Clonidine is taken too" in details
+    assert "withdraw Clonidine or Tizanidine, not both." in details

@@ -350,6 +350,15 @@ def test_a_drug_taken_outside_the_spasticity_ladder_is_marked_as_taken(client: s
     assert "MedicationRequest/med-dzp" in section
 
 
+def test_two_withdrawals_that_are_alternatives_say_so(client: support.PageClient) -> None:
+    content = (VIGNETTES / "15-tizanidine-plus-clonidine" / "bundle.json").read_bytes()
+    page = _upload(client, content).text  # type: ignore[attr-defined]
+    section = page.split('id="opt-tizanidine"')[1].split("</section>")[0]
+    assert "<strong>Alternative:</strong> Tizanidine is ruled out only because Clonidine is taken too" in section
+    assert 'withdraw Tizanidine or Clonidine, not both. <a href="/kb/rules/ALPHA2-DUPLICATE-TIZANIDINE"' in section
+    assert '(see <a href="#opt-clonidine">Clonidine</a>)' in section
+
+
 def test_a_converted_value_is_shown_to_sensible_figures(client: support.PageClient) -> None:
     """A PaCO2 of 5.3 kPa is 39.753286 mmHg in the result; the page shows 39.8 mmHg (its threshold is 45)."""
     content = (VIGNETTES / "19-reduced-reserve-diazepam" / "bundle.json").read_bytes()

@@ -145,7 +145,9 @@ def _dose_next(plan: dict[str, Any]) -> list[str]:
     reduction = plan.get("reduction")
     steps = plan.get("steps") or []
     if reduction and "stop" in reduction:
-        return [_stop_words(reduction["stop"])]
+        alternatives = [alternative["name"] for alternative in reduction.get("alternatives") or ()]
+        instead = f" - or {' or '.join(alternatives)} instead (alternatives)" if alternatives else ""
+        return [_stop_words(reduction["stop"]) + instead]
     if reduction:
         by = f" by {reduction['steps'][-1]['date']}" if reduction["steps"] else ""
         return [f"reduce stepwise to {reduction['target_daily']:g} {reduction['unit']}{by}"]
@@ -264,6 +266,8 @@ def _reduction_lines(text: Text, reduction: dict[str, Any]) -> None:
     with their sources; the rules that ruled the agent out are cited under "Because" above."""
     label = "Withdrawal" if "stop" in reduction else "Reduction"
     text.append(f"    {label}: {reduction['text']}\n")
+    for alternative in reduction.get("alternatives") or ():
+        text.append(f"    Alternative: {alternative['text']}\n")
     if reduction["steps"]:
         text.append(f"    {label} steps: {steps_text(reduction['steps'])}\n")
     _statement_lines(text, "Stop at once", reduction.get("stop_at_once"))
