@@ -115,7 +115,7 @@ def test_tizanidine_steps_say_the_kidney_adjustment_applies_to_them_without_chan
         == "The titration steps show standard doses: this kidney adjustment applies to each of them."
     )
     assert renal["citations"][0]["id"] == "zanaflex-label"
-    assert _dailies(plan["steps"]) == [2, 4, 6, 12, 18, 24]  # no invented reduced doses
+    assert _dailies(plan["steps"]) == [2, 4, 6, 12, 18, 24, 30, 36]  # no invented reduced doses
     assert plan["ceiling"]["value"] == 36
 
 
@@ -155,10 +155,21 @@ def test_steps_text_is_one_dated_line() -> None:
 def test_a_first_step_down_larger_than_any_titration_step_is_said_not_filled_with_invented_doses() -> None:
     plan = _plan("tizanidine", med("tizanidine", dose=12, per_day=4), egfr(90))
     reduction = plan["reduction"]
-    assert _dailies(reduction["steps"]) == [24]  # the monograph has no step between 48 and 24 mg/day
-    assert "from 48 to 24 mg/day, is larger than any step of the titration" in reduction["text"]
+    assert _dailies(reduction["steps"]) == [36]  # the monograph has no step between 48 and 36 mg/day, the maximum
+    assert "from 48 to 36 mg/day, is larger than any step of the titration" in reduction["text"]
     ordinary = _plan("baclofen", med("baclofen", dose=20, per_day=4), egfr(60))["reduction"]["text"]
     assert "larger than any step" not in ordinary
+
+
+def test_tizanidine_comes_down_from_above_its_maximum_to_the_highest_step_within_it_never_to_24() -> None:
+    """The steps reach the labelled maximum of 36 mg/day (10 and 12 mg three times daily above the usual 24)."""
+    reduction = _plan("tizanidine", med("tizanidine", dose=10, per_day=4), egfr(90))["reduction"]  # 40 mg/day
+    assert _dailies(reduction["steps"]) == [36] and reduction["target_daily"] == 36
+    assert "larger than any step" not in reduction["text"]  # 40 to 36 is smaller than a titration step
+    withdrawal = _option_plan(
+        "tizanidine", med("tizanidine", dose=12, per_day=3), med("verapamil", dose=80, per_day=3), egfr(90)
+    )["reduction"]
+    assert _dailies(withdrawal["steps"]) == [30, 24, 18, 12, 6, 4, 2]  # a taper from 36 mg/day, a step at a time
 
 
 def _option_plan(agent: str, *resources: Any) -> dict[str, Any]:
