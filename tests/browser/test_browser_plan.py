@@ -111,6 +111,43 @@ def test_a_drug_being_withdrawn_heads_the_options_and_leads_to_its_withdrawal(
     shot(page, f"plan-withdrawal-first-{viewport['width']}", full_page=False)
 
 
+@pytest.mark.parametrize("viewport", [{"width": 1200, "height": 900}, PHONE], ids=["wide", "phone"])
+def test_a_drug_ordered_but_ruled_out_heads_the_options_and_leads_to_why_not_to_start(
+    live: Live, page: Any, viewport: dict[str, int]
+) -> None:
+    """The NIV demo patient's draft diazepam order, ruled out by the respiratory gate (the engine ranks it 10th of
+    11): the first option the page lists, under "Ordered or proposed: do not start", in view with the table, and
+    its link opens what rules it out."""
+    page.set_viewport_size(viewport)
+    page.goto(f"{live.base}/patients/demo/niv-diazepam-respiratory-gate")
+    table = page.get_by_role("table", name="Treatment options in order")
+    heading = table.locator("tbody tr").first
+    assert heading.inner_text() == "Ordered or proposed: do not start"
+    first_option = table.locator("tbody tr[class^='row-']").first
+    assert first_option.get_by_role("rowheader").get_by_role("link").first.inner_text() == "Diazepam"
+    assert first_option.locator("td.rank").inner_text().startswith("10")  # the engine's rank, kept
+    assert "ordered or proposed" in first_option.inner_text()
+    assert "Contraindicated" in first_option.locator("td.status-cell").inner_text()
+    page.locator("#options").scroll_into_view_if_needed()
+    assert heading.is_visible() and first_option.is_visible()
+    # Marked as the withdrawal group is: the alert colours, on the table's heading row (a card's on a phone).
+    colours = heading.locator("th").evaluate("e => [getComputedStyle(e).backgroundColor, getComputedStyle(e).color]")
+    assert colours == ["rgb(253, 236, 234)", "rgb(139, 26, 26)"]  # --alert-bg, --alert-text
+    if viewport is PHONE:
+        assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
+        assert first_option.evaluate("e => getComputedStyle(e).display") == "grid"  # a card
+    shot(page, f"plan-do-not-start-first-{viewport['width']}", full_page=False)
+    first_option.get_by_role("link", name="Why not to start it").click()
+    page.wait_for_url(re.compile(r"#nostart-diazepam$"))
+    reason = page.locator("#nostart-diazepam")
+    assert reason.is_visible() and reason.inner_text().startswith("Do not start:")
+    box = reason.bounding_box()
+    assert box is not None and -1 < box["y"] < viewport["height"]  # scrolled to (to the sub-pixel)
+    section = page.locator("#opt-diazepam")
+    assert "Ruled out by BENZO-RESP-GATE" in section.locator("dl.statements").first.inner_text()
+    assert page.locator("section.option").first.get_attribute("id") == "opt-diazepam"
+
+
 NEW_TAB_NOTICE = "without JavaScript your answer opens in a new tab and the plan stays open here"
 
 

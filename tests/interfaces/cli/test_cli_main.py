@@ -210,14 +210,22 @@ def test_text_output_says_stop_at_once_where_the_sources_do(tmp_path: Path) -> N
     assert 'dantrium-label [C-primary] "Warnings: liver monitoring"' in details
 
 
+def _tables(out: str) -> str:
+    """The options tables as printed: one, "Options, ranked", or one per group (what to act on first, then the
+    ranking), between the patient's standing and the options' details."""
+    return out.split("Where the patient stands:")[1].split("\n", 1)[1].split("Options in detail", maxsplit=1)[0]
+
+
 def _column(out: str, heading: str) -> list[tuple[str, str]]:
-    """The options table as printed: per row, its rank and its text in the column headed ``heading``, the lines the
-    cell wrapped or folded onto joined with no space (compare texts with their whitespace removed)."""
-    lines = out.split("Options, ranked")[1].split("Options in detail", maxsplit=1)[0].splitlines()
-    header = next(line for line in lines if line.startswith("┃") and heading in line)
-    index = [cell.strip() for cell in header.split("┃")].index(heading)
+    """The options tables as printed (``out`` whole, or the tables alone): per row, its rank and its text in the
+    column headed ``heading``, the lines the cell wrapped or folded onto joined with no space (compare texts with
+    their whitespace removed)."""
+    lines = (_tables(out) if "Where the patient stands:" in out else out).splitlines()
     rows: list[tuple[str, str]] = []
+    index = -1
     for line in lines:
+        if line.startswith("┃") and heading in line:
+            index = [cell.strip() for cell in line.split("┃")].index(heading)
         if not line.startswith("│"):
             continue
         assert line.rstrip().endswith("│"), f"a table line cut at the terminal's edge: {line!r}"
@@ -252,7 +260,7 @@ def _doses_at_80_columns(path: Path) -> dict[str, str]:
     buffer = io.StringIO()
     assert main(["evaluate", str(path), "--now", NOW], console=Console(file=buffer, width=80, color_system=None)) == 0
     out = buffer.getvalue()
-    table = out.split("Options, ranked")[1].split("Options in detail")[0]
+    table = _tables(out)
     assert "…" not in table and max(len(line) for line in table.splitlines()) <= 80
     result = api.evaluate(path.read_bytes(), now=datetime.fromisoformat(NOW))
     doses = dict(_column(out, "Dose"))
@@ -283,6 +291,57 @@ def test_every_demo_patients_doses_are_whole_at_80_columns() -> None:
     assert patients
     for path in patients:
         _doses_at_80_columns(path)
+
+
+NIV_DIAZEPAM = Path(str(resources.files("spasticity_cds.demo") / "data")) / "niv-diazepam-respiratory-gate.json"
+
+
+@pytest.mark.parametrize("width", [120, 80])
+def test_a_drug_ordered_but_ruled_out_heads_the_options_as_not_to_start(width: int) -> None:
+    """The NIV demo patient's draft diazepam order, ruled out by the respiratory gate (the engine ranks it 10th of
+    11): its own table comes first, then the ranking; its details come first too, saying not to start it."""
+    buffer = io.StringIO()
+    argv = ["evaluate", str(NIV_DIAZEPAM), "--now", NOW]
+    assert main(argv, console=Console(file=buffer, width=width, color_system=None)) == 0
+    out = buffer.getvalue()
+    tables = _tables(out)
+    titles = [line.strip() for line in tables.splitlines() if line.strip() and line.strip()[0] not in "┏┃┡│└"]
+    assert titles == ["Options", "Ordered or proposed: do not start", "The other options, in ranked order"]
+    ordered = tables.split("The other options, in ranked order")[0]
+    assert [rank for rank, _ in _column(ordered, "Dose")] == ["10"]
+    heading, status = ("Option", "") if width >= render.STATUS_COLUMN_FROM else ("Option, status", "contraindicated")
+    assert dict(_column(out, heading))["10"].startswith(f"Diazepam{status}orderedorproposed")
+    assert dict(_column(out, "Dose"))["10"] == "ordered2mg/day"  # the order's dose, not one taken now
+    details = out.split("Options in detail")[1]
+    assert details.index(" 10. Diazepam: contraindicated") < details.index(" 1. Baclofen (oral): current")
+    diazepam = " ".join(details.split(" 1. Baclofen (oral)")[0].split())
+    assert "(ordered or proposed)" in diazepam
+    said = "Do not start: ordered or proposed for this patient, and ruled out. From the record: MedicationRequest/med-6"
+    assert said in diazepam
+    assert "Because BENZO-RESP-GATE v3: Benzodiazepines are contraindicated here" in diazepam
+
+
+def test_a_drug_taken_to_withdraw_heads_the_options_in_the_terminal(tmp_path: Path) -> None:
+    path = tmp_path / "patient.json"
+    path.write_bytes(orjson.dumps(_bundle(ALS, *_baclofen_60_egfr_20())))
+    code, out = _run(["evaluate", str(path), "--now", NOW])
+    assert code == 0
+    tables = _tables(out)
+    assert tables.index("Taken now: stop or reduce") < tables.index("The other options, in ranked order")
+    taken = tables.split("The other options, in ranked order")[0]
+    [(rank, name)] = _column(taken, "Option")
+    assert name.startswith("Baclofen(oral)takingitnow")  # the engine's rank kept, as in the details
+    assert re.match(rf"\s*{rank}\. Baclofen \(oral\): avoid  \(taking it now\)", out.split("Options in detail")[1])
+
+
+def test_without_anything_to_act_on_the_options_are_one_ranked_table(tmp_path: Path) -> None:
+    path = tmp_path / "patient.json"
+    path.write_bytes(orjson.dumps(_bundle(ALS)))
+    code, out = _run(["evaluate", str(path), "--now", NOW])
+    assert code == 0
+    tables = _tables(out)
+    assert tables.lstrip().startswith("Options, ranked")
+    assert "Taken now" not in tables and "do not start" not in tables and "in ranked order" not in tables
 
 
 def test_control_characters_from_a_record_never_reach_the_terminal(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 import logging
 import re
@@ -162,6 +163,89 @@ def test_without_a_drug_to_stop_or_reduce_the_options_are_one_ranked_list(client
     assert re.search(r'<h3 id="oh-[a-z-]+">1\. ', page)
 
 
+def _packaged_demo(name: str) -> bytes:
+    return (pages.demo_dir_default() / f"{name}.json").read_bytes()
+
+
+def test_a_drug_ordered_but_ruled_out_is_listed_first_as_not_to_start(client: support.PageClient) -> None:
+    """The NIV demo patient has a draft order for diazepam, which the respiratory gate rules out: the engine ranks it
+    10th of 11, with the ruled-out options; the page lists it first, under "Ordered or proposed: do not start", with
+    its rank, a link to why, and the rules that rule it out, each cited."""
+    bundle = _packaged_demo("niv-diazepam-respiratory-gate")
+    result = _expected(json.loads(bundle))
+    ranked = [o["agent"] for o in result["options"]]  # type: ignore[attr-defined]
+    diazepam = next(o for o in result["options"] if o["agent"] == "diazepam")  # type: ignore[attr-defined]
+    assert ranked.index("diazepam") == 9 and diazepam["proposed"] and diazepam["status"] == "contraindicated"
+    page = _upload(client, bundle).text  # type: ignore[attr-defined]
+    table = page.split('<table class="ladder"')[1].split("</table>")[0]
+    listed = re.findall(r'<th scope="row" role="rowheader"><a href="#opt-([a-z-]+)">', table)
+    assert listed == ["diazepam", *(agent for agent in ranked if agent != "diazepam")]
+    first, others = table.split("</tbody>")[:2]
+    assert 'id="og-do-not-start">Ordered or proposed: do not start</th>' in first
+    assert "og-stop-or-reduce" not in table  # nothing taken is to be stopped or reduced
+    assert 'id="og-ranked">The other options, in ranked order</th>' in others
+    assert '<td class="rank" role="cell">10</td>' in first  # the engine's rank, shown as it is
+    assert '<span class="taking">ordered or proposed</span>' in first
+    assert '<a class="to-stop" href="#nostart-diazepam">Why not to start it</a>' in first
+    assert 'href="/kb/rules/BENZO-RESP-GATE"' in first  # the reason, with its rule
+    # The details: first, under the same heading, what to do and the rules that rule it out, with their sources.
+    details = re.findall(r'<section class="option option-[a-z]+" id="opt-([a-z-]+)"', page)
+    assert details == listed
+    assert '<h3 class="group-do-not-start" id="dg-do-not-start">Ordered or proposed: do not start</h3>' in page
+    section = page.split('id="opt-diazepam"')[1].split("</section>")[0]
+    assert '<h4 id="oh-diazepam">10. Diazepam' in section
+    assert (
+        '<p class="reduction do-not-start" id="nostart-diazepam"><strong>Do not start:</strong> ordered or proposed'
+        " for this patient, and ruled out. "
+        '<span class="evidence">From the record: MedicationRequest/med-6</span></p>'
+    ) in section
+    reason = diazepam["reasons"][0]
+    ruled_out = f"<dt>Ruled out by BENZO-RESP-GATE v{reason['rule_version']}</dt><dd>{html.escape(reason['summary'])}"
+    assert ruled_out in section
+    for citation in reason["citations"]:
+        assert f'href="/kb/citations#{citation["id"]}"' in section
+    # The dose read from the order is the order's, not one taken now.
+    assert "<p>Daily dose ordered or proposed: 2 mg/day</p>" in section and "Current daily dose" not in section
+    # The JSON keeps the engine's ranking.
+    answer = client.post(
+        "/api/evaluate",
+        content=bundle,
+        headers={"content-type": "application/fhir+json"},
+        params={"now": support.FROZEN_NOW.isoformat()},
+    )
+    assert [o["agent"] for o in answer.json()["options"]] == ranked
+
+
+def test_a_drug_taken_to_withdraw_comes_before_one_ordered_not_to_start(client: support.PageClient) -> None:
+    """Ada's tizanidine (taken, ruled out) and a draft order for diazepam with her FVC down to 45 %: two groups, in
+    that order, then the ranking."""
+    bundle = support.trend_bundle()
+    next(e["resource"] for e in bundle["entry"] if e["resource"].get("id") == "fvc2")["valueQuantity"]["value"] = 45
+    bundle["entry"].append(
+        {
+            "resource": {
+                "resourceType": "MedicationRequest",
+                "id": "dzp",
+                "status": "draft",
+                "intent": "order",
+                "subject": {"reference": "Patient/demo-trend"},
+                "medicationCodeableConcept": {"text": "Diazepam 2 mg tablet"},
+            }
+        }
+    )
+    result = _expected(bundle)
+    statuses = {o["agent"]: (o["status"], o["proposed"]) for o in result["options"]}  # type: ignore[attr-defined]
+    assert statuses["diazepam"][0] in ("avoid", "contraindicated") and statuses["diazepam"][1]
+    page = _upload(client, json.dumps(bundle).encode()).text  # type: ignore[attr-defined]
+    table = page.split('<table class="ladder"')[1].split("</table>")[0]
+    assert re.findall(r'id="og-([a-z-]+)"', table) == ["stop-or-reduce", "do-not-start", "ranked"]
+    taken, ordered = table.split("</tbody>")[:2]
+    assert re.findall(r'<a href="#opt-([a-z-]+)">', taken) == ["tizanidine"]
+    assert re.findall(r'<a href="#opt-([a-z-]+)">', ordered) == ["diazepam"]
+    assert re.findall(r'<h3 class="group-([a-z-]+)"', page) == ["stop-or-reduce", "do-not-start", "ranked"]
+    assert _listed(result)[:2] == [statuses["tizanidine"][0], statuses["diazepam"][0]]
+
+
 def _option(agent: str, status: str, *, current: bool = False, reduction: bool = False) -> dict[str, object]:
     plan = {"dose_plan": {"reduction": {"target_daily": 0}}} if reduction else {}
     return {"agent": agent, "status": status, "current": current, "proposed": False, **plan}
@@ -185,6 +269,25 @@ def test_option_groups_put_drugs_taken_to_stop_or_reduce_first_in_ranked_order()
     plain = option_groups(options[:2])  # type: ignore[arg-type]
     assert [(g.key, g.heading, len(g.options)) for g in plain] == [("ranked", "", 2)]
     assert [g.key for g in option_groups(options[2:3])] == ["stop-or-reduce"]  # type: ignore[arg-type]
+
+
+def test_option_groups_put_drugs_ordered_but_ruled_out_after_those_to_stop_and_before_the_ranking() -> None:
+    proposed = [
+        {**_option("baclofen", "current", current=True)},
+        {**_option("diazepam", "contraindicated"), "proposed": True},  # a draft order the gate rules out
+        {**_option("tizanidine", "caution"), "proposed": True},  # ordered, a caution: not ruled out
+        {**_option("clonazepam", "avoid"), "proposed": True},
+        _option("dantrolene", "avoid", current=True),  # taken and ruled out: withdrawn
+        _option("nabiximols", "avoid"),  # neither taken nor ordered
+    ]
+    groups = option_groups(proposed)  # type: ignore[arg-type]
+    assert [(g.key, g.heading, [o["agent"] for o in g.options]) for g in groups] == [
+        ("stop-or-reduce", "Taken now: stop or reduce", ["dantrolene"]),
+        ("do-not-start", "Ordered or proposed: do not start", ["diazepam", "clonazepam"]),
+        ("ranked", "The other options, in ranked order", ["baclofen", "tizanidine", "nabiximols"]),
+    ]
+    only = option_groups(proposed[1:2])  # type: ignore[arg-type]
+    assert [(g.key, len(g.options)) for g in only] == [("do-not-start", 1)]
 
 
 def test_a_drug_the_sources_say_to_stop_shows_the_stop_today_and_no_taper(client: support.PageClient) -> None:

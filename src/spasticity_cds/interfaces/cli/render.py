@@ -15,6 +15,7 @@ from rich.tree import Tree
 from spasticity_cds.engine.display import BoundariesOf
 from spasticity_cds.engine.dosing import steps_text
 from spasticity_cds.engine.facts import number_text
+from spasticity_cds.interfaces.option_groups import OTHER_OPTIONS, not_to_start, option_groups
 
 STATUS_STYLE = {
     "current": "bold cyan",
@@ -44,8 +45,17 @@ def render_result(console: Console, result: dict[str, Any], boundaries_of: Bound
         _disclaimer(console, result)
         return
     console.print(_standing(result))
-    console.print(_options_table(result["options"], console.width))
-    _option_details(console, result["options"])
+    # What needs acting on first (a drug taken to stop or reduce, a drug ordered that is ruled out), then the ranking;
+    # the details follow the same order. The result's own order stays the engine's.
+    groups = option_groups(result["options"])
+    if len(groups) > 1 or groups[0].heading:
+        console.print(Text("Options", style="bold"))
+    for group in groups:
+        table = _options_table(group.options, console.width, group.heading or "Options, ranked")
+        if group.key != OTHER_OPTIONS[0]:
+            table.title_style = "bold red"
+        console.print(table)
+    _option_details(console, [option for group in groups for option in group.options])
     _findings(console, result["findings"], boundaries_of)
     if result["input_notes"]:
         console.print(Text("How the record was read", style="bold"))
@@ -88,11 +98,12 @@ def _standing(result: dict[str, Any]) -> Text:
 STATUS_COLUMN_FROM = 100
 
 
-def _options_table(options: Iterable[dict[str, Any]], width: int) -> Table:
-    """The options, ranked, one row each. Every cell wraps and a word wider than its column is folded, never cut:
-    the dose is clinical text (rich's default overflow is an ellipsis, which cut the Dose cell to "mg/da…" at 80)."""
+def _options_table(options: Iterable[dict[str, Any]], width: int, title: str) -> Table:
+    """The options, one row each, with the engine's rank. Every cell wraps and a word wider than its column is folded,
+    never cut: the dose is clinical text (rich's default overflow is an ellipsis, which cut the Dose cell to "mg/da…"
+    at 80)."""
     status_column = width >= STATUS_COLUMN_FROM
-    table = Table(title="Options, ranked", title_justify="left", show_lines=False, expand=True)
+    table = Table(title=title, title_justify="left", show_lines=False, expand=True)
     table.add_column("#", justify="right", width=3)
     if status_column:
         table.add_column("Option", ratio=2, overflow="fold")
@@ -129,8 +140,8 @@ def _taking_words(option: dict[str, Any]) -> str:
 def _dose_cell(option: dict[str, Any]) -> str:
     parts: list[str] = []
     daily = option.get("daily_dose")
-    if daily:
-        parts.append(f"now {daily['value']:g} {daily.get('unit', '')}")
+    if daily:  # the dose taken, or that of the order or proposal
+        parts.append(f"{'ordered' if option.get('proposed') else 'now'} {daily['value']:g} {daily.get('unit', '')}")
     plan = option.get("dose_plan") or {}
     parts.extend(_dose_next(plan))
     ceiling = plan.get("ceiling")
@@ -193,6 +204,10 @@ def _option_details(console: Console, options: Iterable[dict[str, Any]]) -> None
         text = Text()
         text.append(f" {option['rank']}. {option['name']}: ", style="bold")
         text.append(option["status"], style=STATUS_STYLE[option["status"]])
+        if option.get("current") and option["status"] != "current":
+            text.append("  (taking it now)", style="bold yellow")
+        elif option.get("proposed"):
+            text.append("  (ordered or proposed)", style="bold yellow")
         text.append(f"\n    {option['summary']}\n")
         text.append(f"    Sources: {_cites(option['citations'])}\n", style="dim")
         outside = option.get("outside_ladder")
@@ -200,6 +215,11 @@ def _option_details(console: Console, options: Iterable[dict[str, Any]]) -> None
             recorded = [part for fact in outside["facts"] for part in (fact.get("note"), *(fact.get("sources") or ()))]
             shown = f" ({', '.join(part for part in recorded if part)})" if any(recorded) else ""
             text.append(f"    Outside the spasticity ladder: {outside['text']}{shown}\n")
+        if not_to_start(option):
+            daily = option.get("daily_dose") or {}
+            record = f" From the record: {', '.join(daily['sources'])}." if daily.get("sources") else ""
+            text.append("    Do not start: ordered or proposed for this patient, and ruled out.", style="bold")
+            text.append(f"{record}\n")
         for reason in option.get("reasons") or ():
             text.append(f"    Because {reason['rule_id']} v{reason['rule_version']}: {reason['summary']}\n")
             text.append(f"      Sources: {_cites(reason['citations'])}\n", style="dim")

@@ -13,6 +13,7 @@ from spasticity_cds.engine.display import BoundariesOf
 from spasticity_cds.engine.evaluator import PLACEHOLDER, Engine
 from spasticity_cds.engine.facts import Value, number_text
 from spasticity_cds.fhir.record import PatientRecord
+from spasticity_cds.interfaces.option_groups import OptionGroup, option_groups
 from spasticity_cds.interfaces.web.charts import Chart, build_charts
 
 SEVERITIES = (("critical", "Critical"), ("warning", "Warning"), ("info", "For information"))
@@ -24,12 +25,6 @@ STATUS_WORDS = {
     "avoid": "Avoid",
     "contraindicated": "Contraindicated",
 }
-#: The option statuses that rule an option out (the result contract's, `design.md` section 5).
-RULED_OUT_STATUSES = frozenset({"avoid", "contraindicated"})
-#: The groups the page shows the options in, when a drug the patient takes is to be stopped or reduced: that group
-#: first, so that it cannot be missed at the foot of the ranking (ruled out, it ranks last), then the others.
-STOP_OR_REDUCE = ("stop-or-reduce", "Taken now: stop or reduce")
-OTHER_OPTIONS = ("ranked", "The other options, in ranked order")
 
 
 @dataclass
@@ -55,15 +50,6 @@ class MonitoringDate:
     citations: list[dict[str, Any]]
     #: The date it was due, when that has passed (it is shown on today).
     overdue_since: date | None = None
-
-
-@dataclass(frozen=True)
-class OptionGroup:
-    """Options the page shows together, in the engine's ranked order, under a heading ("" when the only group)."""
-
-    key: str
-    heading: str
-    options: list[dict[str, Any]]
 
 
 @dataclass
@@ -254,24 +240,6 @@ def build_plan(
         card_uuid=card_uuid if card_uuid and storable_card_id(card_uuid) else None,
         source_label=source_label,
     )
-
-
-def stops_or_reduces(option: Mapping[str, Any]) -> bool:
-    """Whether the option is a drug the patient takes that is to be withdrawn (ruled out while taken) or brought down
-    (a reduction in its dose plan)."""
-    reduction = (option.get("dose_plan") or {}).get("reduction")
-    return bool(option.get("current")) and (option["status"] in RULED_OUT_STATUSES or bool(reduction))
-
-
-def option_groups(options: list[dict[str, Any]]) -> list[OptionGroup]:
-    """The options as the page lists them: the drugs taken that are to be stopped or reduced first, then the others,
-    each group in the engine's ranked order (whose ranks the page shows); one group without a heading when no drug
-    taken is to be stopped or reduced."""
-    acting = [option for option in options if stops_or_reduces(option)]
-    if not acting:
-        return [OptionGroup(OTHER_OPTIONS[0], "", list(options))]
-    others = [option for option in options if not stops_or_reduces(option)]
-    return [OptionGroup(*STOP_OR_REDUCE, acting)] + ([OptionGroup(*OTHER_OPTIONS, others)] if others else [])
 
 
 def ceiling_citations(option: Mapping[str, Any]) -> list[dict[str, Any]]:
