@@ -175,7 +175,9 @@ def test_without_javascript_an_uploaded_plan_takes_feedback_and_stays_open(
     thanks = opened.value
     thanks.wait_for_load_state()
     assert thanks.url == f"{live.base}/feedback"
-    assert thanks.get_by_role("status").inner_text().startswith("Thank you for your feedback!")
+    said = thanks.get_by_role("status").inner_text()
+    assert said.startswith("Thank you for your feedback! It is stored with the page it answers (a patient's plan)")
+    assert "rule" not in said  # a page-level answer has none
     assert "the plan you sent it from is still open in its own tab" in thanks.locator("main").inner_text()
     shot(thanks, "no-script-feedback-thanks", full_page=False)
     stored = next(item for item in store.list_page_feedback(limit=1000) if item.comment == "Sent without the script")
@@ -193,7 +195,8 @@ def test_without_javascript_an_uploaded_plan_takes_feedback_and_stays_open(
         finding.get_by_role("button", name="Not useful").click()
     rated = opened.value
     rated.wait_for_load_state()
-    assert rated.get_by_role("status").inner_text().startswith("Thank you for your feedback!")
+    rated_text = rated.get_by_role("status").inner_text()
+    assert rated_text.startswith(f"Thank you for your feedback! It is stored with the rule it rates ({rule_id} ")
     rated.close()
     ratings = [item for item in store.list_page_feedback(limit=1000) if item.rule_id == rule_id]
     assert any(item.override_reason_code == "need-more-info" and item.useful is False for item in ratings)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import sys
 import uuid
 from pathlib import Path
@@ -170,3 +171,56 @@ def test_a_card_id_the_store_cannot_keep_is_left_off_the_page(client: support.Pa
     engine = client.app.state.cds.engine
     assert build_plan(record, engine, support.FROZEN_NOW, None, card_uuid="c" * 129).card_uuid is None
     assert build_plan(record, engine, support.FROZEN_NOW, None, card_uuid="c" * 128).card_uuid == "c" * 128
+
+
+def _thanked(client: support.PageClient, **fields: str) -> str:
+    """The thank-you page's status line after a form sent without the script and without a page to return to (an
+    upload's or a hand entry's plan): what it says was stored."""
+    data = {"csrf_token": client.csrf("/"), "feedback_id": str(uuid.uuid4()), "return_to": "", **fields}
+    response = client.post("/feedback", data=data)
+    assert response.status_code == 200
+    return html.unescape(response.text.split('<p role="status">')[1].split("</p>")[0])
+
+
+def test_the_thanks_says_what_was_stored_with_the_feedback(client: support.PageClient) -> None:
+    """A page-level answer has no rule: the thanks names the page it answers, never a rule; a finding's rating is
+    stored with its rule and version, and says so."""
+    kb = client.app.state.cds.engine.kb
+    on_overview = _thanked(client, context="answer-page", answered="yes")
+    assert on_overview == (
+        "Thank you for your feedback! It is stored with the page it answers (the treatment overview) and knowledge"
+        f" base version {kb.version}."
+    )
+    on_plan = _thanked(client, context="patient-plan", answered="no", comment="Missing the pump dose")
+    assert on_plan == (
+        "Thank you for your feedback! It is stored with the page it answers (a patient's plan) and knowledge base"
+        f" version {kb.version}."
+    )
+    for said in (on_overview, on_plan):
+        assert "rule" not in said
+    rule = kb.rules["BENZO-RESP-GATE"]
+    rated = _thanked(client, context="finding", rule_id=rule.id, rule_version=str(rule.version), useful="yes")
+    assert rated == (
+        f"Thank you for your feedback! It is stored with the rule it rates (BENZO-RESP-GATE version {rule.version})"
+        f" and knowledge base version {kb.version}."
+    )
+    from_card = _thanked(client, context="patient-plan", answered="yes", card_uuid="card-1")
+    assert "(a patient's plan), the CDS Hooks card the plan was opened from and knowledge base" in from_card
+    stored = client.app.state.cds.store.list_page_feedback()
+    assert sorted((item.context.value, item.rule_id or "", item.card_uuid or "") for item in stored) == [
+        ("answer-page", "", ""),
+        ("finding", "BENZO-RESP-GATE", ""),
+        ("patient-plan", "", ""),
+        ("patient-plan", "", "card-1"),
+    ]
+    assert all(item.kb_version == kb.version for item in stored)
+
+
+def test_a_form_sent_again_is_not_thanked_as_stored(client: support.PageClient) -> None:
+    key = str(uuid.uuid4())
+    first = _thanked(client, context="answer-page", answered="yes", feedback_id=key)
+    assert first.startswith("Thank you for your feedback! It is stored with")
+    again = _thanked(client, context="answer-page", answered="no", feedback_id=key)
+    assert again == (
+        "This form was already sent, and its first answer is kept. Reload the page to give another answer."
+    )

@@ -268,8 +268,30 @@ async def post_feedback(request: Request, state: StateDep) -> Response:
         return RedirectResponse(f"{return_to}?feedback={said}&at={quote(anchor)}#{quote(anchor)}", status_code=303)
     # No page to return to: a plan that cannot be shown again (an upload, values typed in; nothing of them is kept)
     # sends its forms without return_to into a new tab, the plan staying open in its own, which this page says.
-    context = {"title": "Feedback", "said": FEEDBACK_ANSWERS[said], "plan_left_open": return_to == ""}
+    context = {
+        "title": "Feedback",
+        "said": FEEDBACK_ANSWERS[said],
+        "stored_with": stored_with(item) if new else "",  # sent before: nothing was stored now
+        "plan_left_open": return_to == "",
+    }
     return render(request, state, "thanks.html", context)
+
+
+#: What a page-level answer ("Did this answer your question?") was given on, as the thank-you page names it.
+ANSWERED_ON = {PageContext.ANSWER_PAGE: "the treatment overview", PageContext.PATIENT_PLAN: "a patient's plan"}
+
+
+def stored_with(item: PageFeedback) -> str:
+    """What the thank-you page says was stored with the feedback: a finding's rating with the rule (id and version)
+    it rates, a page-level answer with the page it answers (no rule: it is about the whole page); both with the
+    knowledge-base version, and the CDS Hooks card when the plan was opened from one."""
+    if item.rule_id is not None:
+        parts = [f"the rule it rates ({item.rule_id} version {item.rule_version})"]
+    else:
+        parts = [f"the page it answers ({ANSWERED_ON.get(item.context, 'this page')})"]
+    if item.card_uuid:
+        parts.append("the CDS Hooks card the plan was opened from")
+    return f"It is stored with {', '.join(parts)} and knowledge base version {item.kb_version}."
 
 
 def _feedback_from_form(form: FormData, state: AppState) -> PageFeedback:
