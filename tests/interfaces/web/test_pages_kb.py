@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 import uuid
 from datetime import timedelta
@@ -194,7 +195,7 @@ def test_feedback_report_shows_hook_and_page_rates_per_rule(client: support.Page
     store.record_page_feedback(PageFeedback(uuid.uuid4(), PageContext.ANSWER_PAGE, now, answered=True))
     page = client.get("/reports/feedback", auth=support.REPORT_AUTH).text
     row = page.split('href="/kb/rules/TIZ-LIVER-3X"')[1].split("</tr>")[0]
-    cells = [c.split("</td>")[0] for c in row.split("<td>")[1:]]
+    cells = [c.split("</td>")[0] for c in re.split(r"<td[^>]*>", row)[1:]]  # a cell's attributes: role, data-label
     assert cells[:7] == ["1", "4", "3", "0", "1", "75%", "25%"]  # version, issued, accepted, not ours, overridden
     assert cells[7].strip() == "0 / 1" and cells[9].strip() == "1"
     assert cells[10].strip() == "patient-refuses (1)"
