@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -13,6 +14,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import pages_support as support
 
 from spasticity_cds import api
+from spasticity_cds.interfaces.web.csrf import Signer
 from spasticity_cds.interfaces.web.plan_view import build_plan
 from spasticity_cds.store import PageContext
 
@@ -224,3 +226,59 @@ def test_a_form_sent_again_is_not_thanked_as_stored(client: support.PageClient) 
     assert again == (
         "This form was already sent, and its first answer is kept. Reload the page to give another answer."
     )
+
+
+def _framed_client(tmp_path: Path, **settings: object) -> support.PageClient:
+    return support.PageClient(support.make_app(tmp_path, frame_ancestors=("https://ehr.example.org",), **settings))
+
+
+def _without_the_cookie(client: support.PageClient, fetch_site: str | None, token: str | None = None) -> object:
+    """A plan's answer posted as a new tab opened from the app in an EHR's frame sends it: the form's token, but not
+    the cookie, which was set in the frame and is partitioned to the EHR's site."""
+    token = client.csrf("/patients") if token is None else token
+    client.cookies = type(client.cookies)()
+    data = {"csrf_token": token, "feedback_id": str(uuid.uuid4()), "context": "patient-plan", "answered": "yes"}
+    headers = {"Origin": "null"} | ({"Sec-Fetch-Site": fetch_site} if fetch_site else {})
+    return client.post("/feedback", data=data | {"return_to": ""}, headers=headers)
+
+
+def test_in_an_ehr_frame_a_form_sent_from_our_own_page_needs_no_cookie(tmp_path: Path) -> None:
+    """With frame_ancestors, the browser's word that the form came from one of our pages (Sec-Fetch-Site:
+    same-origin, which no page can forge) stands in for the partitioned cookie; the token must still be ours."""
+    client = _framed_client(tmp_path)
+    answer = _without_the_cookie(client, "same-origin")
+    assert answer.status_code == 200  # type: ignore[attr-defined]
+    assert '<p role="status">Thank you for your feedback!' in answer.text  # type: ignore[attr-defined]
+    assert [item.answered for item in client.app.state.cds.store.list_page_feedback()] == [True]
+
+
+@pytest.mark.parametrize("fetch_site", ["cross-site", "same-site", "none", None])
+def test_in_an_ehr_frame_a_form_from_elsewhere_still_needs_the_cookie(tmp_path: Path, fetch_site: str | None) -> None:
+    """Another site's form (the EHR's own pages included: same-site or cross-site), a typed-in address, a browser
+    without fetch metadata: without the cookie, refused as before."""
+    client = _framed_client(tmp_path)
+    answer = _without_the_cookie(client, fetch_site)
+    assert answer.status_code == 403  # type: ignore[attr-defined]
+    assert "The form has expired" in answer.text  # type: ignore[attr-defined]
+    assert client.app.state.cds.store.list_page_feedback() == []
+
+
+@pytest.mark.parametrize("token", ["", "forged.1.abc", "other-secret"])
+def test_in_an_ehr_frame_the_token_must_still_be_ours(tmp_path: Path, token: str) -> None:
+    client = _framed_client(tmp_path / "app")
+    if token == "other-secret":
+        token = _framed_client(tmp_path / "other", session_secret="another-secret").csrf("/")
+    assert _without_the_cookie(client, "same-origin", token).status_code == 403  # type: ignore[attr-defined]
+
+
+def test_in_an_ehr_frame_an_expired_token_is_refused(tmp_path: Path) -> None:
+    client = _framed_client(tmp_path, session_max_age_s=60)
+    young = Signer(b"test-secret", purpose="csrf").sign("youngtoken")
+    old = Signer(b"test-secret", purpose="csrf", clock=lambda: time.time() - 61).sign("oldtoken")
+    assert _without_the_cookie(client, "same-origin", young).status_code == 200  # type: ignore[attr-defined]
+    assert _without_the_cookie(client, "same-origin", old).status_code == 403  # type: ignore[attr-defined]
+
+
+def test_outside_a_frame_the_cookie_is_always_needed(client: support.PageClient) -> None:
+    """Without frame_ancestors the cookie is SameSite=Lax and reaches a new tab: the double submit stays the rule."""
+    assert _without_the_cookie(client, "same-origin").status_code == 403  # type: ignore[attr-defined]

@@ -100,12 +100,30 @@ def csrf_token_for(request: Request, state: AppState) -> tuple[str, bool]:
 
 
 def csrf_valid(request: Request, state: AppState, submitted: str) -> bool:
-    """Double-submit check: the form field equals the cookie, and both carry our valid, unexpired signature."""
+    """Double-submit check: the form field equals the cookie, and both carry our valid, unexpired signature.
+
+    In an EHR's frame (``frame_ancestors`` set) the field alone may do, when the browser says the form was sent from
+    one of our own pages (see `sent_from_our_page`): the cookie was set in the frame and is partitioned to the EHR's
+    site (CHIPS), so a form that opens its answer in a new tab (an upload's plan, without the script) reaches us
+    without it, as a top-level request keyed to our own site.
+    """
+    if not submitted:
+        return False
     cookie = request.cookies.get(CSRF_COOKIE, "")
-    if not cookie or not submitted or not hmac.compare_digest(cookie.encode(), submitted.encode()):
+    matches = bool(cookie) and hmac.compare_digest(cookie.encode(), submitted.encode())
+    if not matches and not (state.settings.frame_ancestors and sent_from_our_page(request)):
         return False
     try:
         csrf_signer(request, state).unsign(submitted, max_age_s=state.settings.session_max_age_s)
     except BadSignatureError:
         return False
     return True
+
+
+def sent_from_our_page(request: Request) -> bool:
+    """Whether the browser says that this request was made by a page of this very origin: ``Sec-Fetch-Site:
+    same-origin``, a header that no page can set or forge (a form on another site, in a frame of it or not, is sent
+    ``cross-site`` or ``same-site``). That is what the double-submit cookie proves when it cannot be sent; the signed
+    token must still be ours and unexpired. A browser that sends no fetch metadata gets no such pass. ``Origin`` is
+    no help here: our pages' ``Referrer-Policy: no-referrer`` makes a form's POST send ``Origin: null``."""
+    return request.headers.get("sec-fetch-site") == "same-origin"
