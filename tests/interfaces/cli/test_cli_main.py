@@ -293,6 +293,57 @@ def test_every_demo_patients_doses_are_whole_at_80_columns() -> None:
         _doses_at_80_columns(path)
 
 
+DEMOS = sorted(
+    path
+    for path in Path(str(resources.files("spasticity_cds.demo") / "data")).glob("*.json")
+    if path.name != "index.json"
+)
+NARROW_FIXTURES = {**{f"demo {path.stem}": path for path in DEMOS}, **{name: name for name in DOSE_FIXTURES}}
+
+
+def _cell_words(option: dict[str, Any]) -> set[str]:
+    """Every word the options table may print for ``option``, whole: its name, status, whether taken or ordered,
+    role, dose, and the rules that set its status (or "ladder default")."""
+    words = f"{option['name']} {option['status']} taking it now ordered or proposed {option['role']}"
+    words += f" {render._dose_cell(option)} why: {' '.join(option['because']) or 'ladder default'}"
+    return set(words.split())
+
+
+@pytest.mark.parametrize("width", [60, 79, 80])  # 79: the widest with the rules under the dose
+@pytest.mark.parametrize("name", NARROW_FIXTURES)
+def test_the_options_table_keeps_every_word_whole_down_to_60_columns(name: str, width: int, tmp_path: Path) -> None:
+    """Below 80 columns the Why column kept its 29 characters and the Dose column was left a few (4 at 60): its words
+    folded mid-word ("2026-" / "11-27"). From 80 down to 60 every word of the table is printed whole on a line of
+    its own row, the rules under the dose below 80, and no line is wider than the terminal."""
+    fixture = NARROW_FIXTURES[name]
+    path = fixture if isinstance(fixture, Path) else tmp_path / "patient.json"
+    if not isinstance(fixture, Path):
+        path.write_bytes(orjson.dumps(_bundle(ALS, *DOSE_FIXTURES[fixture])))
+    buffer = io.StringIO()
+    terminal = Console(file=buffer, width=width, color_system=None)
+    assert main(["evaluate", str(path), "--now", NOW], console=terminal) == 0
+    out = buffer.getvalue()
+    tables = _tables(out)
+    assert "…" not in tables and max(len(line) for line in tables.splitlines()) <= width
+    result = api.evaluate(path.read_bytes(), now=datetime.fromisoformat(NOW))
+    words = {str(option["rank"]): _cell_words(option) for option in result["options"]}
+    rank = ""
+    for line in tables.splitlines():
+        if not line.startswith("│"):
+            continue
+        cells = [cell.strip() for cell in line.split("│")[1:-1]]
+        rank = cells[0] or rank
+        for cell in cells[1:]:
+            assert set(cell.split()) <= words[rank], f"a word broken at {width} columns in row {rank}: {cell!r}"
+    dose_heading = "Dose" if width >= render.WHY_COLUMN_FROM else render.NARROW_DOSE_HEADING
+    doses = dict(_column(out, dose_heading))
+    for option in result["options"]:
+        why = "".join(option["because"]) or "ladderdefault"
+        dose = "".join(render._dose_cell(option).split())
+        expected = dose if width >= render.WHY_COLUMN_FROM else f"{dose}why:{why}"
+        assert doses[str(option["rank"])] == expected, option["agent"]
+
+
 NIV_DIAZEPAM = Path(str(resources.files("spasticity_cds.demo") / "data")) / "niv-diazepam-respiratory-gate.json"
 
 

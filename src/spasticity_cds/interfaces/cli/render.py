@@ -96,6 +96,12 @@ def _standing(result: dict[str, Any]) -> Text:
 #: The narrowest terminal on which the options table keeps a Status column of its own. Below it (an 80-column
 #: terminal) the status goes under the option's name, so that the Dose column keeps room to be read.
 STATUS_COLUMN_FROM = 100
+#: The narrowest terminal on which the rules that set each status keep a column of their own, as wide as the longest
+#: rule id listed (up to 32). Below it the Dose column would be left too few characters for its words (at 75 columns
+#: 15, and 4 at 60: folded mid-word), so the rules go under the dose in one "Dose, why (rules)" column, which at 60
+#: columns is 32 wide and holds every rule id whole.
+WHY_COLUMN_FROM = 80
+NARROW_DOSE_HEADING = "Dose, why (rules)"
 
 
 def _options_table(options: Iterable[dict[str, Any]], width: int, title: str) -> Table:
@@ -103,15 +109,21 @@ def _options_table(options: Iterable[dict[str, Any]], width: int, title: str) ->
     never cut: the dose is clinical text (rich's default overflow is an ellipsis, which cut the Dose cell to "mg/da…"
     at 80)."""
     status_column = width >= STATUS_COLUMN_FROM
+    why_column = width >= WHY_COLUMN_FROM
     table = Table(title=title, title_justify="left", show_lines=False, expand=True)
     table.add_column("#", justify="right", width=3)
     if status_column:
         table.add_column("Option", ratio=2, overflow="fold")
         table.add_column("Status", min_width=15, overflow="fold")
-    else:  # as wide as "contraindicated", the longest status, under the name (a ratio column takes no min_width)
-        table.add_column("Option, status", width=15, overflow="fold")
-    table.add_column("Dose", ratio=3, overflow="fold")
-    table.add_column("Why this status (rules)", min_width=29, overflow="fold")  # the longest rule id, unbroken
+    elif why_column:  # as wide as "contraindicated", the longest status, under the name (a ratio column takes no
+        table.add_column("Option, status", width=15, overflow="fold")  # min_width)
+    else:  # a third of the room the two text columns share (13: the # column, the borders and padding), at least 15
+        table.add_column("Option, status", width=max(15, min(26, (width - 13) // 3)), overflow="fold")
+    if why_column:
+        table.add_column("Dose", ratio=3, overflow="fold")
+        table.add_column("Why this status (rules)", min_width=29, overflow="fold")  # rich widens it to the longest id
+    else:
+        table.add_column(NARROW_DOSE_HEADING, ratio=1, overflow="fold")
     for option in options:
         name = Text(option["name"])
         status = Text(option["status"], style=STATUS_STYLE[option["status"]])
@@ -122,7 +134,12 @@ def _options_table(options: Iterable[dict[str, Any]], width: int, title: str) ->
             name.append(f"\n{taking}", style="bold")
         name.append(f"\n{option['role']}", style="dim")
         cells: list[str | Text] = [str(option["rank"]), name, *([status] if status_column else [])]
-        table.add_row(*cells, _dose_cell(option), "\n".join(option["because"]) or "ladder default")
+        if why_column:
+            cells += [_dose_cell(option), _why_cell(option)]
+        else:  # the rules under the dose, one a line, so that an id is never broken
+            dose = _dose_cell(option)
+            cells.append(Text(f"{dose}\n" if dose else "").append("why: ", style="dim").append(_why_cell(option)))
+        table.add_row(*cells)
     return table
 
 
@@ -135,6 +152,11 @@ def _taking_words(option: dict[str, Any]) -> str:
     if outside:
         return f"{'taking it now' if outside['state'] == 'current' else 'being ordered'}, outside the spasticity ladder"
     return "ordered or proposed" if option["proposed"] else ""
+
+
+def _why_cell(option: dict[str, Any]) -> str:
+    """The rules that set the option's status, one a line, or the ladder's default."""
+    return "\n".join(option["because"]) or "ladder default"
 
 
 def _dose_cell(option: dict[str, Any]) -> str:
