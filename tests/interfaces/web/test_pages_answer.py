@@ -14,6 +14,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import pages_support as support
 
 from spasticity_cds import api
+from spasticity_cds.errors import StoreError
 from spasticity_cds.interfaces.web.csrf import Signer
 from spasticity_cds.interfaces.web.plan_view import build_plan
 from spasticity_cds.store import PageContext
@@ -282,3 +283,25 @@ def test_in_an_ehr_frame_an_expired_token_is_refused(tmp_path: Path) -> None:
 def test_outside_a_frame_the_cookie_is_always_needed(client: support.PageClient) -> None:
     """Without frame_ancestors the cookie is SameSite=Lax and reaches a new tab: the double submit stays the rule."""
     assert _without_the_cookie(client, "same-origin").status_code == 403  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("accept", "kind"), [("text/html,application/xhtml+xml", "page"), ("application/json", "outcome")]
+)
+def test_feedback_while_the_store_is_down_says_nothing_was_saved(
+    client: support.PageClient, monkeypatch: pytest.MonkeyPatch, accept: str, kind: str
+) -> None:
+    def down(item: object) -> bool:
+        raise StoreError("could not record page feedback: connection refused", where="postgresql://cds:***@db/cds")
+
+    monkeypatch.setattr(client.app.state.cds.store, "record_page_feedback", down)
+    token = client.csrf("/")
+    data = {"csrf_token": token, "feedback_id": str(uuid.uuid4()), "context": "answer-page", "answered": "yes"}
+    response = client.post("/feedback", data=data, headers={"Accept": accept})
+    assert response.status_code == 503
+    assert "postgresql" not in response.text and "Traceback" not in response.text
+    if kind == "page":
+        assert response.headers["content-type"].startswith("text/html")
+        assert "nothing was saved" in response.text and "try again" in response.text
+    else:
+        assert response.json()["resourceType"] == "OperationOutcome"

@@ -19,6 +19,11 @@ from spasticity_cds.errors import AuthenticationError, SpasticityCdsError
 from spasticity_cds.interfaces.web.rendering import render
 
 logger = logging.getLogger("spasticity_cds.web")
+#: What a page says when a part the app needs (the feedback store) is down: nothing was kept, so try again.
+UNAVAILABLE_PAGE_TEXT = (
+    "The service cannot do this now (a part it needs, such as the feedback store, is not reachable), so nothing "
+    "was saved. Go back and try again in a moment."
+)
 FHIR_JSON = "application/fhir+json"
 #: On every JSON answer: it may hold patient data (kept by no cache), and is never to be sniffed as HTML.
 JSON_HEADERS = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
@@ -44,7 +49,11 @@ async def _package_error(request: Request, exc: Exception) -> Response:
         return unauthorized()
     if exc.http_status >= 500:
         logger.error("%s %s: %s", request.method, request.url.path, exc)
+        if _wants_a_page(request):
+            return _error_page(request, exc.http_status, "Not available now", UNAVAILABLE_PAGE_TEXT)
         return outcome_response(exc.http_status, "the service cannot answer now")
+    if _wants_a_page(request):
+        return _error_page(request, exc.http_status, "Could not do that", exc.message)
     return outcome_response(exc.http_status, exc.message)
 
 
@@ -65,8 +74,13 @@ def _wants_a_page(request: Request) -> bool:
 def _not_found_page(request: Request) -> Response:
     """The site's own 404 page, for an address that names no page."""
     message = "There is no page at this address. Check the link, or start from the links below."
+    return _error_page(request, 404, "Page not found", message)
+
+
+def _error_page(request: Request, status: int, title: str, message: str) -> Response:
+    """The site's own error page, for a browser asking for a page (never a JSON body, never a traceback)."""
     return render(
-        request, request.app.state.cds, "error.html", {"title": "Page not found", "message": message}, status_code=404
+        request, request.app.state.cds, "error.html", {"title": title, "message": message}, status_code=status
     )
 
 
