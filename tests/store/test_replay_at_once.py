@@ -89,3 +89,36 @@ def test_never_on_postgresql_a_server_round_trip(postgres_store_url: str) -> Non
         store.remember_jti(ISSUER, "opening", EXPIRES)
         assert store.remember_jti_at_once(ISSUER, "jti-1", EXPIRES) is None
         assert store.remember_jti(ISSUER, "jti-1", EXPIRES) is True
+
+
+def test_a_value_the_driver_cannot_bind_releases_the_write_lock(
+    sqlite_store: SqlFeedbackStore, tmp_path: object
+) -> None:
+    with sqlite_store as store:
+        with pytest.raises(UnicodeEncodeError):
+            store.remember_jti_at_once(ISSUER, "\ud800", EXPIRES)  # a lone surrogate cannot be UTF-8
+        other = sqlite3.connect(f"{tmp_path}/feedback.sqlite3", isolation_level=None, timeout=0)
+        other.execute("BEGIN IMMEDIATE")  # the write lock is free again
+        other.execute("ROLLBACK")
+        other.close()
+        assert store.remember_jti_at_once(ISSUER, "jti-1", EXPIRES) is True
+
+
+def test_busy_in_an_extended_form_is_not_now(monkeypatch: pytest.MonkeyPatch, sqlite_store: SqlFeedbackStore) -> None:
+    busy_snapshot = sqlite3.OperationalError("database is locked")
+    busy_snapshot.sqlite_errorcode = sqlite3.SQLITE_BUSY_SNAPSHOT  # type: ignore[attr-defined]
+    busy_snapshot.sqlite_errorname = "SQLITE_BUSY_SNAPSHOT"  # type: ignore[attr-defined]
+
+    def busy(*_: object) -> bool:
+        raise busy_snapshot
+
+    with sqlite_store as store:
+        writer = store._replay_at_once
+        assert writer is not None
+        monkeypatch.setattr(writer, "_insert", busy)
+        assert store.remember_jti_at_once(ISSUER, "jti-1", EXPIRES) is None
+
+
+def test_after_close_it_is_always_not_now(sqlite_store: SqlFeedbackStore) -> None:
+    sqlite_store.close()
+    assert sqlite_store.remember_jti_at_once(ISSUER, "jti-1", EXPIRES) is None

@@ -19,6 +19,8 @@ DERIVED_FACT_LABELS = {
     "obs.liver_tested": "Liver tests on record",
     "patient.age": "Age",
     "patient.sex": "Sex",
+    "patient.deceased": "Death recorded",
+    "antispastic.oral_failed_count": "Oral antispastics stopped as ineffective or not tolerated",
 }
 
 

@@ -20,6 +20,8 @@ class SqliteReplayWriter:
 
     The caller holds the store's in-process writer lock; a write lock held by another process answers "not now"
     (None) at once instead of SQLite's busy wait, and the caller then writes through the ordinary path in a thread.
+    "At once" is about locks, not the disk: the commit still fsyncs the WAL (and may run its auto-checkpoint), on
+    the caller's thread, which on a slow disk is a pause of the event loop; that is why production uses PostgreSQL.
     The statement is the store's own INSERT .. ON CONFLICT DO NOTHING, compiled once for SQLite.
     """
 
@@ -31,10 +33,14 @@ class SqliteReplayWriter:
         expires_at_type = schema.jwt_replay.c.expires_at.type.dialect_impl(engine.dialect)
         self._expires_at = expires_at_type.bind_processor(engine.dialect)
         self._pooled: PoolProxiedConnection | None = None
+        self._closed = False
         self._connection: sqlite3.Connection | None = None
 
     def remember(self, issuer: str, jti: str, expires_at: datetime) -> bool | None:
-        """True if the id is new (now committed), False if seen before, None if another process is writing."""
+        """True if the id is new (now committed), False if seen before, None if another process is writing (or the
+        writer is closed)."""
+        if self._closed:
+            return None
         row = {"issuer": issuer, "jti": jti, "expires_at": self._bound(expires_at)}
         parameters = tuple(row[column] for column in self._columns)
         with store_errors("remember a JWT id", self._engine.url):
@@ -42,9 +48,9 @@ class SqliteReplayWriter:
         try:
             return self._insert(connection, parameters)
         except sqlite3.Error as error:
-            if connection.in_transaction:
-                connection.rollback()
-            if error.sqlite_errorcode in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+            # The extended code (SQLITE_BUSY_SNAPSHOT, SQLITE_LOCKED_SHAREDCACHE, ...) carries its primary one in
+            # its low byte: every busy or locked kind means "not now".
+            if error.sqlite_errorcode & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
                 return None
             raise StoreError(f"could not remember a JWT id: {error}", where=safe_url(self._engine.url)) from error
 
@@ -55,12 +61,19 @@ class SqliteReplayWriter:
             cursor.execute(self._sql, parameters)
             new = cursor.rowcount == 1
             cursor.execute("COMMIT")
+        except BaseException:
+            # Whatever stopped it (a database error, a value the driver cannot bind), the write lock is released:
+            # an open transaction here would hold every other writer of the file.
+            if connection.in_transaction:
+                connection.rollback()
+            raise
         finally:
             cursor.close()
         return new
 
     def close(self) -> None:
-        """Close the connection (a later write opens another)."""
+        """Close the connection; the writer then answers "not now" to every write (the store is closing)."""
+        self._closed = True
         if self._pooled is not None:
             self._pooled.close()
         self._pooled = self._connection = None

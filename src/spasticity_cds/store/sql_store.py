@@ -10,7 +10,7 @@ from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, TypeVar
 
-from sqlalchemy import Delete, Engine, Select, String, Table, case, cast, delete, func, select, tuple_
+from sqlalchemy import Delete, Engine, Select, String, Table, and_, case, cast, delete, func, or_, select, tuple_
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, RowMapping
 from sqlalchemy.exc import DBAPIError
@@ -165,27 +165,28 @@ class SqlFeedbackStore:
                 connection.execute(_purge_expired_sessions(now))
             connection.execute(schema.smart_sessions.insert(), [_smart_session_row(session)])
             if session.stage is SmartSessionStage.PENDING:
-                connection.execute(_pending_beyond(max_pending))
+                _drop_pending_beyond(connection, max_pending)
         if purge:  # only once the purge is committed: a failed one is tried again on the next call
             self._next_session_purge = now + SESSION_PURGE_INTERVAL
 
     def take_pending_smart_session(self, key_hash: str) -> SealedSmartSession | None:
         """Remove and return the pending launch under ``key_hash``, None if there is none (or it has expired).
 
-        One ``DELETE .. RETURNING``: of callers racing for the same key, in threads, processes or hosts, exactly one
-        gets the session. On PostgreSQL it is one autocommitted statement on the quick engine; a connection the
+        Taken atomically: of callers racing for the same key, in threads, processes or hosts, exactly one gets the
+        session. On PostgreSQL it is one autocommitted ``DELETE .. RETURNING`` on the quick engine; a connection the
         server had closed is retried once, and had the lost delete been committed, the retry finds nothing and the
         launch is refused (the safe side).
         """
         table = schema.smart_sessions
-        statement = (
-            delete(table)
-            .where(table.c.key_hash == key_hash, table.c.stage == SmartSessionStage.PENDING.value)
-            .returning(*table.c)
-        )
+        pending = (table.c.key_hash == key_hash, table.c.stage == SmartSessionStage.PENDING.value)
+        statement = delete(table).where(*pending).returning(*table.c)
         if self._replay_engine is None:
+            # SQLite: a read then a delete in one write transaction (BEGIN IMMEDIATE: writers take turns, so it is
+            # as atomic as DELETE .. RETURNING, which SQLite before 3.35, still shipped by some systems, lacks).
             with self._writing("take a SMART launch") as connection:
-                row = connection.execute(statement).mappings().first()
+                row = connection.execute(select(table).where(*pending)).mappings().first()
+                if row is not None:
+                    connection.execute(delete(table).where(*pending))
         else:
             row = self._quick(
                 "take a SMART launch", lambda connection, _: connection.execute(statement).mappings().first()
@@ -315,16 +316,31 @@ def _purge_expired_sessions(now: datetime) -> Delete:
     return delete(sessions).where(sessions.c.key_hash.in_(expired.with_for_update(skip_locked=True)))
 
 
-def _pending_beyond(max_pending: int) -> Delete:
-    """Delete the pending launches older than the ``max_pending`` newest (logged-in sessions are never touched)."""
+def _drop_pending_beyond(connection: Connection, max_pending: int) -> None:
+    """Delete the pending launches older than the ``max_pending`` newest (logged-in sessions are never touched).
+
+    The newest of those to drop is read first, without a lock, and everything pending up to it deleted: locking the
+    rows while counting past the kept ones locked those too (PostgreSQL locks before it skips an OFFSET), and cost
+    7-9 ms a launch at the cap, the flood the cap is for. Launches added meanwhile are newer, so at least the
+    ``max_pending`` newest always stay.
+    """
     sessions = schema.smart_sessions
-    older = (
-        select(sessions.c.key_hash)
-        .where(sessions.c.stage == SmartSessionStage.PENDING.value)
+    is_pending = sessions.c.stage == SmartSessionStage.PENDING.value
+    cutoff = connection.execute(
+        select(sessions.c.created_at, sessions.c.key_hash)
+        .where(is_pending)
         .order_by(sessions.c.created_at.desc(), sessions.c.key_hash.desc())
         .offset(max_pending)
+        .limit(1)
+    ).first()
+    if cutoff is None:
+        return
+    created_at, key_hash = cutoff
+    older = or_(
+        sessions.c.created_at < created_at,
+        and_(sessions.c.created_at == created_at, sessions.c.key_hash <= key_hash),
     )
-    return delete(sessions).where(sessions.c.key_hash.in_(older.with_for_update(skip_locked=True)))
+    connection.execute(delete(sessions).where(is_pending, older))
 
 
 def _count_rows(connection: Connection, table: Table) -> int:
