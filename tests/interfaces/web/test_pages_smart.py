@@ -6,6 +6,7 @@ import argparse
 import html
 import io
 import json
+import logging
 import re
 import sys
 import time
@@ -417,3 +418,13 @@ def test_a_real_cds_hooks_card_opens_its_finding(tmp_path: Path, ehr: support.Mo
         path = urlsplit(other["url"]).path
         if path.startswith("/kb/rules/"):
             assert client.get(path).status_code == 200
+
+
+@pytest.mark.parametrize(("secret", "warned"), [(None, True), ("a-long-random-shared-secret-0123456789", False)])
+def test_an_app_with_smart_launch_and_no_session_secret_says_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, secret: str | None, warned: bool
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="spasticity_cds.web"):
+        support.make_app(tmp_path, public_base_url=PUBLIC, smart_allow_any_iss=True, session_secret=secret)
+    said = [record.getMessage() for record in caplog.records if "without session_secret" in record.getMessage()]
+    assert bool(said) is warned

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -18,6 +19,8 @@ from spasticity_cds.interfaces.web.config import ConfigError, WebSettings, setti
 from spasticity_cds.interfaces.web.deps import AppState
 from spasticity_cds.interfaces.web.errors import install_error_handling
 from spasticity_cds.interfaces.web.openapi import as_served
+
+logger = logging.getLogger("spasticity_cds.web")
 
 
 class CdsApp(FastAPI):
@@ -66,6 +69,14 @@ def create_app(
         settings=settings,
     )
     app.state.hooks = hooks_routes.build_hooks_state(app.state.cds)
+    if settings.smart_launch_on and not settings.session_secret:
+        # Said here as well as by `serve`: other process managers (gunicorn, a container's several replicas) start
+        # apps too, and a launch that lands on another process than the one that began it would fail unexplained.
+        logger.warning(
+            "SMART launch is on without session_secret: this process signs cookies and seals sessions with a key "
+            "of its own, so a launch continues only on this process and none survives a restart. Set "
+            "session_secret, the same on every worker and host."
+        )
     install_error_handling(
         app,
         max_body_bytes=settings.max_body_bytes,
