@@ -197,6 +197,42 @@ def test_a_benzodiazepine_for_spasticity_still_counts_as_an_antispastic() -> Non
     assert "SEDATING-ANTISPASTICS-COMBINED" in found and "BENZO-PALLIATIVE-SEDATION" not in found
 
 
+# ---- another sedating drug beside a palliative benzodiazepine (knowledge base 1.6.1) ------------------------
+
+
+def test_a_palliative_benzodiazepine_is_not_the_antispastic_another_sedating_drug_adds_to() -> None:
+    result = evaluate(fvc(85), med("lorazepam", dose=1, per_day=2), med("diazepam", indication=PALLIATIVE))
+    found = ids(result)
+    assert "ADDED-SEDATION" not in found
+    sedation = found["BENZO-PALLIATIVE-SEDATION"]
+    assert sedation["severity"] == "warning"
+    assert "(Other benzodiazepine)" in sedation["summary"]
+    # The caution on the sedating options stands, with ADDED-SEDATION as its reason.
+    for agent in ("baclofen", "tizanidine", "diazepam"):
+        assert option(result, agent)["status"] == "caution"
+        assert "ADDED-SEDATION" in option(result, agent)["because"]
+
+
+def test_with_an_antispastic_too_each_drug_s_sedation_is_named_once() -> None:
+    found = ids(
+        evaluate(
+            fvc(85),
+            med("baclofen", dose=10, per_day=3),
+            med("pregabalin", dose=75, per_day=2),
+            med("diazepam", indication=PALLIATIVE),
+        )
+    )
+    assert found["ADDED-SEDATION"]["severity"] == "warning"
+    assert "(Baclofen (oral); Pregabalin)" in found["BENZO-PALLIATIVE-SEDATION"]["summary"]
+    assert "SEDATING-ANTISPASTICS-COMBINED" not in found
+
+
+def test_a_benzodiazepine_for_spasticity_beside_lorazepam_is_still_the_antispastic() -> None:
+    found = ids(evaluate(fvc(85), med("lorazepam", dose=1, per_day=2), med("diazepam", indication="Leg spasms")))
+    assert found["ADDED-SEDATION"]["severity"] == "warning"
+    assert "BENZO-PALLIATIVE-SEDATION" not in found
+
+
 # ---- FVC in litres ------------------------------------------------------------------------------------------
 
 

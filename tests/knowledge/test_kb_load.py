@@ -11,6 +11,7 @@ import pytest
 from spasticity_cds.api import load_knowledge_base
 from spasticity_cds.errors import InputError
 from spasticity_cds.knowledge import loader
+from spasticity_cds.knowledge.schema import Node
 
 ENGINE = load_knowledge_base()
 KB = ENGINE.kb
@@ -76,3 +77,19 @@ def test_a_numeric_setting_takes_only_a_number_from_zero_up(value: object) -> No
 def test_suggest_finds_close_names_only() -> None:
     assert loader.suggest("baclofn", ["baclofen", "tizanidine"]) == "baclofen"
     assert loader.suggest("zzz", ["baclofen", "tizanidine"]) is None
+
+
+def _facts_read(node: Node) -> set[str]:
+    out = {node.check.fact} if node.check is not None else set()
+    for child in (node.all or []) + (node.any or []) + ([node.not_] if node.not_ is not None else []):
+        out |= _facts_read(child)
+    return out
+
+
+def test_the_palliative_benzodiazepine_s_company_covers_what_added_sedation_reads() -> None:
+    """BENZO-PALLIATIVE-SEDATION speaks for ADDED-SEDATION's drugs beside a palliative benzodiazepine (1.6.1): the
+    definition names them one by one (so the finding names the drug), and must name every concept of the class."""
+    read = _facts_read(KB.definitions["sedating_beside_palliative_benzodiazepine"].when)
+    members = {c.id for c in KB.valuesets.concepts if "sedating-co-medication" in c.classes}
+    assert members and {f"med.{concept}.current_or_proposed" for concept in members} <= read
+    assert KB.rules["ADDED-SEDATION"].quiet_when == "palliative_benzodiazepine_sedation_only"
