@@ -148,6 +148,26 @@ def test_a_drug_ordered_but_ruled_out_heads_the_options_and_leads_to_why_not_to_
     assert page.locator("section.option").first.get_attribute("id") == "opt-diazepam"
 
 
+def test_a_drug_not_to_start_shows_its_monitoring_and_stopping_only_when_opened(live: Live, page: Any) -> None:
+    """The ordered diazepam's monitoring and taper advice, folded under "If Diazepam is started despite this": closed
+    at first, opened by its summary (keyboard too), and by "Expand all explanations" as printing does."""
+    page.goto(f"{live.base}/patients/demo/niv-diazepam-respiratory-gate")
+    folded = page.locator("#ifstarted-diazepam")
+    summary = folded.locator("summary")
+    assert summary.inner_text() == "If Diazepam is started despite this: monitoring, stopping"
+    stopping = folded.get_by_text("Stopping:")
+    assert folded.get_attribute("open") is None and not stopping.is_visible()
+    summary.focus()
+    page.keyboard.press("Enter")
+    assert folded.get_attribute("open") is not None and stopping.is_visible()
+    assert folded.get_by_text("Breathing and sedation").is_visible()
+    shot(page, "plan-do-not-start-if-started", full_page=False)
+    page.reload()
+    assert folded.get_attribute("open") is None
+    page.get_by_role("button", name="Expand all explanations").click()
+    assert folded.get_attribute("open") is not None and stopping.is_visible()
+
+
 NEW_TAB_NOTICE = "without JavaScript your answer opens in a new tab and the plan stays open here"
 
 

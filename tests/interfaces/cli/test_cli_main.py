@@ -372,6 +372,27 @@ def test_a_drug_ordered_but_ruled_out_heads_the_options_as_not_to_start(width: i
     assert "Because BENZO-RESP-GATE v3: Benzodiazepines are contraindicated here" in diazepam
 
 
+def test_a_drug_not_to_start_gives_its_monitoring_and_stopping_only_if_started() -> None:
+    """As the plan page folds them: the ordered diazepam's monitoring and taper advice follow the reasons not to start
+    it, under "If it is started despite this", indented; baclofen, taken, keeps its own as before."""
+    buffer = io.StringIO()
+    console = Console(file=buffer, width=400, color_system=None)
+    assert main(["evaluate", str(NIV_DIAZEPAM), "--now", NOW], console=console) == 0
+    details = buffer.getvalue().split("Options in detail")[1]
+    diazepam = details.split(" 1. Baclofen (oral)")[0].splitlines()
+    heading = diazepam.index("    If it is started despite this:")
+    assert diazepam[heading - 2].startswith("    Because BENZO-RESP-GATE v3: ")
+    assert diazepam[heading + 1].startswith("      Monitoring: Breathing and sedation")
+    assert diazepam[heading + 2].startswith("        Sources: valium-label")
+    assert diazepam[heading + 3].startswith("      Stopping: Physical dependence - taper")
+    assert diazepam[heading + 4].startswith("        Sources: valium-label")
+    assert len(diazepam) == heading + 5
+    baclofen = details.split(" 1. Baclofen (oral)")[1].split(" 2. ")[0].splitlines()
+    assert "If it is started despite this" not in "\n".join(baclofen)
+    assert any(line.startswith("    Monitoring: ") for line in baclofen)
+    assert any(line.startswith("    Stopping: ") for line in baclofen)
+
+
 def test_a_drug_taken_to_withdraw_heads_the_options_in_the_terminal(tmp_path: Path) -> None:
     path = tmp_path / "patient.json"
     path.write_bytes(orjson.dumps(_bundle(ALS, *_baclofen_60_egfr_20())))

@@ -216,6 +216,37 @@ def test_a_drug_ordered_but_ruled_out_is_listed_first_as_not_to_start(client: su
     assert [o["agent"] for o in answer.json()["options"]] == ranked
 
 
+def test_a_drug_not_to_start_folds_its_monitoring_and_stopping_under_if_started(client: support.PageClient) -> None:
+    """The NIV patient's diazepam is ordered and ruled out, never taken: its monitoring and the monograph's taper
+    advice matter only if it is started despite this, so they follow the reasons not to, in a closed ``details``
+    that says so; the JSON result keeps them as they were. A drug the patient takes keeps them in the open."""
+    bundle = _packaged_demo("niv-diazepam-respiratory-gate")
+    result = _expected(json.loads(bundle))
+    diazepam = next(o for o in result["options"] if o["agent"] == "diazepam")  # type: ignore[attr-defined]
+    assert diazepam["taper"] and diazepam["monitoring"]  # the engine's result is unchanged
+    page = _upload(client, bundle).text  # type: ignore[attr-defined]
+    section = page.split('id="opt-diazepam"')[1].split("</section>")[0]
+    opened = (
+        '<details class="if-started" id="ifstarted-diazepam">'
+        "<summary>If Diazepam is started despite this: monitoring, stopping</summary>"
+    )
+    assert section.count('<details class="if-started"') == 1 and opened in section
+    folded = section.split(opened)[1].split("</details>")[0]
+    outside = section.replace(folded, "")
+    assert section.index('id="nostart-diazepam"') < section.index(opened)  # after "Do not start" and its reasons
+    assert '<p class="sub">Monitoring</p>' in folded and '<p class="sub">Monitoring</p>' not in outside
+    assert html.escape(diazepam["monitoring"][0]["what"]) in folded
+    assert f"<strong>Stopping:</strong> {html.escape(diazepam['taper']['text'])}" in folded
+    assert "<strong>Stopping:</strong>" not in outside
+    for citation in diazepam["taper"]["citations"]:
+        assert f'href="/kb/citations#{citation["id"]}"' in folded
+    # Baclofen, taken, and clonazepam, ruled out but not ordered, show theirs as before.
+    for agent in ("baclofen", "clonazepam"):
+        other = page.split(f'id="opt-{agent}"')[1].split("</section>")[0]
+        assert "if-started" not in other
+        assert '<p class="sub">Monitoring</p>' in other and "<strong>Stopping:</strong>" in other
+
+
 def test_a_drug_taken_to_withdraw_comes_before_one_ordered_not_to_start(client: support.PageClient) -> None:
     """Ada's tizanidine (taken, ruled out) and a draft order for diazepam with her FVC down to 45 %: two groups, in
     that order, then the ranking."""

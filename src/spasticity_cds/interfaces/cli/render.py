@@ -246,14 +246,25 @@ def _option_details(console: Console, options: Iterable[dict[str, Any]]) -> None
             text.append(f"    Because {reason['rule_id']} v{reason['rule_version']}: {reason['summary']}\n")
             text.append(f"      Sources: {_cites(reason['citations'])}\n", style="dim")
         _dose_plan_lines(text, option.get("dose_plan"))
-        for item in option.get("monitoring") or ():
-            text.append(f"    Monitoring: {item['what']}{schedule_text(item.get('schedule'))}\n")
-            text.append(f"      Sources: {_cites(item['citations'])}\n", style="dim")
-        taper = option.get("taper")
-        if taper:
-            text.append(f"    Stopping: {taper['text']}\n")
-            text.append(f"      Sources: {_cites(taper['citations'])}\n", style="dim")
+        _use_lines(text, option)
         console.print(text, end="")
+
+
+def _use_lines(text: Text, option: dict[str, Any]) -> None:
+    """What taking the agent asks for: its monitoring and how to stop it. For a drug not to start these matter only
+    if it is started despite this, so they follow under that heading, indented (the plan page folds them)."""
+    monitoring = option.get("monitoring") or ()
+    taper = option.get("taper")
+    indent = "    "
+    if not_to_start(option) and (monitoring or taper):
+        text.append(f"{indent}If it is started despite this:\n", style="bold")
+        indent += "  "
+    for item in monitoring:
+        text.append(f"{indent}Monitoring: {item['what']}{schedule_text(item.get('schedule'))}\n")
+        text.append(f"{indent}  Sources: {_cites(item['citations'])}\n", style="dim")
+    if taper:
+        text.append(f"{indent}Stopping: {taper['text']}\n")
+        text.append(f"{indent}  Sources: {_cites(taper['citations'])}\n", style="dim")
 
 
 def schedule_text(schedule: dict[str, Any] | None) -> str:

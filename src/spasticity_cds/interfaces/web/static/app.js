@@ -44,10 +44,10 @@ document.addEventListener("DOMContentLoaded", function () {
   });
   document.querySelectorAll(".js-expand").forEach(function (button) {
     button.addEventListener("click", function () {
-      document.querySelectorAll("details.why, details.whynot").forEach(function (d) { d.open = true; });
+      document.querySelectorAll("details.why, details.whynot, details.if-started").forEach(function (d) { d.open = true; });
     });
   });
   window.addEventListener("beforeprint", function () {
-    document.querySelectorAll("details.why, details.whynot").forEach(function (d) { d.open = true; });
+    document.querySelectorAll("details.why, details.whynot, details.if-started").forEach(function (d) { d.open = true; });
   });
 });
