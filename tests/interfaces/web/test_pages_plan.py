@@ -568,6 +568,92 @@ def test_the_monitoring_calendar_lists_only_agents_the_patient_takes_or_starts()
     ]
 
 
+def test_the_monitoring_calendar_gives_nothing_due_for_a_drug_ordered_but_ruled_out() -> None:
+    """Diazepam ordered, ruled out, never taken: neither a finding naming it nor a date of its own puts it on the
+    calendar; a finding naming it and a drug taken is listed for that drug alone; one naming no agent stays."""
+    from datetime import UTC, datetime
+
+    from spasticity_cds.interfaces.web.plan_view import monitoring_calendar
+
+    breathing = {"test": "respiratory", "what": "breathing", "citations": [], "schedule": {"next_due": "2026-12-01"}}
+    options = [
+        {"agent": "baclofen", "name": "Baclofen", "status": "current", "current": True, "proposed": False},
+        {
+            "agent": "diazepam",
+            "name": "Diazepam",
+            "status": "contraindicated",
+            "current": False,
+            "proposed": True,
+            "monitoring": [breathing],
+        },
+        {"agent": "tizanidine", "name": "Tizanidine", "status": "avoid", "current": False, "proposed": True},
+    ]
+    findings = [
+        {"kind": "monitoring", "agents": ["diazepam"], "summary": "diazepam alone", "citations": []},
+        {"kind": "warning", "action": "liver-test", "agents": ["tizanidine"], "summary": "tizanidine", "citations": []},
+        {"kind": "monitoring", "agents": ["diazepam", "baclofen"], "summary": "both", "citations": []},
+        {"kind": "monitoring", "agents": [], "summary": "every agent", "citations": []},
+    ]
+    now = datetime(2026, 11, 24, 12, tzinfo=UTC)
+    due = [item for _, items in monitoring_calendar({"findings": findings, "options": options}, now) for item in items]
+    assert [(item.agent, item.what) for item in due] == [("Baclofen", "both"), ("all agents", "every agent")]
+
+
+def _tizanidine_ordered(*others: dict[str, object]) -> bytes:
+    """An ALS patient with a draft tizanidine order (no liver tests on record) and ``others``."""
+    patient = {"resourceType": "Patient", "id": "p1", "birthDate": "1958-03-02", "gender": "female"}
+    als = {"coding": [{"system": "http://snomed.info/sct", "code": "86044005"}]}
+    tizanidine = {"coding": [{"system": "http://www.nlm.nih.gov/research/umls/rxnorm", "code": "57258"}]}
+    resources = [
+        patient,
+        {"resourceType": "Condition", "id": "c1", "subject": {"reference": "Patient/p1"}, "code": als},
+        {
+            "resourceType": "MedicationRequest",
+            "id": "m1",
+            "status": "draft",
+            "intent": "order",
+            "subject": {"reference": "Patient/p1"},
+            "medicationCodeableConcept": tizanidine,
+        },
+        *others,
+    ]
+    return json.dumps(
+        {"resourceType": "Bundle", "type": "collection", "entry": [{"resource": r} for r in resources]}
+    ).encode()
+
+
+def test_a_drug_ordered_but_ruled_out_gets_no_monitoring_dates_on_the_page(client: support.PageClient) -> None:
+    """Tizanidine ordered with no liver tests on record: its baseline liver test and blood-pressure check are due
+    today. With ciprofloxacin prescribed it is contraindicated, not to be started: the engine's result still holds
+    those findings (its contract is unchanged), but the page's calendar gives no date for tizanidine."""
+    cipro = {
+        "resourceType": "MedicationRequest",
+        "id": "m2",
+        "status": "active",
+        "subject": {"reference": "Patient/p1"},
+        "medicationCodeableConcept": {"text": "Ciprofloxacin 500 mg tablets"},
+    }
+
+    def calendar(bundle: bytes) -> str:
+        page = _upload(client, bundle).text  # type: ignore[attr-defined]
+        return str(page.split('<h2 id="monitoring">')[1].split('<h2 id="')[0])
+
+    alone = calendar(_tizanidine_ordered())
+    assert '<span class="test">liver</span> Tizanidine: ' in alone  # the monograph's item, due today
+    assert '<span class="test">review</span> Tizanidine: During tizanidine titration, check blood pressure' in alone
+    result = _expected(json.loads(_tizanidine_ordered(cipro)))
+    tizanidine = next(o for o in result["options"] if o["agent"] == "tizanidine")  # type: ignore[attr-defined]
+    assert tizanidine["status"] == "contraindicated" and tizanidine["proposed"] and not tizanidine["current"]
+    fired = {f["rule_id"] for f in result["findings"]}  # type: ignore[attr-defined]
+    assert {"TIZ-LFT-BASELINE", "TIZ-BP-MONITOR"} <= fired
+    ruled_out = calendar(_tizanidine_ordered(cipro))
+    assert "Tizanidine" not in ruled_out
+    assert "all agents: Watch every antispastic" in ruled_out  # what concerns every agent stays
+    # The NIV demo patient's diazepam, ordered and ruled out, is not on its calendar either.
+    niv = calendar(_packaged_demo("niv-diazepam-respiratory-gate"))
+    assert "Diazepam" not in niv and "all agents" in niv
+
+
 def test_the_monitoring_calendar_shows_the_dates_the_engine_set_an_overdue_one_today() -> None:
     from datetime import UTC, date, datetime
 

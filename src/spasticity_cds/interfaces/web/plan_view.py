@@ -13,7 +13,7 @@ from spasticity_cds.engine.display import BoundariesOf
 from spasticity_cds.engine.evaluator import PLACEHOLDER, Engine
 from spasticity_cds.engine.facts import Value, number_text
 from spasticity_cds.fhir.record import PatientRecord
-from spasticity_cds.interfaces.option_groups import OptionGroup, option_groups
+from spasticity_cds.interfaces.option_groups import OptionGroup, not_to_start, option_groups
 from spasticity_cds.interfaces.web.charts import Chart, build_charts
 
 SEVERITIES = (("critical", "Critical"), ("warning", "Warning"), ("info", "For information"))
@@ -258,13 +258,14 @@ def ceiling_citations(option: Mapping[str, Any]) -> list[dict[str, Any]]:
 def monitoring_calendar(result: Mapping[str, Any], now: datetime) -> list[tuple[str, list[MonitoringDate]]]:
     """What is due today (monitoring findings, liver-test actions) and the dates the engine set for each monitoring
     item of the agents the patient takes or is about to start (``schedule``: the next date, overdue ones on it,
-    and the further dates of its dated window), by month."""
+    and the further dates of its dated window), by month. A drug ordered or proposed that a rule rules out is not
+    to be started (``not_to_start``): nothing is due for it."""
     today = now.date()
     items: list[MonitoringDate] = []
     taking = {
         o["agent"]: o["name"]
         for o in result["options"]
-        if o.get("current") or o.get("proposed") or o.get("outside_ladder")
+        if (o.get("current") or o.get("proposed") or o.get("outside_ladder")) and not not_to_start(o)
     }
     for finding in result["findings"]:
         if finding["kind"] == "monitoring" or finding.get("action") == "liver-test":
@@ -276,7 +277,7 @@ def monitoring_calendar(result: Mapping[str, Any], now: datetime) -> list[tuple[
             agent_names = ", ".join(agents) or "all agents"
             items.append(MonitoringDate(today, agent_names, test, finding["summary"], finding["citations"]))
     for option in result["options"]:
-        if not (option.get("current") or option.get("proposed")):
+        if not (option.get("current") or option.get("proposed")) or not_to_start(option):
             continue
         for item in option.get("monitoring") or ():
             dated = item.get("schedule") or {}
