@@ -774,15 +774,23 @@ def _status(
 def _without_overruled_recommendations(
     findings: list[dict[str, Any]], options: list[dict[str, Any]]
 ) -> list[dict[str, Any]]:
-    """Drop a ladder recommendation whose every agent a safety rule made avoid or contraindicated.
+    """Drop a ladder recommendation whose every agent a safety rule made avoid or contraindicated, and the
+    monitoring of an agent ruled out that the patient does not take.
 
     "Consider starting baclofen" must not stand next to "avoid oral baclofen" (eGFR < 30): the option keeps the
     safety status and its reasons, and the contradictory recommendation is not shown. A recommendation with at
-    least one agent still usable (or only a caution) stays.
+    least one agent still usable (or only a caution) stays. Likewise "check aminotransferases before starting
+    tizanidine" must not stand next to "tizanidine is contraindicated" for an order that is not to be started (the
+    option keeps its monitoring, for a clinician who starts it despite this); monitoring of an agent the patient
+    takes stays, ruled out or not, while it is withdrawn.
     """
     blocked = {o["agent"] for o in options if o["status"] in RULED_OUT}
+    not_to_start = {o["agent"] for o in options if o["status"] in RULED_OUT and not o["current"]}
     return [
-        f for f in findings if not (f["kind"] == "recommendation" and f.get("effects") and set(f["effects"]) <= blocked)
+        f
+        for f in findings
+        if not (f["kind"] == "recommendation" and f.get("effects") and set(f["effects"]) <= blocked)
+        and not (f["kind"] == "monitoring" and f.get("agents") and set(f["agents"]) <= not_to_start)
     ]
 
 
