@@ -6,7 +6,7 @@ import secrets
 import sys
 import threading
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -257,6 +257,23 @@ def test_a_row_moved_onto_another_session_opens_nothing(
     assert client.get(plans[0]).status_code == 200
 
 
+def test_an_end_moved_later_in_the_database_opens_nothing(
+    workers: Callable[..., FastAPI], ehr: support.MockEhr, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = workers()
+    client = support.PageClient(app)
+    callback, _ = _start(client, ehr)
+    plan = client.get(callback).headers["location"]
+    assert client.get(plan).status_code == 200
+    table = schema.smart_sessions
+    with app.state.cds.store.engine.begin() as connection:  # someone who can write the database, not read it
+        key_hash, ends = connection.execute(select(table.c.key_hash, table.c.expires_at)).one()
+        connection.execute(update(table).where(table.c.key_hash == key_hash).values(expires_at=ends + timedelta(30)))
+    with caplog.at_level("WARNING"):
+        assert client.get(plan).status_code == 401
+    assert "could not be opened" in caplog.text
+
+
 def test_sessions_end_when_the_store_clock_says_so(workers: Callable[..., FastAPI], ehr: support.MockEhr) -> None:
     clock = StoreClock()
     app = workers(session_max_age_s=600, store_clock=clock)  # the EHR's token lives 3600 s: the session's 600 win
@@ -283,19 +300,23 @@ def test_a_callback_on_a_worker_without_the_registration_is_refused(
     assert refused.status_code == 400 and "registration changed" in refused.text
 
 
-def test_the_sealer_opens_only_its_own_session_stage_and_secret() -> None:
+def test_the_sealer_opens_only_its_own_session_stage_end_and_secret() -> None:
     sealer = SessionSealer(b"s" * 32)
     session_id, other_id = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
-    sealed = sealer.seal(session_id, ACTIVE, b"plaintext")
-    assert sealed[:1] == SEAL_FORMAT and sealer.seal(session_id, ACTIVE, b"plaintext") != sealed  # random nonce
-    assert sealer.open(session_id, ACTIVE, sealed) == b"plaintext"
-    assert sealer.open(other_id, ACTIVE, sealed) is None
-    assert sealer.open(session_id, PENDING, sealed) is None
-    assert SessionSealer(b"t" * 32).open(session_id, ACTIVE, sealed) is None
+    ends = datetime(2026, 11, 25, 18, 0, 0, 123456, tzinfo=UTC)
+    sealed = sealer.seal(session_id, ACTIVE, ends, b"plaintext")
+    assert sealed[:1] == SEAL_FORMAT and sealer.seal(session_id, ACTIVE, ends, b"plaintext") != sealed  # random nonce
+    assert sealer.open(session_id, ACTIVE, ends, sealed) == b"plaintext"
+    same_instant = ends.astimezone(timezone(timedelta(hours=-5)))  # as a store might hand it back
+    assert sealer.open(session_id, ACTIVE, same_instant, sealed) == b"plaintext"
+    assert sealer.open(other_id, ACTIVE, ends, sealed) is None
+    assert sealer.open(session_id, PENDING, ends, sealed) is None
+    assert sealer.open(session_id, ACTIVE, ends + timedelta(hours=8), sealed) is None  # an end moved in the database
+    assert SessionSealer(b"t" * 32).open(session_id, ACTIVE, ends, sealed) is None
     tampered = sealed[:-1] + bytes([sealed[-1] ^ 1])
-    assert sealer.open(session_id, ACTIVE, tampered) is None
-    assert sealer.open(session_id, ACTIVE, b"\x02" + sealed[1:]) is None
-    assert sealer.open(session_id, ACTIVE, sealed[:20]) is None
+    assert sealer.open(session_id, ACTIVE, ends, tampered) is None
+    assert sealer.open(session_id, ACTIVE, ends, b"\x02" + sealed[1:]) is None
+    assert sealer.open(session_id, ACTIVE, ends, sealed[:20]) is None
     with pytest.raises(InvalidTag):  # the raw secret is not the key (HKDF derives one per session)
         AESGCM(b"s" * 32).decrypt(sealed[1:13], sealed[13:], ACTIVE.value.encode())
 

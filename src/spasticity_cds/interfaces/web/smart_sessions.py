@@ -77,7 +77,8 @@ class SessionSealer:
 
     The raw secret (which also signs the cookies) is never the key. With the id in the derivation, a copy of the
     database and of the configuration together still opens no session: the ids are stored only as hashes. The
-    stage is authenticated data, so a row moved from one stage (or session) to another does not open.
+    stage and the end of the session are authenticated data, so a row moved from one stage (or session) to
+    another, or given a later ``expires_at`` in the database, does not open.
     """
 
     def __init__(self, secret: bytes) -> None:
@@ -87,22 +88,27 @@ class SessionSealer:
         hkdf = HKDF(algorithm=hashes.SHA256(), length=32, salt=HKDF_SALT, info=HKDF_INFO + session_id.encode())
         return AESGCM(hkdf.derive(self._secret))
 
-    def seal(self, session_id: str, stage: SmartSessionStage, plaintext: bytes) -> bytes:
+    def seal(self, session_id: str, stage: SmartSessionStage, expires_at: datetime, plaintext: bytes) -> bytes:
         """Format byte, random 96-bit nonce, then the ciphertext with its tag."""
         nonce = secrets.token_bytes(NONCE_BYTES)
-        return SEAL_FORMAT + nonce + self._cipher(session_id).encrypt(nonce, plaintext, stage.value.encode())
+        return SEAL_FORMAT + nonce + self._cipher(session_id).encrypt(nonce, plaintext, _bound(stage, expires_at))
 
-    def open(self, session_id: str, stage: SmartSessionStage, sealed: bytes) -> bytes | None:
-        """The plaintext, or None if ``sealed`` was not sealed for this session and stage under this secret."""
+    def open(self, session_id: str, stage: SmartSessionStage, expires_at: datetime, sealed: bytes) -> bytes | None:
+        """The plaintext, or None if ``sealed`` was not sealed for this session, stage and end under this secret."""
         if not sealed.startswith(SEAL_FORMAT) or len(sealed) < len(SEAL_FORMAT) + NONCE_BYTES + TAG_BYTES:
             return None
         nonce = sealed[len(SEAL_FORMAT) : len(SEAL_FORMAT) + NONCE_BYTES]
         try:
             return self._cipher(session_id).decrypt(
-                nonce, sealed[len(SEAL_FORMAT) + NONCE_BYTES :], stage.value.encode()
+                nonce, sealed[len(SEAL_FORMAT) + NONCE_BYTES :], _bound(stage, expires_at)
             )
         except InvalidTag:
             return None
+
+
+def _bound(stage: SmartSessionStage, expires_at: datetime) -> bytes:
+    """The authenticated data: the stage and the session's end, in UTC to the microsecond (as both stores keep it)."""
+    return f"{stage.value} {expires_at.astimezone(UTC).isoformat(timespec='microseconds')}".encode()
 
 
 class SmartSessions:
@@ -145,12 +151,13 @@ class SmartSessions:
     async def _add(self, session: SmartSession, stage: SmartSessionStage, lifetime: timedelta) -> str:
         session_id = secrets.token_urlsafe(32)
         now = datetime.now(UTC)
+        expires_at = now + lifetime
         record = SealedSmartSession(
             key_hash=hash_session_id(session_id),
             stage=stage,
-            sealed=self._sealer.seal(session_id, stage, session.to_json()),
+            sealed=self._sealer.seal(session_id, stage, expires_at, session.to_json()),
             created_at=now,
-            expires_at=now + lifetime,
+            expires_at=expires_at,
         )
         await run_in_threadpool(partial(self._store.add_smart_session, record, max_pending=self._max_pending))
         return session_id
@@ -158,7 +165,7 @@ class SmartSessions:
     def _opened(self, session_id: str, sealed: SealedSmartSession | None) -> SmartSession | None:
         if sealed is None:
             return None
-        plaintext = self._sealer.open(session_id, sealed.stage, sealed.sealed)
+        plaintext = self._sealer.open(session_id, sealed.stage, sealed.expires_at, sealed.sealed)
         session = SmartSession.from_json(plaintext) if plaintext is not None else None
         if session is None:
             # Sealed under another secret (workers or hosts without one shared session_secret), or altered.
