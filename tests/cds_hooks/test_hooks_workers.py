@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import socket
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -16,34 +14,20 @@ from pathlib import Path
 
 import httpx
 import pytest
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
 
 from spasticity_cds.store import open_store
+from tests.postgres import fresh_schema
 
 from .helpers import SIGN, Client, baclofen_order, hook_request, new_client, prefetch
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
-POSTGRES_URL_ENV = "SPASTICITY_CDS_TEST_POSTGRES_URL"
 
 
 @pytest.fixture
 def postgres_url() -> Iterator[str]:
     """A URL whose search_path is a new, empty schema on the test server (dropped afterwards)."""
-    base = os.environ.get(POSTGRES_URL_ENV)
-    if not base:
-        pytest.skip(f"{POSTGRES_URL_ENV} is not set (start a server with scripts/start-postgres)")
-    schema = f"hooks_test_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(base)
-    try:
-        with admin.begin() as connection:
-            connection.execute(text(f'CREATE SCHEMA "{schema}"'))
-        url = make_url(base).update_query_dict({"options": f"-csearch_path={schema}"})
-        yield url.render_as_string(hide_password=False)
-        with admin.begin() as connection:
-            connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-    finally:
-        admin.dispose()
+    with fresh_schema("hooks_test") as url:
+        yield url
 
 
 def _free_port() -> int:

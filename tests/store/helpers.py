@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
-POSTGRES_URL_ENV = "SPASTICITY_CDS_TEST_POSTGRES_URL"
 # A frozen instant in a non-UTC zone, so that any code that drops the offset shows up as a failure.
 FROZEN_NOW = datetime(2026, 3, 14, 9, 26, 53, tzinfo=timezone(timedelta(hours=-5)))
 

@@ -7,27 +7,23 @@ import base64
 import hashlib
 import html
 import json
-import os
 import re
 import secrets
 import socket
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
 import httpx
-import pytest
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, RedirectResponse, Response
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
+from tests.postgres import fresh_schema
 
 from spasticity_cds.interfaces.web.app import create_app
 from spasticity_cds.interfaces.web.config import WebSettings
@@ -41,7 +37,6 @@ SCRIPT_NAME = "<script>alert('x')</script>"
 #: The feedback report's password in the test apps, and the HTTP Basic credentials that carry it.
 REPORT_TOKEN = "report-token-for-tests"
 REPORT_AUTH = ("reviewer", REPORT_TOKEN)
-POSTGRES_URL_ENV = "SPASTICITY_CDS_TEST_POSTGRES_URL"
 
 
 def frozen_clock() -> datetime:
@@ -161,24 +156,10 @@ def make_app(tmp_path: Path, *, store_clock: Callable[[], datetime] | None = Non
     return app
 
 
-@contextmanager
-def postgres_schema() -> Iterator[str]:
+def postgres_schema() -> AbstractContextManager[str]:
     """A store URL whose search_path is a new, empty schema on the test PostgreSQL server (dropped afterwards);
     the test is skipped without a server."""
-    base = os.environ.get(POSTGRES_URL_ENV)
-    if not base:
-        pytest.skip(f"{POSTGRES_URL_ENV} is not set (start a server with scripts/start-postgres)")
-    schema = f"web_test_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(base)
-    try:
-        with admin.begin() as connection:
-            connection.execute(text(f'CREATE SCHEMA "{schema}"'))
-        url = make_url(base).update_query_dict({"options": f"-csearch_path={schema}"})
-        yield url.render_as_string(hide_password=False)
-        with admin.begin() as connection:
-            connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-    finally:
-        admin.dispose()
+    return fresh_schema("web_test")
 
 
 def free_socket() -> socket.socket:
