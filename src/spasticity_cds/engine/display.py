@@ -25,7 +25,7 @@ def thresholds(kb: KnowledgeBase) -> Thresholds:
     named: dict[str, set[str]] = {}
     trees = [rule.when for rule in kb.rules.values()] + [d.when for d in kb.definitions.values()]
     for check in (check for tree in trees for check in _checks(tree)):
-        if isinstance(check.value, int | float) and not isinstance(check.value, bool):
+        if _is_number(check.value):
             fixed.setdefault(check.fact, set()).add(float(check.value))
         elif check.setting is not None and _is_number(kb.settings[check.setting].value):
             named.setdefault(check.fact, set()).add(check.setting)

@@ -145,11 +145,15 @@ class Placement:
     #: Why the steps that remain are not offered now (``fit`` "held").
     held_because: str | None = None
 
+    def shown_unit(self, monograph: Monograph) -> str:
+        """The unit the placement speaks in: the daily dose's own when it was read, else the monograph's."""
+        return self.daily.unit if self.amount is not None and self.daily.unit else _unit(monograph)
+
     def to_dict(self, monograph: Monograph, text: str | None = None) -> dict[str, Any]:
         out: dict[str, Any] = {
             "state": self.state,
             "daily": self.amount,
-            "unit": self.daily.unit if self.amount is not None and self.daily.unit else _unit(monograph),
+            "unit": self.shown_unit(monograph),
             "fit": self.fit,
             "limit": self.limit,
             "limit_basis": self.limit_basis,
@@ -557,8 +561,7 @@ def _withdrawn_text(placement: Placement, monograph: Monograph) -> str:
     ruled = "ruled out for this patient: no titration step up; it is withdrawn (reduction)."
     if placement.amount is None:
         return f"Taken now, but the daily dose {_unread(placement.daily, _unit(monograph))}; {ruled}"
-    unit = placement.daily.unit or _unit(monograph)
-    return f"Taken at {placement.amount:g} {unit}, but {ruled}"
+    return f"Taken at {placement.amount:g} {placement.shown_unit(monograph)}, but {ruled}"
 
 
 def _undated_text(monograph: Monograph) -> str:
@@ -566,10 +569,7 @@ def _undated_text(monograph: Monograph) -> str:
         why = f"the knowledge base has no titration steps for {monograph.name}"
     else:
         why = "the daily dose could not be placed on the titration steps"
-    text = f"The taper cannot be dated: {why}."
-    if monograph.taper is None:
-        text += f" The knowledge base has no taper advice for {monograph.name}."
-    return text
+    return f"The taper cannot be dated: {why}." + _no_taper_note(monograph)
 
 
 def _urgent_text(monograph: Monograph) -> str:
@@ -578,9 +578,7 @@ def _urgent_text(monograph: Monograph) -> str:
         "dose_reduction_step_days) does not apply and no dates are set: how fast to come off it is the clinician's "
         "decision now."
     )
-    if monograph.taper is None:
-        text += f" The knowledge base has no taper advice for {monograph.name}."
-    return text
+    return text + _no_taper_note(monograph)
 
 
 def _taper_text(monograph: Monograph, amount: float, steps: Steps, every: int, stop: str) -> str:
@@ -590,13 +588,16 @@ def _taper_text(monograph: Monograph, amount: float, steps: Steps, every: int, s
     else:
         text = f"Reduce one titration step at a time to {steps[-1]['daily']:g} {unit}, then stop on {stop}."
         text += _jump_note(monograph, amount, steps[0]["daily"])
-    if monograph.taper is None:
-        text += f" The knowledge base has no taper advice for {monograph.name}; the pace is the project's setting."
-    return text
+    return text + _no_taper_note(monograph, "; the pace is the project's setting")
+
+
+def _no_taper_note(monograph: Monograph, tail: str = "") -> str:
+    """Said of a withdrawal when the monograph gives no taper advice (with ``tail``), else nothing."""
+    return f" The knowledge base has no taper advice for {monograph.name}{tail}." if monograph.taper is None else ""
 
 
 def _where(placement: Placement, monograph: Monograph) -> str:
-    unit = placement.daily.unit if placement.amount is not None and placement.daily.unit else _unit(monograph)
+    unit = placement.shown_unit(monograph)
     who = "Taken" if placement.state == "current" else "Ordered"
     none = f"the knowledge base has no titration steps for {monograph.name}"
     if placement.amount is None:

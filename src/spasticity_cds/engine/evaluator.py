@@ -29,7 +29,7 @@ from spasticity_cds.errors import EvaluationError, InputError, KnowledgeBaseErro
 from spasticity_cds.fhir.model import Resource
 from spasticity_cds.fhir.parse import ParsedInput
 from spasticity_cds.fhir.record import PatientRecord, build_record
-from spasticity_cds.knowledge.loader import KnowledgeBase, suggest
+from spasticity_cds.knowledge.loader import KnowledgeBase, did_you_mean, suggest
 from spasticity_cds.knowledge.schema import CitationRef, LadderStep, Monograph, Rule, Setting
 
 RESULT_SCHEMA_VERSION = "1.0"
@@ -117,6 +117,8 @@ class Engine:
         self.reduction_pace = kb.settings["dose_reduction_step_days"].citations
         #: The numbers each fact is compared with, which its shown value must not be rounded across.
         self.thresholds = thresholds(kb)
+        # Under the default settings (nearly every evaluation) each fact's boundaries are looked up, not rebuilt.
+        self._default_boundaries = {name: boundaries(self.thresholds, name, self.defaults) for name in self.thresholds}
 
     # -- compile-time checks ---------------------------------------------------------------------------
 
@@ -159,8 +161,7 @@ class Engine:
         for name, value in overrides.items():
             setting = self.kb.settings.get(name)
             if setting is None:
-                hint = suggest(name, self.kb.settings)
-                raise InputError(f"unknown setting {name!r}" + (f"; did you mean {hint!r}?" if hint else ""))
+                raise InputError(f"unknown setting {name!r}" + did_you_mean(name, self.kb.settings))
             merged[name] = _checked_setting(name, setting, value)
         return merged
 
@@ -168,7 +169,12 @@ class Engine:
         """For a surface showing a result's facts: each fact's name to the numbers its value must not be rounded
         across under the settings the result was evaluated with (its ``settings``), or None when not known."""
         settings = self.settings_for(overrides)
-        return lambda name: boundaries(self.thresholds, name, settings)
+        return lambda name: self._boundaries(name, settings)
+
+    def _boundaries(self, name: str, settings: Mapping[str, Value]) -> tuple[float, ...] | None:
+        if settings is self.defaults:
+            return self._default_boundaries.get(name)
+        return boundaries(self.thresholds, name, settings)
 
     # -- per patient -----------------------------------------------------------------------------------
 
@@ -368,7 +374,7 @@ class Engine:
         for index in range(1, len(parts), 2):
             name = parts[index]
             if name in env.facts:
-                out.append(env.facts[name].display(boundaries(self.thresholds, name, env.settings)))
+                out.append(env.facts[name].display(self._boundaries(name, env.settings)))
             elif name.startswith("setting.") and name[8:] in env.settings:
                 out.append(str(env.settings[name[8:]]))
             elif name.startswith("def.") and name[4:] in self.definitions:
@@ -398,7 +404,7 @@ class Engine:
         """``FVC % predicted 42 % (2026-10-01)``, or the concept alone for a yes (``Non-invasive ventilation``)."""
         concept = fact.name.partition(".")[2].split(".")[0]
         label = self.concept_display.get(concept, concept.replace("-", " ").replace("_", " "))
-        shown = fact.display(boundaries(self.thresholds, fact.name, env.settings))
+        shown = fact.display(self._boundaries(fact.name, env.settings))
         return label if fact.value is True else f"{label} {shown}"
 
     def cite(self, refs: list[CitationRef]) -> list[dict[str, Any]]:
@@ -689,8 +695,9 @@ class Engine:
         """A rule's tree with the value at each node, and the nodes that decided its outcome."""
         compiled = self.rule_by_id.get(rule_id)
         if compiled is None:
-            hint = suggest(rule_id, [c.rule.id for c in self.rules])
-            raise KnowledgeBaseError(f"no active rule {rule_id!r}" + (f"; did you mean {hint!r}?" if hint else ""))
+            raise KnowledgeBaseError(
+                f"no active rule {rule_id!r}" + did_you_mean(rule_id, [c.rule.id for c in self.rules])
+            )
         active_settings = self.settings_for(settings)
         facts, _ = self._facts(record, now, active_settings)
         env = Env(facts, active_settings, self.definitions)

@@ -9,7 +9,7 @@ from typing import Any
 
 from spasticity_cds.engine.facts import Fact, Value
 from spasticity_cds.errors import KnowledgeBaseError
-from spasticity_cds.knowledge.loader import suggest
+from spasticity_cds.knowledge.loader import did_you_mean
 from spasticity_cds.knowledge.schema import Comparison, Node
 
 Truth = bool | None
@@ -154,8 +154,7 @@ class Compiler:
 
     @staticmethod
     def _unknown(kind: str, name: str, known: set[str]) -> str:
-        hint = suggest(name, known)
-        return f"unknown {kind} {name!r}" + (f"; did you mean {hint!r}?" if hint else "")
+        return f"unknown {kind} {name!r}" + did_you_mean(name, known)
 
 
 def _negate(inner: Callable[[Env], Truth]) -> Callable[[Env], Truth]:

@@ -12,8 +12,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-#: The option statuses that rule an option out (the result contract's, `design.md` section 5).
-RULED_OUT_STATUSES = frozenset({"avoid", "contraindicated"})
+from spasticity_cds.engine.evaluator import RULED_OUT
+
 #: The groups' keys and headings.
 STOP_OR_REDUCE = ("stop-or-reduce", "Taken now: stop or reduce")
 DO_NOT_START = ("do-not-start", "Ordered or proposed: do not start")
@@ -33,12 +33,12 @@ def stops_or_reduces(option: Mapping[str, Any]) -> bool:
     """Whether the option is a drug the patient takes that is to be withdrawn (ruled out while taken) or brought down
     (a reduction in its dose plan)."""
     reduction = (option.get("dose_plan") or {}).get("reduction")
-    return bool(option.get("current")) and (option["status"] in RULED_OUT_STATUSES or bool(reduction))
+    return bool(option.get("current")) and (option["status"] in RULED_OUT or bool(reduction))
 
 
 def not_to_start(option: Mapping[str, Any]) -> bool:
     """Whether the option is a drug ordered or proposed for the patient, not taken yet, that a rule rules out."""
-    return bool(option.get("proposed")) and not option.get("current") and option["status"] in RULED_OUT_STATUSES
+    return bool(option.get("proposed")) and not option.get("current") and option["status"] in RULED_OUT
 
 
 #: The groups listed before the ranking, in this order. No option is in both: the engine makes an option current or

@@ -150,14 +150,19 @@ def _explain_validation(message: str, shape: type[Any]) -> str:
     if not match:
         return message
     name, path = match.group(1), match.group(2) or "$"
-    hint = suggest(name, _all_field_names(shape))
-    return f"unknown field {name!r} at {path}" + (f"; did you mean {hint!r}?" if hint else "")
+    return f"unknown field {name!r} at {path}" + did_you_mean(name, _all_field_names(shape))
 
 
 def suggest(name: str, candidates: Iterable[str]) -> str | None:
     """The closest valid name to a misspelt one, if any is close."""
     matches = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)
     return matches[0] if matches else None
+
+
+def did_you_mean(name: str, candidates: Iterable[str]) -> str:
+    """The end of an error message naming a misspelt name's closest valid one ("; did you mean 'x'?"), or ""."""
+    hint = suggest(name, candidates)
+    return f"; did you mean {hint!r}?" if hint else ""
 
 
 def _all_field_names(shape: type[Any], seen: set[type[Any]] | None = None) -> set[str]:
@@ -189,25 +194,20 @@ def _check(kb: KnowledgeBase) -> None:
         window = concept.validity_setting
         setting = kb.settings.get(window) if window is not None else None
         if window is not None and (setting is None or not isinstance(setting.value, int | float)):
-            hint = suggest(window, kb.settings)
             raise KnowledgeBaseError(
                 f"unknown setting {window!r} (a number of days) for concept {concept.id!r}"
-                + (f"; did you mean {hint!r}?" if hint else ""),
+                + did_you_mean(window, kb.settings),
                 where="valuesets.yaml",
             )
         if concept.noted_for is not None and concept.noted_for not in concepts:
-            hint = suggest(concept.noted_for, concepts)
             raise KnowledgeBaseError(
                 f"noted_for names unknown concept {concept.noted_for!r} (concept {concept.id!r})"
-                + (f"; did you mean {hint!r}?" if hint else ""),
+                + did_you_mean(concept.noted_for, concepts),
                 where="valuesets.yaml",
             )
     for path, ref in _citation_refs(kb):
         if ref.id not in kb.citations:
-            hint = suggest(ref.id, kb.citations)
-            raise KnowledgeBaseError(
-                f"unknown citation {ref.id!r}" + (f"; did you mean {hint!r}?" if hint else ""), where=path
-            )
+            raise KnowledgeBaseError(f"unknown citation {ref.id!r}" + did_you_mean(ref.id, kb.citations), where=path)
     for monograph in kb.monographs.values():
         if monograph.concept not in concepts:
             raise KnowledgeBaseError(
@@ -233,10 +233,7 @@ def _check_stop_at_once(kb: KnowledgeBase, monograph: Monograph) -> None:
         for rule_id in entry.rules:
             rule = kb.rules.get(rule_id)
             if rule is None:
-                hint = suggest(rule_id, kb.rules)
-                raise KnowledgeBaseError(
-                    f"unknown rule {rule_id!r}" + (f"; did you mean {hint!r}?" if hint else ""), where=where
-                )
+                raise KnowledgeBaseError(f"unknown rule {rule_id!r}" + did_you_mean(rule_id, kb.rules), where=where)
             if not rule.rules_out(monograph.id):
                 raise KnowledgeBaseError(f"rule {rule_id!r} does not rule {monograph.id} out", where=where)
 
@@ -260,10 +257,7 @@ def _check_rule(kb: KnowledgeBase, rule: Rule, agents: set[str]) -> None:
     where = f"{kb.rule_files[rule.id]}: rule {rule.id}"
     for agent in rule.agents:
         if agent not in agents:
-            hint = suggest(agent, agents)
-            raise KnowledgeBaseError(
-                f"unknown agent {agent!r}" + (f"; did you mean {hint!r}?" if hint else ""), where=where
-            )
+            raise KnowledgeBaseError(f"unknown agent {agent!r}" + did_you_mean(agent, agents), where=where)
     for agent in [*rule.effects, *rule.effects_if_unknown]:
         if agent not in rule.agents:
             raise KnowledgeBaseError(f"effect on {agent!r}, which the rule does not name in agents", where=where)
@@ -277,9 +271,8 @@ def _check_rule(kb: KnowledgeBase, rule: Rule, agents: set[str]) -> None:
     if not rule.citations:
         raise KnowledgeBaseError("every rule needs at least one citation", where=where)
     if rule.quiet_when is not None and rule.quiet_when not in kb.definitions:
-        hint = suggest(rule.quiet_when, kb.definitions)
         raise KnowledgeBaseError(
-            f"quiet_when names unknown definition {rule.quiet_when!r}" + (f"; did you mean {hint!r}?" if hint else ""),
+            f"quiet_when names unknown definition {rule.quiet_when!r}" + did_you_mean(rule.quiet_when, kb.definitions),
             where=where,
         )
     if rule.exclusive_with is not None:
@@ -292,9 +285,8 @@ def _check_exclusive(rule: Rule, agents: set[str], where: str) -> None:
     """``exclusive_with`` names another ladder agent, and the rule rules each of its own agents out."""
     other = rule.exclusive_with
     if other not in agents:
-        hint = suggest(str(other), agents)
         raise KnowledgeBaseError(
-            f"exclusive_with names unknown agent {other!r}" + (f"; did you mean {hint!r}?" if hint else ""), where=where
+            f"exclusive_with names unknown agent {other!r}" + did_you_mean(str(other), agents), where=where
         )
     if other in rule.agents:
         raise KnowledgeBaseError(f"exclusive_with names {other!r}, one of the rule's own agents", where=where)

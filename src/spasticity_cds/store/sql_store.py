@@ -106,7 +106,7 @@ class SqlFeedbackStore:
         """
         row = {"issuer": issuer, "jti": jti, "expires_at": expires_at}
         now = self._clock()
-        purge = self._next_jti_purge is None or now >= self._next_jti_purge
+        purge = _due(self._next_jti_purge, now)
         if purge:
             self._next_jti_purge = now + JTI_PURGE_INTERVAL
         purge_before = now if purge else None
@@ -127,15 +127,14 @@ class SqlFeedbackStore:
         remembers its jti on the event loop: the hand-off to a thread cost more than the write itself.
         """
         writer, lock = self._replay_at_once, self._writer_lock
-        if writer is None or lock is None or self._jti_purge_due() or not lock.acquire(blocking=False):
+        if writer is None or lock is None or _due(self._next_jti_purge, self._clock()):
+            return None
+        if not lock.acquire(blocking=False):
             return None
         try:
             return writer.remember(issuer, jti, expires_at)
         finally:
             lock.release()
-
-    def _jti_purge_due(self) -> bool:
-        return self._next_jti_purge is None or self._clock() >= self._next_jti_purge
 
     def _insert_jti(self, connection: Connection, row: Mapping[str, Any], purge_before: datetime | None) -> bool:
         if purge_before is not None:
@@ -159,7 +158,7 @@ class SqlFeedbackStore:
         if max_pending < 1:
             raise ValueError(f"max_pending must be at least 1, got {max_pending}")
         now = self._clock()
-        purge = self._next_session_purge is None or now >= self._next_session_purge
+        purge = _due(self._next_session_purge, now)
         with self._writing("keep a SMART session") as connection:
             if purge:
                 connection.execute(_purge_expired_sessions(now))
@@ -179,7 +178,6 @@ class SqlFeedbackStore:
         """
         table = schema.smart_sessions
         pending = (table.c.key_hash == key_hash, table.c.stage == SmartSessionStage.PENDING.value)
-        statement = delete(table).where(*pending).returning(*table.c)
         if self._replay_engine is None:
             # SQLite: a read then a delete in one write transaction (BEGIN IMMEDIATE: writers take turns, so it is
             # as atomic as DELETE .. RETURNING, which SQLite before 3.35, still shipped by some systems, lacks).
@@ -188,6 +186,7 @@ class SqlFeedbackStore:
                 if row is not None:
                     connection.execute(delete(table).where(*pending))
         else:
+            statement = delete(table).where(*pending).returning(*table.c)
             row = self._quick(
                 "take a SMART launch", lambda connection, _: connection.execute(statement).mappings().first()
             )
@@ -474,19 +473,7 @@ def _hook_feedback_from_row(row: RowMapping) -> HookFeedback:
 
 
 def _page_feedback_row(item: PageFeedback) -> dict[str, Any]:
-    return {
-        "id": item.id,
-        "context": item.context.value,
-        "answered": item.answered,
-        "useful": item.useful,
-        "rule_id": item.rule_id,
-        "rule_version": item.rule_version,
-        "kb_version": item.kb_version,
-        "card_uuid": item.card_uuid,
-        "override_reason_code": item.override_reason_code,
-        "comment": item.comment,
-        "created_at": item.created_at,
-    }
+    return _row(item, context=item.context.value)
 
 
 def _page_feedback_from_row(row: RowMapping) -> PageFeedback:
@@ -494,13 +481,17 @@ def _page_feedback_from_row(row: RowMapping) -> PageFeedback:
 
 
 def _smart_session_row(session: SealedSmartSession) -> dict[str, Any]:
-    return {
-        "key_hash": session.key_hash,
-        "stage": session.stage.value,
-        "sealed": session.sealed,
-        "created_at": session.created_at,
-        "expires_at": session.expires_at,
-    }
+    return _row(session, stage=session.stage.value)
+
+
+def _row(record: Any, **stored_as: Any) -> dict[str, Any]:
+    """A record's fields by name (its dataclass fields are the table's columns), those given stored as given."""
+    return {name: getattr(record, name) for name in record.__dataclass_fields__} | stored_as
+
+
+def _due(next_at: datetime | None, now: datetime) -> bool:
+    """Whether a once-a-while purge is due: never run in this process, or its next time has come."""
+    return next_at is None or now >= next_at
 
 
 def _smart_session_from_row(row: RowMapping) -> SealedSmartSession:

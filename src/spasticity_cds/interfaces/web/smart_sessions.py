@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -132,10 +133,7 @@ class SmartSessions:
     async def take_pending(self, state: str) -> SmartSession | None:
         """The pending launch named by ``state``, removed whatever happens next: a state is good for one callback,
         in whichever worker or host it lands."""
-        if not state or len(state) > MAX_ID_CHARS:
-            return None
-        sealed = await run_in_threadpool(self._store.take_pending_smart_session, hash_session_id(state))
-        return self._opened(state, sealed)
+        return await self._looked_up(state, self._store.take_pending_smart_session)
 
     async def log_in(self, session: SmartSession, lifetime: timedelta) -> str:
         """Keep the logged-in session for ``lifetime`` (the token's, at most ``session_max_age_s``) under a new id."""
@@ -143,9 +141,15 @@ class SmartSessions:
 
     async def find_active(self, session_id: str) -> SmartSession | None:
         """The logged-in session named in a plan's URL, while it lasts."""
+        return await self._looked_up(session_id, self._store.find_active_smart_session)
+
+    async def _looked_up(
+        self, session_id: str, look_up: Callable[[str], SealedSmartSession | None]
+    ) -> SmartSession | None:
+        """The session ``look_up`` finds by the hash of ``session_id``, opened; None for no id of ours."""
         if not session_id or len(session_id) > MAX_ID_CHARS:
             return None
-        sealed = await run_in_threadpool(self._store.find_active_smart_session, hash_session_id(session_id))
+        sealed = await run_in_threadpool(look_up, hash_session_id(session_id))
         return self._opened(session_id, sealed)
 
     async def _add(self, session: SmartSession, stage: SmartSessionStage, lifetime: timedelta) -> str:
