@@ -62,3 +62,14 @@ def option_groups(options: list[dict[str, Any]]) -> list[OptionGroup]:
         return [OptionGroup(OTHER_OPTIONS[0], "", list(options))]
     others = [option for option in options if not any(belongs(option) for _, belongs in ACTION_GROUPS)]
     return groups + ([OptionGroup(*OTHER_OPTIONS, others)] if others else [])
+
+
+def taking_words(option: Mapping[str, Any]) -> str:
+    """Whether the patient takes the agent or it is being ordered, as the plan page and the terminal mark it: said
+    where the status does not ("current"), and for a use outside the ladder too."""
+    if option["current"] and option["status"] != "current":
+        return "taking it now"
+    outside = option.get("outside_ladder")
+    if outside:
+        return f"{'taking it now' if outside['state'] == 'current' else 'being ordered'}, outside the spasticity ladder"
+    return "ordered or proposed" if option["proposed"] else ""

@@ -15,7 +15,7 @@ from rich.tree import Tree
 from spasticity_cds.engine.display import BoundariesOf
 from spasticity_cds.engine.dosing import steps_text
 from spasticity_cds.engine.facts import number_text
-from spasticity_cds.interfaces.option_groups import OTHER_OPTIONS, not_to_start, option_groups
+from spasticity_cds.interfaces.option_groups import OTHER_OPTIONS, not_to_start, option_groups, taking_words
 
 STATUS_STYLE = {
     "current": "bold cyan",
@@ -129,7 +129,7 @@ def _options_table(options: Iterable[dict[str, Any]], width: int, title: str) ->
         status = Text(option["status"], style=STATUS_STYLE[option["status"]])
         if not status_column:
             name.append("\n").append_text(status)
-        taking = _taking_words(option)
+        taking = taking_words(option)
         if taking:
             name.append(f"\n{taking}", style="bold")
         name.append(f"\n{option['role']}", style="dim")
@@ -141,17 +141,6 @@ def _options_table(options: Iterable[dict[str, Any]], width: int, title: str) ->
             cells.append(Text(f"{dose}\n" if dose else "").append("why: ", style="dim").append(_why_cell(option)))
         table.add_row(*cells)
     return table
-
-
-def _taking_words(option: dict[str, Any]) -> str:
-    """Whether the patient takes the agent or it is being ordered, as the plan page marks it: said where the status
-    does not ("current"), and for a use outside the ladder too."""
-    if option["current"] and option["status"] != "current":
-        return "taking it now"
-    outside = option.get("outside_ladder")
-    if outside:
-        return f"{'taking it now' if outside['state'] == 'current' else 'being ordered'}, outside the spasticity ladder"
-    return "ordered or proposed" if option["proposed"] else ""
 
 
 def _why_cell(option: dict[str, Any]) -> str:

@@ -14,6 +14,7 @@ from jinja2 import Environment, FileSystemLoader, pass_context, select_autoescap
 from jinja2.runtime import Context
 
 from spasticity_cds.engine.evaluator import PLACEHOLDER
+from spasticity_cds.interfaces.option_groups import taking_words
 from spasticity_cds.interfaces.web.csrf import CSRF_COOKIE, CSRF_FIELD, csrf_token_for
 from spasticity_cds.interfaces.web.deps import AppState
 from spasticity_cds.interfaces.web.plan_view import STATUS_WORDS, check_text, fact_text, instant_text
@@ -127,6 +128,7 @@ def render(
         "csrf_token": token,
         "definitions": state.engine.kb.definitions,
         "fact_label": lambda fact_name: state.engine.fact_label(str(fact_name)),
+        "taking_words": taking_words,
         "check_text": lambda label: check_text(str(label), state.engine),
         "thanks_for": lambda anchor: _thanks_for(request, str(anchor)),
         "template_text": lambda text: PLACEHOLDER.sub(lambda m: f"[{state.engine.fact_label(m.group(1))}]", str(text)),
